@@ -1,0 +1,11 @@
+import json
+
+from rule_setup import start
+
+tune = start(snakemake)  # noqa: F821 (injected by Snakemake)
+from snaketune.data import prepare_data  # noqa: E402
+from snaketune.model import load_tokenizer  # noqa: E402
+
+source = json.loads(open(snakemake.input.model).read())  # noqa: F821
+tokenizer = load_tokenizer(source, tune["model"])
+prepare_data(tune["data"], tokenizer, tune["model"]["model_max_length"], snakemake.params.data_dir)  # noqa: F821

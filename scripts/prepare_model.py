@@ -1,0 +1,6 @@
+from rule_setup import start
+
+tune = start(snakemake)  # noqa: F821 (injected by Snakemake)
+from snaketune.model import prepare_model  # noqa: E402
+
+prepare_model(tune["model"], snakemake.params.model_dir)  # noqa: F821

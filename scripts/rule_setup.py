@@ -1,0 +1,23 @@
+"""Shared first lines of every rule script: find the package, send output to the rule's log,
+honour the rule's threads, and read the validated tune config."""
+
+import os
+import sys
+from pathlib import Path
+
+
+def start(snakemake) -> dict:
+    sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "workflow"))
+    if snakemake.log:
+        Path(snakemake.log[0]).parent.mkdir(parents=True, exist_ok=True)
+        log = open(snakemake.log[0], "a", buffering=1)
+        sys.stdout = sys.stderr = log
+        os.dup2(log.fileno(), 1)  # native libraries (torch, tokenizers) write to fd 1/2 directly
+        os.dup2(log.fileno(), 2)
+    # A trial uses exactly the CPU threads its rule was given: no oversubscription side by side.
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(snakemake.threads)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from snaketune.config import load_tune_config
+
+    return load_tune_config(snakemake.config, base_dir=snakemake.params.base_dir)

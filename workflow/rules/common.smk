@@ -1,0 +1,59 @@
+# Config loading and validation (at parse time, before any job), paths, and helpers for rules.
+import os
+import sys
+from pathlib import Path
+
+REPO_DIR = Path(workflow.basedir)
+sys.path.insert(0, str(REPO_DIR / "workflow"))
+
+from snaketune.config import ConfigError, load_tune_config, read_tune_yaml
+
+
+# Snakemake deep-merges --configfile over a `configfile:` directive's dict, so a default tune
+# config there would leak its parameters into the user's. Load the default only when none is given.
+if not config:
+    config.update(read_tune_yaml(REPO_DIR / "config" / "tune.yaml"))
+    BASE_DIR = str(REPO_DIR)  # the default's relative paths are the repo's
+else:
+    BASE_DIR = os.getcwd()  # a user's relative paths resolve against the working directory
+
+try:
+    TUNE = load_tune_config(config, base_dir=BASE_DIR)
+except ConfigError as error:
+    sys.exit(str(error))
+
+TUNING = TUNE["tuning"]
+OUT = TUNING["output_dir"]
+N_TRIALS = TUNING["n_trials"]
+MULTI_OBJECTIVE = len(TUNING["metrics"]) > 1
+
+
+def out(path):
+    return os.path.join(OUT, path)
+
+
+def trial_threads(wildcards):
+    """CPU threads per trial: the cores shared among the trials that may run at once.
+
+    `--resources gpu=M` lets M trials run side by side; without it, one trial uses every core.
+    """
+    gpu = workflow.global_resources.get("gpu")
+    concurrent = (gpu.value if gpu is not None else None) or 1
+    return max(1, workflow.cores // max(1, int(concurrent)))
+
+
+def trial_dir(wildcards):
+    return out(f"trial_{wildcards.i}")
+
+
+def trial_metrics():
+    return expand(out("trial_{i}/metrics.json"), i=range(N_TRIALS))
+
+
+def results_outputs():
+    files = [out("trials_results.csv")]
+    if MULTI_OBJECTIVE:
+        files += [out("pareto_front.csv"), out("best_trials.json")]
+    else:
+        files += [out("best_trial.json"), directory(out("best_model"))]
+    return files

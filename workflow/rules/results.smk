@@ -1,0 +1,26 @@
+# The table of trials, the best trial (or the Pareto front) and the best model, from the journal.
+
+
+rule aggregate:
+    input:
+        model=out("prepared_model/source.json"),
+        trials=trial_metrics(),
+    output:
+        results_outputs(),
+    params:
+        base_dir=BASE_DIR,
+    log:
+        out("logs/aggregate.log"),
+    threads: 1
+    resources:
+        gpu=0,
+    conda:
+        "../../envs/snaketune.yaml"
+    script:
+        "../../scripts/aggregate.py"
+
+
+onsuccess:
+    from snaketune.results import print_summary
+
+    print_summary(TUNING)

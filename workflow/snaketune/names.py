@@ -1,0 +1,117 @@
+"""The one table from Oumi's parameter names to TRL `SFTConfig` and PEFT `LoraConfig` names.
+
+A tune.yaml written for `oumi tune` uses Oumi's names (`optimizer`, `lora_r`, ...). Every other
+valid `SFTConfig` / `LoraConfig` field is accepted under its own name. The lists of valid fields
+come from the installed libraries, so a new TRL release never needs an edit here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from functools import cache
+
+# Oumi TrainingParams name -> SFTConfig field.
+TRAINING_NAMES = {
+    "optimizer": "optim",
+    "enable_gradient_checkpointing": "gradient_checkpointing",
+    "gradient_checkpointing_kwargs": "gradient_checkpointing_kwargs",
+    "compile": "torch_compile",
+    "max_grad_norm": "max_grad_norm",
+    "lr_scheduler_type": "lr_scheduler_type",
+    "warmup_ratio": "warmup_ratio",
+    "warmup_steps": "warmup_steps",
+    "dataloader_num_workers": "dataloader_num_workers",
+    "save_steps": "save_steps",
+    "eval_steps": "eval_steps",
+    "logging_steps": "logging_steps",
+    "max_seq_length": "max_length",
+}
+
+# Oumi training names that configure Oumi itself, not the trainer: accepted, checked, not passed.
+# trainer_type: snaketune trains with TRL's SFTTrainer, which is Oumi's TRL_SFT.
+OUMI_ONLY_TRAINING_NAMES = {"trainer_type": ("TRL_SFT", "SFT", "OUMI")}
+
+# SFTConfig fields snaketune sets itself: a value in tune.yaml would be overwritten.
+MANAGED_TRAINING_FIELDS = {
+    "output_dir": "trials write to <tuning.output_dir>/trial_<i>; set tuning.output_dir instead",
+    "logging_dir": "each trial logs to <tuning.output_dir>/trial_<i>/logs",
+    "dataset_kwargs": "data is tokenized once per study by the prepare_data rule",
+}
+
+# Oumi PeftParams name -> LoraConfig field.
+PEFT_NAMES = {
+    "lora_r": "r",
+    "lora_alpha": "lora_alpha",
+    "lora_dropout": "lora_dropout",
+    "lora_target_modules": "target_modules",
+    "lora_modules_to_save": "modules_to_save",
+    "lora_bias": "bias",
+    "lora_task_type": "task_type",
+    "lora_init_weights": "init_lora_weights",
+    "lora_rank_pattern": "rank_pattern",
+    "lora_alpha_pattern": "alpha_pattern",
+    "use_rslora": "use_rslora",
+    "use_dora": "use_dora",
+}
+
+# PEFT names that choose quantisation (QLoRA), applied when loading the model, not to LoraConfig.
+QUANTIZATION_NAMES = {
+    "q_lora": "q_lora",
+    "q_lora_bits": "q_lora_bits",
+    "bnb_4bit_quant_type": "bnb_4bit_quant_type",
+    "use_bnb_nested_quant": "bnb_4bit_use_double_quant",
+    "bnb_4bit_quant_storage": "bnb_4bit_quant_storage",
+    "bnb_4bit_compute_dtype": "bnb_4bit_compute_dtype",
+}
+# Oumi PEFT names about Oumi's own choices; only LoRA is supported.
+OUMI_ONLY_PEFT_NAMES = {"peft_method": ("lora", "LORA")}
+
+
+@cache
+def sft_config_fields() -> frozenset[str]:
+    from trl import SFTConfig  # slow import (~3 s): only when a config is validated
+
+    return frozenset(f.name for f in dataclasses.fields(SFTConfig) if f.init)
+
+
+@cache
+def lora_config_fields() -> frozenset[str]:
+    from peft import LoraConfig
+
+    return frozenset(f.name for f in dataclasses.fields(LoraConfig) if f.init)
+
+
+def closest(name: str, candidates) -> str:
+    """' (did you mean X?)' for the closest valid name, or ''."""
+    match = difflib.get_close_matches(name, sorted(candidates), n=1, cutoff=0.6)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def training_target(name: str) -> tuple[str | None, str | None]:
+    """(SFTConfig field, None) for a training parameter name, or (None, error message)."""
+    if name in MANAGED_TRAINING_FIELDS:
+        return None, f"cannot be set: {MANAGED_TRAINING_FIELDS[name]}"
+    if name in OUMI_ONLY_TRAINING_NAMES:
+        return name, None
+    if name in TRAINING_NAMES:
+        return TRAINING_NAMES[name], None
+    fields = sft_config_fields()
+    if name in fields:
+        return name, None
+    valid = fields | TRAINING_NAMES.keys() | OUMI_ONLY_TRAINING_NAMES.keys()
+    return None, f"unknown training parameter{closest(name, valid)}"
+
+
+def peft_target(name: str) -> tuple[str | None, str | None]:
+    """(LoraConfig field or quantisation option, None) for a PEFT parameter, or (None, error)."""
+    if name in OUMI_ONLY_PEFT_NAMES:
+        return name, None
+    for table in (PEFT_NAMES, QUANTIZATION_NAMES):
+        if name in table:
+            return table[name], None
+    fields = lora_config_fields()
+    if name in fields:
+        return name, None
+    valid = fields | PEFT_NAMES.keys() | QUANTIZATION_NAMES.keys() | OUMI_ONLY_PEFT_NAMES.keys()
+    return None, f"unknown PEFT parameter{closest(name, valid)}"

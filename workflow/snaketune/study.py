@@ -1,0 +1,107 @@
+"""The study: one Optuna journal file every trial process shares, and trial slots on top of it.
+
+A Snakemake job `trial_<i>` is slot i of the budget, not an Optuna trial: its first attempt asks
+the sampler for a new trial; a later attempt (after a failure or a kill) creates a new trial with
+the same parameters, linked to the old one, so re-running the command re-runs failed trials as
+they were. The journal keeps every attempt.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import warnings
+
+import optuna
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+from optuna.trial import FrozenTrial, TrialState
+
+from snaketune import space as search_space
+
+JOURNAL_NAME = "study.journal"
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def journal_path(tuning: dict) -> str:
+    return os.path.join(tuning["output_dir"], JOURNAL_NAME)
+
+
+def open_storage(path: str) -> JournalStorage:
+    # JournalFileOpenLock (open(O_CREAT|O_EXCL)) works on every filesystem, NFS included;
+    # its grace period recovers a lock left behind by a killed process.
+    return JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
+
+
+def make_sampler(tuning: dict, slot: int) -> optuna.samplers.BaseSampler:
+    # Seed by slot: a serial run is reproducible, and parallel jobs never share a seed.
+    seed = tuning["seed"] + slot
+    if tuning["sampler"] == "RandomSampler":
+        return optuna.samplers.RandomSampler(seed=seed)
+    with warnings.catch_warnings():  # multivariate / constant_liar are flagged experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        # constant_liar: trials running in other processes count as bad, so parallel jobs spread out.
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
+
+
+def open_study(tuning: dict, slot: int = 0, storage: JournalStorage | None = None) -> optuna.Study:
+    os.makedirs(tuning["output_dir"], exist_ok=True)
+    storage = storage or open_storage(journal_path(tuning))
+    return optuna.create_study(
+        storage=storage,
+        study_name=tuning["study_name"],
+        directions=tuning["directions"],
+        sampler=make_sampler(tuning, slot),
+        load_if_exists=True,
+    )
+
+
+def slot_attempts(study: optuna.Study, slot: int) -> list[FrozenTrial]:
+    """Every trial that ran in `slot`, oldest first."""
+    return [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("slot") == slot]
+
+
+def claim_trial(study: optuna.Study, slot: int, tuning: dict) -> tuple[optuna.Trial | None, FrozenTrial | None]:
+    """The trial this job runs for `slot`, as (trial, None); or (None, finished) if done already.
+
+    A RUNNING trial left in the slot was interrupted (Snakemake runs one job per slot at a time),
+    so it is marked FAIL and its parameters are run again.
+    """
+    storage = study._storage  # the storage API (public) of the study's own JournalStorage
+    attempts = slot_attempts(study, slot)
+    latest = attempts[-1] if attempts else None
+    if latest is not None and latest.state in FINISHED:
+        return None, latest
+    if latest is None:
+        trial = study.ask()
+        attempt = 1
+    else:
+        if latest.state == TrialState.RUNNING:
+            storage.set_trial_user_attr(latest._trial_id, "fail_reason", "interrupted")
+            storage.set_trial_state_values(latest._trial_id, TrialState.FAIL)
+        attempt = latest.user_attrs.get("attempt", 1) + 1
+        trial = rerun_trial(study, latest, tuning)
+        trial.set_user_attr("retry_of", latest.number)
+    trial.set_user_attr("slot", slot)
+    trial.set_user_attr("attempt", attempt)
+    return trial, None
+
+
+def rerun_trial(study: optuna.Study, old: FrozenTrial, tuning: dict) -> optuna.Trial:
+    """A new RUNNING trial with `old`'s parameters.
+
+    Created directly as RUNNING rather than with enqueue_trial (WAITING): a WAITING trial could be
+    popped by another process's ask() before this one.
+    """
+    distributions = search_space.distributions(tuning["space"])
+    params = {k: v for k, v in old.params.items() if k in distributions}
+    template = FrozenTrial(
+        number=-1, state=TrialState.RUNNING, value=None, values=None,
+        datetime_start=datetime.datetime.now(), datetime_complete=None,
+        params=params, distributions={k: distributions[k] for k in params},
+        user_attrs={}, system_attrs={}, intermediate_values={}, trial_id=-1,
+    )
+    storage = study._storage
+    study_id = storage.get_study_id_from_name(study.study_name)
+    trial_id = storage.create_new_trial(study_id, template_trial=template)
+    return optuna.Trial(study, trial_id)

@@ -1,0 +1,183 @@
+"""One trial: claim a slot in the journal, train with TRL's SFTTrainer, evaluate, tell the result.
+
+Files a trial writes under `<output_dir>/trial_<i>/`: `params.json` first, `checkpoint-*/` while
+training (the last one is always saved), `logs/` (the train log and the loss curve as data), and
+`metrics.json` last: Snakemake tracks that file, so it only exists for a finished trial.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+
+from snaketune import metrics as custom_metrics
+from snaketune import space as search_space
+from snaketune import study as studies
+
+LOSS_CURVE_FIELDS = ("step", "epoch", "loss", "grad_norm", "learning_rate", "eval_loss")
+
+
+def write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    tmp.replace(path)  # atomic: a reader never sees half a file
+
+
+def run_trial(tune: dict, slot: int, trial_dir: str | Path, model_source: dict, data_dir: str | Path,
+              threads: int = 1) -> dict:
+    """Run slot `slot` of the study; returns what metrics.json holds."""
+    import torch
+
+    torch.set_num_threads(max(1, threads))
+    trial_dir = Path(trial_dir)
+    (trial_dir / "logs").mkdir(parents=True, exist_ok=True)
+    tuning = tune["tuning"]
+    study = studies.open_study(tuning, slot)
+    trial, finished = studies.claim_trial(study, slot, tuning)
+    if finished is not None:  # done in an earlier run whose metrics.json was removed: no retraining
+        result = trial_summary(finished, tuning, trial_dir)
+        write_json(trial_dir / "metrics.json", result)
+        return result
+
+    trial.set_user_attr("trial_dir", str(trial_dir))
+    # SIGTERM (Snakemake stopping, a scheduler's kill) becomes an exception so the trial is told FAIL.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    started = time.time()
+    try:
+        params = search_space.suggest(trial, tuning["space"])
+        write_json(trial_dir / "params.json", {"trial_number": trial.number, "slot": slot,
+                                               "attempt": trial.user_attrs.get("attempt", 1),
+                                               "params": params})
+        produced = train_and_evaluate(tune, params, trial_dir, model_source, data_dir)
+        values = custom_metrics.objective_values(produced, tuning["metrics"])
+    except BaseException as e:
+        reason = "interrupted" if isinstance(e, (KeyboardInterrupt, SystemExit)) else f"{type(e).__name__}: {e}"
+        trial.set_user_attr("fail_reason", reason[:2000])
+        study.tell(trial, state=studies.TrialState.FAIL)
+        raise
+    trial.set_user_attr("metrics", {k: v for k, v in produced.items() if _is_finite_number(v)})
+    trial.set_user_attr("wall_seconds", round(time.time() - started, 3))
+    frozen = study.tell(trial, values)
+    result = trial_summary(frozen, tuning, trial_dir)
+    write_json(trial_dir / "metrics.json", result)
+    return result
+
+
+def _is_finite_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def trial_summary(frozen, tuning: dict, trial_dir: Path) -> dict:
+    return {
+        "trial_number": frozen.number,
+        "state": frozen.state.name,
+        "values": dict(zip(tuning["metrics"], frozen.values or [])),
+        "metrics": frozen.user_attrs.get("metrics", {}),
+        "params": frozen.params,
+        "trial_dir": str(trial_dir),
+        "last_checkpoint": last_checkpoint(trial_dir),
+    }
+
+
+def last_checkpoint(trial_dir: Path) -> str | None:
+    checkpoints = sorted(Path(trial_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    return str(checkpoints[-1]) if checkpoints else None
+
+
+def build_training_args(tune: dict, tuned: dict, trial_dir: Path):
+    """SFTConfig from fixed + sampled training parameters, with what snaketune must set itself."""
+    import torch
+    from trl import SFTConfig
+
+    tuning = tune["tuning"]
+    user = {k: v for k, v in {**tuning["training_args"], **tuned}.items() if k != "trainer_type"}
+    defaults = {
+        "seed": tuning["seed"],
+        "max_length": tune["model"]["model_max_length"],
+        "report_to": "none",
+        "save_total_limit": 1,  # the last checkpoint is all a resume or the best model needs
+        "logging_steps": 1,
+    }
+    if not torch.cuda.is_available():
+        # TRL turns on bf16 mixed precision by default, which a CPU runs slowly or not at all.
+        defaults.update(use_cpu=True, bf16=False, fp16=False)
+    return SFTConfig(
+        **{**defaults, **user},
+        output_dir=str(trial_dir),
+        # prepare_data tokenized the rows once for the whole study (input_ids + labels).
+        dataset_kwargs={"skip_prepare_dataset": True},
+    )
+
+
+def build_lora_config(tune: dict, tuned_peft: dict):
+    from peft import LoraConfig
+
+    kwargs = {**tune["tuning"]["lora_args"], **{k: v for k, v in tuned_peft.items()}}
+    kwargs.pop("peft_method", None)
+    kwargs.setdefault("task_type", "CAUSAL_LM")
+    return LoraConfig(**kwargs)
+
+
+def train_and_evaluate(tune: dict, params: dict, trial_dir: Path, model_source: dict, data_dir) -> dict:
+    from transformers import TrainerCallback
+    from trl import SFTTrainer
+
+    from snaketune import data as datasets_
+    from snaketune import model as models
+
+    tuning = tune["tuning"]
+    tuned_training, tuned_peft = search_space.split_by_group(tuning["space"], params)
+    args = build_training_args(tune, tuned_training, trial_dir)
+    quantization = {**tuning["quantization"], **{k: v for k, v in tuned_peft.items()
+                                                 if k in tuning["quantization"]}}
+    tuned_peft = {k: v for k, v in tuned_peft.items() if k not in quantization}
+    tokenizer = models.load_tokenizer(model_source, tune["model"])
+    model = models.load_model(model_source, tune["model"])
+    prepared = datasets_.load_prepared(data_dir)
+
+    class LossCurve(TrainerCallback):
+        """Appends every log line to logs/loss_curve.jsonl as it happens (live progress)."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            with open(trial_dir / "logs" / "loss_curve.jsonl", "a") as f:
+                f.write(json.dumps({"step": state.global_step, **(logs or {})}) + "\n")
+
+    class SaveLastStep(TrainerCallback):
+        """Always checkpoint the final step: the best model and resumes start from it."""
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step >= state.max_steps:
+                control.should_save = True
+
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=prepared["train"],
+        eval_dataset=prepared["validation"],
+        processing_class=tokenizer,
+        peft_config=build_lora_config(tune, tuned_peft) if tuning["use_peft"] else None,
+        callbacks=[LossCurve(), SaveLastStep()],
+    )
+    train_output = trainer.train(resume_from_checkpoint=last_checkpoint(trial_dir))
+    produced = {**train_output.metrics, **trainer.evaluate()}
+    write_loss_curve(trainer.state.log_history, trial_dir / "logs" / "loss_curve.csv")
+    if tuning["custom_eval_metrics"]:
+        trainer.model.eval()
+        produced.update(custom_metrics.compute_custom_metrics(
+            tuning["custom_eval_metrics"], model=trainer.model, tokenizer=tokenizer,
+            eval_dataset=prepared["validation"], trial_dir=trial_dir, metrics=produced))
+    return produced
+
+
+def write_loss_curve(log_history: list[dict], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=LOSS_CURVE_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        for entry in log_history:
+            if any(k in entry for k in ("loss", "eval_loss")):
+                writer.writerow(entry)
