@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def start(snakemake) -> dict:
-    sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "workflow"))
+    sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parent / "workflow"))
     if snakemake.log:
         Path(snakemake.log[0]).parent.mkdir(parents=True, exist_ok=True)
         log = open(snakemake.log[0], "a", buffering=1)

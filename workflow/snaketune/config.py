@@ -79,14 +79,29 @@ def load_tune_config(raw: dict, base_dir: str | Path | None = None) -> dict:
     schema = load_schema()
     problems = _schema_problems(cfg, schema)
     _fill_defaults(cfg, schema, schema)
-    if problems:  # semantic checks below assume the shape is right
-        raise ConfigError(problems)
 
     checker = _Checker(base)
-    resolved = checker.resolve(cfg)
-    if checker.problems:
-        raise ConfigError(checker.problems)
-    return resolved
+    if not problems:
+        resolved = checker.resolve(cfg)
+        if checker.problems:
+            raise ConfigError(checker.problems)
+        return resolved
+    # The semantic checks assume the schema's shape. Past a shape problem they still run, so that
+    # a typo'd key and a bad bound show up together; they stop at the first part they cannot read,
+    # and say nothing about a path the schema already reported.
+    try:
+        checker.resolve(cfg)
+    except Exception:
+        pass
+    reported = [p.split(": ", 1)[0] for p in problems]
+    raise ConfigError(problems + [p for p in checker.problems
+                                  if not any(_overlaps(p.split(": ", 1)[0], r) for r in reported)])
+
+
+def _overlaps(path: str, other: str) -> bool:
+    """Whether one YAML path is the other or lies inside it."""
+    short, long = sorted((path, other), key=len)
+    return long == short or long.startswith((short + ".", short + "["))
 
 
 def _coerce_yaml11_numbers(value):
@@ -209,7 +224,7 @@ class _Checker:
             ("peft", names.peft_target, "tunable_peft_params", "fixed_peft_params"),
         )
         for group, target_of, tunable_key, fixed_key in groups:
-            tunable_targets = {}
+            tunable_targets, fixed_targets = {}, {}
             for name, spec in tuning[tunable_key].items():
                 path = f"tuning.{tunable_key}.{name}"
                 target, problem = target_of(name)
@@ -219,10 +234,18 @@ class _Checker:
                 if target in names.OUMI_ONLY_TRAINING_NAMES or target in names.OUMI_ONLY_PEFT_NAMES:
                     self.error(path, "cannot be tuned")
                     continue
+                if group == "peft" and name in names.QUANTIZATION_NAMES:
+                    # Quantisation is chosen when the model is loaded, not per LoraConfig.
+                    self.error(path, f"cannot be tuned; set it in tuning.{fixed_key}")
+                    continue
+                if target in tunable_targets:  # an Oumi name and its HF name: one parameter
+                    self.error(path, f"is the same parameter as "
+                                     f"tuning.{tunable_key}.{tunable_targets[target]}; keep one")
+                    continue
+                tunable_targets[target] = name
                 param = self.distribution(path, name, spec)
                 if param:
                     space.append({"name": name, "group": group, "target": target, **param})
-                    tunable_targets[target] = name
             for name, value in tuning[fixed_key].items():
                 path = f"tuning.{fixed_key}.{name}"
                 target, problem = target_of(name)
@@ -234,6 +257,11 @@ class _Checker:
                     self.error(path, f"is both fixed and tunable (tuning.{tunable_key}.{other}); "
                                      "keep one")
                     continue
+                if target in fixed_targets:
+                    self.error(path, f"is the same parameter as "
+                                     f"tuning.{fixed_key}.{fixed_targets[target]}; keep one")
+                    continue
+                fixed_targets[target] = name
                 oumi_only = {**names.OUMI_ONLY_TRAINING_NAMES, **names.OUMI_ONLY_PEFT_NAMES}
                 if target in oumi_only:
                     if value not in oumi_only[target]:
@@ -276,8 +304,10 @@ class _Checker:
                     self.error(f"{path}.choices[{i}]", f"{choice!r} is not a scalar "
                                                         "(Optuna choices are None, bool, int, float or str)")
                     ok = False
-            if len(set(map(repr, choices))) != len(choices):
-                self.error(f"{path}.choices", "lists the same choice twice")
+            # Optuna finds a choice by ==, so 1, 1.0 and true (or 0 and false) are one choice.
+            if any(a == b for i, a in enumerate(choices) for b in choices[:i]):
+                self.error(f"{path}.choices", "lists the same choice twice (Optuna treats equal "
+                                              "values such as 1, 1.0 and true as one choice)")
                 ok = False
             return {"type": "categorical", "choices": choices} if ok else None
 

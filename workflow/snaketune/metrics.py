@@ -27,9 +27,10 @@ class MissingObjectiveError(RuntimeError):
 
 def compute_custom_metrics(custom: list[dict], **context) -> dict[str, float]:
     results = {}
+    produced = context.pop("metrics", {})
     for entry in custom:
         fn = import_function(entry["function"])
-        value = fn(**context, metrics={**context.get("metrics", {}), **results})
+        value = fn(**context, metrics={**produced, **results})
         if isinstance(value, dict):
             results.update({str(k): _as_float(v, entry) for k, v in value.items()})
             if entry["name"] not in value and len(value) == 1:  # a one-key dict names its metric

@@ -19,7 +19,7 @@ TRAINING_NAMES = {
     "compile": "torch_compile",
     "max_grad_norm": "max_grad_norm",
     "lr_scheduler_type": "lr_scheduler_type",
-    "warmup_ratio": "warmup_ratio",
+    "warmup_ratio": "warmup_steps",  # transformers 5 dropped warmup_ratio: a float < 1 is a ratio
     "warmup_steps": "warmup_steps",
     "dataloader_num_workers": "dataloader_num_workers",
     "save_steps": "save_steps",

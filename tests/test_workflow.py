@@ -1,0 +1,165 @@
+"""The real Snakefile, run by Snakemake, on a tiny random Llama: studies end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from optuna.trial import TrialState
+
+from workflow_helpers import load_study, run_snakemake, tiny_config, write_config, write_reverse_words
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    write_reverse_words(tmp_path / "data.jsonl")
+    return tmp_path
+
+
+def assert_trial_files(trial_dir):
+    assert (trial_dir / "params.json").exists()
+    assert list(trial_dir.glob("checkpoint-*")), f"no checkpoint in {trial_dir}"
+    assert (trial_dir / "logs" / "trial.log").stat().st_size > 0
+    curve = pd.read_csv(trial_dir / "logs" / "loss_curve.csv")
+    assert len(curve) >= 3 and curve["loss"].notna().any()
+    metrics = json.loads((trial_dir / "metrics.json").read_text())
+    assert metrics["state"] == "COMPLETE"
+    return metrics
+
+
+def test_single_objective_study(workdir):
+    config = tiny_config()
+    config["tuning"]["tunable_training_params"]["per_device_train_batch_size"] = {
+        "type": "categorical", "choices": [2, 4]}
+    del config["tuning"]["fixed_training_params"]["per_device_train_batch_size"]
+    write_config(workdir, config)
+    result = run_snakemake(workdir)
+    out = workdir / "tuning_output"
+
+    table = pd.read_csv(out / "trials_results.csv")
+    assert len(table) == 3
+    for column in ("number", "state", "datetime_start", "datetime_complete", "duration",
+                   "params_learning_rate", "params_per_device_train_batch_size", "eval_loss",
+                   "eval_mean_token_accuracy", "trial_dir"):
+        assert column in table.columns, column
+    assert "values_0" not in table.columns and "value" not in table.columns
+    assert set(table["state"]) == {"COMPLETE"}
+    assert table["params_learning_rate"].between(1e-4, 1e-1).all()
+
+    study = load_study(out)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
+    for trial in study.trials:
+        metrics = assert_trial_files(out / f"trial_{trial.user_attrs['slot']}")
+        assert metrics["values"]["eval_loss"] == pytest.approx(trial.value)
+
+    best = json.loads((out / "best_trial.json").read_text())
+    assert best["number"] == study.best_trial.number
+    assert best["values"]["eval_loss"] == pytest.approx(table["eval_loss"].min())
+    assert f"best trial {best['number']}" in result.stdout + result.stderr
+
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(out / "best_model")
+    assert model.config.hidden_size == 32
+
+
+def test_rerun_with_everything_done_trains_nothing(workdir):
+    write_config(workdir, tiny_config(n_trials=1))
+    run_snakemake(workdir)
+    again = run_snakemake(workdir)
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_multi_objective_study_with_custom_metric(workdir):
+    (workdir / "my_metrics.py").write_text(
+        "def answer_tokens(*, model, tokenizer, eval_dataset, trial_dir, **kwargs):\n"
+        "    assert (trial_dir / 'params.json').exists()\n"
+        "    return sum(len(t) for t in tokenizer(list(eval_dataset['completion']))['input_ids'])"
+        " / len(eval_dataset)\n"
+        "\n"
+        "def lr_score(*, metrics, **kwargs):\n"
+        "    return {'lr_score': -metrics['eval_loss'], 'unused_extra': 1.0}\n"
+    )
+    config = tiny_config(
+        n_trials=4,
+        evaluation_metrics=["eval_loss", "lr_score"],
+        evaluation_direction=["minimize", "maximize"],
+        custom_eval_metrics=[
+            {"name": "answer_tokens", "function": "my_metrics.answer_tokens"},
+            {"name": "lr_score", "function": "my_metrics.lr_score"},
+        ],
+        tuner_sampler="RandomSampler",
+    )
+    write_config(workdir, config)
+    run_snakemake(workdir)
+    out = workdir / "tuning_output"
+
+    table = pd.read_csv(out / "trials_results.csv")
+    assert len(table) == 4
+    assert {"eval_loss", "lr_score", "answer_tokens", "unused_extra"} <= set(table.columns)
+    assert (table["lr_score"] == -table["eval_loss"]).all()
+    assert (table["answer_tokens"] > 0).all()
+    front = pd.read_csv(out / "pareto_front.csv")
+    best = json.loads((out / "best_trials.json").read_text())
+    study = load_study(out)
+    assert sorted(front["number"]) == sorted(t.number for t in study.best_trials)
+    assert sorted(t["number"] for t in best["trials"]) == sorted(front["number"])
+    assert not (out / "best_trial.json").exists()
+    metrics = json.loads((out / "trial_0" / "metrics.json").read_text())
+    assert set(metrics["values"]) == {"eval_loss", "lr_score"}
+
+
+def test_lora_study_merges_best_model(workdir):
+    config = tiny_config(
+        n_trials=2,
+        tunable_peft_params={"lora_r": {"type": "categorical", "choices": [2, 4]}},
+        fixed_peft_params={"lora_alpha": 8, "lora_target_modules": ["q_proj", "v_proj"]},
+    )
+    write_config(workdir, config)
+    run_snakemake(workdir)
+    out = workdir / "tuning_output"
+
+    table = pd.read_csv(out / "trials_results.csv")
+    assert set(table["params_lora_r"]) <= {2, 4}
+    for slot in range(2):
+        checkpoint = next((out / f"trial_{slot}").glob("checkpoint-*"))
+        adapter = json.loads((checkpoint / "adapter_config.json").read_text())
+        assert sorted(adapter["target_modules"]) == ["q_proj", "v_proj"]
+        assert adapter["lora_alpha"] == 8
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(out / "best_model")
+    assert not any("lora" in name for name, _ in model.named_parameters())
+
+
+def test_objective_not_produced_fails_the_trial_listing_metrics(workdir):
+    write_config(workdir, tiny_config(n_trials=1, evaluation_metrics=["eval_bleu"]))
+    result = run_snakemake(workdir, check=False)
+    assert result.returncode != 0
+    log = (workdir / "tuning_output" / "trial_0" / "logs" / "trial.log").read_text()
+    assert "eval_bleu" in log and "eval_loss" in log and "metrics produced" in log
+    study = load_study(workdir / "tuning_output")
+    assert study.trials[0].state == TrialState.FAIL
+    assert "eval_bleu" in study.trials[0].user_attrs["fail_reason"]
+
+
+def test_dry_run_lists_exactly_n_trial_jobs(workdir):
+    write_config(workdir, tiny_config(n_trials=5))
+    result = run_snakemake(workdir, "-n", "--quiet", "rules")
+    counts = dict(line.split()[:2] for line in result.stdout.splitlines()
+                  if line.strip() and line.split()[0] in {"trial", "aggregate", "all"})
+    assert counts == {"trial": "5", "aggregate": "1", "all": "1"}
+    assert not (workdir / "tuning_output").exists()
+
+
+def test_bad_config_fails_before_any_job_or_journal(workdir):
+    config = tiny_config(n_trials=0)
+    config["tuning"]["tunable_training_params"]["learning_rate"]["low"] = -1
+    write_config(workdir, config)
+    result = run_snakemake(workdir, check=False)
+    assert result.returncode != 0
+    message = result.stdout + result.stderr
+    assert "tuning.n_trials" in message
+    assert "tuning.tunable_training_params.learning_rate.low" in message
+    assert not (workdir / "tuning_output").exists()

@@ -1,0 +1,84 @@
+"""Helpers for tests that run the real Snakefile on a tiny random Llama and tiny data."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+TINY_MODEL = REPO / "tests" / "assets" / "tiny-llama"
+
+
+def write_reverse_words(path: Path, rows: int = 40, seed: int = 0) -> Path:
+    """Alpaca rows: reverse a short made-up word (short sequences, a learnable task)."""
+    rng = random.Random(seed)
+    with open(path, "w") as f:
+        for _ in range(rows):
+            word = "".join(rng.choice("abcdefgh") for _ in range(5))
+            f.write(json.dumps({"instruction": "Reverse the word.", "input": word, "output": word[::-1]}) + "\n")
+    return path
+
+
+def tiny_config(data_file: str = "data.jsonl", **tuning) -> dict:
+    """A tune config for the tiny model: a few steps per trial, seconds each on a CPU."""
+    config = {
+        "model": {
+            "model_name": str(TINY_MODEL),
+            "model_max_length": 128,
+            "load_pretrained_weights": False,
+        },
+        "data": {
+            "train": {"datasets": [{"dataset_name": data_file, "split": "train[:80%]"}]},
+            "validation": {"datasets": [{"dataset_name": data_file, "split": "train[80%:]"}]},
+        },
+        "tuning": {
+            "n_trials": 3,
+            "tunable_training_params": {
+                "learning_rate": {"type": "loguniform", "low": 1e-4, "high": 1e-1},
+            },
+            "fixed_training_params": {
+                "max_steps": 3,
+                "per_device_train_batch_size": 4,
+                "gradient_checkpointing": False,
+            },
+            "evaluation_metrics": ["eval_loss"],
+            "evaluation_direction": ["minimize"],
+        },
+    }
+    config["tuning"].update(tuning)
+    return config
+
+
+def write_config(workdir: Path, config: dict, name: str = "tune.yaml") -> Path:
+    path = workdir / name
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def run_snakemake(workdir: Path, *args: str, configfile: str | None = "tune.yaml", cores: int = 2,
+                  check: bool = True) -> subprocess.CompletedProcess:
+    """`snakemake -s <repo>/Snakefile --configfile tune.yaml --cores N ...` in `workdir`."""
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--cores", str(cores)]
+    if configfile:
+        command += ["--configfile", configfile]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    result = subprocess.run([*command, *args], cwd=workdir, env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stdout[-5000:]}\n"
+                             f"{result.stderr[-10000:]}")
+    return result
+
+
+def load_study(output_dir: Path, study_name: str = "snaketune"):
+    import optuna
+
+    sys.path.insert(0, str(REPO / "workflow"))
+    from snaketune.study import open_storage
+
+    return optuna.load_study(study_name=study_name, storage=open_storage(str(output_dir / "study.journal")))
