@@ -1,4 +1,5 @@
 import json
+import os
 
 from rule_setup import start
 
@@ -8,4 +9,4 @@ from snaketune.model import load_tokenizer  # noqa: E402
 
 source = json.loads(open(snakemake.input.model).read())  # noqa: F821
 tokenizer = load_tokenizer(source, tune["model"])
-prepare_data(tune["data"], tokenizer, tune["model"]["model_max_length"], snakemake.params.data_dir)  # noqa: F821
+prepare_data(tune["data"], tokenizer, tune["model"]["model_max_length"], os.path.dirname(snakemake.output[0]))  # noqa: F821

@@ -20,4 +20,5 @@ def start(snakemake) -> dict:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from snaketune.config import load_tune_config
 
-    return load_tune_config(snakemake.config, base_dir=snakemake.params.base_dir)
+    # Jobs run in the workflow's working directory, where relative config paths resolve.
+    return load_tune_config(snakemake.config, base_dir=os.getcwd())

@@ -163,3 +163,18 @@ def test_bad_config_fails_before_any_job_or_journal(workdir):
     assert "tuning.n_trials" in message
     assert "tuning.tunable_training_params.learning_rate.low" in message
     assert not (workdir / "tuning_output").exists()
+
+
+def test_snakemake_lint_is_clean(tmp_path):
+    result = run_snakemake(tmp_path, "--lint", configfile=None)
+    assert "Congratulations, your workflow is in a good condition!" in result.stdout + result.stderr
+    assert "Lints for" not in result.stdout + result.stderr
+
+
+def test_embedded_default_dry_run_from_another_directory(tmp_path):
+    """No --configfile: the default study (real SmolLM2 GGUF, demo data) is planned as 6+ trials."""
+    result = run_snakemake(tmp_path, "-n", "--quiet", "rules", configfile=None)
+    counts = dict(line.split()[:2] for line in result.stdout.splitlines()
+                  if line.strip() and line.split()[0] in {"prepare_model", "prepare_data", "trial"})
+    assert counts["prepare_model"] == "1" and counts["prepare_data"] == "1"
+    assert int(counts["trial"]) >= 6

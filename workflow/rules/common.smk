@@ -6,19 +6,15 @@ from pathlib import Path
 REPO_DIR = Path(workflow.basedir)
 sys.path.insert(0, str(REPO_DIR / "workflow"))
 
-from snaketune.config import ConfigError, load_tune_config, read_tune_yaml
+from snaketune.config import ConfigError, load_tune_config, read_default_tune_yaml
 
 
 # Snakemake deep-merges --configfile over a `configfile:` directive's dict, so a default tune
 # config there would leak its parameters into the user's. Load the default only when none is given.
 if not config:
-    config.update(read_tune_yaml(REPO_DIR / "config" / "tune.yaml"))
-    BASE_DIR = str(REPO_DIR)  # the default's relative paths are the repo's
-else:
-    BASE_DIR = os.getcwd()  # a user's relative paths resolve against the working directory
-
-try:
-    TUNE = load_tune_config(config, base_dir=BASE_DIR)
+    config.update(read_default_tune_yaml(REPO_DIR))
+try:  # relative paths in a tune config resolve against the working directory
+    TUNE = load_tune_config(config, base_dir=os.getcwd())
 except ConfigError as error:
     sys.exit(str(error))
 
@@ -42,10 +38,6 @@ def trial_threads(wildcards):
     return max(1, workflow.cores // max(1, int(concurrent)))
 
 
-def trial_dir(wildcards):
-    return out(f"trial_{wildcards.i}")
-
-
 def trial_metrics():
     return expand(out("trial_{i}/metrics.json"), i=range(N_TRIALS))
 
@@ -55,5 +47,11 @@ def results_outputs():
     if MULTI_OBJECTIVE:
         files += [out("pareto_front.csv"), out("best_trials.json")]
     else:
-        files += [out("best_trial.json"), directory(out("best_model"))]
+        files += [out("best_trial.json")]
     return files
+
+
+def aggregate_outputs():
+    if MULTI_OBJECTIVE:
+        return results_outputs()
+    return results_outputs() + [directory(out("best_model"))]

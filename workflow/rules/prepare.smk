@@ -4,9 +4,6 @@
 rule prepare_model:
     output:
         out("prepared_model/source.json"),
-    params:
-        base_dir=BASE_DIR,
-        model_dir=out("prepared_model"),
     log:
         out("logs/prepare_model.log"),
     threads: max(1, workflow.cores)
@@ -23,9 +20,6 @@ rule prepare_data:
         model=out("prepared_model/source.json"),
     output:
         out("data/summary.json"),
-    params:
-        base_dir=BASE_DIR,
-        data_dir=out("data"),
     log:
         out("logs/prepare_data.log"),
     threads: max(1, workflow.cores)

@@ -6,9 +6,7 @@ rule aggregate:
         model=out("prepared_model/source.json"),
         trials=trial_metrics(),
     output:
-        results_outputs(),
-    params:
-        base_dir=BASE_DIR,
+        aggregate_outputs(),
     log:
         out("logs/aggregate.log"),
     threads: 1

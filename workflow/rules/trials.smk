@@ -7,10 +7,6 @@ rule trial:
         data=out("data/summary.json"),
     output:
         out("trial_{i}/metrics.json"),
-    params:
-        base_dir=BASE_DIR,
-        trial_dir=trial_dir,
-        data_dir=out("data"),
     log:
         out("trial_{i}/logs/trial.log"),
     wildcard_constraints:

