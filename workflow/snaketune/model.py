@@ -47,7 +47,7 @@ def prepare_model(model_cfg: dict, out_dir: str | Path) -> dict:
         del gguf_model
         tokenizer = (AutoTokenizer.from_pretrained(tokenizer_name, trust_remote_code=trust)
                      if tokenizer_name else AutoTokenizer.from_pretrained(gguf.parent, **gguf_kw))
-        kind, path, extra = "gguf_converted", out_dir, {"gguf_file": str(gguf)}
+        kind, extra = "gguf_converted", {"gguf_file": str(gguf)}
     elif not model_cfg.get("load_pretrained_weights", True):
         config = _from_local_or_hub(AutoConfig.from_pretrained, name, trust_remote_code=trust)
         seed = int(model_cfg.get("seed", 0))
@@ -56,7 +56,7 @@ def prepare_model(model_cfg: dict, out_dir: str | Path) -> dict:
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, trust_remote_code=trust)
         tokenizer = _from_local_or_hub(AutoTokenizer.from_pretrained, tokenizer_name or name,
                                        trust_remote_code=trust)
-        kind, path, extra = "random_init", out_dir, {"seed": seed}
+        kind, extra = "random_init", {"seed": seed}
     else:
         # Fail here, in one job, rather than in every trial: the config must be reachable now.
         _from_local_or_hub(AutoConfig.from_pretrained, name, trust_remote_code=trust)
@@ -66,22 +66,46 @@ def prepare_model(model_cfg: dict, out_dir: str | Path) -> dict:
 
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    source = {"path": str(path), "kind": kind, "tokenizer_path": str(out_dir),
+    source = {"path": str(out_dir), "kind": kind, "tokenizer_path": str(out_dir),
               "model_name": str(name), **extra}
     return _write_source(out_dir, source)
 
 
-def load_model(source: dict, model_cfg: dict, device_map=None):
-    """The `AutoModelForCausalLM` a trial trains, from a prepared `source.json` dict."""
+def load_model(source: dict, model_cfg: dict, device_map=None, quantization: dict | None = None):
+    """The `AutoModelForCausalLM` a trial trains, from a prepared `source.json` dict.
+
+    `quantization` holds the resolved QLoRA options (`q_lora`, `q_lora_bits`, `bnb_4bit_*`).
+    """
     from transformers import AutoModelForCausalLM
 
     dtype = model_cfg.get("torch_dtype_str", "float32")
+    kwargs = {}
+    if quantization and quantization.get("q_lora"):
+        kwargs["quantization_config"] = qlora_config(quantization, dtype)
+        device_map = device_map or {"": torch.cuda.current_device()}
     return AutoModelForCausalLM.from_pretrained(
         source["path"],
         dtype=dtype if dtype == "auto" else getattr(torch, dtype),
         attn_implementation=model_cfg.get("attn_implementation"),
         trust_remote_code=bool(model_cfg.get("trust_remote_code", False)),
         device_map=device_map,
+        **kwargs,
+    )
+
+
+def qlora_config(quantization: dict, dtype: str):
+    """bitsandbytes settings for QLoRA (4-bit NF4 by default, as Oumi's q_lora)."""
+    from transformers import BitsAndBytesConfig
+
+    options = {k: v for k, v in quantization.items() if k not in ("q_lora", "q_lora_bits")}
+    if quantization.get("q_lora_bits", 4) == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    compute = options.pop("bnb_4bit_compute_dtype", None) or (dtype if dtype != "auto" else "bfloat16")
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=options.pop("bnb_4bit_quant_type", "nf4"),
+        bnb_4bit_compute_dtype=getattr(torch, compute) if isinstance(compute, str) else compute,
+        **options,
     )
 
 

@@ -133,11 +133,9 @@ def train_and_evaluate(tune: dict, params: dict, trial_dir: Path, model_source: 
     tuning = tune["tuning"]
     tuned_training, tuned_peft = search_space.split_by_group(tuning["space"], params)
     args = build_training_args(tune, tuned_training, trial_dir)
-    quantization = {**tuning["quantization"], **{k: v for k, v in tuned_peft.items()
-                                                 if k in tuning["quantization"]}}
-    tuned_peft = {k: v for k, v in tuned_peft.items() if k not in quantization}
     tokenizer = models.load_tokenizer(model_source, tune["model"])
-    model = models.load_model(model_source, tune["model"])
+    # Quantisation options are fixed (config.py refuses to tune them) and apply to loading.
+    model = models.load_model(model_source, tune["model"], quantization=tuning["quantization"])
     prepared = datasets_.load_prepared(data_dir)
 
     class LossCurve(TrainerCallback):
