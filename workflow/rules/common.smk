@@ -7,6 +7,7 @@ REPO_DIR = Path(workflow.basedir)
 sys.path.insert(0, str(REPO_DIR / "workflow"))
 
 from snaketune.config import ConfigError, load_tune_config, read_default_tune_yaml
+from snaketune.study import definition_conflicts
 
 
 # Snakemake deep-merges --configfile over a `configfile:` directive's dict, so a default tune
@@ -15,6 +16,10 @@ if not config:
     config.update(read_default_tune_yaml(REPO_DIR))
 try:  # relative paths in a tune config resolve against the working directory
     TUNE = load_tune_config(config, base_dir=os.getcwd())
+    # An existing study is only ever continued with the same search space and objectives.
+    conflicts = definition_conflicts(TUNE["tuning"])
+    if conflicts:
+        raise ConfigError(conflicts)
 except ConfigError as error:
     sys.exit(str(error))
 

@@ -22,3 +22,10 @@ onsuccess:
     from snaketune.results import print_summary
 
     print_summary(TUNING)
+
+
+# A failed trial stops `aggregate` from running; the table is written from the journal anyway.
+onerror:
+    from snaketune.results import aggregate_after_failure
+
+    aggregate_after_failure(TUNE)

@@ -109,6 +109,16 @@ def load_tune_config(raw: dict, base_dir: str | Path | None = None) -> dict:
                                   if not any(_overlaps(p.split(": ", 1)[0], r) for r in reported)])
 
 
+def load_gpu_settings(raw: dict, base_dir: str | Path | None = None) -> dict:
+    """Only the device settings (`tuning["gpu"]` of the resolved config) of an already validated
+    config: a trial leases its GPU with these before anything may import torch."""
+    schema = load_schema()
+    tuning = {k: v for k, v in (raw.get("tuning") or {}).items()
+              if k in ("trials_per_gpu", "gpus_per_trial", "gpu_devices", "gpu_lease_dir")}
+    _fill_defaults(tuning, schema["properties"]["tuning"], schema)
+    return _Checker(Path(base_dir or Path.cwd()).resolve()).gpu_settings(tuning)
+
+
 def _overlaps(path: str, other: str) -> bool:
     """Whether one YAML path is the other or lies inside it."""
     short, long = sorted((path, other), key=len)
@@ -219,6 +229,8 @@ class _Checker:
                 "lora_args": lora_args,
                 "quantization": quantization,
                 "use_peft": use_peft,
+                "gpu": self.gpu_settings(tuning),
+                "on_divergence": tuning["on_divergence"],
             },
         }
 
@@ -415,6 +427,25 @@ class _Checker:
                        f"unknown sampler {tuning['tuner_sampler']!r}"
                        f"{closest(tuning['tuner_sampler'], SAMPLERS)}; "
                        f"expected one of {', '.join(SAMPLERS)}")
+
+    def gpu_settings(self, tuning: dict) -> dict:
+        """Device settings for snaketune.gpu (the schema checked the types and minimums)."""
+        devices = tuning["gpu_devices"]
+        if devices is not None:
+            devices = [str(d) for d in devices]
+            if len(set(devices)) != len(devices):
+                self.error("tuning.gpu_devices", f"names a device twice: {devices}")
+            if devices and tuning["gpus_per_trial"] > len(devices):
+                self.error("tuning.gpus_per_trial",
+                           f"{tuning['gpus_per_trial']} GPUs per trial, but tuning.gpu_devices "
+                           f"lists only {len(devices)}")
+        lease_dir = tuning["gpu_lease_dir"]
+        return {
+            "trials_per_gpu": tuning["trials_per_gpu"],
+            "gpus_per_trial": tuning["gpus_per_trial"],
+            "devices": devices,
+            "lease_dir": None if lease_dir is None else str(self.path(lease_dir)),
+        }
 
     # -- model and data -------------------------------------------------------------------
     def model(self, model: dict, seed: int) -> dict:

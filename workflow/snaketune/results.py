@@ -80,6 +80,8 @@ def trial_record(trial: optuna.trial.FrozenTrial, metrics: list[str]) -> dict:
 
 
 def aggregate(tune: dict, model_source: dict) -> None:
+    """Write the results of every trial in the journal, failed ones included; the best trial is
+    chosen among the completed ones."""
     tuning = tune["tuning"]
     out = Path(tuning["output_dir"])
     study = studies.open_study(tuning)
@@ -101,6 +103,34 @@ def aggregate(tune: dict, model_source: dict) -> None:
     best["best_model"] = str(out / "best_model")
     save_best_model(tune, model_source, best["checkpoint"], out / "best_model", best)
     write_json(out / "best_trial.json", best)
+
+
+def aggregate_after_failure(tune: dict) -> None:
+    """The table of a run where some jobs failed (Snakemake's onerror): written all the same.
+
+    Snakemake never runs `aggregate` when one of its inputs (a failed trial) is missing. This
+    writes trials_results.csv from the journal, and only that: the other outputs of `aggregate`
+    stay missing, so the next run still re-runs the failed trials and then `aggregate` itself.
+    """
+    tuning = tune["tuning"]
+    out = Path(tuning["output_dir"])
+    if not Path(studies.journal_path(tuning)).exists():
+        return
+    study = studies.open_study(tuning)
+    results_table(study, tuning["metrics"]).to_csv(out / "trials_results.csv", index=False)
+    latest = latest_attempts(study)
+    failed = [t for t in latest if t.state == TrialState.FAIL]
+    print(f"\nsnaketune: {len(failed)} trial(s) failed; the table so far is in {out / 'trials_results.csv'}")
+    for trial in failed:
+        print(f"  trial_{trial.user_attrs.get('slot')} (trial {trial.number}): "
+              f"{trial.user_attrs.get('fail_reason', 'unknown')}")
+    completed = [t for t in latest if t.state == TrialState.COMPLETE]
+    if completed and len(tuning["metrics"]) == 1:
+        sign = 1 if tuning["directions"][0] == "minimize" else -1
+        best = min(completed, key=lambda t: sign * t.value)
+        print(f"Best completed so far: trial_{best.user_attrs.get('slot')} (trial {best.number}), "
+              f"{tuning['metrics'][0]}={best.value:.4g}")
+    print("Run the same command again to re-run exactly the failed trials with their parameters.")
 
 
 def save_best_model(tune: dict, model_source: dict, checkpoint: str | None, target: Path,

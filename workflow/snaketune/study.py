@@ -9,6 +9,7 @@ they were. The journal keeps every attempt.
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import warnings
 
@@ -47,13 +48,55 @@ def make_sampler(tuning: dict, slot: int) -> optuna.samplers.BaseSampler:
 def open_study(tuning: dict, slot: int = 0, storage: JournalStorage | None = None) -> optuna.Study:
     os.makedirs(tuning["output_dir"], exist_ok=True)
     storage = storage or open_storage(journal_path(tuning))
-    return optuna.create_study(
+    study = optuna.create_study(
         storage=storage,
         study_name=tuning["study_name"],
         directions=tuning["directions"],
         sampler=make_sampler(tuning, slot),
         load_if_exists=True,
     )
+    if DEFINITION_ATTR not in study.user_attrs:
+        study.set_user_attr(DEFINITION_ATTR, study_definition(tuning))
+    return study
+
+
+# What a study's trials must share to be comparable: changing any of it needs a new study.
+DEFINITION_ATTR = "snaketune_definition"
+
+
+def study_definition(tuning: dict) -> dict:
+    space = {p["name"]: {k: v for k, v in p.items() if k != "name"} for p in tuning["space"]}
+    return {"space": space, "metrics": tuning["metrics"], "directions": tuning["directions"]}
+
+
+def definition_conflicts(tuning: dict) -> list[str]:
+    """Problems ('yaml.path: ...') if the config no longer matches the study already in its journal.
+
+    Read-only: a journal that does not exist yet is not created.
+    """
+    path = journal_path(tuning)
+    if not os.path.exists(path):
+        return []
+    storage = open_storage(path)
+    names = {s.study_name: s for s in storage.get_all_studies()}
+    if tuning["study_name"] not in names:
+        return []
+    stored = names[tuning["study_name"]].user_attrs.get(DEFINITION_ATTR)
+    if stored is None:
+        return []
+    wanted = json.loads(json.dumps(study_definition(tuning)))  # same JSON types as the journal's
+    hint = (f"study {tuning['study_name']!r} in {path} was run with a different {{what}}; "
+            "to tune a new one, set a new tuning.study_name or tuning.output_dir "
+            "(the existing study is kept as it is)")
+    problems = []
+    if stored["space"] != wanted["space"]:
+        changed = sorted(name for name in set(stored["space"]) | set(wanted["space"])
+                         if stored["space"].get(name) != wanted["space"].get(name))
+        problems.append("tuning.tunable_*_params: " + hint.format(what=f"search space (changed: {', '.join(changed)})"))
+    if stored["metrics"] != wanted["metrics"] or stored["directions"] != wanted["directions"]:
+        problems.append("tuning.evaluation_metrics: " + hint.format(
+            what=f"objectives ({stored['metrics']} {stored['directions']})"))
+    return problems
 
 
 def slot_attempts(study: optuna.Study, slot: int) -> list[FrozenTrial]:

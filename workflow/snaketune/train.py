@@ -29,8 +29,13 @@ def write_json(path: Path, data: dict) -> None:
 
 
 def run_trial(tune: dict, slot: int, trial_dir: str | Path, model_source: dict, data_dir: str | Path,
-              threads: int = 1) -> dict:
-    """Run slot `slot` of the study; returns what metrics.json holds."""
+              threads: int = 1, user_attrs: dict | None = None, before_training=None) -> dict:
+    """Run slot `slot` of the study; returns what metrics.json holds.
+
+    `user_attrs` are recorded on the trial (its devices and SLURM job: snaketune.gpu).
+    `before_training(params, resume_from)` is called once the parameters are known (data-parallel
+    rank 0 sends them to the other ranks: snaketune.gpu).
+    """
     import torch
 
     torch.set_num_threads(max(1, threads))
@@ -45,16 +50,24 @@ def run_trial(tune: dict, slot: int, trial_dir: str | Path, model_source: dict, 
         return result
 
     trial.set_user_attr("trial_dir", str(trial_dir))
+    for key, value in (user_attrs or {}).items():
+        trial.set_user_attr(key, value)
     # SIGTERM (Snakemake stopping, a scheduler's kill) becomes an exception so the trial is told FAIL.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     started = time.time()
     try:
         params = search_space.suggest(trial, tuning["space"])
+        resume_from = resumable_checkpoint(trial_dir, params)
         write_json(trial_dir / "params.json", {"trial_number": trial.number, "slot": slot,
                                                "attempt": trial.user_attrs.get("attempt", 1),
                                                "params": params})
-        produced = train_and_evaluate(tune, params, trial_dir, model_source, data_dir)
-        values = custom_metrics.objective_values(produced, tuning["metrics"])
+        if resume_from:
+            trial.set_user_attr("resumed_from", resume_from)
+        if before_training is not None:
+            before_training(params, resume_from)
+        produced, divergence = train_and_evaluate(tune, params, trial_dir, model_source, data_dir,
+                                                  trial=trial, resume_from=resume_from)
+        values = None if divergence else custom_metrics.objective_values(produced, tuning["metrics"])
     except BaseException as e:
         reason = "interrupted" if isinstance(e, (KeyboardInterrupt, SystemExit)) else f"{type(e).__name__}: {e}"
         trial.set_user_attr("fail_reason", reason[:2000])
@@ -62,10 +75,25 @@ def run_trial(tune: dict, slot: int, trial_dir: str | Path, model_source: dict, 
         raise
     trial.set_user_attr("metrics", {k: v for k, v in produced.items() if _is_finite_number(v)})
     trial.set_user_attr("wall_seconds", round(time.time() - started, 3))
-    frozen = study.tell(trial, values)
+    if divergence:
+        # A result, not a crash: the same parameters would diverge again, so the job succeeds.
+        trial.set_user_attr("fail_reason", divergence)
+        pruned = tuning["on_divergence"] == "prune"
+        frozen = study.tell(trial, state=studies.TrialState.PRUNED if pruned else studies.TrialState.FAIL)
+    else:
+        frozen = study.tell(trial, values)
     result = trial_summary(frozen, tuning, trial_dir)
     write_json(trial_dir / "metrics.json", result)
     return result
+
+
+def resumable_checkpoint(trial_dir: Path, params: dict) -> str | None:
+    """The slot's last checkpoint, if an earlier attempt with these same parameters left one."""
+    checkpoint = last_checkpoint(trial_dir)
+    previous = trial_dir / "params.json"
+    if checkpoint and previous.exists() and json.loads(previous.read_text()).get("params") == params:
+        return checkpoint
+    return None
 
 
 def _is_finite_number(value) -> bool:
@@ -85,8 +113,11 @@ def trial_summary(frozen, tuning: dict, trial_dir: Path) -> dict:
 
 
 def last_checkpoint(trial_dir: Path) -> str | None:
-    checkpoints = sorted(Path(trial_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    return str(checkpoints[-1]) if checkpoints else None
+    """The newest complete checkpoint: HF writes trainer_state.json last, so a checkpoint cut
+    short by a kill lacks it and is passed over."""
+    complete = [p for p in Path(trial_dir).glob("checkpoint-*")
+                if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()]
+    return str(max(complete, key=lambda p: int(p.name.split("-")[-1]))) if complete else None
 
 
 def build_training_args(tune: dict, tuned: dict, trial_dir: Path):
@@ -102,6 +133,7 @@ def build_training_args(tune: dict, tuned: dict, trial_dir: Path):
         "report_to": "none",
         "save_total_limit": 1,  # the last checkpoint is all a resume or the best model needs
         "logging_steps": 1,
+        "logging_nan_inf_filter": False,  # a NaN loss must show as NaN to be caught (StopOnDivergence)
     }
     if not torch.cuda.is_available():
         # TRL turns on bf16 mixed precision by default, which a CPU runs slowly or not at all.
@@ -123,7 +155,9 @@ def build_lora_config(tune: dict, tuned_peft: dict):
     return LoraConfig(**kwargs)
 
 
-def train_and_evaluate(tune: dict, params: dict, trial_dir: Path, model_source: dict, data_dir) -> dict:
+def train_and_evaluate(tune: dict, params: dict, trial_dir: Path, model_source: dict, data_dir,
+                       trial=None, resume_from: str | None = None) -> tuple[dict, str | None]:
+    """Train and evaluate one configuration: (metrics produced, why it diverged or None)."""
     from transformers import TrainerCallback
     from trl import SFTTrainer
 
@@ -145,6 +179,30 @@ def train_and_evaluate(tune: dict, params: dict, trial_dir: Path, model_source: 
             with open(trial_dir / "logs" / "loss_curve.jsonl", "a") as f:
                 f.write(json.dumps({"step": state.global_step, **(logs or {})}) + "\n")
 
+    class StopOnDivergence(TrainerCallback):
+        """Stops at the first non-finite loss or gradient norm.
+
+        Reads the raw values: HF's logging_nan_inf_filter would log a NaN loss as 0.0, so it is
+        turned off (build_training_args). The last finite loss is reported to the trial, so a
+        trial pruned for diverging has a value.
+        """
+
+        reason = None
+        last_finite = None  # (step, loss)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = logs or {}
+            for key in ("loss", "grad_norm"):
+                value = logs.get(key)
+                if isinstance(value, (int, float)) and not math.isfinite(value):
+                    self.reason = f"diverged: {key} is {value} at step {state.global_step}"
+                    control.should_training_stop = True
+                    if trial is not None and self.last_finite:
+                        trial.report(self.last_finite[1], self.last_finite[0])
+                    return
+            if _is_finite_number(logs.get("loss")):
+                self.last_finite = (state.global_step, float(logs["loss"]))
+
     class SaveLastStep(TrainerCallback):
         """Always checkpoint the final step: the best model and resumes start from it."""
 
@@ -152,6 +210,7 @@ def train_and_evaluate(tune: dict, params: dict, trial_dir: Path, model_source: 
             if state.global_step >= state.max_steps:
                 control.should_save = True
 
+    divergence = StopOnDivergence()
     trainer = SFTTrainer(
         model=model,
         args=args,
@@ -159,17 +218,21 @@ def train_and_evaluate(tune: dict, params: dict, trial_dir: Path, model_source: 
         eval_dataset=prepared["validation"],
         processing_class=tokenizer,
         peft_config=build_lora_config(tune, tuned_peft) if tuning["use_peft"] else None,
-        callbacks=[LossCurve(), SaveLastStep()],
+        callbacks=[LossCurve(), divergence, SaveLastStep()],
     )
-    train_output = trainer.train(resume_from_checkpoint=last_checkpoint(trial_dir))
-    produced = {**train_output.metrics, **trainer.evaluate()}
+    train_output = trainer.train(resume_from_checkpoint=resume_from)
     write_loss_curve(trainer.state.log_history, trial_dir / "logs" / "loss_curve.csv")
+    if divergence.reason:
+        return dict(train_output.metrics), divergence.reason
+    produced = {**train_output.metrics, **trainer.evaluate()}
+    if not _is_finite_number(produced.get("eval_loss", 0.0)):
+        return produced, f"diverged: eval_loss is {produced['eval_loss']}"
     if tuning["custom_eval_metrics"]:
         trainer.model.eval()
         produced.update(custom_metrics.compute_custom_metrics(
             tuning["custom_eval_metrics"], model=trainer.model, tokenizer=tokenizer,
             eval_dataset=prepared["validation"], trial_dir=trial_dir, metrics=produced))
-    return produced
+    return produced, None
 
 
 def write_loss_curve(log_history: list[dict], path: Path) -> None:

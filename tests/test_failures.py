@@ -1,0 +1,223 @@
+"""Failures lose nothing: real faults injected into real runs of the Snakefile on the tiny model."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+from optuna.trial import TrialState
+
+from workflow_helpers import REPO, load_study, run_snakemake, tiny_config, write_config, write_reverse_words
+
+FLAKY_METRIC = """
+from pathlib import Path
+
+def flaky(*, trial_dir, **kwargs):
+    if trial_dir.name == "trial_1" and not Path("fixed").exists():
+        raise RuntimeError("boom in trial_1")
+    return 1.0
+"""
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    write_reverse_words(tmp_path / "data.jsonl")
+    return tmp_path
+
+
+def mtimes(out, slots):
+    """mtime of every file of the given trial slots (metrics, params, checkpoints, logs)."""
+    return {str(p): p.stat().st_mtime_ns for slot in slots
+            for p in (out / f"trial_{slot}").rglob("*") if p.is_file()}
+
+
+def test_failed_trial_keeps_others_then_reruns_with_same_params(workdir):
+    (workdir / "flaky_metric.py").write_text(FLAKY_METRIC)
+    write_config(workdir, tiny_config(custom_eval_metrics=[{"name": "flaky", "function": "flaky_metric.flaky"}]))
+    first = run_snakemake(workdir, "--keep-going", check=False)
+    assert first.returncode != 0
+    out = workdir / "tuning_output"
+
+    # The table exists after the partial run and names the failure.
+    table = pd.read_csv(out / "trials_results.csv")
+    assert list(table["slot"]) == [0, 1, 2]
+    assert list(table["state"]) == ["COMPLETE", "FAIL", "COMPLETE"]
+    assert "boom in trial_1" in table.loc[1, "fail_reason"]
+    assert not (out / "best_trial.json").exists()  # aggregate stays due, so the re-run reaches it
+    message = first.stdout + first.stderr
+    assert "boom in trial_1" in message and "re-run" in message
+    assert "Best completed so far: trial_0" in message or "Best completed so far: trial_2" in message
+
+    study = load_study(out)
+    failed = next(t for t in study.trials if t.state == TrialState.FAIL)
+    before = mtimes(out, [0, 2])
+
+    (workdir / "fixed").touch()
+    run_snakemake(workdir)
+    study = load_study(out)
+    assert len(study.trials) == 4  # the journal keeps the failed attempt
+    retry = study.trials[-1]
+    assert retry.state == TrialState.COMPLETE
+    assert retry.params == failed.params
+    assert retry.user_attrs["retry_of"] == failed.number
+    assert retry.user_attrs["attempt"] == 2 and retry.user_attrs["slot"] == 1
+    assert mtimes(out, [0, 2]) == before  # completed trials untouched
+
+    table = pd.read_csv(out / "trials_results.csv")
+    assert list(table["state"]) == ["COMPLETE"] * 3
+    assert list(table["attempts"]) == [1, 2, 1]
+    assert table.loc[1, "number"] == retry.number
+    best = json.loads((out / "best_trial.json").read_text())
+    assert best["values"]["eval_loss"] == pytest.approx(table["eval_loss"].min())
+
+
+def diverging_config(**tuning):
+    """Two slots: with RandomSampler and seed 2, slot 0 draws lr 1e4 (diverges), slot 1 draws 1e-3."""
+    config = tiny_config(n_trials=2, tuner_sampler="RandomSampler", seed=2, **tuning)
+    config["tuning"]["tunable_training_params"] = {
+        "learning_rate": {"type": "categorical", "choices": [1e4, 1e-3]}}
+    config["tuning"]["fixed_training_params"].update(max_steps=8, lr_scheduler_type="constant")
+    return config
+
+
+@pytest.mark.parametrize("on_divergence, state", [("fail", TrialState.FAIL), ("prune", TrialState.PRUNED)])
+def test_divergence_is_a_result_not_a_crash(workdir, on_divergence, state):
+    write_config(workdir, diverging_config(on_divergence=on_divergence))
+    run_snakemake(workdir)  # the job succeeds
+    out = workdir / "tuning_output"
+    trial = next(t for t in load_study(out).trials if t.user_attrs["slot"] == 0)
+    assert trial.params["learning_rate"] == 1e4
+    assert trial.state == state
+    assert trial.user_attrs["fail_reason"].startswith("diverged")
+    metrics = json.loads((out / "trial_0" / "metrics.json").read_text())
+    assert metrics["state"] == state.name
+    table = pd.read_csv(out / "trials_results.csv")
+    assert table.loc[0, "state"] == state.name and table.loc[0, "fail_reason"].startswith("diverged")
+
+    again = run_snakemake(workdir)  # re-running the same parameters would diverge again: not re-run
+    assert "Nothing to be done" in again.stdout + again.stderr
+    assert len(load_study(out).trials) == 2
+    assert json.loads((out / "best_trial.json").read_text())["slot"] == 1
+
+
+def test_killed_run_resumes_from_checkpoint_with_same_params(workdir):
+    config = tiny_config(n_trials=1)
+    config["tuning"]["fixed_training_params"].update(max_steps=60, save_steps=5)
+    write_config(workdir, config)
+    out = workdir / "tuning_output"
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--cores", "2",
+               "--configfile", "tune.yaml"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    with open(workdir / "killed_run.log", "w") as log:
+        run = subprocess.Popen(command, cwd=workdir, env=env, stdout=log, stderr=log, start_new_session=True)
+    deadline = time.time() + 240
+    while not list((out / "trial_0").glob("checkpoint-1[05]")) and time.time() < deadline:
+        assert run.poll() is None, (workdir / "killed_run.log").read_text()
+        time.sleep(0.5)
+    time.sleep(1)
+    os.killpg(run.pid, signal.SIGKILL)  # Snakemake and its trial job, mid-training
+    run.wait()
+    assert not (out / "trial_0" / "metrics.json").exists()
+    study = load_study(out)
+    assert [t.state for t in study.trials] == [TrialState.RUNNING]
+    killed = study.trials[0]
+
+    # The documented resume: release the lock the killed Snakemake left, then run again.
+    run_snakemake(workdir, "--unlock")
+    run_snakemake(workdir, "--rerun-incomplete")
+    study = load_study(out)
+    first, retry = study.trials
+    assert first.state == TrialState.FAIL and first.user_attrs["fail_reason"] == "interrupted"
+    assert retry.state == TrialState.COMPLETE and retry.params == killed.params
+    assert retry.user_attrs["retry_of"] == first.number
+    resumed = retry.user_attrs["resumed_from"]
+    resumed_step = int(resumed.rsplit("-", 1)[1])
+    assert resumed_step >= 10
+    state = json.loads(next((out / "trial_0").glob("checkpoint-60")).joinpath("trainer_state.json").read_text())
+    assert state["global_step"] == 60
+    # Steps before the checkpoint were not trained again: the resumed run logged only later steps.
+    curve = [json.loads(line) for line in (out / "trial_0" / "logs" / "loss_curve.jsonl").read_text().splitlines()]
+    steps = [entry["step"] for entry in curve if "loss" in entry]
+    resumed_at = next(i for i in range(1, len(steps)) if steps[i] <= steps[i - 1])
+    assert steps[resumed_at] == resumed_step + 1
+
+
+def _hammer(journal: str, worker: int, rounds: int, queue) -> None:
+    import optuna
+
+    sys.path.insert(0, str(REPO / "workflow"))
+    from snaketune.study import open_storage
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name="hammer", storage=open_storage(journal), load_if_exists=True,
+                                sampler=optuna.samplers.RandomSampler(seed=worker))
+    told = []
+    for _ in range(rounds):
+        trial = study.ask()
+        x = trial.suggest_float("x", 0, 1)
+        study.tell(trial, x)
+        told.append((trial.number, x))
+    queue.put(told)
+
+
+def test_sixteen_processes_ask_and_tell_one_journal(tmp_path):
+    journal = str(tmp_path / "study.journal")
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    workers = [context.Process(target=_hammer, args=(journal, w, 5, queue)) for w in range(16)]
+    for w in workers:
+        w.start()
+    told = [pair for _ in workers for pair in queue.get(timeout=300)]
+    for w in workers:
+        w.join(timeout=60)
+        assert w.exitcode == 0
+    numbers = [n for n, _ in told]
+    assert sorted(numbers) == list(range(80))  # no duplicated number, no lost trial
+    import optuna
+
+    sys.path.insert(0, str(REPO / "workflow"))
+    from snaketune.study import open_storage
+
+    study = optuna.load_study(study_name="hammer", storage=open_storage(journal))
+    assert len(study.trials) == 80
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+    assert {t.number: t.value for t in study.trials} == dict(told)  # no tell lost
+
+
+def test_growing_budget_keeps_trials_and_changed_space_is_refused(workdir):
+    write_config(workdir, tiny_config(n_trials=2))
+    run_snakemake(workdir)
+    out = workdir / "tuning_output"
+    before = mtimes(out, [0, 1])
+
+    write_config(workdir, tiny_config(n_trials=3))
+    grown = run_snakemake(workdir, "--quiet", "rules")
+    lines = (grown.stdout + grown.stderr).splitlines()
+    assert [line.split()[:2] for line in lines if line.startswith("trial ")] == [["trial", "1"]]
+    assert mtimes(out, [0, 1]) == before
+    study = load_study(out)
+    assert [t.user_attrs["slot"] for t in study.trials] == [0, 1, 2]
+
+    journal = (out / "study.journal").read_bytes()
+    changed = tiny_config(n_trials=3)
+    changed["tuning"]["tunable_training_params"]["learning_rate"]["high"] = 0.5
+    write_config(workdir, changed)
+    refused = run_snakemake(workdir, check=False)
+    assert refused.returncode != 0
+    message = refused.stdout + refused.stderr
+    assert "search space" in message and "learning_rate" in message
+    assert "tuning.study_name" in message and "tuning.output_dir" in message
+    assert (out / "study.journal").read_bytes() == journal
+
+    objectives = tiny_config(n_trials=3, evaluation_metrics=["eval_mean_token_accuracy"],
+                             evaluation_direction=["maximize"])
+    write_config(workdir, objectives)
+    refused = run_snakemake(workdir, check=False)
+    assert refused.returncode != 0 and "tuning.evaluation_metrics" in refused.stdout + refused.stderr
