@@ -221,3 +221,20 @@ def test_growing_budget_keeps_trials_and_changed_space_is_refused(workdir):
     write_config(workdir, objectives)
     refused = run_snakemake(workdir, check=False)
     assert refused.returncode != 0 and "tuning.evaluation_metrics" in refused.stdout + refused.stderr
+
+
+def test_stale_journal_lock_left_by_a_kill_is_recovered(tmp_path):
+    sys.path.insert(0, str(REPO / "workflow"))
+    from snaketune.study import LOCK_GRACE_SECONDS, open_study
+
+    tuning = {"output_dir": str(tmp_path), "study_name": "s", "seed": 0, "sampler": "RandomSampler",
+              "directions": ["minimize"], "metrics": ["eval_loss"], "space": []}
+    open_study(tuning)  # the journal exists
+    lock = tmp_path / "study.journal.lock"
+    lock.touch()  # what a process killed while appending leaves behind
+    started = time.time()
+    study = open_study(tuning)
+    study.tell(study.ask(), 1.0)
+    assert time.time() - started < LOCK_GRACE_SECONDS + 15  # recovered, not a hang
+    assert not lock.exists()
+    assert study.trials[0].value == 1.0

@@ -28,10 +28,15 @@ def journal_path(tuning: dict) -> str:
     return os.path.join(tuning["output_dir"], JOURNAL_NAME)
 
 
+# The lock is held only while one record is appended (milliseconds), so a lock file older than
+# this was left by a killed process and is broken, rather than waited on forever.
+LOCK_GRACE_SECONDS = 10
+
+
 def open_storage(path: str) -> JournalStorage:
-    # JournalFileOpenLock (open(O_CREAT|O_EXCL)) works on every filesystem, NFS included;
-    # its grace period recovers a lock left behind by a killed process.
-    return JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
+    # JournalFileOpenLock (open(O_CREAT|O_EXCL)) works on every filesystem, NFS included.
+    lock = JournalFileOpenLock(path, grace_period=LOCK_GRACE_SECONDS)
+    return JournalStorage(JournalFileBackend(path, lock_obj=lock))
 
 
 def make_sampler(tuning: dict, slot: int) -> optuna.samplers.BaseSampler:
