@@ -18,16 +18,18 @@ import yaml
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "tune.schema.yaml"
 
-SAMPLERS = ("TPESampler", "RandomSampler")
 TUNER_TYPES = ("OPTUNA",)
 DIRECTIONS = ("minimize", "maximize")
 PARAM_TYPES = ("categorical", "int", "uniform", "float", "loguniform")
+# condition: {other_param: [values]} tunes this one only when other_param takes one of the values;
+# scale_by: other_param multiplies the sampled value (e.g. lora_alpha as a multiple of lora_r).
+CONDITIONAL_KEYS = {"condition", "scale_by"}
 PARAM_KEYS = {
-    "categorical": {"type", "choices"},
-    "int": {"type", "low", "high", "step", "log"},
-    "uniform": {"type", "low", "high", "step", "log"},
-    "float": {"type", "low", "high", "step", "log"},
-    "loguniform": {"type", "low", "high"},
+    "categorical": {"type", "choices"} | CONDITIONAL_KEYS,
+    "int": {"type", "low", "high", "step", "log"} | CONDITIONAL_KEYS,
+    "uniform": {"type", "low", "high", "step", "log"} | CONDITIONAL_KEYS,
+    "float": {"type", "low", "high", "step", "log"} | CONDITIONAL_KEYS,
+    "loguniform": {"type", "low", "high"} | CONDITIONAL_KEYS,
 }
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 DATA_FILE_SUFFIXES = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -208,7 +210,9 @@ class _Checker:
             self.check_cuda_for_qlora()
         metrics, directions = self.objectives(tuning)
         custom = self.custom_metrics(tuning)
-        self.study_settings(tuning)
+        space = self.conditions(tuning, space)
+        n_trials = self.study_settings(tuning, space, metrics, custom)
+        enqueued = self.enqueued(tuning, space)
         model = self.model(cfg["model"], tuning["seed"])
         data = {split: self.datasets(cfg["data"][split]["datasets"], f"data.{split}.datasets")
                 for split in ("train", "validation")}
@@ -216,11 +220,17 @@ class _Checker:
             "model": model,
             "data": data,
             "tuning": {
-                "n_trials": tuning["n_trials"],
+                "n_trials": n_trials,
                 "study_name": tuning["study_name"],
                 "seed": tuning["seed"],
                 "output_dir": str(self.path(tuning["output_dir"])),
                 "sampler": tuning["tuner_sampler"],
+                "sampler_kwargs": tuning["sampler_kwargs"],
+                "pruner": tuning["pruner"],
+                "pruner_kwargs": tuning["pruner_kwargs"],
+                "report_every_steps": tuning["report_every_steps"],
+                "enqueue_trials": enqueued,
+                "timeout_minutes": tuning["timeout_minutes"],
                 "metrics": metrics,
                 "directions": directions,
                 "custom_eval_metrics": custom,
@@ -268,7 +278,8 @@ class _Checker:
                 tunable_targets[target] = name
                 param = self.distribution(path, name, spec)
                 if param:
-                    space.append({"name": name, "group": group, "target": target, **param})
+                    conditional = {k: spec[k] for k in CONDITIONAL_KEYS if spec.get(k) is not None}
+                    space.append({"name": name, "group": group, "target": target, **param, **conditional})
             for name, value in tuning[fixed_key].items():
                 path = f"tuning.{fixed_key}.{name}"
                 target, problem = target_of(name)
@@ -414,19 +425,93 @@ class _Checker:
             custom.append(dict(entry))
         return custom
 
-    def study_settings(self, tuning: dict) -> None:
-        if tuning["n_trials"] < 1:
-            self.error("tuning.n_trials", f"must be at least 1, got {tuning['n_trials']}")
+    def study_settings(self, tuning: dict, space: list[dict], metrics: list[str], custom: list[dict]) -> int:
+        """Checks the tuner, sampler and pruner; returns n_trials (default 10, or the grid's size)."""
+        from snaketune import strategy
+
         if str(tuning["tuner_type"]).upper() not in TUNER_TYPES:
             self.error("tuning.tuner_type", f"unknown tuner type {tuning['tuner_type']!r}; "
                                             "snaketune supports OPTUNA")
-        if tuning["tuner_sampler"] not in SAMPLERS:
-            from snaketune.names import closest
+        self.problems.extend(strategy.check(tuning, space, len(metrics)))
+        n_trials = tuning.get("n_trials")
+        grid_size = None
+        if tuning["tuner_sampler"] == "GridSampler" and not any("GridSampler" in p for p in self.problems):
+            grid_size = len(strategy.grid_points(space))
+        if n_trials is None:
+            n_trials = grid_size or 10
+        elif n_trials < 1:
+            self.error("tuning.n_trials", f"must be at least 1, got {n_trials}")
+        elif grid_size is not None and n_trials > grid_size:
+            self.error("tuning.n_trials", f"{n_trials} trials, but the grid has only {grid_size} points "
+                                          "(leave n_trials out to run the whole grid)")
+        if tuning["pruner"] != "none" or tuning["report_every_steps"]:
+            custom_names = {c["name"] for c in custom}
+            if metrics and metrics[0] in custom_names:
+                self.error("tuning.evaluation_metrics[0]",
+                           f"{metrics[0]!r} is a custom metric, computed once after training; "
+                           "pruning and report_every_steps need a metric the evaluation produces "
+                           "at every report (eval_loss, eval_mean_token_accuracy)")
+            if tuning["pruner"] != "none" and not tuning["report_every_steps"]:
+                self.error("tuning.report_every_steps",
+                           "a pruner needs intermediate values: set report_every_steps (e.g. 10)")
+        return n_trials
 
-            self.error("tuning.tuner_sampler",
-                       f"unknown sampler {tuning['tuner_sampler']!r}"
-                       f"{closest(tuning['tuner_sampler'], SAMPLERS)}; "
-                       f"expected one of {', '.join(SAMPLERS)}")
+    def conditions(self, tuning: dict, space: list[dict]) -> list[dict]:
+        """Checks condition/scale_by; returns the space with every parent before its children."""
+        by_name = {p["name"]: p for p in space}
+        for param in space:
+            path = f"tuning.tunable_{param['group']}_params.{param['name']}"
+            condition = param.get("condition")
+            if condition is not None:
+                if not (isinstance(condition, dict) and len(condition) == 1):
+                    self.error(f"{path}.condition", "write it as {other_parameter: [values, ...]}")
+                    del param["condition"]
+                else:
+                    (parent, values), = condition.items()
+                    values = values if isinstance(values, list) else [values]
+                    param["condition"] = {parent: values}
+                    if parent not in by_name or parent == param["name"]:
+                        self.error(f"{path}.condition", f"{parent!r} is not another tunable parameter")
+                    elif by_name[parent]["type"] == "categorical":
+                        bad = [v for v in values if v not in by_name[parent]["choices"]]
+                        if bad:
+                            self.error(f"{path}.condition", f"{bad} are not choices of {parent!r}")
+            scale_by = param.get("scale_by")
+            if scale_by is not None:
+                parent = by_name.get(scale_by)
+                numeric = lambda p: p["type"] != "categorical" or all(  # noqa: E731
+                    isinstance(c, (int, float)) and not isinstance(c, bool) for c in p["choices"])
+                if parent is None or scale_by == param["name"]:
+                    self.error(f"{path}.scale_by", f"{scale_by!r} is not another tunable parameter")
+                elif not (numeric(parent) and numeric(param)):
+                    self.error(f"{path}.scale_by", f"both {param['name']!r} and {scale_by!r} must be numeric")
+        from snaketune.space import ordered
+
+        try:
+            return ordered(space)
+        except ValueError as e:
+            self.error("tuning", str(e))
+            return space
+
+    def enqueued(self, tuning: dict, space: list[dict]) -> list[dict]:
+        """Validates enqueue_trials against the space; values become the space's types."""
+        from snaketune.space import check_value
+
+        by_name = {p["name"]: p for p in space}
+        resolved = []
+        for i, entry in enumerate(tuning["enqueue_trials"]):
+            for name, value in entry.items():
+                path = f"tuning.enqueue_trials[{i}].{name}"
+                if name not in by_name:
+                    from snaketune.names import closest
+
+                    self.error(path, f"not a tunable parameter{closest(name, by_name)}")
+                    continue
+                problem = check_value(by_name[name], value)
+                if problem:
+                    self.error(path, problem)
+            resolved.append(dict(entry))
+        return resolved
 
     def gpu_settings(self, tuning: dict) -> dict:
         """Device settings for snaketune.gpu (the schema checked the types and minimums)."""

@@ -57,9 +57,14 @@ def results_table(study: optuna.Study, metrics: list[str]):
         row["fail_reason"] = trial.user_attrs.get("fail_reason")
         row["trial_dir"] = trial.user_attrs.get("trial_dir")
         rows.append({k: v for k, v in row.items() if not k.startswith(("user_attrs_", "values_"))})
+    present = {row["slot"] for row in rows}
+    for slot, reason in sorted(studies.skipped_slots(study).items()):
+        if slot not in present:  # the time budget ran out before this slot started
+            rows.append({"slot": slot, "attempts": 0, "state": "SKIPPED", "fail_reason": reason})
     table = pd.DataFrame(rows)
     if table.empty:
         return table
+    table = table.sort_values("slot", kind="stable")
     first = ["number", "slot", "attempts", "state", *metrics]
     params = sorted(c for c in table.columns if c.startswith("params_"))
     rest = [c for c in table.columns if c not in first and c not in params and c != "trial_dir"]

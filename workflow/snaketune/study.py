@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import warnings
+import time
 
 import optuna
 from optuna.storages import JournalStorage
@@ -19,6 +19,7 @@ from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from optuna.trial import FrozenTrial, TrialState
 
 from snaketune import space as search_space
+from snaketune import strategy
 
 JOURNAL_NAME = "study.journal"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -39,17 +40,6 @@ def open_storage(path: str) -> JournalStorage:
     return JournalStorage(JournalFileBackend(path, lock_obj=lock))
 
 
-def make_sampler(tuning: dict, slot: int) -> optuna.samplers.BaseSampler:
-    # Seed by slot: a serial run is reproducible, and parallel jobs never share a seed.
-    seed = tuning["seed"] + slot
-    if tuning["sampler"] == "RandomSampler":
-        return optuna.samplers.RandomSampler(seed=seed)
-    with warnings.catch_warnings():  # multivariate / constant_liar are flagged experimental
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        # constant_liar: trials running in other processes count as bad, so parallel jobs spread out.
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
-
-
 def open_study(tuning: dict, slot: int = 0, storage: JournalStorage | None = None) -> optuna.Study:
     os.makedirs(tuning["output_dir"], exist_ok=True)
     storage = storage or open_storage(journal_path(tuning))
@@ -57,12 +47,31 @@ def open_study(tuning: dict, slot: int = 0, storage: JournalStorage | None = Non
         storage=storage,
         study_name=tuning["study_name"],
         directions=tuning["directions"],
-        sampler=make_sampler(tuning, slot),
+        sampler=strategy.make_sampler(tuning, slot),
+        pruner=strategy.make_pruner(tuning),
         load_if_exists=True,
     )
     if DEFINITION_ATTR not in study.user_attrs:
         study.set_user_attr(DEFINITION_ATTR, study_definition(tuning))
+    if STARTED_ATTR not in study.user_attrs:  # the clock of tuning.timeout_minutes
+        study.set_user_attr(STARTED_ATTR, time.time())
     return study
+
+
+STARTED_ATTR = "snaketune_started_at"
+
+
+class SlotSkipped(Exception):
+    """The study's time budget was spent before this slot started: it finishes as skipped."""
+
+
+def skipped_slots(study: optuna.Study) -> dict[int, str]:
+    prefix = "snaketune_skipped_slot_"
+    return {int(k[len(prefix):]): v for k, v in study.user_attrs.items() if k.startswith(prefix)}
+
+
+def skip_slot(study: optuna.Study, slot: int, reason: str) -> None:
+    study.set_user_attr(f"snaketune_skipped_slot_{slot}", reason)
 
 
 # What a study's trials must share to be comparable: changing any of it needs a new study.
@@ -112,8 +121,10 @@ def slot_attempts(study: optuna.Study, slot: int) -> list[FrozenTrial]:
 def claim_trial(study: optuna.Study, slot: int, tuning: dict) -> tuple[optuna.Trial | None, FrozenTrial | None]:
     """The trial this job runs for `slot`, as (trial, None); or (None, finished) if done already.
 
-    A RUNNING trial left in the slot was interrupted (Snakemake runs one job per slot at a time),
-    so it is marked FAIL and its parameters are run again.
+    A first attempt runs the slot's enqueued configuration (tuning.enqueue_trials), its grid point
+    (GridSampler), or asks the sampler. A RUNNING trial left in the slot was interrupted (Snakemake
+    runs one job per slot at a time), so it is marked FAIL and its parameters are run again.
+    Raises SlotSkipped when the study's time budget is spent before the slot's first attempt.
     """
     storage = study._storage  # the storage API (public) of the study's own JournalStorage
     attempts = slot_attempts(study, slot)
@@ -121,28 +132,44 @@ def claim_trial(study: optuna.Study, slot: int, tuning: dict) -> tuple[optuna.Tr
     if latest is not None and latest.state in FINISHED:
         return None, latest
     if latest is None:
-        trial = study.ask()
+        check_time_budget(study, tuning)
+        if slot < len(tuning["enqueue_trials"]):
+            trial = trial_with_params(study, tuning["enqueue_trials"][slot], tuning)
+            trial.set_user_attr("enqueued", True)
+        elif tuning["sampler"] == "GridSampler":
+            trial = trial_with_params(study, strategy.grid_points(tuning["space"])[slot], tuning)
+        else:
+            trial = study.ask()
         attempt = 1
     else:
         if latest.state == TrialState.RUNNING:
             storage.set_trial_user_attr(latest._trial_id, "fail_reason", "interrupted")
             storage.set_trial_state_values(latest._trial_id, TrialState.FAIL)
         attempt = latest.user_attrs.get("attempt", 1) + 1
-        trial = rerun_trial(study, latest, tuning)
+        trial = trial_with_params(study, latest.params, tuning)
         trial.set_user_attr("retry_of", latest.number)
     trial.set_user_attr("slot", slot)
     trial.set_user_attr("attempt", attempt)
     return trial, None
 
 
-def rerun_trial(study: optuna.Study, old: FrozenTrial, tuning: dict) -> optuna.Trial:
-    """A new RUNNING trial with `old`'s parameters.
+def check_time_budget(study: optuna.Study, tuning: dict) -> None:
+    if not tuning["timeout_minutes"]:
+        return
+    elapsed = (time.time() - study.user_attrs[STARTED_ATTR]) / 60
+    if elapsed > tuning["timeout_minutes"]:
+        raise SlotSkipped(f"skipped: the study's time budget (timeout_minutes={tuning['timeout_minutes']}) "
+                          f"was spent {elapsed - tuning['timeout_minutes']:.1f} min before this slot started")
+
+
+def trial_with_params(study: optuna.Study, params: dict, tuning: dict) -> optuna.Trial:
+    """A new RUNNING trial with `params` fixed; the sampler suggests any parameter not given.
 
     Created directly as RUNNING rather than with enqueue_trial (WAITING): a WAITING trial could be
     popped by another process's ask() before this one.
     """
     distributions = search_space.distributions(tuning["space"])
-    params = {k: v for k, v in old.params.items() if k in distributions}
+    params = {k: v for k, v in params.items() if k in distributions}
     template = FrozenTrial(
         number=-1, state=TrialState.RUNNING, value=None, values=None,
         datetime_start=datetime.datetime.now(), datetime_complete=None,

@@ -43,7 +43,13 @@ def run_trial(tune: dict, slot: int, trial_dir: str | Path, model_source: dict, 
     (trial_dir / "logs").mkdir(parents=True, exist_ok=True)
     tuning = tune["tuning"]
     study = studies.open_study(tuning, slot)
-    trial, finished = studies.claim_trial(study, slot, tuning)
+    try:
+        trial, finished = studies.claim_trial(study, slot, tuning)
+    except studies.SlotSkipped as skipped:  # not a failure: the job succeeds, the CSV says so
+        studies.skip_slot(study, slot, str(skipped))
+        result = {"trial_number": None, "slot": slot, "state": "SKIPPED", "reason": str(skipped)}
+        write_json(trial_dir / "metrics.json", result)
+        return result
     if finished is not None:  # done in an earlier run whose metrics.json was removed: no retraining
         result = trial_summary(finished, tuning, trial_dir)
         write_json(trial_dir / "metrics.json", result)
@@ -65,9 +71,9 @@ def run_trial(tune: dict, slot: int, trial_dir: str | Path, model_source: dict, 
             trial.set_user_attr("resumed_from", resume_from)
         if before_training is not None:
             before_training(params, resume_from)
-        produced, divergence = train_and_evaluate(tune, params, trial_dir, model_source, data_dir,
-                                                  trial=trial, resume_from=resume_from)
-        values = None if divergence else custom_metrics.objective_values(produced, tuning["metrics"])
+        produced, stopped = train_and_evaluate(tune, params, trial_dir, model_source, data_dir,
+                                               trial=trial, resume_from=resume_from)
+        values = None if stopped else custom_metrics.objective_values(produced, tuning["metrics"])
     except BaseException as e:
         reason = "interrupted" if isinstance(e, (KeyboardInterrupt, SystemExit)) else f"{type(e).__name__}: {e}"
         trial.set_user_attr("fail_reason", reason[:2000])
@@ -75,10 +81,11 @@ def run_trial(tune: dict, slot: int, trial_dir: str | Path, model_source: dict, 
         raise
     trial.set_user_attr("metrics", {k: v for k, v in produced.items() if _is_finite_number(v)})
     trial.set_user_attr("wall_seconds", round(time.time() - started, 3))
-    if divergence:
-        # A result, not a crash: the same parameters would diverge again, so the job succeeds.
-        trial.set_user_attr("fail_reason", divergence)
-        pruned = tuning["on_divergence"] == "prune"
+    if stopped:
+        # Pruned or diverged: a result, not a crash (the same parameters would stop the same way),
+        # so the job succeeds and the slot is not re-run.
+        trial.set_user_attr("fail_reason" if stopped.startswith("diverged") else "pruned_reason", stopped)
+        pruned = stopped.startswith("pruned") or tuning["on_divergence"] == "prune"
         frozen = study.tell(trial, state=studies.TrialState.PRUNED if pruned else studies.TrialState.FAIL)
     else:
         frozen = study.tell(trial, values)
@@ -135,6 +142,9 @@ def build_training_args(tune: dict, tuned: dict, trial_dir: Path):
         "logging_steps": 1,
         "logging_nan_inf_filter": False,  # a NaN loss must show as NaN to be caught (StopOnDivergence)
     }
+    if tuning.get("report_every_steps"):
+        # Evaluate during training: each evaluation is reported to the journal (and the pruner).
+        defaults.update(eval_strategy="steps", eval_steps=tuning["report_every_steps"])
     if not torch.cuda.is_available():
         # TRL turns on bf16 mixed precision by default, which a CPU runs slowly or not at all.
         defaults.update(use_cpu=True, bf16=False, fp16=False)
@@ -203,6 +213,30 @@ def train_and_evaluate(tune: dict, params: dict, trial_dir: Path, model_source: 
             if _is_finite_number(logs.get("loss")):
                 self.last_finite = (state.global_step, float(logs["loss"]))
 
+    class ReportAndPrune(TrainerCallback):
+        """Reports each intermediate evaluation of the objective to the trial and asks the pruner.
+
+        The pruner compares it with every other trial in the journal, whichever process ran them.
+        A pruned trial stops at once with a checkpoint of where it stopped.
+        """
+
+        reason = None
+        reported = set()
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            objective = tuning["metrics"][0]
+            value = (metrics or {}).get(objective)
+            # Optuna keeps intermediate values for single-objective studies only.
+            if trial is None or len(tuning["metrics"]) > 1 or not _is_finite_number(value):
+                return
+            if state.global_step not in self.reported:
+                self.reported.add(state.global_step)
+                trial.report(float(value), state.global_step)
+            if state.global_step < state.max_steps and trial.should_prune():
+                self.reason = f"pruned at step {state.global_step}: {objective}={value:.4g}"
+                control.should_training_stop = True
+                control.should_save = True
+
     class SaveLastStep(TrainerCallback):
         """Always checkpoint the final step: the best model and resumes start from it."""
 
@@ -210,7 +244,7 @@ def train_and_evaluate(tune: dict, params: dict, trial_dir: Path, model_source: 
             if state.global_step >= state.max_steps:
                 control.should_save = True
 
-    divergence = StopOnDivergence()
+    divergence, pruning = StopOnDivergence(), ReportAndPrune()
     trainer = SFTTrainer(
         model=model,
         args=args,
@@ -218,13 +252,13 @@ def train_and_evaluate(tune: dict, params: dict, trial_dir: Path, model_source: 
         eval_dataset=prepared["validation"],
         processing_class=tokenizer,
         peft_config=build_lora_config(tune, tuned_peft) if tuning["use_peft"] else None,
-        callbacks=[LossCurve(), divergence, SaveLastStep()],
+        callbacks=[LossCurve(), divergence, pruning, SaveLastStep()],
     )
     train_output = trainer.train(resume_from_checkpoint=resume_from)
     write_loss_curve(trainer.state.log_history, trial_dir / "logs" / "loss_curve.csv")
-    if divergence.reason:
-        return dict(train_output.metrics), divergence.reason
-    produced = {**train_output.metrics, **trainer.evaluate()}
+    if divergence.reason or pruning.reason:
+        return dict(train_output.metrics), divergence.reason or pruning.reason
+    produced = {**train_output.metrics, **trainer.evaluate()}  # on_evaluate reports it too
     if not _is_finite_number(produced.get("eval_loss", 0.0)):
         return produced, f"diverged: eval_loss is {produced['eval_loss']}"
     if tuning["custom_eval_metrics"]:

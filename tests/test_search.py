@@ -1,0 +1,211 @@
+"""Samplers, pruners, warm starts, conditional parameters and the time budget (issue 5)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import pandas as pd
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from workflow_helpers import REPO, load_study, run_snakemake, tiny_config, write_config, write_reverse_words
+
+sys.path.insert(0, str(REPO / "workflow"))
+from snaketune import space as search_space  # noqa: E402
+from snaketune import strategy  # noqa: E402
+from snaketune.config import ConfigError, load_tune_config  # noqa: E402
+from snaketune.results import results_table  # noqa: E402
+from snaketune.study import SlotSkipped, claim_trial, open_study, skip_slot  # noqa: E402
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    write_reverse_words(tmp_path / "data.jsonl")
+    return tmp_path
+
+
+def resolved(workdir, **tuning) -> dict:
+    return load_tune_config(tiny_config(**tuning), workdir)
+
+
+def problems(workdir, config) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_tune_config(config, workdir)
+    return info.value.problems
+
+
+MIXED_SPACE = {
+    "learning_rate": {"type": "loguniform", "low": 1e-4, "high": 1e-1},
+    "warmup_steps": {"type": "int", "low": 0, "high": 4, "step": 2},
+    "weight_decay": {"type": "uniform", "low": 0.0, "high": 0.1},
+    "optimizer": {"type": "categorical", "choices": ["adamw_torch", "sgd"]},
+}
+GRID_SPACE = {
+    "warmup_steps": {"type": "int", "low": 0, "high": 2},
+    "optimizer": {"type": "categorical", "choices": ["adamw_torch", "sgd"]},
+}
+
+
+def run_slots(tune: dict, n: int) -> list:
+    """Claim, suggest and tell n slots in the real journal, as trial jobs do (without training)."""
+    tuning = tune["tuning"]
+    for slot in range(n):
+        study = open_study(tuning, slot)
+        trial, _ = claim_trial(study, slot, tuning)
+        values = search_space.suggest(trial, tuning["space"])
+        score = sum(float(v) for v in values.values() if isinstance(v, (int, float)))
+        study.tell(trial, [score] * len(tuning["metrics"]))
+    return open_study(tuning).trials
+
+
+@pytest.mark.parametrize("sampler", strategy.SAMPLERS)
+def test_every_sampler_runs_a_three_trial_study_on_the_journal(workdir, sampler):
+    space = dict(GRID_SPACE if sampler in ("GridSampler", "BruteForceSampler") else MIXED_SPACE)
+    if sampler == "CmaEsSampler":
+        space.pop("optimizer")
+    multi = sampler in ("NSGAIISampler", "NSGAIIISampler")
+    config = tiny_config(n_trials=3, tuner_sampler=sampler,
+                         evaluation_metrics=["eval_loss", "eval_mean_token_accuracy"] if multi else ["eval_loss"],
+                         evaluation_direction=["minimize", "maximize"] if multi else ["minimize"])
+    config["tuning"]["tunable_training_params"] = space
+    tune = load_tune_config(config, workdir)
+    trials = run_slots(tune, 3)
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    for trial in trials:
+        assert set(trial.params) == set(space)
+        for param in tune["tuning"]["space"]:
+            assert search_space.check_value(param, trial.params[param["name"]]) is None
+
+
+def test_grid_covers_its_grid_exactly_once_in_a_real_run(workdir):
+    config = tiny_config(tuner_sampler="GridSampler")
+    del config["tuning"]["n_trials"]  # defaults to the grid's size
+    config["tuning"]["tunable_training_params"] = {
+        "learning_rate": {"type": "categorical", "choices": [1e-3, 1e-2]},
+        "warmup_steps": {"type": "int", "low": 0, "high": 1},
+    }
+    config["tuning"]["fixed_training_params"]["max_steps"] = 2
+    write_config(workdir, config)
+    run_snakemake(workdir)
+    trials = load_study(workdir / "tuning_output").trials
+    points = sorted((t.params["learning_rate"], t.params["warmup_steps"]) for t in trials)
+    assert points == [(1e-3, 0), (1e-3, 1), (1e-2, 0), (1e-2, 1)]
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+
+
+def test_pruned_study_reports_intermediate_values_across_processes(workdir):
+    config = tiny_config(n_trials=5, tuner_sampler="RandomSampler", pruner="median", report_every_steps=2,
+                         pruner_kwargs={"n_startup_trials": 2, "n_warmup_steps": 0})
+    config["tuning"]["tunable_training_params"] = {
+        "learning_rate": {"type": "categorical", "choices": [1e-1, 1e-5]}}
+    config["tuning"]["fixed_training_params"].update(max_steps=8, lr_scheduler_type="constant")
+    config["tuning"]["enqueue_trials"] = [{"learning_rate": 1e-1}, {"learning_rate": 1e-1},
+                                          {"learning_rate": 1e-5}, {"learning_rate": 1e-5}]
+    write_config(workdir, config)
+    run_snakemake(workdir)  # pruned trials' jobs succeed
+    out = workdir / "tuning_output"
+    study = load_study(out)
+    by_slot = {t.user_attrs["slot"]: t for t in study.trials}
+    assert all(len(t.intermediate_values) >= 1 for t in study.trials)
+    assert {s: by_slot[s].state for s in (0, 1)} == {0: TrialState.COMPLETE, 1: TrialState.COMPLETE}
+    pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
+    assert pruned, {s: (t.state, t.intermediate_values) for s, t in by_slot.items()}
+    for trial in pruned:
+        assert trial.params["learning_rate"] == 1e-5  # the slow learner loses to the fast one
+        assert trial.value == trial.intermediate_values[max(trial.intermediate_values)]
+        trial_dir = out / f"trial_{trial.user_attrs['slot']}"
+        assert list(trial_dir.glob("checkpoint-*")), "a pruned trial keeps its last checkpoint"
+        curve = [json.loads(line) for line in (trial_dir / "logs" / "loss_curve.jsonl").read_text().splitlines()]
+        assert any("eval_loss" in entry for entry in curve)
+    table = pd.read_csv(out / "trials_results.csv")
+    assert "PRUNED" in set(table["state"])
+    again = run_snakemake(workdir)
+    assert "Nothing to be done" in again.stdout + again.stderr  # pruned trials are not re-run
+
+
+def test_enqueued_trials_come_first_with_exact_values(workdir):
+    tune = resolved(workdir, n_trials=3, enqueue_trials=[{"learning_rate": 0.0123}, {"learning_rate": 0.05}])
+    trials = run_slots(tune, 3)
+    assert [t.params["learning_rate"] for t in trials[:2]] == [0.0123, 0.05]
+    assert [t.user_attrs.get("enqueued") for t in trials] == [True, True, None]
+
+
+def test_conditional_parameter_appears_only_where_its_condition_holds(workdir):
+    config = tiny_config(n_trials=12, tuner_sampler="RandomSampler")
+    config["tuning"]["tunable_training_params"] = {
+        "optimizer": {"type": "categorical", "choices": ["adamw_torch", "sgd"]},
+        "learning_rate": {"type": "loguniform", "low": 1e-4, "high": 1e-1},
+        "adam_beta2": {"type": "uniform", "low": 0.9, "high": 0.999, "condition": {"optimizer": ["adamw_torch"]}},
+    }
+    config["tuning"]["tunable_peft_params"] = {
+        "lora_r": {"type": "categorical", "choices": [2, 4]},
+        "lora_alpha": {"type": "categorical", "choices": [1, 2], "scale_by": "lora_r"},
+    }
+    tune = load_tune_config(config, workdir)
+    trials = run_slots(tune, 12)
+    for trial in trials:
+        assert ("adam_beta2" in trial.params) == (trial.params["optimizer"] == "adamw_torch")
+    assert {t.params["optimizer"] for t in trials} == {"adamw_torch", "sgd"}
+    training, peft = search_space.split_by_group(tune["tuning"]["space"], trials[0].params)
+    assert peft["lora_alpha"] == trials[0].params["lora_alpha"] * trials[0].params["lora_r"]
+
+
+def test_time_budget_skips_slots_not_started(workdir):
+    tune = resolved(workdir, n_trials=3, timeout_minutes=0.001)
+    tuning = tune["tuning"]
+    run_slots(tune, 1)
+    time.sleep(0.2)
+    with pytest.raises(SlotSkipped, match="time budget") as skipped:
+        claim_trial(open_study(tuning, 1), 1, tuning)
+    skip_slot(open_study(tuning), 1, str(skipped.value))
+    table = results_table(open_study(tuning), tuning["metrics"])
+    assert list(table["state"]) == ["COMPLETE", "SKIPPED"]
+    assert "time budget" in table["fail_reason"].iloc[1]
+
+
+@pytest.mark.parametrize("change, path, fragment", [
+    ({"tuner_sampler": "TPESampler", "sampler_kwargs": {"n_startup_trial": 3}},
+     "tuning.sampler_kwargs.n_startup_trial", "did you mean 'n_startup_trials'"),
+    ({"sampler_kwargs": {"seed": 3}}, "tuning.sampler_kwargs.seed", "tuning.seed"),
+    ({"tuner_sampler": "NSGAIISampler", "sampler_kwargs": {"population_size": 1}}, "tuning.sampler_kwargs", "refused"),
+    ({"pruner": "median", "report_every_steps": 2, "pruner_kwargs": {"n_warmup": 2}},
+     "tuning.pruner_kwargs.n_warmup", "did you mean 'n_warmup_steps'"),
+    ({"pruner": "percentile", "report_every_steps": 2, "pruner_kwargs": {"percentile": 150}},
+     "tuning.pruner_kwargs", "refused"),
+    ({"pruner": "median"}, "tuning.report_every_steps", "intermediate values"),
+    ({"pruner": "median", "report_every_steps": 2, "evaluation_metrics": ["eval_loss", "eval_mean_token_accuracy"],
+      "evaluation_direction": ["minimize", "maximize"]}, "tuning.pruner", "multi-objective"),
+    ({"pruner": "hyperbandd"}, "tuning.pruner", "hyperband"),
+    ({"tuner_sampler": "GridSampler"}, "tuning.tuner_sampler", "learning_rate is continuous"),
+    ({"enqueue_trials": [{"learning_rate": 5.0}]}, "tuning.enqueue_trials[0].learning_rate", "outside"),
+    ({"enqueue_trials": [{"learning_rat": 0.01}]}, "tuning.enqueue_trials[0].learning_rat", "learning_rate"),
+])
+def test_bad_search_settings_fail_at_parse_time_naming_the_field(workdir, change, path, fragment):
+    found = problems(workdir, tiny_config(**change))
+    assert any(p.startswith(path + ":") and fragment in p for p in found), found
+
+
+def test_cmaes_with_categorical_is_refused(workdir):
+    config = tiny_config(tuner_sampler="CmaEsSampler")
+    config["tuning"]["tunable_training_params"]["optimizer"] = {"type": "categorical", "choices": ["sgd", "adamw_torch"]}
+    found = problems(workdir, config)
+    assert any(p.startswith("tuning.tuner_sampler:") and "optimizer" in p for p in found), found
+
+
+def test_bad_condition_names_the_field(workdir):
+    config = tiny_config()
+    config["tuning"]["tunable_training_params"]["weight_decay"] = {
+        "type": "uniform", "low": 0, "high": 0.1, "condition": {"optimizer": ["sgd"]}}
+    found = problems(workdir, config)
+    assert any(p.startswith("tuning.tunable_training_params.weight_decay.condition:") for p in found), found
+
+
+def test_readme_conditional_example_is_valid(workdir):
+    text = (REPO / "README.md").read_text()
+    block = text.split("<!-- conditional-example -->")[1].split("```yaml")[1].split("```")[0]
+    config = tiny_config()
+    config["tuning"].update(yaml.safe_load(block)["tuning"])
+    load_tune_config(config, workdir)

@@ -1,0 +1,168 @@
+"""How a study searches: its sampler (which parameters to try) and pruner (which trials to stop).
+
+Both are Optuna's own classes, named in tune.yaml and built with `sampler_kwargs` /
+`pruner_kwargs`. Every trial process builds the same sampler and pruner with the same arguments
+(only the seed differs by slot), so the hooks Optuna runs on the shared journal agree. Pruners
+compare a trial with the other processes' trials through that journal.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import warnings
+
+import optuna
+
+SAMPLERS = ("TPESampler", "RandomSampler", "GPSampler", "CmaEsSampler", "NSGAIISampler",
+            "NSGAIIISampler", "QMCSampler", "GridSampler", "BruteForceSampler")
+PRUNERS = {
+    "none": None,
+    "median": "MedianPruner",
+    "percentile": "PercentilePruner",
+    "successive_halving": "SuccessiveHalvingPruner",
+    "hyperband": "HyperbandPruner",
+    "wilcoxon": "WilcoxonPruner",
+    "threshold": "ThresholdPruner",
+}
+# Arguments snaketune sets itself (from tuning.seed and the search space).
+MANAGED_SAMPLER_ARGS = {"seed": "set tuning.seed", "search_space": "the grid comes from the tunable parameters"}
+
+
+def sampler_defaults(name: str) -> dict:
+    if name == "TPESampler":
+        # multivariate: models parameters jointly; constant_liar: trials running in other
+        # processes count as bad, so parallel jobs spread out instead of piling onto one point.
+        return {"multivariate": True, "constant_liar": True}
+    return {}
+
+
+def grid(space: list[dict]) -> dict[str, list]:
+    """Every value of every parameter, for GridSampler. Raises ValueError for a continuous one."""
+    values = {}
+    for param in space:
+        if param["type"] == "categorical":
+            values[param["name"]] = list(param["choices"])
+        elif param["type"] == "int" and not param["log"]:
+            values[param["name"]] = list(range(param["low"], param["high"] + 1, param["step"]))
+        elif param["type"] == "float" and param["step"] and not param["log"]:
+            count = int(round((param["high"] - param["low"]) / param["step"])) + 1
+            values[param["name"]] = [round(param["low"] + i * param["step"], 12) for i in range(count)]
+        else:
+            raise ValueError(param["name"])
+    return values
+
+
+def grid_points(space: list[dict]) -> list[dict]:
+    """The grid in a fixed order: slot i of a grid study runs point i, so each runs exactly once."""
+    axes = grid(space)
+    return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
+
+
+class SlotGridSampler(optuna.samplers.GridSampler):
+    """GridSampler for trial slots: slot i runs grid point i (see grid_points).
+
+    Optuna's after_trial calls study.stop() once the grid is visited, which only works inside
+    study.optimize(); here the budget is Snakemake's fixed set of slots, so there is nothing to stop.
+    """
+
+    def after_trial(self, study, trial, state, values) -> None:
+        pass
+
+
+def _sampler_class(name: str):
+    return SlotGridSampler if name == "GridSampler" else getattr(optuna.samplers, name)
+
+
+def _construct(cls, kwargs: dict):
+    with warnings.catch_warnings():  # several samplers are flagged experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return cls(**kwargs)
+
+
+def make_sampler(tuning: dict, slot: int) -> optuna.samplers.BaseSampler:
+    name = tuning["sampler"]
+    cls = _sampler_class(name)
+    kwargs = {**sampler_defaults(name), **tuning.get("sampler_kwargs", {})}
+    if name == "GridSampler":
+        kwargs["search_space"] = grid(tuning["space"])
+    if "seed" in inspect.signature(cls).parameters:
+        # Seed by slot: a serial run is reproducible, and parallel jobs never share a seed.
+        kwargs["seed"] = tuning["seed"] + slot
+    return _construct(cls, kwargs)
+
+
+def make_pruner(tuning: dict) -> optuna.pruners.BasePruner:
+    class_name = PRUNERS[tuning.get("pruner", "none")]
+    if class_name is None:
+        return optuna.pruners.NopPruner()
+    return _construct(getattr(optuna.pruners, class_name), dict(tuning.get("pruner_kwargs", {})))
+
+
+def _check_kwargs(cls, kwargs: dict, path: str, managed: dict) -> list[str]:
+    from snaketune.names import closest
+
+    accepted = [p for p in inspect.signature(cls).parameters if p not in ("self", "args", "kwargs")]
+    problems = []
+    for key in kwargs:
+        if key in managed:
+            problems.append(f"{path}.{key}: cannot be set here ({managed[key]})")
+        elif key not in accepted:
+            problems.append(f"{path}.{key}: not an argument of {cls.__name__}{closest(key, accepted)}; "
+                            f"it takes {', '.join(accepted)}")
+    return problems
+
+
+def check(tuning: dict, space: list[dict], n_objectives: int) -> list[str]:
+    """Parse-time problems ('yaml.path: ...') with the sampler, pruner and their arguments."""
+    from snaketune.names import closest
+
+    problems = []
+    name = tuning["tuner_sampler"]
+    if name not in SAMPLERS:
+        return [f"tuning.tuner_sampler: unknown sampler {name!r}{closest(name, SAMPLERS)}; "
+                f"expected one of {', '.join(SAMPLERS)}"]
+    cls = _sampler_class(name)
+    kwargs = tuning["sampler_kwargs"]
+    problems += _check_kwargs(cls, kwargs, "tuning.sampler_kwargs", MANAGED_SAMPLER_ARGS)
+    categorical = [p["name"] for p in space if p["type"] == "categorical"]
+    if name == "CmaEsSampler" and categorical:
+        problems.append(f"tuning.tuner_sampler: CmaEsSampler cannot sample categorical parameters "
+                        f"({', '.join(categorical)}); use TPESampler or GPSampler, or make them int/float")
+    if name == "GridSampler":
+        try:
+            grid(space)
+        except ValueError as e:
+            problems.append(f"tuning.tuner_sampler: GridSampler needs a finite grid, but {e} is "
+                            "continuous; give it a step (int, or float with step) or make it categorical")
+        if any(p.get("condition") for p in space):
+            problems.append("tuning.tuner_sampler: GridSampler cannot run conditional parameters; "
+                            "use BruteForceSampler")
+    if name in ("NSGAIISampler", "NSGAIIISampler") and n_objectives == 1:
+        pass  # valid (a genetic search on one objective), if unusual
+    if not problems:
+        try:
+            probe = {**sampler_defaults(name), **kwargs}
+            if name == "GridSampler":
+                probe["search_space"] = grid(space)
+            _construct(cls, probe)
+        except Exception as e:  # the library's own complaint about a value
+            problems.append(f"tuning.sampler_kwargs: {name} refused them: {type(e).__name__}: {e}")
+
+    pruner = tuning["pruner"]
+    if pruner != "none":
+        pruner_cls = getattr(optuna.pruners, PRUNERS[pruner])
+        pruner_problems = _check_kwargs(pruner_cls, tuning["pruner_kwargs"], "tuning.pruner_kwargs", {})
+        if not pruner_problems:
+            try:
+                _construct(pruner_cls, tuning["pruner_kwargs"])
+            except Exception as e:
+                pruner_problems.append(f"tuning.pruner_kwargs: {pruner_cls.__name__} refused them: "
+                                       f"{type(e).__name__}: {e}")
+        problems += pruner_problems
+        if n_objectives > 1:
+            problems.append("tuning.pruner: Optuna cannot prune a multi-objective study; "
+                            "set pruner: none or keep one evaluation metric")
+    elif tuning["pruner_kwargs"]:
+        problems.append("tuning.pruner_kwargs: given, but tuning.pruner is none")
+    return problems
