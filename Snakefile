@@ -7,9 +7,11 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/prepare.smk"
 include: "workflow/rules/trials.smk"
 include: "workflow/rules/results.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:
     input:
         results_outputs(),
+        rules.report.output,
     default_target: True

@@ -82,3 +82,54 @@ def load_study(output_dir: Path, study_name: str = "snaketune"):
     from snaketune.study import open_storage
 
     return optuna.load_study(study_name=study_name, storage=open_storage(str(output_dir / "study.journal")))
+
+
+def run_cli(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """`snaketune <args>` (the package's CLI, as installed) in `workdir`."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "workflow"), os.environ.get("PYTHONPATH")]))}
+    command = [sys.executable, "-m", "snaketune.cli", *args]
+    result = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snaketune {' '.join(args)} failed ({result.returncode}):\n"
+                             f"{result.stdout[-5000:]}\n{result.stderr[-10000:]}")
+    return result
+
+
+def make_journal_with_every_state(output_dir: Path, study_name: str = "snaketune"):
+    """A journal built directly with Optuna: 2 COMPLETE, 1 FAIL, 1 PRUNED, 1 RUNNING trial (the
+    running one at step 4, loss 0.75, in its live loss curve; the pruned one reported one
+    intermediate value)."""
+    import optuna
+
+    sys.path.insert(0, str(REPO / "workflow"))
+    from snaketune.study import open_storage
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    storage = open_storage(str(output_dir / "study.journal"))
+    study = optuna.create_study(study_name=study_name, storage=storage, direction="minimize")
+    distribution = optuna.distributions.FloatDistribution(1e-5, 1e-1, log=True)
+    outcomes = [("complete", 1.5), ("complete", 0.9), ("fail", None), ("pruned", None), ("running", None)]
+    for slot, (outcome, value) in enumerate(outcomes):
+        trial = study.ask({"learning_rate": distribution})
+        trial_dir = output_dir / f"trial_{slot}"
+        (trial_dir / "logs").mkdir(parents=True, exist_ok=True)
+        trial.set_user_attr("slot", slot)
+        trial.set_user_attr("attempt", 1)
+        trial.set_user_attr("trial_dir", str(trial_dir))
+        if outcome == "running":
+            with open(trial_dir / "logs" / "loss_curve.jsonl", "w") as f:
+                for step, loss in ((1, 2.5), (2, 1.25), (4, 0.75)):
+                    f.write(json.dumps({"step": step, "loss": loss, "learning_rate": 1e-3}) + "\n")
+                f.write('{"step": 5, "lo')  # a line being written
+            continue
+        if outcome == "complete":
+            trial.set_user_attr("metrics", {"eval_loss": value})
+            study.tell(trial, value)
+        elif outcome == "fail":
+            trial.set_user_attr("fail_reason", "RuntimeError: boom")
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        else:
+            trial.report(3.0, step=1)
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    return study

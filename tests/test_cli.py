@@ -1,0 +1,160 @@
+"""The `snaketune` command: tune (the real workflow, overrides, dry run), status, best, export."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pandas as pd
+import pytest
+import yaml
+
+from snaketune import cli
+from workflow_helpers import (load_study, make_journal_with_every_state, run_cli, tiny_config,
+                              write_config, write_reverse_words)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fast: overrides, profiles, status on a hand-made journal
+
+
+def test_overrides_are_read_as_yaml_and_create_missing_mappings():
+    config = {"tuning": {"n_trials": 3, "fixed_training_params": {"max_steps": 3}}}
+    merged = cli.apply_overrides(config, [
+        "tuning.n_trials=20", "tuning.fixed_training_params.bf16=true", "tuning.study_name=exp 1",
+        "tuning.tunable_peft_params.lora_r={type: categorical, choices: [4, 8]}",
+    ])
+    assert merged["tuning"]["n_trials"] == 20
+    assert merged["tuning"]["fixed_training_params"] == {"max_steps": 3, "bf16": True}
+    assert merged["tuning"]["study_name"] == "exp 1"
+    assert merged["tuning"]["tunable_peft_params"]["lora_r"]["choices"] == [4, 8]
+    assert config["tuning"]["n_trials"] == 3  # the input is not changed
+
+
+@pytest.mark.parametrize("override", ["tuning.n_trials", "=3", "tuning..n_trials=3", "tuning.n_trials.x=1"])
+def test_bad_override_names_itself(override):
+    with pytest.raises(cli.CliError, match=re.escape(repr(override))):
+        cli.apply_overrides({"tuning": {"n_trials": 3}}, [override])
+
+
+def test_profiles_map_to_the_repository(tmp_path, monkeypatch):
+    assert cli.profile_args(None) == ["--workflow-profile", str(cli.PROFILES_DIR / "default")]
+    (tmp_path / "default").mkdir()
+    (tmp_path / "slurm").mkdir()
+    monkeypatch.setattr(cli, "PROFILES_DIR", tmp_path)
+    assert cli.profile_args("slurm") == ["--workflow-profile", str(tmp_path / "slurm")]
+    command = cli.snakemake_command(tmp_path / "t.yaml", None, 2, "slurm", True, ["--quiet"])
+    assert "--cores" not in command  # a cluster profile decides the jobs
+    assert command[-4:] == ["--resources", "gpu=2", "--dry-run", "--quiet"]
+    assert command[command.index("-s") + 1] == str(cli.SNAKEFILE)
+    with pytest.raises(cli.CliError, match="unknown profile 'nope'.*default, slurm"):
+        cli.profile_args("nope")
+
+
+def test_snakefile_is_found_from_the_package():
+    assert cli.SNAKEFILE.is_file()
+    assert (cli.SNAKEFILE.parent / "workflow" / "snaketune" / "cli.py").is_file()
+
+
+def test_status_counts_every_state_and_shows_running_progress(tmp_path, capsys):
+    out = tmp_path / "tuning_output"
+    make_journal_with_every_state(out)
+    config = write_config(tmp_path, {"tuning": {"n_trials": 6, "evaluation_metrics": ["eval_loss"],
+                                                "fixed_training_params": {"max_steps": 10}}})
+    assert cli.main(["status", str(out), "-c", str(config)]) == 0
+    text = capsys.readouterr().out
+    assert "5 of 6 trial(s) started" in text
+    header, _, counts = text.splitlines()[1:4]
+    assert header.split() == ["done", "running", "failed", "pruned"]
+    assert counts.split() == ["2", "1", "1", "1"]
+    assert "best so far: eval_loss=0.9 (trial 1, learning_rate=" in text
+    running = text.split("running\n", 1)[1].splitlines()
+    assert running[0].split() == ["trial", "slot", "step", "loss", "elapsed", "eta"]
+    row = running[2].split()
+    assert row[:4] == ["4", "4", "4/10", "0.75"]
+    assert row[5] != "-"  # an ETA
+
+
+def test_status_without_a_journal_says_so(tmp_path, capsys):
+    assert cli.main(["status", str(tmp_path)]) == 1
+    assert "no journal at" in capsys.readouterr().err
+
+
+def test_dry_run_lists_the_overridden_budget_and_writes_nothing(tmp_path):
+    write_reverse_words(tmp_path / "data.jsonl")
+    write_config(tmp_path, tiny_config())
+    result = run_cli(tmp_path, "tune", "-c", "tune.yaml", "--dry-run", "--cores", "1", "tuning.n_trials=5")
+    assert re.search(r"^trial\s+5$", result.stdout, re.M), result.stdout
+    assert "--workflow-profile" in result.stderr  # the default profile
+    assert not (tmp_path / "tuning_output").exists()
+
+
+def test_tune_refuses_a_missing_config(tmp_path):
+    result = run_cli(tmp_path, "tune", "-c", "nope.yaml", check=False)
+    assert result.returncode == 2 and "no such config file: nope.yaml" in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# One tiny study run through the CLI, shared by the tests below
+
+
+@pytest.fixture(scope="module")
+def study_dir(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("cli_study")
+    write_reverse_words(workdir / "data.jsonl")
+    write_config(workdir, tiny_config(n_trials=3))
+    result = run_cli(workdir, "tune", "-c", "tune.yaml", "--cores", "2", "tuning.n_trials=2",
+                     "tuning.study_name=cli")
+    return workdir, result
+
+
+def test_tune_runs_the_study_with_the_override(study_dir):
+    workdir, result = study_dir
+    out = workdir / "tuning_output"
+    assert len(pd.read_csv(out / "trials_results.csv")) == 2  # tuning.n_trials=2 beat the file's 3
+    assert len(load_study(out, "cli").trials) == 2
+    merged = yaml.safe_load((out / cli.MERGED_CONFIG_NAME).read_text())
+    assert merged["tuning"]["n_trials"] == 2
+    assert (out / "report" / "optimization_history.png").stat().st_size > 0
+    assert "snaketune: study 'cli'" in result.stdout + result.stderr
+
+
+def test_status_of_a_finished_study(study_dir):
+    workdir, _ = study_dir
+    text = run_cli(workdir, "status", "tuning_output").stdout
+    assert "2 of 2 trial(s) started" in text
+    assert text.splitlines()[3].split() == ["2", "0", "0", "0"]
+    assert "best so far: eval_loss=" in text
+
+
+def test_best_prints_the_best_trial_and_model(study_dir):
+    workdir, _ = study_dir
+    best = json.loads((workdir / "tuning_output" / "best_trial.json").read_text())
+    text = run_cli(workdir, "best", "tuning_output").stdout
+    assert f"best trial {best['number']}: eval_loss={best['values']['eval_loss']:.4g}" in text
+    assert f"learning_rate={best['params']['learning_rate']:.4g}" in text
+    assert f"best model: {best['best_model']}" in text
+
+
+def test_export_as_config_fills_in_the_best_parameters(study_dir):
+    workdir, _ = study_dir
+    best = json.loads((workdir / "tuning_output" / "best_trial.json").read_text())
+    run_cli(workdir, "export", "tuning_output", "--format", "yaml", "--as-config", "-o", "best.yaml")
+    config = yaml.safe_load((workdir / "best.yaml").read_text())
+    assert config["training"]["learning_rate"] == pytest.approx(best["params"]["learning_rate"])
+    assert config["training"]["max_steps"] == 3  # fixed parameters kept
+    assert config["model"]["model_name"] == tiny_config()["model"]["model_name"]
+    assert "tuning" not in config and set(config) >= {"model", "data", "training"}
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json", "yaml"])
+def test_export_results(study_dir, fmt):
+    workdir, _ = study_dir
+    text = run_cli(workdir, "export", "tuning_output", "--format", fmt).stdout
+    table = pd.read_csv(workdir / "tuning_output" / "trials_results.csv")
+    if fmt == "csv":
+        assert text == table.to_csv(index=False)
+        return
+    records = json.loads(text) if fmt == "json" else yaml.safe_load(text)
+    assert [r["number"] for r in records] == list(table["number"])
+    assert [r["eval_loss"] for r in records] == pytest.approx(list(table["eval_loss"]))

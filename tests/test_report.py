@@ -1,0 +1,157 @@
+"""The report: every plot from a real study, `snakemake --report`, placeholders, the dashboard."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+
+import optuna
+import pytest
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+
+from snaketune import report, summary
+from snaketune.study import open_storage
+from workflow_helpers import (make_journal_with_every_state, run_snakemake, tiny_config, write_config,
+                              write_reverse_words)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+METRICS = ["eval_loss", "eval_mean_token_accuracy"]
+
+
+@pytest.fixture(scope="module")
+def multi_objective_study(tmp_path_factory):
+    """A tiny two-objective study run by the real Snakefile (default target: report included)."""
+    workdir = tmp_path_factory.mktemp("report_study")
+    write_reverse_words(workdir / "data.jsonl")
+    config = tiny_config(n_trials=2, evaluation_metrics=METRICS,
+                         evaluation_direction=["minimize", "maximize"])
+    write_config(workdir, config)
+    run_snakemake(workdir)
+    return workdir
+
+
+def test_report_rule_writes_every_plot(multi_objective_study):
+    out = multi_objective_study / "tuning_output"
+    tuning = {"metrics": METRICS}
+    files = report.plot_files(tuning)
+    kinds = {entry["kind"] for entry in files}
+    assert kinds == {"optimization_history", "param_importances", "parallel_coordinate", "slice",
+                     "learning_curves", "pareto_front"}
+    assert {entry["path"] for entry in files} >= {f"report/slice_{m}.png" for m in METRICS}
+    for entry in files:
+        data = (out / entry["path"]).read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 5000, entry["path"]
+    page = (out / "report" / "plots.html").read_text()
+    assert "<script src=" not in page and "plotly.js v" in page  # plotly.js embedded: no network
+    assert page.count('class="plotly-graph-div"') >= len(files) - 1
+    assert "Pareto front" in page and "Learning curves" in page
+    trials = (out / "report" / "trials.html").read_text()
+    assert trials.count("<tr") == 3 and "class='best'" in trials
+    assert "Pareto-optimal trials" in (out / "report" / "best_trial.html").read_text()
+
+
+def test_snakemake_report_builds_one_self_contained_page(multi_objective_study):
+    run_snakemake(multi_objective_study, "--report", "report.html")
+    page = (multi_objective_study / "report.html").read_text()
+    assert len(page) > 100_000
+    for name in ("optimization_history_eval_loss.png", "pareto_front.png", "learning_curves.png",
+                 "plots.html", "trials.html", "best_trial.html"):
+        assert name in page, name
+    assert "Parameter importances" in page  # a caption, rendered
+
+
+def test_small_study_gets_placeholders_that_say_why(tmp_path):
+    study = optuna.create_study(study_name="s", storage=open_storage(str(tmp_path / "s.journal")))
+    study.add_trial(optuna.trial.create_trial(
+        params={"learning_rate": 1e-3}, value=1.0,
+        distributions={"learning_rate": optuna.distributions.FloatDistribution(1e-5, 1e-1, log=True)}))
+    reason = report.not_drawable("param_importances", study)
+    assert reason == "Importances need at least 2 completed trials; this study has 1."
+    report.draw_png("param_importances", study, ["eval_loss"], None, "Parameter importances",
+                    tmp_path / "importances.png")
+    assert (tmp_path / "importances.png").read_bytes().startswith(PNG_MAGIC)
+    assert report.draw_plotly("param_importances", study, ["eval_loss"], None,
+                              "Parameter importances") == reason
+    assert report.not_drawable("optimization_history", study) is None
+
+
+def test_learning_curves_from_intermediate_values_or_the_live_logs(tmp_path):
+    out = tmp_path / "out"
+    study = make_journal_with_every_state(out)
+    # Trial 3 reported one intermediate value before it was pruned: not a curve, so the logs.
+    label, curves = report.learning_curves(study)
+    assert label == "training loss"
+    assert curves == {4: [(1, 2.5), (2, 1.25), (4, 0.75)]}  # the half-written last line skipped
+    trial = study.ask()
+    for step, value in ((10, 2.0), (20, 1.5)):
+        trial.report(value, step)
+    study.tell(trial, 1.5)
+    assert report.learning_curves(study) == ("objective (intermediate values)",
+                                             {3: [(1, 3.0)], trial.number: [(10, 2.0), (20, 1.5)]})
+
+
+def test_summary_table_reads_well(tmp_path):
+    out = tmp_path / "out"
+    study = make_journal_with_every_state(out)
+    text = summary.summary_table({"output_dir": str(out), "study_name": "snaketune",
+                                  "metrics": ["eval_loss"]})
+    assert text.splitlines()[0] == ("snaketune: study 'snaketune', 5 trial(s): 2 completed, 1 pruned, "
+                                    "1 failed, 1 running")
+    assert "best trial\n  trial 1 (slot 1)" in text
+    assert re.search(r"objective eval_loss +0.9\n", text)
+    assert re.search(rf"param learning_rate +{study.trials[1].params['learning_rate']:.4g}\n", text)
+    assert "trial 2 failed: RuntimeError: boom" in text
+    assert "per completed trial" in text
+
+
+def test_journal_opens_in_optuna_dashboard(tmp_path):
+    """optuna-dashboard <output_dir>/study.journal: the dashboard guesses a journal file from the path."""
+    from wsgiref.util import setup_testing_defaults
+
+    from optuna_dashboard import wsgi
+
+    out = tmp_path / "out"
+    make_journal_with_every_state(out)
+    app = wsgi(str(out / "study.journal"))
+    environ = {"PATH_INFO": "/api/studies", "REQUEST_METHOD": "GET"}
+    setup_testing_defaults(environ)
+    status = []
+    body = b"".join(app(environ, lambda s, headers, exc_info=None: status.append(s)))
+    assert status[0].startswith("200")
+    (study,) = json.loads(body)["study_summaries"]
+    assert study["study_name"] == "snaketune"
+
+
+def test_dashboard_writes_wait_for_the_trials_lock(tmp_path):
+    """The dashboard opens a journal file with JournalFileBackend's default (symlink) lock; trials
+    use JournalFileOpenLock. Both take `<journal>.lock`, so they exclude each other."""
+    path = str(tmp_path / "study.journal")
+    ours = open_storage(path)
+    study_id = ours.create_new_study([], "s")
+    dashboard = JournalStorage(JournalFileBackend(path))  # what optuna-dashboard builds on POSIX
+    lock = ours._backend._lock
+    lock.acquire()
+    done = threading.Event()
+
+    def write():
+        dashboard.set_study_user_attr(study_id, "note", "from the dashboard")
+        done.set()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    time.sleep(0.5)
+    assert not done.is_set()  # waiting for the trials' lock
+    lock.release()
+    writer.join(10)
+    assert done.is_set()
+    assert open_storage(path).get_study_user_attrs(study_id) == {"note": "from the dashboard"}
+
+
+def test_plot_files_for_one_objective():
+    single = report.plot_files({"metrics": ["eval_loss"]})
+    assert [e["path"] for e in single] == [
+        "report/optimization_history.png", "report/param_importances.png",
+        "report/parallel_coordinate.png", "report/slice.png", "report/learning_curves.png"]

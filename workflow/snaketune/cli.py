@@ -1,0 +1,349 @@
+"""`snaketune`: the workflow behind a command an `oumi tune` user already knows.
+
+    snaketune tune -c tune.yaml [--cores N] [--gpus M] [--profile slurm] [--dry-run] [key=value ...]
+    snaketune status <output_dir> [--watch [SECONDS]]
+    snaketune best <output_dir>
+    snaketune export <output_dir> --format csv|json|yaml [--as-config] [-o FILE]
+
+`tune` runs the `snakemake` command on the repository's Snakefile; everything else reads the study's
+journal and result files, so it works during a run as well as after it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+import snaketune
+
+REPO_DIR = Path(snaketune.__file__).resolve().parents[2]
+SNAKEFILE = REPO_DIR / "Snakefile"
+PROFILES_DIR = REPO_DIR / "workflow" / "profiles"
+MERGED_CONFIG_NAME = "tune.merged.yaml"
+
+
+class CliError(Exception):
+    """A problem with what the user asked for: printed as one line, exit status 2."""
+
+
+# ---------------------------------------------------------------------------------------------
+# tune
+
+
+def parse_override(text: str) -> tuple[list[str], object]:
+    """`tuning.n_trials=20` -> (["tuning", "n_trials"], 20); the value is read as YAML."""
+    key, sep, value = text.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise CliError(f"override {text!r} is not of the form dotted.key=value")
+    return key.split("."), yaml.safe_load(value) if value != "" else None
+
+
+def apply_overrides(config: dict, overrides: list[str]) -> dict:
+    """A copy of `config` with each `dotted.key=value` set (intermediate mappings created)."""
+    merged = copy.deepcopy(config)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = merged
+        for i, part in enumerate(path[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise CliError(f"override {text!r}: {'.'.join(path[:i + 1])} is not a mapping")
+            node = child
+        node[path[-1]] = value
+    return merged
+
+
+def profile_args(profile: str | None) -> list[str]:
+    """`--profile slurm` -> the repository's workflow/profiles/slurm; a path is used as given."""
+    name = profile or "default"
+    bundled = PROFILES_DIR / name
+    if bundled.is_dir():
+        return ["--workflow-profile", str(bundled)]
+    if Path(name).is_dir():
+        return ["--profile", str(Path(name).resolve())]
+    known = sorted(p.name for p in PROFILES_DIR.iterdir() if p.is_dir())
+    raise CliError(f"unknown profile {name!r}: not a directory; bundled profiles: {', '.join(known)}")
+
+
+def snakemake_command(configfile: Path, cores: str | None, gpus: int | None, profile: str | None,
+                      dry_run: bool, extra: list[str]) -> list[str]:
+    command = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--configfile", str(configfile)]
+    command += profile_args(profile)
+    if cores is not None or profile in (None, "default"):
+        command += ["--cores", str(cores or "all")]
+    if gpus is not None:
+        command += ["--resources", f"gpu={gpus}"]
+    if dry_run:
+        command += ["--dry-run"]
+    return command + extra
+
+
+def cmd_tune(args) -> int:
+    if not Path(args.config).is_file():
+        raise CliError(f"no such config file: {args.config}")
+    with open(args.config) as f:
+        config = yaml.safe_load(f) or {}
+    merged = apply_overrides(config, args.overrides)
+    header = f"# {args.config}" + (f" with overrides: {' '.join(args.overrides)}" if args.overrides else "")
+    text = header + "\n" + yaml.safe_dump(merged, sort_keys=False)
+    if args.dry_run:  # a dry run writes nothing under the output directory
+        handle = tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="snaketune-", delete=False)
+        handle.write(text)
+        handle.close()
+        configfile = Path(handle.name)
+    else:  # kept beside the results: what the study ran with (`status` and `export` read it)
+        output_dir = Path((merged.get("tuning") or {}).get("output_dir") or "tuning_output")
+        output_dir.mkdir(parents=True, exist_ok=True)
+        configfile = output_dir / MERGED_CONFIG_NAME
+        configfile.write_text(text)
+    command = snakemake_command(configfile, args.cores, args.gpus, args.profile, args.dry_run,
+                                args.snakemake_args)
+    print("snaketune: " + " ".join(command[1:]), file=sys.stderr, flush=True)
+    try:
+        return subprocess.call(command)
+    finally:
+        if args.dry_run:
+            os.unlink(configfile)
+
+
+# ---------------------------------------------------------------------------------------------
+# status, best, export
+
+
+def find_tune_config(output_dir: Path, given: str | None) -> dict | None:
+    """The tune config a study ran with: given with -c, or the one `snaketune tune` kept."""
+    path = Path(given) if given else output_dir / MERGED_CONFIG_NAME
+    if not path.is_file():
+        if given:
+            raise CliError(f"no such config file: {given}")
+        return None
+    with open(path) as f:
+        return yaml.safe_load(f) or {}
+
+
+def _fixed_max_steps(config: dict | None) -> int | None:
+    fixed = ((config or {}).get("tuning") or {}).get("fixed_training_params") or {}
+    value = fixed.get("max_steps")
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def objective_names(output_dir: Path, study, config: dict | None) -> list[str]:
+    """The objectives' names: from the tune config, the study, or the best-trial files."""
+    metrics = ((config or {}).get("tuning") or {}).get("evaluation_metrics")
+    if metrics:
+        return [metrics] if isinstance(metrics, str) else list(metrics)
+    if study.metric_names:
+        return list(study.metric_names)
+    definition = study.user_attrs.get("snaketune_definition") or {}  # written by snaketune.study
+    if definition.get("metrics"):
+        return list(definition["metrics"])
+    for name in ("best_trials.json", "best_trial.json"):
+        if (output_dir / name).exists():
+            best = json.loads((output_dir / name).read_text())
+            return list(best.get("metrics") or best["values"])
+    return ["value"] if len(study.directions) == 1 else [f"objective_{i}" for i in range(len(study.directions))]
+
+
+def cmd_status(args) -> int:
+    from snaketune.report import load_study
+    from snaketune.summary import status_table
+
+    output_dir = Path(args.output_dir)
+    config = find_tune_config(output_dir, args.config)
+    tuning = (config or {}).get("tuning") or {}
+    while True:
+        study = load_study(output_dir, args.study_name)
+        text = status_table(study, n_trials=tuning.get("n_trials"), max_steps=_fixed_max_steps(config),
+                            metrics=objective_names(output_dir, study, config))
+        if args.watch is None:
+            print(text)
+            return 0
+        print("\033[H\033[J" + time.strftime("%H:%M:%S ") + text, flush=True)
+        try:
+            time.sleep(args.watch)
+        except KeyboardInterrupt:
+            return 0
+
+
+def best_records(output_dir: Path, study_name: str | None = None) -> dict:
+    """best_trial.json / best_trials.json when `aggregate` wrote them, else from the journal."""
+    for name in ("best_trial.json", "best_trials.json"):
+        if (output_dir / name).exists():
+            return json.loads((output_dir / name).read_text())
+    from snaketune.report import load_study
+    from snaketune.summary import best_trials
+
+    study = load_study(output_dir, study_name)
+    names = objective_names(output_dir, study, find_tune_config(output_dir, None))
+    records = [{"number": t.number, "slot": t.user_attrs.get("slot"), "values": dict(zip(names, t.values)),
+                "params": t.params, "metrics": t.user_attrs.get("metrics", {}),
+                "trial_dir": t.user_attrs.get("trial_dir")} for t in best_trials(study)]
+    if not records:
+        raise CliError(f"no trial of the study in {output_dir} has completed yet")
+    return records[0] if len(records) == 1 else {"trials": records}
+
+
+def cmd_best(args) -> int:
+    from snaketune.summary import fmt
+
+    output_dir = Path(args.output_dir)
+    best = best_records(output_dir, args.study_name)
+    records = best.get("trials", [best])
+    if len(records) > 1 or "trials" in best:
+        print(f"Pareto front: {len(records)} trial(s)")
+    for record in records:
+        values = ", ".join(f"{k}={fmt(v)}" for k, v in record["values"].items())
+        print(f"best trial {record['number']}: {values}")
+        print("  params: " + ", ".join(f"{k}={fmt(v)}" for k, v in record["params"].items()))
+        if record.get("checkpoint"):
+            print(f"  checkpoint: {record['checkpoint']}")
+    model = best.get("best_model")
+    if model:
+        print(f"best model: {model}" + ("" if Path(model).exists() else " (not written yet)"))
+    return 0
+
+
+def as_training_config(tune: dict, params: dict) -> dict:
+    """An `oumi train`-style config (model, data, training, peft) with `params` filled in."""
+    tuning = tune.get("tuning") or {}
+    training = dict(tuning.get("fixed_training_params") or {})
+    peft = dict(tuning.get("fixed_peft_params") or {})
+    peft_names = set(tuning.get("tunable_peft_params") or {})
+    for name, value in params.items():
+        (peft if name in peft_names else training)[name] = value
+    training.setdefault("output_dir", str(Path(tuning.get("output_dir") or "tuning_output") / "final"))
+    config = {"model": copy.deepcopy(tune.get("model") or {}), "data": copy.deepcopy(tune.get("data") or {}),
+              "training": training}
+    if peft:
+        config["peft"] = peft
+    return config
+
+
+def results_rows(output_dir: Path, study_name: str | None):
+    """trials_results.csv as a DataFrame (from the journal when `aggregate` has not run yet)."""
+    import pandas as pd
+
+    csv = output_dir / "trials_results.csv"
+    if csv.exists():
+        return pd.read_csv(csv)
+    from snaketune.report import load_study
+    from snaketune.results import results_table
+
+    study = load_study(output_dir, study_name)
+    return results_table(study, objective_names(output_dir, study, find_tune_config(output_dir, None)))
+
+
+def cmd_export(args) -> int:
+    output_dir = Path(args.output_dir)
+    if args.as_config:
+        tune = find_tune_config(output_dir, args.config)
+        if tune is None:
+            raise CliError(f"--as-config needs the study's tune config: pass it with -c (no "
+                           f"{output_dir / MERGED_CONFIG_NAME} from `snaketune tune`)")
+        best = best_records(output_dir, args.study_name)
+        records = best.get("trials", [best])
+        if len(records) > 1:
+            print(f"snaketune: {len(records)} Pareto-optimal trials; exporting trial "
+                  f"{records[0]['number']} (choose another with --trial)", file=sys.stderr)
+        record = records[0]
+        if args.trial is not None:
+            matches = [r for r in records if r["number"] == args.trial]
+            if not matches:
+                raise CliError(f"trial {args.trial} is not among the best: "
+                               f"{', '.join(str(r['number']) for r in records)}")
+            record = matches[0]
+        data = as_training_config(tune, record["params"])
+        comment = (f"# Training config from study in {output_dir}: trial {record['number']} "
+                   f"({', '.join(f'{k}={v}' for k, v in record['values'].items())})\n")
+        if args.format == "yaml":
+            text = comment + yaml.safe_dump(data, sort_keys=False)
+        elif args.format == "json":
+            text = json.dumps(data, indent=2) + "\n"
+        else:
+            raise CliError("--as-config writes yaml or json, not csv")
+    else:
+        table = results_rows(output_dir, args.study_name)
+        if args.format == "csv":
+            text = table.to_csv(index=False)
+        else:
+            records = json.loads(table.to_json(orient="records"))
+            text = (json.dumps(records, indent=2) + "\n" if args.format == "json"
+                    else yaml.safe_dump(records, sort_keys=False))
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"snaketune: wrote {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="snaketune", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    tune = commands.add_parser("tune", help="run a study (the Snakemake workflow)",
+                               description="Run the tuning workflow. Arguments after `--` go to snakemake.")
+    tune.add_argument("-c", "--config", required=True, help="the tune.yaml")
+    tune.add_argument("--cores", help="CPU cores (default: all; with a cluster profile, the profile's)")
+    tune.add_argument("--gpus", type=int, help="trials to run side by side, one GPU each (--resources gpu=M)")
+    tune.add_argument("--profile", help="'default', 'slurm' (the repository's profiles) or a profile directory")
+    tune.add_argument("-n", "--dry-run", action="store_true", help="list the jobs, run nothing")
+    tune.add_argument("overrides", nargs="*", metavar="key=value",
+                      help="config overrides, e.g. tuning.n_trials=20 (values read as YAML)")
+    tune.set_defaults(func=cmd_tune)
+
+    for name, func, help_ in (("status", cmd_status, "progress of a study, running or done"),
+                              ("best", cmd_best, "the best trial(s) and the best model"),
+                              ("export", cmd_export, "the results, or the best trial as a training config")):
+        sub = commands.add_parser(name, help=help_, description=help_)
+        sub.add_argument("output_dir", help="the study's output directory (tuning.output_dir)")
+        sub.add_argument("--study-name", help="the study, if the journal holds several")
+        sub.set_defaults(func=func)
+        if name in ("status", "export"):
+            sub.add_argument("-c", "--config", help=f"the tune.yaml (default: <output_dir>/{MERGED_CONFIG_NAME})")
+        if name == "status":
+            sub.add_argument("--watch", nargs="?", type=float, const=5.0, metavar="SECONDS",
+                             help="refresh every SECONDS (default 5) until Ctrl-C")
+        if name == "export":
+            sub.add_argument("--format", choices=("csv", "json", "yaml"), default="csv")
+            sub.add_argument("--as-config", action="store_true",
+                             help="a training config (model, data, training, peft) with the best parameters")
+            sub.add_argument("--trial", type=int, help="with --as-config and several objectives: which trial")
+            sub.add_argument("-o", "--output", help="write here instead of stdout")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    snakemake_args: list[str] = []
+    if "--" in argv:
+        at = argv.index("--")
+        argv, snakemake_args = argv[:at], argv[at + 1:]
+    args = build_parser().parse_args(argv)
+    args.snakemake_args = snakemake_args
+    try:
+        return args.func(args)
+    except CliError as error:
+        print(f"snaketune: {error}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as error:
+        print(f"snaketune: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,229 @@
+"""Tables a person reads in a terminal: the study's end-of-run summary and its live status.
+
+Both read the journal only (and, for running trials, their live `logs/loss_curve.jsonl`), so they
+work during a run, after it, and on a study another machine is running.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import re
+from pathlib import Path
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from snaketune import study as studies
+from snaketune.results import latest_attempts
+
+STATES = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.FAIL, TrialState.PRUNED,
+          TrialState.WAITING)
+
+
+def fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        return f"{value:.4g}"
+    return str(value)
+
+
+def fmt_seconds(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "-"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+_NUMBER_LIKE = re.compile(r"^(-|[-+]?[\d.]+(e[-+]?\d+)?\*?|\d+/\d+|(\d+h)?(\d+m)?(\d+s)?)$")
+
+
+def render_table(header: list[str], rows: list[list[str]], indent: str = "  ") -> str:
+    """A plain-text table: columns padded; columns of numbers (and durations) right-aligned."""
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(header)]
+    numeric = [bool(rows) and all(_NUMBER_LIKE.match(r[i]) for r in rows) for i in range(len(header))]
+
+    def line(cells):
+        return indent + "  ".join(cell.rjust(w) if right else cell.ljust(w)
+                                  for cell, w, right in zip(cells, widths, numeric)).rstrip()
+
+    rule = indent + "  ".join("-" * w for w in widths)
+    return "\n".join([line(header), rule, *(line(r) for r in rows)])
+
+
+def state_counts(trials: list[FrozenTrial]) -> dict[str, int]:
+    counts = {state.name: 0 for state in STATES}
+    for trial in trials:
+        counts[trial.state.name] = counts.get(trial.state.name, 0) + 1
+    return counts
+
+
+def best_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """The best trial (one objective) or the Pareto front; empty before a trial completes."""
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return []
+    if len(study.directions) > 1:
+        return study.best_trials
+    return [study.best_trial]
+
+
+def durations(trials: list[FrozenTrial]) -> list[float]:
+    return [t.duration.total_seconds() for t in trials
+            if t.duration is not None and t.state == TrialState.COMPLETE]
+
+
+def _trial_seconds(trial: FrozenTrial) -> float | None:
+    if trial.duration is not None:
+        return trial.duration.total_seconds()
+    if trial.state == TrialState.RUNNING and trial.datetime_start is not None:
+        return (datetime.datetime.now() - trial.datetime_start).total_seconds()
+    return None
+
+
+def summary_table(tuning: dict, study: optuna.Study | None = None) -> str:
+    """The end-of-run summary: counts, time, the best trial(s) with parameters and metrics, and
+    one row per trial slot. `tuning` is the resolved config's `tuning` section."""
+    if study is None:
+        storage = studies.open_storage(studies.journal_path(tuning))
+        study = optuna.load_study(study_name=tuning["study_name"], storage=storage)
+    out = Path(tuning["output_dir"])
+    metrics = list(tuning["metrics"])
+    every = study.get_trials(deepcopy=False)
+    latest = latest_attempts(study)
+    counts = state_counts(latest)
+    retried = len(every) - len(latest)
+    lines = [f"snaketune: study {study.study_name!r}, {len(latest)} trial(s): "
+             f"{counts['COMPLETE']} completed, {counts['PRUNED']} pruned, {counts['FAIL']} failed"
+             + (f", {counts['RUNNING']} running" if counts["RUNNING"] else "")
+             + (f" ({retried} earlier attempt(s) re-run)" if retried else "")]
+    starts = [t.datetime_start for t in every if t.datetime_start]
+    ends = [t.datetime_complete for t in every if t.datetime_complete]
+    spent = durations(latest)
+    if starts and ends:
+        wall = (max(ends) - min(starts)).total_seconds()
+        per_trial = (f"{fmt_seconds(sum(spent) / len(spent))} per completed trial "
+                     f"(min {fmt_seconds(min(spent))}, max {fmt_seconds(max(spent))})") if spent else ""
+        lines.append(f"  time: {fmt_seconds(wall)} from first trial start to last trial end"
+                     + (f"; {per_trial}" if per_trial else ""))
+    best = best_trials(study)
+    heading = "best trial" if len(metrics) == 1 else f"Pareto front ({len(best)} trial(s))"
+    for trial in best:
+        lines.append(f"\n{heading if trial is best[0] else ''}".rstrip())
+        lines.append(f"  trial {trial.number}" + (f" (slot {trial.user_attrs['slot']})"
+                                                 if "slot" in trial.user_attrs else ""))
+        rows = [[f"objective {name}", fmt(value)] for name, value in zip(metrics, trial.values)]
+        rows += [[f"param {name}", fmt(value)] for name, value in trial.params.items()]
+        extra = {k: v for k, v in trial.user_attrs.get("metrics", {}).items()
+                 if k not in metrics and (k.startswith("eval_") or k in ("train_loss", "train_runtime"))}
+        rows += [[f"metric {name}", fmt(value)] for name, value in sorted(extra.items())]
+        lines.append(render_table(["", "value"], rows, indent="    "))
+    if len(metrics) == 1 and (out / "best_model").exists():
+        lines.append(f"  best model: {out / 'best_model'}")
+    lines.append("\ntrials")
+    params = sorted({name for t in latest for name in t.params})
+    header = ["trial", "state", *metrics, *params, "time"]
+    best_numbers = {t.number for t in best}
+    rows = []
+    for trial in latest:
+        values = trial.values or [None] * len(metrics)
+        mark = "*" if trial.number in best_numbers else ""
+        rows.append([f"{trial.number}{mark}", trial.state.name, *(fmt(v) for v in values),
+                     *(fmt(trial.params.get(p)) for p in params), fmt_seconds(_trial_seconds(trial))])
+    lines.append(render_table(header, rows))
+    failed = [t for t in latest if t.state == TrialState.FAIL and t.user_attrs.get("fail_reason")]
+    for trial in failed:
+        lines.append(f"  trial {trial.number} failed: {trial.user_attrs['fail_reason'][:200]}")
+    lines.append(f"  (* best)  results: {out / 'trials_results.csv'}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Live status
+
+
+def running_progress(trial: FrozenTrial, max_steps: int | None = None) -> dict:
+    """Step, loss, max_steps and ETA of a running trial, from its live loss curve."""
+    info = {"step": None, "loss": None, "max_steps": max_steps, "eta": None}
+    trial_dir = trial.user_attrs.get("trial_dir")
+    if not trial_dir:
+        return info
+    path = Path(trial_dir) / "logs" / "loss_curve.jsonl"
+    last, updated = {}, None
+    try:
+        lines = path.read_text().splitlines()
+        updated = path.stat().st_mtime
+    except OSError:
+        lines = []
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:  # a line being written
+            continue
+        if "loss" in entry:
+            last = entry
+    info["step"], info["loss"] = last.get("step"), last.get("loss")
+    info["max_steps"] = (last.get("max_steps") or trial.params.get("max_steps") or max_steps
+                         or _max_steps_from_state(Path(trial_dir)))
+    step, total = info["step"], info["max_steps"]
+    if step and total and trial.datetime_start is not None and updated is not None:
+        # Time per step so far (model loading included, so a slight overestimate at first).
+        elapsed = updated - trial.datetime_start.timestamp()
+        if elapsed > 0:
+            info["eta"] = elapsed / step * max(0, total - step)
+    return info
+
+
+def _max_steps_from_state(trial_dir: Path) -> int | None:
+    """max_steps from the newest checkpoint's trainer_state.json (written with each checkpoint)."""
+    states = sorted(trial_dir.glob("checkpoint-*/trainer_state.json"),
+                    key=lambda p: int(p.parent.name.split("-")[1]) if p.parent.name.split("-")[1].isdigit() else 0)
+    if not states:
+        return None
+    try:
+        return json.loads(states[-1].read_text()).get("max_steps")
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def status_table(study: optuna.Study, n_trials: int | None = None, max_steps: int | None = None,
+                 metrics: list[str] | None = None) -> str:
+    """Counts by state, the best value so far, and each running trial's step, loss and ETA."""
+    latest = latest_attempts(study)
+    counts = state_counts(latest)
+    budget = f" of {n_trials}" if n_trials else ""
+    metrics = metrics or study.metric_names or [f"objective {i}" for i in range(len(study.directions))]
+    lines = [f"study {study.study_name!r}: {len(latest)}{budget} trial(s) started",
+             render_table(["done", "running", "failed", "pruned"],
+                          [[str(counts["COMPLETE"]), str(counts["RUNNING"]), str(counts["FAIL"]),
+                            str(counts["PRUNED"])]])]
+    best = best_trials(study)
+    if not best:
+        lines.append("best so far: none yet (no trial has completed)")
+    elif len(study.directions) == 1:
+        lines.append(f"best so far: {metrics[0]}={fmt(best[0].value)} (trial {best[0].number}, "
+                     f"{', '.join(f'{k}={fmt(v)}' for k, v in best[0].params.items())})")
+    else:
+        lines.append(f"best so far: Pareto front of {len(best)} trial(s): "
+                     + "; ".join(f"trial {t.number} " + ", ".join(f"{m}={fmt(v)}" for m, v in zip(metrics, t.values))
+                                 for t in best))
+    running = [t for t in latest if t.state == TrialState.RUNNING]
+    if running:
+        rows = []
+        for trial in running:
+            info = running_progress(trial, max_steps)
+            step = fmt(info["step"]) + (f"/{info['max_steps']}" if info["max_steps"] else "")
+            rows.append([str(trial.number), str(trial.user_attrs.get("slot", "-")), step, fmt(info["loss"]),
+                         fmt_seconds(_trial_seconds(trial)), fmt_seconds(info["eta"])])
+        lines.append("running")
+        lines.append(render_table(["trial", "slot", "step", "loss", "elapsed", "eta"], rows))
+    return "\n".join(lines)
