@@ -186,6 +186,8 @@ def train_and_evaluate(tune: dict, params: dict, trial_dir: Path, model_source: 
         """Appends every log line to logs/loss_curve.jsonl as it happens (live progress)."""
 
         def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero:  # data parallel: one rank writes the curve
+                return
             with open(trial_dir / "logs" / "loss_curve.jsonl", "a") as f:
                 f.write(json.dumps({"step": state.global_step, **(logs or {})}) + "\n")
 
@@ -256,9 +258,10 @@ def train_and_evaluate(tune: dict, params: dict, trial_dir: Path, model_source: 
     )
     train_output = trainer.train(resume_from_checkpoint=resume_from)
     write_loss_curve(trainer.state.log_history, trial_dir / "logs" / "loss_curve.csv")
+    trained = {**train_output.metrics, "trained_steps": trainer.state.global_step}
     if divergence.reason or pruning.reason:
-        return dict(train_output.metrics), divergence.reason or pruning.reason
-    produced = {**train_output.metrics, **trainer.evaluate()}  # on_evaluate reports it too
+        return trained, divergence.reason or pruning.reason
+    produced = {**trained, **trainer.evaluate()}  # on_evaluate reports it too
     if not _is_finite_number(produced.get("eval_loss", 0.0)):
         return produced, f"diverged: eval_loss is {produced['eval_loss']}"
     if tuning["custom_eval_metrics"]:
