@@ -310,8 +310,47 @@ def draw_plotly(kind: str, study: optuna.Study, metrics: list[str], metric: str 
     fig = make_plot(kind, study, metrics, metric, ov, _learning_curves_plotly)
     if isinstance(fig, str):
         return fig
+    if kind == "parallel_coordinate":
+        _recolor_parallel_coordinate(fig)
     fig.update_layout(title=heading, template="plotly_white")
     return fig
+
+
+def _recolor_parallel_coordinate(fig) -> None:
+    """As in the PNG: Optuna's Blues fade to white (the worst trials vanish); Viridis stays visible.
+
+    Optuna draws each trial as a line of its own colour, plus a marker trace for the colour bar:
+    each line's colour is moved to the same position on Viridis.
+    """
+    from plotly.colors import find_intermediate_color, get_colorscale, unlabel_rgb
+
+    def sample(scale, at):  # the colour at `at` (0..1) of a [[position, "rgb(...)"], ...] scale
+        stops = [(float(p), unlabel_rgb(c) if c.startswith("rgb") else _hex_rgb(c)) for p, c in scale]
+        for (p0, c0), (p1, c1) in zip(stops, stops[1:]):
+            if p0 <= at <= p1:
+                return find_intermediate_color(c0, c1, (at - p0) / ((p1 - p0) or 1))
+        return stops[-1][1]
+
+    scales = [t.marker.colorscale for t in fig.data if t.mode == "markers" and t.marker.colorscale]
+    if not scales:
+        return
+    positions = [i / 100 for i in range(101)]
+    blues = [sample(scales[0], p) for p in positions]
+    viridis = ["rgb({:.0f}, {:.0f}, {:.0f})".format(*sample(get_colorscale("Viridis"), p)) for p in positions]
+    for trace in fig.data:
+        if trace.mode == "lines" and isinstance(trace.line.color, str) and trace.line.color.startswith("rgb"):
+            rgb = unlabel_rgb(trace.line.color)
+            nearest = min(range(len(blues)), key=lambda i: sum((a - b) ** 2 for a, b in zip(blues[i], rgb)))
+            trace.line.color = viridis[-1 - nearest]  # flipped, as the colour bar: the PNG's colours
+            trace.opacity = 0.85
+        elif trace.mode == "markers" and trace.marker.colorscale:
+            trace.marker.colorscale = "Viridis"
+            trace.marker.reversescale = not trace.marker.reversescale
+
+
+def _hex_rgb(color: str) -> tuple[float, float, float]:
+    color = color.lstrip("#")
+    return tuple(float(int(color[i:i + 2], 16)) for i in (0, 2, 4))
 
 
 def write_interactive_page(figures: list[tuple[str, object]], path: Path, study_name: str) -> None:
