@@ -173,12 +173,15 @@ def print_summary(tuning: dict) -> None:
     best_file = out / ("best_trials.json" if len(tuning["metrics"]) > 1 else "best_trial.json")
     if not best_file.exists():
         return
+    from snaketune.summary import summary_table
+
+    print("\n" + summary_table(tuning))
     best = json.loads(best_file.read_text())
     print(f"\nsnaketune: study {tuning['study_name']!r}, results in {out / 'trials_results.csv'}")
     for record in best.get("trials", [best]):
         values = ", ".join(f"{k}={v:.4g}" for k, v in record["values"].items())
         params = ", ".join(f"{k}={_fmt(v)}" for k, v in record["params"].items())
-        print(f"best trial {record['number']}: {values}\n  params: {params}")
+        print(f"best trial {record['number']} (trial_{record['slot']}/): {values}\n  params: {params}")
     if "best_model" in best:
         print(f"  best model: {best['best_model']}")
 

@@ -189,7 +189,7 @@ def train_and_evaluate(tune: dict, params: dict, trial_dir: Path, model_source: 
             if not state.is_world_process_zero:  # data parallel: one rank writes the curve
                 return
             with open(trial_dir / "logs" / "loss_curve.jsonl", "a") as f:
-                f.write(json.dumps({"step": state.global_step, **(logs or {})}) + "\n")
+                f.write(json.dumps({"step": state.global_step, "max_steps": state.max_steps, **(logs or {})}) + "\n")
 
     class StopOnDivergence(TrainerCallback):
         """Stops at the first non-finite loss or gradient norm.
