@@ -1,4 +1,17 @@
-# trial_<i>: slot i of the budget. Asks the journal for parameters, trains, evaluates, tells.
+# trial_<i>: slot i of the budget. Leases its GPU(s), asks the journal for parameters, trains,
+# evaluates, tells.
+from snaketune.gpu import scaled_gpu_limit
+
+# `--resources gpu=N` means N physical GPUs. A trial declares gpu = gpus_per_trial (what SLURM's
+# --gpus is asked for); when k trials share a GPU (trials_per_gpu: k), the local limit counts
+# shares instead of devices: N GPUs are N*k shares. Resources are integers, so the limit is scaled
+# rather than each trial asking for 1/k. The trial itself leases its device (snaketune.gpu).
+GPU_SETTINGS = TUNING["gpu"]
+if GPU_SETTINGS["trials_per_gpu"] > 1 and isinstance(workflow.global_resources.get("gpu").value, int):
+    workflow.register_resource(
+        "gpu",
+        scaled_gpu_limit(workflow.global_resources.get("gpu").value, GPU_SETTINGS["trials_per_gpu"]),
+    )
 
 
 rule trial:
@@ -13,7 +26,7 @@ rule trial:
         i=r"\d+",
     threads: trial_threads
     resources:
-        gpu=1,
+        gpu=GPU_SETTINGS["gpus_per_trial"],
     conda:
         "../../envs/snaketune.yaml"
     script:

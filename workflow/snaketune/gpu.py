@@ -1,0 +1,374 @@
+"""The devices a trial runs on: a lease on free GPU(s), or what SLURM allocated, or the CPU.
+
+Snakemake's `--resources gpu=N` only limits how many trials run at once; it never says which
+device a job gets. A trial therefore leases its device(s) before torch touches CUDA, and runs with
+`CUDA_VISIBLE_DEVICES` set to them.
+
+A lease is an `flock` on a file per device (and per slot, when trials share a device). The kernel
+drops an flock when the last descriptor on it closes, so a trial that is killed, even by SIGKILL,
+leaves no stale lease behind. The files live in a machine-wide directory
+(`/tmp/snaketune-gpu-leases`, or `tuning.gpu_lease_dir`, or `$SNAKETUNE_GPU_LEASE_DIR`) rather than
+in a study's output directory: two studies on one workstation then share the devices instead of
+both putting their first trial on GPU 0.
+
+- `trials_per_gpu: 1` (default): a trial holds its device exclusively (`LOCK_EX` on the device
+  file).
+- `trials_per_gpu: k > 1`: a trial holds the device file shared (`LOCK_SH`, so an exclusive trial
+  of another study waits) and one of k slot files exclusively: at most k trials per device.
+- `gpus_per_trial: g`: g distinct devices, leased all at once or not at all (no hold-and-wait,
+  so two trials waiting for devices never deadlock).
+- Inside a SLURM job the allocation decides: its devices are used as given, no lease. Only when
+  the allocation holds more devices than a trial needs (Snakemake run by hand inside a large
+  `salloc`) do trials lease among them, in a directory private to that job.
+- No GPU: the trial runs on CPU and nothing is leased.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_LEASE_DIR = "/tmp/snaketune-gpu-leases"
+LEASE_DIR_ENV = "SNAKETUNE_GPU_LEASE_DIR"
+
+
+class LeaseError(RuntimeError):
+    """A lease that can never be granted (more devices asked for than exist)."""
+
+
+# -- which devices exist ------------------------------------------------------------------------
+def parse_visible_devices(value: str | None) -> list[str] | None:
+    """`CUDA_VISIBLE_DEVICES` as a list; None when unset. '', '-1' or 'none' hide every device."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value in ("", "-1", "none", "NoDevFiles"):
+        return []
+    return [d.strip() for d in value.split(",") if d.strip()]
+
+
+def detect_devices(configured: list | None = None, environ=None) -> list[str]:
+    """The GPU ids a trial may lease, as `CUDA_VISIBLE_DEVICES` would name them.
+
+    In order: `tuning.gpu_devices` from the config (an empty list means CPU only);
+    `CUDA_VISIBLE_DEVICES` if set; `nvidia-smi -L`; torch's device count (asked in a subprocess,
+    so this process's CUDA is not initialised before `CUDA_VISIBLE_DEVICES` is set); else none.
+    """
+    environ = os.environ if environ is None else environ
+    if configured is not None:
+        return [str(d) for d in configured]
+    visible = parse_visible_devices(environ.get("CUDA_VISIBLE_DEVICES"))
+    if visible is not None:
+        return visible
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        try:
+            listing = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=60).stdout
+        except (OSError, subprocess.SubprocessError):
+            listing = ""
+        indices = re.findall(r"^GPU (\d+):", listing, flags=re.MULTILINE)
+        if indices:
+            return indices
+    if Path("/proc/driver/nvidia").exists() or Path("/dev/nvidia0").exists():
+        probe = "import torch; print(torch.cuda.device_count())"
+        try:
+            count = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                                   timeout=300).stdout.strip()
+            return [str(i) for i in range(int(count or 0))]
+        except (OSError, ValueError, subprocess.SubprocessError):
+            pass
+    return []
+
+
+def lease_dir(configured: str | None = None, environ=None) -> Path:
+    environ = os.environ if environ is None else environ
+    return Path(configured or environ.get(LEASE_DIR_ENV) or DEFAULT_LEASE_DIR)
+
+
+# -- leases -------------------------------------------------------------------------------------
+@dataclass
+class Lease:
+    """Devices held by this process until `release()` or exit (the kernel drops the locks)."""
+
+    devices: list[str]
+    files: list[str] = field(default_factory=list)
+    acquired_at: float | None = None
+    waited_seconds: float = 0.0
+    _fds: list[int] = field(default_factory=list, repr=False)
+
+    @property
+    def visible_devices(self) -> str:
+        return ",".join(self.devices)
+
+    @property
+    def fds(self) -> tuple[int, ...]:
+        """The locked descriptors: pass them to a child (`pass_fds`) to share the lease with it."""
+        return tuple(self._fds)
+
+    def release(self) -> None:
+        for fd in self._fds:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            finally:
+                os.close(fd)
+        self._fds.clear()
+
+    def __enter__(self) -> "Lease":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _safe(device: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", device)
+
+
+def _open(path: Path) -> int:
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except PermissionError:  # another user's lease file: flock needs no write access
+        return os.open(path, os.O_RDONLY)
+    try:  # several users of one machine lease the same devices
+        os.fchmod(fd, 0o666)
+    except PermissionError:
+        pass
+    return fd
+
+
+def _try_lock(fd: int, mode: int) -> bool:
+    try:
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
+def _try_device(directory: Path, device: str, per_device: int) -> tuple[list[int], list[str]] | None:
+    """Lock one share of `device`: (fds, file names), or None if it has no free share."""
+    device_file = directory / f"gpu-{_safe(device)}.lock"
+    fd = _open(device_file)
+    if per_device == 1:
+        if _try_lock(fd, fcntl.LOCK_EX):
+            return [fd], [device_file.name]
+        os.close(fd)
+        return None
+    if not _try_lock(fd, fcntl.LOCK_SH):  # an exclusive trial holds the whole device
+        os.close(fd)
+        return None
+    for slot in range(per_device):
+        slot_file = directory / f"gpu-{_safe(device)}.slot-{slot}.lock"
+        slot_fd = _open(slot_file)
+        if _try_lock(slot_fd, fcntl.LOCK_EX):
+            return [fd, slot_fd], [device_file.name, slot_file.name]
+        os.close(slot_fd)
+    os.close(fd)
+    return None
+
+
+def _free_shares(directory: Path, device: str, per_device: int) -> int:
+    """How many more trials `device` takes now (a probe: shares are taken, counted, dropped)."""
+    probed = []
+    while len(probed) < per_device:
+        held = _try_device(directory, device, per_device)
+        if held is None:
+            break
+        probed.append(held[0])
+    for fds in probed:
+        for fd in fds:
+            os.close(fd)
+    return len(probed)
+
+
+def try_lease(devices: list[str], count: int = 1, per_device: int = 1,
+              directory: str | Path = DEFAULT_LEASE_DIR, holder: dict | None = None) -> Lease | None:
+    """Lease `count` distinct devices with a free share now, least loaded first; or None."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    try:  # sticky and world-writable, like /tmp: every user of the machine leases here
+        os.chmod(directory, 0o1777)
+    except PermissionError:
+        pass
+    # Spread trials over devices: with 2 GPUs and trials_per_gpu 2, two trials take one GPU each.
+    order = sorted(devices, key=lambda d: -_free_shares(directory, d, per_device))
+    fds, files, chosen = [], [], []
+    for device in order:
+        held = _try_device(directory, device, per_device)
+        if held is None:
+            continue
+        fds += held[0]
+        files += held[1]
+        chosen.append(device)
+        if len(chosen) == count:
+            break
+    if len(chosen) < count:
+        for fd in fds:
+            os.close(fd)
+        return None
+    lease = Lease(devices=chosen, files=files, acquired_at=time.time(), _fds=fds)
+    note = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": lease.acquired_at,
+                       **(holder or {})})
+    try:  # the file this lease holds exclusively says who holds it
+        os.ftruncate(fds[-1], 0)
+        os.pwrite(fds[-1], (note + "\n").encode(), 0)
+    except OSError:
+        pass
+    return lease
+
+
+def lease(devices: list[str], count: int = 1, per_device: int = 1,
+          directory: str | Path = DEFAULT_LEASE_DIR, holder: dict | None = None,
+          timeout: float | None = None, poll_seconds: float = 0.5, log=None) -> Lease:
+    """Wait for `count` devices with a free share and lease them (see `try_lease`)."""
+    if count > len(devices):
+        raise LeaseError(f"a trial needs {count} GPU(s) (tuning.gpus_per_trial) but only "
+                         f"{len(devices)} exist here: {', '.join(devices) or 'none'}")
+    started = time.time()
+    said = False
+    while True:
+        got = try_lease(devices, count, per_device, directory, holder)
+        if got is not None:
+            got.waited_seconds = round(time.time() - started, 3)
+            return got
+        if timeout is not None and time.time() - started > timeout:
+            raise TimeoutError(f"no free GPU lease in {directory} after {timeout:.0f}s")
+        if not said and log is not None:
+            log(f"snaketune: waiting for {count} free GPU(s) of {', '.join(devices)} "
+                f"(leases in {directory}; another trial or study holds them)")
+            said = True
+        time.sleep(poll_seconds)
+
+
+# -- the policy a trial follows ---------------------------------------------------------------
+def lease_for_trial(settings: dict, environ=None, holder: dict | None = None, log=None) -> tuple[Lease | None, dict]:
+    """Devices for one trial and what to record about them.
+
+    `settings` is the resolved `tuning["gpu"]`. Sets `CUDA_VISIBLE_DEVICES` in `environ` (the
+    process environment by default) before anything initialises CUDA. Returns (the lease or None,
+    the trial's device metadata: `devices`, `cuda_visible_devices`, `gpu_lease`, `slurm_job_id`,
+    `host`).
+    """
+    environ = os.environ if environ is None else environ
+    count, per_device = settings["gpus_per_trial"], settings["trials_per_gpu"]
+    record = {"host": socket.gethostname()}
+    slurm_job = environ.get("SLURM_JOB_ID")
+    directory = lease_dir(settings.get("lease_dir"), environ)
+    if slurm_job:
+        record["slurm_job_id"] = slurm_job
+        # The job's devices are those SLURM put in CUDA_VISIBLE_DEVICES: none if it set none
+        # (tuning.gpu_devices and nvidia-smi describe the machine, not the allocation).
+        devices = parse_visible_devices(environ.get("CUDA_VISIBLE_DEVICES")) or []
+        if len(devices) <= count:  # the allocation is the trial's: SLURM already decided
+            record.update(devices=devices, cuda_visible_devices=",".join(devices), gpu_lease=None)
+            return None, record
+        # Device numbers are per job (cgroups renumber them): lease in a directory of this job's.
+        directory = directory / f"slurm-{slurm_job}"
+    else:
+        devices = detect_devices(settings.get("devices"), environ)
+    if not devices:
+        environ["CUDA_VISIBLE_DEVICES"] = ""  # CPU: nothing to lease, no GPU to stumble on
+        record.update(devices=[], cuda_visible_devices="", gpu_lease=None)
+        return None, record
+    got = lease(devices, count, per_device, directory, holder=holder, log=log)
+    environ["CUDA_VISIBLE_DEVICES"] = got.visible_devices
+    record.update(devices=got.devices, cuda_visible_devices=got.visible_devices,
+                  gpu_lease={"dir": str(directory), "files": got.files,
+                             "acquired_at": got.acquired_at, "waited_seconds": got.waited_seconds})
+    return got, record
+
+
+def scaled_gpu_limit(physical_gpus: int, trials_per_gpu: int) -> int:
+    """Snakemake's `gpu` limit when k trials share a GPU: `--resources gpu=N` means N devices,
+    and each trial declares `gpu = gpus_per_trial`, so the limit counts shares (N * k)."""
+    return physical_gpus * trials_per_gpu
+
+
+# -- several GPUs per trial: data parallel, one journal client ----------------------------------
+def launch_data_parallel(spec: dict, nproc: int, spec_path: str | Path, lease: Lease | None = None) -> None:
+    """Run one trial as `nproc` data-parallel ranks (torchrun, one rank per leased device).
+
+    `spec` holds `train.run_trial`'s arguments. Rank 0 alone opens the journal, claims the trial
+    and samples its parameters, then broadcasts them (and the checkpoint to resume from) to the
+    other ranks, which train on them: ranks never sample parameters of their own.
+    """
+    spec_path = Path(spec_path)
+    spec_path.write_text(json.dumps(spec, default=str))
+    workflow_dir = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (workflow_dir, os.environ.get("PYTHONPATH")) if p)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc-per-node={nproc}", "-m", "snaketune.gpu", str(spec_path)]
+    # The launcher holds the lease too: were this process killed, the devices stay leased until
+    # torchrun and its ranks are gone.
+    process = subprocess.Popen(command, env=env, pass_fds=lease.fds if lease is not None else ())
+    import signal
+
+    # A kill of the job (Snakemake, a scheduler) reaches the ranks: rank 0 then tells the trial FAIL.
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: process.send_signal(signum))
+    try:
+        code = process.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if code != 0:
+        raise RuntimeError(f"data-parallel trial ({nproc} ranks, torchrun) exited with {code}")
+
+
+def _rank_main(spec_path: str) -> None:
+    """One torchrun rank of a data-parallel trial (see `launch_data_parallel`)."""
+    import torch
+    import torch.distributed as dist
+
+    from snaketune import train
+
+    spec = json.loads(Path(spec_path).read_text())
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    # NCCL for the gradients on GPUs, gloo for the parameters (Python objects) and for CPU runs.
+    dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    threads = max(1, int(spec["threads"]) // world)
+    torch.set_num_threads(threads)
+    sent = []
+
+    def announce(params: dict) -> None:
+        print(f"snaketune: rank {rank}/{world} trains {json.dumps(params, sort_keys=True)}", flush=True)
+
+    def send(params: dict, resume_from) -> None:
+        dist.broadcast_object_list([{"params": params, "resume_from": resume_from}], src=0)
+        sent.append(True)
+        announce(params)
+
+    try:
+        if rank == 0:
+            try:
+                train.run_trial(spec["tune"], slot=spec["slot"], trial_dir=spec["trial_dir"],
+                                model_source=spec["model_source"], data_dir=spec["data_dir"],
+                                threads=threads, user_attrs=spec["user_attrs"],
+                                before_training=send)
+            finally:
+                if not sent:  # finished earlier, or failed before training: the others stop too
+                    dist.broadcast_object_list([None], src=0)
+        else:
+            box = [None]
+            dist.broadcast_object_list(box, src=0)
+            if box[0] is not None:
+                announce(box[0]["params"])
+                train.train_and_evaluate(spec["tune"], box[0]["params"], Path(spec["trial_dir"]),
+                                         spec["model_source"], spec["data_dir"],
+                                         resume_from=box[0]["resume_from"])
+    finally:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    _rank_main(sys.argv[1])
