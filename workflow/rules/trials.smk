@@ -7,10 +7,10 @@ from snaketune.gpu import scaled_gpu_limit
 # shares instead of devices: N GPUs are N*k shares. Resources are integers, so the limit is scaled
 # rather than each trial asking for 1/k. The trial itself leases its device (snaketune.gpu).
 GPU_SETTINGS = TUNING["gpu"]
-if GPU_SETTINGS["trials_per_gpu"] > 1 and isinstance(workflow.global_resources.get("gpu").value, int):
+GPU_LIMIT = workflow.global_resources.get("gpu")
+if GPU_SETTINGS["trials_per_gpu"] > 1 and GPU_LIMIT is not None and isinstance(GPU_LIMIT.value, int):
     workflow.register_resource(
-        "gpu",
-        scaled_gpu_limit(workflow.global_resources.get("gpu").value, GPU_SETTINGS["trials_per_gpu"]),
+        "gpu", scaled_gpu_limit(GPU_LIMIT.value, GPU_SETTINGS["trials_per_gpu"])
     )
 
 
