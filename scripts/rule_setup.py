@@ -21,4 +21,4 @@ def start(snakemake) -> dict:
     from snaketune.config import load_tune_config
 
     # Jobs run in the workflow's working directory, where relative config paths resolve.
-    return load_tune_config(snakemake.config, base_dir=os.getcwd())
+    return load_tune_config(snakemake.config, base_dir=os.getcwd(), validated=True)

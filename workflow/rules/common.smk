@@ -15,9 +15,10 @@ from snaketune.study import definition_conflicts
 if not config:
     config.update(read_default_tune_yaml(REPO_DIR))
 try:  # relative paths in a tune config resolve against the working directory
-    TUNE = load_tune_config(config, base_dir=os.getcwd())
+    # Jobs re-parse this file; the main process has validated the config in full already.
+    TUNE = load_tune_config(config, base_dir=os.getcwd(), validated=not workflow.is_main_process)
     # An existing study is only ever continued with the same search space and objectives.
-    conflicts = definition_conflicts(TUNE["tuning"])
+    conflicts = definition_conflicts(TUNE["tuning"]) if workflow.is_main_process else []
     if conflicts:
         raise ConfigError(conflicts)
 except ConfigError as error:

@@ -22,6 +22,9 @@ rule trial:
         out("trial_{i}/metrics.json"),
     log:
         out("trial_{i}/logs/trial.log"),
+    # The job's wall time, memory and CPU (bench/overhead.py compares it with training time).
+    benchmark:
+        out("trial_{i}/logs/benchmark.tsv")
     wildcard_constraints:
         i=r"\d+",
     threads: trial_threads

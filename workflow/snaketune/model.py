@@ -18,13 +18,12 @@ import json
 import os
 from pathlib import Path
 
-import torch
-
 SOURCE_FILE = "source.json"
 
 
 def prepare_model(model_cfg: dict, out_dir: str | Path) -> dict:
     """Make the study's model loadable from disk and write `out_dir/source.json` (last)."""
+    import torch  # here, not at the top: the Snakefile imports this module to check gguf_file
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     out_dir = Path(out_dir).resolve()
@@ -76,6 +75,7 @@ def load_model(source: dict, model_cfg: dict, device_map=None, quantization: dic
 
     `quantization` holds the resolved QLoRA options (`q_lora`, `q_lora_bits`, `bnb_4bit_*`).
     """
+    import torch  # here, not at the top: the Snakefile imports this module to check gguf_file
     from transformers import AutoModelForCausalLM
 
     dtype = model_cfg.get("torch_dtype_str", "float32")
@@ -95,6 +95,7 @@ def load_model(source: dict, model_cfg: dict, device_map=None, quantization: dic
 
 def qlora_config(quantization: dict, dtype: str):
     """bitsandbytes settings for QLoRA (4-bit NF4 by default, as Oumi's q_lora)."""
+    import torch  # here, not at the top: the Snakefile imports this module to check gguf_file
     from transformers import BitsAndBytesConfig
 
     options = {k: v for k, v in quantization.items() if k not in ("q_lora", "q_lora_bits")}

@@ -88,14 +88,19 @@ def closest(name: str, candidates) -> str:
     return f" (did you mean '{match[0]}'?)" if match else ""
 
 
-def training_target(name: str) -> tuple[str | None, str | None]:
-    """(SFTConfig field, None) for a training parameter name, or (None, error message)."""
+def training_target(name: str, check_fields: bool = True) -> tuple[str | None, str | None]:
+    """(SFTConfig field, None) for a training parameter name, or (None, error message).
+
+    check_fields=False trusts a name that is not in the tables (it was checked already).
+    """
     if name in MANAGED_TRAINING_FIELDS:
         return None, f"cannot be set: {MANAGED_TRAINING_FIELDS[name]}"
     if name in OUMI_ONLY_TRAINING_NAMES:
         return name, None
     if name in TRAINING_NAMES:
         return TRAINING_NAMES[name], None
+    if not check_fields:
+        return name, None
     fields = sft_config_fields()
     if name in fields:
         return name, None
@@ -103,13 +108,15 @@ def training_target(name: str) -> tuple[str | None, str | None]:
     return None, f"unknown training parameter{closest(name, valid)}"
 
 
-def peft_target(name: str) -> tuple[str | None, str | None]:
+def peft_target(name: str, check_fields: bool = True) -> tuple[str | None, str | None]:
     """(LoraConfig field or quantisation option, None) for a PEFT parameter, or (None, error)."""
     if name in OUMI_ONLY_PEFT_NAMES:
         return name, None
     for table in (PEFT_NAMES, QUANTIZATION_NAMES):
         if name in table:
             return table[name], None
+    if not check_fields:
+        return name, None
     fields = lora_config_fields()
     if name in fields:
         return name, None
