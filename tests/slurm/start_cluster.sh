@@ -33,8 +33,10 @@ fi
 mkdir -p /run/munge /var/log/munge /var/lib/munge
 chown -R munge:munge /etc/munge /run/munge /var/log/munge /var/lib/munge
 chmod 0700 /etc/munge; chmod 0400 /etc/munge/munge.key; chmod 0755 /run/munge
-if ! pgrep -x munged >/dev/null; then
-    runuser -u munge -- /usr/sbin/munged
+# Ask munge itself rather than pgrep: a killed munged can linger as a zombie, and a kill leaves
+# its socket behind (--force reuses it).
+if ! munge -n >/dev/null 2>&1; then
+    runuser -u munge -- /usr/sbin/munged --force
 fi
 for _ in $(seq 50); do munge -n >/dev/null 2>&1 && break; sleep 0.2; done
 munge -n | unmunge >/dev/null
