@@ -182,6 +182,8 @@ def test_time_budget_skips_slots_not_started(workdir):
     ({"tuner_sampler": "GridSampler"}, "tuning.tuner_sampler", "learning_rate is continuous"),
     ({"enqueue_trials": [{"learning_rate": 5.0}]}, "tuning.enqueue_trials[0].learning_rate", "outside"),
     ({"enqueue_trials": [{"learning_rat": 0.01}]}, "tuning.enqueue_trials[0].learning_rat", "learning_rate"),
+    ({"n_trials": 1, "enqueue_trials": [{"learning_rate": 0.01}, {"learning_rate": 0.02}]},
+     "tuning.enqueue_trials", "2 configurations for 1 trials"),
 ])
 def test_bad_search_settings_fail_at_parse_time_naming_the_field(workdir, change, path, fragment):
     found = problems(workdir, tiny_config(**change))
@@ -209,3 +211,30 @@ def test_readme_conditional_example_is_valid(workdir):
     config = tiny_config()
     config["tuning"].update(yaml.safe_load(block)["tuning"])
     load_tune_config(config, workdir)
+
+
+def test_enqueued_value_must_satisfy_its_condition_and_grid_refuses_enqueue(workdir):
+    config = tiny_config()
+    config["tuning"]["tunable_training_params"] = {
+        "optimizer": {"type": "categorical", "choices": ["adamw_torch", "sgd"]},
+        "adam_beta2": {"type": "uniform", "low": 0.9, "high": 0.999, "condition": {"optimizer": ["adamw_torch"]}},
+    }
+    config["tuning"]["enqueue_trials"] = [{"optimizer": "sgd", "adam_beta2": 0.95}]
+    found = problems(workdir, config)
+    assert any(p.startswith("tuning.enqueue_trials[0].adam_beta2:") and "optimizer=" in p for p in found), found
+    config["tuning"]["tuner_sampler"] = "GridSampler"
+    config["tuning"]["tunable_training_params"] = {"optimizer": {"type": "categorical", "choices": ["sgd"]}}
+    config["tuning"]["enqueue_trials"] = [{"optimizer": "sgd"}]
+    found = problems(workdir, config)
+    assert any(p.startswith("tuning.enqueue_trials:") and "GridSampler" in p for p in found), found
+
+
+def test_a_diverged_trial_is_finished_for_its_slot(workdir):
+    tuning = resolved(workdir, n_trials=1)["tuning"]
+    study = open_study(tuning)
+    trial, _ = claim_trial(study, 0, tuning)
+    search_space.suggest(trial, tuning["space"])
+    trial.set_user_attr("fail_reason", "diverged: loss is nan at step 3")
+    study.tell(trial, state=TrialState.FAIL)
+    again, finished = claim_trial(open_study(tuning), 0, tuning)
+    assert again is None and finished.number == trial.number  # not retrained

@@ -1,6 +1,7 @@
 # Config loading and validation (at parse time, before any job), paths, and helpers for rules.
 import os
 import sys
+import time
 from pathlib import Path
 
 REPO_DIR = Path(workflow.basedir)
@@ -25,6 +26,15 @@ except ConfigError as error:
     sys.exit(str(error))
 
 TUNING = TUNE["tuning"]
+
+# tuning.timeout_minutes counts from the start of this invocation; its jobs inherit the clock.
+if workflow.is_main_process:
+    os.environ["SNAKETUNE_RUN_STARTED"] = str(time.time())
+
+
+envvars:
+    "SNAKETUNE_RUN_STARTED",
+
 OUT = TUNING["output_dir"]
 N_TRIALS = TUNING["n_trials"]
 MULTI_OBJECTIVE = len(TUNING["metrics"]) > 1

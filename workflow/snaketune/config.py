@@ -217,7 +217,7 @@ class _Checker:
         custom = self.custom_metrics(tuning)
         space = self.conditions(tuning, space)
         n_trials = self.study_settings(tuning, space, metrics, custom)
-        enqueued = self.enqueued(tuning, space)
+        enqueued = self.enqueued(tuning, space, n_trials)
         model = self.model(cfg["model"], tuning["seed"])
         data = {split: self.datasets(cfg["data"][split]["datasets"], f"data.{split}.datasets")
                 for split in ("train", "validation")}
@@ -498,25 +498,33 @@ class _Checker:
             self.error("tuning", str(e))
             return space
 
-    def enqueued(self, tuning: dict, space: list[dict]) -> list[dict]:
-        """Validates enqueue_trials against the space; values become the space's types."""
-        from snaketune.space import check_value
+    def enqueued(self, tuning: dict, space: list[dict], n_trials: int) -> list[dict]:
+        """Validates enqueue_trials against the space (values, and conditions among them)."""
+        from snaketune.names import closest
+        from snaketune.space import check_value, is_active
 
+        entries = tuning["enqueue_trials"]
+        if entries and tuning["tuner_sampler"] == "GridSampler":
+            self.error("tuning.enqueue_trials", "GridSampler runs every grid point once by itself; "
+                                                "remove enqueue_trials or use another sampler")
+        if entries and len(entries) > max(n_trials, 1):
+            self.error("tuning.enqueue_trials", f"{len(entries)} configurations for {n_trials} trials; "
+                                                "raise tuning.n_trials or enqueue fewer")
         by_name = {p["name"]: p for p in space}
-        resolved = []
-        for i, entry in enumerate(tuning["enqueue_trials"]):
+        for i, entry in enumerate(entries):
             for name, value in entry.items():
                 path = f"tuning.enqueue_trials[{i}].{name}"
                 if name not in by_name:
-                    from snaketune.names import closest
-
                     self.error(path, f"not a tunable parameter{closest(name, by_name)}")
                     continue
                 problem = check_value(by_name[name], value)
                 if problem:
                     self.error(path, problem)
-            resolved.append(dict(entry))
-        return resolved
+                elif not is_active(by_name[name], entry):
+                    (parent, allowed), = by_name[name]["condition"].items()
+                    self.error(path, f"is only tuned when {parent} is one of {allowed}; "
+                                     f"this configuration has {parent}={entry.get(parent)!r}")
+        return [dict(entry) for entry in entries]
 
     def gpu_settings(self, tuning: dict) -> dict:
         """Device settings for snaketune.gpu (the schema checked the types and minimums)."""

@@ -68,7 +68,7 @@ def results_table(study: optuna.Study, metrics: list[str]):
     first = ["number", "slot", "attempts", "state", *metrics]
     params = sorted(c for c in table.columns if c.startswith("params_"))
     rest = [c for c in table.columns if c not in first and c not in params and c != "trial_dir"]
-    return table[[*first, *params, *rest, "trial_dir"]]
+    return table.reindex(columns=[*first, *params, *rest, "trial_dir"])
 
 
 def trial_record(trial: optuna.trial.FrozenTrial, metrics: list[str]) -> dict:
@@ -124,7 +124,7 @@ def aggregate_after_failure(tune: dict) -> None:
     study = studies.open_study(tuning)
     results_table(study, tuning["metrics"]).to_csv(out / "trials_results.csv", index=False)
     latest = latest_attempts(study)
-    failed = [t for t in latest if t.state == TrialState.FAIL]
+    failed = [t for t in latest if t.state == TrialState.FAIL and not studies.is_finished(t)]
     print(f"\nsnaketune: {len(failed)} trial(s) failed; the table so far is in {out / 'trials_results.csv'}")
     for trial in failed:
         print(f"  trial_{trial.user_attrs.get('slot')} (trial {trial.number}): "

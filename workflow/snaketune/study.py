@@ -25,6 +25,12 @@ JOURNAL_NAME = "study.journal"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
+def is_finished(trial: FrozenTrial) -> bool:
+    """Done for good: completed, pruned, or diverged (the same parameters would diverge again)."""
+    return trial.state in FINISHED or (
+        trial.state == TrialState.FAIL and str(trial.user_attrs.get("fail_reason", "")).startswith("diverged"))
+
+
 def journal_path(tuning: dict) -> str:
     return os.path.join(tuning["output_dir"], JOURNAL_NAME)
 
@@ -59,6 +65,7 @@ def open_study(tuning: dict, slot: int = 0, storage: JournalStorage | None = Non
 
 
 STARTED_ATTR = "snaketune_started_at"
+RUN_STARTED_ENV = "SNAKETUNE_RUN_STARTED"
 
 
 class SlotSkipped(Exception):
@@ -100,8 +107,8 @@ def definition_conflicts(tuning: dict) -> list[str]:
         return []
     wanted = json.loads(json.dumps(study_definition(tuning)))  # same JSON types as the journal's
     hint = (f"study {tuning['study_name']!r} in {path} was run with a different {{what}}; "
-            "to tune a new one, set a new tuning.study_name or tuning.output_dir "
-            "(the existing study is kept as it is)")
+            "to tune a new one, set a new tuning.output_dir (its trial files live there too; "
+            "the existing study is kept as it is)")
     problems = []
     if stored["space"] != wanted["space"]:
         changed = sorted(name for name in set(stored["space"]) | set(wanted["space"])
@@ -129,7 +136,7 @@ def claim_trial(study: optuna.Study, slot: int, tuning: dict) -> tuple[optuna.Tr
     storage = study._storage  # the storage API (public) of the study's own JournalStorage
     attempts = slot_attempts(study, slot)
     latest = attempts[-1] if attempts else None
-    if latest is not None and latest.state in FINISHED:
+    if latest is not None and is_finished(latest):
         return None, latest
     if latest is None:
         check_time_budget(study, tuning)
@@ -156,7 +163,10 @@ def claim_trial(study: optuna.Study, slot: int, tuning: dict) -> tuple[optuna.Tr
 def check_time_budget(study: optuna.Study, tuning: dict) -> None:
     if not tuning["timeout_minutes"]:
         return
-    elapsed = (time.time() - study.user_attrs[STARTED_ATTR]) / 60
+    # The clock of this invocation (set by the Snakefile's main process and passed to its jobs),
+    # so growing n_trials later runs the new slots; the study's own start is the fallback.
+    started = float(os.environ.get(RUN_STARTED_ENV) or study.user_attrs[STARTED_ATTR])
+    elapsed = (time.time() - started) / 60
     if elapsed > tuning["timeout_minutes"]:
         raise SlotSkipped(f"skipped: the study's time budget (timeout_minutes={tuning['timeout_minutes']}) "
                           f"was spent {elapsed - tuning['timeout_minutes']:.1f} min before this slot started")

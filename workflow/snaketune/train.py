@@ -195,12 +195,10 @@ def train_and_evaluate(tune: dict, params: dict, trial_dir: Path, model_source: 
         """Stops at the first non-finite loss or gradient norm.
 
         Reads the raw values: HF's logging_nan_inf_filter would log a NaN loss as 0.0, so it is
-        turned off (build_training_args). The last finite loss is reported to the trial, so a
-        trial pruned for diverging has a value.
+        turned off (build_training_args).
         """
 
         reason = None
-        last_finite = None  # (step, loss)
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             logs = logs or {}
@@ -209,11 +207,7 @@ def train_and_evaluate(tune: dict, params: dict, trial_dir: Path, model_source: 
                 if isinstance(value, (int, float)) and not math.isfinite(value):
                     self.reason = f"diverged: {key} is {value} at step {state.global_step}"
                     control.should_training_stop = True
-                    if trial is not None and self.last_finite:
-                        trial.report(self.last_finite[1], self.last_finite[0])
                     return
-            if _is_finite_number(logs.get("loss")):
-                self.last_finite = (state.global_step, float(logs["loss"]))
 
     class ReportAndPrune(TrainerCallback):
         """Reports each intermediate evaluation of the objective to the trial and asks the pruner.
