@@ -138,8 +138,6 @@ def check(tuning: dict, space: list[dict], n_objectives: int) -> list[str]:
         if any(p.get("condition") for p in space):
             problems.append("tuning.tuner_sampler: GridSampler cannot run conditional parameters; "
                             "use BruteForceSampler")
-    if name in ("NSGAIISampler", "NSGAIIISampler") and n_objectives == 1:
-        pass  # valid (a genetic search on one objective), if unusual
     if not problems:
         try:
             probe = {**sampler_defaults(name), **kwargs}
