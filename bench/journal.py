@@ -12,17 +12,13 @@ bench/RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import datetime
 import multiprocessing
-import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "workflow"))
+from common import append_results
 
 STUDY = "bench"
 
@@ -99,10 +95,7 @@ def main() -> None:
                        "p99_ms": 1000 * p99(latencies), "load_s": statistics.median(loads)}
                 rows.append(row)
                 print(row, flush=True)
-    lines = [f"\n### Journal latency, {datetime.date.today()} ({platform.machine()}, "
-             f"{multiprocessing.cpu_count()} cores)\n",
-             f"Command: `python bench/journal.py {' '.join(sys.argv[1:])}`".replace("  ", " ") + "\n",
-             "ask()+tell() of one trial, timed in every process while all of them hammer one journal; "
+    lines = ["ask()+tell() of one trial, timed in every process while all of them hammer one journal; "
              "load: opening the study in a fresh process (replays the whole log).\n",
              "| trials in journal | processes | ask+tell median (ms) | ask+tell p99 (ms) | load (s) |",
              "|---|---|---|---|---|"]
@@ -111,11 +104,8 @@ def main() -> None:
     target = [r for r in rows if r["trials"] == 1000 and r["procs"] == 16]
     if target:
         lines.append(f"\nGoal: median under 50 ms at 1,000 trials with 16 processes: "
-                     f"{target[0]['median_ms']:.1f} ms ({target[0]['median_ms'] / 50:.2f}x the goal).\n")
-    with open(REPO / "bench" / "RESULTS.md", "a") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
-
+                     f"{target[0]['median_ms']:.1f} ms ({target[0]['median_ms'] / 50:.2f}x the goal).")
+    append_results("Journal latency", "journal.py", lines)
 
 if __name__ == "__main__":
     main()

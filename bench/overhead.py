@@ -14,22 +14,18 @@ Appends to bench/RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import platform
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import yaml
+from common import REPO, TINY_MODEL, append_results, run_snakemake
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "workflow"))
+from snaketune.config import read_default_tune_yaml
 
-from snaketune.config import read_default_tune_yaml  # noqa: E402
-
-LEARNING_RATES = [3e-4, 1e-3, 3e-3, 1e-4, 2e-3, 5e-4]
+LEARNING_RATES = [3e-4, 1e-3, 3e-3, 1e-4, 2e-3, 5e-4, 7e-4, 1.5e-3]
 
 
 def study_config(model: str, n_trials: int, max_steps: int) -> dict:
@@ -40,30 +36,32 @@ def study_config(model: str, n_trials: int, max_steps: int) -> dict:
     tuning["fixed_peft_params"]["lora_r"] = 8
     tuning["fixed_training_params"]["max_steps"] = max_steps
     if model == "tiny":
-        config["model"] = {"model_name": str(REPO / "tests" / "assets" / "tiny-llama"),
-                           "model_max_length": 256, "load_pretrained_weights": False}
+        config["model"] = dict(TINY_MODEL)
     return config
 
 
 def snaketune_arm(workdir: Path, config: dict) -> dict:
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "tune.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--configfile", "tune.yaml",
-               "--cores", "2", "--quiet", "all"]
-    subprocess.run(command + ["--until", "prepare_data"], cwd=workdir, check=True)  # prepared once, not timed
+    shutil.rmtree(workdir, ignore_errors=True)  # a fresh study: an old journal would skip the trials
+    run_snakemake(workdir, config, "--until", "prepare_data")  # and the model it reads; once, not timed
     started = time.time()
-    subprocess.run(command + ["--until", "trial"], cwd=workdir, check=True)
+    run_snakemake(workdir, config, "--until", "trial")
     wall = time.time() - started
+    per_trial = trial_costs(workdir)
+    n = len(per_trial)
+    return {"wall_s": wall, "work_s": sum(t["work_s"] for t in per_trial) / n,
+            "overhead_s": sum(t["overhead_s"] for t in per_trial) / n,
+            "scheduling_s": (wall - sum(t["job_s"] for t in per_trial)) / n}
+
+
+def trial_costs(workdir: Path) -> list[dict]:
+    """Per trial job: its wall time (Snakemake's benchmark file), training + evaluation, the rest."""
     per_trial = []
     for trial_dir in sorted((workdir / "study").glob("trial_*")):
         job = float((trial_dir / "logs" / "benchmark.tsv").read_text().splitlines()[1].split("\t")[0])
         metrics = json.loads((trial_dir / "metrics.json").read_text())["metrics"]
         work = metrics["train_runtime"] + metrics["eval_runtime"]
         per_trial.append({"job_s": job, "work_s": work, "overhead_s": job - work})
-    n = len(per_trial)
-    return {"wall_s": wall, "work_s": sum(t["work_s"] for t in per_trial) / n,
-            "overhead_s": sum(t["overhead_s"] for t in per_trial) / n,
-            "scheduling_s": (wall - sum(t["job_s"] for t in per_trial)) / n}
+    return per_trial
 
 
 BASELINE = r'''
@@ -125,22 +123,19 @@ def main() -> None:
     ours = snaketune_arm(workdir, config)
     base = baseline_arm(workdir, config, args.n_trials)
     print(json.dumps({"snaketune": ours, "baseline": base}))
-    lines = [
-        f"\n### Overhead per trial, {datetime.date.today()} ({args.model}, {args.n_trials} trials of "
-        f"{args.max_steps} steps, {platform.machine()}, 2 cores)\n",
-        f"Command: `python bench/overhead.py {' '.join(sys.argv[1:])}`\n",
+    trial_s = ours["work_s"] + ours["overhead_s"]
+    append_results(f"Overhead per trial ({args.model}, {args.n_trials} trials of {args.max_steps} steps)",
+                   "overhead.py", [
         "| | training + evaluation per trial (s) | overhead per trial (s) | overhead / (training + evaluation) |",
         "|---|---|---|---|",
         f"| snaketune trial job | {ours['work_s']:.1f} | {ours['overhead_s']:.1f} | {ours['overhead_s'] / ours['work_s']:.2f} |",
         f"| in-process loop (`oumi tune`'s way) | {base['work_s']:.1f} | {base['overhead_s']:.1f} | "
         f"{base['overhead_s'] / base['work_s']:.2f} |",
         f"\nRatio of overheads, snaketune / in-process: {ours['overhead_s'] / max(base['overhead_s'], 1e-9):.2f}; "
-        f"Snakemake scheduling between jobs adds {ours['scheduling_s']:.1f} s per trial on top.\n",
-    ]
-    with open(REPO / "bench" / "RESULTS.md", "a") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
-
+        f"Snakemake scheduling between jobs adds {ours['scheduling_s']:.1f} s per trial on top. "
+        f"A snaketune trial job took {trial_s:.0f} s; its overhead is {ours['overhead_s'] / trial_s:.1%} of it "
+        f"and {ours['overhead_s'] / 120:.1%} of a 2-minute trial (goal: at most 10%).",
+    ])
 
 if __name__ == "__main__":
     main()
