@@ -238,3 +238,24 @@ def test_a_diverged_trial_is_finished_for_its_slot(workdir):
     study.tell(trial, state=TrialState.FAIL)
     again, finished = claim_trial(open_study(tuning), 0, tuning)
     assert again is None and finished.number == trial.number  # not retrained
+
+
+def test_a_job_killed_as_it_claims_leaves_no_orphan_trial(workdir, monkeypatch):
+    """The slot is written with the trial, not after it: a kill in between cannot lose the slot."""
+    import optuna
+
+    tuning = resolved(workdir, n_trials=1)["tuning"]
+
+    def killed(*args, **kwargs):  # the job dies at its first write after creating the trial
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patched:
+        patched.setattr(optuna.trial.Trial, "set_user_attr", killed)
+        first, _ = claim_trial(open_study(tuning), 0, tuning)
+        params = search_space.suggest(first, tuning["space"])
+    again, finished = claim_trial(open_study(tuning), 0, tuning)
+    assert finished is None
+    assert again.user_attrs == {"slot": 0, "attempt": 2, "retry_of": first.number}
+    assert search_space.suggest(again, tuning["space"]) == params  # the same parameters, re-run
+    states = {t.number: t.state for t in open_study(tuning).trials}
+    assert states == {first.number: TrialState.FAIL, again.number: TrialState.RUNNING}

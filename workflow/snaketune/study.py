@@ -133,31 +133,30 @@ def claim_trial(study: optuna.Study, slot: int, tuning: dict) -> tuple[optuna.Tr
     runs one job per slot at a time), so it is marked FAIL and its parameters are run again.
     Raises SlotSkipped when the study's time budget is spent before the slot's first attempt.
     """
-    storage = study._storage  # the storage API (public) of the study's own JournalStorage
     attempts = slot_attempts(study, slot)
     latest = attempts[-1] if attempts else None
     if latest is not None and is_finished(latest):
         return None, latest
+    # The slot and attempt are part of the new trial from its creation: a job killed a moment
+    # later leaves a RUNNING trial that the next run finds in its slot, never an orphan.
     if latest is None:
         check_time_budget(study, tuning)
+        attrs = {"slot": slot, "attempt": 1}
         if slot < len(tuning["enqueue_trials"]):
-            trial = trial_with_params(study, tuning["enqueue_trials"][slot], tuning)
-            trial.set_user_attr("enqueued", True)
+            params, attrs["enqueued"] = tuning["enqueue_trials"][slot], True
         elif tuning["sampler"] == "GridSampler":
-            trial = trial_with_params(study, strategy.grid_points(tuning["space"])[slot], tuning)
+            params = strategy.grid_points(tuning["space"])[slot]
         else:
-            trial = study.ask()
-        attempt = 1
-    else:
-        if latest.state == TrialState.RUNNING:
-            storage.set_trial_user_attr(latest._trial_id, "fail_reason", "interrupted")
-            storage.set_trial_state_values(latest._trial_id, TrialState.FAIL)
-        attempt = latest.user_attrs.get("attempt", 1) + 1
-        trial = trial_with_params(study, latest.params, tuning)
-        trial.set_user_attr("retry_of", latest.number)
-    trial.set_user_attr("slot", slot)
-    trial.set_user_attr("attempt", attempt)
-    return trial, None
+            params = {}  # all from the sampler, as study.ask() would
+        return trial_with_params(study, params, tuning, attrs), None
+    if latest.state == TrialState.RUNNING:
+        storage = study._storage  # the public storage API of the study's own JournalStorage
+        trial_id = storage.get_trial_id_from_study_id_trial_number(
+            storage.get_study_id_from_name(study.study_name), latest.number)
+        storage.set_trial_user_attr(trial_id, "fail_reason", "interrupted")
+        storage.set_trial_state_values(trial_id, TrialState.FAIL)
+    attrs = {"slot": slot, "attempt": latest.user_attrs.get("attempt", 1) + 1, "retry_of": latest.number}
+    return trial_with_params(study, latest.params, tuning, attrs), None
 
 
 def check_time_budget(study: optuna.Study, tuning: dict) -> None:
@@ -172,8 +171,8 @@ def check_time_budget(study: optuna.Study, tuning: dict) -> None:
                           f"was spent {elapsed - tuning['timeout_minutes']:.1f} min before this slot started")
 
 
-def trial_with_params(study: optuna.Study, params: dict, tuning: dict) -> optuna.Trial:
-    """A new RUNNING trial with `params` fixed; the sampler suggests any parameter not given.
+def trial_with_params(study: optuna.Study, params: dict, tuning: dict, user_attrs: dict | None = None) -> optuna.Trial:
+    """A new RUNNING trial with `params` fixed and `user_attrs` set; the sampler suggests the rest.
 
     Created directly as RUNNING rather than with enqueue_trial (WAITING): a WAITING trial could be
     popped by another process's ask() before this one.
@@ -184,7 +183,7 @@ def trial_with_params(study: optuna.Study, params: dict, tuning: dict) -> optuna
         number=-1, state=TrialState.RUNNING, value=None, values=None,
         datetime_start=datetime.datetime.now(), datetime_complete=None,
         params=params, distributions={k: distributions[k] for k in params},
-        user_attrs={}, system_attrs={}, intermediate_values={}, trial_id=-1,
+        user_attrs=dict(user_attrs or {}), system_attrs={}, intermediate_values={}, trial_id=-1,
     )
     storage = study._storage
     study_id = storage.get_study_id_from_name(study.study_name)
