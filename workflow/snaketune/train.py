@@ -183,13 +183,18 @@ def train_and_evaluate(tune: dict, params: dict, trial_dir: Path, model_source: 
     prepared = datasets_.load_prepared(data_dir)
 
     class LossCurve(TrainerCallback):
-        """Appends every log line to logs/loss_curve.jsonl as it happens (live progress)."""
+        """Appends every log line to logs/loss_curve.jsonl as it happens (live progress).
+
+        Each line carries its wall-clock time: with TRL's cumulative num_tokens that gives the
+        trial's training throughput as it ran (bench/gpu_throughput.py).
+        """
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if not state.is_world_process_zero:  # data parallel: one rank writes the curve
                 return
             with open(trial_dir / "logs" / "loss_curve.jsonl", "a") as f:
-                f.write(json.dumps({"step": state.global_step, "max_steps": state.max_steps, **(logs or {})}) + "\n")
+                f.write(json.dumps({"step": state.global_step, "max_steps": state.max_steps,
+                                    "time": round(time.time(), 3), **(logs or {})}) + "\n")
 
     class StopOnDivergence(TrainerCallback):
         """Stops at the first non-finite loss or gradient norm.
