@@ -107,5 +107,6 @@ def main() -> None:
                      f"{target[0]['median_ms']:.1f} ms ({target[0]['median_ms'] / 50:.2f}x the goal).")
     append_results("Journal latency", "journal.py", lines)
 
+
 if __name__ == "__main__":
     main()

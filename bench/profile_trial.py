@@ -82,7 +82,10 @@ def main() -> None:
     rows += [(label, cumulative(stats, suffix, name)) for label, suffix, name in PHASES]
     for label, seconds in rows:
         print(f"{label:48s} {seconds:8.2f} {seconds / job:6.1%}")
-    print(f"\nFull profile: {profile} (python -m pstats {profile})")
+    print("\ncProfile slows pure-Python work (imports above all) far more than torch's native kernels, so "
+          "the imports' share is an upper bound; bench/overhead.py measures the overhead without a profiler. "
+          "Imports triggered inside a phase count in both rows.")
+    print(f"Full profile: {profile} (python -m pstats {profile})")
 
 
 if __name__ == "__main__":
