@@ -39,13 +39,18 @@ def machine() -> str:
                       *versions])
 
 
-def run_snakemake(workdir: Path, config: dict, *extra: str, cores: int = 2) -> None:
+def run_snakemake(workdir: Path, config: dict, *extra: str, cores: int = 2, env: dict | None = None) -> None:
     """The real workflow on `config` (written to workdir/tune.yaml), run from workdir."""
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "tune.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--configfile", "tune.yaml",
                "--cores", str(cores), "--quiet", *extra]
-    subprocess.run(command, cwd=workdir, check=True)
+    subprocess.run(command, cwd=workdir, check=True, env=env)
+
+
+def job_wall_seconds(trial_dir: Path) -> float:
+    """A trial job's wall time, from the benchmark file Snakemake writes for the trial rule."""
+    return float((trial_dir / "logs" / "benchmark.tsv").read_text().splitlines()[1].split("\t")[0])
 
 
 def append_results(title: str, script: str, lines: list[str]) -> str:

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import REPO, TINY_MODEL, append_results, run_snakemake
+from common import REPO, TINY_MODEL, append_results, job_wall_seconds, run_snakemake
 
 from snaketune.config import read_default_tune_yaml
 
@@ -57,7 +57,7 @@ def trial_costs(workdir: Path) -> list[dict]:
     """Per trial job: its wall time (Snakemake's benchmark file), training + evaluation, the rest."""
     per_trial = []
     for trial_dir in sorted((workdir / "study").glob("trial_*")):
-        job = float((trial_dir / "logs" / "benchmark.tsv").read_text().splitlines()[1].split("\t")[0])
+        job = job_wall_seconds(trial_dir)
         metrics = json.loads((trial_dir / "metrics.json").read_text())["metrics"]
         work = metrics["train_runtime"] + metrics["eval_runtime"]
         per_trial.append({"job_s": job, "work_s": work, "overhead_s": job - work})

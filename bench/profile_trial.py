@@ -15,11 +15,9 @@ import argparse
 import os
 import pstats
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
-from common import REPO, run_snakemake
+from common import REPO, job_wall_seconds, run_snakemake
 from overhead import study_config
 
 SITECUSTOMIZE = '''
@@ -69,10 +67,9 @@ def main() -> None:
     profile = workdir / "trial.prof"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])),
            "SNAKETUNE_PROFILE_OUT": str(profile)}
-    subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--configfile", "tune.yaml",
-                    "--cores", "2", "--quiet", "--until", "trial"], cwd=workdir, env=env, check=True)
+    run_snakemake(workdir, config, "--until", "trial", env=env)
 
-    job = float((workdir / "study" / "trial_0" / "logs" / "benchmark.tsv").read_text().splitlines()[1].split()[0])
+    job = job_wall_seconds(workdir / "study" / "trial_0")
     stats = pstats.Stats(str(profile))
     profiled = max(ct for (_, _, name), (_, _, _, ct, _) in stats.stats.items() if name == "<module>")
     imports = cumulative(stats, "_bootstrap>", "_find_and_load")
