@@ -23,8 +23,10 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(BIN)/snakemake --cores $(CORES) --workflow-profile workflow/profiles/default
 
+# One worker per core, a test module per worker at a time (its module-scoped studies are built
+# once). Most of a workflow test is single-threaded Python start-up, so two run well on 2 cores.
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadscope
 
 lint: setup
 	$(BIN)/snakemake --lint

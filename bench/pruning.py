@@ -7,6 +7,11 @@ eval_loss each reached, as ratios pruned / unpruned of the same seed. Appends ro
 bench/RESULTS.md.
 
     python bench/pruning.py [--seeds 1 2 3] [--n-trials 12] [--arms percentile] [--model tiny] [--cores 2]
+                            [--extend-from 12]
+
+`--extend-from 12` starts a larger budget from copies of the 12-trial studies instead of from
+nothing: one trial at a time and a seeded sampler make a study's first 12 trials the same whatever
+its budget (a grown budget runs only the new slots), so this saves their compute and nothing else.
 
 `--model tiny` swaps in the tiny random Llama of the tests (minutes instead of an hour on 2 CPU
 cores); the published numbers say which model they used.
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 from common import REPO, TINY_MODEL, append_results, run_snakemake
@@ -70,16 +76,23 @@ def main() -> None:
     parser.add_argument("--model", choices=["smollm2", "tiny"], default="smollm2")
     parser.add_argument("--arms", nargs="+", choices=sorted(ARMS), default=["percentile"])
     parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--extend-from", type=int, metavar="N",
+                        help="start from copies of the N-trial studies of the same seeds and arms")
     parser.add_argument("--workdir", type=Path, default=REPO / "bench" / "out" / "pruning")
     args = parser.parse_args()
 
+    def run(arm: str, seed: int) -> dict:
+        workdir = args.workdir / f"{args.model}_{args.n_trials}_{arm}_seed{seed}"
+        smaller = args.workdir / f"{args.model}_{args.extend_from}_{arm}_seed{seed}"
+        if args.extend_from and not workdir.exists() and smaller.exists():
+            shutil.copytree(smaller, workdir, symlinks=True)
+        return run_study(workdir, study_config(seed, args.n_trials, arm, args.model), args.cores)
+
     rows = []
     for seed in args.seeds:
-        run = lambda arm: run_study(args.workdir / f"{args.model}_{args.n_trials}_{arm}_seed{seed}",  # noqa: E731
-                                    study_config(seed, args.n_trials, arm, args.model), args.cores)
-        base = run("unpruned")
+        base = run("unpruned", seed)
         for arm in args.arms:
-            pruned = run(arm)
+            pruned = run(arm, seed)
             rows.append({"seed": seed, "arm": arm, **{f"unpruned_{k}": v for k, v in base.items()},
                          **{f"pruned_{k}": v for k, v in pruned.items()},
                          "compute_ratio": pruned["trained_steps"] / base["trained_steps"],

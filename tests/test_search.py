@@ -120,6 +120,12 @@ def test_pruned_study_reports_intermediate_values_across_processes(workdir):
         assert list(trial_dir.glob("checkpoint-*")), "a pruned trial keeps its last checkpoint"
         curve = [json.loads(line) for line in (trial_dir / "logs" / "loss_curve.jsonl").read_text().splitlines()]
         assert any("eval_loss" in entry for entry in curve)
+    for trial in (by_slot[0], by_slot[1]):
+        # The evaluation at step 8 (= max_steps) is the final one: it is not run a second time.
+        curve = [json.loads(line) for line in (out / f"trial_{trial.user_attrs['slot']}" / "logs"
+                                               / "loss_curve.jsonl").read_text().splitlines()]
+        assert [e["step"] for e in curve if "eval_loss" in e] == [2, 4, 6, 8]
+        assert trial.value == trial.intermediate_values[8]
     table = pd.read_csv(out / "trials_results.csv")
     assert "PRUNED" in set(table["state"])
     again = run_snakemake(workdir)

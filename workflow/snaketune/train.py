@@ -222,7 +222,9 @@ def train_and_evaluate(tune: dict, params: dict, trial_dir: Path, model_source: 
         """
 
         reason = None
-        reported = set()
+
+        def __init__(self):
+            self.reported = set()
 
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):
             objective = tuning["metrics"][0]
@@ -238,6 +240,15 @@ def train_and_evaluate(tune: dict, params: dict, trial_dir: Path, model_source: 
                 control.should_training_stop = True
                 control.should_save = True
 
+    class LastEvaluation(TrainerCallback):
+        """Keeps the newest evaluation and its step: with eval_steps dividing max_steps, training
+        has just evaluated the final model, and evaluating it again would only cost time."""
+
+        step, metrics = None, None
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            self.step, self.metrics = state.global_step, dict(metrics or {})
+
     class SaveLastStep(TrainerCallback):
         """Always checkpoint the final step: the best model and resumes start from it."""
 
@@ -245,7 +256,7 @@ def train_and_evaluate(tune: dict, params: dict, trial_dir: Path, model_source: 
             if state.global_step >= state.max_steps:
                 control.should_save = True
 
-    divergence, pruning = StopOnDivergence(), ReportAndPrune()
+    divergence, pruning, last_evaluation = StopOnDivergence(), ReportAndPrune(), LastEvaluation()
     trainer = SFTTrainer(
         model=model,
         args=args,
@@ -253,14 +264,18 @@ def train_and_evaluate(tune: dict, params: dict, trial_dir: Path, model_source: 
         eval_dataset=prepared["validation"],
         processing_class=tokenizer,
         peft_config=build_lora_config(tune, tuned_peft) if tuning["use_peft"] else None,
-        callbacks=[LossCurve(), divergence, pruning, SaveLastStep()],
+        callbacks=[LossCurve(), divergence, pruning, last_evaluation, SaveLastStep()],
     )
     train_output = trainer.train(resume_from_checkpoint=resume_from)
     write_loss_curve(trainer.state.log_history, trial_dir / "logs" / "loss_curve.csv")
     trained = {**train_output.metrics, "trained_steps": trainer.state.global_step}
     if divergence.reason or pruning.reason:
         return trained, divergence.reason or pruning.reason
-    produced = {**trained, **trainer.evaluate()}  # on_evaluate reports it too
+    if last_evaluation.step == trainer.state.global_step:
+        final_evaluation = last_evaluation.metrics
+    else:
+        final_evaluation = trainer.evaluate()  # on_evaluate reports it too
+    produced = {**trained, **final_evaluation}
     if not _is_finite_number(produced.get("eval_loss", 0.0)):
         return produced, f"diverged: eval_loss is {produced['eval_loss']}"
     if tuning["custom_eval_metrics"]:
