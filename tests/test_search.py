@@ -16,6 +16,7 @@ from workflow_helpers import REPO, load_study, run_snakemake, tiny_config, write
 sys.path.insert(0, str(REPO / "workflow"))
 from snaketune import space as search_space  # noqa: E402
 from snaketune import strategy  # noqa: E402
+from snaketune import study as studies  # noqa: E402
 from snaketune.config import ConfigError, load_tune_config  # noqa: E402
 from snaketune.results import results_table  # noqa: E402
 from snaketune.study import SlotSkipped, claim_trial, open_study, skip_slot  # noqa: E402
@@ -49,10 +50,10 @@ GRID_SPACE = {
 }
 
 
-def run_slots(tune: dict, n: int) -> list:
+def run_slots(tune: dict, n: int, order=None) -> list:
     """Claim, suggest and tell n slots in the real journal, as trial jobs do (without training)."""
     tuning = tune["tuning"]
-    for slot in range(n):
+    for slot in order or range(n):
         study = open_study(tuning, slot)
         trial, _ = claim_trial(study, slot, tuning)
         values = search_space.suggest(trial, tuning["space"])
@@ -109,8 +110,10 @@ def test_pruned_study_reports_intermediate_values_across_processes(workdir):
     out = workdir / "tuning_output"
     study = load_study(out)
     by_slot = {t.user_attrs["slot"]: t for t in study.trials}
+    first, second = study.trials[:2]  # the first two to start took the two fast enqueued configurations
     assert all(len(t.intermediate_values) >= 1 for t in study.trials)
-    assert {s: by_slot[s].state for s in (0, 1)} == {0: TrialState.COMPLETE, 1: TrialState.COMPLETE}
+    assert (first.state, second.state) == (TrialState.COMPLETE, TrialState.COMPLETE)
+    assert first.params["learning_rate"] == second.params["learning_rate"] == 1e-1
     pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
     assert pruned, {s: (t.state, t.intermediate_values) for s, t in by_slot.items()}
     for trial in pruned:
@@ -120,7 +123,7 @@ def test_pruned_study_reports_intermediate_values_across_processes(workdir):
         assert list(trial_dir.glob("checkpoint-*")), "a pruned trial keeps its last checkpoint"
         curve = [json.loads(line) for line in (trial_dir / "logs" / "loss_curve.jsonl").read_text().splitlines()]
         assert any("eval_loss" in entry for entry in curve)
-    for trial in (by_slot[0], by_slot[1]):
+    for trial in (first, second):
         # The evaluation at step 8 (= max_steps) is the final one: it is not run a second time.
         curve = [json.loads(line) for line in (out / f"trial_{trial.user_attrs['slot']}" / "logs"
                                                / "loss_curve.jsonl").read_text().splitlines()]
@@ -137,6 +140,24 @@ def test_enqueued_trials_come_first_with_exact_values(workdir):
     trials = run_slots(tune, 3)
     assert [t.params["learning_rate"] for t in trials[:2]] == [0.0123, 0.05]
     assert [t.user_attrs.get("enqueued") for t in trials] == [True, True, None]
+
+
+def test_enqueued_trials_go_to_the_first_slots_to_start_whichever_they_are(workdir):
+    tune = resolved(workdir, n_trials=3, enqueue_trials=[{"learning_rate": 0.0123}, {"learning_rate": 0.05}])
+    trials = run_slots(tune, 3, order=[2, 0, 1])  # Snakemake's order is its own
+    assert [(t.user_attrs["slot"], t.params["learning_rate"]) for t in trials][:2] == [(2, 0.0123), (0, 0.05)]
+    assert [t.user_attrs.get("enqueued") for t in trials] == [True, True, None]
+
+
+def test_a_retry_keeps_its_enqueued_configuration_even_if_the_claim_was_cut_short(workdir):
+    tune = resolved(workdir, n_trials=2, enqueue_trials=[{"learning_rate": 0.0123}])
+    tuning = tune["tuning"]
+    study = open_study(tuning, 1)
+    # A first attempt killed between its creation and taking its enqueued configuration.
+    studies.create_trial(study, {}, tuning, {"slot": 1, "attempt": 1})
+    trial, _ = claim_trial(open_study(tuning, 1), 1, tuning)
+    assert trial.params["learning_rate"] == 0.0123 and trial.user_attrs["enqueued"] is True
+    assert trial.user_attrs["retry_of"] == 0
 
 
 def test_conditional_parameter_appears_only_where_its_condition_holds(workdir):

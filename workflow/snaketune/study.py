@@ -128,9 +128,10 @@ def slot_attempts(study: optuna.Study, slot: int) -> list[FrozenTrial]:
 def claim_trial(study: optuna.Study, slot: int, tuning: dict) -> tuple[optuna.Trial | None, FrozenTrial | None]:
     """The trial this job runs for `slot`, as (trial, None); or (None, finished) if done already.
 
-    A first attempt runs the slot's enqueued configuration (tuning.enqueue_trials), its grid point
-    (GridSampler), or asks the sampler. A RUNNING trial left in the slot was interrupted (Snakemake
-    runs one job per slot at a time), so it is marked FAIL and its parameters are run again.
+    A first attempt runs its grid point (GridSampler) or asks the sampler, unless it is among the
+    first len(tuning.enqueue_trials) trials to start (see enqueued_config). A RUNNING trial left in
+    the slot was interrupted (Snakemake runs one job per slot at a time), so it is marked FAIL and
+    its parameters are run again.
     Raises SlotSkipped when the study's time budget is spent before the slot's first attempt.
     """
     attempts = slot_attempts(study, slot)
@@ -142,13 +143,12 @@ def claim_trial(study: optuna.Study, slot: int, tuning: dict) -> tuple[optuna.Tr
     if latest is None:
         check_time_budget(study, tuning)
         attrs = {"slot": slot, "attempt": 1}
-        if slot < len(tuning["enqueue_trials"]):
-            params, attrs["enqueued"] = tuning["enqueue_trials"][slot], True
-        elif tuning["sampler"] == "GridSampler":
-            params = strategy.grid_points(tuning["space"])[slot]
-        else:
-            params = {}  # all from the sampler, as study.ask() would
-        return trial_with_params(study, params, tuning, attrs), None
+        params = strategy.grid_points(tuning["space"])[slot] if tuning["sampler"] == "GridSampler" else {}
+        trial_id = create_trial(study, params, tuning, attrs)
+        enqueued = enqueued_config(study, study._storage.get_trial_number_from_id(trial_id), tuning)
+        if enqueued is not None:
+            set_params(study, trial_id, enqueued, tuning, {"enqueued": True})
+        return optuna.Trial(study, trial_id), None
     if latest.state == TrialState.RUNNING:
         storage = study._storage  # the public storage API of the study's own JournalStorage
         trial_id = storage.get_trial_id_from_study_id_trial_number(
@@ -156,7 +156,26 @@ def claim_trial(study: optuna.Study, slot: int, tuning: dict) -> tuple[optuna.Tr
         storage.set_trial_user_attr(trial_id, "fail_reason", "interrupted")
         storage.set_trial_state_values(trial_id, TrialState.FAIL)
     attrs = {"slot": slot, "attempt": latest.user_attrs.get("attempt", 1) + 1, "retry_of": latest.number}
-    return trial_with_params(study, latest.params, tuning, attrs), None
+    # The slot's enqueued configuration again, also if its first attempt died before taking it.
+    enqueued = enqueued_config(study, attempts[0].number, tuning)
+    params = {**latest.params, **(enqueued or {})}
+    if enqueued is not None:
+        attrs["enqueued"] = True
+    return optuna.Trial(study, create_trial(study, params, tuning, attrs)), None
+
+
+def enqueued_config(study: optuna.Study, trial_number: int, tuning: dict) -> dict | None:
+    """The enqueued configuration (tuning.enqueue_trials) of the first attempt `trial_number`, if any.
+
+    The k-th first attempt to start takes the k-th configuration, whichever slot it runs in:
+    Snakemake starts slots in no fixed order, and "evaluated first" means first in time. The rank
+    is read from the journal, whose order every process sees the same, so no lock is needed.
+    """
+    if not tuning["enqueue_trials"]:
+        return None
+    rank = sum(1 for t in study.get_trials(deepcopy=False)
+               if t.number < trial_number and t.user_attrs.get("attempt") == 1)
+    return tuning["enqueue_trials"][rank] if rank < len(tuning["enqueue_trials"]) else None
 
 
 def check_time_budget(study: optuna.Study, tuning: dict) -> None:
@@ -171,8 +190,9 @@ def check_time_budget(study: optuna.Study, tuning: dict) -> None:
                           f"was spent {elapsed - tuning['timeout_minutes']:.1f} min before this slot started")
 
 
-def trial_with_params(study: optuna.Study, params: dict, tuning: dict, user_attrs: dict | None = None) -> optuna.Trial:
-    """A new RUNNING trial with `params` fixed and `user_attrs` set; the sampler suggests the rest.
+def create_trial(study: optuna.Study, params: dict, tuning: dict, user_attrs: dict) -> int:
+    """A new RUNNING trial with `params` fixed and `user_attrs` set, in one journal write; its id.
+    Wrap it in optuna.Trial only once its parameters are final: the sampler suggests the rest.
 
     Created directly as RUNNING rather than with enqueue_trial (WAITING): a WAITING trial could be
     popped by another process's ask() before this one.
@@ -183,9 +203,18 @@ def trial_with_params(study: optuna.Study, params: dict, tuning: dict, user_attr
         number=-1, state=TrialState.RUNNING, value=None, values=None,
         datetime_start=datetime.datetime.now(), datetime_complete=None,
         params=params, distributions={k: distributions[k] for k in params},
-        user_attrs=dict(user_attrs or {}), system_attrs={}, intermediate_values={}, trial_id=-1,
+        user_attrs=dict(user_attrs), system_attrs={}, intermediate_values={}, trial_id=-1,
     )
     storage = study._storage
-    study_id = storage.get_study_id_from_name(study.study_name)
-    trial_id = storage.create_new_trial(study_id, template_trial=template)
-    return optuna.Trial(study, trial_id)
+    return storage.create_new_trial(storage.get_study_id_from_name(study.study_name), template_trial=template)
+
+
+def set_params(study: optuna.Study, trial_id: int, params: dict, tuning: dict, user_attrs: dict) -> None:
+    """Fixes `params` (and sets `user_attrs`) on a trial that has not suggested anything yet."""
+    distributions = search_space.distributions(tuning["space"])
+    for name, value in params.items():
+        if name in distributions:
+            study._storage.set_trial_param(trial_id, name, distributions[name].to_internal_repr(value),
+                                           distributions[name])
+    for key, value in user_attrs.items():
+        study._storage.set_trial_user_attr(trial_id, key, value)
