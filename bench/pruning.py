@@ -10,8 +10,8 @@ bench/RESULTS.md.
                             [--extend-from 12]
 
 `--extend-from 12` starts a larger budget from copies of the 12-trial studies instead of from
-nothing: one trial at a time and a seeded sampler make a study's first 12 trials the same whatever
-its budget (a grown budget runs only the new slots), so this saves their compute and nothing else.
+nothing: a grown budget runs only the new slots, and 12 finished trials are as good a start of a
+24-trial study as any (the trial-to-slot order is Snakemake's and differs between runs anyway).
 
 `--model tiny` swaps in the tiny random Llama of the tests (minutes instead of an hour on 2 CPU
 cores); the published numbers say which model they used.
