@@ -11,7 +11,7 @@ bench/RESULTS.md.
 
 `--extend-from 12` starts a larger budget from copies of the 12-trial studies instead of from
 nothing: a grown budget runs only the new slots, and 12 finished trials are as good a start of a
-24-trial study as any (the trial-to-slot order is Snakemake's and differs between runs anyway).
+24-trial study as any (which slot starts when is Snakemake's choice, and each slot seeds its own sampler).
 
 `--model tiny` swaps in the tiny random Llama of the tests (minutes instead of an hour on 2 CPU
 cores); the published numbers say which model they used.
