@@ -102,8 +102,3 @@ def test_training_target_problems(name, message):
 def test_peft_target_problems(name, message):
     target, problem = names.peft_target(name)
     assert target is None and problem.startswith(message)
-
-
-def test_closest():
-    assert names.closest("n_trails", ["n_trials", "seed"]) == " (did you mean 'n_trials'?)"
-    assert names.closest("flux_capacitor", ["n_trials", "seed"]) == ""

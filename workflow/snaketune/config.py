@@ -16,6 +16,8 @@ from pathlib import Path
 
 import yaml
 
+from snaketune.errors import SnaketuneError, closest
+
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "tune.schema.yaml"
 
 TUNER_TYPES = ("OPTUNA",)
@@ -39,7 +41,7 @@ SPLIT_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+(\[(-?\d+%?)?:(-?\d+%?)?\])?$")
 YAML11_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
 
 
-class ConfigError(ValueError):
+class ConfigError(SnaketuneError, ValueError):
     """A tune.yaml with problems; `problems` lists each as 'yaml.path: what is wrong'."""
 
     def __init__(self, problems: list[str]):
@@ -156,8 +158,6 @@ def _schema_problems(cfg: dict, schema: dict) -> list[str]:
         if error.validator == "additionalProperties":
             known = error.schema.get("properties", {}).keys()
             for key in sorted(set(error.instance) - set(known)):
-                from snaketune.names import closest
-
                 problems.append(f"{_yaml_path(path + [key])}: unknown key{closest(key, known)}")
         elif error.validator == "required":
             missing = error.message.split("'")[1]
@@ -321,15 +321,11 @@ class _Checker:
             return None
         kind = spec["type"]
         if kind not in PARAM_TYPES:
-            from snaketune.names import closest
-
             self.error(f"{path}.type", f"unknown parameter type {kind!r}{closest(str(kind), PARAM_TYPES)}; "
                                        f"expected one of {', '.join(PARAM_TYPES)}")
             return None
         ok = True
         for key in sorted(set(spec) - PARAM_KEYS[kind]):
-            from snaketune.names import closest
-
             self.error(f"{path}.{key}", f"not a field of a {kind} parameter"
                                         f"{closest(key, PARAM_KEYS[kind])}")
             ok = False
@@ -500,7 +496,6 @@ class _Checker:
 
     def enqueued(self, tuning: dict, space: list[dict], n_trials: int) -> list[dict]:
         """Validates enqueue_trials against the space (values, and conditions among them)."""
-        from snaketune.names import closest
         from snaketune.space import check_value, is_active
 
         entries = tuning["enqueue_trials"]

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from snaketune.config import DATA_FILE_SUFFIXES
+from snaketune.errors import SnaketuneError
 
 ROW_FORMATS = {
     "alpaca": ("instruction", "output"),  # + optional "input"
@@ -22,8 +23,8 @@ ROW_FORMATS = {
 }
 
 
-class DataError(ValueError):
-    pass
+class DataError(SnaketuneError, ValueError):
+    """Data that cannot be loaded or used; the message names the split (`data.train`, ...)."""
 
 
 def load_rows(entries: list[dict], role: str):

@@ -37,11 +37,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from snaketune.errors import SnaketuneError
+
 DEFAULT_LEASE_DIR = "/tmp/snaketune-gpu-leases"
 LEASE_DIR_ENV = "SNAKETUNE_GPU_LEASE_DIR"
 
 
-class LeaseError(RuntimeError):
+class LeaseError(SnaketuneError, RuntimeError):
     """A lease that can never be granted (more devices asked for than exist)."""
 
 

@@ -19,10 +19,11 @@ import math
 from pathlib import Path
 
 from snaketune.config import import_function
+from snaketune.errors import SnaketuneError
 
 
-class MissingObjectiveError(RuntimeError):
-    pass
+class MissingObjectiveError(SnaketuneError, RuntimeError):
+    """Evaluation finished without a metric named in `tuning.evaluation_metrics`."""
 
 
 def compute_custom_metrics(custom: list[dict], **context) -> dict[str, float]:

@@ -8,8 +8,9 @@ come from the installed libraries, so a new TRL release never needs an edit here
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from functools import cache
+
+from snaketune.errors import closest
 
 # Oumi TrainingParams name -> SFTConfig field.
 TRAINING_NAMES = {
@@ -80,12 +81,6 @@ def lora_config_fields() -> frozenset[str]:
     from peft import LoraConfig
 
     return frozenset(f.name for f in dataclasses.fields(LoraConfig) if f.init)
-
-
-def closest(name: str, candidates) -> str:
-    """' (did you mean X?)' for the closest valid name, or ''."""
-    match = difflib.get_close_matches(name, sorted(candidates), n=1, cutoff=0.6)
-    return f" (did you mean '{match[0]}'?)" if match else ""
 
 
 def training_target(name: str, check_fields: bool = True) -> tuple[str | None, str | None]:

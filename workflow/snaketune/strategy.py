@@ -14,6 +14,8 @@ import warnings
 
 import optuna
 
+from snaketune.errors import closest
+
 SAMPLERS = ("TPESampler", "RandomSampler", "GPSampler", "CmaEsSampler", "NSGAIISampler",
             "NSGAIIISampler", "QMCSampler", "GridSampler", "BruteForceSampler")
 PRUNERS = {
@@ -100,8 +102,6 @@ def make_pruner(tuning: dict) -> optuna.pruners.BasePruner:
 
 
 def _check_kwargs(cls, kwargs: dict, path: str, managed: dict) -> list[str]:
-    from snaketune.names import closest
-
     accepted = [p for p in inspect.signature(cls).parameters if p not in ("self", "args", "kwargs")]
     problems = []
     for key in kwargs:
@@ -115,8 +115,6 @@ def _check_kwargs(cls, kwargs: dict, path: str, managed: dict) -> list[str]:
 
 def check(tuning: dict, space: list[dict], n_objectives: int) -> list[str]:
     """Parse-time problems ('yaml.path: ...') with the sampler, pruner and their arguments."""
-    from snaketune.names import closest
-
     problems = []
     name = tuning["tuner_sampler"]
     if name not in SAMPLERS:
