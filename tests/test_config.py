@@ -870,3 +870,27 @@ def test_shape_problems_alone(seed, tmp_path):
     problem_at(problems, "tuning.n_trails", "(did you mean 'n_trials'?)")
     problem_at(problems, "data.train.datasets[0].splt", "(did you mean 'split'?)")
     assert len(problems) == 3, problems
+
+
+# -- each concept checks its own section, usable alone -------------------------------------------
+
+def test_each_concept_checks_its_section_alone(alpaca_jsonl, tmp_path):
+    from snaketune import data, gpu, metrics, model
+
+    entries, problems = data.resolve_entries(
+        [{"dataset_name": "train.jsonl", "split": "train[ :2]"}, {"dataset_name": "gone.jsonl", "split": "x["}],
+        "data.train.datasets", tmp_path)
+    assert entries == [{"dataset_name": str(alpaca_jsonl), "split": "train[:2]", "local": True}]
+    assert [p.split(": ")[0] for p in problems] == ["data.train.datasets[1].split",
+                                                    "data.train.datasets[1].dataset_name"]
+    assert metrics.resolve_objectives(["eval_loss", "eval_f1"], ["minimize"]) == (
+        ["eval_loss", "eval_f1"], ["minimize", "minimize"], [])
+    settings, problems = gpu.resolve_settings(
+        {"trials_per_gpu": 1, "gpus_per_trial": 2, "gpu_devices": [0], "gpu_lease_dir": "leases"}, tmp_path)
+    assert settings["devices"] == ["0"] and settings["lease_dir"] == str(tmp_path / "leases")
+    assert problems == ["tuning.gpus_per_trial: 2 GPUs per trial, but tuning.gpu_devices lists only 1"]
+    section, problems = model.resolve_section(
+        {"model_name": "./missing", "torch_dtype_str": "bf16", "gguf_file": None}, 7, tmp_path)
+    assert section["torch_dtype_str"] == "bfloat16" and section["seed"] == 7
+    assert problems == [f"model.model_name: local path {tmp_path / 'missing'} does not exist"]
+

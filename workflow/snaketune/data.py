@@ -4,16 +4,22 @@ The `prepare_data` rule runs this once; every trial loads the tokenized result f
 it to TRL with `skip_prepare_dataset`, so no trial tokenizes again.
 Rows become `input_ids` and `labels` (-100 on prompt tokens, so the loss is on the answer only);
 `prompt` and `completion` keep the text for custom metrics.
+At parse time, `resolve_entries` checks a config's dataset entries (split, local path, suffix).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
-from snaketune.config import DATA_FILE_SUFFIXES
 from snaketune.errors import SnaketuneError
+
+# The local files `datasets` reads, by suffix, and the builder that reads each.
+DATA_FILE_SUFFIXES = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+# `train`, `validation[:10%]`, `train[90%:]`, `train[10:200]`, `train[10%:20%]`
+SPLIT_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+(\[(-?\d+%?)?:(-?\d+%?)?\])?$")
 
 ROW_FORMATS = {
     "alpaca": ("instruction", "output"),  # + optional "input"
@@ -25,6 +31,41 @@ ROW_FORMATS = {
 
 class DataError(SnaketuneError, ValueError):
     """Data that cannot be loaded or used; the message names the split (`data.train`, ...)."""
+
+
+def looks_like_local_path(name: str) -> bool:
+    """A dataset or model name that cannot be a hub id ('org/name') is meant as a local path."""
+    return (
+        name.startswith((".", "/", "~"))
+        or Path(name).suffix.lower() in DATA_FILE_SUFFIXES
+        or name.count("/") > 1
+    )
+
+
+def resolve_entries(entries: list[dict], path: str, base: Path) -> tuple[list[dict], list[str]]:
+    """Check and resolve one split's `datasets` list (schema-filled, so `split` is present).
+
+    `path` is the list's YAML path (`data.train.datasets`); relative local paths resolve against
+    `base`. Returns (entries with `local`, an absolute `dataset_name` when local, the split without
+    spaces; problems as 'yaml.path: what is wrong'). An entry whose local file is missing is left out.
+    """
+    resolved, problems = [], []
+    for i, entry in enumerate(entries):
+        here = f"{path}[{i}]"
+        name, split = entry["dataset_name"], entry["split"].replace(" ", "")
+        if not SPLIT_PATTERN.match(split):
+            problems.append(f"{here}.split: {entry['split']!r} is not a split; write e.g. 'train', "
+                            "'train[90%:]', 'train[:10%]' or 'train[:200]'")
+        local = (base / Path(name).expanduser()).resolve()
+        if local.exists():
+            if local.is_file() and local.suffix.lower() not in DATA_FILE_SUFFIXES:
+                problems.append(f"{here}.dataset_name: {local} is not a json, jsonl, csv or parquet file")
+            resolved.append({**entry, "dataset_name": str(local), "local": True, "split": split})
+        elif looks_like_local_path(name):
+            problems.append(f"{here}.dataset_name: local dataset {local} does not exist")
+        else:
+            resolved.append({**entry, "local": False, "split": split})
+    return resolved, problems
 
 
 def load_rows(entries: list[dict], role: str):

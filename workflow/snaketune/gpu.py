@@ -41,10 +41,36 @@ from snaketune.errors import SnaketuneError
 
 DEFAULT_LEASE_DIR = "/tmp/snaketune-gpu-leases"
 LEASE_DIR_ENV = "SNAKETUNE_GPU_LEASE_DIR"
+# The keys of `tuning:` that are device settings (validated and resolved by `resolve_settings`).
+SETTING_KEYS = ("trials_per_gpu", "gpus_per_trial", "gpu_devices", "gpu_lease_dir")
 
 
 class LeaseError(SnaketuneError, RuntimeError):
     """A lease that can never be granted (more devices asked for than exist)."""
+
+
+# -- the device settings of a config ----------------------------------------------------------------
+def resolve_settings(tuning: dict, base: Path) -> tuple[dict, list[str]]:
+    """The device settings of a schema-filled `tuning:` section (the schema checked the types and
+    minimums): ({trials_per_gpu, gpus_per_trial, devices, lease_dir}, problems). A relative
+    `gpu_lease_dir` resolves against `base`."""
+    problems = []
+    devices = tuning["gpu_devices"]
+    if devices is not None:
+        devices = [str(d) for d in devices]
+        if len(set(devices)) != len(devices):
+            problems.append(f"tuning.gpu_devices: names a device twice: {devices}")
+        if devices and tuning["gpus_per_trial"] > len(devices):
+            problems.append(f"tuning.gpus_per_trial: {tuning['gpus_per_trial']} GPUs per trial, but "
+                            f"tuning.gpu_devices lists only {len(devices)}")
+    directory = tuning["gpu_lease_dir"]
+    settings = {
+        "trials_per_gpu": tuning["trials_per_gpu"],
+        "gpus_per_trial": tuning["gpus_per_trial"],
+        "devices": devices,
+        "lease_dir": None if directory is None else str((base / Path(directory).expanduser()).resolve()),
+    }
+    return settings, problems
 
 
 # -- which devices exist ------------------------------------------------------------------------

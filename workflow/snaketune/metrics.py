@@ -1,4 +1,6 @@
-"""Custom evaluation metrics and the check that every objective was produced.
+"""The study's objectives and custom evaluation metrics: checked at parse time (names,
+directions, importable functions), computed after training, and the check that every objective
+was produced.
 
 A custom metric is a function named in tune.yaml as `module.function`, imported from the working
 directory or PYTHONPATH. It is called with keyword arguments and returns a float, or a dict of
@@ -15,15 +17,82 @@ floats (each key becomes a metric):
 
 from __future__ import annotations
 
+import importlib
 import math
+import sys
 from pathlib import Path
 
-from snaketune.config import import_function
 from snaketune.errors import SnaketuneError
+
+DIRECTIONS = ("minimize", "maximize")
 
 
 class MissingObjectiveError(SnaketuneError, RuntimeError):
     """Evaluation finished without a metric named in `tuning.evaluation_metrics`."""
+
+
+# -- parse-time checks ------------------------------------------------------------------------
+def resolve_objectives(metrics: list[str], directions: list[str]) -> tuple[list[str], list[str], list[str]]:
+    """`tuning.evaluation_metrics` and `evaluation_direction` (lists, as the schema checked):
+    (metrics, one direction per metric, problems). A single direction applies to every metric,
+    as in Oumi."""
+    problems = []
+    if len(set(metrics)) != len(metrics):
+        problems.append(f"tuning.evaluation_metrics: names a metric twice: {metrics}")
+    for i, direction in enumerate(directions):
+        if direction not in DIRECTIONS:
+            problems.append(f"tuning.evaluation_direction[{i}]: {direction!r} is not a direction; "
+                            "use minimize or maximize")
+    if len(directions) == 1:
+        directions = directions * len(metrics)
+    elif len(directions) != len(metrics):
+        problems.append(f"tuning.evaluation_direction: has {len(directions)} directions for "
+                        f"{len(metrics)} evaluation_metrics; give one direction per metric, or a "
+                        "single one for all")
+    return list(metrics), list(directions), problems
+
+
+def resolve_custom(entries: list[dict], base: Path, import_modules: bool = True) -> tuple[list[dict], list[str]]:
+    """`tuning.custom_eval_metrics` (name, function; the schema checked the shape): (entries,
+    problems). Puts `base` (the working directory) on `sys.path`, where custom metric modules live,
+    and imports every function unless `import_modules` is False (a job of a validated run)."""
+    if str(base) not in sys.path:
+        sys.path.insert(0, str(base))
+    seen, custom, problems = set(), [], []
+    for i, entry in enumerate(entries):
+        path = f"tuning.custom_eval_metrics[{i}]"
+        if entry["name"] in seen:
+            problems.append(f"{path}.name: {entry['name']!r} is defined twice")
+        seen.add(entry["name"])
+        problem = import_problem(entry["function"]) if import_modules else None
+        if problem:
+            problems.append(f"{path}.function: {problem}")
+        custom.append(dict(entry))
+    return custom, problems
+
+
+def import_problem(dotted: str) -> str | None:
+    """Why 'module.attr' cannot be used as a function, or None if it can."""
+    module_name, _, attr = dotted.rpartition(".")
+    if not module_name:
+        return f"{dotted!r} is not 'module.function'"
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as e:  # any import error is the user's to see
+        return f"cannot import module {module_name!r}: {type(e).__name__}: {e}"
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        return f"module {module_name!r} has no function {attr!r}"
+    return None
+
+
+def import_function(dotted: str):
+    """The function 'module.attr' names (checked by `import_problem` at parse time)."""
+    module_name, _, attr = dotted.rpartition(".")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+# -- after training ---------------------------------------------------------------------------
 
 
 def compute_custom_metrics(custom: list[dict], **context) -> dict[str, float]:

@@ -18,12 +18,62 @@ import json
 import os
 from pathlib import Path
 
+from snaketune.data import looks_like_local_path
+
 SOURCE_FILE = "source.json"
+# Oumi's short dtype names (torch_dtype_str), as torch names them.
+DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+# -- parse-time checks (no torch or transformers import here: the Snakefile runs them) -----------
+def resolve_section(model: dict, seed: int, base: Path) -> tuple[dict, list[str]]:
+    """Check and resolve the `model:` section (schema-filled): (model, problems).
+
+    The dtype alias becomes torch's name; an existing local `model_name`/`tokenizer_name` and
+    `gguf_file` become absolute paths (relative ones resolve against `base`); `seed` (tuning.seed)
+    is added, for random initial weights. A name that can only be a local path must exist.
+    """
+    model = dict(model)
+    problems = []
+    model["torch_dtype_str"] = DTYPE_ALIASES.get(model["torch_dtype_str"], model["torch_dtype_str"])
+    model["seed"] = seed
+    for key in ("model_name", "tokenizer_name"):
+        name = model.get(key)
+        if not name:
+            continue
+        local = (base / Path(name).expanduser()).resolve()
+        if local.exists():
+            model[key] = str(local)
+        elif looks_like_local_path(name):
+            problems.append(f"model.{key}: local path {local} does not exist")
+    if model.get("gguf_file"):
+        local = (base / Path(model["gguf_file"]).expanduser()).resolve()
+        try:
+            model["gguf_file"] = str(resolve_gguf_file(local if local.exists() else model["gguf_file"]))
+        except FileNotFoundError as e:
+            problems.append(f"model.gguf_file: {e}")
+    return model, problems
+
+
+def qlora_problems(quantization: dict) -> list[str]:
+    """QLoRA (bitsandbytes) needs CUDA: a problem when `q_lora` is on and none is visible.
+    Imports torch, so a job of an already validated run skips it."""
+    if not quantization.get("q_lora"):
+        return []
+    import torch
+
+    if torch.cuda.is_available():
+        return []
+    return ["tuning.fixed_peft_params.q_lora: QLoRA (4-bit bitsandbytes) needs a CUDA GPU and none "
+            "is visible here; set q_lora: false to train plain LoRA"]
+
+
+# -- preparing and loading ------------------------------------------------------------------------
 
 
 def prepare_model(model_cfg: dict, out_dir: str | Path) -> dict:
     """Make the study's model loadable from disk and write `out_dir/source.json` (last)."""
-    import torch  # here, not at the top: the Snakefile imports this module to check gguf_file
+    import torch  # here, not at the top: the Snakefile imports this module to check the config
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     out_dir = Path(out_dir).resolve()
@@ -75,7 +125,7 @@ def load_model(source: dict, model_cfg: dict, device_map=None, quantization: dic
 
     `quantization` holds the resolved QLoRA options (`q_lora`, `q_lora_bits`, `bnb_4bit_*`).
     """
-    import torch  # here, not at the top: the Snakefile imports this module to check gguf_file
+    import torch  # here, not at the top: the Snakefile imports this module to check the config
     from transformers import AutoModelForCausalLM
 
     dtype = model_cfg.get("torch_dtype_str", "float32")
@@ -95,7 +145,7 @@ def load_model(source: dict, model_cfg: dict, device_map=None, quantization: dic
 
 def qlora_config(quantization: dict, dtype: str):
     """bitsandbytes settings for QLoRA (4-bit NF4 by default, as Oumi's q_lora)."""
-    import torch  # here, not at the top: the Snakefile imports this module to check gguf_file
+    import torch  # here, not at the top: the Snakefile imports this module to check the config
     from transformers import BitsAndBytesConfig
 
     options = {k: v for k, v in quantization.items() if k not in ("q_lora", "q_lora_bits")}

@@ -3,13 +3,16 @@
 A tune.yaml written for `oumi tune` uses Oumi's names (`optimizer`, `lora_r`, ...). Every other
 valid `SFTConfig` / `LoraConfig` field is accepted under its own name. The lists of valid fields
 come from the installed libraries, so a new TRL release never needs an edit here.
+`resolve_parameters` sorts a config's tunable and fixed parameters by this table.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass, field
 from functools import cache
 
+from snaketune import space
 from snaketune.errors import closest
 
 # Oumi TrainingParams name -> SFTConfig field.
@@ -117,3 +120,76 @@ def peft_target(name: str, check_fields: bool = True) -> tuple[str | None, str |
         return name, None
     valid = fields | PEFT_NAMES.keys() | QUANTIZATION_NAMES.keys() | OUMI_ONLY_PEFT_NAMES.keys()
     return None, f"unknown PEFT parameter{closest(name, valid)}"
+
+
+@dataclass
+class Parameters:
+    """The training and PEFT parameters of a `tuning:` section, by target name: the search space
+    (`space.parameter` entries, in the order written), the fixed `SFTConfig` and `LoraConfig`
+    arguments, the quantisation options (QLoRA), and a problem list ('yaml.path: what is wrong')."""
+
+    space: list = field(default_factory=list)
+    training_args: dict = field(default_factory=dict)
+    lora_args: dict = field(default_factory=dict)
+    quantization: dict = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+
+def resolve_parameters(tuning: dict, check_fields: bool = True) -> Parameters:
+    """Map `tunable_*_params` and `fixed_*_params` (schema-filled dicts) to their targets.
+
+    Oumi's rule: a parameter is tuned or fixed, under one name; Oumi-only names are checked, not
+    passed on; quantisation options are fixed, for the model load. `check_fields=False` (a job of a
+    validated run) trusts names without importing TRL/PEFT.
+    """
+    out = Parameters()
+    oumi_only = {**OUMI_ONLY_TRAINING_NAMES, **OUMI_ONLY_PEFT_NAMES}
+    groups = (
+        ("training", training_target, "tunable_training_params", "fixed_training_params"),
+        ("peft", peft_target, "tunable_peft_params", "fixed_peft_params"),
+    )
+    for group, target_of, tunable_key, fixed_key in groups:
+        tunable_targets, fixed_targets = {}, {}
+        for name, spec in tuning[tunable_key].items():
+            path = f"tuning.{tunable_key}.{name}"
+            target, problem = target_of(name, check_fields=check_fields)
+            if problem:
+                out.problems.append(f"{path}: {problem}")
+            elif target in oumi_only:
+                out.problems.append(f"{path}: cannot be tuned")
+            elif group == "peft" and name in QUANTIZATION_NAMES:
+                # Quantisation is chosen when the model is loaded, not per LoraConfig.
+                out.problems.append(f"{path}: cannot be tuned; set it in tuning.{fixed_key}")
+            elif target in tunable_targets:  # an Oumi name and its HF name: one parameter
+                out.problems.append(f"{path}: is the same parameter as "
+                                    f"tuning.{tunable_key}.{tunable_targets[target]}; keep one")
+            else:
+                tunable_targets[target] = name
+                param, problems = space.parameter(path, name, group, target, spec)
+                out.problems += problems
+                if param is not None:
+                    out.space.append(param)
+        for name, value in tuning[fixed_key].items():
+            path = f"tuning.{fixed_key}.{name}"
+            target, problem = target_of(name, check_fields=check_fields)
+            if problem:
+                out.problems.append(f"{path}: {problem}")
+            elif target in tunable_targets:
+                out.problems.append(f"{path}: is both fixed and tunable "
+                                    f"(tuning.{tunable_key}.{tunable_targets[target]}); keep one")
+            elif target in fixed_targets:
+                out.problems.append(f"{path}: is the same parameter as "
+                                    f"tuning.{fixed_key}.{fixed_targets[target]}; keep one")
+            else:
+                fixed_targets[target] = name
+                if target in oumi_only:
+                    if value not in oumi_only[target]:
+                        out.problems.append(f"{path}: {value!r} is not supported; snaketune supports "
+                                            f"{', '.join(map(repr, oumi_only[target]))}")
+                elif group == "peft" and name in QUANTIZATION_NAMES:
+                    out.quantization[target] = value
+                elif group == "peft":
+                    out.lora_args[target] = value
+                else:
+                    out.training_args[target] = value
+    return out

@@ -1,4 +1,12 @@
-"""The search space: resolved parameter entries (see config.py) as Optuna distributions."""
+"""The search space: tunable parameters, checked at parse time and held as Optuna distributions.
+
+A tune.yaml names a parameter's type as Oumi does (categorical, int, uniform, float, loguniform)
+with bounds, step, log or choices, and optionally `condition: {other: [values]}` (tuned only when
+`other` takes one of the values) and `scale_by: other` (the sampled value is multiplied by other's,
+e.g. lora_alpha as a multiple of lora_r). A resolved parameter is a plain dict in Optuna's terms
+(name, group, target, type categorical, int or float, with choices or low/high/step/log), which the
+journal stores as the study's definition.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +18,21 @@ from optuna.distributions import (
     IntDistribution,
 )
 
+from snaketune.errors import closest
+
+PARAM_TYPES = ("categorical", "int", "uniform", "float", "loguniform")
+CONDITIONAL_KEYS = {"condition", "scale_by"}
+PARAM_KEYS = {
+    "categorical": {"type", "choices"} | CONDITIONAL_KEYS,
+    "int": {"type", "low", "high", "step", "log"} | CONDITIONAL_KEYS,
+    "uniform": {"type", "low", "high", "step", "log"} | CONDITIONAL_KEYS,
+    "float": {"type", "low", "high", "step", "log"} | CONDITIONAL_KEYS,
+    "loguniform": {"type", "low", "high"} | CONDITIONAL_KEYS,
+}
+
 
 def distribution(param: dict) -> BaseDistribution:
+    """The parameter's Optuna distribution; raises Optuna's ValueError for values it refuses."""
     if param["type"] == "categorical":
         return CategoricalDistribution(param["choices"])
     if param["type"] == "int":
@@ -21,6 +42,164 @@ def distribution(param: dict) -> BaseDistribution:
 
 def distributions(space: list[dict]) -> dict[str, BaseDistribution]:
     return {param["name"]: distribution(param) for param in space}
+
+
+# -- parse-time checks ------------------------------------------------------------------------------
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def check_spec(path: str, spec) -> tuple[dict | None, list[str]]:
+    """One tunable parameter as written in tune.yaml (`path` is its YAML path), in Optuna's terms:
+    ({"type": "categorical", "choices"} or {"type": "int"|"float", "low", "high", "step", "log"},
+    []), or (None, problems as 'yaml.path: what is wrong').
+
+    Optuna's constructors (see `parameter`) have the last word; these checks come first because Optuna
+    accepts what a tune.yaml must not mean (low == high; a choice that is not a scalar, with a
+    warning; 1 and true as two choices; int bounds or step of 1.5, truncated; log: "yes", taken as
+    true) and because its messages do not name the field at fault (`.low`, `.step`).
+    """
+    if not isinstance(spec, dict) or "type" not in spec:
+        return None, []  # the schema reports it ($defs/tunable: a mapping with a type)
+    kind = spec["type"]
+    if kind not in PARAM_TYPES:
+        return None, [f"{path}.type: unknown parameter type {kind!r}{closest(str(kind), PARAM_TYPES)}; "
+                      f"expected one of {', '.join(PARAM_TYPES)}"]
+    problems = [f"{path}.{key}: not a field of a {kind} parameter{closest(key, PARAM_KEYS[kind])}"
+                for key in sorted(set(spec) - PARAM_KEYS[kind])]
+    if kind == "categorical":
+        choices = spec.get("choices")
+        if not isinstance(choices, list) or not choices:
+            return None, problems + [f"{path}.choices: needs a non-empty list of choices"]
+        for i, choice in enumerate(choices):
+            if not (choice is None or isinstance(choice, (bool, int, float, str))):
+                problems.append(f"{path}.choices[{i}]: {choice!r} is not a scalar "
+                                "(Optuna choices are None, bool, int, float or str)")
+        # Optuna finds a choice by ==, so 1, 1.0 and true (or 0 and false) are one choice.
+        if any(a == b for i, a in enumerate(choices) for b in choices[:i]):
+            problems.append(f"{path}.choices: lists the same choice twice (Optuna treats equal "
+                            "values such as 1, 1.0 and true as one choice)")
+        return (None, problems) if problems else ({"type": "categorical", "choices": choices}, [])
+
+    low, high = spec.get("low"), spec.get("high")
+    for key, bound in (("low", low), ("high", high)):
+        if bound is None:
+            problems.append(f"{path}.{key}: required but missing")
+        elif not _is_number(bound):
+            problems.append(f"{path}.{key}: {bound!r} is not a number")
+        elif kind == "int" and not float(bound).is_integer():
+            problems.append(f"{path}.{key}: {bound!r} is not an integer (an int parameter needs "
+                            "integer bounds)")
+    if problems:
+        return None, problems
+    log = kind == "loguniform" or bool(spec.get("log", False))
+    step = spec.get("step")
+    if "log" in spec and not isinstance(spec["log"], bool):
+        problems.append(f"{path}.log: {spec['log']!r} is not true or false")
+    if low >= high:
+        problems.append(f"{path}: low ({low}) must be less than high ({high})")
+    if log and low <= 0:
+        problems.append(f"{path}.low: a log-scaled parameter needs low > 0, got {low}")
+    if step is not None:
+        if not _is_number(step) or step <= 0 or (kind == "int" and not float(step).is_integer()):
+            problems.append(f"{path}.step: {step!r} is not a positive "
+                            f"{'integer' if kind == 'int' else 'number'}")
+        elif log and not (kind == "int" and step == 1):
+            problems.append(f"{path}.step: cannot be combined with log scale (Optuna samples log "
+                            "scales without a step)")
+    if problems:
+        return None, problems
+    if kind == "int":
+        return {"type": "int", "low": int(low), "high": int(high), "step": int(step or 1), "log": log}, []
+    return {"type": "float", "low": float(low), "high": float(high),
+            "step": None if step is None else float(step), "log": log}, []
+
+
+def parameter(path: str, name: str, group: str, target: str, spec) -> tuple[dict | None, list[str]]:
+    """The resolved entry for tunable `name` (`group` training or peft, `target` its SFTConfig or
+    LoraConfig field) from its tune.yaml `spec`: (entry, []) or (None, problems). The entry's
+    Optuna distribution is built here, so Optuna's own checks run at parse time."""
+    fields, problems = check_spec(path, spec)
+    if fields is None:
+        return None, problems
+    conditional = {k: spec[k] for k in CONDITIONAL_KEYS if spec.get(k) is not None}
+    param = {"name": name, "group": group, "target": target, **fields, **conditional}
+    try:
+        distribution(param)
+        return param, []
+    except (ValueError, TypeError) as e:  # the library's own complaint about a value
+        return None, [f"{path}: Optuna refused it: {e}"]
+
+
+def resolve_conditions(space: list[dict]) -> tuple[list[dict], list[str]]:
+    """Check every `condition` and `scale_by` against the other parameters; returns (the space
+    with every parent before its children, problems). A malformed condition is dropped; a
+    condition's values become a list."""
+    problems = []
+    by_name = {p["name"]: p for p in space}
+    for param in space:
+        path = f"tuning.tunable_{param['group']}_params.{param['name']}"
+        condition = param.get("condition")
+        if condition is not None:
+            if not (isinstance(condition, dict) and len(condition) == 1):
+                problems.append(f"{path}.condition: write it as {{other_parameter: [values, ...]}}")
+                del param["condition"]
+            else:
+                (parent, values), = condition.items()
+                values = values if isinstance(values, list) else [values]
+                param["condition"] = {parent: values}
+                if parent not in by_name or parent == param["name"]:
+                    problems.append(f"{path}.condition: {parent!r} is not another tunable parameter")
+                elif by_name[parent]["type"] == "categorical":
+                    bad = [v for v in values if v not in by_name[parent]["choices"]]
+                    if bad:
+                        problems.append(f"{path}.condition: {bad} are not choices of {parent!r}")
+        scale_by = param.get("scale_by")
+        if scale_by is not None:
+            parent = by_name.get(scale_by)
+            if parent is None or scale_by == param["name"]:
+                problems.append(f"{path}.scale_by: {scale_by!r} is not another tunable parameter")
+            elif not (_is_numeric(parent) and _is_numeric(param)):
+                problems.append(f"{path}.scale_by: both {param['name']!r} and {scale_by!r} must be numeric")
+    try:
+        return ordered(space), problems
+    except ValueError as e:
+        return space, problems + [f"tuning: {e}"]
+
+
+def _is_numeric(param: dict) -> bool:
+    return param["type"] != "categorical" or all(_is_number(c) for c in param["choices"])
+
+
+def resolve_enqueued(entries: list[dict], space: list[dict], n_trials: int, sampler: str) -> tuple[list[dict], list[str]]:
+    """Check `tuning.enqueue_trials` (configurations evaluated first, one a slot) against the
+    space: every value in its parameter's distribution, a conditional parameter only where its
+    condition holds. Returns (the entries, problems)."""
+    problems = []
+    if entries and sampler == "GridSampler":
+        problems.append("tuning.enqueue_trials: GridSampler runs every grid point once by itself; "
+                        "remove enqueue_trials or use another sampler")
+    if entries and len(entries) > max(n_trials, 1):
+        problems.append(f"tuning.enqueue_trials: {len(entries)} configurations for {n_trials} trials; "
+                        "raise tuning.n_trials or enqueue fewer")
+    by_name = {p["name"]: p for p in space}
+    for i, entry in enumerate(entries):
+        for name, value in entry.items():
+            path = f"tuning.enqueue_trials[{i}].{name}"
+            if name not in by_name:
+                problems.append(f"{path}: not a tunable parameter{closest(name, by_name)}")
+                continue
+            problem = check_value(by_name[name], value)
+            if problem:
+                problems.append(f"{path}: {problem}")
+            elif not is_active(by_name[name], entry):
+                (parent, allowed), = by_name[name]["condition"].items()
+                problems.append(f"{path}: is only tuned when {parent} is one of {allowed}; "
+                                f"this configuration has {parent}={entry.get(parent)!r}")
+    return [dict(entry) for entry in entries], problems
+
+
+# -- ordering and sampling --------------------------------------------------------------------------
 
 
 def ordered(space: list[dict]) -> list[dict]:
