@@ -2,10 +2,11 @@
 
 Everything that can be wrong with a config is found at parse time, before any job runs and before a
 journal exists, and reported all at once, each problem named by its YAML path. This module owns the
-JSON schema pass (workflow/schemas/tune.schema.yaml: shape and defaults), the order of the checks
-and the problem list. Each concept checks its own section and returns 'yaml.path: what is wrong'
-lines: names (parameter names), space (distributions, conditions, enqueued trials), metrics
-(objectives, custom metric imports), strategy (sampler and pruner), model, data and gpu (devices).
+JSON schema pass (workflow/schemas/tune.schema.yaml: shape, and the defaults it fills in the same
+pass), the order of the checks and the problem list. Each concept checks its own section and
+returns 'yaml.path: what is wrong' lines: names (parameter names), space (distributions,
+conditions, enqueued trials), metrics (objectives, custom metric imports), strategy (sampler and
+pruner), model, data and gpu (devices).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import re
 from pathlib import Path
 
 import yaml
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, validators
 
 from snaketune import data, gpu, metrics, model, names, space, strategy
 from snaketune.errors import SnaketuneError, closest
@@ -80,9 +81,7 @@ def load_tune_config(raw: dict, base_dir: str | Path | None = None, validated: b
             if key in tuning and tuning[key] is None:
                 tuning[key] = {}
     cfg.setdefault("tuning", {})
-    schema = load_schema()
-    shape_problems = _schema_problems(cfg, schema)
-    _fill_defaults(cfg, schema, schema)
+    shape_problems = _schema_problems(cfg, load_schema())  # fills the defaults too
     problems: list[str] = []
     if not shape_problems:
         resolved = _resolve(cfg, base, validated, problems)
@@ -110,7 +109,10 @@ def load_gpu_settings(raw: dict, base_dir: str | Path | None = None) -> dict:
     schema = load_schema()
     tuning_schema = schema["properties"]["tuning"]
     tuning = {k: v for k, v in (raw.get("tuning") or {}).items() if k in gpu.SETTING_KEYS}
-    _fill_defaults(tuning, tuning_schema, schema)
+    subset = {"$defs": schema["$defs"], "type": "object",
+              "properties": {k: tuning_schema["properties"][k] for k in gpu.SETTING_KEYS}}
+    for _ in _DefaultingValidator(subset).iter_errors(tuning):  # validated already: defaults only
+        pass
     return gpu.resolve_settings(tuning, Path(base_dir or Path.cwd()).resolve())[0]
 
 
@@ -226,9 +228,23 @@ def _yaml_path(parts) -> str:
     return out or "<top level>"
 
 
+def _set_defaults(validator, properties, instance, schema):
+    """jsonschema's `properties` keyword, filling in each missing property's `default` first
+    (jsonschema's documented recipe for defaults), so one pass both validates and fills."""
+    if validator.is_type(instance, "object"):
+        for key, subschema in properties.items():
+            if key not in instance and isinstance(subschema, dict) and "default" in subschema:
+                instance[key] = copy.deepcopy(subschema["default"])  # never share the schema's {}
+    yield from Draft202012Validator.VALIDATORS["properties"](validator, properties, instance, schema)
+
+
+_DefaultingValidator = validators.extend(Draft202012Validator, {"properties": _set_defaults})
+
+
 def _schema_problems(cfg: dict, schema: dict) -> list[str]:
+    """Validate `cfg` against the schema, filling its defaults in place; returns the problems."""
     problems = []
-    for error in sorted(Draft202012Validator(schema).iter_errors(cfg), key=lambda e: list(e.path)):
+    for error in sorted(_DefaultingValidator(schema).iter_errors(cfg), key=lambda e: list(e.path)):
         path = list(error.absolute_path)
         if error.validator == "additionalProperties":
             known = error.schema.get("properties", {}).keys()
@@ -240,18 +256,3 @@ def _schema_problems(cfg: dict, schema: dict) -> list[str]:
         else:
             problems.append(f"{_yaml_path(path)}: {error.message}")
     return problems
-
-
-def _fill_defaults(instance, schema: dict, root: dict) -> None:
-    """Fill schema defaults into `instance`, as snakemake.utils.validate(set_default=True) does."""
-    if "$ref" in schema:
-        schema = root["$defs"][schema["$ref"].rsplit("/", 1)[1]]
-    if isinstance(instance, dict):
-        for key, sub in schema.get("properties", {}).items():
-            if key not in instance and "default" in sub:
-                instance[key] = copy.deepcopy(sub["default"])
-            if key in instance:
-                _fill_defaults(instance[key], sub, root)
-    elif isinstance(instance, list) and isinstance(schema.get("items"), dict):
-        for item in instance:
-            _fill_defaults(item, schema["items"], root)
