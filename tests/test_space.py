@@ -204,3 +204,29 @@ def test_int_step_must_be_whole(alpaca_jsonl, tmp_path):
         load_tune_config(base_config(tuning), tmp_path)
     assert info.value.problems == ["tuning.tunable_training_params.max_steps.step: "
                                    "2.5 is not a positive integer"]
+
+
+# -- a resolved parameter holds its distribution ----------------------------------------------------
+
+def test_a_resolved_parameter_holds_its_distribution_and_stays_a_plain_dict(resolved_space):
+    import copy
+    import json
+    import pickle
+
+    for param in resolved_space:
+        assert space.distribution(param) is param.distribution  # built once, at parse time
+        assert json.loads(json.dumps(param)) == param  # the journal's study definition is unchanged
+        assert space.distribution(json.loads(json.dumps(param))) == param.distribution
+        for again in (copy.deepcopy(param), pickle.loads(pickle.dumps(param))):
+            assert again == param and again.distribution == param.distribution
+
+
+def test_optuna_has_the_last_word_on_a_parameter(monkeypatch):
+    # A value the checks before Optuna let through (here injected) is refused by Optuna's
+    # constructor, its message prefixed with the parameter's YAML path.
+    path = "tuning.tunable_training_params.learning_rate"
+    monkeypatch.setattr(space, "check_spec", lambda path, spec: (
+        {"type": "float", "low": 0.0, "high": 1.0, "step": None, "log": True}, []))
+    param, problems = space.parameter(path, "learning_rate", "training", "learning_rate", {})
+    assert param is None and len(problems) == 1
+    assert problems[0].startswith(f"{path}: Optuna refused it: ") and "low" in problems[0]

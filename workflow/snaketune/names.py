@@ -125,7 +125,7 @@ def peft_target(name: str, check_fields: bool = True) -> tuple[str | None, str |
 @dataclass
 class Parameters:
     """The training and PEFT parameters of a `tuning:` section, by target name: the search space
-    (`space.parameter` entries, in the order written), the fixed `SFTConfig` and `LoraConfig`
+    (`space.Parameter` entries, in the order written), the fixed `SFTConfig` and `LoraConfig`
     arguments, the quantisation options (QLoRA), and a problem list ('yaml.path: what is wrong')."""
 
     space: list = field(default_factory=list)

@@ -3,9 +3,9 @@
 A tune.yaml names a parameter's type as Oumi does (categorical, int, uniform, float, loguniform)
 with bounds, step, log or choices, and optionally `condition: {other: [values]}` (tuned only when
 `other` takes one of the values) and `scale_by: other` (the sampled value is multiplied by other's,
-e.g. lora_alpha as a multiple of lora_r). A resolved parameter is a plain dict in Optuna's terms
-(name, group, target, type categorical, int or float, with choices or low/high/step/log), which the
-journal stores as the study's definition.
+e.g. lora_alpha as a multiple of lora_r). A resolved parameter (`Parameter`) is a plain dict in
+Optuna's terms (categorical, int or float), which the journal stores as the study's definition, and
+holds the Optuna distribution built from it once.
 """
 
 from __future__ import annotations
@@ -31,13 +31,35 @@ PARAM_KEYS = {
 }
 
 
-def distribution(param: dict) -> BaseDistribution:
-    """The parameter's Optuna distribution; raises Optuna's ValueError for values it refuses."""
+class Parameter(dict):
+    """A resolved parameter: `name`, `group` (training or peft), `target` (the SFTConfig/LoraConfig
+    field), `type` (categorical, int or float) with `choices` or `low`, `high`, `step`, `log`, and
+    `condition`/`scale_by` when given. As a dict it is JSON-serialisable and compares equal to the
+    same plain dict; `distribution` is its Optuna distribution, built (and so checked by Optuna) on
+    construction. Raises Optuna's ValueError/TypeError for values it refuses.
+
+    The fields that define the distribution are never changed after construction (only `condition`
+    is normalised, by `resolve_conditions`).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.distribution = build_distribution(self)
+
+
+def build_distribution(param: dict) -> BaseDistribution:
     if param["type"] == "categorical":
         return CategoricalDistribution(param["choices"])
     if param["type"] == "int":
         return IntDistribution(param["low"], param["high"], log=param["log"], step=param["step"])
     return FloatDistribution(param["low"], param["high"], log=param["log"], step=param["step"])
+
+
+def distribution(param: dict) -> BaseDistribution:
+    """The parameter's Optuna distribution: the one a `Parameter` holds, else built from the dict
+    (an entry read back from JSON, as data-parallel ranks get it)."""
+    held = getattr(param, "distribution", None)
+    return held if held is not None else build_distribution(param)
 
 
 def distributions(space: list[dict]) -> dict[str, BaseDistribution]:
@@ -54,7 +76,7 @@ def check_spec(path: str, spec) -> tuple[dict | None, list[str]]:
     ({"type": "categorical", "choices"} or {"type": "int"|"float", "low", "high", "step", "log"},
     []), or (None, problems as 'yaml.path: what is wrong').
 
-    Optuna's constructors (see `parameter`) have the last word; these checks come first because Optuna
+    Optuna's constructors (`Parameter`) have the last word; these checks come first because Optuna
     accepts what a tune.yaml must not mean (low == high; a choice that is not a scalar, with a
     warning; 1 and true as two choices; int bounds or step of 1.5, truncated; log: "yes", taken as
     true) and because its messages do not name the field at fault (`.low`, `.step`).
@@ -115,18 +137,15 @@ def check_spec(path: str, spec) -> tuple[dict | None, list[str]]:
             "step": None if step is None else float(step), "log": log}, []
 
 
-def parameter(path: str, name: str, group: str, target: str, spec) -> tuple[dict | None, list[str]]:
-    """The resolved entry for tunable `name` (`group` training or peft, `target` its SFTConfig or
-    LoraConfig field) from its tune.yaml `spec`: (entry, []) or (None, problems). The entry's
-    Optuna distribution is built here, so Optuna's own checks run at parse time."""
+def parameter(path: str, name: str, group: str, target: str, spec) -> tuple[Parameter | None, list[str]]:
+    """The `Parameter` for tunable `name` (`group` training or peft, `target` its SFTConfig or
+    LoraConfig field) from its tune.yaml `spec`: (parameter, []) or (None, problems)."""
     fields, problems = check_spec(path, spec)
     if fields is None:
         return None, problems
     conditional = {k: spec[k] for k in CONDITIONAL_KEYS if spec.get(k) is not None}
-    param = {"name": name, "group": group, "target": target, **fields, **conditional}
     try:
-        distribution(param)
-        return param, []
+        return Parameter(name=name, group=group, target=target, **fields, **conditional), []
     except (ValueError, TypeError) as e:  # the library's own complaint about a value
         return None, [f"{path}: Optuna refused it: {e}"]
 
