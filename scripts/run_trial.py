@@ -1,7 +1,6 @@
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parent / "workflow"))  # noqa: F821
@@ -13,35 +12,29 @@ from snaketune.config import load_gpu_settings  # noqa: E402
 trial_dir = Path(snakemake.output[0]).parent  # noqa: F821
 slot = int(snakemake.wildcards.i)  # noqa: F821
 settings = load_gpu_settings(snakemake.config, base_dir=os.getcwd())  # noqa: F821
-lease, devices = gpu.lease_for_trial(
-    settings, holder={"trial_dir": str(trial_dir.resolve())},
-    log=lambda message: print(message, file=sys.stderr, flush=True))
-(trial_dir / "logs").mkdir(parents=True, exist_ok=True)
-device_record = trial_dir / "logs" / "devices.json"
-device_record.write_text(json.dumps(devices, indent=2))
+with gpu.trial_devices(settings, trial_dir / "logs" / "devices.json",
+                       holder={"trial_dir": str(trial_dir.resolve())},
+                       log=lambda message: print(message, file=sys.stderr, flush=True)) as devices:
+    from rule_setup import start
 
-from rule_setup import start  # noqa: E402
+    tune = start(snakemake)  # noqa: F821
+    from snaketune.train import run_trial
 
-tune = start(snakemake)  # noqa: F821
-from snaketune.train import run_trial  # noqa: E402
-
-print(f"snaketune: trial slot {slot} on CUDA_VISIBLE_DEVICES={devices['cuda_visible_devices']!r}"
-      + (f" (SLURM job {devices['slurm_job_id']})" if "slurm_job_id" in devices else ""), flush=True)
-arguments = dict(
-    slot=slot,
-    trial_dir=str(trial_dir),
-    model_source=json.loads(open(snakemake.input.model).read()),  # noqa: F821
-    data_dir=os.path.dirname(snakemake.input.data),  # noqa: F821
-    threads=snakemake.threads,  # noqa: F821
-    user_attrs=devices,
-)
-try:
+    record = devices.record
+    print(f"snaketune: trial slot {slot} on CUDA_VISIBLE_DEVICES={record['cuda_visible_devices']!r}"
+          + (f" (SLURM job {record['slurm_job_id']})" if "slurm_job_id" in record else ""), flush=True)
+    arguments = dict(
+        slot=slot,
+        trial_dir=str(trial_dir),
+        model_source=json.loads(open(snakemake.input.model).read()),  # noqa: F821
+        data_dir=os.path.dirname(snakemake.input.data),  # noqa: F821
+        threads=snakemake.threads,  # noqa: F821
+        user_attrs=record,
+    )
     if settings["gpus_per_trial"] > 1:
-        gpu.launch_data_parallel({"tune": tune, **arguments}, settings["gpus_per_trial"],
-                                 trial_dir / "logs" / "launch.json", lease=lease)
+        from snaketune.distributed import launch_data_parallel
+
+        launch_data_parallel({"tune": tune, **arguments}, settings["gpus_per_trial"],
+                             trial_dir / "logs" / "launch.json", pass_fds=devices.fds)
     else:
         run_trial(tune, **arguments)
-finally:
-    device_record.write_text(json.dumps({**devices, "released_at": time.time()}, indent=2))
-    if lease is not None:
-        lease.release()

@@ -270,3 +270,46 @@ def test_two_gpus_per_trial_is_one_data_parallel_trial(workdir):
     curve = [json.loads(line) for line in
              (out / "trial_0" / "logs" / "loss_curve.jsonl").read_text().splitlines()]
     assert [r["step"] for r in curve if "loss" in r] == [1, 2, 3]  # one rank writes the curve
+
+
+# -- the trial's `with` block ---------------------------------------------------------------------
+def test_trial_devices_records_the_lease_and_releases_it_when_the_block_ends(tmp_path):
+    record_path = tmp_path / "trial_0" / "logs" / "devices.json"
+    environ = {}
+    with gpu.trial_devices(settings(tmp_path / "leases", devices=["0"]), record_path,
+                           environ=environ, holder={"trial_dir": "t"}) as devices:
+        written = json.loads(record_path.read_text())
+        assert written == devices.record and "released_at" not in written
+        assert devices.record["devices"] == ["0"] and environ["CUDA_VISIBLE_DEVICES"] == "0"
+        assert devices.fds and gpu.try_lease(["0"], directory=tmp_path / "leases") is None
+    released = json.loads(record_path.read_text())
+    assert released["released_at"] >= released["gpu_lease"]["acquired_at"]
+    again = gpu.try_lease(["0"], directory=tmp_path / "leases")
+    assert again is not None
+    again.release()
+
+
+def test_trial_devices_releases_when_the_trial_raises(tmp_path):
+    record_path = tmp_path / "devices.json"
+    with pytest.raises(RuntimeError, match="training failed"):
+        with gpu.trial_devices(settings(tmp_path / "leases", devices=["0"]), record_path, environ={}):
+            raise RuntimeError("training failed")
+    assert "released_at" in json.loads(record_path.read_text())
+    again = gpu.try_lease(["0"], directory=tmp_path / "leases")
+    assert again is not None
+    again.release()
+
+
+def test_trial_devices_on_cpu_hold_nothing(tmp_path):
+    with gpu.trial_devices(settings(tmp_path), tmp_path / "devices.json",
+                           environ={"CUDA_VISIBLE_DEVICES": ""}) as devices:
+        assert devices.lease is None and devices.fds == () and devices.record["devices"] == []
+    assert "released_at" in json.loads((tmp_path / "devices.json").read_text())
+
+
+def test_the_lease_module_stays_a_leaf():
+    """Importing gpu (a trial does, before CUDA_VISIBLE_DEVICES is set) loads no torch."""
+    code = "import sys; from snaketune import gpu; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(WORKFLOW_DIR)}).stdout
+    assert out.strip() == "False"

@@ -21,6 +21,11 @@ both putting their first trial on GPU 0.
   the allocation holds more devices than a trial needs (Snakemake run by hand inside a large
   `salloc`) do trials lease among them, in a directory private to that job.
 - No GPU: the trial runs on CPU and nothing is leased.
+
+A trial job holds its devices for one `with trial_devices(...)` block. With g > 1 devices it runs
+data-parallel (snaketune.distributed), the launcher and its ranks holding the lease too.
+This module is a leaf: it imports nothing heavy (no torch), so a trial leases before anything may
+initialise CUDA.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -314,89 +320,44 @@ def lease_for_trial(settings: dict, environ=None, holder: dict | None = None, lo
     return got, record
 
 
+@dataclass
+class TrialDevices:
+    """What `trial_devices` yields: the trial's device `record` (see `lease_for_trial`) and the
+    lease behind it (None on CPU or under SLURM's allocation)."""
+
+    record: dict
+    lease: Lease | None
+
+    @property
+    def fds(self) -> tuple[int, ...]:
+        """The lease's locked descriptors, to hand to a child process (`pass_fds`)."""
+        return self.lease.fds if self.lease is not None else ()
+
+
+@contextmanager
+def trial_devices(settings: dict, record_path: str | Path, environ=None, holder: dict | None = None,
+                  log=None):
+    """Lease a trial's devices for the `with` block (see `lease_for_trial`), yielding `TrialDevices`.
+
+    The device record is written to `record_path` (a trial's `logs/devices.json`) once leased, and
+    again with `released_at` (epoch seconds) when the block ends, however it ends; then the lease is
+    released (a killed process's lease is dropped by the kernel all the same).
+    """
+    record_path = Path(record_path)
+    lease, record = lease_for_trial(settings, environ=environ, holder=holder, log=log)
+    try:
+        record_path.parent.mkdir(parents=True, exist_ok=True)
+        record_path.write_text(json.dumps(record, indent=2))
+        yield TrialDevices(record, lease)
+    finally:
+        try:
+            record_path.write_text(json.dumps({**record, "released_at": time.time()}, indent=2))
+        finally:
+            if lease is not None:
+                lease.release()
+
+
 def scaled_gpu_limit(physical_gpus: int, trials_per_gpu: int) -> int:
     """Snakemake's `gpu` limit when k trials share a GPU: `--resources gpu=N` means N devices,
     and each trial declares `gpu = gpus_per_trial`, so the limit counts shares (N * k)."""
     return physical_gpus * trials_per_gpu
-
-
-# -- several GPUs per trial: data parallel, one journal client ----------------------------------
-def launch_data_parallel(spec: dict, nproc: int, spec_path: str | Path, lease: Lease | None = None) -> None:
-    """Run one trial as `nproc` data-parallel ranks (torchrun, one rank per leased device).
-
-    `spec` holds `train.run_trial`'s arguments. Rank 0 alone opens the journal, claims the trial
-    and samples its parameters, then broadcasts them (and the checkpoint to resume from) to the
-    other ranks, which train on them: ranks never sample parameters of their own.
-    """
-    spec_path = Path(spec_path)
-    spec_path.write_text(json.dumps(spec, default=str))
-    workflow_dir = str(Path(__file__).resolve().parent.parent)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        p for p in (workflow_dir, os.environ.get("PYTHONPATH")) if p)}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc-per-node={nproc}", "-m", "snaketune.gpu", str(spec_path)]
-    # The launcher holds the lease too: were this process killed, the devices stay leased until
-    # torchrun and its ranks are gone.
-    process = subprocess.Popen(command, env=env, pass_fds=lease.fds if lease is not None else ())
-    import signal
-
-    # A kill of the job (Snakemake, a scheduler) reaches the ranks: rank 0 then tells the trial FAIL.
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: process.send_signal(signum))
-    try:
-        code = process.wait()
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    if code != 0:
-        raise RuntimeError(f"data-parallel trial ({nproc} ranks, torchrun) exited with {code}")
-
-
-def _rank_main(spec_path: str) -> None:
-    """One torchrun rank of a data-parallel trial (see `launch_data_parallel`)."""
-    import torch
-    import torch.distributed as dist
-
-    from snaketune import train
-
-    spec = json.loads(Path(spec_path).read_text())
-    cuda = torch.cuda.is_available()
-    if cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    # NCCL for the gradients on GPUs, gloo for the parameters (Python objects) and for CPU runs.
-    dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
-    threads = max(1, int(spec["threads"]) // world)
-    torch.set_num_threads(threads)
-    sent = []
-
-    def announce(params: dict) -> None:
-        print(f"snaketune: rank {rank}/{world} trains {json.dumps(params, sort_keys=True)}", flush=True)
-
-    def send(params: dict, resume_from) -> None:
-        dist.broadcast_object_list([{"params": params, "resume_from": resume_from}], src=0)
-        sent.append(True)
-        announce(params)
-
-    try:
-        if rank == 0:
-            try:
-                train.run_trial(spec["tune"], slot=spec["slot"], trial_dir=spec["trial_dir"],
-                                model_source=spec["model_source"], data_dir=spec["data_dir"],
-                                threads=threads, user_attrs=spec["user_attrs"],
-                                before_training=send)
-            finally:
-                if not sent:  # finished earlier, or failed before training: the others stop too
-                    dist.broadcast_object_list([None], src=0)
-        else:
-            box = [None]
-            dist.broadcast_object_list(box, src=0)
-            if box[0] is not None:
-                announce(box[0]["params"])
-                train.train_and_evaluate(spec["tune"], box[0]["params"], Path(spec["trial_dir"]),
-                                         spec["model_source"], spec["data_dir"],
-                                         resume_from=box[0]["resume_from"])
-    finally:
-        dist.destroy_process_group()
-
-
-if __name__ == "__main__":
-    _rank_main(sys.argv[1])

@@ -34,7 +34,7 @@ def run_trial(tune: dict, slot: int, trial_dir: str | Path, model_source: dict, 
 
     `user_attrs` are recorded on the trial (its devices and SLURM job: snaketune.gpu).
     `before_training(params, resume_from)` is called once the parameters are known (data-parallel
-    rank 0 sends them to the other ranks: snaketune.gpu).
+    rank 0 sends them to the other ranks: snaketune.distributed).
     """
     import torch
 
