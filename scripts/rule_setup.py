@@ -1,5 +1,5 @@
 """Shared first lines of every rule script: find the package, send output to the rule's log,
-honour the rule's threads, and read the validated tune config."""
+and read the validated tune config."""
 
 import os
 import sys
@@ -14,9 +14,9 @@ def start(snakemake) -> dict:
         sys.stdout = sys.stderr = log
         os.dup2(log.fileno(), 1)  # native libraries (torch, tokenizers) write to fd 1/2 directly
         os.dup2(log.fileno(), 2)
-    # A trial uses exactly the CPU threads its rule was given: no oversubscription side by side.
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[var] = str(snakemake.threads)
+    # OMP/MKL/OPENBLAS_NUM_THREADS need no setting here: Snakemake runs a `script:` through its
+    # shell(), which sets them (and GOTO/VECLIB/NUMEXPR) from the rule's `threads:`
+    # (snakemake/shell.py, 9.27.1), so trials side by side do not oversubscribe the cores.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from snaketune.config import load_tune_config
 
