@@ -7,17 +7,19 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parent / "workflow"))  # noqa: F821
 from snaketune import gpu  # noqa: E402
 from snaketune.config import load_gpu_settings  # noqa: E402
+from snaketune.layout import TrialFiles  # noqa: E402
 
 # The device(s) first: CUDA_VISIBLE_DEVICES must be set before anything initialises CUDA.
 # A wait for a free GPU is reported on Snakemake's console (the log is not redirected yet).
-trial_dir = Path(snakemake.output[0]).parent  # noqa: F821
+files = TrialFiles(Path(snakemake.output[0]).parent)  # noqa: F821
+trial_dir = files.dir
 slot = int(snakemake.wildcards.i)  # noqa: F821
 settings = load_gpu_settings(snakemake.config, base_dir=os.getcwd())  # noqa: F821
 lease, devices = gpu.lease_for_trial(
     settings, holder={"trial_dir": str(trial_dir.resolve())},
     log=lambda message: print(message, file=sys.stderr, flush=True))
-(trial_dir / "logs").mkdir(parents=True, exist_ok=True)
-device_record = trial_dir / "logs" / "devices.json"
+files.logs.mkdir(parents=True, exist_ok=True)
+device_record = files.devices
 device_record.write_text(json.dumps(devices, indent=2))
 
 from rule_setup import start  # noqa: E402
@@ -38,7 +40,7 @@ arguments = dict(
 try:
     if settings["gpus_per_trial"] > 1:
         gpu.launch_data_parallel({"tune": tune, **arguments}, settings["gpus_per_trial"],
-                                 trial_dir / "logs" / "launch.json", lease=lease)
+                                 files.launch_spec, lease=lease)
     else:
         run_trial(tune, **arguments)
 finally:

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from snaketune import cli
+from snaketune.layout import StudyLayout
 from workflow_helpers import (load_study, make_journal_with_every_state, run_cli, tiny_config,
                               write_config, write_reverse_words)
 
@@ -113,7 +114,7 @@ def test_tune_runs_the_study_with_the_override(study_dir):
     out = workdir / "tuning_output"
     assert len(pd.read_csv(out / "trials_results.csv")) == 2  # tuning.n_trials=2 beat the file's 3
     assert len(load_study(out, "cli").trials) == 2
-    merged = yaml.safe_load((out / cli.MERGED_CONFIG_NAME).read_text())
+    merged = yaml.safe_load((StudyLayout(out).merged_config).read_text())
     assert merged["tuning"]["n_trials"] == 2
     assert (out / "report" / "optimization_history.png").stat().st_size > 0
     assert "snaketune: study 'cli'" in result.stdout + result.stderr
