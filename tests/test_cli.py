@@ -112,7 +112,7 @@ def study_dir(tmp_path_factory):
 def test_tune_runs_the_study_with_the_override(study_dir):
     workdir, result = study_dir
     out = workdir / "tuning_output"
-    assert len(pd.read_csv(out / "trials_results.csv")) == 2  # tuning.n_trials=2 beat the file's 3
+    assert len(pd.read_csv(StudyLayout(out).results_csv)) == 2  # tuning.n_trials=2 beat the file's 3
     assert len(load_study(out, "cli").trials) == 2
     merged = yaml.safe_load((StudyLayout(out).merged_config).read_text())
     assert merged["tuning"]["n_trials"] == 2
@@ -130,7 +130,7 @@ def test_status_of_a_finished_study(study_dir):
 
 def test_best_prints_the_best_trial_and_model(study_dir):
     workdir, _ = study_dir
-    best = json.loads((workdir / "tuning_output" / "best_trial.json").read_text())
+    best = json.loads(StudyLayout(workdir / "tuning_output").best_trial.read_text())
     text = run_cli(workdir, "best", "tuning_output").stdout
     assert f"best trial {best['number']}: eval_loss={best['values']['eval_loss']:.4g}" in text
     assert f"learning_rate={best['params']['learning_rate']:.4g}" in text
@@ -139,7 +139,7 @@ def test_best_prints_the_best_trial_and_model(study_dir):
 
 def test_export_as_config_fills_in_the_best_parameters(study_dir):
     workdir, _ = study_dir
-    best = json.loads((workdir / "tuning_output" / "best_trial.json").read_text())
+    best = json.loads(StudyLayout(workdir / "tuning_output").best_trial.read_text())
     run_cli(workdir, "export", "tuning_output", "--format", "yaml", "--as-config", "-o", "best.yaml")
     config = yaml.safe_load((workdir / "best.yaml").read_text())
     assert config["training"]["learning_rate"] == pytest.approx(best["params"]["learning_rate"])
@@ -152,7 +152,7 @@ def test_export_as_config_fills_in_the_best_parameters(study_dir):
 def test_export_results(study_dir, fmt):
     workdir, _ = study_dir
     text = run_cli(workdir, "export", "tuning_output", "--format", fmt).stdout
-    table = pd.read_csv(workdir / "tuning_output" / "trials_results.csv")
+    table = pd.read_csv(StudyLayout(workdir / "tuning_output").results_csv)
     if fmt == "csv":
         assert text == table.to_csv(index=False)
         return
