@@ -23,11 +23,10 @@ from pathlib import Path
 
 import yaml
 
-import snaketune
+from snaketune import resources
 
-REPO_DIR = Path(snaketune.__file__).resolve().parents[2]
-SNAKEFILE = REPO_DIR / "Snakefile"
-PROFILES_DIR = REPO_DIR / "workflow" / "profiles"
+SNAKEFILE = resources.snakefile()
+PROFILES_DIR = resources.profiles_dir()
 MERGED_CONFIG_NAME = "tune.merged.yaml"
 
 
