@@ -4,7 +4,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parent / "workflow"))  # noqa: F821
+import rule_setup  # noqa: E402,F401 (first: in a source checkout it puts the package on sys.path)
 from snaketune import gpu  # noqa: E402
 from snaketune.config import load_gpu_settings  # noqa: E402
 from snaketune.layout import TrialFiles  # noqa: E402

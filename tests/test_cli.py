@@ -57,6 +57,15 @@ def test_snakefile_is_found_from_the_package():
     assert (cli.SNAKEFILE.parent / "workflow" / "snaketune" / "cli.py").is_file()
 
 
+def test_path_prints_where_the_workflow_files_are(capsys):
+    assert cli.main(["path"]) == 0
+    assert capsys.readouterr().out == f"{cli.SNAKEFILE}\n"
+    assert cli.main(["path", "profiles"]) == 0
+    assert capsys.readouterr().out == f"{cli.PROFILES_DIR}\n"
+    assert cli.main(["path", "workflow"]) == 0
+    assert capsys.readouterr().out == f"{cli.SNAKEFILE.parent}\n"
+
+
 def test_status_counts_every_state_and_shows_running_progress(tmp_path, capsys):
     out = tmp_path / "tuning_output"
     make_journal_with_every_state(out)

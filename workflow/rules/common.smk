@@ -5,7 +5,11 @@ import time
 from pathlib import Path
 
 REPO_DIR = Path(workflow.basedir)
-sys.path.insert(0, str(REPO_DIR / "workflow"))
+# In a source checkout, import the package beside this Snakefile (whether or not one is installed),
+# so the rules and the code they call are one version. The Snakefile an installed package carries
+# (snaketune/_workflow/) has no workflow/snaketune beside it: the installed package is imported.
+if (REPO_DIR / "workflow" / "snaketune").is_dir():
+    sys.path.insert(0, str(REPO_DIR / "workflow"))
 
 from snaketune.config import ConfigError, load_tune_config, read_default_tune_yaml
 from snaketune.layout import StudyLayout

@@ -4,9 +4,11 @@
     snaketune status <output_dir> [--watch [SECONDS]]
     snaketune best <output_dir>
     snaketune export <output_dir> --format csv|json|yaml [--as-config] [-o FILE]
+    snaketune path [snakefile|profiles|workflow]
 
 `tune` runs the `snakemake` command on the repository's Snakefile; everything else reads the study's
-journal and result files, so it works during a run as well as after it.
+journal and result files, so it works during a run as well as after it. `path` prints where the
+workflow files are, for running snakemake directly: `snakemake -s "$(snaketune path)" ...`.
 """
 
 from __future__ import annotations
@@ -23,12 +25,11 @@ from pathlib import Path
 
 import yaml
 
-import snaketune
+from snaketune import resources
 from snaketune.layout import StudyLayout
 
-REPO_DIR = Path(snaketune.__file__).resolve().parents[2]
-SNAKEFILE = REPO_DIR / "Snakefile"
-PROFILES_DIR = REPO_DIR / "workflow" / "profiles"
+SNAKEFILE = resources.snakefile()
+PROFILES_DIR = resources.profiles_dir()
 
 
 class CliError(Exception):
@@ -282,6 +283,11 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_path(args) -> int:
+    print({"snakefile": SNAKEFILE, "profiles": PROFILES_DIR, "workflow": resources.workflow_root()}[args.what])
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -319,6 +325,13 @@ def build_parser() -> argparse.ArgumentParser:
                              help="a training config (model, data, training, peft) with the best parameters")
             sub.add_argument("--trial", type=int, help="with --as-config and several objectives: which trial")
             sub.add_argument("-o", "--output", help="write here instead of stdout")
+
+    path = commands.add_parser("path", help="where the workflow files are (for running snakemake directly)",
+                               description='Print the Snakefile\'s path (snakemake -s "$(snaketune path)" '
+                                           '--configfile my_tune.yaml --cores N), the bundled profiles\' '
+                                           'directory, or the directory holding both.')
+    path.add_argument("what", nargs="?", choices=("snakefile", "profiles", "workflow"), default="snakefile")
+    path.set_defaults(func=cmd_path)
     return parser
 
 
