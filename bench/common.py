@@ -50,7 +50,9 @@ def run_snakemake(workdir: Path, config: dict, *extra: str, cores: int = 2, env:
 
 def job_wall_seconds(trial_dir: Path) -> float:
     """A trial job's wall time, from the benchmark file Snakemake writes for the trial rule."""
-    return float((trial_dir / "logs" / "benchmark.tsv").read_text().splitlines()[1].split("\t")[0])
+    from snaketune.layout import TrialFiles
+
+    return float(TrialFiles(trial_dir).benchmark.read_text().splitlines()[1].split("\t")[0])
 
 
 def append_results(title: str, script: str, lines: list[str]) -> str:

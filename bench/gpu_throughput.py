@@ -68,8 +68,9 @@ trainer.train()
 
 def throughput(curve: Path, warmup: int) -> dict:
     """Tokens per second between the first log at step >= warmup and the last training log."""
-    rows = [json.loads(line) for line in curve.read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if "num_tokens" in r and "time" in r]
+    from snaketune.layout import read_loss_curve
+
+    rows = [r for r in read_loss_curve(curve) if "num_tokens" in r and "time" in r]
     start = next(r for r in rows if r["step"] >= warmup)
     end = rows[-1]
     tokens = float(end["num_tokens"]) - float(start["num_tokens"])
@@ -149,7 +150,10 @@ def snaketune_study(workdir: Path, model_dir: Path, rows: dict, share: int, args
     }
     run_snakemake(study_dir, config, "--until", "prepare_data", cores=args.cores)  # and the model; untimed
     run_snakemake(study_dir, config, "--until", "trial", "--resources", "gpu=1", cores=args.cores)
-    trials = [throughput(path, args.warmup) for path in sorted(study_dir.glob("study/trial_*/logs/loss_curve.jsonl"))]
+    from snaketune.layout import StudyLayout, TrialFiles
+
+    trials = [throughput(TrialFiles(trial_dir).loss_curve, args.warmup)
+              for trial_dir in StudyLayout(study_dir / "study").find_trial_dirs()]
     assert len(trials) == share, f"{len(trials)} trial curves for {share} trials in {study_dir}"
     overlap = min(t["end"] for t in trials) - max(t["start"] for t in trials)
     return {"share": share, "per_trial": sum(t["tokens_per_s"] for t in trials) / share,

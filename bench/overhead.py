@@ -56,9 +56,11 @@ def snaketune_arm(workdir: Path, config: dict) -> dict:
 def trial_costs(workdir: Path) -> list[dict]:
     """Per trial job: its wall time (Snakemake's benchmark file), training + evaluation, the rest."""
     per_trial = []
-    for trial_dir in sorted((workdir / "study").glob("trial_*")):
+    from snaketune.layout import StudyLayout, TrialFiles
+
+    for trial_dir in StudyLayout(workdir / "study").find_trial_dirs():
         job = job_wall_seconds(trial_dir)
-        metrics = json.loads((trial_dir / "metrics.json").read_text())["metrics"]
+        metrics = json.loads(TrialFiles(trial_dir).metrics.read_text())["metrics"]
         work = metrics["train_runtime"] + metrics["eval_runtime"]
         per_trial.append({"job_s": job, "work_s": work, "overhead_s": job - work})
     return per_trial
@@ -99,7 +101,9 @@ print(json.dumps({"wall_s": wall, "work_s": sum(work) / len(work), "overhead_s":
 def baseline_arm(workdir: Path, config: dict, n_trials: int) -> dict:
     """The in-process loop, on the model and data the snaketune arm prepared."""
     study = workdir / "study"
-    source = json.loads((study / "prepared_model" / "source.json").read_text())
+    from snaketune.layout import StudyLayout
+
+    source = json.loads(StudyLayout(study).model_source.read_text())
     training = {k: v for k, v in config["tuning"]["fixed_training_params"].items() if k != "trainer_type"}
     lora = {"r": 8, "lora_alpha": config["tuning"]["fixed_peft_params"]["lora_alpha"],
             "lora_dropout": config["tuning"]["fixed_peft_params"]["lora_dropout"],

@@ -57,12 +57,9 @@ def study_config(seed: int, n_trials: int, arm: str, model: str) -> dict:
 
 def run_study(workdir: Path, config: dict, cores: int) -> dict:
     run_snakemake(workdir, config, "all", cores=cores)
-    import optuna
+    from snaketune.study import load_study
 
-    from snaketune.study import open_storage
-
-    study = optuna.load_study(study_name=config["tuning"]["study_name"],
-                              storage=open_storage(str(workdir / "study" / "study.journal")))
+    study = load_study(workdir / "study", config["tuning"]["study_name"])
     steps = sum(t.user_attrs.get("metrics", {}).get("trained_steps", 0) for t in study.trials)
     states = [t.state.name for t in study.trials]
     return {"best_eval_loss": study.best_value, "trained_steps": steps,

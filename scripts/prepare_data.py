@@ -1,5 +1,4 @@
 import json
-import os
 
 from rule_setup import start
 
@@ -9,4 +8,4 @@ from snaketune.model import load_tokenizer  # noqa: E402
 
 source = json.loads(open(snakemake.input.model).read())  # noqa: F821
 tokenizer = load_tokenizer(source, tune["model"])
-prepare_data(tune["data"], tokenizer, tune["model"]["model_max_length"], os.path.dirname(snakemake.output[0]))  # noqa: F821
+prepare_data(tune["data"], tokenizer, tune["model"]["model_max_length"], snakemake.output[0])  # noqa: F821

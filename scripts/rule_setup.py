@@ -5,9 +5,15 @@ import os
 import sys
 from pathlib import Path
 
+# Importing this module finds the package. In a source checkout it is the one beside these scripts
+# (workflow/snaketune), installed or not, as in common.smk; a wheel carries the scripts inside the
+# installed package (snaketune/_workflow/scripts), which is imported as installed.
+CHECKOUT_PACKAGE_PARENT = Path(__file__).resolve().parent.parent / "workflow"
+if (CHECKOUT_PACKAGE_PARENT / "snaketune").is_dir() and str(CHECKOUT_PACKAGE_PARENT) not in sys.path:
+    sys.path.insert(0, str(CHECKOUT_PACKAGE_PARENT))
+
 
 def start(snakemake) -> dict:
-    sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parent / "workflow"))
     if snakemake.log:
         Path(snakemake.log[0]).parent.mkdir(parents=True, exist_ok=True)
         log = open(snakemake.log[0], "a", buffering=1)

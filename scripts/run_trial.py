@@ -3,21 +3,20 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parent / "workflow"))  # noqa: F821
+import rule_setup  # noqa: E402,F401 (first: in a source checkout it puts the package on sys.path)
 from snaketune import gpu  # noqa: E402
 from snaketune.config import load_gpu_settings  # noqa: E402
+from snaketune.layout import TrialFiles  # noqa: E402
 
 # The device(s) first: CUDA_VISIBLE_DEVICES must be set before anything initialises CUDA.
 # A wait for a free GPU is reported on Snakemake's console (the log is not redirected yet).
-trial_dir = Path(snakemake.output[0]).parent  # noqa: F821
+files = TrialFiles(Path(snakemake.output[0]).parent)  # noqa: F821
+trial_dir = files.dir
 slot = int(snakemake.wildcards.i)  # noqa: F821
 settings = load_gpu_settings(snakemake.config, base_dir=os.getcwd())  # noqa: F821
-with gpu.trial_devices(settings, trial_dir / "logs" / "devices.json",
-                       holder={"trial_dir": str(trial_dir.resolve())},
+with gpu.trial_devices(settings, files.devices, holder={"trial_dir": str(trial_dir.resolve())},
                        log=lambda message: print(message, file=sys.stderr, flush=True)) as devices:
-    from rule_setup import start
-
-    tune = start(snakemake)  # noqa: F821
+    tune = rule_setup.start(snakemake)  # noqa: F821
     from snaketune.train import run_trial
 
     record = devices.record
@@ -35,6 +34,6 @@ with gpu.trial_devices(settings, trial_dir / "logs" / "devices.json",
         from snaketune.distributed import launch_data_parallel
 
         launch_data_parallel({"tune": tune, **arguments}, settings["gpus_per_trial"],
-                             trial_dir / "logs" / "launch.json", pass_fds=devices.fds)
+                             files.launch_spec, pass_fds=devices.fds)
     else:
         run_trial(tune, **arguments)

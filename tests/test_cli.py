@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from snaketune import cli
+from snaketune.layout import StudyLayout
 from workflow_helpers import (load_study, make_journal_with_every_state, run_cli, tiny_config,
                               write_config, write_reverse_words)
 
@@ -54,6 +55,15 @@ def test_profiles_map_to_the_repository(tmp_path, monkeypatch):
 def test_snakefile_is_found_from_the_package():
     assert cli.SNAKEFILE.is_file()
     assert (cli.SNAKEFILE.parent / "workflow" / "snaketune" / "cli.py").is_file()
+
+
+def test_path_prints_where_the_workflow_files_are(capsys):
+    assert cli.main(["path"]) == 0
+    assert capsys.readouterr().out == f"{cli.SNAKEFILE}\n"
+    assert cli.main(["path", "profiles"]) == 0
+    assert capsys.readouterr().out == f"{cli.PROFILES_DIR}\n"
+    assert cli.main(["path", "workflow"]) == 0
+    assert capsys.readouterr().out == f"{cli.SNAKEFILE.parent}\n"
 
 
 def test_status_counts_every_state_and_shows_running_progress(tmp_path, capsys):
@@ -111,9 +121,9 @@ def study_dir(tmp_path_factory):
 def test_tune_runs_the_study_with_the_override(study_dir):
     workdir, result = study_dir
     out = workdir / "tuning_output"
-    assert len(pd.read_csv(out / "trials_results.csv")) == 2  # tuning.n_trials=2 beat the file's 3
+    assert len(pd.read_csv(StudyLayout(out).results_csv)) == 2  # tuning.n_trials=2 beat the file's 3
     assert len(load_study(out, "cli").trials) == 2
-    merged = yaml.safe_load((out / cli.MERGED_CONFIG_NAME).read_text())
+    merged = yaml.safe_load((StudyLayout(out).merged_config).read_text())
     assert merged["tuning"]["n_trials"] == 2
     assert (out / "report" / "optimization_history.png").stat().st_size > 0
     assert "snaketune: study 'cli'" in result.stdout + result.stderr
@@ -129,7 +139,7 @@ def test_status_of_a_finished_study(study_dir):
 
 def test_best_prints_the_best_trial_and_model(study_dir):
     workdir, _ = study_dir
-    best = json.loads((workdir / "tuning_output" / "best_trial.json").read_text())
+    best = json.loads(StudyLayout(workdir / "tuning_output").best_trial.read_text())
     text = run_cli(workdir, "best", "tuning_output").stdout
     assert f"best trial {best['number']}: eval_loss={best['values']['eval_loss']:.4g}" in text
     assert f"learning_rate={best['params']['learning_rate']:.4g}" in text
@@ -138,7 +148,7 @@ def test_best_prints_the_best_trial_and_model(study_dir):
 
 def test_export_as_config_fills_in_the_best_parameters(study_dir):
     workdir, _ = study_dir
-    best = json.loads((workdir / "tuning_output" / "best_trial.json").read_text())
+    best = json.loads(StudyLayout(workdir / "tuning_output").best_trial.read_text())
     run_cli(workdir, "export", "tuning_output", "--format", "yaml", "--as-config", "-o", "best.yaml")
     config = yaml.safe_load((workdir / "best.yaml").read_text())
     assert config["training"]["learning_rate"] == pytest.approx(best["params"]["learning_rate"])
@@ -151,7 +161,7 @@ def test_export_as_config_fills_in_the_best_parameters(study_dir):
 def test_export_results(study_dir, fmt):
     workdir, _ = study_dir
     text = run_cli(workdir, "export", "tuning_output", "--format", fmt).stdout
-    table = pd.read_csv(workdir / "tuning_output" / "trials_results.csv")
+    table = pd.read_csv(StudyLayout(workdir / "tuning_output").results_csv)
     if fmt == "csv":
         assert text == table.to_csv(index=False)
         return

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
+from snaketune.layout import StudyLayout
 from workflow_helpers import REPO, load_study, run_snakemake, tiny_config, write_config, write_reverse_words
 
 FLAKY_METRIC = """
@@ -35,7 +36,7 @@ def workdir(tmp_path):
 def mtimes(out, slots):
     """mtime of every file of the given trial slots (metrics, params, checkpoints, logs)."""
     return {str(p): p.stat().st_mtime_ns for slot in slots
-            for p in (out / f"trial_{slot}").rglob("*") if p.is_file()}
+            for p in StudyLayout(out).trial(slot).dir.rglob("*") if p.is_file()}
 
 
 def test_failed_trial_keeps_others_then_reruns_with_same_params(workdir):
@@ -46,11 +47,11 @@ def test_failed_trial_keeps_others_then_reruns_with_same_params(workdir):
     out = workdir / "tuning_output"
 
     # The table exists after the partial run and names the failure.
-    table = pd.read_csv(out / "trials_results.csv")
+    table = pd.read_csv(StudyLayout(out).results_csv)
     assert list(table["slot"]) == [0, 1, 2]
     assert list(table["state"]) == ["COMPLETE", "FAIL", "COMPLETE"]
     assert "boom in trial_1" in table.loc[1, "fail_reason"]
-    assert not (out / "best_trial.json").exists()  # aggregate stays due, so the re-run reaches it
+    assert not StudyLayout(out).best_trial.exists()  # aggregate stays due, so the re-run reaches it
     message = first.stdout + first.stderr
     assert "boom in trial_1" in message and "re-run" in message
     assert "Best completed so far: trial_0" in message or "Best completed so far: trial_2" in message
@@ -70,11 +71,11 @@ def test_failed_trial_keeps_others_then_reruns_with_same_params(workdir):
     assert retry.user_attrs["attempt"] == 2 and retry.user_attrs["slot"] == 1
     assert mtimes(out, [0, 2]) == before  # completed trials untouched
 
-    table = pd.read_csv(out / "trials_results.csv")
+    table = pd.read_csv(StudyLayout(out).results_csv)
     assert list(table["state"]) == ["COMPLETE"] * 3
     assert list(table["attempts"]) == [1, 2, 1]
     assert table.loc[1, "number"] == retry.number
-    best = json.loads((out / "best_trial.json").read_text())
+    best = json.loads(StudyLayout(out).best_trial.read_text())
     assert best["values"]["eval_loss"] == pytest.approx(table["eval_loss"].min())
 
 
@@ -96,15 +97,15 @@ def test_divergence_is_a_result_not_a_crash(workdir, on_divergence, state):
     assert trial.params["learning_rate"] == 1e4
     assert trial.state == state
     assert trial.user_attrs["fail_reason"].startswith("diverged")
-    metrics = json.loads((out / "trial_0" / "metrics.json").read_text())
+    metrics = json.loads(StudyLayout(out).trial(0).metrics.read_text())
     assert metrics["state"] == state.name
-    table = pd.read_csv(out / "trials_results.csv")
+    table = pd.read_csv(StudyLayout(out).results_csv)
     assert table.loc[0, "state"] == state.name and table.loc[0, "fail_reason"].startswith("diverged")
 
     again = run_snakemake(workdir)  # re-running the same parameters would diverge again: not re-run
     assert "Nothing to be done" in again.stdout + again.stderr
     assert len(load_study(out).trials) == 2
-    assert json.loads((out / "best_trial.json").read_text())["slot"] == 1
+    assert json.loads(StudyLayout(out).best_trial.read_text())["slot"] == 1
 
 
 def test_killed_run_resumes_from_checkpoint_with_same_params(workdir):
@@ -118,14 +119,14 @@ def test_killed_run_resumes_from_checkpoint_with_same_params(workdir):
     with open(workdir / "killed_run.log", "w") as log:
         run = subprocess.Popen(command, cwd=workdir, env=env, stdout=log, stderr=log, start_new_session=True)
     deadline = time.time() + 240
-    while not list((out / "trial_0").glob("checkpoint-1[05]")) and time.time() < deadline:
+    while not list(StudyLayout(out).trial(0).dir.glob("checkpoint-1[05]")) and time.time() < deadline:
         assert run.poll() is None, (workdir / "killed_run.log").read_text()
         time.sleep(0.5)
     time.sleep(1)
     os.killpg(run.pid, signal.SIGKILL)  # Snakemake and its trial job, mid-training
     run.wait()
     killed_at = time.time()
-    assert not (out / "trial_0" / "metrics.json").exists()
+    assert not StudyLayout(out).trial(0).metrics.exists()
     study = load_study(out)
     assert [t.state for t in study.trials] == [TrialState.RUNNING]
     killed = study.trials[0]
@@ -141,11 +142,11 @@ def test_killed_run_resumes_from_checkpoint_with_same_params(workdir):
     resumed = retry.user_attrs["resumed_from"]
     resumed_step = int(resumed.rsplit("-", 1)[1])
     assert resumed_step >= 10
-    state = json.loads(next((out / "trial_0").glob("checkpoint-60")).joinpath("trainer_state.json").read_text())
+    state = json.loads(next(StudyLayout(out).trial(0).dir.glob("checkpoint-60")).joinpath("trainer_state.json").read_text())
     assert state["global_step"] == 60
     # Steps before the checkpoint were not trained again: the resumed run (every row logged after
     # the kill) starts right after the checkpoint. (The killed run may have logged past it or not.)
-    curve = [json.loads(line) for line in (out / "trial_0" / "logs" / "loss_curve.jsonl").read_text().splitlines()]
+    curve = [json.loads(line) for line in StudyLayout(out).trial(0).loss_curve.read_text().splitlines()]
     resumed_steps = [entry["step"] for entry in curve if "loss" in entry and entry["time"] > killed_at]
     assert resumed_steps == list(range(resumed_step + 1, 61))
 
@@ -169,7 +170,7 @@ def _hammer(journal: str, worker: int, rounds: int, queue) -> None:
 
 
 def test_sixteen_processes_ask_and_tell_one_journal(tmp_path):
-    journal = str(tmp_path / "study.journal")
+    journal = str(StudyLayout(tmp_path).journal)
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     workers = [context.Process(target=_hammer, args=(journal, w, 5, queue)) for w in range(16)]
@@ -208,7 +209,7 @@ def test_growing_budget_keeps_trials_and_changed_space_is_refused(workdir):
     slots = [t.user_attrs["slot"] for t in study.trials]
     assert sorted(slots) == [0, 1, 2] and slots[-1] == 2  # the first two in either order
 
-    journal = (out / "study.journal").read_bytes()
+    journal = StudyLayout(out).journal.read_bytes()
     changed = tiny_config(n_trials=3)
     changed["tuning"]["tunable_training_params"]["learning_rate"]["high"] = 0.5
     write_config(workdir, changed)
@@ -217,7 +218,7 @@ def test_growing_budget_keeps_trials_and_changed_space_is_refused(workdir):
     message = refused.stdout + refused.stderr
     assert "search space" in message and "learning_rate" in message
     assert "tuning.output_dir" in message
-    assert (out / "study.journal").read_bytes() == journal
+    assert StudyLayout(out).journal.read_bytes() == journal
 
     objectives = tiny_config(n_trials=3, evaluation_metrics=["eval_mean_token_accuracy"],
                              evaluation_direction=["maximize"])

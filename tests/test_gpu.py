@@ -16,6 +16,7 @@ import pytest
 
 from snaketune import gpu
 from snaketune.config import ConfigError, load_gpu_settings, load_tune_config
+from snaketune.layout import StudyLayout
 from workflow_helpers import REPO, load_study, run_snakemake, tiny_config, write_config, write_reverse_words
 
 WORKFLOW_DIR = REPO / "workflow"
@@ -205,7 +206,7 @@ def test_gpu_settings_are_validated_with_the_field_named(alpaca_jsonl):
 def lease_records(out, n):
     records = []
     for i in range(n):
-        record = json.loads((out / f"trial_{i}" / "logs" / "devices.json").read_text())
+        record = json.loads(StudyLayout(out).trial(i).devices.read_text())
         records.append({"slot": i, "devices": record["devices"],
                         "start": record["gpu_lease"]["acquired_at"], "end": record["released_at"]})
     return records
@@ -262,13 +263,13 @@ def test_two_gpus_per_trial_is_one_data_parallel_trial(workdir):
     study = load_study(out)
     assert len(study.trials) == 1 and study.trials[0].state.name == "COMPLETE"
     assert study.trials[0].user_attrs["cuda_visible_devices"] in ("0,1", "1,0")
-    log = (out / "trial_0" / "logs" / "trial.log").read_text()
+    log = StudyLayout(out).trial(0).log.read_text()
     params = json.dumps(study.trials[0].params, sort_keys=True)
     assert f"snaketune: rank 0/2 trains {params}" in log
     assert f"snaketune: rank 1/2 trains {params}" in log
     assert "[rank1]" in log  # torch DDP ran on both ranks
     curve = [json.loads(line) for line in
-             (out / "trial_0" / "logs" / "loss_curve.jsonl").read_text().splitlines()]
+             StudyLayout(out).trial(0).loss_curve.read_text().splitlines()]
     assert [r["step"] for r in curve if "loss" in r] == [1, 2, 3]  # one rank writes the curve
 
 

@@ -13,6 +13,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
 from snaketune import report, summary
+from snaketune.layout import StudyLayout
 from snaketune.study import open_storage
 from workflow_helpers import (make_journal_with_every_state, run_snakemake, tiny_config, write_config,
                               write_reverse_words)
@@ -115,7 +116,7 @@ def test_journal_opens_in_optuna_dashboard(tmp_path):
 
     out = tmp_path / "out"
     make_journal_with_every_state(out)
-    app = wsgi(str(out / "study.journal"))
+    app = wsgi(str(StudyLayout(out).journal))
     environ = {"PATH_INFO": "/api/studies", "REQUEST_METHOD": "GET"}
     setup_testing_defaults(environ)
     status = []
@@ -128,7 +129,7 @@ def test_journal_opens_in_optuna_dashboard(tmp_path):
 def test_dashboard_writes_wait_for_the_trials_lock(tmp_path):
     """The dashboard opens a journal file with JournalFileBackend's default (symlink) lock; trials
     use JournalFileOpenLock. Both take `<journal>.lock`, so they exclude each other."""
-    path = str(tmp_path / "study.journal")
+    path = str(StudyLayout(tmp_path).journal)
     ours = open_storage(path)
     study_id = ours.create_new_study([], "s")
     dashboard = JournalStorage(JournalFileBackend(path))  # what optuna-dashboard builds on POSIX

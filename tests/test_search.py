@@ -18,6 +18,7 @@ from snaketune import space as search_space  # noqa: E402
 from snaketune import strategy  # noqa: E402
 from snaketune import study as studies  # noqa: E402
 from snaketune.config import ConfigError, load_tune_config  # noqa: E402
+from snaketune.layout import StudyLayout, TrialFiles  # noqa: E402
 from snaketune.results import results_table  # noqa: E402
 from snaketune.study import SlotSkipped, claim_trial, open_study, skip_slot  # noqa: E402
 
@@ -119,17 +120,17 @@ def test_pruned_study_reports_intermediate_values_across_processes(workdir):
     for trial in pruned:
         assert trial.params["learning_rate"] == 1e-5  # the slow learner loses to the fast one
         assert trial.value == trial.intermediate_values[max(trial.intermediate_values)]
-        trial_dir = out / f"trial_{trial.user_attrs['slot']}"
+        trial_dir = StudyLayout(out).trial(trial.user_attrs["slot"]).dir
         assert list(trial_dir.glob("checkpoint-*")), "a pruned trial keeps its last checkpoint"
-        curve = [json.loads(line) for line in (trial_dir / "logs" / "loss_curve.jsonl").read_text().splitlines()]
+        curve = [json.loads(line) for line in TrialFiles(trial_dir).loss_curve.read_text().splitlines()]
         assert any("eval_loss" in entry for entry in curve)
     for trial in (first, second):
         # The evaluation at step 8 (= max_steps) is the final one: it is not run a second time.
-        curve = [json.loads(line) for line in (out / f"trial_{trial.user_attrs['slot']}" / "logs"
-                                               / "loss_curve.jsonl").read_text().splitlines()]
+        curve = [json.loads(line) for line in
+                 StudyLayout(out).trial(trial.user_attrs["slot"]).loss_curve.read_text().splitlines()]
         assert [e["step"] for e in curve if "eval_loss" in e] == [2, 4, 6, 8]
         assert trial.value == trial.intermediate_values[8]
-    table = pd.read_csv(out / "trials_results.csv")
+    table = pd.read_csv(StudyLayout(out).results_csv)
     assert "PRUNED" in set(table["state"])
     again = run_snakemake(workdir)
     assert "Nothing to be done" in again.stdout + again.stderr  # pruned trials are not re-run

@@ -19,6 +19,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
+from snaketune.layout import StudyLayout
 from workflow_helpers import REPO, load_study, run_snakemake, tiny_config, write_config, write_reverse_words
 
 START_CLUSTER = REPO / "tests" / "slurm" / "start_cluster.sh"
@@ -66,7 +67,7 @@ def squeue_jobs() -> list[dict]:
 def cancel_when_training(out, slot: int, cancelled: dict, deadline: float) -> None:
     """scancel the SLURM job of trial slot `slot` once its trial has its parameters."""
     while time.time() < deadline:
-        if (out / f"trial_{slot}" / "params.json").exists():
+        if StudyLayout(out).trial(slot).params.exists():
             for job in squeue_jobs():
                 if job["comment"] == f"rule_trial_wildcards_{slot}" and job["state"] == "RUNNING":
                     subprocess.run(["scancel", job["id"]], check=True)
@@ -94,7 +95,7 @@ def test_a_study_runs_as_slurm_jobs_and_a_cancelled_trial_is_rerun(slurm_cluster
     canceller.join(timeout=5)
     assert cancelled.get("job"), f"no running trial_1 job to cancel:\n{first.stderr[-4000:]}"
     assert first.returncode != 0, "the cancelled trial should fail the first invocation"
-    assert not (out / "trial_1" / "metrics.json").exists()
+    assert not StudyLayout(out).trial(1).metrics.exists()
     assert "CANCELLED" in subprocess.run(["scontrol", "show", "job", cancelled["job"]],
                                          capture_output=True, text=True).stdout
     study = load_study(out)
@@ -121,7 +122,7 @@ def test_a_study_runs_as_slurm_jobs_and_a_cancelled_trial_is_rerun(slurm_cluster
                                capture_output=True, text=True).stdout
         assert "Comment=rule_trial_wildcards_" in state
 
-    table = pd.read_csv(out / "trials_results.csv")
+    table = pd.read_csv(StudyLayout(out).results_csv)
     complete = table[table["state"] == "COMPLETE"]
     assert len(complete) == 3 and complete["eval_loss"].notna().all()
-    assert (out / "best_trial.json").exists()
+    assert StudyLayout(out).best_trial.exists()

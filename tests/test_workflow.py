@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
+from snaketune.layout import StudyLayout, TrialFiles
 from workflow_helpers import load_study, run_snakemake, tiny_config, write_config, write_reverse_words
 
 
@@ -18,12 +19,12 @@ def workdir(tmp_path):
 
 
 def assert_trial_files(trial_dir):
-    assert (trial_dir / "params.json").exists()
+    assert TrialFiles(trial_dir).params.exists()
     assert list(trial_dir.glob("checkpoint-*")), f"no checkpoint in {trial_dir}"
-    assert (trial_dir / "logs" / "trial.log").stat().st_size > 0
-    curve = pd.read_csv(trial_dir / "logs" / "loss_curve.csv")
+    assert TrialFiles(trial_dir).log.stat().st_size > 0
+    curve = pd.read_csv(TrialFiles(trial_dir).loss_curve_csv)
     assert len(curve) >= 3 and curve["loss"].notna().any()
-    metrics = json.loads((trial_dir / "metrics.json").read_text())
+    metrics = json.loads(TrialFiles(trial_dir).metrics.read_text())
     assert metrics["state"] == "COMPLETE"
     return metrics
 
@@ -37,7 +38,7 @@ def test_single_objective_study(workdir):
     result = run_snakemake(workdir)
     out = workdir / "tuning_output"
 
-    table = pd.read_csv(out / "trials_results.csv")
+    table = pd.read_csv(StudyLayout(out).results_csv)
     assert len(table) == 3
     for column in ("number", "state", "datetime_start", "datetime_complete", "duration",
                    "params_learning_rate", "params_per_device_train_batch_size", "eval_loss",
@@ -50,17 +51,17 @@ def test_single_objective_study(workdir):
     study = load_study(out)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
     for trial in study.trials:
-        metrics = assert_trial_files(out / f"trial_{trial.user_attrs['slot']}")
+        metrics = assert_trial_files(StudyLayout(out).trial(trial.user_attrs["slot"]).dir)
         assert metrics["values"]["eval_loss"] == pytest.approx(trial.value)
 
-    best = json.loads((out / "best_trial.json").read_text())
+    best = json.loads(StudyLayout(out).best_trial.read_text())
     assert best["number"] == study.best_trial.number
     assert best["values"]["eval_loss"] == pytest.approx(table["eval_loss"].min())
     assert f"best trial {best['number']}" in result.stdout + result.stderr
 
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(out / "best_model")
+    model = AutoModelForCausalLM.from_pretrained(StudyLayout(out).best_model)
     assert model.config.hidden_size == 32
 
 
@@ -95,18 +96,18 @@ def test_multi_objective_study_with_custom_metric(workdir):
     run_snakemake(workdir)
     out = workdir / "tuning_output"
 
-    table = pd.read_csv(out / "trials_results.csv")
+    table = pd.read_csv(StudyLayout(out).results_csv)
     assert len(table) == 4
     assert {"eval_loss", "lr_score", "answer_tokens", "unused_extra"} <= set(table.columns)
     assert (table["lr_score"] == -table["eval_loss"]).all()
     assert (table["answer_tokens"] > 0).all()
-    front = pd.read_csv(out / "pareto_front.csv")
-    best = json.loads((out / "best_trials.json").read_text())
+    front = pd.read_csv(StudyLayout(out).pareto_front)
+    best = json.loads(StudyLayout(out).best_trials.read_text())
     study = load_study(out)
     assert sorted(front["number"]) == sorted(t.number for t in study.best_trials)
     assert sorted(t["number"] for t in best["trials"]) == sorted(front["number"])
-    assert not (out / "best_trial.json").exists()
-    metrics = json.loads((out / "trial_0" / "metrics.json").read_text())
+    assert not StudyLayout(out).best_trial.exists()
+    metrics = json.loads(StudyLayout(out).trial(0).metrics.read_text())
     assert set(metrics["values"]) == {"eval_loss", "lr_score"}
 
 
@@ -120,16 +121,16 @@ def test_lora_study_merges_best_model(workdir):
     run_snakemake(workdir)
     out = workdir / "tuning_output"
 
-    table = pd.read_csv(out / "trials_results.csv")
+    table = pd.read_csv(StudyLayout(out).results_csv)
     assert set(table["params_lora_r"]) <= {2, 4}
     for slot in range(2):
-        checkpoint = next((out / f"trial_{slot}").glob("checkpoint-*"))
+        checkpoint = next(StudyLayout(out).trial(slot).dir.glob("checkpoint-*"))
         adapter = json.loads((checkpoint / "adapter_config.json").read_text())
         assert sorted(adapter["target_modules"]) == ["q_proj", "v_proj"]
         assert adapter["lora_alpha"] == 8
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(out / "best_model")
+    model = AutoModelForCausalLM.from_pretrained(StudyLayout(out).best_model)
     assert not any("lora" in name for name, _ in model.named_parameters())
 
 
@@ -137,7 +138,7 @@ def test_objective_not_produced_fails_the_trial_listing_metrics(workdir):
     write_config(workdir, tiny_config(n_trials=1, evaluation_metrics=["eval_bleu"]))
     result = run_snakemake(workdir, check=False)
     assert result.returncode != 0
-    log = (workdir / "tuning_output" / "trial_0" / "logs" / "trial.log").read_text()
+    log = StudyLayout(workdir / "tuning_output").trial(0).log.read_text()
     assert "eval_bleu" in log and "eval_loss" in log and "metrics produced" in log
     study = load_study(workdir / "tuning_output")
     assert study.trials[0].state == TrialState.FAIL

@@ -76,12 +76,10 @@ def run_snakemake(workdir: Path, *args: str, configfile: str | None = "tune.yaml
 
 
 def load_study(output_dir: Path, study_name: str = "snaketune"):
-    import optuna
-
     sys.path.insert(0, str(REPO / "workflow"))
-    from snaketune.study import open_storage
+    from snaketune.study import load_study as load
 
-    return optuna.load_study(study_name=study_name, storage=open_storage(str(output_dir / "study.journal")))
+    return load(output_dir, study_name)
 
 
 def run_cli(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -103,22 +101,25 @@ def make_journal_with_every_state(output_dir: Path, study_name: str = "snaketune
     import optuna
 
     sys.path.insert(0, str(REPO / "workflow"))
+    from snaketune.layout import StudyLayout
     from snaketune.study import open_storage
 
+    layout = StudyLayout(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    storage = open_storage(str(output_dir / "study.journal"))
+    storage = open_storage(str(layout.journal))
     study = optuna.create_study(study_name=study_name, storage=storage, direction="minimize")
     distribution = optuna.distributions.FloatDistribution(1e-5, 1e-1, log=True)
     outcomes = [("complete", 1.5), ("complete", 0.9), ("fail", None), ("pruned", None), ("running", None)]
     for slot, (outcome, value) in enumerate(outcomes):
         trial = study.ask({"learning_rate": distribution})
-        trial_dir = output_dir / f"trial_{slot}"
-        (trial_dir / "logs").mkdir(parents=True, exist_ok=True)
+        files = layout.trial(slot)
+        trial_dir = files.dir
+        files.logs.mkdir(parents=True, exist_ok=True)
         trial.set_user_attr("slot", slot)
         trial.set_user_attr("attempt", 1)
         trial.set_user_attr("trial_dir", str(trial_dir))
         if outcome == "running":
-            with open(trial_dir / "logs" / "loss_curve.jsonl", "w") as f:
+            with open(files.loss_curve, "w") as f:
                 for step, loss in ((1, 2.5), (2, 1.25), (4, 0.75)):
                     f.write(json.dumps({"step": step, "loss": loss, "learning_rate": 1e-3}) + "\n")
                 f.write('{"step": 5, "lo')  # a line being written

@@ -5,9 +5,14 @@ import time
 from pathlib import Path
 
 REPO_DIR = Path(workflow.basedir)
-sys.path.insert(0, str(REPO_DIR / "workflow"))
+# In a source checkout, import the package beside this Snakefile (whether or not one is installed),
+# so the rules and the code they call are one version. The Snakefile an installed package carries
+# (snaketune/_workflow/) has no workflow/snaketune beside it: the installed package is imported.
+if (REPO_DIR / "workflow" / "snaketune").is_dir():
+    sys.path.insert(0, str(REPO_DIR / "workflow"))
 
 from snaketune.config import ConfigError, load_tune_config, read_default_tune_yaml
+from snaketune.layout import StudyLayout
 from snaketune.study import definition_conflicts
 
 
@@ -37,11 +42,10 @@ envvars:
 
 OUT = TUNING["output_dir"]
 N_TRIALS = TUNING["n_trials"]
-MULTI_OBJECTIVE = len(TUNING["metrics"]) > 1
-
-
-def out(path):
-    return os.path.join(OUT, path)
+N_OBJECTIVES = len(TUNING["metrics"])
+# Every file of the study is named in snaketune.layout; rules take their outputs from it.
+LAYOUT = StudyLayout(OUT)
+TRIAL = LAYOUT.trial("{i}")
 
 
 def trial_threads(wildcards):
@@ -55,19 +59,19 @@ def trial_threads(wildcards):
 
 
 def trial_metrics():
-    return expand(out("trial_{i}/metrics.json"), i=range(N_TRIALS))
+    return [str(LAYOUT.trial(i).metrics) for i in range(N_TRIALS)]
 
 
 def results_outputs():
-    files = [out("trials_results.csv")]
-    if MULTI_OBJECTIVE:
-        files += [out("pareto_front.csv"), out("best_trials.json")]
-    else:
-        files += [out("best_trial.json")]
-    return files
+    return [str(path) for path in LAYOUT.results(N_OBJECTIVES)]
 
 
 def aggregate_outputs():
-    if MULTI_OBJECTIVE:
-        return results_outputs()
-    return results_outputs() + [directory(out("best_model"))]
+    """Rule aggregate's named outputs: the table and best record, then the best model (one
+    objective) or the Pareto front's rows (several)."""
+    outputs = {"results_csv": str(LAYOUT.results_csv), "best_record": str(LAYOUT.best_record(N_OBJECTIVES))}
+    if N_OBJECTIVES > 1:
+        outputs["pareto_front"] = str(LAYOUT.pareto_front)
+    else:
+        outputs["best_model"] = directory(str(LAYOUT.best_model))
+    return outputs

@@ -3,9 +3,9 @@
 
 rule prepare_model:
     output:
-        out("prepared_model/source.json"),
+        str(LAYOUT.model_source),
     log:
-        out("logs/prepare_model.log"),
+        str(LAYOUT.rule_log("prepare_model")),
     threads: max(1, workflow.cores)
     resources:
         gpu=0,
@@ -17,11 +17,11 @@ rule prepare_model:
 
 rule prepare_data:
     input:
-        model=out("prepared_model/source.json"),
+        model=str(LAYOUT.model_source),
     output:
-        out("data/summary.json"),
+        str(LAYOUT.data_summary),
     log:
-        out("logs/prepare_data.log"),
+        str(LAYOUT.rule_log("prepare_data")),
     threads: max(1, workflow.cores)
     resources:
         gpu=0,

@@ -1,7 +1,5 @@
 # Plots of the study from the journal, and the pages `snakemake --report report.html` shows.
-from snaketune.report import plot_files, report_pages
-
-REPORT_PAGES = report_pages(TUNING, OUT)
+from snaketune.report import plot_files
 
 
 report: "../report/workflow.rst"
@@ -9,11 +7,12 @@ report: "../report/workflow.rst"
 
 rule report:
     input:
-        results_outputs(),
+        results_csv=str(LAYOUT.results_csv),
+        best_record=str(LAYOUT.best_record(N_OBJECTIVES)),
     output:
         plots=[
             report(
-                out(plot["path"]),
+                str(LAYOUT.output_dir / plot["path"]),
                 caption=f"../report/{plot['kind']}.rst",
                 category="Plots",
                 subcategory=plot["metric"] or "all objectives",
@@ -22,25 +21,25 @@ rule report:
             for plot in plot_files(TUNING)
         ],
         interactive=report(
-            str(REPORT_PAGES["interactive"]),
+            str(LAYOUT.report_page("interactive")),
             caption="../report/interactive.rst",
             category="Plots (interactive)",
             labels={"page": "all plots, interactive"},
         ),
         trials=report(
-            str(REPORT_PAGES["trials"]),
+            str(LAYOUT.report_page("trials")),
             caption="../report/trials.rst",
             category="Results",
             labels={"page": "trials"},
         ),
         best=report(
-            str(REPORT_PAGES["best"]),
+            str(LAYOUT.report_page("best")),
             caption="../report/best_trial.rst",
             category="Results",
             labels={"page": "best trial" if len(TUNING["metrics"]) == 1 else "Pareto-optimal trials"},
         ),
     log:
-        out("logs/report.log"),
+        str(LAYOUT.rule_log("report")),
     threads: 1
     resources:
         gpu=0,

@@ -3,12 +3,12 @@
 
 rule aggregate:
     input:
-        model=out("prepared_model/source.json"),
+        model=str(LAYOUT.model_source),
         trials=trial_metrics(),
     output:
-        aggregate_outputs(),
+        **aggregate_outputs(),
     log:
-        out("logs/aggregate.log"),
+        str(LAYOUT.rule_log("aggregate")),
     threads: 1
     resources:
         gpu=0,
@@ -19,7 +19,7 @@ rule aggregate:
 
 
 onsuccess:
-    from snaketune.results import print_summary
+    from snaketune.summary import print_summary
 
     print_summary(TUNING)
 

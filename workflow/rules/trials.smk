@@ -16,15 +16,15 @@ if GPU_SETTINGS["trials_per_gpu"] > 1 and GPU_LIMIT is not None and isinstance(G
 
 rule trial:
     input:
-        model=out("prepared_model/source.json"),
-        data=out("data/summary.json"),
+        model=str(LAYOUT.model_source),
+        data=str(LAYOUT.data_summary),
     output:
-        out("trial_{i}/metrics.json"),
+        str(TRIAL.metrics),
     log:
-        out("trial_{i}/logs/trial.log"),
+        str(TRIAL.log),
     # The job's wall time, memory and CPU (bench/overhead.py compares it with training time).
     benchmark:
-        out("trial_{i}/logs/benchmark.tsv")
+        str(TRIAL.benchmark)
     wildcard_constraints:
         i=r"\d+",
     threads: trial_threads

@@ -4,9 +4,11 @@
     snaketune status <output_dir> [--watch [SECONDS]]
     snaketune best <output_dir>
     snaketune export <output_dir> --format csv|json|yaml [--as-config] [-o FILE]
+    snaketune path [snakefile|profiles|workflow]
 
 `tune` runs the `snakemake` command on the repository's Snakefile; everything else reads the study's
-journal and result files, so it works during a run as well as after it.
+journal and result files, so it works during a run as well as after it. `path` prints where the
+workflow files are, for running snakemake directly: `snakemake -s "$(snaketune path)" ...`.
 """
 
 from __future__ import annotations
@@ -23,12 +25,11 @@ from pathlib import Path
 
 import yaml
 
-import snaketune
+from snaketune import resources
+from snaketune.layout import StudyLayout
 
-REPO_DIR = Path(snaketune.__file__).resolve().parents[2]
-SNAKEFILE = REPO_DIR / "Snakefile"
-PROFILES_DIR = REPO_DIR / "workflow" / "profiles"
-MERGED_CONFIG_NAME = "tune.merged.yaml"
+SNAKEFILE = resources.snakefile()
+PROFILES_DIR = resources.profiles_dir()
 
 
 class CliError(Exception):
@@ -103,9 +104,9 @@ def cmd_tune(args) -> int:
         handle.close()
         configfile = Path(handle.name)
     else:  # kept beside the results: what the study ran with (`status` and `export` read it)
-        output_dir = Path((merged.get("tuning") or {}).get("output_dir") or "tuning_output")
-        output_dir.mkdir(parents=True, exist_ok=True)
-        configfile = output_dir / MERGED_CONFIG_NAME
+        layout = StudyLayout((merged.get("tuning") or {}).get("output_dir") or "tuning_output")
+        layout.output_dir.mkdir(parents=True, exist_ok=True)
+        configfile = layout.merged_config
         configfile.write_text(text)
     command = snakemake_command(configfile, args.cores, args.gpus, args.profile, args.dry_run,
                                 args.snakemake_args)
@@ -123,7 +124,7 @@ def cmd_tune(args) -> int:
 
 def find_tune_config(output_dir: Path, given: str | None) -> dict | None:
     """The tune config a study ran with: given with -c, or the one `snaketune tune` kept."""
-    path = Path(given) if given else output_dir / MERGED_CONFIG_NAME
+    path = Path(given) if given else StudyLayout(output_dir).merged_config
     if not path.is_file():
         if given:
             raise CliError(f"no such config file: {given}")
@@ -138,25 +139,18 @@ def _fixed_max_steps(config: dict | None) -> int | None:
     return value if isinstance(value, int) and value > 0 else None
 
 
-def objective_names(output_dir: Path, study, config: dict | None) -> list[str]:
-    """The objectives' names: from the tune config, the study, or the best-trial files."""
+def objective_names(study, config: dict | None) -> list[str]:
+    """The objectives' names: as the tune config names them, else as the study does."""
+    from snaketune.study import objective_names as study_objective_names
+
     metrics = ((config or {}).get("tuning") or {}).get("evaluation_metrics")
     if metrics:
         return [metrics] if isinstance(metrics, str) else list(metrics)
-    if study.metric_names:
-        return list(study.metric_names)
-    definition = study.user_attrs.get("snaketune_definition") or {}  # written by snaketune.study
-    if definition.get("metrics"):
-        return list(definition["metrics"])
-    for name in ("best_trials.json", "best_trial.json"):
-        if (output_dir / name).exists():
-            best = json.loads((output_dir / name).read_text())
-            return list(best.get("metrics") or best["values"])
-    return ["value"] if len(study.directions) == 1 else [f"objective_{i}" for i in range(len(study.directions))]
+    return study_objective_names(study)
 
 
 def cmd_status(args) -> int:
-    from snaketune.report import load_study
+    from snaketune.study import load_study
     from snaketune.summary import status_table
 
     output_dir = Path(args.output_dir)
@@ -165,7 +159,7 @@ def cmd_status(args) -> int:
     while True:
         study = load_study(output_dir, args.study_name)
         text = status_table(study, n_trials=tuning.get("n_trials"), max_steps=_fixed_max_steps(config),
-                            metrics=objective_names(output_dir, study, config))
+                            metrics=objective_names(study, config))
         if args.watch is None:
             print(text)
             return 0
@@ -178,14 +172,15 @@ def cmd_status(args) -> int:
 
 def best_records(output_dir: Path, study_name: str | None = None) -> dict:
     """best_trial.json / best_trials.json when `aggregate` wrote them, else from the journal."""
-    for name in ("best_trial.json", "best_trials.json"):
-        if (output_dir / name).exists():
-            return json.loads((output_dir / name).read_text())
-    from snaketune.report import load_study
+    layout = StudyLayout(output_dir)
+    for path in (layout.best_trial, layout.best_trials):
+        if path.exists():
+            return json.loads(path.read_text())
+    from snaketune.study import load_study
     from snaketune.summary import best_trials
 
     study = load_study(output_dir, study_name)
-    names = objective_names(output_dir, study, find_tune_config(output_dir, None))
+    names = objective_names(study, find_tune_config(output_dir, None))
     records = [{"number": t.number, "slot": t.user_attrs.get("slot"), "values": dict(zip(names, t.values)),
                 "params": t.params, "metrics": t.user_attrs.get("metrics", {}),
                 "trial_dir": t.user_attrs.get("trial_dir")} for t in best_trials(study)]
@@ -234,14 +229,14 @@ def results_rows(output_dir: Path, study_name: str | None):
     """trials_results.csv as a DataFrame (from the journal when `aggregate` has not run yet)."""
     import pandas as pd
 
-    csv = output_dir / "trials_results.csv"
+    csv = StudyLayout(output_dir).results_csv
     if csv.exists():
         return pd.read_csv(csv)
-    from snaketune.report import load_study
     from snaketune.results import results_table
+    from snaketune.study import load_study
 
     study = load_study(output_dir, study_name)
-    return results_table(study, objective_names(output_dir, study, find_tune_config(output_dir, None)))
+    return results_table(study, objective_names(study, find_tune_config(output_dir, None)))
 
 
 def cmd_export(args) -> int:
@@ -250,7 +245,7 @@ def cmd_export(args) -> int:
         tune = find_tune_config(output_dir, args.config)
         if tune is None:
             raise CliError(f"--as-config needs the study's tune config: pass it with -c (no "
-                           f"{output_dir / MERGED_CONFIG_NAME} from `snaketune tune`)")
+                           f"{StudyLayout(output_dir).merged_config} from `snaketune tune`)")
         best = best_records(output_dir, args.study_name)
         records = best.get("trials", [best])
         if len(records) > 1:
@@ -288,6 +283,11 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_path(args) -> int:
+    print({"snakefile": SNAKEFILE, "profiles": PROFILES_DIR, "workflow": resources.workflow_root()}[args.what])
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -314,7 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--study-name", help="the study, if the journal holds several")
         sub.set_defaults(func=func)
         if name in ("status", "export"):
-            sub.add_argument("-c", "--config", help=f"the tune.yaml (default: <output_dir>/{MERGED_CONFIG_NAME})")
+            sub.add_argument("-c", "--config", help="the tune.yaml (default: the one `snaketune tune` "
+                                                    "kept in <output_dir>)")
         if name == "status":
             sub.add_argument("--watch", nargs="?", type=float, const=5.0, metavar="SECONDS",
                              help="refresh every SECONDS (default 5) until Ctrl-C")
@@ -324,6 +325,13 @@ def build_parser() -> argparse.ArgumentParser:
                              help="a training config (model, data, training, peft) with the best parameters")
             sub.add_argument("--trial", type=int, help="with --as-config and several objectives: which trial")
             sub.add_argument("-o", "--output", help="write here instead of stdout")
+
+    path = commands.add_parser("path", help="where the workflow files are (for running snakemake directly)",
+                               description='Print the Snakefile\'s path (snakemake -s "$(snaketune path)" '
+                                           '--configfile my_tune.yaml --cores N), the bundled profiles\' '
+                                           'directory, or the directory holding both.')
+    path.add_argument("what", nargs="?", choices=("snakefile", "profiles", "workflow"), default="snakefile")
+    path.set_defaults(func=cmd_path)
     return parser
 
 

@@ -18,10 +18,10 @@ from pathlib import Path
 import yaml
 from jsonschema import Draft202012Validator, validators
 
-from snaketune import data, gpu, metrics, model, names, space, strategy
+from snaketune import data, gpu, metrics, model, names, resources, space, strategy
 from snaketune.errors import SnaketuneError, closest
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "tune.schema.yaml"
+SCHEMA_PATH = resources.schema_path()
 
 TUNER_TYPES = ("OPTUNA",)
 # PyYAML (YAML 1.1) reads `1e-5` (no dot) as a string; the seed writes bounds that way.
@@ -49,11 +49,12 @@ def read_tune_yaml(path: str | Path) -> dict:
     return raw
 
 
-def read_default_tune_yaml(repo_dir: str | Path) -> dict:
-    """The embedded default (config/tune.yaml), its data paths anchored to the repository
-    (outputs still go to the working directory, like a user's own config)."""
-    repo_dir = Path(repo_dir)
-    raw = read_tune_yaml(repo_dir / "config" / "tune.yaml")
+def read_default_tune_yaml(repo_dir: str | Path | None = None) -> dict:
+    """The embedded default (config/tune.yaml under `repo_dir`, a workflow root; by default the
+    package's own, see `snaketune.resources`), its data paths anchored to that root (outputs still
+    go to the working directory, like a user's own config)."""
+    repo_dir = Path(repo_dir if repo_dir is not None else resources.workflow_root())
+    raw = read_tune_yaml(resources.default_tune_config(repo_dir))
     for split in raw["data"].values():
         for entry in split["datasets"]:
             entry["dataset_name"] = str(repo_dir / entry["dataset_name"])

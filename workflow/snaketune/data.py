@@ -9,12 +9,12 @@ At parse time, `resolve_entries` checks a config's dataset entries (split, local
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
 
 from snaketune.errors import SnaketuneError
+from snaketune.layout import write_json
 
 # The local files `datasets` reads, by suffix, and the builder that reads each.
 DATA_FILE_SUFFIXES = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -175,8 +175,10 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
-def prepare_data(data_cfg: dict, tokenizer, max_length: int, out_dir: str | Path) -> dict:
-    """Tokenize train and validation once and save them with `save_to_disk`; returns a summary."""
+def prepare_data(data_cfg: dict, tokenizer, max_length: int, summary_path: str | Path) -> dict:
+    """Tokenize train and validation once and save them with `save_to_disk` beside `summary_path`
+    (rule prepare_data's output), then write the summary there last: {split: {rows, dropped_rows,
+    tokens, max_tokens}}. Raises DataError when a split has no usable row."""
     from datasets import DatasetDict
 
     splits = {}
@@ -195,13 +197,20 @@ def prepare_data(data_cfg: dict, tokenizer, max_length: int, out_dir: str | Path
         summary[role] = {"rows": len(tokenized), "dropped_rows": before - len(tokenized),
                          "tokens": sum(lengths), "max_tokens": max(lengths)}
         splits[role] = tokenized
-    out_dir = Path(out_dir)
-    DatasetDict(splits).save_to_disk(str(out_dir / "tokenized"))
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    summary_path = Path(summary_path)
+    DatasetDict(splits).save_to_disk(str(tokenized_dir(summary_path.parent)))
+    write_json(summary_path, summary)
     return summary
 
 
-def load_prepared(out_dir: str | Path):
+def tokenized_dir(data_dir: str | Path) -> Path:
+    """The tokenized train and validation sets (a DatasetDict) in the directory of prepare_data's
+    summary."""
+    return Path(data_dir) / "tokenized"
+
+
+def load_prepared(data_dir: str | Path):
+    """The DatasetDict prepare_data saved in `data_dir` (the directory of its summary)."""
     from datasets import load_from_disk
 
-    return load_from_disk(str(Path(out_dir) / "tokenized"))
+    return load_from_disk(str(tokenized_dir(data_dir)))

@@ -14,13 +14,12 @@ the model from. Three cases:
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 from pathlib import Path
 
 from snaketune.data import looks_like_local_path
+from snaketune.layout import write_json
 
-SOURCE_FILE = "source.json"
 # Oumi's short dtype names (torch_dtype_str), as torch names them.
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
@@ -71,12 +70,15 @@ def qlora_problems(quantization: dict) -> list[str]:
 # -- preparing and loading ------------------------------------------------------------------------
 
 
-def prepare_model(model_cfg: dict, out_dir: str | Path) -> dict:
-    """Make the study's model loadable from disk and write `out_dir/source.json` (last)."""
+def prepare_model(model_cfg: dict, source_path: str | Path) -> dict:
+    """Make the study's model loadable from disk and write `source_path` (rule prepare_model's
+    output: {path, kind, tokenizer_path, ...}) last. A converted or random-init model is saved in
+    the directory of `source_path`."""
     import torch  # here, not at the top: the Snakefile imports this module to check the config
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    out_dir = Path(out_dir).resolve()
+    source_path = Path(source_path).resolve()
+    out_dir = source_path.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     name = model_cfg["model_name"]
     trust = bool(model_cfg.get("trust_remote_code", False))
@@ -111,13 +113,13 @@ def prepare_model(model_cfg: dict, out_dir: str | Path) -> dict:
         _from_local_or_hub(AutoConfig.from_pretrained, name, trust_remote_code=trust)
         source = {"path": _absolute_if_local(name), "kind": "reference",
                   "tokenizer_path": _absolute_if_local(tokenizer_name or name)}
-        return _write_source(out_dir, source)
+        return _write_source(source_path, source)
 
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     source = {"path": str(out_dir), "kind": kind, "tokenizer_path": str(out_dir),
               "model_name": str(name), **extra}
-    return _write_source(out_dir, source)
+    return _write_source(source_path, source)
 
 
 def load_model(source: dict, model_cfg: dict, device_map=None, quantization: dict | None = None):
@@ -173,11 +175,6 @@ def load_tokenizer(source: dict, model_cfg: dict):
     return tokenizer
 
 
-def read_source(out_dir: str | Path) -> dict:
-    """The dict `prepare_model` wrote to `out_dir/source.json`."""
-    return json.loads((Path(out_dir) / SOURCE_FILE).read_text())
-
-
 def resolve_gguf_file(spec: str | Path) -> Path:
     """An existing path, or `"<python_package>/<file>"`: a file shipped inside an installed package.
 
@@ -221,9 +218,7 @@ def _absolute_if_local(name: str) -> str:
     return str(Path(name).resolve()) if Path(name).exists() else str(name)
 
 
-def _write_source(out_dir: Path, source: dict) -> dict:
+def _write_source(path: Path, source: dict) -> dict:
     # source.json is the rule's output: written last and atomically, so its presence means "done".
-    tmp = out_dir / (SOURCE_FILE + ".tmp")
-    tmp.write_text(json.dumps(source, indent=2) + "\n")
-    tmp.replace(out_dir / SOURCE_FILE)
+    write_json(path, source)
     return source

@@ -5,7 +5,8 @@ and the README) and an interactive plotly figure, all of them on one self-contai
 (plotly.js embedded once, so it opens without a network). A plot a study cannot have yet
 (importances need two completed trials) is still written, as an image that says why.
 
-`plot_files(tuning)` names the files; the `report` rule declares exactly those as its outputs.
+`plot_files(tuning)` lists the plots (their paths from snaketune.layout); the `report` rule
+declares exactly those as its outputs and hands them back to `write_report`.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from snaketune import study as studies
+from snaketune.layout import StudyLayout, TrialFiles, read_loss_curve
+from snaketune.summary import fmt, fmt_seconds
 
-REPORT_DIR = "report"
 # (kind, title, needs one figure per objective)
 PLOTS = (
     ("optimization_history", "Optimization history", True),
@@ -31,7 +33,6 @@ PLOTS = (
     ("learning_curves", "Learning curves", False),
 )
 PARETO = ("pareto_front", "Pareto front", False)
-PAGES = {"interactive": "plots.html", "trials": "trials.html", "best": "best_trial.html"}
 DPI = 110
 
 
@@ -40,38 +41,20 @@ def plot_kinds(tuning: dict) -> list[tuple[str, str, bool]]:
 
 
 def plot_files(tuning: dict) -> list[dict]:
-    """Every static plot the report writes: [{kind, title, metric, path}], paths under output_dir.
+    """Every static plot the report writes: [{kind, title, metric, path}], `path` relative to the
+    output directory (from the layout).
 
     One objective: `report/<kind>.png`. Several: one `report/<kind>_<metric>.png` per objective for
     the plots that show one objective at a time.
     """
+    layout = StudyLayout(Path())  # paths relative to output_dir
     multi = len(tuning["metrics"]) > 1
     files = []
     for kind, title, per_objective in plot_kinds(tuning):
-        if per_objective and multi:
-            for metric in tuning["metrics"]:
-                files.append({"kind": kind, "title": title, "metric": metric,
-                              "path": f"{REPORT_DIR}/{kind}_{metric}.png"})
-        else:
-            files.append({"kind": kind, "title": title, "metric": None,
-                          "path": f"{REPORT_DIR}/{kind}.png"})
+        for metric in (tuning["metrics"] if per_objective and multi else [None]):
+            files.append({"kind": kind, "title": title, "metric": metric,
+                          "path": str(layout.plot(kind, metric))})
     return files
-
-
-def load_study(output_dir: str | Path, study_name: str | None = None) -> optuna.Study:
-    """The study in `<output_dir>/study.journal` (the only one there, unless `study_name` is given)."""
-    path = Path(output_dir) / studies.JOURNAL_NAME
-    if not path.exists():
-        raise FileNotFoundError(f"no journal at {path}: is {output_dir} a study's output directory?")
-    storage = studies.open_storage(str(path))
-    if study_name is None:
-        names = optuna.get_all_study_names(storage)
-        if not names:
-            raise ValueError(f"{path} holds no study yet")
-        if len(names) > 1:
-            raise ValueError(f"{path} holds several studies ({', '.join(names)}); name one")
-        study_name = names[0]
-    return optuna.load_study(study_name=study_name, storage=storage)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,29 +74,10 @@ def learning_curves(study: optuna.Study) -> tuple[str, dict[int, list[tuple[floa
     curves = {}
     for trial in trials:
         trial_dir = trial.user_attrs.get("trial_dir")
-        if trial_dir:
-            points = read_loss_curve(Path(trial_dir) / "logs" / "loss_curve.jsonl")
-            if points:
-                curves[trial.number] = points
+        rows = read_loss_curve(TrialFiles(Path(trial_dir)).loss_curve, key="loss") if trial_dir else []
+        if rows:
+            curves[trial.number] = [(row["step"], float(row["loss"])) for row in rows]
     return "training loss", curves
-
-
-def read_loss_curve(path: Path, key: str = "loss") -> list[tuple[float, float]]:
-    """(step, loss) for each logged training step; a half-written last line is skipped."""
-    points = []
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return points
-    for line in lines:
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        value = entry.get(key)
-        if isinstance(value, (int, float)) and math.isfinite(value) and "step" in entry:
-            points.append((entry["step"], float(value)))
-    return points
 
 
 def _curve_label(trial: FrozenTrial) -> str:
@@ -322,21 +286,15 @@ def _recolor_parallel_coordinate(fig) -> None:
     Optuna draws each trial as a line of its own colour, plus a marker trace for the colour bar:
     each line's colour is moved to the same position on Viridis.
     """
-    from plotly.colors import find_intermediate_color, get_colorscale, unlabel_rgb
-
-    def sample(scale, at):  # the colour at `at` (0..1) of a [[position, "rgb(...)"], ...] scale
-        stops = [(float(p), unlabel_rgb(c) if c.startswith("rgb") else _hex_rgb(c)) for p, c in scale]
-        for (p0, c0), (p1, c1) in zip(stops, stops[1:]):
-            if p0 <= at <= p1:
-                return find_intermediate_color(c0, c1, (at - p0) / ((p1 - p0) or 1))
-        return stops[-1][1]
+    from plotly.colors import sample_colorscale, unlabel_rgb
 
     scales = [t.marker.colorscale for t in fig.data if t.mode == "markers" and t.marker.colorscale]
     if not scales:
         return
     positions = [i / 100 for i in range(101)]
-    blues = [sample(scales[0], p) for p in positions]
-    viridis = ["rgb({:.0f}, {:.0f}, {:.0f})".format(*sample(get_colorscale("Viridis"), p)) for p in positions]
+    # plotly hands the figure's scale back as tuples; sample_colorscale reads lists.
+    blues = [unlabel_rgb(c) for c in sample_colorscale([list(stop) for stop in scales[0]], positions)]
+    viridis = sample_colorscale("Viridis", positions)
     for trace in fig.data:
         if trace.mode == "lines" and isinstance(trace.line.color, str) and trace.line.color.startswith("rgb"):
             rgb = unlabel_rgb(trace.line.color)
@@ -346,11 +304,6 @@ def _recolor_parallel_coordinate(fig) -> None:
         elif trace.mode == "markers" and trace.marker.colorscale:
             trace.marker.colorscale = "Viridis"
             trace.marker.reversescale = not trace.marker.reversescale
-
-
-def _hex_rgb(color: str) -> tuple[float, float, float]:
-    color = color.lstrip("#")
-    return tuple(float(int(color[i:i + 2], 16)) for i in (0, 2, 4))
 
 
 def write_interactive_page(figures: list[tuple[str, object]], path: Path, study_name: str) -> None:
@@ -387,17 +340,13 @@ def _page(title: str, body: str) -> str:
 def _cell(value) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return html.escape(str(value))
+    return html.escape(fmt(value))
 
 
 def write_trials_page(table, best_numbers: set[int], path: Path, study_name: str) -> None:
     """trials_results.csv as an HTML table, the best trial(s) highlighted."""
     import pandas as pd
     from pandas.api.types import is_numeric_dtype
-
-    from snaketune.summary import fmt_seconds
 
     table = table.copy()
     if "duration" in table.columns:  # "0 days 00:01:03.75" -> "1m04s"
@@ -438,32 +387,29 @@ def write_best_page(best: dict, path: Path, study_name: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def write_report(tuning: dict, output_dir: str | Path | None = None) -> list[Path]:
-    """Write every plot and page of the report under `<output_dir>/report/`; returns the paths."""
+def write_report(tuning: dict, results_csv: str | Path, best_record: str | Path,
+                 plots: list[str | Path], pages: dict[str, str | Path]) -> None:
+    """Write every plot and page of the report: rule report's outputs.
+
+    Reads the journal, `results_csv` (trials_results.csv) and `best_record` (best_trial.json or
+    best_trials.json). `plots` are the paths of `plot_files(tuning)`, in its order; `pages` maps
+    `interactive`, `trials` and `best` to the HTML pages' paths.
+    """
     import pandas as pd
 
-    out = Path(output_dir or tuning["output_dir"])
-    (out / REPORT_DIR).mkdir(parents=True, exist_ok=True)
-    study = load_study(out, tuning["study_name"])
+    study = studies.load_study(tuning["output_dir"], tuning["study_name"])
     metrics = tuning["metrics"]
-    written, figures = [], []
-    for entry in plot_files(tuning):
-        path = out / entry["path"]
+    figures = []
+    for entry, path in zip(plot_files(tuning), plots, strict=True):
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
         draw_png(entry["kind"], study, metrics, entry["metric"], entry["title"], path)
-        written.append(path)
         heading = entry["title"] + (f": {entry['metric']}" if entry["metric"] else "")
         figures.append((heading, draw_plotly(entry["kind"], study, metrics, entry["metric"],
                                              entry["title"])))
-    pages = report_pages(tuning, out)
+    pages = {key: Path(path) for key, path in pages.items()}
     write_interactive_page(figures, pages["interactive"], study.study_name)
-    best_file = out / ("best_trials.json" if len(metrics) > 1 else "best_trial.json")
-    best = json.loads(best_file.read_text())
+    best = json.loads(Path(best_record).read_text())
     numbers = {r["number"] for r in best.get("trials", [best])}
-    write_trials_page(pd.read_csv(out / "trials_results.csv"), numbers, pages["trials"], study.study_name)
+    write_trials_page(pd.read_csv(results_csv), numbers, pages["trials"], study.study_name)
     write_best_page(best, pages["best"], study.study_name)
-    return [*written, *pages.values()]
-
-
-def report_pages(tuning: dict, output_dir: str | Path | None = None) -> dict[str, Path]:
-    out = Path(output_dir or tuning["output_dir"])
-    return {key: out / REPORT_DIR / name for key, name in PAGES.items()}

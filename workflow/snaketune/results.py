@@ -6,7 +6,6 @@ never disagree.
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -14,22 +13,10 @@ import optuna
 from optuna.trial import TrialState
 
 from snaketune import study as studies
-from snaketune.train import last_checkpoint, write_json
+from snaketune.layout import StudyLayout, TrialFiles, write_json
 
 OPTUNA_COLUMNS = ("number", "values", "datetime_start", "datetime_complete", "duration", "params",
                   "user_attrs", "state")
-
-
-def latest_attempts(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """One trial per slot, its latest attempt; trials made outside a slot are kept as they are."""
-    by_slot, others = {}, []
-    for trial in study.get_trials(deepcopy=False):
-        slot = trial.user_attrs.get("slot")
-        if slot is None:
-            others.append(trial)
-        elif slot not in by_slot or trial.number > by_slot[slot].number:
-            by_slot[slot] = trial
-    return sorted([*by_slot.values(), *others], key=lambda t: (t.user_attrs.get("slot", 1e9), t.number))
 
 
 def results_table(study: optuna.Study, metrics: list[str]):
@@ -41,14 +28,16 @@ def results_table(study: optuna.Study, metrics: list[str]):
         slot = trial.user_attrs.get("slot")
         attempts[slot] = attempts.get(slot, 0) + 1
     rows = []
-    latest = latest_attempts(study)
+    latest = studies.latest_attempts(study)
     frame = study.trials_dataframe(attrs=OPTUNA_COLUMNS)
     frame = frame.set_index("number", drop=False)
     for trial in latest:
         row = frame.loc[trial.number].to_dict()
-        # Objectives under their own names instead of Optuna's values_0, values_1 ...
-        objective_columns = ["value"] if "value" in frame.columns else [f"values_{i}" for i in range(len(metrics))]
-        for name, column in zip(metrics, objective_columns):
+        # Objectives under their own names: Optuna writes values_<name> for a study with metric
+        # names (snaketune sets them), value or values_<i> for one without (older journals).
+        for i, name in enumerate(metrics):
+            generic = "value" if "value" in frame.columns else f"values_{i}"
+            column = f"values_{name}" if f"values_{name}" in frame.columns else generic
             row[name] = row.pop(column, None)
         for name, value in trial.user_attrs.get("metrics", {}).items():
             row.setdefault(name, value)
@@ -80,34 +69,38 @@ def trial_record(trial: optuna.trial.FrozenTrial, metrics: list[str]) -> dict:
         "params": trial.params,
         "metrics": trial.user_attrs.get("metrics", {}),
         "trial_dir": trial_dir,
-        "checkpoint": last_checkpoint(Path(trial_dir)) if trial_dir else None,
+        "checkpoint": TrialFiles(Path(trial_dir)).last_checkpoint() if trial_dir else None,
     }
 
 
-def aggregate(tune: dict, model_source: dict) -> None:
+def aggregate(tune: dict, model_source: dict, results_csv: str | Path, best_record: str | Path,
+              best_model: str | Path | None = None, pareto_front: str | Path | None = None) -> None:
     """Write the results of every trial in the journal, failed ones included; the best trial is
-    chosen among the completed ones."""
+    chosen among the completed ones.
+
+    The paths are rule aggregate's outputs: `results_csv` (every trial), `best_record` (the best
+    trial, or with several objectives the Pareto front as {metrics, directions, trials}), and
+    either `best_model` (one objective: the best trial's model, LoRA merged in) or `pareto_front`
+    (the Pareto-optimal rows of the table). Raises RuntimeError when no trial completed.
+    """
     tuning = tune["tuning"]
-    out = Path(tuning["output_dir"])
-    study = studies.open_study(tuning)
+    study = studies.load_study(tuning["output_dir"], tuning["study_name"])
     metrics = tuning["metrics"]
     table = results_table(study, metrics)
-    table.to_csv(out / "trials_results.csv", index=False)
-    completed = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-    if not completed:
+    table.to_csv(results_csv, index=False)
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         raise RuntimeError(f"no trial of study {tuning['study_name']!r} completed; see the "
-                           f"fail_reason column of {out / 'trials_results.csv'}")
+                           f"fail_reason column of {results_csv}")
     if len(metrics) > 1:
         front = [trial_record(t, metrics) for t in study.best_trials]
-        write_json(out / "best_trials.json", {"metrics": metrics, "directions": tuning["directions"],
-                                              "trials": front})
+        write_json(best_record, {"metrics": metrics, "directions": tuning["directions"], "trials": front})
         numbers = {t["number"] for t in front}
-        table[table["number"].isin(numbers)].to_csv(out / "pareto_front.csv", index=False)
+        table[table["number"].isin(numbers)].to_csv(pareto_front, index=False)
         return
     best = trial_record(study.best_trial, metrics)
-    best["best_model"] = str(out / "best_model")
-    save_best_model(tune, model_source, best["checkpoint"], out / "best_model", best)
-    write_json(out / "best_trial.json", best)
+    best["best_model"] = str(best_model)
+    save_best_model(tune, model_source, best["checkpoint"], Path(best_model), best)
+    write_json(best_record, best)
 
 
 def aggregate_after_failure(tune: dict) -> None:
@@ -118,21 +111,19 @@ def aggregate_after_failure(tune: dict) -> None:
     stay missing, so the next run still re-runs the failed trials and then `aggregate` itself.
     """
     tuning = tune["tuning"]
-    out = Path(tuning["output_dir"])
-    if not Path(studies.journal_path(tuning)).exists():
+    layout = StudyLayout(tuning["output_dir"])
+    study = studies.load_study(layout.output_dir, tuning["study_name"], missing_ok=True)
+    if study is None:
         return
-    study = studies.open_study(tuning)
-    results_table(study, tuning["metrics"]).to_csv(out / "trials_results.csv", index=False)
-    latest = latest_attempts(study)
+    results_table(study, tuning["metrics"]).to_csv(layout.results_csv, index=False)
+    latest = studies.latest_attempts(study)
     failed = [t for t in latest if t.state == TrialState.FAIL and not studies.is_finished(t)]
-    print(f"\nsnaketune: {len(failed)} trial(s) failed; the table so far is in {out / 'trials_results.csv'}")
+    print(f"\nsnaketune: {len(failed)} trial(s) failed; the table so far is in {layout.results_csv}")
     for trial in failed:
         print(f"  trial_{trial.user_attrs.get('slot')} (trial {trial.number}): "
               f"{trial.user_attrs.get('fail_reason', 'unknown')}")
-    completed = [t for t in latest if t.state == TrialState.COMPLETE]
-    if completed and len(tuning["metrics"]) == 1:
-        sign = 1 if tuning["directions"][0] == "minimize" else -1
-        best = min(completed, key=lambda t: sign * t.value)
+    if len(tuning["metrics"]) == 1 and study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        best = study.best_trial
         print(f"Best completed so far: trial_{best.user_attrs.get('slot')} (trial {best.number}), "
               f"{tuning['metrics'][0]}={best.value:.4g}")
     print("Run the same command again to re-run exactly the failed trials with their parameters.")
@@ -165,26 +156,3 @@ def save_best_model(tune: dict, model_source: dict, checkpoint: str | None, targ
     })
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
-
-
-def print_summary(tuning: dict) -> None:
-    """The closing lines of a run: where the results are and the best trial(s)."""
-    out = Path(tuning["output_dir"])
-    best_file = out / ("best_trials.json" if len(tuning["metrics"]) > 1 else "best_trial.json")
-    if not best_file.exists():
-        return
-    from snaketune.summary import summary_table
-
-    print("\n" + summary_table(tuning))
-    best = json.loads(best_file.read_text())
-    print(f"\nsnaketune: study {tuning['study_name']!r}, results in {out / 'trials_results.csv'}")
-    for record in best.get("trials", [best]):
-        values = ", ".join(f"{k}={v:.4g}" for k, v in record["values"].items())
-        params = ", ".join(f"{k}={_fmt(v)}" for k, v in record["params"].items())
-        print(f"best trial {record['number']} (trial_{record['slot']}/): {values}\n  params: {params}")
-    if "best_model" in best:
-        print(f"  best model: {best['best_model']}")
-
-
-def _fmt(value) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)

@@ -12,6 +12,8 @@ import datetime
 import json
 import os
 import time
+import warnings
+from pathlib import Path
 
 import optuna
 from optuna.storages import JournalStorage
@@ -20,8 +22,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from snaketune import space as search_space
 from snaketune import strategy
+from snaketune.layout import StudyLayout
 
-JOURNAL_NAME = "study.journal"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
@@ -32,7 +34,7 @@ def is_finished(trial: FrozenTrial) -> bool:
 
 
 def journal_path(tuning: dict) -> str:
-    return os.path.join(tuning["output_dir"], JOURNAL_NAME)
+    return str(StudyLayout(tuning["output_dir"]).journal)
 
 
 # The lock is held only while one record is appended (milliseconds), so a lock file older than
@@ -47,6 +49,8 @@ def open_storage(path: str) -> JournalStorage:
 
 
 def open_study(tuning: dict, slot: int = 0, storage: JournalStorage | None = None) -> optuna.Study:
+    """The study as trial slot `slot` writes to it: created on first use, with the sampler and
+    pruner of `tuning` (the resolved config's section). Readers use `load_study`."""
     os.makedirs(tuning["output_dir"], exist_ok=True)
     storage = storage or open_storage(journal_path(tuning))
     study = optuna.create_study(
@@ -61,7 +65,71 @@ def open_study(tuning: dict, slot: int = 0, storage: JournalStorage | None = Non
         study.set_user_attr(DEFINITION_ATTR, study_definition(tuning))
     if STARTED_ATTR not in study.user_attrs:  # the clock of tuning.timeout_minutes
         study.set_user_attr(STARTED_ATTR, time.time())
+    if study.metric_names is None:  # every reader (status, plots, dashboard) names objectives so
+        with warnings.catch_warnings():  # experimental since Optuna 3.2, unchanged since
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(list(tuning["metrics"]))
     return study
+
+
+def load_study(output_dir: str | Path, study_name: str | None = None,
+               missing_ok: bool = False) -> optuna.Study | None:
+    """The study in `<output_dir>/study.journal`, to read (aggregate, report, status, best, export).
+
+    `study_name` may be left out when the journal holds one study. Nothing is created: a missing
+    journal or study raises FileNotFoundError (or returns None with `missing_ok`); a journal with
+    several studies and no `study_name` raises ValueError.
+    """
+    path = StudyLayout(output_dir).journal
+    if not path.exists():
+        if missing_ok:
+            return None
+        raise FileNotFoundError(f"no journal at {path}: is {output_dir} a study's output directory?")
+    storage = open_storage(str(path))
+    names = optuna.get_all_study_names(storage)
+    if study_name is None:
+        if not names and not missing_ok:
+            raise ValueError(f"{path} holds no study yet")
+        if len(names) > 1:
+            raise ValueError(f"{path} holds several studies ({', '.join(names)}); name one")
+        study_name = names[0] if names else None
+    if study_name not in names:
+        if missing_ok:
+            return None
+        raise FileNotFoundError(f"{path} holds no study named {study_name!r} "
+                                f"(it holds: {', '.join(names) or 'none'})")
+    # A reader's sampler is never asked for anything: a RandomSampler is the cheapest to build.
+    return optuna.load_study(study_name=study_name, storage=storage, sampler=optuna.samplers.RandomSampler())
+
+
+def objective_names(study: optuna.Study) -> list[str]:
+    """The objectives' names: set on the study when it was created (older journals: from the
+    study's definition), else Optuna's generic names."""
+    if study.metric_names:
+        return list(study.metric_names)
+    definition = study.user_attrs.get(DEFINITION_ATTR) or {}
+    if definition.get("metrics"):
+        return list(definition["metrics"])
+    return ["value"] if len(study.directions) == 1 else [f"objective_{i}" for i in range(len(study.directions))]
+
+
+def latest_attempts(study: optuna.Study) -> list[FrozenTrial]:
+    """One trial per slot, its latest attempt; trials made outside a slot are kept as they are."""
+    by_slot, others = {}, []
+    for trial in study.get_trials(deepcopy=False):
+        slot = trial.user_attrs.get("slot")
+        if slot is None:
+            others.append(trial)
+        elif slot not in by_slot or trial.number > by_slot[slot].number:
+            by_slot[slot] = trial
+    return sorted([*by_slot.values(), *others], key=lambda t: (t.user_attrs.get("slot", 1e9), t.number))
+
+
+def _storage(study: optuna.Study):
+    """The study's own storage, for the storage calls Study has no public method for (creating a
+    RUNNING trial with its attributes in one write, fixing parameters, failing a dead trial).
+    Optuna has no public accessor; the storage is the JournalStorage open_study gave it."""
+    return study._storage
 
 
 STARTED_ATTR = "snaketune_started_at"
@@ -96,13 +164,8 @@ def definition_conflicts(tuning: dict) -> list[str]:
     Read-only: a journal that does not exist yet is not created.
     """
     path = journal_path(tuning)
-    if not os.path.exists(path):
-        return []
-    storage = open_storage(path)
-    names = {s.study_name: s for s in storage.get_all_studies()}
-    if tuning["study_name"] not in names:
-        return []
-    stored = names[tuning["study_name"]].user_attrs.get(DEFINITION_ATTR)
+    study = load_study(tuning["output_dir"], tuning["study_name"], missing_ok=True)
+    stored = None if study is None else study.user_attrs.get(DEFINITION_ATTR)
     if stored is None:
         return []
     wanted = json.loads(json.dumps(study_definition(tuning)))  # same JSON types as the journal's
@@ -145,12 +208,12 @@ def claim_trial(study: optuna.Study, slot: int, tuning: dict) -> tuple[optuna.Tr
         attrs = {"slot": slot, "attempt": 1}
         params = strategy.grid_points(tuning["space"])[slot] if tuning["sampler"] == "GridSampler" else {}
         trial_id = create_trial(study, params, tuning, attrs)
-        enqueued = enqueued_config(study, study._storage.get_trial_number_from_id(trial_id), tuning)
+        enqueued = enqueued_config(study, _storage(study).get_trial_number_from_id(trial_id), tuning)
         if enqueued is not None:
             set_params(study, trial_id, enqueued, tuning, {"enqueued": True})
         return optuna.Trial(study, trial_id), None
     if latest.state == TrialState.RUNNING:
-        storage = study._storage  # the public storage API of the study's own JournalStorage
+        storage = _storage(study)
         trial_id = storage.get_trial_id_from_study_id_trial_number(
             storage.get_study_id_from_name(study.study_name), latest.number)
         storage.set_trial_user_attr(trial_id, "fail_reason", "interrupted")
@@ -205,16 +268,17 @@ def create_trial(study: optuna.Study, params: dict, tuning: dict, user_attrs: di
         params=params, distributions={k: distributions[k] for k in params},
         user_attrs=dict(user_attrs), system_attrs={}, intermediate_values={}, trial_id=-1,
     )
-    storage = study._storage
+    storage = _storage(study)
     return storage.create_new_trial(storage.get_study_id_from_name(study.study_name), template_trial=template)
 
 
 def set_params(study: optuna.Study, trial_id: int, params: dict, tuning: dict, user_attrs: dict) -> None:
     """Fixes `params` (and sets `user_attrs`) on a trial that has not suggested anything yet."""
     distributions = search_space.distributions(tuning["space"])
+    storage = _storage(study)
     for name, value in params.items():
         if name in distributions:
-            study._storage.set_trial_param(trial_id, name, distributions[name].to_internal_repr(value),
-                                           distributions[name])
+            storage.set_trial_param(trial_id, name, distributions[name].to_internal_repr(value),
+                                    distributions[name])
     for key, value in user_attrs.items():
-        study._storage.set_trial_user_attr(trial_id, key, value)
+        storage.set_trial_user_attr(trial_id, key, value)

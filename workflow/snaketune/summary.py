@@ -16,13 +16,15 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from snaketune import study as studies
-from snaketune.results import latest_attempts
+from snaketune.layout import StudyLayout, TrialFiles, read_loss_curve
+from snaketune.study import latest_attempts
 
 STATES = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.FAIL, TrialState.PRUNED,
           TrialState.WAITING)
 
 
 def fmt(value) -> str:
+    """A value for a person: 4 significant digits for floats, '-' for None."""
     if value is None:
         return "-"
     if isinstance(value, float):
@@ -94,9 +96,8 @@ def summary_table(tuning: dict, study: optuna.Study | None = None) -> str:
     """The end-of-run summary: counts, time, the best trial(s) with parameters and metrics, and
     one row per trial slot. `tuning` is the resolved config's `tuning` section."""
     if study is None:
-        storage = studies.open_storage(studies.journal_path(tuning))
-        study = optuna.load_study(study_name=tuning["study_name"], storage=storage)
-    out = Path(tuning["output_dir"])
+        study = studies.load_study(tuning["output_dir"], tuning["study_name"])
+    layout = StudyLayout(tuning["output_dir"])
     metrics = list(tuning["metrics"])
     every = study.get_trials(deepcopy=False)
     latest = latest_attempts(study)
@@ -127,8 +128,8 @@ def summary_table(tuning: dict, study: optuna.Study | None = None) -> str:
                  if k not in metrics and (k.startswith("eval_") or k in ("train_loss", "train_runtime"))}
         rows += [[f"metric {name}", fmt(value)] for name, value in sorted(extra.items())]
         lines.append(render_table(["", "value"], rows, indent="    "))
-    if len(metrics) == 1 and (out / "best_model").exists():
-        lines.append(f"  best model: {out / 'best_model'}")
+    if len(metrics) == 1 and layout.best_model.exists():
+        lines.append(f"  best model: {layout.best_model}")
     lines.append("\ntrials")
     params = sorted({name for t in latest for name in t.params})
     header = ["trial", "state", *metrics, *params, "time"]
@@ -143,7 +144,7 @@ def summary_table(tuning: dict, study: optuna.Study | None = None) -> str:
     failed = [t for t in latest if t.state == TrialState.FAIL and t.user_attrs.get("fail_reason")]
     for trial in failed:
         lines.append(f"  trial {trial.number} failed: {trial.user_attrs['fail_reason'][:200]}")
-    lines.append(f"  (* best)  results: {out / 'trials_results.csv'}")
+    lines.append(f"  (* best)  results: {layout.results_csv}")
     return "\n".join(lines)
 
 
@@ -157,23 +158,16 @@ def running_progress(trial: FrozenTrial, max_steps: int | None = None) -> dict:
     trial_dir = trial.user_attrs.get("trial_dir")
     if not trial_dir:
         return info
-    path = Path(trial_dir) / "logs" / "loss_curve.jsonl"
-    last, updated = {}, None
+    files = TrialFiles(Path(trial_dir))
+    rows = read_loss_curve(files.loss_curve, key="loss")
     try:
-        lines = path.read_text().splitlines()
-        updated = path.stat().st_mtime
+        updated = files.loss_curve.stat().st_mtime
     except OSError:
-        lines = []
-    for line in lines:
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:  # a line being written
-            continue
-        if "loss" in entry:
-            last = entry
+        updated = None
+    last = rows[-1] if rows else {}
     info["step"], info["loss"] = last.get("step"), last.get("loss")
     info["max_steps"] = (last.get("max_steps") or trial.params.get("max_steps") or max_steps
-                         or _max_steps_from_state(Path(trial_dir)))
+                         or _max_steps_from_state(files))
     step, total = info["step"], info["max_steps"]
     if step and total and trial.datetime_start is not None and updated is not None:
         # Time per step so far (model loading included, so a slight overestimate at first).
@@ -183,14 +177,13 @@ def running_progress(trial: FrozenTrial, max_steps: int | None = None) -> dict:
     return info
 
 
-def _max_steps_from_state(trial_dir: Path) -> int | None:
+def _max_steps_from_state(files: TrialFiles) -> int | None:
     """max_steps from the newest checkpoint's trainer_state.json (written with each checkpoint)."""
-    states = sorted(trial_dir.glob("checkpoint-*/trainer_state.json"),
-                    key=lambda p: int(p.parent.name.split("-")[1]) if p.parent.name.split("-")[1].isdigit() else 0)
-    if not states:
+    checkpoint = files.last_checkpoint()
+    if checkpoint is None:
         return None
     try:
-        return json.loads(states[-1].read_text()).get("max_steps")
+        return json.loads((Path(checkpoint) / "trainer_state.json").read_text()).get("max_steps")
     except (OSError, json.JSONDecodeError):
         return None
 
@@ -201,7 +194,7 @@ def status_table(study: optuna.Study, n_trials: int | None = None, max_steps: in
     latest = latest_attempts(study)
     counts = state_counts(latest)
     budget = f" of {n_trials}" if n_trials else ""
-    metrics = metrics or study.metric_names or [f"objective {i}" for i in range(len(study.directions))]
+    metrics = metrics or studies.objective_names(study)
     lines = [f"study {study.study_name!r}: {len(latest)}{budget} trial(s) started",
              render_table(["done", "running", "failed", "pruned"],
                           [[str(counts["COMPLETE"]), str(counts["RUNNING"]), str(counts["FAIL"]),
@@ -227,3 +220,21 @@ def status_table(study: optuna.Study, n_trials: int | None = None, max_steps: in
         lines.append("running")
         lines.append(render_table(["trial", "slot", "step", "loss", "elapsed", "eta"], rows))
     return "\n".join(lines)
+
+
+def print_summary(tuning: dict) -> None:
+    """The closing lines of a run (Snakemake's onsuccess): the summary table, where the results
+    are, and the best trial(s). Prints nothing before rule aggregate has written the best record."""
+    layout = StudyLayout(tuning["output_dir"])
+    best_file = layout.best_record(len(tuning["metrics"]))
+    if not best_file.exists():
+        return
+    print("\n" + summary_table(tuning))
+    best = json.loads(best_file.read_text())
+    print(f"\nsnaketune: study {tuning['study_name']!r}, results in {layout.results_csv}")
+    for record in best.get("trials", [best]):
+        values = ", ".join(f"{k}={fmt(v)}" for k, v in record["values"].items())
+        params = ", ".join(f"{k}={fmt(v)}" for k, v in record["params"].items())
+        print(f"best trial {record['number']} (trial_{record['slot']}/): {values}\n  params: {params}")
+    if "best_model" in best:
+        print(f"  best model: {best['best_model']}")

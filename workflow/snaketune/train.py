@@ -1,8 +1,9 @@
 """One trial: claim a slot in the journal, train with TRL's SFTTrainer, evaluate, tell the result.
 
-Files a trial writes under `<output_dir>/trial_<i>/`: `params.json` first, `checkpoint-*/` while
-training (the last one is always saved), `logs/` (the train log and the loss curve as data), and
-`metrics.json` last: Snakemake tracks that file, so it only exists for a finished trial.
+Files a trial writes under `<output_dir>/trial_<i>/` (named in snaketune.layout.TrialFiles):
+`params.json` first, `checkpoint-*/` while training (the last one is always saved), `logs/` (the
+train log and the loss curve as data), and `metrics.json` last: Snakemake tracks that file, so it
+only exists for a finished trial.
 """
 
 from __future__ import annotations
@@ -18,14 +19,9 @@ from pathlib import Path
 from snaketune import metrics as custom_metrics
 from snaketune import space as search_space
 from snaketune import study as studies
+from snaketune.layout import TrialFiles, write_json
 
 LOSS_CURVE_FIELDS = ("step", "epoch", "loss", "grad_norm", "learning_rate", "eval_loss")
-
-
-def write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    tmp.replace(path)  # atomic: a reader never sees half a file
 
 
 def run_trial(tune: dict, slot: int, trial_dir: str | Path, model_source: dict, data_dir: str | Path,
@@ -40,7 +36,8 @@ def run_trial(tune: dict, slot: int, trial_dir: str | Path, model_source: dict, 
 
     torch.set_num_threads(max(1, threads))
     trial_dir = Path(trial_dir)
-    (trial_dir / "logs").mkdir(parents=True, exist_ok=True)
+    files = TrialFiles(trial_dir)
+    files.logs.mkdir(parents=True, exist_ok=True)
     tuning = tune["tuning"]
     study = studies.open_study(tuning, slot)
     try:
@@ -48,11 +45,11 @@ def run_trial(tune: dict, slot: int, trial_dir: str | Path, model_source: dict, 
     except studies.SlotSkipped as skipped:  # not a failure: the job succeeds, the CSV says so
         studies.skip_slot(study, slot, str(skipped))
         result = {"trial_number": None, "slot": slot, "state": "SKIPPED", "reason": str(skipped)}
-        write_json(trial_dir / "metrics.json", result)
+        write_json(files.metrics, result)
         return result
     if finished is not None:  # done in an earlier run whose metrics.json was removed: no retraining
         result = trial_summary(finished, tuning, trial_dir)
-        write_json(trial_dir / "metrics.json", result)
+        write_json(files.metrics, result)
         return result
 
     trial.set_user_attr("trial_dir", str(trial_dir))
@@ -64,7 +61,7 @@ def run_trial(tune: dict, slot: int, trial_dir: str | Path, model_source: dict, 
     try:
         params = search_space.suggest(trial, tuning["space"])
         resume_from = resumable_checkpoint(trial_dir, params)
-        write_json(trial_dir / "params.json", {"trial_number": trial.number, "slot": slot,
+        write_json(files.params, {"trial_number": trial.number, "slot": slot,
                                                "attempt": trial.user_attrs.get("attempt", 1),
                                                "params": params})
         if resume_from:
@@ -90,14 +87,15 @@ def run_trial(tune: dict, slot: int, trial_dir: str | Path, model_source: dict, 
     else:
         frozen = study.tell(trial, values)
     result = trial_summary(frozen, tuning, trial_dir)
-    write_json(trial_dir / "metrics.json", result)
+    write_json(files.metrics, result)
     return result
 
 
 def resumable_checkpoint(trial_dir: Path, params: dict) -> str | None:
     """The slot's last checkpoint, if an earlier attempt with these same parameters left one."""
-    checkpoint = last_checkpoint(trial_dir)
-    previous = trial_dir / "params.json"
+    files = TrialFiles(trial_dir)
+    checkpoint = files.last_checkpoint()
+    previous = files.params
     if checkpoint and previous.exists() and json.loads(previous.read_text()).get("params") == params:
         return checkpoint
     return None
@@ -115,16 +113,8 @@ def trial_summary(frozen, tuning: dict, trial_dir: Path) -> dict:
         "metrics": frozen.user_attrs.get("metrics", {}),
         "params": frozen.params,
         "trial_dir": str(trial_dir),
-        "last_checkpoint": last_checkpoint(trial_dir),
+        "last_checkpoint": TrialFiles(trial_dir).last_checkpoint(),
     }
-
-
-def last_checkpoint(trial_dir: Path) -> str | None:
-    """The newest complete checkpoint: HF writes trainer_state.json last, so a checkpoint cut
-    short by a kill lacks it and is passed over."""
-    complete = [p for p in Path(trial_dir).glob("checkpoint-*")
-                if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()]
-    return str(max(complete, key=lambda p: int(p.name.split("-")[-1]))) if complete else None
 
 
 def build_training_args(tune: dict, tuned: dict, trial_dir: Path):
@@ -192,7 +182,7 @@ def train_and_evaluate(tune: dict, params: dict, trial_dir: Path, model_source: 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if not state.is_world_process_zero:  # data parallel: one rank writes the curve
                 return
-            with open(trial_dir / "logs" / "loss_curve.jsonl", "a") as f:
+            with open(TrialFiles(trial_dir).loss_curve, "a") as f:
                 f.write(json.dumps({"step": state.global_step, "max_steps": state.max_steps,
                                     "time": round(time.time(), 3), **(logs or {})}) + "\n")
 
@@ -267,7 +257,7 @@ def train_and_evaluate(tune: dict, params: dict, trial_dir: Path, model_source: 
         callbacks=[LossCurve(), divergence, pruning, last_evaluation, SaveLastStep()],
     )
     train_output = trainer.train(resume_from_checkpoint=resume_from)
-    write_loss_curve(trainer.state.log_history, trial_dir / "logs" / "loss_curve.csv")
+    write_loss_curve(trainer.state.log_history, TrialFiles(trial_dir).loss_curve_csv)
     trained = {**train_output.metrics, "trained_steps": trainer.state.global_step}
     if divergence.reason or pruning.reason:
         return trained, divergence.reason or pruning.reason

@@ -1,0 +1,209 @@
+"""Where a study's files live under its `tuning.output_dir`, named once, and how they are read and
+written safely.
+
+Every rule output (`workflow/rules/*.smk`), every reader (CLI, summary, report, bench, tests) and
+every writer takes its paths from here:
+
+    <output_dir>/
+      study.journal              the Optuna journal: the one record of every trial
+      tune.merged.yaml           the config `snaketune tune` ran with (overrides applied)
+      prepared_model/source.json where trials load the model from (rule prepare_model)
+      data/summary.json          the tokenized data's row and token counts (rule prepare_data)
+      data/tokenized/            the tokenized train and validation sets
+      trial_<slot>/              one trial slot: params.json, checkpoint-*/, logs/, metrics.json
+      trials_results.csv         every trial (rule aggregate)
+      best_trial.json            one objective: the best trial, and best_model/ (LoRA merged in)
+      best_trials.json, pareto_front.csv     several objectives: the Pareto-optimal trials
+      report/                    plots and pages (rule report)
+      logs/<rule>.log            the log of each once-per-study rule
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+# Hugging Face Trainer's checkpoint directories (transformers.trainer_utils.PREFIX_CHECKPOINT_DIR).
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+REPORT_PAGES = {"interactive": "plots.html", "trials": "trials.html", "best": "best_trial.html"}
+
+
+@dataclass(frozen=True)
+class TrialFiles:
+    """The files of trial slot i: `<output_dir>/trial_<i>/`. `dir` may hold Snakemake's `{i}`."""
+
+    dir: Path
+
+    @property
+    def params(self) -> Path:
+        """Written when the trial's parameters are known: {trial_number, slot, attempt, params}."""
+        return self.dir / "params.json"
+
+    @property
+    def metrics(self) -> Path:
+        """Written last, when the slot is done (the file Snakemake tracks)."""
+        return self.dir / "metrics.json"
+
+    @property
+    def logs(self) -> Path:
+        return self.dir / "logs"
+
+    @property
+    def log(self) -> Path:
+        """The trial job's log (stdout and stderr of training)."""
+        return self.logs / "trial.log"
+
+    @property
+    def loss_curve(self) -> Path:
+        """One JSON object per Trainer log line, appended live (read with `read_loss_curve`)."""
+        return self.logs / "loss_curve.jsonl"
+
+    @property
+    def loss_curve_csv(self) -> Path:
+        """The finished curve as a table (step, epoch, loss, grad_norm, learning_rate, eval_loss)."""
+        return self.logs / "loss_curve.csv"
+
+    @property
+    def benchmark(self) -> Path:
+        """Snakemake's `benchmark:` file of the trial job (wall time, memory, CPU)."""
+        return self.logs / "benchmark.tsv"
+
+    @property
+    def devices(self) -> Path:
+        """The devices the trial leased, and when it released them (snaketune.gpu)."""
+        return self.logs / "devices.json"
+
+    @property
+    def launch_spec(self) -> Path:
+        """The arguments handed to the data-parallel ranks (gpus_per_trial > 1)."""
+        return self.logs / "launch.json"
+
+    def last_checkpoint(self) -> str | None:
+        """The newest complete `checkpoint-<step>/`, or None.
+
+        Written by hand rather than with `transformers.trainer_utils.get_last_checkpoint`, which
+        returns a directory cut short by a kill: Trainer writes `trainer_state.json` last, so a
+        checkpoint without it is passed over. (It also keeps transformers out of `snaketune status`.)
+        """
+        if not self.dir.is_dir():
+            return None
+        complete = [(int(m.group(1)), p) for p in self.dir.iterdir()
+                    if (m := _CHECKPOINT.match(p.name)) and (p / "trainer_state.json").is_file()]
+        return str(max(complete)[1]) if complete else None
+
+
+@dataclass(frozen=True)
+class StudyLayout:
+    """Every path of one study, under `output_dir` (the resolved `tuning.output_dir`)."""
+
+    output_dir: Path
+
+    def __post_init__(self):
+        object.__setattr__(self, "output_dir", Path(self.output_dir))
+
+    @property
+    def journal(self) -> Path:
+        return self.output_dir / "study.journal"
+
+    @property
+    def merged_config(self) -> Path:
+        return self.output_dir / "tune.merged.yaml"
+
+    @property
+    def model_source(self) -> Path:
+        """Written last by prepare_model; the prepared model (if converted) lives beside it."""
+        return self.output_dir / "prepared_model" / "source.json"
+
+    @property
+    def data_summary(self) -> Path:
+        """Written last by prepare_data; the tokenized sets live beside it (`tokenized/`)."""
+        return self.output_dir / "data" / "summary.json"
+
+    def rule_log(self, rule: str) -> Path:
+        return self.output_dir / "logs" / f"{rule}.log"
+
+    def trial(self, slot: int | str) -> TrialFiles:
+        """Slot `slot`'s files; `trial("{i}")` gives the rule's wildcard paths."""
+        return TrialFiles(self.output_dir / f"trial_{slot}")
+
+    @property
+    def results_csv(self) -> Path:
+        return self.output_dir / "trials_results.csv"
+
+    @property
+    def best_trial(self) -> Path:
+        return self.output_dir / "best_trial.json"
+
+    @property
+    def best_trials(self) -> Path:
+        return self.output_dir / "best_trials.json"
+
+    @property
+    def pareto_front(self) -> Path:
+        return self.output_dir / "pareto_front.csv"
+
+    @property
+    def best_model(self) -> Path:
+        return self.output_dir / "best_model"
+
+    def best_record(self, n_objectives: int) -> Path:
+        """best_trial.json for one objective, best_trials.json (the Pareto front) for several."""
+        return self.best_trial if n_objectives == 1 else self.best_trials
+
+    def results(self, n_objectives: int) -> list[Path]:
+        """What rule aggregate writes besides the best model: the table and the best trial(s)."""
+        if n_objectives == 1:
+            return [self.results_csv, self.best_trial]
+        return [self.results_csv, self.pareto_front, self.best_trials]
+
+    @property
+    def report_dir(self) -> Path:
+        return self.output_dir / "report"
+
+    def plot(self, kind: str, metric: str | None = None) -> Path:
+        """A static plot: `report/<kind>.png`, or `report/<kind>_<metric>.png` per objective."""
+        return self.report_dir / (f"{kind}_{metric}.png" if metric else f"{kind}.png")
+
+    def report_page(self, key: str) -> Path:
+        """A page of the report: key is one of REPORT_PAGES (interactive, trials, best)."""
+        return self.report_dir / REPORT_PAGES[key]
+
+    def find_trial_dirs(self) -> list[Path]:
+        """The trial slot directories that exist, in slot order."""
+        found = [p for p in self.output_dir.glob("trial_*") if p.name[len("trial_"):].isdigit()]
+        return sorted(found, key=lambda p: int(p.name[len("trial_"):]))
+
+
+def write_json(path: str | Path, data) -> None:
+    """Write `data` as JSON atomically: a reader (or a crash) never sees half a file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    tmp.replace(path)
+
+
+def read_loss_curve(path: str | Path, key: str | None = None) -> list[dict]:
+    """The rows of a trial's `logs/loss_curve.jsonl`, oldest first.
+
+    A half-written last line (the trial is running) is skipped. With `key`, only rows that have a
+    finite number under `key` and a `step`. A missing file gives [].
+    """
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError:
+        return []
+    rows = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if key is not None:
+            value = row.get(key)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and "step" in row):
+                continue
+        rows.append(row)
+    return rows
