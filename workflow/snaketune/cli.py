@@ -26,13 +26,14 @@ from pathlib import Path
 import yaml
 
 from snaketune import resources
+from snaketune.errors import SnaketuneError
 from snaketune.layout import StudyLayout
 
 SNAKEFILE = resources.snakefile()
 PROFILES_DIR = resources.profiles_dir()
 
 
-class CliError(Exception):
+class CliError(SnaketuneError):
     """A problem with what the user asked for: printed as one line, exit status 2."""
 
 
@@ -348,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     except CliError as error:
         print(f"snaketune: {error}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError) as error:
+    except SnaketuneError as error:  # a problem the project found and explains (no journal, ...)
         print(f"snaketune: {error}", file=sys.stderr)
         return 1
 

@@ -16,8 +16,14 @@ import os
 from importlib.resources import files
 from pathlib import Path
 
+from snaketune.errors import SnaketuneError
+
 PACKAGE = "snaketune"
 BUNDLE = "_workflow"  # setup.py writes the wheel's copy here
+
+
+class WorkflowFilesMissing(SnaketuneError, FileNotFoundError):
+    """The package was installed without its workflow files."""
 
 
 def workflow_root() -> Path:
@@ -25,7 +31,8 @@ def workflow_root() -> Path:
 
     Returns the wheel's `snaketune/_workflow/` when the package was installed from one, else the
     root of the source checkout the package is imported from. Raises FileNotFoundError when
-    neither holds a Snakefile (a package copied without its workflow files).
+    neither holds a Snakefile (a package copied without its workflow files): WorkflowFilesMissing, a
+    FileNotFoundError.
     """
     # Snakemake reads these files by path, so the package must be installed unpacked (pip does).
     package = Path(os.fspath(files(PACKAGE)))
@@ -37,7 +44,7 @@ def workflow_root() -> Path:
     checkout = package.parent.parent
     if (checkout / "Snakefile").is_file():
         return checkout
-    raise FileNotFoundError(
+    raise WorkflowFilesMissing(
         f"snaketune's workflow files are missing: no Snakefile in {bundled} (an installed wheel) "
         f"or {checkout} (a source checkout); reinstall with `pip install` from the repository")
 

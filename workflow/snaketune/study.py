@@ -22,9 +22,18 @@ from optuna.trial import FrozenTrial, TrialState
 
 from snaketune import space as search_space
 from snaketune import strategy
+from snaketune.errors import SnaketuneError
 from snaketune.layout import StudyLayout
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+class StudyNotFound(SnaketuneError, FileNotFoundError):
+    """No journal in the output directory, or no study of that name in it."""
+
+
+class AmbiguousStudy(SnaketuneError, ValueError):
+    """A journal holding several studies (or none yet), read without naming one."""
 
 
 def is_finished(trial: FrozenTrial) -> bool:
@@ -78,25 +87,27 @@ def load_study(output_dir: str | Path, study_name: str | None = None,
 
     `study_name` may be left out when the journal holds one study. Nothing is created: a missing
     journal or study raises FileNotFoundError (or returns None with `missing_ok`); a journal with
-    several studies and no `study_name` raises ValueError.
+    several studies and no `study_name` raises AmbiguousStudy (a ValueError); a missing journal or
+    study raises StudyNotFound (a FileNotFoundError).
     """
     path = StudyLayout(output_dir).journal
     if not path.exists():
         if missing_ok:
             return None
-        raise FileNotFoundError(f"no journal at {path}: is {output_dir} a study's output directory?")
+        raise StudyNotFound(f"no journal at {path}: is {output_dir} a study's output directory?")
     storage = open_storage(str(path))
     names = optuna.get_all_study_names(storage)
     if study_name is None:
         if not names and not missing_ok:
-            raise ValueError(f"{path} holds no study yet")
+            raise AmbiguousStudy(f"{path} holds no study yet")
         if len(names) > 1:
-            raise ValueError(f"{path} holds several studies ({', '.join(names)}); name one")
+            raise AmbiguousStudy(f"{path} holds several studies ({', '.join(names)}); name one "
+                                 "(--study-name)")
         study_name = names[0] if names else None
     if study_name not in names:
         if missing_ok:
             return None
-        raise FileNotFoundError(f"{path} holds no study named {study_name!r} "
+        raise StudyNotFound(f"{path} holds no study named {study_name!r} "
                                 f"(it holds: {', '.join(names) or 'none'})")
     # A reader's sampler is never asked for anything: a RandomSampler is the cheapest to build.
     return optuna.load_study(study_name=study_name, storage=storage, sampler=optuna.samplers.RandomSampler())
