@@ -168,3 +168,34 @@ def test_export_results(study_dir, fmt):
     records = json.loads(text) if fmt == "json" else yaml.safe_load(text)
     assert [r["number"] for r in records] == list(table["number"])
     assert [r["eval_loss"] for r in records] == pytest.approx(list(table["eval_loss"]))
+
+
+# -- a user's file the command cannot use: one line, exit 1, no traceback -------------------------
+
+def test_an_unwritable_output_file_is_one_line(tmp_path, capsys):
+    out = tmp_path / "tuning_output"
+    make_journal_with_every_state(out)
+    capsys.readouterr()  # Optuna's log of the journal's making
+    assert cli.main(["export", str(out), "-o", str(tmp_path / "missing" / "x.csv")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("snaketune: ") and "missing/x.csv" in err and "Traceback" not in err
+
+
+def test_a_hand_edited_best_trial_file_is_one_line(tmp_path, capsys):
+    out = tmp_path / "tuning_output"
+    make_journal_with_every_state(out)
+    StudyLayout(out).best_trial.write_text('{"x": ')
+    capsys.readouterr()  # Optuna's log of the journal's making
+    assert cli.main(["best", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("snaketune: ") and "Traceback" not in err
+
+
+def test_status_shows_a_running_trials_nan_loss(tmp_path, capsys):
+    out = tmp_path / "tuning_output"
+    make_journal_with_every_state(out)
+    with open(StudyLayout(out).trial(4).loss_curve, "a") as f:
+        f.write('\n{"step": 5, "loss": NaN}\n')  # after the line cut short, a diverging step
+    assert cli.main(["status", str(out)]) == 0
+    row = capsys.readouterr().out.split("running\n", 1)[1].splitlines()[2].split()
+    assert row[2:4] == ["5", "nan"]

@@ -894,3 +894,25 @@ def test_each_concept_checks_its_section_alone(alpaca_jsonl, tmp_path):
     assert section["torch_dtype_str"] == "bfloat16" and section["seed"] == 7
     assert problems == [f"model.model_name: local path {tmp_path / 'missing'} does not exist"]
 
+
+
+# -- a shape the schema refuses does not hide the problems found beside it -----------------------
+
+@pytest.mark.parametrize("broken, where", [
+    ({"tunable_peft_params": [1]}, "tuning.tunable_peft_params"),
+    ({"fixed_peft_params": "abc"}, "tuning.fixed_peft_params"),
+    ({"custom_eval_metrics": [{"name": "a", "function": "nomod.f"}, 3]}, "tuning.custom_eval_metrics[1]"),
+    ({"enqueue_trials": [{"learnig_rate": 0.1}, 7]}, "tuning.enqueue_trials[1]"),
+])
+def test_a_shape_problem_keeps_the_other_problems(seed, tmp_path, broken, where):
+    seed["tuning"]["tunable_training_params"]["learnig_rate"] = {"type": "float", "low": 0.1, "high": 1}
+    seed["tuning"].update(broken)
+    seed["data"]["train"]["datasets"].append(5)
+    problems = problems_of(seed, tmp_path)
+    problem_at(problems, where)  # the schema's
+    problem_at(problems, "data.train.datasets[1]")  # the schema's
+    problem_at(problems, "tuning.tunable_training_params.learnig_rate", "did you mean 'learning_rate'")
+    if "custom_eval_metrics" in broken:
+        problem_at(problems, "tuning.custom_eval_metrics[0].function", "cannot import module 'nomod'")
+    if "enqueue_trials" in broken:
+        problem_at(problems, "tuning.enqueue_trials[0].learnig_rate", "not a tunable parameter")

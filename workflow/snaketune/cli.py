@@ -352,6 +352,9 @@ def main(argv: list[str] | None = None) -> int:
     except SnaketuneError as error:  # a problem the project found and explains (no journal, ...)
         print(f"snaketune: {error}", file=sys.stderr)
         return 1
+    except (OSError, ValueError) as error:  # a file of the user's: an unwritable -o, a hand-edited JSON
+        print(f"snaketune: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -52,6 +52,9 @@ def resolve_entries(entries: list[dict], path: str, base: Path) -> tuple[list[di
     resolved, problems = [], []
     for i, entry in enumerate(entries):
         here = f"{path}[{i}]"
+        if not (isinstance(entry, dict) and isinstance(entry.get("dataset_name"), str)
+                and isinstance(entry.get("split"), str)):
+            continue  # the schema reports the shape; the other entries are still checked
         name, split = entry["dataset_name"], entry["split"].replace(" ", "")
         if not SPLIT_PATTERN.match(split):
             problems.append(f"{here}.split: {entry['split']!r} is not a split; write e.g. 'train', "

@@ -61,6 +61,9 @@ def resolve_custom(entries: list[dict], base: Path, import_modules: bool = True)
     seen, custom, problems = set(), [], []
     for i, entry in enumerate(entries):
         path = f"tuning.custom_eval_metrics[{i}]"
+        if not (isinstance(entry, dict) and isinstance(entry.get("name"), str)
+                and isinstance(entry.get("function"), str)):
+            continue  # the schema reports the shape; the other entries are still checked
         if entry["name"] in seen:
             problems.append(f"{path}.name: {entry['name']!r} is defined twice")
         seen.add(entry["name"])

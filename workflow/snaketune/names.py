@@ -150,7 +150,11 @@ def resolve_parameters(tuning: dict, check_fields: bool = True) -> Parameters:
     )
     for group, target_of, tunable_key, fixed_key in groups:
         tunable_targets, fixed_targets = {}, {}
-        for name, spec in tuning[tunable_key].items():
+        # A section that is not a mapping is the schema's to report; the other section's problems
+        # are still found (every problem at once).
+        tunable = tuning[tunable_key] if isinstance(tuning[tunable_key], dict) else {}
+        fixed = tuning[fixed_key] if isinstance(tuning[fixed_key], dict) else {}
+        for name, spec in tunable.items():
             path = f"tuning.{tunable_key}.{name}"
             target, problem = target_of(name, check_fields=check_fields)
             if problem:
@@ -169,7 +173,7 @@ def resolve_parameters(tuning: dict, check_fields: bool = True) -> Parameters:
                 out.problems += problems
                 if param is not None:
                     out.space.append(param)
-        for name, value in tuning[fixed_key].items():
+        for name, value in fixed.items():
             path = f"tuning.{fixed_key}.{name}"
             target, problem = target_of(name, check_fields=check_fields)
             if problem:

@@ -203,6 +203,8 @@ def resolve_enqueued(entries: list[dict], space: list[dict], n_trials: int, samp
                         "raise tuning.n_trials or enqueue fewer")
     by_name = {p["name"]: p for p in space}
     for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            continue  # the schema reports the shape; the other entries are still checked
         for name, value in entry.items():
             path = f"tuning.enqueue_trials[{i}].{name}"
             if name not in by_name:
@@ -215,7 +217,7 @@ def resolve_enqueued(entries: list[dict], space: list[dict], n_trials: int, samp
                 (parent, allowed), = by_name[name]["condition"].items()
                 problems.append(f"{path}: is only tuned when {parent} is one of {allowed}; "
                                 f"this configuration has {parent}={entry.get(parent)!r}")
-    return [dict(entry) for entry in entries], problems
+    return [dict(entry) for entry in entries if isinstance(entry, dict)], problems
 
 
 # -- ordering and sampling --------------------------------------------------------------------------

@@ -159,7 +159,8 @@ def running_progress(trial: FrozenTrial, max_steps: int | None = None) -> dict:
     if not trial_dir:
         return info
     files = TrialFiles(Path(trial_dir))
-    rows = read_loss_curve(files.loss_curve, key="loss")
+    # Every row with a loss, a NaN one included: a diverging trial shows it until it stops.
+    rows = [row for row in read_loss_curve(files.loss_curve) if "loss" in row]
     try:
         updated = files.loss_curve.stat().st_mtime
     except OSError:
