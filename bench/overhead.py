@@ -102,8 +102,9 @@ def baseline_arm(workdir: Path, config: dict, n_trials: int) -> dict:
     """The in-process loop, on the model and data the snaketune arm prepared."""
     study = workdir / "study"
     from snaketune.layout import StudyLayout
+    from snaketune.model import read_source
 
-    source = json.loads(StudyLayout(study).model_source.read_text())
+    source = read_source(StudyLayout(study).model_source)
     training = {k: v for k, v in config["tuning"]["fixed_training_params"].items() if k != "trainer_type"}
     lora = {"r": 8, "lora_alpha": config["tuning"]["fixed_peft_params"]["lora_alpha"],
             "lora_dropout": config["tuning"]["fixed_peft_params"]["lora_dropout"],

@@ -1,4 +1,3 @@
-import json
 import os
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ settings = load_gpu_settings(snakemake.config, base_dir=os.getcwd())  # noqa: F8
 with gpu.trial_devices(settings, files.devices, holder={"trial_dir": str(trial_dir.resolve())},
                        log=lambda message: print(message, file=sys.stderr, flush=True)) as devices:
     tune = rule_setup.start(snakemake)  # noqa: F821
+    from snaketune.model import read_source
     from snaketune.train import run_trial
 
     record = devices.record
@@ -25,7 +25,7 @@ with gpu.trial_devices(settings, files.devices, holder={"trial_dir": str(trial_d
     arguments = dict(
         slot=slot,
         trial_dir=str(trial_dir),
-        model_source=json.loads(open(snakemake.input.model).read()),  # noqa: F821
+        model_source=read_source(snakemake.input.model),  # noqa: F821
         data_dir=os.path.dirname(snakemake.input.data),  # noqa: F821
         threads=snakemake.threads,  # noqa: F821
         user_attrs=record,

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import snaketune
+from snaketune.layout import write_json
 
 # The directory that holds the `snaketune` package (a checkout's workflow/, or site-packages):
 # the ranks import the package from where this process did.
@@ -33,7 +34,7 @@ def launch_data_parallel(spec: dict, nproc: int, spec_path: str | Path, pass_fds
     Raises RuntimeError when torchrun exits non-zero.
     """
     spec_path = Path(spec_path)
-    spec_path.write_text(json.dumps(spec, default=str))
+    write_json(spec_path, spec)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         p for p in (str(PACKAGE_PARENT), os.environ.get("PYTHONPATH")) if p)}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from snaketune.errors import SnaketuneError
+from snaketune.layout import write_json
 
 DEFAULT_LEASE_DIR = "/tmp/snaketune-gpu-leases"
 LEASE_DIR_ENV = "SNAKETUNE_GPU_LEASE_DIR"
@@ -347,11 +348,11 @@ def trial_devices(settings: dict, record_path: str | Path, environ=None, holder:
     lease, record = lease_for_trial(settings, environ=environ, holder=holder, log=log)
     try:
         record_path.parent.mkdir(parents=True, exist_ok=True)
-        record_path.write_text(json.dumps(record, indent=2))
+        write_json(record_path, record)
         yield TrialDevices(record, lease)
     finally:
         try:
-            record_path.write_text(json.dumps({**record, "released_at": time.time()}, indent=2))
+            write_json(record_path, {**record, "released_at": time.time()})
         finally:
             if lease is not None:
                 lease.release()

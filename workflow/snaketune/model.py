@@ -14,6 +14,7 @@ the model from. Three cases:
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from pathlib import Path
 
@@ -216,6 +217,12 @@ def _from_local_or_hub(loader, name: str, **kwargs):
 def _absolute_if_local(name: str) -> str:
     # Trials may run in another working directory (a cluster job); a hub id stays as written.
     return str(Path(name).resolve()) if Path(name).exists() else str(name)
+
+
+def read_source(source_path: str | Path) -> dict:
+    """What `prepare_model` recorded in `source_path` (rule prepare_model's output): {path, kind,
+    tokenizer_path, ...}, where every trial loads the model from."""
+    return json.loads(Path(source_path).read_text())
 
 
 def _write_source(path: Path, source: dict) -> dict:

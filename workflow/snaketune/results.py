@@ -31,13 +31,14 @@ def results_table(study: optuna.Study, metrics: list[str]):
     latest = studies.latest_attempts(study)
     frame = study.trials_dataframe(attrs=OPTUNA_COLUMNS)
     frame = frame.set_index("number", drop=False)
+    # Objectives under their own names: Optuna writes values_<name> for a study with metric names
+    # (snaketune sets them), value or values_<i> for one without (older journals).
+    objective_columns = {name: f"values_{name}" if f"values_{name}" in frame.columns
+                         else "value" if "value" in frame.columns else f"values_{i}"
+                         for i, name in enumerate(metrics)}
     for trial in latest:
         row = frame.loc[trial.number].to_dict()
-        # Objectives under their own names: Optuna writes values_<name> for a study with metric
-        # names (snaketune sets them), value or values_<i> for one without (older journals).
-        for i, name in enumerate(metrics):
-            generic = "value" if "value" in frame.columns else f"values_{i}"
-            column = f"values_{name}" if f"values_{name}" in frame.columns else generic
+        for name, column in objective_columns.items():
             row[name] = row.pop(column, None)
         for name, value in trial.user_attrs.get("metrics", {}).items():
             row.setdefault(name, value)

@@ -172,6 +172,8 @@ def train_and_evaluate(tune: dict, params: dict, trial_dir: Path, model_source: 
     model = models.load_model(model_source, tune["model"], quantization=tuning["quantization"])
     prepared = datasets_.load_prepared(data_dir)
 
+    files = TrialFiles(trial_dir)
+
     class LossCurve(TrainerCallback):
         """Appends every log line to logs/loss_curve.jsonl as it happens (live progress).
 
@@ -182,7 +184,7 @@ def train_and_evaluate(tune: dict, params: dict, trial_dir: Path, model_source: 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if not state.is_world_process_zero:  # data parallel: one rank writes the curve
                 return
-            with open(TrialFiles(trial_dir).loss_curve, "a") as f:
+            with open(files.loss_curve, "a") as f:
                 f.write(json.dumps({"step": state.global_step, "max_steps": state.max_steps,
                                     "time": round(time.time(), 3), **(logs or {})}) + "\n")
 
@@ -257,7 +259,7 @@ def train_and_evaluate(tune: dict, params: dict, trial_dir: Path, model_source: 
         callbacks=[LossCurve(), divergence, pruning, last_evaluation, SaveLastStep()],
     )
     train_output = trainer.train(resume_from_checkpoint=resume_from)
-    write_loss_curve(trainer.state.log_history, TrialFiles(trial_dir).loss_curve_csv)
+    write_loss_curve(trainer.state.log_history, files.loss_curve_csv)
     trained = {**train_output.metrics, "trained_steps": trainer.state.global_step}
     if divergence.reason or pruning.reason:
         return trained, divergence.reason or pruning.reason
