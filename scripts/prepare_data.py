@@ -5,5 +5,5 @@ from snaketune.data import prepare_data  # noqa: E402
 from snaketune.model import load_tokenizer, read_source  # noqa: E402
 
 source = read_source(snakemake.input.model)  # noqa: F821
-tokenizer = load_tokenizer(source, tune["model"])
-prepare_data(tune["data"], tokenizer, tune["model"]["model_max_length"], snakemake.output[0])  # noqa: F821
+tokenizer = load_tokenizer(source, tune.model)
+prepare_data(tune.data, tokenizer, tune.model.model_max_length, snakemake.output[0])  # noqa: F821

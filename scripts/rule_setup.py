@@ -13,7 +13,8 @@ if (CHECKOUT_PACKAGE_PARENT / "snaketune").is_dir() and str(CHECKOUT_PACKAGE_PAR
     sys.path.insert(0, str(CHECKOUT_PACKAGE_PARENT))
 
 
-def start(snakemake) -> dict:
+def start(snakemake):
+    """Send the rule's output to its log; returns the resolved config (`config.TuningConfig`)."""
     if snakemake.log:
         Path(snakemake.log[0]).parent.mkdir(parents=True, exist_ok=True)
         log = open(snakemake.log[0], "a", buffering=1)

@@ -30,10 +30,11 @@ with gpu.trial_devices(settings, files.devices, holder={"trial_dir": str(trial_d
         threads=snakemake.threads,  # noqa: F821
         user_attrs=record,
     )
-    if settings["gpus_per_trial"] > 1:
+    if settings.gpus_per_trial > 1:
         from snaketune.distributed import launch_data_parallel
 
-        launch_data_parallel({"tune": tune, **arguments}, settings["gpus_per_trial"],
-                             files.launch_spec, pass_fds=devices.fds)
+        # The ranks resolve the config again from the YAML's dict (one process, one config).
+        launch_data_parallel({"config": snakemake.config, "base_dir": os.getcwd(), **arguments},  # noqa: F821
+                             settings.gpus_per_trial, files.launch_spec, pass_fds=devices.fds)
     else:
         run_trial(tune, **arguments)

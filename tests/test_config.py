@@ -880,7 +880,7 @@ def test_each_concept_checks_its_section_alone(alpaca_jsonl, tmp_path):
     entries, problems = data.resolve_entries(
         [{"dataset_name": "train.jsonl", "split": "train[ :2]"}, {"dataset_name": "gone.jsonl", "split": "x["}],
         "data.train.datasets", tmp_path)
-    assert entries == [{"dataset_name": str(alpaca_jsonl), "split": "train[:2]", "local": True}]
+    assert entries == [{"dataset_name": str(alpaca_jsonl), "split": "train[:2]", "subset": None, "local": True}]
     assert [p.split(": ")[0] for p in problems] == ["data.train.datasets[1].split",
                                                     "data.train.datasets[1].dataset_name"]
     assert metrics.resolve_objectives(["eval_loss", "eval_f1"], ["minimize"]) == (
@@ -916,3 +916,56 @@ def test_a_shape_problem_keeps_the_other_problems(seed, tmp_path, broken, where)
         problem_at(problems, "tuning.custom_eval_metrics[0].function", "cannot import module 'nomod'")
     if "enqueue_trials" in broken:
         problem_at(problems, "tuning.enqueue_trials[0].learnig_rate", "not a tunable parameter")
+
+
+# -- the typed resolved config ----------------------------------------------------------------------
+
+def test_the_resolved_config_is_typed_and_frozen(alpaca_jsonl, tmp_path):
+    import dataclasses
+
+    from snaketune import config, data, gpu, metrics, model, space
+
+    (tmp_path / "typed_metrics.py").write_text("def tokens(**kwargs):\n    return 1.0\n")
+    raw = yaml.safe_load(SEED_TUNE_YAML)
+    raw["tuning"] = yaml.safe_load(SEED_SNIPPETS_TUNING_YAML)
+    raw["tuning"]["custom_eval_metrics"] = [{"name": "custom_metric", "function": "typed_metrics.tokens"}]
+    tune = load_tune_config(raw, tmp_path)
+    assert isinstance(tune, config.TuningConfig) and isinstance(tune.tuning, config.TuningParams)
+    assert isinstance(tune.model, model.ModelParams) and tune.model.torch_dtype_str == "bfloat16"
+    assert isinstance(tune.data, data.DataParams)
+    assert all(isinstance(e, data.DatasetParams) for e in tune.data.train + tune.data.validation)
+    assert tune.data.train[0].local is True and tune.data.train[0].split == "train[90%:]"
+    assert isinstance(tune.tuning.gpu, gpu.DeviceSettings) and tune.tuning.gpu.gpus_per_trial == 1
+    assert tune.tuning.custom_eval_metrics == [metrics.CustomMetric("custom_metric", "typed_metrics.tokens")]
+    assert tune.tuning.custom_eval_metrics[0].function == "typed_metrics.tokens"
+    assert tune.tuning.layout.journal == tmp_path / "tuning_output" / "study.journal"
+    # Each parameter holds its Optuna distribution, built once at parse time.
+    for param in tune.tuning.space:
+        assert isinstance(param, space.Parameter)
+        assert space.distributions(tune.tuning.space)[param["name"]] is param.distribution
+    for section, field in ((tune, "model"), (tune.model, "seed"), (tune.tuning, "metrics"),
+                           (tune.tuning.gpu, "devices"), (tune.data.train[0], "split")):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(section, field, None)
+
+
+def test_a_section_reads_as_a_mapping_of_its_fields_only(seed, tmp_path):
+    tune = load_tune_config(seed, tmp_path)
+    assert list(tune) == ["model", "data", "tuning"]
+    assert dict(tune.model)["model_max_length"] == tune.model.model_max_length == 2048
+    assert tune.tuning["metrics"] is tune.tuning.metrics
+    with pytest.raises(KeyError):
+        tune.tuning["tuner_sampler"]  # the YAML's name; resolved, it is `sampler`
+    with pytest.raises(KeyError):
+        tune.tuning["layout"]  # a property, not a field
+
+
+def test_every_process_resolves_the_same_config_from_the_yaml(seed, tmp_path):
+    """A job (and each data-parallel rank) resolves the config again from the YAML's dict, as
+    JSON carries it, without the checks the main process made: the result is the same config."""
+    import json
+
+    main = load_tune_config(seed, tmp_path)
+    job = load_tune_config(json.loads(json.dumps(seed)), tmp_path, validated=True)
+    assert job == main and job.tuning.space == main.tuning.space
+    assert [p.distribution for p in job.tuning.space] == [p.distribution for p in main.tuning.space]

@@ -15,7 +15,8 @@ import pytest
 from optuna.trial import TrialState
 
 from snaketune.layout import StudyLayout
-from workflow_helpers import REPO, load_study, run_snakemake, tiny_config, write_config, write_reverse_words
+from workflow_helpers import (REPO, load_study, resolved_tuning, run_snakemake, tiny_config, write_config,
+                              write_reverse_words)
 
 FLAKY_METRIC = """
 from pathlib import Path
@@ -231,8 +232,8 @@ def test_stale_journal_lock_left_by_a_kill_is_recovered(tmp_path):
     sys.path.insert(0, str(REPO / "workflow"))
     from snaketune.study import LOCK_GRACE_SECONDS, open_study
 
-    tuning = {"output_dir": str(tmp_path), "study_name": "s", "seed": 0, "sampler": "RandomSampler",
-              "directions": ["minimize"], "metrics": ["eval_loss"], "space": []}
+    tuning = resolved_tuning(tmp_path, output_dir=str(tmp_path), study_name="s", seed=0,
+                             tuner_sampler="RandomSampler")
     open_study(tuning)  # the journal exists
     lock = tmp_path / "study.journal.lock"
     lock.touch()  # what a process killed while appending leaves behind

@@ -150,8 +150,8 @@ def test_a_waiting_lease_is_granted_when_a_holder_dies(tmp_path):
 
 # -- the trial's policy ------------------------------------------------------------------------------
 def settings(tmp_path, **overrides):
-    return {"trials_per_gpu": 1, "gpus_per_trial": 1, "devices": None, "lease_dir": str(tmp_path),
-            **overrides}
+    return gpu.DeviceSettings(**{"trials_per_gpu": 1, "gpus_per_trial": 1, "devices": None,
+                                 "lease_dir": str(tmp_path), **overrides})
 
 
 def test_a_trial_without_gpus_runs_on_cpu_and_leases_nothing(tmp_path):

@@ -9,6 +9,7 @@ import pytest
 
 from snaketune import study as studies
 from snaketune.layout import StudyLayout, TrialFiles, read_loss_curve, write_json
+from workflow_helpers import resolved_tuning
 
 
 def test_every_path_lies_under_the_output_dir(tmp_path):
@@ -82,9 +83,11 @@ def test_load_study_names_what_is_missing(tmp_path):
 
 
 def test_the_writer_names_the_objectives_on_the_study(tmp_path):
-    tuning = {"output_dir": str(tmp_path), "study_name": "s", "directions": ["minimize", "maximize"],
-              "metrics": ["eval_loss", "accuracy"], "sampler": "RandomSampler", "sampler_kwargs": {},
-              "pruner": "none", "pruner_kwargs": {}, "seed": 0, "space": []}
+    (tmp_path / "accuracy_metric.py").write_text("def accuracy(**kwargs):\n    return 1.0\n")
+    tuning = resolved_tuning(tmp_path, output_dir=str(tmp_path), study_name="s", seed=0,
+                             tuner_sampler="RandomSampler", evaluation_metrics=["eval_loss", "accuracy"],
+                             evaluation_direction=["minimize", "maximize"],
+                             custom_eval_metrics=[{"name": "accuracy", "function": "accuracy_metric.accuracy"}])
     studies.open_study(tuning)
     study = studies.load_study(tmp_path)
     assert study.metric_names == ["eval_loss", "accuracy"]

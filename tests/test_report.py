@@ -36,8 +36,7 @@ def multi_objective_study(tmp_path_factory):
 
 def test_report_rule_writes_every_plot(multi_objective_study):
     out = multi_objective_study / "tuning_output"
-    tuning = {"metrics": METRICS}
-    files = report.plot_files(tuning)
+    files = report.plot_files(METRICS)
     kinds = {entry["kind"] for entry in files}
     assert kinds == {"optimization_history", "param_importances", "parallel_coordinate", "slice",
                      "learning_curves", "pareto_front"}
@@ -97,8 +96,7 @@ def test_learning_curves_from_intermediate_values_or_the_live_logs(tmp_path):
 def test_summary_table_reads_well(tmp_path):
     out = tmp_path / "out"
     study = make_journal_with_every_state(out)
-    text = summary.summary_table({"output_dir": str(out), "study_name": "snaketune",
-                                  "metrics": ["eval_loss"]})
+    text = summary.summary_table(StudyLayout(out), "snaketune", ["eval_loss"])
     assert text.splitlines()[0] == ("snaketune: study 'snaketune', 5 trial(s): 2 completed, 1 pruned, "
                                     "1 failed, 1 running")
     assert "best trial\n  trial 1 (slot 1)" in text
@@ -152,7 +150,7 @@ def test_dashboard_writes_wait_for_the_trials_lock(tmp_path):
 
 
 def test_plot_files_for_one_objective():
-    single = report.plot_files({"metrics": ["eval_loss"]})
+    single = report.plot_files(["eval_loss"])
     assert [e["path"] for e in single] == [
         "report/optimization_history.png", "report/param_importances.png",
         "report/parallel_coordinate.png", "report/slice.png", "report/learning_curves.png"]

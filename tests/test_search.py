@@ -155,7 +155,7 @@ def test_a_retry_keeps_its_enqueued_configuration_even_if_the_claim_was_cut_shor
     tuning = tune["tuning"]
     study = open_study(tuning, 1)
     # A first attempt killed between its creation and taking its enqueued configuration.
-    studies.create_trial(study, {}, tuning, {"slot": 1, "attempt": 1})
+    studies.create_trial(study, {}, tuning.space, {"slot": 1, "attempt": 1})
     trial, _ = claim_trial(open_study(tuning, 1), 1, tuning)
     assert trial.params["learning_rate"] == 0.0123 and trial.user_attrs["enqueued"] is True
     assert trial.user_attrs["retry_of"] == 0

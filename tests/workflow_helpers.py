@@ -55,6 +55,16 @@ def tiny_config(data_file: str = "data.jsonl", **tuning) -> dict:
     return config
 
 
+def resolved_tuning(workdir: Path, **tuning):
+    """The resolved `tuning` section (config.TuningParams) of `tiny_config(**tuning)`, its data
+    written to `workdir`, for tests that open a study without running the workflow."""
+    sys.path.insert(0, str(REPO / "workflow"))
+    from snaketune.config import load_tune_config
+
+    write_reverse_words(workdir / "data.jsonl")
+    return load_tune_config(tiny_config(**tuning), workdir).tuning
+
+
 def write_config(workdir: Path, config: dict, name: str = "tune.yaml") -> Path:
     path = workdir / name
     path.write_text(yaml.safe_dump(config, sort_keys=False))

@@ -12,7 +12,6 @@ if (REPO_DIR / "workflow" / "snaketune").is_dir():
     sys.path.insert(0, str(REPO_DIR / "workflow"))
 
 from snaketune.config import ConfigError, load_tune_config, read_default_tune_yaml
-from snaketune.layout import StudyLayout
 from snaketune.study import definition_conflicts
 
 
@@ -24,13 +23,13 @@ try:  # relative paths in a tune config resolve against the working directory
     # Jobs re-parse this file; the main process has validated the config in full already.
     TUNE = load_tune_config(config, base_dir=os.getcwd(), validated=not workflow.is_main_process)
     # An existing study is only ever continued with the same search space and objectives.
-    conflicts = definition_conflicts(TUNE["tuning"]) if workflow.is_main_process else []
+    conflicts = definition_conflicts(TUNE.tuning) if workflow.is_main_process else []
     if conflicts:
         raise ConfigError(conflicts)
 except ConfigError as error:
     sys.exit(str(error))
 
-TUNING = TUNE["tuning"]
+TUNING = TUNE.tuning
 
 # tuning.timeout_minutes counts from the start of this invocation; its jobs inherit the clock.
 if workflow.is_main_process:
@@ -40,11 +39,10 @@ if workflow.is_main_process:
 envvars:
     "SNAKETUNE_RUN_STARTED",
 
-OUT = TUNING["output_dir"]
-N_TRIALS = TUNING["n_trials"]
-N_OBJECTIVES = len(TUNING["metrics"])
+N_TRIALS = TUNING.n_trials
+N_OBJECTIVES = len(TUNING.metrics)
 # Every file of the study is named in snaketune.layout; rules take their outputs from it.
-LAYOUT = StudyLayout(OUT)
+LAYOUT = TUNING.layout
 TRIAL = LAYOUT.trial("{i}")
 
 

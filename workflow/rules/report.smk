@@ -16,9 +16,9 @@ rule report:
                 caption=f"../report/{plot['kind']}.rst",
                 category="Plots",
                 subcategory=plot["metric"] or "all objectives",
-                labels={"plot": plot["title"], "objective": plot["metric"] or ", ".join(TUNING["metrics"])},
+                labels={"plot": plot["title"], "objective": plot["metric"] or ", ".join(TUNING.metrics)},
             )
-            for plot in plot_files(TUNING)
+            for plot in plot_files(TUNING.metrics)
         ],
         interactive=report(
             str(LAYOUT.report_page("interactive")),
@@ -36,7 +36,7 @@ rule report:
             str(LAYOUT.report_page("best")),
             caption="../report/best_trial.rst",
             category="Results",
-            labels={"page": "best trial" if len(TUNING["metrics"]) == 1 else "Pareto-optimal trials"},
+            labels={"page": "best trial" if len(TUNING.metrics) == 1 else "Pareto-optimal trials"},
         ),
     log:
         str(LAYOUT.rule_log("report")),

@@ -21,11 +21,11 @@ rule aggregate:
 onsuccess:
     from snaketune.summary import print_summary
 
-    print_summary(TUNING)
+    print_summary(LAYOUT, TUNING.study_name, TUNING.metrics)
 
 
 # A failed trial stops `aggregate` from running; the table is written from the journal anyway.
 onerror:
     from snaketune.results import aggregate_after_failure
 
-    aggregate_after_failure(TUNE)
+    aggregate_after_failure(TUNING)

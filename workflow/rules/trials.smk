@@ -6,11 +6,11 @@ from snaketune.gpu import scaled_gpu_limit
 # --gpus is asked for); when k trials share a GPU (trials_per_gpu: k), the local limit counts
 # shares instead of devices: N GPUs are N*k shares. Resources are integers, so the limit is scaled
 # rather than each trial asking for 1/k. The trial itself leases its device (snaketune.gpu).
-GPU_SETTINGS = TUNING["gpu"]
+GPU_SETTINGS = TUNING.gpu
 GPU_LIMIT = workflow.global_resources.get("gpu")
-if GPU_SETTINGS["trials_per_gpu"] > 1 and GPU_LIMIT is not None and isinstance(GPU_LIMIT.value, int):
+if GPU_SETTINGS.trials_per_gpu > 1 and GPU_LIMIT is not None and isinstance(GPU_LIMIT.value, int):
     workflow.register_resource(
-        "gpu", scaled_gpu_limit(GPU_LIMIT.value, GPU_SETTINGS["trials_per_gpu"])
+        "gpu", scaled_gpu_limit(GPU_LIMIT.value, GPU_SETTINGS.trials_per_gpu)
     )
 
 
@@ -29,7 +29,7 @@ rule trial:
         i=r"\d+",
     threads: trial_threads
     resources:
-        gpu=GPU_SETTINGS["gpus_per_trial"],
+        gpu=GPU_SETTINGS.gpus_per_trial,
     conda:
         "../../envs/snaketune.yaml"
     script:

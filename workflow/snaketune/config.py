@@ -3,7 +3,8 @@
 Everything that can be wrong with a config is found at parse time, before any job runs and before a
 journal exists, and reported all at once, each problem named by its YAML path. This module owns the
 JSON schema pass (workflow/schemas/tune.schema.yaml: shape, and the defaults it fills in the same
-pass), the order of the checks and the problem list. Each concept checks its own section and
+pass), the order of the checks, the problem list and the resolved config's top two levels
+(`TuningConfig`, `TuningParams`): frozen, typed, built once per process. Each concept checks its own section and
 returns 'yaml.path: what is wrong' lines: names (parameter names), space (distributions,
 conditions, enqueued trials), metrics (objectives, custom metric imports), strategy (sampler and
 pruner), model, data and gpu (devices).
@@ -19,7 +20,13 @@ import yaml
 from jsonschema import Draft202012Validator, validators
 
 from snaketune import data, gpu, metrics, model, names, resources, space, strategy
+from snaketune.data import DataParams
 from snaketune.errors import SnaketuneError, closest
+from snaketune.gpu import DeviceSettings
+from snaketune.layout import StudyLayout
+from snaketune.metrics import CustomMetric
+from snaketune.model import ModelParams
+from snaketune.records import Record, section
 
 SCHEMA_PATH = resources.schema_path()
 
@@ -35,6 +42,53 @@ class ConfigError(SnaketuneError, ValueError):
         self.problems = problems
         listing = "\n".join(f"  - {p}" for p in problems)
         super().__init__(f"Invalid tune config ({len(problems)} problem(s)):\n{listing}")
+
+
+@section
+class TuningParams(Record):
+    """The resolved `tuning:` section: the study, its search space and the trials' fixed arguments.
+
+    Names follow Optuna and Hugging Face where the YAML's differ (`sampler` is tuning.tuner_sampler,
+    `metrics` tuning.evaluation_metrics; `training_args` and `lora_args` are SFTConfig and
+    LoraConfig arguments by their field names).
+    """
+
+    n_trials: int  # the trial budget: slots trial_0 .. trial_<n-1>
+    study_name: str
+    seed: int
+    output_dir: str  # absolute
+    sampler: str  # an optuna.samplers class name
+    sampler_kwargs: dict
+    pruner: str  # a key of strategy.PRUNERS ("none": no pruning)
+    pruner_kwargs: dict
+    report_every_steps: int | None  # evaluate (and report to the pruner) every N steps
+    enqueue_trials: list[dict]  # configurations evaluated first, {parameter name: value}
+    timeout_minutes: float | None
+    metrics: list[str]  # the objectives, in order
+    directions: list[str]  # "minimize" or "maximize", one per objective
+    custom_eval_metrics: list[CustomMetric]
+    space: list[space.Parameter]  # parents before the parameters conditioned on them
+    training_args: dict  # fixed SFTConfig arguments
+    lora_args: dict  # fixed LoraConfig arguments
+    quantization: dict  # QLoRA options (q_lora, q_lora_bits, bnb_4bit_*), applied at model load
+    use_peft: bool  # LoRA on (a PEFT parameter is given)
+    gpu: DeviceSettings
+    on_divergence: str  # "fail" or "prune"
+
+    @property
+    def layout(self) -> StudyLayout:
+        """Every path of the study under `output_dir`."""
+        return StudyLayout(self.output_dir)
+
+
+@section
+class TuningConfig(Record):
+    """A validated tune.yaml (Oumi's TuningConfig: model, data, tuning), as `load_tune_config`
+    resolves it."""
+
+    model: ModelParams
+    data: DataParams
+    tuning: TuningParams
 
 
 def load_schema() -> dict:
@@ -61,7 +115,7 @@ def read_default_tune_yaml(repo_dir: str | Path | None = None) -> dict:
     return raw
 
 
-def load_tune_config(raw: dict, base_dir: str | Path | None = None, validated: bool = False) -> dict:
+def load_tune_config(raw: dict, base_dir: str | Path | None = None, validated: bool = False) -> TuningConfig:
     """Validate `raw` (a parsed tune.yaml) and return the resolved config.
 
     Relative paths resolve against `base_dir` (the working directory by default).
@@ -101,8 +155,8 @@ def load_tune_config(raw: dict, base_dir: str | Path | None = None, validated: b
                                         if not any(_overlaps(p.split(": ", 1)[0], r) for r in reported)])
 
 
-def load_gpu_settings(raw: dict, base_dir: str | Path | None = None) -> dict:
-    """Only the device settings (`tuning["gpu"]` of the resolved config) of an already validated
+def load_gpu_settings(raw: dict, base_dir: str | Path | None = None) -> DeviceSettings:
+    """Only the device settings (`tuning.gpu` of the resolved config) of an already validated
     config: a trial leases its GPU with these before anything may import torch.
 
     Here rather than in gpu.py: the defaults come from the schema, and gpu.py stays a leaf.
@@ -117,7 +171,7 @@ def load_gpu_settings(raw: dict, base_dir: str | Path | None = None) -> dict:
     return gpu.resolve_settings(tuning, Path(base_dir or Path.cwd()).resolve())[0]
 
 
-def _resolve(cfg: dict, base: Path, validated: bool, problems: list[str]) -> dict:
+def _resolve(cfg: dict, base: Path, validated: bool, problems: list[str]) -> TuningConfig:
     """The resolved config of a schema-filled `cfg`, each concept checking its own section in turn;
     their problems are appended to `problems` as they are found (so a check that fails on a shape
     the schema refused leaves those found before it)."""
@@ -142,47 +196,48 @@ def _resolve(cfg: dict, base: Path, validated: bool, problems: list[str]) -> dic
     enqueued = collect(space.resolve_enqueued(tuning["enqueue_trials"], search_space, n_trials,
                                               tuning["tuner_sampler"]))
     model_section = collect(model.resolve_section(cfg["model"], tuning["seed"], base))
-    data_section = {split: collect(data.resolve_entries(cfg["data"][split]["datasets"],
-                                                        f"data.{split}.datasets", base))
-                    for split in ("train", "validation")}
+    data_section = DataParams(**{split: collect(data.resolve_entries(cfg["data"][split]["datasets"],
+                                                                     f"data.{split}.datasets", base))
+                                 for split in ("train", "validation")})
     devices = collect(gpu.resolve_settings(tuning, base))
-    return {
-        "model": model_section,
-        "data": data_section,
-        "tuning": {
-            "n_trials": n_trials,
-            "study_name": tuning["study_name"],
-            "seed": tuning["seed"],
-            "output_dir": str((base / Path(tuning["output_dir"]).expanduser()).resolve()),
-            "sampler": tuning["tuner_sampler"],
-            "sampler_kwargs": tuning["sampler_kwargs"],
-            "pruner": tuning["pruner"],
-            "pruner_kwargs": tuning["pruner_kwargs"],
-            "report_every_steps": tuning["report_every_steps"],
-            "enqueue_trials": enqueued,
-            "timeout_minutes": tuning["timeout_minutes"],
-            "metrics": metric_names,
-            "directions": directions,
-            "custom_eval_metrics": custom,
-            "space": search_space,
-            "training_args": params.training_args,
-            "lora_args": params.lora_args,
-            "quantization": params.quantization,
-            "use_peft": bool(tuning["tunable_peft_params"] or tuning["fixed_peft_params"]),
-            "gpu": devices,
-            "on_divergence": tuning["on_divergence"],
-        },
-    }
+    return TuningConfig(
+        model=model_section,
+        data=data_section,
+        tuning=TuningParams(
+            n_trials=n_trials,
+            study_name=tuning["study_name"],
+            seed=tuning["seed"],
+            output_dir=str((base / Path(tuning["output_dir"]).expanduser()).resolve()),
+            sampler=tuning["tuner_sampler"],
+            sampler_kwargs=tuning["sampler_kwargs"],
+            pruner=tuning["pruner"],
+            pruner_kwargs=tuning["pruner_kwargs"],
+            report_every_steps=tuning["report_every_steps"],
+            enqueue_trials=enqueued,
+            timeout_minutes=tuning["timeout_minutes"],
+            metrics=metric_names,
+            directions=directions,
+            custom_eval_metrics=custom,
+            space=search_space,
+            training_args=params.training_args,
+            lora_args=params.lora_args,
+            quantization=params.quantization,
+            use_peft=bool(tuning["tunable_peft_params"] or tuning["fixed_peft_params"]),
+            gpu=devices,
+            on_divergence=tuning["on_divergence"],
+        ),
+    )
 
 
-def _study_settings(tuning: dict, search_space: list[dict], metric_names: list[str],
-                    custom: list[dict], problems: list[str]) -> int:
+def _study_settings(tuning: dict, search_space: list[space.Parameter], metric_names: list[str],
+                    custom: list[CustomMetric], problems: list[str]) -> int:
     """Checks the tuner, sampler and pruner (appending to `problems`); returns n_trials (default
     10, or the grid's size)."""
     if str(tuning["tuner_type"]).upper() not in TUNER_TYPES:
         problems.append(f"tuning.tuner_type: unknown tuner type {tuning['tuner_type']!r}; "
                         "snaketune supports OPTUNA")
-    problems.extend(strategy.check(tuning, search_space, len(metric_names)))
+    problems.extend(strategy.check(tuning["tuner_sampler"], tuning["sampler_kwargs"], tuning["pruner"],
+                                   tuning["pruner_kwargs"], search_space, len(metric_names)))
     n_trials = tuning.get("n_trials")
     grid_size = None
     if tuning["tuner_sampler"] == "GridSampler" and not any("GridSampler" in p for p in problems):
@@ -195,7 +250,7 @@ def _study_settings(tuning: dict, search_space: list[dict], metric_names: list[s
         problems.append(f"tuning.n_trials: {n_trials} trials, but the grid has only {grid_size} "
                         "points (leave n_trials out to run the whole grid)")
     if tuning["pruner"] != "none" or tuning["report_every_steps"]:
-        if metric_names and metric_names[0] in {c["name"] for c in custom}:
+        if metric_names and metric_names[0] in {c.name for c in custom}:
             problems.append(f"tuning.evaluation_metrics[0]: {metric_names[0]!r} is a custom metric, "
                             "computed once after training; pruning and report_every_steps need a "
                             "metric the evaluation produces at every report (eval_loss, "

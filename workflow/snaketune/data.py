@@ -15,6 +15,7 @@ from pathlib import Path
 
 from snaketune.errors import SnaketuneError
 from snaketune.layout import write_json
+from snaketune.records import Record, section
 
 # The local files `datasets` reads, by suffix, and the builder that reads each.
 DATA_FILE_SUFFIXES = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -33,6 +34,24 @@ class DataError(SnaketuneError, ValueError):
     """Data that cannot be loaded or used; the message names the split (`data.train`, ...)."""
 
 
+@section
+class DatasetParams(Record):
+    """One resolved entry of a split's `datasets:` list (Oumi's DatasetParams names)."""
+
+    dataset_name: str  # an absolute path when `local`, else a hub id
+    split: str  # `train`, `train[90%:]`, ... (spaces removed)
+    subset: str | None  # the hub dataset's configuration name
+    local: bool  # a local file or directory (else loaded from the hub)
+
+
+@section
+class DataParams(Record):
+    """The resolved `data:` section: each split's datasets, concatenated in this order."""
+
+    train: list[DatasetParams]
+    validation: list[DatasetParams]
+
+
 def looks_like_local_path(name: str) -> bool:
     """A dataset or model name that cannot be a hub id ('org/name') is meant as a local path."""
     return (
@@ -42,7 +61,7 @@ def looks_like_local_path(name: str) -> bool:
     )
 
 
-def resolve_entries(entries: list[dict], path: str, base: Path) -> tuple[list[dict], list[str]]:
+def resolve_entries(entries: list[dict], path: str, base: Path) -> tuple[list[DatasetParams], list[str]]:
     """Check and resolve one split's `datasets` list (schema-filled, so `split` is present).
 
     `path` is the list's YAML path (`data.train.datasets`); relative local paths resolve against
@@ -63,15 +82,16 @@ def resolve_entries(entries: list[dict], path: str, base: Path) -> tuple[list[di
         if local.exists():
             if local.is_file() and local.suffix.lower() not in DATA_FILE_SUFFIXES:
                 problems.append(f"{here}.dataset_name: {local} is not a json, jsonl, csv or parquet file")
-            resolved.append({**entry, "dataset_name": str(local), "local": True, "split": split})
+            resolved.append(DatasetParams.from_fields({**entry, "dataset_name": str(local),
+                                                       "local": True, "split": split}))
         elif looks_like_local_path(name):
             problems.append(f"{here}.dataset_name: local dataset {local} does not exist")
         else:
-            resolved.append({**entry, "local": False, "split": split})
+            resolved.append(DatasetParams.from_fields({**entry, "local": False, "split": split}))
     return resolved, problems
 
 
-def load_rows(entries: list[dict], role: str):
+def load_rows(entries: list[DatasetParams], role: str):
     """Every dataset of one split (train or validation), concatenated, as a `datasets.Dataset`."""
     from datasets import concatenate_datasets
 
@@ -79,19 +99,19 @@ def load_rows(entries: list[dict], role: str):
     return concatenate_datasets(parts) if len(parts) > 1 else parts[0]
 
 
-def load_one(entry: dict, role: str):
+def load_one(entry: DatasetParams, role: str):
     from datasets import load_dataset
 
-    name, split = entry["dataset_name"], entry["split"]
+    name, split = entry.dataset_name, entry.split
     split_name = split.split("[", 1)[0]
     try:
-        if entry["local"] and Path(name).is_file():
+        if entry.local and Path(name).is_file():
             builder = DATA_FILE_SUFFIXES[Path(name).suffix.lower()]
             # Name the file's only split as the config does, so `validation[:10%]` works too.
             return load_dataset(builder, data_files={split_name: name}, split=split)
-        return load_dataset(name, entry.get("subset"), split=split)
+        return load_dataset(name, entry.subset, split=split)
     except Exception as e:
-        if not entry["local"] and _looks_offline(e):
+        if not entry.local and _looks_offline(e):
             raise DataError(
                 f"data.{role}: cannot load {name!r}: the Hugging Face hub is unreachable from this "
                 "machine. Download the dataset elsewhere and point dataset_name at the local file "
@@ -118,12 +138,12 @@ def detect_format(columns: list[str]) -> str:
     )
 
 
-def normalize_rows(dataset, entry: dict, role: str):
+def normalize_rows(dataset, entry: DatasetParams, role: str):
     """Rows of any supported format as `messages` (chat turns) + `completion_from` (turn index)."""
     try:
         fmt = detect_format(dataset.column_names)
     except DataError as e:
-        raise DataError(f"data.{role}: {entry['dataset_name']}: {e}") from None
+        raise DataError(f"data.{role}: {entry.dataset_name}: {e}") from None
 
     def to_chat(row):
         if fmt == "alpaca":
@@ -178,7 +198,7 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
-def prepare_data(data_cfg: dict, tokenizer, max_length: int, summary_path: str | Path) -> dict:
+def prepare_data(data_cfg: DataParams, tokenizer, max_length: int, summary_path: str | Path) -> dict:
     """Tokenize train and validation once and save them with `save_to_disk` beside `summary_path`
     (rule prepare_data's output), then write the summary there last: {split: {rows, dropped_rows,
     tokens, max_tokens}}. Raises DataError when a split has no usable row."""
@@ -187,7 +207,7 @@ def prepare_data(data_cfg: dict, tokenizer, max_length: int, summary_path: str |
     splits = {}
     summary = {}
     for role in ("train", "validation"):
-        rows = load_rows(data_cfg[role], role)
+        rows = load_rows(getattr(data_cfg, role), role)
         tokenized = rows.map(tokenize_row, fn_kwargs={"tokenizer": tokenizer, "max_length": max_length},
                              remove_columns=rows.column_names)
         before = len(tokenized)

@@ -27,8 +27,10 @@ PACKAGE_PARENT = Path(snaketune.__file__).resolve().parent.parent
 def launch_data_parallel(spec: dict, nproc: int, spec_path: str | Path, pass_fds: tuple[int, ...] = ()) -> None:
     """Run one trial as `nproc` data-parallel ranks (torchrun) and wait for them.
 
-    `spec` holds `train.run_trial`'s arguments (`tune`, `slot`, `trial_dir`, `model_source`,
-    `data_dir`, `threads`, `user_attrs`); it is written to `spec_path` as JSON for the ranks.
+    `spec` holds the validated tune config as the YAML has it (`config`) and the directory its
+    relative paths resolve against (`base_dir`), then `train.run_trial`'s other arguments (`slot`,
+    `trial_dir`, `model_source`, `data_dir`, `threads`, `user_attrs`); it is written to
+    `spec_path` as JSON for the ranks, each of which resolves the config itself.
     `pass_fds` are the lease's locked descriptors (`gpu.TrialDevices.fds`): torchrun and its ranks
     hold the lease too, so were this process killed, the devices stay leased until they are gone.
     Raises RuntimeError when torchrun exits non-zero.
@@ -56,8 +58,10 @@ def rank_main(spec_path: str) -> None:
     import torch.distributed as dist
 
     from snaketune import train
+    from snaketune.config import load_tune_config
 
     spec = json.loads(Path(spec_path).read_text())
+    tune = load_tune_config(spec["config"], base_dir=spec["base_dir"], validated=True)
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
@@ -79,7 +83,7 @@ def rank_main(spec_path: str) -> None:
     try:
         if rank == 0:
             try:
-                train.run_trial(spec["tune"], slot=spec["slot"], trial_dir=spec["trial_dir"],
+                train.run_trial(tune, slot=spec["slot"], trial_dir=spec["trial_dir"],
                                 model_source=spec["model_source"], data_dir=spec["data_dir"],
                                 threads=threads, user_attrs=spec["user_attrs"],
                                 before_training=send)
@@ -91,7 +95,7 @@ def rank_main(spec_path: str) -> None:
             dist.broadcast_object_list(box, src=0)
             if box[0] is not None:
                 announce(box[0]["params"])
-                train.train_and_evaluate(spec["tune"], box[0]["params"], Path(spec["trial_dir"]),
+                train.train_and_evaluate(tune, box[0]["params"], Path(spec["trial_dir"]),
                                          spec["model_source"], spec["data_dir"],
                                          resume_from=box[0]["resume_from"])
     finally:

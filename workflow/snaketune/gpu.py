@@ -45,6 +45,7 @@ from pathlib import Path
 
 from snaketune.errors import SnaketuneError
 from snaketune.layout import write_json
+from snaketune.records import Record, section
 
 DEFAULT_LEASE_DIR = "/tmp/snaketune-gpu-leases"
 LEASE_DIR_ENV = "SNAKETUNE_GPU_LEASE_DIR"
@@ -57,10 +58,19 @@ class LeaseError(SnaketuneError, RuntimeError):
 
 
 # -- the device settings of a config ----------------------------------------------------------------
-def resolve_settings(tuning: dict, base: Path) -> tuple[dict, list[str]]:
+@section
+class DeviceSettings(Record):
+    """The device settings of a config (`tuning.gpu` of the resolved config)."""
+
+    trials_per_gpu: int  # tuning.trials_per_gpu: trials sharing one device
+    gpus_per_trial: int  # tuning.gpus_per_trial: devices one trial runs on (data parallel)
+    devices: list[str] | None  # tuning.gpu_devices; None: every device nvidia-smi lists
+    lease_dir: str | None  # tuning.gpu_lease_dir (absolute); None: $SNAKETUNE_GPU_LEASE_DIR or /tmp
+
+
+def resolve_settings(tuning: dict, base: Path) -> tuple[DeviceSettings, list[str]]:
     """The device settings of a schema-filled `tuning:` section (the schema checked the types and
-    minimums): ({trials_per_gpu, gpus_per_trial, devices, lease_dir}, problems). A relative
-    `gpu_lease_dir` resolves against `base`."""
+    minimums): (settings, problems). A relative `gpu_lease_dir` resolves against `base`."""
     problems = []
     devices = tuning["gpu_devices"]
     if devices is not None:
@@ -71,12 +81,12 @@ def resolve_settings(tuning: dict, base: Path) -> tuple[dict, list[str]]:
             problems.append(f"tuning.gpus_per_trial: {tuning['gpus_per_trial']} GPUs per trial, but "
                             f"tuning.gpu_devices lists only {len(devices)}")
     directory = tuning["gpu_lease_dir"]
-    settings = {
-        "trials_per_gpu": tuning["trials_per_gpu"],
-        "gpus_per_trial": tuning["gpus_per_trial"],
-        "devices": devices,
-        "lease_dir": None if directory is None else str((base / Path(directory).expanduser()).resolve()),
-    }
+    settings = DeviceSettings(
+        trials_per_gpu=tuning["trials_per_gpu"],
+        gpus_per_trial=tuning["gpus_per_trial"],
+        devices=devices,
+        lease_dir=None if directory is None else str((base / Path(directory).expanduser()).resolve()),
+    )
     return settings, problems
 
 
@@ -284,19 +294,19 @@ def lease(devices: list[str], count: int = 1, per_device: int = 1,
 
 
 # -- the policy a trial follows ---------------------------------------------------------------
-def lease_for_trial(settings: dict, environ=None, holder: dict | None = None, log=None) -> tuple[Lease | None, dict]:
+def lease_for_trial(settings: DeviceSettings, environ=None, holder: dict | None = None, log=None) -> tuple[Lease | None, dict]:
     """Devices for one trial and what to record about them.
 
-    `settings` is the resolved `tuning["gpu"]`. Sets `CUDA_VISIBLE_DEVICES` in `environ` (the
+    `settings` are the resolved config's `tuning.gpu`. Sets `CUDA_VISIBLE_DEVICES` in `environ` (the
     process environment by default) before anything initialises CUDA. Returns (the lease or None,
     the trial's device metadata: `devices`, `cuda_visible_devices`, `gpu_lease`, `slurm_job_id`,
     `host`).
     """
     environ = os.environ if environ is None else environ
-    count, per_device = settings["gpus_per_trial"], settings["trials_per_gpu"]
+    count, per_device = settings.gpus_per_trial, settings.trials_per_gpu
     record = {"host": socket.gethostname()}
     slurm_job = environ.get("SLURM_JOB_ID")
-    directory = lease_dir(settings.get("lease_dir"), environ)
+    directory = lease_dir(settings.lease_dir, environ)
     if slurm_job:
         record["slurm_job_id"] = slurm_job
         # The job's devices are those SLURM put in CUDA_VISIBLE_DEVICES: none if it set none
@@ -308,7 +318,7 @@ def lease_for_trial(settings: dict, environ=None, holder: dict | None = None, lo
         # Device numbers are per job (cgroups renumber them): lease in a directory of this job's.
         directory = directory / f"slurm-{slurm_job}"
     else:
-        devices = detect_devices(settings.get("devices"), environ)
+        devices = detect_devices(settings.devices, environ)
     if not devices:
         environ["CUDA_VISIBLE_DEVICES"] = ""  # CPU: nothing to lease, no GPU to stumble on
         record.update(devices=[], cuda_visible_devices="", gpu_lease=None)
@@ -336,7 +346,7 @@ class TrialDevices:
 
 
 @contextmanager
-def trial_devices(settings: dict, record_path: str | Path, environ=None, holder: dict | None = None,
+def trial_devices(settings: DeviceSettings, record_path: str | Path, environ=None, holder: dict | None = None,
                   log=None):
     """Lease a trial's devices for the `with` block (see `lease_for_trial`), yielding `TrialDevices`.
 

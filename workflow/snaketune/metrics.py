@@ -23,12 +23,21 @@ import sys
 from pathlib import Path
 
 from snaketune.errors import SnaketuneError
+from snaketune.records import Record, section
 
 DIRECTIONS = ("minimize", "maximize")
 
 
 class MissingObjectiveError(SnaketuneError, RuntimeError):
     """Evaluation finished without a metric named in `tuning.evaluation_metrics`."""
+
+
+@section
+class CustomMetric(Record):
+    """One entry of `tuning.custom_eval_metrics`."""
+
+    name: str  # the metric's name, as evaluation_metrics names it
+    function: str  # 'module.function', imported from the working directory or PYTHONPATH
 
 
 # -- parse-time checks ------------------------------------------------------------------------
@@ -52,7 +61,7 @@ def resolve_objectives(metrics: list[str], directions: list[str]) -> tuple[list[
     return list(metrics), list(directions), problems
 
 
-def resolve_custom(entries: list[dict], base: Path, import_modules: bool = True) -> tuple[list[dict], list[str]]:
+def resolve_custom(entries: list[dict], base: Path, import_modules: bool = True) -> tuple[list[CustomMetric], list[str]]:
     """`tuning.custom_eval_metrics` (name, function; the schema checked the shape): (entries,
     problems). Puts `base` (the working directory) on `sys.path`, where custom metric modules live,
     and imports every function unless `import_modules` is False (a job of a validated run)."""
@@ -70,7 +79,7 @@ def resolve_custom(entries: list[dict], base: Path, import_modules: bool = True)
         problem = import_problem(entry["function"]) if import_modules else None
         if problem:
             problems.append(f"{path}.function: {problem}")
-        custom.append(dict(entry))
+        custom.append(CustomMetric.from_fields(entry))
     return custom, problems
 
 
@@ -98,26 +107,26 @@ def import_function(dotted: str):
 # -- after training ---------------------------------------------------------------------------
 
 
-def compute_custom_metrics(custom: list[dict], **context) -> dict[str, float]:
+def compute_custom_metrics(custom: list[CustomMetric], **context) -> dict[str, float]:
     results = {}
     produced = context.pop("metrics", {})
     for entry in custom:
-        fn = import_function(entry["function"])
+        fn = import_function(entry.function)
         value = fn(**context, metrics={**produced, **results})
         if isinstance(value, dict):
             results.update({str(k): _as_float(v, entry) for k, v in value.items()})
-            if entry["name"] not in value and len(value) == 1:  # a one-key dict names its metric
-                results[entry["name"]] = _as_float(next(iter(value.values())), entry)
+            if entry.name not in value and len(value) == 1:  # a one-key dict names its metric
+                results[entry.name] = _as_float(next(iter(value.values())), entry)
         else:
-            results[entry["name"]] = _as_float(value, entry)
+            results[entry.name] = _as_float(value, entry)
     return results
 
 
-def _as_float(value, entry: dict) -> float:
+def _as_float(value, entry: CustomMetric) -> float:
     try:
         return float(value)
     except (TypeError, ValueError):
-        raise TypeError(f"custom metric {entry['name']!r} ({entry['function']}) returned "
+        raise TypeError(f"custom metric {entry.name!r} ({entry.function}) returned "
                         f"{value!r}; expected a float or a dict of floats") from None
 
 

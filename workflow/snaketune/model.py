@@ -20,13 +20,29 @@ from pathlib import Path
 
 from snaketune.data import looks_like_local_path
 from snaketune.layout import write_json
+from snaketune.records import Record, section
 
 # Oumi's short dtype names (torch_dtype_str), as torch names them.
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
+@section
+class ModelParams(Record):
+    """The resolved `model:` section (Oumi's ModelParams names). Defaults come from the schema."""
+
+    model_name: str  # a hub id, or an absolute path when it names an existing local directory
+    model_max_length: int  # tokens a training row is cut to (SFTConfig.max_length)
+    torch_dtype_str: str  # torch's name: float32, bfloat16, float16 or auto
+    attn_implementation: str | None
+    trust_remote_code: bool
+    load_pretrained_weights: bool  # false: random weights from the model's config, seeded by `seed`
+    gguf_file: str | None  # an absolute path to a .gguf file
+    tokenizer_name: str | None
+    seed: int  # tuning.seed
+
+
 # -- parse-time checks (no torch or transformers import here: the Snakefile runs them) -----------
-def resolve_section(model: dict, seed: int, base: Path) -> tuple[dict, list[str]]:
+def resolve_section(model: dict, seed: int, base: Path) -> tuple[ModelParams, list[str]]:
     """Check and resolve the `model:` section (schema-filled): (model, problems).
 
     The dtype alias becomes torch's name; an existing local `model_name`/`tokenizer_name` and
@@ -52,7 +68,7 @@ def resolve_section(model: dict, seed: int, base: Path) -> tuple[dict, list[str]
             model["gguf_file"] = str(resolve_gguf_file(local if local.exists() else model["gguf_file"]))
         except FileNotFoundError as e:
             problems.append(f"model.gguf_file: {e}")
-    return model, problems
+    return ModelParams.from_fields(model), problems
 
 
 def qlora_problems(quantization: dict) -> list[str]:
@@ -71,7 +87,7 @@ def qlora_problems(quantization: dict) -> list[str]:
 # -- preparing and loading ------------------------------------------------------------------------
 
 
-def prepare_model(model_cfg: dict, source_path: str | Path) -> dict:
+def prepare_model(model_cfg: ModelParams, source_path: str | Path) -> dict:
     """Make the study's model loadable from disk and write `source_path` (rule prepare_model's
     output: {path, kind, tokenizer_path, ...}) last. A converted or random-init model is saved in
     the directory of `source_path`."""
@@ -81,12 +97,12 @@ def prepare_model(model_cfg: dict, source_path: str | Path) -> dict:
     source_path = Path(source_path).resolve()
     out_dir = source_path.parent
     out_dir.mkdir(parents=True, exist_ok=True)
-    name = model_cfg["model_name"]
-    trust = bool(model_cfg.get("trust_remote_code", False))
-    tokenizer_name = model_cfg.get("tokenizer_name")
+    name = model_cfg.model_name
+    trust = bool(model_cfg.trust_remote_code)
+    tokenizer_name = model_cfg.tokenizer_name
 
-    if model_cfg.get("gguf_file"):
-        gguf = resolve_gguf_file(model_cfg["gguf_file"])
+    if model_cfg.gguf_file:
+        gguf = resolve_gguf_file(model_cfg.gguf_file)
         gguf_kw = {"gguf_file": gguf.name}
         # Dequantised GGUF weights are float32 values; load and save them as such, trials cast later.
         gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, **gguf_kw, dtype=torch.float32)
@@ -100,9 +116,9 @@ def prepare_model(model_cfg: dict, source_path: str | Path) -> dict:
         tokenizer = (AutoTokenizer.from_pretrained(tokenizer_name, trust_remote_code=trust)
                      if tokenizer_name else AutoTokenizer.from_pretrained(gguf.parent, **gguf_kw))
         kind, extra = "gguf_converted", {"gguf_file": str(gguf)}
-    elif not model_cfg.get("load_pretrained_weights", True):
+    elif not model_cfg.load_pretrained_weights:
         config = _from_local_or_hub(AutoConfig.from_pretrained, name, trust_remote_code=trust)
-        seed = int(model_cfg.get("seed", 0))
+        seed = int(model_cfg.seed)
         # Seeding the init makes the study's starting weights reproducible whoever prepares them.
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, trust_remote_code=trust)
@@ -123,7 +139,7 @@ def prepare_model(model_cfg: dict, source_path: str | Path) -> dict:
     return _write_source(source_path, source)
 
 
-def load_model(source: dict, model_cfg: dict, device_map=None, quantization: dict | None = None):
+def load_model(source: dict, model_cfg: ModelParams, device_map=None, quantization: dict | None = None):
     """The `AutoModelForCausalLM` a trial trains, from a prepared `source.json` dict.
 
     `quantization` holds the resolved QLoRA options (`q_lora`, `q_lora_bits`, `bnb_4bit_*`).
@@ -131,7 +147,7 @@ def load_model(source: dict, model_cfg: dict, device_map=None, quantization: dic
     import torch  # here, not at the top: the Snakefile imports this module to check the config
     from transformers import AutoModelForCausalLM
 
-    dtype = model_cfg.get("torch_dtype_str", "float32")
+    dtype = model_cfg.torch_dtype_str
     kwargs = {}
     if quantization and quantization.get("q_lora"):
         kwargs["quantization_config"] = qlora_config(quantization, dtype)
@@ -139,8 +155,8 @@ def load_model(source: dict, model_cfg: dict, device_map=None, quantization: dic
     return AutoModelForCausalLM.from_pretrained(
         source["path"],
         dtype=dtype if dtype == "auto" else getattr(torch, dtype),
-        attn_implementation=model_cfg.get("attn_implementation"),
-        trust_remote_code=bool(model_cfg.get("trust_remote_code", False)),
+        attn_implementation=model_cfg.attn_implementation,
+        trust_remote_code=bool(model_cfg.trust_remote_code),
         device_map=device_map,
         **kwargs,
     )
@@ -163,16 +179,16 @@ def qlora_config(quantization: dict, dtype: str):
     )
 
 
-def load_tokenizer(source: dict, model_cfg: dict):
+def load_tokenizer(source: dict, model_cfg: ModelParams):
     """The tokenizer for `source`, with a pad token (batches need one) and the configured max length."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(
-        source["tokenizer_path"], trust_remote_code=bool(model_cfg.get("trust_remote_code", False)))
+        source["tokenizer_path"], trust_remote_code=bool(model_cfg.trust_remote_code))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if model_cfg.get("model_max_length"):
-        tokenizer.model_max_length = int(model_cfg["model_max_length"])
+    if model_cfg.model_max_length:
+        tokenizer.model_max_length = int(model_cfg.model_max_length)
     return tokenizer
 
 

@@ -36,11 +36,11 @@ PARETO = ("pareto_front", "Pareto front", False)
 DPI = 110
 
 
-def plot_kinds(tuning: dict) -> list[tuple[str, str, bool]]:
-    return [*PLOTS, PARETO] if len(tuning["metrics"]) > 1 else list(PLOTS)
+def plot_kinds(metrics: list[str]) -> list[tuple[str, str, bool]]:
+    return [*PLOTS, PARETO] if len(metrics) > 1 else list(PLOTS)
 
 
-def plot_files(tuning: dict) -> list[dict]:
+def plot_files(metrics: list[str]) -> list[dict]:
     """Every static plot the report writes: [{kind, title, metric, path}], `path` relative to the
     output directory (from the layout).
 
@@ -48,10 +48,10 @@ def plot_files(tuning: dict) -> list[dict]:
     the plots that show one objective at a time.
     """
     layout = StudyLayout(Path())  # paths relative to output_dir
-    multi = len(tuning["metrics"]) > 1
+    multi = len(metrics) > 1
     files = []
-    for kind, title, per_objective in plot_kinds(tuning):
-        for metric in (tuning["metrics"] if per_objective and multi else [None]):
+    for kind, title, per_objective in plot_kinds(metrics):
+        for metric in (metrics if per_objective and multi else [None]):
             files.append({"kind": kind, "title": title, "metric": metric,
                           "path": str(layout.plot(kind, metric))})
     return files
@@ -387,20 +387,20 @@ def write_best_page(best: dict, path: Path, study_name: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def write_report(tuning: dict, results_csv: str | Path, best_record: str | Path,
-                 plots: list[str | Path], pages: dict[str, str | Path]) -> None:
+def write_report(output_dir: str | Path, study_name: str, metrics: list[str], results_csv: str | Path,
+                 best_record: str | Path, plots: list[str | Path], pages: dict[str, str | Path]) -> None:
     """Write every plot and page of the report: rule report's outputs.
 
     Reads the journal, `results_csv` (trials_results.csv) and `best_record` (best_trial.json or
-    best_trials.json). `plots` are the paths of `plot_files(tuning)`, in its order; `pages` maps
+    best_trials.json) of study `study_name` in `output_dir`, whose objectives are `metrics`.
+    `plots` are the paths of `plot_files(metrics)`, in its order; `pages` maps
     `interactive`, `trials` and `best` to the HTML pages' paths.
     """
     import pandas as pd
 
-    study = studies.load_study(tuning["output_dir"], tuning["study_name"])
-    metrics = tuning["metrics"]
+    study = studies.load_study(output_dir, study_name)
     figures = []
-    for entry, path in zip(plot_files(tuning), plots, strict=True):
+    for entry, path in zip(plot_files(metrics), plots, strict=True):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         draw_png(entry["kind"], study, metrics, entry["metric"], entry["title"], path)

@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import optuna
 from optuna.trial import TrialState
 
 from snaketune import study as studies
-from snaketune.layout import StudyLayout, TrialFiles, write_json
+from snaketune.layout import TrialFiles, write_json
+
+if TYPE_CHECKING:
+    from snaketune.config import TuningParams
+    from snaketune.model import ModelParams
 
 OPTUNA_COLUMNS = ("number", "values", "datetime_start", "datetime_complete", "duration", "params",
                   "user_attrs", "state")
@@ -74,7 +79,7 @@ def trial_record(trial: optuna.trial.FrozenTrial, metrics: list[str]) -> dict:
     }
 
 
-def aggregate(tune: dict, model_source: dict, results_csv: str | Path, best_record: str | Path,
+def aggregate(tuning: TuningParams, model: ModelParams, model_source: dict, results_csv: str | Path, best_record: str | Path,
               best_model: str | Path | None = None, pareto_front: str | Path | None = None) -> None:
     """Write the results of every trial in the journal, failed ones included; the best trial is
     chosen among the completed ones.
@@ -84,64 +89,62 @@ def aggregate(tune: dict, model_source: dict, results_csv: str | Path, best_reco
     either `best_model` (one objective: the best trial's model, LoRA merged in) or `pareto_front`
     (the Pareto-optimal rows of the table). Raises RuntimeError when no trial completed.
     """
-    tuning = tune["tuning"]
-    study = studies.load_study(tuning["output_dir"], tuning["study_name"])
-    metrics = tuning["metrics"]
+    study = studies.load_study(tuning.output_dir, tuning.study_name)
+    metrics = tuning.metrics
     table = results_table(study, metrics)
     table.to_csv(results_csv, index=False)
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        raise RuntimeError(f"no trial of study {tuning['study_name']!r} completed; see the "
+        raise RuntimeError(f"no trial of study {tuning.study_name!r} completed; see the "
                            f"fail_reason column of {results_csv}")
     if len(metrics) > 1:
         front = [trial_record(t, metrics) for t in study.best_trials]
-        write_json(best_record, {"metrics": metrics, "directions": tuning["directions"], "trials": front})
+        write_json(best_record, {"metrics": metrics, "directions": tuning.directions, "trials": front})
         numbers = {t["number"] for t in front}
         table[table["number"].isin(numbers)].to_csv(pareto_front, index=False)
         return
     best = trial_record(study.best_trial, metrics)
     best["best_model"] = str(best_model)
-    save_best_model(tune, model_source, best["checkpoint"], Path(best_model), best)
+    save_best_model(model, model_source, best["checkpoint"], Path(best_model), best)
     write_json(best_record, best)
 
 
-def aggregate_after_failure(tune: dict) -> None:
+def aggregate_after_failure(tuning: TuningParams) -> None:
     """The table of a run where some jobs failed (Snakemake's onerror): written all the same.
 
     Snakemake never runs `aggregate` when one of its inputs (a failed trial) is missing. This
     writes trials_results.csv from the journal, and only that: the other outputs of `aggregate`
     stay missing, so the next run still re-runs the failed trials and then `aggregate` itself.
     """
-    tuning = tune["tuning"]
-    layout = StudyLayout(tuning["output_dir"])
-    study = studies.load_study(layout.output_dir, tuning["study_name"], missing_ok=True)
+    layout = tuning.layout
+    study = studies.load_study(layout.output_dir, tuning.study_name, missing_ok=True)
     if study is None:
         return
-    results_table(study, tuning["metrics"]).to_csv(layout.results_csv, index=False)
+    results_table(study, tuning.metrics).to_csv(layout.results_csv, index=False)
     latest = studies.latest_attempts(study)
     failed = [t for t in latest if t.state == TrialState.FAIL and not studies.is_finished(t)]
     print(f"\nsnaketune: {len(failed)} trial(s) failed; the table so far is in {layout.results_csv}")
     for trial in failed:
         print(f"  trial_{trial.user_attrs.get('slot')} (trial {trial.number}): "
               f"{trial.user_attrs.get('fail_reason', 'unknown')}")
-    if len(tuning["metrics"]) == 1 and study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+    if len(tuning.metrics) == 1 and study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         best = study.best_trial
         print(f"Best completed so far: trial_{best.user_attrs.get('slot')} (trial {best.number}), "
-              f"{tuning['metrics'][0]}={best.value:.4g}")
+              f"{tuning.metrics[0]}={best.value:.4g}")
     print("Run the same command again to re-run exactly the failed trials with their parameters.")
 
 
-def save_best_model(tune: dict, model_source: dict, checkpoint: str | None, target: Path,
+def save_best_model(model_cfg: ModelParams, model_source: dict, checkpoint: str | None, target: Path,
                     best: dict) -> None:
     """The best trial's final model as a plain `from_pretrained` directory (LoRA merged in)."""
     from snaketune import model as models
 
     if checkpoint is None:
         raise FileNotFoundError(f"best trial {best['number']} has no checkpoint in {best['trial_dir']}")
-    tokenizer = models.load_tokenizer(model_source, tune["model"])
+    tokenizer = models.load_tokenizer(model_source, model_cfg)
     if (Path(checkpoint) / "adapter_config.json").exists():
         from peft import PeftModel
 
-        base = models.load_model(model_source, tune["model"])
+        base = models.load_model(model_source, model_cfg)
         model = PeftModel.from_pretrained(base, checkpoint).merge_and_unload()
     else:
         from transformers import AutoModelForCausalLM
@@ -153,7 +156,7 @@ def save_best_model(tune: dict, model_source: dict, checkpoint: str | None, targ
     tokenizer.save_pretrained(staging)
     write_json(staging / "snaketune_trial.json", {
         "trial_number": best["number"], "checkpoint": checkpoint, "params": best["params"],
-        "values": best["values"], "base_model": tune["model"]["model_name"],
+        "values": best["values"], "base_model": model_cfg.model_name,
     })
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)

@@ -11,10 +11,14 @@ from __future__ import annotations
 import inspect
 import itertools
 import warnings
+from typing import TYPE_CHECKING
 
 import optuna
 
 from snaketune.errors import closest
+
+if TYPE_CHECKING:
+    from snaketune.config import TuningParams
 
 SAMPLERS = ("TPESampler", "RandomSampler", "GPSampler", "CmaEsSampler", "NSGAIISampler",
             "NSGAIIISampler", "QMCSampler", "GridSampler", "BruteForceSampler")
@@ -82,23 +86,24 @@ def _construct(cls, kwargs: dict):
         return cls(**kwargs)
 
 
-def make_sampler(tuning: dict, slot: int) -> optuna.samplers.BaseSampler:
-    name = tuning["sampler"]
+def make_sampler(tuning: TuningParams, slot: int) -> optuna.samplers.BaseSampler:
+    """The sampler of trial slot `slot`: tuning.sampler with its kwargs, seeded by slot."""
+    name = tuning.sampler
     cls = _sampler_class(name)
-    kwargs = {**sampler_defaults(name), **tuning.get("sampler_kwargs", {})}
+    kwargs = {**sampler_defaults(name), **tuning.sampler_kwargs}
     if name == "GridSampler":
-        kwargs["search_space"] = grid(tuning["space"])
+        kwargs["search_space"] = grid(tuning.space)
     if "seed" in inspect.signature(cls).parameters:
         # Seed by slot: a serial run is reproducible, and parallel jobs never share a seed.
-        kwargs["seed"] = tuning["seed"] + slot
+        kwargs["seed"] = tuning.seed + slot
     return _construct(cls, kwargs)
 
 
-def make_pruner(tuning: dict) -> optuna.pruners.BasePruner:
-    class_name = PRUNERS[tuning.get("pruner", "none")]
+def make_pruner(tuning: TuningParams) -> optuna.pruners.BasePruner:
+    class_name = PRUNERS[tuning.pruner]
     if class_name is None:
         return optuna.pruners.NopPruner()
-    return _construct(getattr(optuna.pruners, class_name), dict(tuning.get("pruner_kwargs", {})))
+    return _construct(getattr(optuna.pruners, class_name), dict(tuning.pruner_kwargs))
 
 
 def _check_kwargs(cls, kwargs: dict, path: str, managed: dict) -> list[str]:
@@ -113,15 +118,16 @@ def _check_kwargs(cls, kwargs: dict, path: str, managed: dict) -> list[str]:
     return problems
 
 
-def check(tuning: dict, space: list[dict], n_objectives: int) -> list[str]:
-    """Parse-time problems ('yaml.path: ...') with the sampler, pruner and their arguments."""
+def check(name: str, kwargs: dict, pruner: str, pruner_kwargs: dict, space: list[dict],
+          n_objectives: int) -> list[str]:
+    """Parse-time problems ('yaml.path: ...') with the sampler (`name`: tuning.tuner_sampler,
+    `kwargs`: tuning.sampler_kwargs), the pruner (tuning.pruner, tuning.pruner_kwargs) and their
+    arguments, for the resolved search `space` and `n_objectives` objectives."""
     problems = []
-    name = tuning["tuner_sampler"]
     if name not in SAMPLERS:
         return [f"tuning.tuner_sampler: unknown sampler {name!r}{closest(name, SAMPLERS)}; "
                 f"expected one of {', '.join(SAMPLERS)}"]
     cls = _sampler_class(name)
-    kwargs = tuning["sampler_kwargs"]
     problems += _check_kwargs(cls, kwargs, "tuning.sampler_kwargs", MANAGED_SAMPLER_ARGS)
     categorical = [p["name"] for p in space if p["type"] == "categorical"]
     if name == "CmaEsSampler" and categorical:
@@ -145,13 +151,12 @@ def check(tuning: dict, space: list[dict], n_objectives: int) -> list[str]:
         except Exception as e:  # the library's own complaint about a value
             problems.append(f"tuning.sampler_kwargs: {name} refused them: {type(e).__name__}: {e}")
 
-    pruner = tuning["pruner"]
     if pruner != "none":
         pruner_cls = getattr(optuna.pruners, PRUNERS[pruner])
-        pruner_problems = _check_kwargs(pruner_cls, tuning["pruner_kwargs"], "tuning.pruner_kwargs", {})
+        pruner_problems = _check_kwargs(pruner_cls, pruner_kwargs, "tuning.pruner_kwargs", {})
         if not pruner_problems:
             try:
-                _construct(pruner_cls, tuning["pruner_kwargs"])
+                _construct(pruner_cls, pruner_kwargs)
             except Exception as e:
                 pruner_problems.append(f"tuning.pruner_kwargs: {pruner_cls.__name__} refused them: "
                                        f"{type(e).__name__}: {e}")
@@ -159,6 +164,6 @@ def check(tuning: dict, space: list[dict], n_objectives: int) -> list[str]:
         if n_objectives > 1:
             problems.append("tuning.pruner: Optuna cannot prune a multi-objective study; "
                             "set pruner: none or keep one evaluation metric")
-    elif tuning["pruner_kwargs"]:
+    elif pruner_kwargs:
         problems.append("tuning.pruner_kwargs: given, but tuning.pruner is none")
     return problems

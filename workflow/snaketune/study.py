@@ -14,6 +14,7 @@ import os
 import time
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import optuna
 from optuna.storages import JournalStorage
@@ -24,6 +25,9 @@ from snaketune import space as search_space
 from snaketune import strategy
 from snaketune.errors import SnaketuneError
 from snaketune.layout import StudyLayout
+
+if TYPE_CHECKING:
+    from snaketune.config import TuningParams
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -42,10 +46,6 @@ def is_finished(trial: FrozenTrial) -> bool:
         trial.state == TrialState.FAIL and str(trial.user_attrs.get("fail_reason", "")).startswith("diverged"))
 
 
-def journal_path(tuning: dict) -> str:
-    return str(StudyLayout(tuning["output_dir"]).journal)
-
-
 # The lock is held only while one record is appended (milliseconds), so a lock file older than
 # this was left by a killed process and is broken, rather than waited on forever.
 LOCK_GRACE_SECONDS = 10
@@ -57,15 +57,15 @@ def open_storage(path: str) -> JournalStorage:
     return JournalStorage(JournalFileBackend(path, lock_obj=lock))
 
 
-def open_study(tuning: dict, slot: int = 0, storage: JournalStorage | None = None) -> optuna.Study:
+def open_study(tuning: TuningParams, slot: int = 0, storage: JournalStorage | None = None) -> optuna.Study:
     """The study as trial slot `slot` writes to it: created on first use, with the sampler and
     pruner of `tuning` (the resolved config's section). Readers use `load_study`."""
-    os.makedirs(tuning["output_dir"], exist_ok=True)
-    storage = storage or open_storage(journal_path(tuning))
+    os.makedirs(tuning.output_dir, exist_ok=True)
+    storage = storage or open_storage(str(tuning.layout.journal))
     study = optuna.create_study(
         storage=storage,
-        study_name=tuning["study_name"],
-        directions=tuning["directions"],
+        study_name=tuning.study_name,
+        directions=tuning.directions,
         sampler=strategy.make_sampler(tuning, slot),
         pruner=strategy.make_pruner(tuning),
         load_if_exists=True,
@@ -77,7 +77,7 @@ def open_study(tuning: dict, slot: int = 0, storage: JournalStorage | None = Non
     if study.metric_names is None:  # every reader (status, plots, dashboard) names objectives so
         with warnings.catch_warnings():  # experimental since Optuna 3.2, unchanged since
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names(list(tuning["metrics"]))
+            study.set_metric_names(list(tuning.metrics))
     return study
 
 
@@ -164,23 +164,23 @@ def skip_slot(study: optuna.Study, slot: int, reason: str) -> None:
 DEFINITION_ATTR = "snaketune_definition"
 
 
-def study_definition(tuning: dict) -> dict:
-    space = {p["name"]: {k: v for k, v in p.items() if k != "name"} for p in tuning["space"]}
-    return {"space": space, "metrics": tuning["metrics"], "directions": tuning["directions"]}
+def study_definition(tuning: TuningParams) -> dict:
+    space = {p["name"]: {k: v for k, v in p.items() if k != "name"} for p in tuning.space}
+    return {"space": space, "metrics": tuning.metrics, "directions": tuning.directions}
 
 
-def definition_conflicts(tuning: dict) -> list[str]:
+def definition_conflicts(tuning: TuningParams) -> list[str]:
     """Problems ('yaml.path: ...') if the config no longer matches the study already in its journal.
 
     Read-only: a journal that does not exist yet is not created.
     """
-    path = journal_path(tuning)
-    study = load_study(tuning["output_dir"], tuning["study_name"], missing_ok=True)
+    path = str(tuning.layout.journal)
+    study = load_study(tuning.output_dir, tuning.study_name, missing_ok=True)
     stored = None if study is None else study.user_attrs.get(DEFINITION_ATTR)
     if stored is None:
         return []
     wanted = json.loads(json.dumps(study_definition(tuning)))  # same JSON types as the journal's
-    hint = (f"study {tuning['study_name']!r} in {path} was run with a different {{what}}; "
+    hint = (f"study {tuning.study_name!r} in {path} was run with a different {{what}}; "
             "to tune a new one, set a new tuning.output_dir (its trial files live there too; "
             "the existing study is kept as it is)")
     problems = []
@@ -199,7 +199,7 @@ def slot_attempts(study: optuna.Study, slot: int) -> list[FrozenTrial]:
     return [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("slot") == slot]
 
 
-def claim_trial(study: optuna.Study, slot: int, tuning: dict) -> tuple[optuna.Trial | None, FrozenTrial | None]:
+def claim_trial(study: optuna.Study, slot: int, tuning: TuningParams) -> tuple[optuna.Trial | None, FrozenTrial | None]:
     """The trial this job runs for `slot`, as (trial, None); or (None, finished) if done already.
 
     A first attempt runs its grid point (GridSampler) or asks the sampler, unless it is among the
@@ -215,13 +215,14 @@ def claim_trial(study: optuna.Study, slot: int, tuning: dict) -> tuple[optuna.Tr
     # The slot and attempt are part of the new trial from its creation: a job killed a moment
     # later leaves a RUNNING trial that the next run finds in its slot, never an orphan.
     if latest is None:
-        check_time_budget(study, tuning)
+        check_time_budget(study, tuning.timeout_minutes)
         attrs = {"slot": slot, "attempt": 1}
-        params = strategy.grid_points(tuning["space"])[slot] if tuning["sampler"] == "GridSampler" else {}
-        trial_id = create_trial(study, params, tuning, attrs)
-        enqueued = enqueued_config(study, _storage(study).get_trial_number_from_id(trial_id), tuning)
+        params = strategy.grid_points(tuning.space)[slot] if tuning.sampler == "GridSampler" else {}
+        trial_id = create_trial(study, params, tuning.space, attrs)
+        enqueued = enqueued_config(study, _storage(study).get_trial_number_from_id(trial_id),
+                                   tuning.enqueue_trials)
         if enqueued is not None:
-            set_params(study, trial_id, enqueued, tuning, {"enqueued": True})
+            set_params(study, trial_id, enqueued, tuning.space, {"enqueued": True})
         return optuna.Trial(study, trial_id), None
     if latest.state == TrialState.RUNNING:
         storage = _storage(study)
@@ -231,47 +232,50 @@ def claim_trial(study: optuna.Study, slot: int, tuning: dict) -> tuple[optuna.Tr
         storage.set_trial_state_values(trial_id, TrialState.FAIL)
     attrs = {"slot": slot, "attempt": latest.user_attrs.get("attempt", 1) + 1, "retry_of": latest.number}
     # The slot's enqueued configuration again, also if its first attempt died before taking it.
-    enqueued = enqueued_config(study, attempts[0].number, tuning)
+    enqueued = enqueued_config(study, attempts[0].number, tuning.enqueue_trials)
     params = {**latest.params, **(enqueued or {})}
     if enqueued is not None:
         attrs["enqueued"] = True
-    return optuna.Trial(study, create_trial(study, params, tuning, attrs)), None
+    return optuna.Trial(study, create_trial(study, params, tuning.space, attrs)), None
 
 
-def enqueued_config(study: optuna.Study, trial_number: int, tuning: dict) -> dict | None:
-    """The enqueued configuration (tuning.enqueue_trials) of the first attempt `trial_number`, if any.
+def enqueued_config(study: optuna.Study, trial_number: int, enqueue_trials: list[dict]) -> dict | None:
+    """The enqueued configuration (of `enqueue_trials`, tuning.enqueue_trials) of the first
+    attempt `trial_number`, if any.
 
     The k-th first attempt to start takes the k-th configuration, whichever slot it runs in:
     Snakemake starts slots in no fixed order, and "evaluated first" means first in time. The rank
     is read from the journal, whose order every process sees the same, so no lock is needed.
     """
-    if not tuning["enqueue_trials"]:
+    if not enqueue_trials:
         return None
     rank = sum(1 for t in study.get_trials(deepcopy=False)
                if t.number < trial_number and t.user_attrs.get("attempt") == 1)
-    return tuning["enqueue_trials"][rank] if rank < len(tuning["enqueue_trials"]) else None
+    return enqueue_trials[rank] if rank < len(enqueue_trials) else None
 
 
-def check_time_budget(study: optuna.Study, tuning: dict) -> None:
-    if not tuning["timeout_minutes"]:
+def check_time_budget(study: optuna.Study, timeout_minutes: float | None) -> None:
+    """Raises SlotSkipped when tuning.timeout_minutes have passed since this invocation started."""
+    if not timeout_minutes:
         return
     # The clock of this invocation (set by the Snakefile's main process and passed to its jobs),
     # so growing n_trials later runs the new slots; the study's own start is the fallback.
     started = float(os.environ.get(RUN_STARTED_ENV) or study.user_attrs[STARTED_ATTR])
     elapsed = (time.time() - started) / 60
-    if elapsed > tuning["timeout_minutes"]:
-        raise SlotSkipped(f"skipped: the study's time budget (timeout_minutes={tuning['timeout_minutes']}) "
-                          f"was spent {elapsed - tuning['timeout_minutes']:.1f} min before this slot started")
+    if elapsed > timeout_minutes:
+        raise SlotSkipped(f"skipped: the study's time budget (timeout_minutes={timeout_minutes}) "
+                          f"was spent {elapsed - timeout_minutes:.1f} min before this slot started")
 
 
-def create_trial(study: optuna.Study, params: dict, tuning: dict, user_attrs: dict) -> int:
+def create_trial(study: optuna.Study, params: dict, space: list[search_space.Parameter],
+                 user_attrs: dict) -> int:
     """A new RUNNING trial with `params` fixed and `user_attrs` set, in one journal write; its id.
     Wrap it in optuna.Trial only once its parameters are final: the sampler suggests the rest.
 
     Created directly as RUNNING rather than with enqueue_trial (WAITING): a WAITING trial could be
     popped by another process's ask() before this one.
     """
-    distributions = search_space.distributions(tuning["space"])
+    distributions = search_space.distributions(space)
     params = {k: v for k, v in params.items() if k in distributions}
     template = FrozenTrial(
         number=-1, state=TrialState.RUNNING, value=None, values=None,
@@ -283,9 +287,10 @@ def create_trial(study: optuna.Study, params: dict, tuning: dict, user_attrs: di
     return storage.create_new_trial(storage.get_study_id_from_name(study.study_name), template_trial=template)
 
 
-def set_params(study: optuna.Study, trial_id: int, params: dict, tuning: dict, user_attrs: dict) -> None:
+def set_params(study: optuna.Study, trial_id: int, params: dict, space: list[search_space.Parameter],
+               user_attrs: dict) -> None:
     """Fixes `params` (and sets `user_attrs`) on a trial that has not suggested anything yet."""
-    distributions = search_space.distributions(tuning["space"])
+    distributions = search_space.distributions(space)
     storage = _storage(study)
     for name, value in params.items():
         if name in distributions:

@@ -92,13 +92,13 @@ def _trial_seconds(trial: FrozenTrial) -> float | None:
     return None
 
 
-def summary_table(tuning: dict, study: optuna.Study | None = None) -> str:
-    """The end-of-run summary: counts, time, the best trial(s) with parameters and metrics, and
-    one row per trial slot. `tuning` is the resolved config's `tuning` section."""
+def summary_table(layout: StudyLayout, study_name: str, metrics: list[str],
+                  study: optuna.Study | None = None) -> str:
+    """The end-of-run summary of study `study_name` in `layout` (objectives `metrics`): counts,
+    time, the best trial(s) with parameters and metrics, and one row per trial slot."""
     if study is None:
-        study = studies.load_study(tuning["output_dir"], tuning["study_name"])
-    layout = StudyLayout(tuning["output_dir"])
-    metrics = list(tuning["metrics"])
+        study = studies.load_study(layout.output_dir, study_name)
+    metrics = list(metrics)
     every = study.get_trials(deepcopy=False)
     latest = latest_attempts(study)
     counts = state_counts(latest)
@@ -223,16 +223,15 @@ def status_table(study: optuna.Study, n_trials: int | None = None, max_steps: in
     return "\n".join(lines)
 
 
-def print_summary(tuning: dict) -> None:
+def print_summary(layout: StudyLayout, study_name: str, metrics: list[str]) -> None:
     """The closing lines of a run (Snakemake's onsuccess): the summary table, where the results
     are, and the best trial(s). Prints nothing before rule aggregate has written the best record."""
-    layout = StudyLayout(tuning["output_dir"])
-    best_file = layout.best_record(len(tuning["metrics"]))
+    best_file = layout.best_record(len(metrics))
     if not best_file.exists():
         return
-    print("\n" + summary_table(tuning))
+    print("\n" + summary_table(layout, study_name, metrics))
     best = json.loads(best_file.read_text())
-    print(f"\nsnaketune: study {tuning['study_name']!r}, results in {layout.results_csv}")
+    print(f"\nsnaketune: study {study_name!r}, results in {layout.results_csv}")
     for record in best.get("trials", [best]):
         values = ", ".join(f"{k}={fmt(v)}" for k, v in record["values"].items())
         params = ", ".join(f"{k}={fmt(v)}" for k, v in record["params"].items())

@@ -15,16 +15,20 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from snaketune import metrics as custom_metrics
 from snaketune import space as search_space
 from snaketune import study as studies
 from snaketune.layout import TrialFiles, write_json
 
+if TYPE_CHECKING:
+    from snaketune.config import TuningConfig, TuningParams
+
 LOSS_CURVE_FIELDS = ("step", "epoch", "loss", "grad_norm", "learning_rate", "eval_loss")
 
 
-def run_trial(tune: dict, slot: int, trial_dir: str | Path, model_source: dict, data_dir: str | Path,
+def run_trial(tune: TuningConfig, slot: int, trial_dir: str | Path, model_source: dict, data_dir: str | Path,
               threads: int = 1, user_attrs: dict | None = None, before_training=None) -> dict:
     """Run slot `slot` of the study; returns what metrics.json holds.
 
@@ -38,7 +42,7 @@ def run_trial(tune: dict, slot: int, trial_dir: str | Path, model_source: dict, 
     trial_dir = Path(trial_dir)
     files = TrialFiles(trial_dir)
     files.logs.mkdir(parents=True, exist_ok=True)
-    tuning = tune["tuning"]
+    tuning = tune.tuning
     study = studies.open_study(tuning, slot)
     try:
         trial, finished = studies.claim_trial(study, slot, tuning)
@@ -48,7 +52,7 @@ def run_trial(tune: dict, slot: int, trial_dir: str | Path, model_source: dict, 
         write_json(files.metrics, result)
         return result
     if finished is not None:  # done in an earlier run whose metrics.json was removed: no retraining
-        result = trial_summary(finished, tuning, trial_dir)
+        result = trial_summary(finished, tuning.metrics, trial_dir)
         write_json(files.metrics, result)
         return result
 
@@ -59,7 +63,7 @@ def run_trial(tune: dict, slot: int, trial_dir: str | Path, model_source: dict, 
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     started = time.time()
     try:
-        params = search_space.suggest(trial, tuning["space"])
+        params = search_space.suggest(trial, tuning.space)
         resume_from = resumable_checkpoint(trial_dir, params)
         write_json(files.params, {"trial_number": trial.number, "slot": slot,
                                                "attempt": trial.user_attrs.get("attempt", 1),
@@ -70,7 +74,7 @@ def run_trial(tune: dict, slot: int, trial_dir: str | Path, model_source: dict, 
             before_training(params, resume_from)
         produced, stopped = train_and_evaluate(tune, params, trial_dir, model_source, data_dir,
                                                trial=trial, resume_from=resume_from)
-        values = None if stopped else custom_metrics.objective_values(produced, tuning["metrics"])
+        values = None if stopped else custom_metrics.objective_values(produced, tuning.metrics)
     except BaseException as e:
         reason = "interrupted" if isinstance(e, (KeyboardInterrupt, SystemExit)) else f"{type(e).__name__}: {e}"
         trial.set_user_attr("fail_reason", reason[:2000])
@@ -82,11 +86,11 @@ def run_trial(tune: dict, slot: int, trial_dir: str | Path, model_source: dict, 
         # Pruned or diverged: a result, not a crash (the same parameters would stop the same way),
         # so the job succeeds and the slot is not re-run.
         trial.set_user_attr("fail_reason" if stopped.startswith("diverged") else "pruned_reason", stopped)
-        pruned = stopped.startswith("pruned") or tuning["on_divergence"] == "prune"
+        pruned = stopped.startswith("pruned") or tuning.on_divergence == "prune"
         frozen = study.tell(trial, state=studies.TrialState.PRUNED if pruned else studies.TrialState.FAIL)
     else:
         frozen = study.tell(trial, values)
-    result = trial_summary(frozen, tuning, trial_dir)
+    result = trial_summary(frozen, tuning.metrics, trial_dir)
     write_json(files.metrics, result)
     return result
 
@@ -105,11 +109,11 @@ def _is_finite_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def trial_summary(frozen, tuning: dict, trial_dir: Path) -> dict:
+def trial_summary(frozen, metrics: list[str], trial_dir: Path) -> dict:
     return {
         "trial_number": frozen.number,
         "state": frozen.state.name,
-        "values": dict(zip(tuning["metrics"], frozen.values or [])),
+        "values": dict(zip(metrics, frozen.values or [])),
         "metrics": frozen.user_attrs.get("metrics", {}),
         "params": frozen.params,
         "trial_dir": str(trial_dir),
@@ -117,24 +121,24 @@ def trial_summary(frozen, tuning: dict, trial_dir: Path) -> dict:
     }
 
 
-def build_training_args(tune: dict, tuned: dict, trial_dir: Path):
-    """SFTConfig from fixed + sampled training parameters, with what snaketune must set itself."""
+def build_training_args(tuning: TuningParams, max_length: int, tuned: dict, trial_dir: Path):
+    """SFTConfig from fixed + sampled training parameters, with what snaketune must set itself
+    (`max_length`: model.model_max_length, the default SFTConfig.max_length)."""
     import torch
     from trl import SFTConfig
 
-    tuning = tune["tuning"]
-    user = {k: v for k, v in {**tuning["training_args"], **tuned}.items() if k != "trainer_type"}
+    user = {k: v for k, v in {**tuning.training_args, **tuned}.items() if k != "trainer_type"}
     defaults = {
-        "seed": tuning["seed"],
-        "max_length": tune["model"]["model_max_length"],
+        "seed": tuning.seed,
+        "max_length": max_length,
         "report_to": "none",
         "save_total_limit": 1,  # the last checkpoint is all a resume or the best model needs
         "logging_steps": 1,
         "logging_nan_inf_filter": False,  # a NaN loss must show as NaN to be caught (StopOnDivergence)
     }
-    if tuning.get("report_every_steps"):
+    if tuning.report_every_steps:
         # Evaluate during training: each evaluation is reported to the journal (and the pruner).
-        defaults.update(eval_strategy="steps", eval_steps=tuning["report_every_steps"])
+        defaults.update(eval_strategy="steps", eval_steps=tuning.report_every_steps)
     if not torch.cuda.is_available():
         # TRL turns on bf16 mixed precision by default, which a CPU runs slowly or not at all.
         defaults.update(use_cpu=True, bf16=False, fp16=False)
@@ -146,16 +150,17 @@ def build_training_args(tune: dict, tuned: dict, trial_dir: Path):
     )
 
 
-def build_lora_config(tune: dict, tuned_peft: dict):
+def build_lora_config(lora_args: dict, tuned_peft: dict):
+    """LoraConfig from the fixed (tuning.lora_args) and sampled PEFT arguments."""
     from peft import LoraConfig
 
-    kwargs = {**tune["tuning"]["lora_args"], **{k: v for k, v in tuned_peft.items()}}
+    kwargs = {**lora_args, **tuned_peft}
     kwargs.pop("peft_method", None)
     kwargs.setdefault("task_type", "CAUSAL_LM")
     return LoraConfig(**kwargs)
 
 
-def train_and_evaluate(tune: dict, params: dict, trial_dir: Path, model_source: dict, data_dir,
+def train_and_evaluate(tune: TuningConfig, params: dict, trial_dir: Path, model_source: dict, data_dir,
                        trial=None, resume_from: str | None = None) -> tuple[dict, str | None]:
     """Train and evaluate one configuration: (metrics produced, why it diverged or None)."""
     from transformers import TrainerCallback
@@ -164,12 +169,12 @@ def train_and_evaluate(tune: dict, params: dict, trial_dir: Path, model_source: 
     from snaketune import data as datasets_
     from snaketune import model as models
 
-    tuning = tune["tuning"]
-    tuned_training, tuned_peft = search_space.split_by_group(tuning["space"], params)
-    args = build_training_args(tune, tuned_training, trial_dir)
-    tokenizer = models.load_tokenizer(model_source, tune["model"])
+    tuning = tune.tuning
+    tuned_training, tuned_peft = search_space.split_by_group(tuning.space, params)
+    args = build_training_args(tuning, tune.model.model_max_length, tuned_training, trial_dir)
+    tokenizer = models.load_tokenizer(model_source, tune.model)
     # Quantisation options are fixed (config.py refuses to tune them) and apply to loading.
-    model = models.load_model(model_source, tune["model"], quantization=tuning["quantization"])
+    model = models.load_model(model_source, tune.model, quantization=tuning.quantization)
     prepared = datasets_.load_prepared(data_dir)
 
     files = TrialFiles(trial_dir)
@@ -219,10 +224,10 @@ def train_and_evaluate(tune: dict, params: dict, trial_dir: Path, model_source: 
             self.reported = set()
 
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-            objective = tuning["metrics"][0]
+            objective = tuning.metrics[0]
             value = (metrics or {}).get(objective)
             # Optuna keeps intermediate values for single-objective studies only.
-            if trial is None or len(tuning["metrics"]) > 1 or not _is_finite_number(value):
+            if trial is None or len(tuning.metrics) > 1 or not _is_finite_number(value):
                 return
             if state.global_step not in self.reported:
                 self.reported.add(state.global_step)
@@ -255,7 +260,7 @@ def train_and_evaluate(tune: dict, params: dict, trial_dir: Path, model_source: 
         train_dataset=prepared["train"],
         eval_dataset=prepared["validation"],
         processing_class=tokenizer,
-        peft_config=build_lora_config(tune, tuned_peft) if tuning["use_peft"] else None,
+        peft_config=build_lora_config(tuning.lora_args, tuned_peft) if tuning.use_peft else None,
         callbacks=[LossCurve(), divergence, pruning, last_evaluation, SaveLastStep()],
     )
     train_output = trainer.train(resume_from_checkpoint=resume_from)
@@ -270,10 +275,10 @@ def train_and_evaluate(tune: dict, params: dict, trial_dir: Path, model_source: 
     produced = {**trained, **final_evaluation}
     if not _is_finite_number(produced.get("eval_loss", 0.0)):
         return produced, f"diverged: eval_loss is {produced['eval_loss']}"
-    if tuning["custom_eval_metrics"]:
+    if tuning.custom_eval_metrics:
         trainer.model.eval()
         produced.update(custom_metrics.compute_custom_metrics(
-            tuning["custom_eval_metrics"], model=trainer.model, tokenizer=tokenizer,
+            tuning.custom_eval_metrics, model=trainer.model, tokenizer=tokenizer,
             eval_dataset=prepared["validation"], trial_dir=trial_dir, metrics=produced))
     return produced, None
 
