@@ -232,10 +232,10 @@ def test_stale_journal_lock_left_by_a_kill_is_recovered(tmp_path):
     sys.path.insert(0, str(REPO / "workflow"))
     from snaketune.study import LOCK_GRACE_SECONDS, open_study
 
-    tuning = resolved_tuning(tmp_path, output_dir=str(tmp_path), study_name="s", seed=0,
+    tuning = resolved_tuning(tmp_path, output_dir=str(tmp_path / "out"), study_name="s", seed=0,
                              tuner_sampler="RandomSampler")
     open_study(tuning)  # the journal exists
-    lock = tmp_path / "study.journal.lock"
+    lock = tmp_path / "out" / "study.journal.lock"
     lock.touch()  # what a process killed while appending leaves behind
     started = time.time()
     study = open_study(tuning)

@@ -84,12 +84,12 @@ def test_load_study_names_what_is_missing(tmp_path):
 
 def test_the_writer_names_the_objectives_on_the_study(tmp_path):
     (tmp_path / "accuracy_metric.py").write_text("def accuracy(**kwargs):\n    return 1.0\n")
-    tuning = resolved_tuning(tmp_path, output_dir=str(tmp_path), study_name="s", seed=0,
+    tuning = resolved_tuning(tmp_path, output_dir=str(tmp_path / "out"), study_name="s", seed=0,
                              tuner_sampler="RandomSampler", evaluation_metrics=["eval_loss", "accuracy"],
                              evaluation_direction=["minimize", "maximize"],
                              custom_eval_metrics=[{"name": "accuracy", "function": "accuracy_metric.accuracy"}])
     studies.open_study(tuning)
-    study = studies.load_study(tmp_path)
+    study = studies.load_study(tmp_path / "out")
     assert study.metric_names == ["eval_loss", "accuracy"]
     assert studies.objective_names(study) == ["eval_loss", "accuracy"]
 

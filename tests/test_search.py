@@ -189,7 +189,7 @@ def test_time_budget_skips_slots_not_started(workdir):
     with pytest.raises(SlotSkipped, match="time budget") as skipped:
         claim_trial(open_study(tuning, 1), 1, tuning)
     skip_slot(open_study(tuning), 1, str(skipped.value))
-    table = results_table(open_study(tuning), tuning["metrics"])
+    table = results_table(open_study(tuning), tuning["metrics"], tuning.layout)
     assert list(table["state"]) == ["COMPLETE", "SKIPPED"]
     assert "time budget" in table["fail_reason"].iloc[1]
 

@@ -12,7 +12,7 @@ if (REPO_DIR / "workflow" / "snaketune").is_dir():
     sys.path.insert(0, str(REPO_DIR / "workflow"))
 
 from snaketune.config import ConfigError, load_tune_config, read_default_tune_yaml
-from snaketune.study import definition_conflicts
+from snaketune.study import StudyInUse, definition_conflicts, hold_study, restore_told_trials
 
 
 # Snakemake deep-merges --configfile over a `configfile:` directive's dict, so a default tune
@@ -66,10 +66,31 @@ def results_outputs():
 
 def aggregate_outputs():
     """Rule aggregate's named outputs: the table and best record, then the best model (one
-    objective) or the Pareto front's rows (several)."""
-    outputs = {"results_csv": str(LAYOUT.results_csv), "best_record": str(LAYOUT.best_record(N_OBJECTIVES))}
+    objective) or the Pareto front's rows (several).
+
+    Flagged `update`: Snakemake keeps them while aggregate runs again (rather than deleting them
+    first) and, should it fail, restores the previous ones from its backup: a re-run never
+    leaves the user without the best model they had.
+    """
+    outputs = {"results_csv": update(str(LAYOUT.results_csv)),
+               "best_record": update(str(LAYOUT.best_record(N_OBJECTIVES)))}
     if N_OBJECTIVES > 1:
-        outputs["pareto_front"] = str(LAYOUT.pareto_front)
+        outputs["pareto_front"] = update(str(LAYOUT.pareto_front))
     else:
-        outputs["best_model"] = directory(str(LAYOUT.best_model))
+        outputs["best_model"] = update(directory(str(LAYOUT.best_model)))
     return outputs
+
+
+# A run holds its study from start to end: a second invocation on the same output_dir (from any
+# working directory; Snakemake's own lock is per directory) is refused. `onstart` runs only when
+# jobs are about to run (not for a dry run, --lint or --report), in the main process (on SLURM too).
+RUN_LOCK = {}
+
+
+onstart:
+    try:
+        RUN_LOCK["fd"] = hold_study(LAYOUT)
+    except StudyInUse as error:
+        sys.exit(str(error))
+    for line in restore_told_trials(TUNING):
+        print(line)

@@ -28,4 +28,5 @@ onsuccess:
 onerror:
     from snaketune.results import aggregate_after_failure
 
-    aggregate_after_failure(TUNING)
+    if "fd" in RUN_LOCK:  # only a run that held the study (not one refused at its start)
+        aggregate_after_failure(TUNING)

@@ -106,7 +106,11 @@ def cmd_tune(args) -> int:
         configfile = Path(handle.name)
     else:  # kept beside the results: what the study ran with (`status` and `export` read it)
         layout = StudyLayout((merged.get("tuning") or {}).get("output_dir") or "tuning_output")
+        unusable = layout.unusable_because()
+        if unusable:
+            raise CliError(f"tuning.output_dir: {unusable}")
         layout.output_dir.mkdir(parents=True, exist_ok=True)
+        layout.run_lock.touch()  # the folder is the study's from now on (see unusable_because)
         configfile = layout.merged_config
         configfile.write_text(text)
     command = snakemake_command(configfile, args.cores, args.gpus, args.profile, args.dry_run,
@@ -159,7 +163,8 @@ def cmd_status(args) -> int:
     tuning = (config or {}).get("tuning") or {}
     while True:
         study = load_study(output_dir, args.study_name)
-        text = status_table(study, n_trials=tuning.get("n_trials"), max_steps=_fixed_max_steps(config),
+        text = status_table(study, StudyLayout(output_dir), n_trials=tuning.get("n_trials"),
+                            max_steps=_fixed_max_steps(config),
                             metrics=objective_names(study, config))
         if args.watch is None:
             print(text)
@@ -177,14 +182,13 @@ def best_records(output_dir: Path, study_name: str | None = None) -> dict:
     for path in (layout.best_trial, layout.best_trials):
         if path.exists():
             return json.loads(path.read_text())
-    from snaketune.study import load_study
-    from snaketune.summary import best_trials
+    from snaketune.study import best_trials, load_study, trial_dir
 
     study = load_study(output_dir, study_name)
     names = objective_names(study, find_tune_config(output_dir, None))
     records = [{"number": t.number, "slot": t.user_attrs.get("slot"), "values": dict(zip(names, t.values)),
                 "params": t.params, "metrics": t.user_attrs.get("metrics", {}),
-                "trial_dir": t.user_attrs.get("trial_dir")} for t in best_trials(study)]
+                "trial_dir": str(trial_dir(t, layout))} for t in best_trials(study)]
     if not records:
         raise CliError(f"no trial of the study in {output_dir} has completed yet")
     return records[0] if len(records) == 1 else {"trials": records}
@@ -237,7 +241,7 @@ def results_rows(output_dir: Path, study_name: str | None):
     from snaketune.study import load_study
 
     study = load_study(output_dir, study_name)
-    return results_table(study, objective_names(study, find_tune_config(output_dir, None)))
+    return results_table(study, objective_names(study, find_tune_config(output_dir, None)), StudyLayout(output_dir))
 
 
 def cmd_export(args) -> int:

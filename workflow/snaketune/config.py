@@ -200,6 +200,11 @@ def _resolve(cfg: dict, base: Path, validated: bool, problems: list[str]) -> Tun
                                                                      f"data.{split}.datasets", base))
                                  for split in ("train", "validation")})
     devices = collect(gpu.resolve_settings(tuning, base))
+    output_dir = str((base / Path(tuning["output_dir"]).expanduser()).resolve())
+    if not validated:  # a job runs in a folder its main process accepted (and began to fill)
+        unusable = StudyLayout(output_dir).unusable_because()
+        if unusable:
+            problems.append(f"tuning.output_dir: {unusable}")
     return TuningConfig(
         model=model_section,
         data=data_section,
@@ -207,7 +212,7 @@ def _resolve(cfg: dict, base: Path, validated: bool, problems: list[str]) -> Tun
             n_trials=n_trials,
             study_name=tuning["study_name"],
             seed=tuning["seed"],
-            output_dir=str((base / Path(tuning["output_dir"]).expanduser()).resolve()),
+            output_dir=output_dir,
             sampler=tuning["tuner_sampler"],
             sampler_kwargs=tuning["sampler_kwargs"],
             pruner=tuning["pruner"],

@@ -6,6 +6,8 @@ every writer takes its paths from here:
 
     <output_dir>/
       study.journal              the Optuna journal: the one record of every trial
+      study.journal.torn         records a crash or a full disk cut short, moved out of the journal
+      run.lock                   held by the run in progress (flock), naming it
       tune.merged.yaml           the config `snaketune tune` ran with (overrides applied)
       prepared_model/source.json where trials load the model from (rule prepare_model)
       data/summary.json          the tokenized data's row and token counts (rule prepare_data)
@@ -109,6 +111,16 @@ class StudyLayout:
         return self.output_dir / "study.journal"
 
     @property
+    def run_lock(self) -> Path:
+        """The study's run lock (study.hold_study): held by the run in progress, names it."""
+        return self.output_dir / "run.lock"
+
+    @property
+    def torn_records(self) -> Path:
+        """Journal records cut short by a crash or a full disk, moved out of the journal."""
+        return self.output_dir / "study.journal.torn"
+
+    @property
     def merged_config(self) -> Path:
         return self.output_dir / "tune.merged.yaml"
 
@@ -171,6 +183,30 @@ class StudyLayout:
         """A page of the report: key is one of REPORT_PAGES (interactive, trials, best)."""
         return self.report_dir / REPORT_PAGES[key]
 
+    def unusable_because(self) -> str | None:
+        """Why `output_dir` cannot hold a study, or None.
+
+        A study writes, replaces and deletes files there (best_model/, trials_results.csv,
+        trial_*/), so it must be a folder of the study's own: new, empty, or holding a study
+        (its journal, or the run lock a first run takes before anything else). A file system's
+        root, a folder right under it (/tmp, /home, ...) and the home directory are never one.
+        """
+        path = self.output_dir.resolve()
+        home = Path.home().resolve()
+        if path.parent == path or path.parent == Path(path.anchor) or path == home or path in home.parents:
+            return (f"{path} is a system folder or the home directory, never a study's own; name a "
+                    f"folder of its own, e.g. {path / 'tuning_output'}")
+        if path.exists() and not path.is_dir():
+            return f"{path} is a file, not a folder"
+        if path.is_dir() and not self.journal.exists() and not self.run_lock.exists():
+            entries = sorted(p.name for p in path.iterdir())
+            if entries:
+                shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+                return (f"{path} already holds files ({shown}) but no snaketune study (no "
+                        f"{self.journal.name}); a study writes and replaces files there (best_model/, "
+                        "trials_results.csv, trial_*/): choose a new or empty folder")
+        return None
+
     def find_trial_dirs(self) -> list[Path]:
         """The trial slot directories that exist, in slot order."""
         found = [p for p in self.output_dir.glob("trial_*") if p.name[len("trial_"):].isdigit()]
@@ -183,6 +219,18 @@ def write_json(path: str | Path, data) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
     tmp.replace(path)
+
+
+def write_csv(frame, path: str | Path) -> None:
+    """Write a pandas DataFrame as CSV atomically: a full disk never leaves a cut table in place
+    of the previous one."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        frame.to_csv(tmp, index=False)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def read_loss_curve(path: str | Path, key: str | None = None) -> list[dict]:

@@ -134,9 +134,10 @@ def prepare_model(model_cfg: ModelParams, source_path: str | Path) -> dict:
 
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    source = {"path": str(out_dir), "kind": kind, "tokenizer_path": str(out_dir),
-              "model_name": str(name), **extra}
-    return _write_source(source_path, source)
+    # The model saved here lives beside source.json: recorded as ".", so a moved or copied study
+    # loads its own copy (read_source resolves it).
+    _write_source(source_path, {"path": ".", "kind": kind, "tokenizer_path": ".", "model_name": str(name), **extra})
+    return read_source(source_path)
 
 
 def load_model(source: dict, model_cfg: ModelParams, device_map=None, quantization: dict | None = None):
@@ -235,10 +236,20 @@ def _absolute_if_local(name: str) -> str:
     return str(Path(name).resolve()) if Path(name).exists() else str(name)
 
 
+# The kinds of prepared model saved beside source.json (in the study), rather than used in place.
+SAVED_IN_STUDY = ("gguf_converted", "random_init")
+
+
 def read_source(source_path: str | Path) -> dict:
     """What `prepare_model` recorded in `source_path` (rule prepare_model's output): {path, kind,
-    tokenizer_path, ...}, where every trial loads the model from."""
-    return json.loads(Path(source_path).read_text())
+    tokenizer_path, ...}, where every trial loads the model from. A model saved in the study is
+    found beside `source_path`, wherever the study now lives."""
+    source_path = Path(source_path)
+    source = json.loads(source_path.read_text())
+    if source.get("kind") in SAVED_IN_STUDY:  # older studies recorded an absolute path
+        here = str(source_path.resolve().parent)
+        source.update(path=here, tokenizer_path=here)
+    return source
 
 
 def _write_source(path: Path, source: dict) -> dict:

@@ -61,7 +61,8 @@ def plot_files(metrics: list[str]) -> list[dict]:
 # Learning curves: intermediate values when trials report them, the logged loss otherwise.
 
 
-def learning_curves(study: optuna.Study) -> tuple[str, dict[int, list[tuple[float, float]]]]:
+def learning_curves(study: optuna.Study, layout: StudyLayout | None = None
+                    ) -> tuple[str, dict[int, list[tuple[float, float]]]]:
     """(y label, {trial number: [(step, value), ...]}) for every trial that has a curve.
 
     The objective's intermediate values when trials reported a curve of them (evaluations during
@@ -73,8 +74,8 @@ def learning_curves(study: optuna.Study) -> tuple[str, dict[int, list[tuple[floa
                                                    for t in trials if t.intermediate_values}
     curves = {}
     for trial in trials:
-        trial_dir = trial.user_attrs.get("trial_dir")
-        rows = read_loss_curve(TrialFiles(Path(trial_dir)).loss_curve, key="loss") if trial_dir else []
+        folder = studies.trial_dir(trial, layout)
+        rows = read_loss_curve(TrialFiles(folder).loss_curve, key="loss") if folder else []
         if rows:
             curves[trial.number] = [(row["step"], float(row["loss"])) for row in rows]
     return "training loss", curves
@@ -174,7 +175,7 @@ def _target(study: optuna.Study, metrics: list[str], metric: str | None):
 
 
 def draw_png(kind: str, study: optuna.Study, metrics: list[str], metric: str | None,
-             title: str, path: Path) -> None:
+             title: str, path: Path, layout: StudyLayout | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -183,7 +184,7 @@ def draw_png(kind: str, study: optuna.Study, metrics: list[str], metric: str | N
     from optuna.visualization import matplotlib as ovm
 
     heading = f"{title}: {metric}" if metric and len(metrics) > 1 else title
-    ax = make_plot(kind, study, metrics, metric, ovm, _learning_curves_png)
+    ax = make_plot(kind, study, metrics, metric, ovm, lambda s: _learning_curves_png(s, layout))
     if isinstance(ax, str):
         plt.close("all")
         placeholder_png(path, heading, ax)
@@ -217,10 +218,10 @@ def draw_png(kind: str, study: optuna.Study, metrics: list[str], metric: str | N
     plt.close(fig)
 
 
-def _learning_curves_png(study: optuna.Study):
+def _learning_curves_png(study: optuna.Study, layout: StudyLayout | None):
     import matplotlib.pyplot as plt
 
-    ylabel, curves = learning_curves(study)
+    ylabel, curves = learning_curves(study, layout)
     if not curves:
         return None
     fig, ax = plt.subplots()
@@ -249,10 +250,10 @@ def _learning_curves_png(study: optuna.Study):
 # Interactive figures (plotly) on one self-contained page
 
 
-def _learning_curves_plotly(study: optuna.Study):
+def _learning_curves_plotly(study: optuna.Study, layout: StudyLayout | None):
     import plotly.graph_objects as go
 
-    ylabel, curves = learning_curves(study)
+    ylabel, curves = learning_curves(study, layout)
     if not curves:
         return None
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
@@ -266,12 +267,13 @@ def _learning_curves_plotly(study: optuna.Study):
     return fig
 
 
-def draw_plotly(kind: str, study: optuna.Study, metrics: list[str], metric: str | None, title: str):
+def draw_plotly(kind: str, study: optuna.Study, metrics: list[str], metric: str | None, title: str,
+                layout: StudyLayout | None = None):
     """A plotly figure, or a reason string when the plot cannot be drawn."""
     from optuna import visualization as ov
 
     heading = f"{title}: {metric}" if metric and len(metrics) > 1 else title
-    fig = make_plot(kind, study, metrics, metric, ov, _learning_curves_plotly)
+    fig = make_plot(kind, study, metrics, metric, ov, lambda s: _learning_curves_plotly(s, layout))
     if isinstance(fig, str):
         return fig
     if kind == "parallel_coordinate":
@@ -399,14 +401,15 @@ def write_report(output_dir: str | Path, study_name: str, metrics: list[str], re
     import pandas as pd
 
     study = studies.load_study(output_dir, study_name)
+    layout = StudyLayout(output_dir)
     figures = []
     for entry, path in zip(plot_files(metrics), plots, strict=True):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        draw_png(entry["kind"], study, metrics, entry["metric"], entry["title"], path)
+        draw_png(entry["kind"], study, metrics, entry["metric"], entry["title"], path, layout)
         heading = entry["title"] + (f": {entry['metric']}" if entry["metric"] else "")
         figures.append((heading, draw_plotly(entry["kind"], study, metrics, entry["metric"],
-                                             entry["title"])))
+                                             entry["title"], layout)))
     pages = {key: Path(path) for key, path in pages.items()}
     write_interactive_page(figures, pages["interactive"], study.study_name)
     best = json.loads(Path(best_record).read_text())

@@ -14,7 +14,9 @@ import optuna
 from optuna.trial import TrialState
 
 from snaketune import study as studies
-from snaketune.layout import TrialFiles, write_json
+from snaketune import summary
+from snaketune.errors import describe_error
+from snaketune.layout import StudyLayout, TrialFiles, write_csv, write_json
 
 if TYPE_CHECKING:
     from snaketune.config import TuningParams
@@ -24,8 +26,9 @@ OPTUNA_COLUMNS = ("number", "values", "datetime_start", "datetime_complete", "du
                   "user_attrs", "state")
 
 
-def results_table(study: optuna.Study, metrics: list[str]):
-    """The trials as a DataFrame: Optuna's columns, one column per metric (named as the metric)."""
+def results_table(study: optuna.Study, metrics: list[str], layout: StudyLayout):
+    """The trials as a DataFrame: Optuna's columns, one column per metric (named as the metric),
+    and each trial's folder in `layout` (the study's, wherever it now lives)."""
     import pandas as pd
 
     attempts = {}
@@ -50,7 +53,8 @@ def results_table(study: optuna.Study, metrics: list[str]):
         row["slot"] = trial.user_attrs.get("slot")
         row["attempts"] = attempts.get(row["slot"], 1) if row["slot"] is not None else 1
         row["fail_reason"] = trial.user_attrs.get("fail_reason")
-        row["trial_dir"] = trial.user_attrs.get("trial_dir")
+        folder = studies.trial_dir(trial, layout)
+        row["trial_dir"] = str(folder) if folder else None
         rows.append({k: v for k, v in row.items() if not k.startswith(("user_attrs_", "values_"))})
     present = {row["slot"] for row in rows}
     for slot, reason in sorted(studies.skipped_slots(study).items()):
@@ -66,8 +70,10 @@ def results_table(study: optuna.Study, metrics: list[str]):
     return table.reindex(columns=[*first, *params, *rest, "trial_dir"])
 
 
-def trial_record(trial: optuna.trial.FrozenTrial, metrics: list[str]) -> dict:
-    trial_dir = trial.user_attrs.get("trial_dir")
+def trial_record(trial: optuna.trial.FrozenTrial, metrics: list[str], layout: StudyLayout) -> dict:
+    """A trial as best_trial(s).json holds it; its folder and checkpoint in `layout`."""
+    folder = studies.trial_dir(trial, layout)
+    trial_dir = str(folder) if folder else None
     return {
         "number": trial.number,
         "slot": trial.user_attrs.get("slot"),
@@ -91,46 +97,96 @@ def aggregate(tuning: TuningParams, model: ModelParams, model_source: dict, resu
     """
     study = studies.load_study(tuning.output_dir, tuning.study_name)
     metrics = tuning.metrics
-    table = results_table(study, metrics)
-    table.to_csv(results_csv, index=False)
+    table = results_table(study, metrics, tuning.layout)
+    write_csv(table, results_csv)
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        raise RuntimeError(f"no trial of study {tuning.study_name!r} completed; see the "
+        counts = summary.outcome_line(studies.outcome_counts(studies.latest_attempts(study)))
+        raise RuntimeError(f"no trial of study {tuning.study_name!r} completed ({counts}); see the "
                            f"fail_reason column of {results_csv}")
     if len(metrics) > 1:
-        front = [trial_record(t, metrics) for t in study.best_trials]
+        front = [trial_record(t, metrics, tuning.layout) for t in studies.best_trials(study)]
         write_json(best_record, {"metrics": metrics, "directions": tuning.directions, "trials": front})
         numbers = {t["number"] for t in front}
-        table[table["number"].isin(numbers)].to_csv(pareto_front, index=False)
+        write_csv(table[table["number"].isin(numbers)], pareto_front)
         return
-    best = trial_record(study.best_trial, metrics)
+    best = trial_record(studies.best_trials(study)[0], metrics, tuning.layout)
     best["best_model"] = str(best_model)
     save_best_model(model, model_source, best["checkpoint"], Path(best_model), best)
     write_json(best_record, best)
 
 
 def aggregate_after_failure(tuning: TuningParams) -> None:
-    """The table of a run where some jobs failed (Snakemake's onerror): written all the same.
+    """What a run that ended in errors leaves (Snakemake's onerror): the table, and the truth.
 
     Snakemake never runs `aggregate` when one of its inputs (a failed trial) is missing. This
     writes trials_results.csv from the journal, and only that: the other outputs of `aggregate`
-    stay missing, so the next run still re-runs the failed trials and then `aggregate` itself.
+    stay as they were, so the next run still re-runs the failed trials and then `aggregate` itself.
+    Then it says what became of every trial (counted from the journal's states: a trial still
+    RUNNING now was interrupted), why rule aggregate failed if it did, and whether running again
+    helps. It never raises: it is the last word of a failed run (a full disk, a torn journal).
     """
+    try:
+        _report_failure(tuning)
+    except Exception as error:  # noqa: BLE001 (the handler must not hide the run's own error)
+        print(f"\nsnaketune: could not write the table of the failed run: {describe_error(error)}")
+
+
+def _report_failure(tuning: TuningParams) -> None:
     layout = tuning.layout
     study = studies.load_study(layout.output_dir, tuning.study_name, missing_ok=True)
     if study is None:
         return
-    results_table(study, tuning.metrics).to_csv(layout.results_csv, index=False)
+    try:
+        write_csv(results_table(study, tuning.metrics, layout), layout.results_csv)
+        where = f"the table so far is in {layout.results_csv}"
+    except OSError as error:  # the previous table, if any, is left whole (write_csv is atomic)
+        where = f"the table could not be written: {describe_error(error)}"
     latest = studies.latest_attempts(study)
-    failed = [t for t in latest if t.state == TrialState.FAIL and not studies.is_finished(t)]
-    print(f"\nsnaketune: {len(failed)} trial(s) failed; the table so far is in {layout.results_csv}")
-    for trial in failed:
-        print(f"  trial_{trial.user_attrs.get('slot')} (trial {trial.number}): "
-              f"{trial.user_attrs.get('fail_reason', 'unknown')}")
-    if len(tuning.metrics) == 1 and study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        best = study.best_trial
-        print(f"Best completed so far: trial_{best.user_attrs.get('slot')} (trial {best.number}), "
-              f"{tuning.metrics[0]}={best.value:.4g}")
-    print("Run the same command again to re-run exactly the failed trials with their parameters.")
+    counts = studies.outcome_counts(latest, run_over=True)
+    skipped = len(studies.skipped_slots(study))
+    print(f"\nsnaketune: the run ended with errors. {len(latest) + skipped} trial(s): "
+          f"{summary.outcome_line(counts, skipped)}; {where}")
+    again = [t for t in latest if studies.outcome(t, run_over=True) in ("failed", "interrupted")]
+    for trial in again:
+        reason = trial.user_attrs.get("fail_reason") or (
+            "its job stopped without recording why (killed, or the journal could not be written); "
+            f"see {layout.trial(trial.user_attrs.get('slot')).log}")
+        print(f"  trial_{trial.user_attrs.get('slot')} (trial {trial.number}) "
+              f"{studies.outcome(trial, run_over=True)}: {reason[:500]}")
+    aggregate_error = _rule_error(layout.rule_log("aggregate"))
+    if aggregate_error:
+        print(f"  rule aggregate failed: {aggregate_error}")
+    if counts["completed"]:
+        best = studies.best_trials(study)
+        if len(tuning.metrics) == 1:
+            print(f"Best completed so far: trial_{best[0].user_attrs.get('slot')} (trial {best[0].number}), "
+                  f"{tuning.metrics[0]}={best[0].value:.4g}")
+    elif not again:
+        print(NO_COMPLETED_TRIAL.format(counts=summary.outcome_line(counts, skipped)))
+    if again:
+        print(f"Run the same command again to re-run exactly the {len(again)} failed or interrupted "
+              "trial(s) with their parameters.")
+
+
+NO_COMPLETED_TRIAL = (
+    "No trial completed ({counts}), and running again would change nothing: the same parameters "
+    "stop the same way. If they diverged (loss NaN or infinite), lower the learning rate's range "
+    "(tuning.tunable_training_params.learning_rate), add warmup (warmup_ratio) or clip gradients "
+    "(max_grad_norm); if they were pruned, loosen tuning.pruner_kwargs. Then tune again in a new "
+    "tuning.output_dir (a study's search space cannot change).")
+
+
+def _rule_error(log: Path) -> str | None:
+    """The last line of a rule's log if the rule failed in this run (its traceback's message)."""
+    import os
+
+    try:
+        if log.stat().st_mtime < float(os.environ.get(studies.RUN_STARTED_ENV, 0)):
+            return None
+        lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return None
+    return lines[-1][:1000] if lines and "Error" in lines[-1] else None
 
 
 def save_best_model(model_cfg: ModelParams, model_source: dict, checkpoint: str | None, target: Path,
@@ -138,8 +194,11 @@ def save_best_model(model_cfg: ModelParams, model_source: dict, checkpoint: str 
     """The best trial's final model as a plain `from_pretrained` directory (LoRA merged in)."""
     from snaketune import model as models
 
-    if checkpoint is None:
-        raise FileNotFoundError(f"best trial {best['number']} has no checkpoint in {best['trial_dir']}")
+    if checkpoint is None:  # the rule's `update` outputs: Snakemake restores the previous best model
+        raise FileNotFoundError(
+            f"best trial {best['number']} has no checkpoint in {best['trial_dir']}, so the best model "
+            f"cannot be built (the previous one, if any, is kept); remove {best['trial_dir']}/metrics.json "
+            "and run again to re-train that trial with its parameters")
     tokenizer = models.load_tokenizer(model_source, model_cfg)
     if (Path(checkpoint) / "adapter_config.json").exists():
         from peft import PeftModel

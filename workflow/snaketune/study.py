@@ -9,8 +9,11 @@ they were. The journal keeps every attempt.
 from __future__ import annotations
 
 import datetime
+import fcntl
 import json
 import os
+import socket
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -40,6 +43,30 @@ class AmbiguousStudy(SnaketuneError, ValueError):
     """A journal holding several studies (or none yet), read without naming one."""
 
 
+# What became of a trial, in the words the summaries use, from its state and fail_reason.
+OUTCOMES = ("completed", "pruned", "diverged", "failed", "interrupted", "running")
+
+
+def outcome(trial: FrozenTrial, run_over: bool = False) -> str:
+    """One of OUTCOMES. A RUNNING trial is `interrupted` once the run is over (`run_over`: its
+    process is gone, e.g. killed by SIGKILL), as is a FAIL whose reason is "interrupted"."""
+    reason = str(trial.user_attrs.get("fail_reason", ""))
+    if trial.state == TrialState.COMPLETE:
+        return "completed"
+    if trial.state == TrialState.PRUNED:
+        return "diverged" if reason.startswith("diverged") else "pruned"
+    if trial.state == TrialState.FAIL:
+        return "diverged" if reason.startswith("diverged") else "interrupted" if reason == "interrupted" else "failed"
+    return "interrupted" if run_over else "running"
+
+
+def outcome_counts(trials: list[FrozenTrial], run_over: bool = False) -> dict[str, int]:
+    counts = dict.fromkeys(OUTCOMES, 0)
+    for trial in trials:
+        counts[outcome(trial, run_over)] += 1
+    return counts
+
+
 def is_finished(trial: FrozenTrial) -> bool:
     """Done for good: completed, pruned, or diverged (the same parameters would diverge again)."""
     return trial.state in FINISHED or (
@@ -54,7 +81,143 @@ LOCK_GRACE_SECONDS = 10
 def open_storage(path: str) -> JournalStorage:
     # JournalFileOpenLock (open(O_CREAT|O_EXCL)) works on every filesystem, NFS included.
     lock = JournalFileOpenLock(path, grace_period=LOCK_GRACE_SECONDS)
-    return JournalStorage(JournalFileBackend(path, lock_obj=lock))
+    backend = JournalFile(path, lock_obj=lock)
+    _say_torn_tail(Path(path))
+    return JournalStorage(backend)
+
+
+class JournalFile(JournalFileBackend):
+    """Optuna's journal file, safe against a last record cut short.
+
+    A crash or a full disk in the middle of an append leaves a last line without its newline.
+    Optuna's reader skips such a line, but its next append is glued onto it, and from then on the
+    file no longer parses: every trial of the study is unreadable. Here, under Optuna's lock and
+    before each append, a tail after the last newline is completed (a whole record that only lost
+    its newline) or moved to `study.journal.torn` (StudyLayout.torn_records), never dropped.
+    Optuna has no hook for this, so `append_logs` is its own few lines again with the repair first.
+    """
+
+    def append_logs(self, logs: list[dict]) -> None:
+        self._lock.acquire()
+        try:
+            repair_torn_tail(Path(self._file_path))
+            text = "\n".join(json.dumps(log, separators=(",", ":")) for log in logs) + "\n"
+            with open(self._file_path, "ab") as f:
+                f.write(text.encode("utf-8"))
+                f.flush()
+                os.fsync(f.fileno())
+        finally:
+            self._lock.release()
+
+
+def torn_tail(path: Path) -> tuple[int, bytes]:
+    """(offset, bytes) of what follows the journal's last newline: (size, b"") when nothing does."""
+    with open(path, "rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        end, chunk = size, 1 << 16
+        while end > 0:  # back from the end to the last newline; records are short
+            start = max(0, end - chunk)
+            f.seek(start)
+            block = f.read(end - start)
+            newline = block.rfind(b"\n")
+            if newline >= 0:
+                offset = start + newline + 1
+                break
+            end = start
+        else:
+            offset = 0
+        f.seek(offset)
+        return offset, f.read()
+
+
+def _whole_record(data: bytes) -> bool:
+    try:
+        return isinstance(json.loads(data), dict)
+    except ValueError:
+        return False
+
+
+def repair_torn_tail(path: Path) -> str | None:
+    """Make the journal end in a newline again (call it holding the journal's lock): a whole
+    record that lost only its newline gets it back; anything else after the last newline is
+    appended to the side file and cut off. Returns what was done, or None if nothing was torn."""
+    if not path.exists():
+        return None
+    offset, tail = torn_tail(path)
+    if not tail:
+        return None
+    if _whole_record(tail):
+        with open(path, "ab") as f:
+            f.write(b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+        return f"completed the last record of {path} (it had lost its newline)"
+    side = StudyLayout(path.parent).torn_records
+    with open(side, "a") as f:  # first kept, then cut: a crash in between loses nothing
+        f.write(json.dumps({"moved_at": datetime.datetime.now().isoformat(timespec="seconds"),
+                            "journal": path.name, "offset": offset, "length": len(tail),
+                            "text": tail.decode("utf-8", "surrogateescape")}) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    with open(path, "rb+") as f:
+        f.truncate(offset)
+        os.fsync(f.fileno())
+    return f"moved a record cut short ({len(tail)} bytes at offset {offset}) from {path} to {side}"
+
+
+_TORN_SAID: set[Path] = set()
+
+
+def _say_torn_tail(path: Path) -> None:
+    """Tell a reader, once per process, that the journal ends in a record cut short."""
+    if path in _TORN_SAID or not path.exists():
+        return
+    _, tail = torn_tail(path)
+    if tail and not _whole_record(tail):
+        _TORN_SAID.add(path)
+        print(f"snaketune: {path} ends in a record cut short ({len(tail)} bytes: a write "
+              "interrupted by a crash or a full disk); it is ignored, and the next write to the "
+              f"study moves it to {StudyLayout(path.parent).torn_records}", file=sys.stderr)
+
+
+class StudyInUse(SnaketuneError, RuntimeError):
+    """Another run holds the study (its run lock in the output directory)."""
+
+
+def hold_study(layout: StudyLayout) -> int:
+    """Take the study's run lock for the rest of this process (Snakemake's main process, from
+    `onstart`, so dry runs, --lint and --report take nothing); returns the lock's descriptor,
+    which must stay open.
+
+    Snakemake's own lock is per working directory, so two runs of one `output_dir` from two
+    directories would otherwise claim each other's live trials. An `flock` is dropped by the kernel
+    when its holder dies, even by SIGKILL, so a dead run never blocks the next one. The file also
+    names its holder, and marks the folder as a study's (StudyLayout.foreign_content).
+    Raises StudyInUse, naming the run that holds it.
+    """
+    layout.output_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(layout.run_lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        with open(layout.run_lock) as f:
+            text = f.read()
+        os.close(fd)
+        try:
+            holder = json.loads(text)
+            who = (f"pid {holder['pid']} on {holder['host']}, started {holder['started_at']} in "
+                   f"{holder['cwd']}: {holder['command']}")
+        except (ValueError, KeyError, TypeError):
+            who = "a run that has not said who it is yet"
+        raise StudyInUse(f"tuning.output_dir: the study in {layout.output_dir} is being run by another "
+                         f"invocation ({who}); wait for it to finish, or stop it, then run again. "
+                         "Two runs of one study would claim each other's trials.") from None
+    holder = {"pid": os.getpid(), "host": socket.gethostname(), "cwd": os.getcwd(),
+              "command": " ".join(sys.argv),
+              "started_at": datetime.datetime.now().isoformat(timespec="seconds")}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+    return fd
 
 
 def open_study(tuning: TuningParams, slot: int = 0, storage: JournalStorage | None = None) -> optuna.Study:
@@ -111,6 +274,36 @@ def load_study(output_dir: str | Path, study_name: str | None = None,
                                 f"(it holds: {', '.join(names) or 'none'})")
     # A reader's sampler is never asked for anything: a RandomSampler is the cheapest to build.
     return optuna.load_study(study_name=study_name, storage=storage, sampler=optuna.samplers.RandomSampler())
+
+
+def trial_dir(trial: FrozenTrial, layout: StudyLayout | None = None) -> Path | None:
+    """The folder of `trial` in the study at `layout`, wherever the study now lives (a moved or
+    copied study): its slot's folder. A trial made outside a slot: the folder it recorded
+    (relative to output_dir). Without `layout`: the folder as recorded."""
+    slot = trial.user_attrs.get("slot")
+    if layout is not None and slot is not None:
+        return layout.trial(slot).dir
+    recorded = trial.user_attrs.get("trial_dir")
+    if not recorded:
+        return None
+    return layout.output_dir / recorded if layout is not None else Path(recorded)
+
+
+def best_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """The best trial (one objective) or the Pareto front (several); empty before one completes.
+
+    With one objective, among each slot's latest attempt rather than Optuna's `study.best_trial`:
+    a completed trial whose checkpoint was deleted is trained again in its slot (claim_trial), and
+    the slot's folder then holds the new attempt's model. Several objectives: Optuna's front (such
+    a slot is not trained again, no best model being built).
+    """
+    if len(study.directions) > 1:
+        return study.best_trials if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) else []
+    completed = [t for t in latest_attempts(study) if t.state == TrialState.COMPLETE]
+    if not completed:
+        return []
+    pick = max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min
+    return [pick(completed, key=lambda t: t.value)]
 
 
 def objective_names(study: optuna.Study) -> list[str]:
@@ -175,6 +368,15 @@ def definition_conflicts(tuning: TuningParams) -> list[str]:
     Read-only: a journal that does not exist yet is not created.
     """
     path = str(tuning.layout.journal)
+    if not tuning.layout.journal.exists():
+        return []
+    # One study per output_dir: its trial_<i>/ folders, table and best model are that study's.
+    names = optuna.get_all_study_names(open_storage(path))
+    if names and tuning.study_name not in names:
+        return [f"tuning.study_name: {path} holds the study {names[0]!r}"
+                + (f" (and {', '.join(map(repr, names[1:]))})" if names[1:] else "")
+                + f", not {tuning.study_name!r}; an output_dir holds one study: set study_name back "
+                f"to {names[0]!r} to continue it, or give the new study a new tuning.output_dir"]
     study = load_study(tuning.output_dir, tuning.study_name, missing_ok=True)
     stored = None if study is None else study.user_attrs.get(DEFINITION_ATTR)
     if stored is None:
@@ -194,6 +396,38 @@ def definition_conflicts(tuning: TuningParams) -> list[str]:
     return problems
 
 
+def restore_told_trials(tuning: TuningParams) -> list[str]:
+    """Trials whose result is in their slot's metrics.json while the journal still says RUNNING
+    (the record of the `tell` was cut short: see JournalFile) are told again from that file.
+
+    Call it holding the study's run lock (`hold_study`): then no trial of the study is running, and
+    a RUNNING trial is one whose process is gone. Returns a line per trial restored.
+    """
+    study = load_study(tuning.output_dir, tuning.study_name, missing_ok=True)
+    if study is None:
+        return []
+    storage, said = _storage(study), []
+    study_id = storage.get_study_id_from_name(study.study_name)
+    for trial in latest_attempts(study):
+        slot = trial.user_attrs.get("slot")
+        if trial.state != TrialState.RUNNING or slot is None:
+            continue
+        path = tuning.layout.trial(slot).metrics
+        try:
+            record = json.loads(path.read_text())
+            state = TrialState[record["state"]]
+            values = [float(record["values"][m]) for m in tuning.metrics] if state == TrialState.COMPLETE else None
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if record.get("trial_number") != trial.number or state not in (*FINISHED, TrialState.FAIL):
+            continue
+        storage.set_trial_state_values(storage.get_trial_id_from_study_id_trial_number(study_id, trial.number),
+                                       state, values)
+        said.append(f"snaketune: trial {trial.number} (trial_{slot}/) finished {state.name}, but the journal's "
+                    f"record of it was cut short; told again from {path}")
+    return said
+
+
 def slot_attempts(study: optuna.Study, slot: int) -> list[FrozenTrial]:
     """Every trial that ran in `slot`, oldest first."""
     return [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("slot") == slot]
@@ -205,12 +439,15 @@ def claim_trial(study: optuna.Study, slot: int, tuning: TuningParams) -> tuple[o
     A first attempt runs its grid point (GridSampler) or asks the sampler, unless it is among the
     first len(tuning.enqueue_trials) trials to start (see enqueued_config). A RUNNING trial left in
     the slot was interrupted (Snakemake runs one job per slot at a time), so it is marked FAIL and
-    its parameters are run again.
+    its parameters are run again. So is a completed trial of a one-objective study whose checkpoint
+    is gone (its folder deleted): the best model is built from the best trial's checkpoint.
     Raises SlotSkipped when the study's time budget is spent before the slot's first attempt.
     """
     attempts = slot_attempts(study, slot)
     latest = attempts[-1] if attempts else None
-    if latest is not None and is_finished(latest):
+    retrain = (latest is not None and latest.state == TrialState.COMPLETE and len(tuning.metrics) == 1
+               and tuning.layout.trial(slot).last_checkpoint() is None)
+    if latest is not None and is_finished(latest) and not retrain:
         return None, latest
     # The slot and attempt are part of the new trial from its creation: a job killed a moment
     # later leaves a RUNNING trial that the next run finds in its slot, never an orphan.
@@ -231,6 +468,8 @@ def claim_trial(study: optuna.Study, slot: int, tuning: TuningParams) -> tuple[o
         storage.set_trial_user_attr(trial_id, "fail_reason", "interrupted")
         storage.set_trial_state_values(trial_id, TrialState.FAIL)
     attrs = {"slot": slot, "attempt": latest.user_attrs.get("attempt", 1) + 1, "retry_of": latest.number}
+    if retrain:
+        attrs["retrained"] = "its checkpoint was gone"
     # The slot's enqueued configuration again, also if its first attempt died before taking it.
     enqueued = enqueued_config(study, attempts[0].number, tuning.enqueue_trials)
     params = {**latest.params, **(enqueued or {})}

@@ -17,7 +17,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from snaketune import study as studies
 from snaketune.layout import StudyLayout, TrialFiles, read_loss_curve
-from snaketune.study import latest_attempts
+from snaketune.study import best_trials, latest_attempts
 
 STATES = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.FAIL, TrialState.PRUNED,
           TrialState.WAITING)
@@ -70,15 +70,6 @@ def state_counts(trials: list[FrozenTrial]) -> dict[str, int]:
     return counts
 
 
-def best_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """The best trial (one objective) or the Pareto front; empty before a trial completes."""
-    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        return []
-    if len(study.directions) > 1:
-        return study.best_trials
-    return [study.best_trial]
-
-
 def durations(trials: list[FrozenTrial]) -> list[float]:
     return [t.duration.total_seconds() for t in trials
             if t.duration is not None and t.state == TrialState.COMPLETE]
@@ -101,11 +92,9 @@ def summary_table(layout: StudyLayout, study_name: str, metrics: list[str],
     metrics = list(metrics)
     every = study.get_trials(deepcopy=False)
     latest = latest_attempts(study)
-    counts = state_counts(latest)
     retried = len(every) - len(latest)
     lines = [f"snaketune: study {study.study_name!r}, {len(latest)} trial(s): "
-             f"{counts['COMPLETE']} completed, {counts['PRUNED']} pruned, {counts['FAIL']} failed"
-             + (f", {counts['RUNNING']} running" if counts["RUNNING"] else "")
+             + outcome_line(studies.outcome_counts(latest), len(studies.skipped_slots(study)))
              + (f" ({retried} earlier attempt(s) re-run)" if retried else "")]
     starts = [t.datetime_start for t in every if t.datetime_start]
     ends = [t.datetime_complete for t in every if t.datetime_complete]
@@ -141,9 +130,9 @@ def summary_table(layout: StudyLayout, study_name: str, metrics: list[str],
         rows.append([f"{trial.number}{mark}", trial.state.name, *(fmt(v) for v in values),
                      *(fmt(trial.params.get(p)) for p in params), fmt_seconds(_trial_seconds(trial))])
     lines.append(render_table(header, rows))
-    failed = [t for t in latest if t.state == TrialState.FAIL and t.user_attrs.get("fail_reason")]
-    for trial in failed:
-        lines.append(f"  trial {trial.number} failed: {trial.user_attrs['fail_reason'][:200]}")
+    for trial in latest:
+        if trial.state == TrialState.FAIL and trial.user_attrs.get("fail_reason"):
+            lines.append(f"  trial {trial.number} {studies.outcome(trial)}: {trial.user_attrs['fail_reason'][:200]}")
     lines.append(f"  (* best)  results: {layout.results_csv}")
     return "\n".join(lines)
 
@@ -152,13 +141,21 @@ def summary_table(layout: StudyLayout, study_name: str, metrics: list[str],
 # Live status
 
 
-def running_progress(trial: FrozenTrial, max_steps: int | None = None) -> dict:
-    """Step, loss, max_steps and ETA of a running trial, from its live loss curve."""
+def outcome_line(counts: dict[str, int], skipped: int = 0) -> str:
+    """'2 completed, 1 pruned, 1 failed' and, when any, diverged, interrupted, running, skipped."""
+    parts = [f"{counts['completed']} completed", f"{counts['pruned']} pruned", f"{counts['failed']} failed"]
+    parts += [f"{counts[kind]} {kind}" for kind in ("diverged", "interrupted", "running") if counts[kind]]
+    return ", ".join(parts + ([f"{skipped} skipped"] if skipped else []))
+
+
+def running_progress(trial: FrozenTrial, layout: StudyLayout, max_steps: int | None = None) -> dict:
+    """Step, loss, max_steps and ETA of a running trial of the study at `layout`, from its live
+    loss curve."""
     info = {"step": None, "loss": None, "max_steps": max_steps, "eta": None}
-    trial_dir = trial.user_attrs.get("trial_dir")
-    if not trial_dir:
+    folder = studies.trial_dir(trial, layout)
+    if folder is None:
         return info
-    files = TrialFiles(Path(trial_dir))
+    files = TrialFiles(folder)
     # Every row with a loss, a NaN one included: a diverging trial shows it until it stops.
     rows = [row for row in read_loss_curve(files.loss_curve) if "loss" in row]
     try:
@@ -189,9 +186,10 @@ def _max_steps_from_state(files: TrialFiles) -> int | None:
         return None
 
 
-def status_table(study: optuna.Study, n_trials: int | None = None, max_steps: int | None = None,
-                 metrics: list[str] | None = None) -> str:
-    """Counts by state, the best value so far, and each running trial's step, loss and ETA."""
+def status_table(study: optuna.Study, layout: StudyLayout, n_trials: int | None = None,
+                 max_steps: int | None = None, metrics: list[str] | None = None) -> str:
+    """Counts by state, the best value so far, and each running trial's step, loss and ETA, of
+    the study at `layout`."""
     latest = latest_attempts(study)
     counts = state_counts(latest)
     budget = f" of {n_trials}" if n_trials else ""
@@ -214,7 +212,7 @@ def status_table(study: optuna.Study, n_trials: int | None = None, max_steps: in
     if running:
         rows = []
         for trial in running:
-            info = running_progress(trial, max_steps)
+            info = running_progress(trial, layout, max_steps)
             step = fmt(info["step"]) + (f"/{info['max_steps']}" if info["max_steps"] else "")
             rows.append([str(trial.number), str(trial.user_attrs.get("slot", "-")), step, fmt(info["loss"]),
                          fmt_seconds(_trial_seconds(trial)), fmt_seconds(info["eta"])])

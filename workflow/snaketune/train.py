@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from snaketune import metrics as custom_metrics
 from snaketune import space as search_space
 from snaketune import study as studies
+from snaketune.errors import describe_error
 from snaketune.layout import TrialFiles, write_json
 
 if TYPE_CHECKING:
@@ -56,7 +57,8 @@ def run_trial(tune: TuningConfig, slot: int, trial_dir: str | Path, model_source
         write_json(files.metrics, result)
         return result
 
-    trial.set_user_attr("trial_dir", str(trial_dir))
+    # Relative to output_dir: a moved or copied study still finds it (study.trial_dir).
+    trial.set_user_attr("trial_dir", trial_dir.name)
     for key, value in (user_attrs or {}).items():
         trial.set_user_attr(key, value)
     # SIGTERM (Snakemake stopping, a scheduler's kill) becomes an exception so the trial is told FAIL.
@@ -76,9 +78,14 @@ def run_trial(tune: TuningConfig, slot: int, trial_dir: str | Path, model_source
                                                trial=trial, resume_from=resume_from)
         values = None if stopped else custom_metrics.objective_values(produced, tuning.metrics)
     except BaseException as e:
-        reason = "interrupted" if isinstance(e, (KeyboardInterrupt, SystemExit)) else f"{type(e).__name__}: {e}"
-        trial.set_user_attr("fail_reason", reason[:2000])
-        study.tell(trial, state=studies.TrialState.FAIL)
+        reason = "interrupted" if isinstance(e, (KeyboardInterrupt, SystemExit)) else describe_error(e, trial_dir)
+        try:
+            trial.set_user_attr("fail_reason", reason[:2000])
+            study.tell(trial, state=studies.TrialState.FAIL)
+        except Exception as journal_error:  # e.g. the journal's disk is the full one
+            print(f"snaketune: trial {trial.number} failed ({reason[:500]}), and the journal could not "
+                  f"record it ({describe_error(journal_error)}); it stays RUNNING there, and the next "
+                  "run re-runs it", file=sys.stderr)
         raise
     trial.set_user_attr("metrics", {k: v for k, v in produced.items() if _is_finite_number(v)})
     trial.set_user_attr("wall_seconds", round(time.time() - started, 3))

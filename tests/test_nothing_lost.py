@@ -1,0 +1,367 @@
+"""Nothing a study has is lost: a torn journal record, a second invocation on the same study, ...
+
+Each test is the smallest reproduction of a fault a user's machine inflicts, run on the real
+journal, and on the real Snakefile with the tiny model where the fault needs a run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+from optuna.trial import TrialState
+
+from snaketune import study as studies
+from snaketune.layout import StudyLayout
+from workflow_helpers import (REPO, load_study, resolved_tuning, run_snakemake, tiny_config, write_config,
+                              write_reverse_words)
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    write_reverse_words(tmp_path / "data.jsonl")
+    return tmp_path
+
+
+# -- 1. a torn last journal record --------------------------------------------------------------
+
+def _completed(out) -> dict[int, float]:
+    return {t.number: t.value for t in studies.load_study(out).trials if t.state == TrialState.COMPLETE}
+
+
+def test_a_journal_cut_at_every_byte_of_its_last_record_keeps_every_trial_and_grows(tmp_path, capsys):
+    tuning = resolved_tuning(tmp_path, output_dir=str(tmp_path / "out"), tuner_sampler="RandomSampler")
+    for value in (3.0, 2.0):
+        study = studies.open_study(tuning)
+        study.tell(study.ask(), value)
+    journal = tuning.layout.journal
+    whole = journal.read_bytes()
+    last = whole.rstrip(b"\n").rfind(b"\n") + 1  # where the last record (trial 1's tell) starts
+    assert json.loads(whole[last:])["op_code"] == 6  # set_trial_state_values
+    side = tuning.layout.torn_records
+    for cut in range(last + 1, len(whole)):  # every partial last record, up to "lost its newline"
+        journal.write_bytes(whole[:cut])
+        side.unlink(missing_ok=True)
+        studies._TORN_SAID.clear()
+        assert _completed(tuning.output_dir) == {0: 3.0}  # a reader tolerates the tail...
+        study = studies.open_study(tuning)  # ...and the next write repairs it
+        study.tell(study.ask(), 1.0)
+        whole_record = cut == len(whole) - 1
+        assert _completed(tuning.output_dir) == {0: 3.0, **({1: 2.0} if whole_record else {}), 2: 1.0}, cut
+        if not whole_record:  # a fragment is kept aside, as it was, never dropped
+            kept = [json.loads(line) for line in side.read_text().splitlines()]
+            assert [k["text"].encode() for k in kept] == [whole[last:cut]] and kept[0]["offset"] == last
+            assert "cut short" in capsys.readouterr().err
+        else:  # a whole record that lost only its newline gets it back
+            assert not side.exists()
+
+
+def test_a_torn_tail_is_said_once_per_process(tmp_path, capsys):
+    tuning = resolved_tuning(tmp_path, output_dir=str(tmp_path / "out"))
+    studies.open_study(tuning)
+    with open(tuning.layout.journal, "ab") as f:
+        f.write(b'{"op_code":6,"worker_id":"cut-short')
+    studies._TORN_SAID.clear()
+    for _ in range(3):
+        studies.load_study(tuning.output_dir)
+    assert capsys.readouterr().err.count("cut short") == 1
+
+
+def test_a_run_after_a_torn_tell_restores_the_trial_and_grows(workdir):
+    write_config(workdir, tiny_config(n_trials=2))
+    run_snakemake(workdir)
+    layout = StudyLayout(workdir / "tuning_output")
+    whole = layout.journal.read_bytes()
+    last = whole.rstrip(b"\n").rfind(b"\n") + 1
+    told = json.loads(whole[last:])
+    layout.journal.write_bytes(whole[:last + 60])  # the last trial's tell, cut at its 60th byte
+
+    status = subprocess.run([sys.executable, "-m", "snaketune.cli", "status", str(layout.output_dir)],
+                            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO / "workflow")})
+    assert status.returncode == 0, status.stderr
+    assert "cut short" in status.stderr
+
+    write_config(workdir, tiny_config(n_trials=3))
+    grown = run_snakemake(workdir)
+    assert "told again from" in grown.stdout + grown.stderr
+    run_snakemake(workdir)  # and the run after that reads the journal too ("Nothing to be done")
+    study = load_study(layout.output_dir)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
+    restored = study.trials[told["trial_id"]]
+    assert restored.values == told["values"]
+    assert len(pd.read_csv(layout.results_csv)) == 3
+    kept = json.loads(layout.torn_records.read_text())
+    assert kept["text"].encode() == whole[last:last + 60]
+
+
+# -- 2. a second invocation on the same study ----------------------------------------------------
+
+SLOW_METRIC = """
+import time
+from pathlib import Path
+
+def slow(**kwargs):
+    Path("started").touch()
+    while not Path("go").exists():
+        time.sleep(0.2)
+    return 1.0
+"""
+
+
+def test_a_second_invocation_on_a_running_study_is_refused_and_the_first_finishes(tmp_path):
+    first_dir, second_dir = tmp_path / "first", tmp_path / "second"
+    out = tmp_path / "study"
+    for workdir in (first_dir, second_dir):
+        workdir.mkdir()
+        write_reverse_words(workdir / "data.jsonl")
+        (workdir / "slow_metric.py").write_text(SLOW_METRIC)
+        write_config(workdir, tiny_config(n_trials=1, output_dir=str(out), evaluation_metrics=["eval_loss", "slow"],
+                                          evaluation_direction=["minimize", "minimize"],
+                                          custom_eval_metrics=[{"name": "slow", "function": "slow_metric.slow"}]))
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--cores", "2",
+               "--configfile", "tune.yaml"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    first = subprocess.Popen(command, cwd=first_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
+    try:
+        deadline = time.time() + 300
+        while not (first_dir / "started").exists():  # the first run's trial is training/evaluating
+            assert first.poll() is None and time.time() < deadline, first.stdout.read() if first.poll() else ""
+            time.sleep(0.5)
+        second = run_snakemake(second_dir, check=False)
+        message = second.stdout + second.stderr
+        assert second.returncode != 0 and "is being run by another invocation" in message
+        assert f"pid {first.pid}" in message and str(first_dir) in message
+        assert not (second_dir / "started").exists()  # it trained nothing
+        (first_dir / "go").touch()
+        output, _ = first.communicate(timeout=300)
+    finally:
+        first.kill()
+    assert first.returncode == 0, output[-3000:]
+    trials = load_study(out).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE]
+    assert "interrupted" not in json.dumps([t.user_attrs for t in trials])
+    # Once the first run is over, the study is free again.
+    assert "Nothing to be done" in run_snakemake(second_dir).stdout + run_snakemake(second_dir).stderr
+
+
+def test_the_run_lock_is_dropped_when_its_holder_dies(tmp_path):
+    layout = StudyLayout(tmp_path / "out")
+    code = ("import sys, time; sys.path.insert(0, sys.argv[1]); from snaketune import study, layout;"
+            "study.hold_study(layout.StudyLayout(sys.argv[2])); print('held', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(REPO / "workflow"), str(layout.output_dir)],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(studies.StudyInUse, match=f"pid {holder.pid}"):
+        studies.hold_study(layout)
+    holder.kill()  # SIGKILL: no clean-up runs, the kernel drops the flock
+    holder.wait()
+    fd = studies.hold_study(layout)
+    assert json.loads(layout.run_lock.read_text())["pid"] == os.getpid()
+    os.close(fd)
+    shutil.rmtree(layout.output_dir)
+
+
+# -- 3. a folder that is not a study, a system folder ------------------------------------------------
+
+def _refusal(workdir, config) -> str:
+    write_config(workdir, config)
+    refused = run_snakemake(workdir, check=False)
+    assert refused.returncode != 0
+    return refused.stdout + refused.stderr
+
+
+def test_a_folder_holding_other_files_is_refused_as_output_dir_and_left_as_it_was(workdir):
+    folder = workdir / "mine"
+    (folder / "best_model").mkdir(parents=True)
+    (folder / "best_model" / "my_weights.bin").write_bytes(b"weights")
+    (folder / "trials_results.csv").write_text("mine\n")
+    message = _refusal(workdir, tiny_config(n_trials=1, output_dir="mine"))
+    assert "tuning.output_dir" in message and "no snaketune study" in message and "best_model" in message
+    assert (folder / "best_model" / "my_weights.bin").read_bytes() == b"weights"
+    assert (folder / "trials_results.csv").read_text() == "mine\n"
+    assert sorted(p.name for p in folder.iterdir()) == ["best_model", "trials_results.csv"]
+
+
+@pytest.mark.parametrize("where", ["/", "/tmp", "~", "~/.."])
+def test_system_folders_and_home_are_refused_as_output_dir(tmp_path, where):
+    from snaketune.config import ConfigError, load_tune_config
+
+    write_reverse_words(tmp_path / "data.jsonl")
+    with pytest.raises(ConfigError) as refused:
+        load_tune_config(tiny_config(output_dir=where), tmp_path)
+    assert [p for p in refused.value.problems if p.startswith("tuning.output_dir:")], refused.value.problems
+
+
+def test_an_empty_folder_a_new_one_and_a_study_are_accepted(tmp_path):
+    from snaketune.config import load_tune_config
+
+    write_reverse_words(tmp_path / "data.jsonl")
+    (tmp_path / "empty").mkdir()
+    for where in ("empty", "new/nested"):
+        load_tune_config(tiny_config(output_dir=where), tmp_path)
+    study = resolved_tuning(tmp_path, output_dir="study")
+    studies.open_study(study)
+    (study.layout.output_dir / "notes.txt").write_text("mine")  # a study's folder may hold more
+    load_tune_config(tiny_config(output_dir="study"), tmp_path)
+
+
+def test_snaketune_tune_refuses_a_foreign_folder_before_writing_into_it(workdir):
+    (workdir / "mine").mkdir()
+    (workdir / "mine" / "notes.txt").write_text("mine")
+    write_config(workdir, tiny_config(n_trials=1, output_dir="mine"))
+    refused = subprocess.run([sys.executable, "-m", "snaketune.cli", "tune", "-c", "tune.yaml"], cwd=workdir,
+                             capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO / "workflow")})
+    assert refused.returncode != 0 and "tuning.output_dir" in refused.stderr
+    assert [p.name for p in (workdir / "mine").iterdir()] == ["notes.txt"]
+
+
+# -- 5. one output_dir, one study ---------------------------------------------------------------------
+
+def test_a_new_study_name_in_an_existing_output_dir_is_refused(workdir):
+    write_config(workdir, tiny_config(n_trials=1))
+    run_snakemake(workdir)
+    message = _refusal(workdir, tiny_config(n_trials=2, study_name="other"))
+    assert "tuning.study_name" in message and "'snaketune'" in message and "new tuning.output_dir" in message
+    assert [t.state for t in load_study(workdir / "tuning_output").trials] == [TrialState.COMPLETE]
+
+
+# -- 6. a moved or copied study ----------------------------------------------------------------------
+
+def test_a_moved_study_grows_and_a_copied_one_builds_its_best_model_from_its_own_trials(workdir):
+    write_config(workdir, tiny_config(n_trials=1, output_dir="study_a"))
+    run_snakemake(workdir)
+    shutil.move(workdir / "study_a", workdir / "study_b")
+    write_config(workdir, tiny_config(n_trials=2, output_dir="study_b"))
+    run_snakemake(workdir)  # the new trial loads the model from study_b, not the gone study_a
+    layout_b = StudyLayout(workdir / "study_b")
+    assert [t.state for t in load_study(layout_b.output_dir).trials] == [TrialState.COMPLETE] * 2
+    assert not (workdir / "study_a").exists()
+
+    shutil.copytree(layout_b.output_dir, workdir / "study_c")
+    shutil.rmtree(workdir / "study_c" / "best_model")
+    (workdir / "study_c" / "best_trial.json").unlink()
+    shutil.rmtree(layout_b.output_dir)  # the original is gone: the copy must stand on its own
+    write_config(workdir, tiny_config(n_trials=2, output_dir="study_c"))
+    run_snakemake(workdir)
+    layout_c = StudyLayout(workdir / "study_c")
+    best = json.loads(layout_c.best_trial.read_text())
+    assert best["checkpoint"].startswith(str(layout_c.output_dir))
+    assert json.loads((layout_c.best_model / "snaketune_trial.json").read_text())["checkpoint"] == best["checkpoint"]
+    table = pd.read_csv(layout_c.results_csv)
+    assert all(str(d).startswith(str(layout_c.output_dir)) for d in table["trial_dir"])
+
+
+# -- 4. the best model survives a re-run that cannot rebuild it --------------------------------------
+
+def test_a_rerun_keeps_the_best_model_until_it_has_a_new_one(workdir):
+    write_config(workdir, tiny_config(n_trials=2))
+    run_snakemake(workdir)
+    layout = StudyLayout(workdir / "tuning_output")
+    best = json.loads(layout.best_trial.read_text())
+    weights = {p.name: p.read_bytes() for p in layout.best_model.iterdir()}
+
+    # The best trial's checkpoint is gone but its metrics.json is not: no model can be built.
+    for checkpoint in layout.trial(best["slot"]).dir.glob("checkpoint-*"):
+        shutil.rmtree(checkpoint)
+    failed = run_snakemake(workdir, "--forcerun", "aggregate", check=False)
+    assert failed.returncode != 0 and "re-train that trial" in failed.stdout + failed.stderr
+    assert {p.name: p.read_bytes() for p in layout.best_model.iterdir()} == weights
+    assert json.loads(layout.best_trial.read_text()) == best
+    assert layout.results_csv.exists()
+
+    # The best trial's whole folder gone: its slot is trained again with its parameters.
+    shutil.rmtree(layout.trial(best["slot"]).dir)
+    run_snakemake(workdir)
+    attempts = [t for t in load_study(layout.output_dir).trials if t.user_attrs["slot"] == best["slot"]]
+    assert [t.state for t in attempts] == [TrialState.COMPLETE, TrialState.COMPLETE]
+    assert attempts[1].params == attempts[0].params and attempts[1].user_attrs["retry_of"] == attempts[0].number
+    assert "retrained" in attempts[1].user_attrs
+    rebuilt = json.loads(layout.best_trial.read_text())
+    assert rebuilt["checkpoint"] and (layout.best_model / "config.json").exists()
+    if rebuilt["slot"] == best["slot"]:  # the slot's new attempt, not the superseded one
+        assert rebuilt["number"] == attempts[1].number
+    assert list(pd.read_csv(layout.results_csv)["number"]).count(attempts[0].number) == 0
+
+
+# -- 7. summaries that tell the truth ------------------------------------------------------------
+
+FAULTY_METRIC = """
+import os
+import shutil
+import signal
+from collections import namedtuple
+
+
+def faulty(*, trial_dir, **kwargs):
+    if trial_dir.name == "trial_1":  # the trial's process is killed outright
+        os.kill(os.getpid(), signal.SIGKILL)
+    if trial_dir.name == "trial_2":  # a write fails on a full disk, the way torch reports it
+        usage = namedtuple("usage", "total used free")
+        shutil.disk_usage = lambda path: usage(10**9, 10**9, 0)
+        raise RuntimeError("[enforce fail at inline_container.cc:603] . PytorchStreamWriter failed "
+                           "writing file data/0: file write failed")
+    return 1.0
+"""
+
+
+def test_the_end_of_a_failed_run_counts_killed_and_full_disk_trials_truly(workdir):
+    (workdir / "faulty_metric.py").write_text(FAULTY_METRIC)
+    write_config(workdir, tiny_config(n_trials=3, custom_eval_metrics=[{"name": "faulty", "function": "faulty_metric.faulty"}]))
+    run = run_snakemake(workdir, "--keep-going", check=False)
+    message = run.stdout + run.stderr
+    assert run.returncode != 0
+    assert "1 completed, 0 pruned, 1 failed, 1 interrupted" in message
+    assert "trial_1 (trial" in message and "interrupted" in message
+    assert "re-run exactly the 2 failed or interrupted trial(s)" in message
+    table = pd.read_csv(StudyLayout(workdir / "tuning_output").results_csv)
+    reason = table.set_index("slot").loc[2, "fail_reason"]
+    assert reason.startswith("No space left on device") and "PytorchStreamWriter" in reason
+
+
+def test_the_failure_handler_never_raises_and_keeps_the_previous_table(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from snaketune import results
+
+    tuning = resolved_tuning(tmp_path, output_dir=str(tmp_path / "out"))
+    study = studies.open_study(tuning)
+    study.tell(study.ask(), 1.0)
+    tuning.layout.results_csv.write_text("the previous table\n")
+
+    def full_disk(frame, path, *args, **kwargs):
+        with open(path, "w") as f:
+            f.write("number,sl")  # cut short
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", full_disk)
+    results.aggregate_after_failure(tuning)  # does not raise
+    assert "No space left on device" in capsys.readouterr().out
+    assert tuning.layout.results_csv.read_text() == "the previous table\n"
+
+    monkeypatch.setattr(results, "_report_failure", lambda tuning: 1 / 0)
+    results.aggregate_after_failure(tuning)  # a bug in the handler is reported, not raised
+    assert "ZeroDivisionError" in capsys.readouterr().out
+
+
+# -- 8. every trial diverged ---------------------------------------------------------------------
+
+def test_a_study_where_every_trial_diverged_keeps_its_table_and_says_what_to_change(workdir):
+    config = tiny_config(n_trials=2, tuner_sampler="RandomSampler")
+    config["tuning"]["tunable_training_params"] = {"learning_rate": {"type": "categorical", "choices": [1e4, 2e4]}}
+    config["tuning"]["fixed_training_params"].update(max_steps=8, lr_scheduler_type="constant")
+    write_config(workdir, config)
+    run = run_snakemake(workdir, check=False)
+    message = run.stdout + run.stderr
+    assert run.returncode != 0
+    assert "0 completed, 0 pruned, 0 failed, 2 diverged" in message
+    assert "running again would change nothing" in message and "learning_rate" in message
+    assert "Run the same command again" not in message
+    table = pd.read_csv(StudyLayout(workdir / "tuning_output").results_csv)
+    assert len(table) == 2 and all(table["fail_reason"].str.startswith("diverged"))
