@@ -151,6 +151,60 @@ def test_a_second_invocation_on_a_running_study_is_refused_and_the_first_finishe
     assert "Nothing to be done" in run_snakemake(second_dir).stdout + run_snakemake(second_dir).stderr
 
 
+HOLD = ("import sys, time; sys.path.insert(0, sys.argv[1]); from snaketune import study, layout;"
+        "study.{what}(layout.StudyLayout(sys.argv[2])); print('held', flush=True); time.sleep(60)")
+
+
+def _holder(what: str, output_dir) -> subprocess.Popen:
+    """A process holding the study's run lock (`hold_study`) or a trial job's share (`hold_trial_share`)."""
+    process = subprocess.Popen([sys.executable, "-c", HOLD.format(what=what), str(REPO / "workflow"),
+                                str(output_dir)], stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "held"
+    return process
+
+
+def test_a_trial_job_left_running_by_a_killed_run_keeps_the_study_taken(tmp_path):
+    layout = StudyLayout(tmp_path / "out")
+    layout.output_dir.mkdir()
+    orphan = _holder("hold_trial_share", layout.output_dir)  # its snakemake is gone, it is not
+    with pytest.raises(studies.StudyInUse, match="trial jobs of an earlier run"):
+        studies.hold_study(layout)
+    assert studies.run_holder(layout) is None  # the run lock itself was free, and is again
+    orphan.kill()
+    orphan.wait()
+    os.close(studies.hold_study(layout))
+
+
+def test_a_refused_snaketune_tune_leaves_the_running_studys_config_alone(workdir):
+    write_config(workdir, tiny_config(n_trials=3))
+    layout = StudyLayout(workdir / "tuning_output")
+    layout.output_dir.mkdir()
+    layout.merged_config.write_text("the running study's config\n")
+    running = _holder("hold_study", layout.output_dir)
+    try:
+        refused = subprocess.run([sys.executable, "-m", "snaketune.cli", "tune", "-c", "tune.yaml", "tuning.n_trials=9"],
+                                 cwd=workdir, capture_output=True, text=True,
+                                 env={**os.environ, "PYTHONPATH": str(REPO / "workflow")})
+    finally:
+        running.kill()
+        running.wait()
+    assert refused.returncode != 0 and f"pid {running.pid}" in refused.stderr
+    assert layout.merged_config.read_text() == "the running study's config\n"
+
+
+def test_a_file_system_without_flock_runs_unguarded_and_says_so(tmp_path, monkeypatch, capsys):
+    import errno
+    import fcntl
+
+    def no_flock(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    layout = StudyLayout(tmp_path / "out")
+    os.close(studies.hold_study(layout))
+    assert "has no flock" in capsys.readouterr().err
+
+
 def test_the_run_lock_is_dropped_when_its_holder_dies(tmp_path):
     layout = StudyLayout(tmp_path / "out")
     code = ("import sys, time; sys.path.insert(0, sys.argv[1]); from snaketune import study, layout;"
@@ -204,7 +258,10 @@ def test_an_empty_folder_a_new_one_and_a_study_are_accepted(tmp_path):
 
     write_reverse_words(tmp_path / "data.jsonl")
     (tmp_path / "empty").mkdir()
-    for where in ("empty", "new/nested"):
+    (tmp_path / "configs").mkdir()  # a folder holding only its config and hidden files is fine
+    (tmp_path / "configs" / "tune.yaml").write_text("model: {}\n")
+    (tmp_path / "configs" / ".gitkeep").touch()
+    for where in ("empty", "new/nested", "configs"):
         load_tune_config(tiny_config(output_dir=where), tmp_path)
     study = resolved_tuning(tmp_path, output_dir="study")
     studies.open_study(study)
@@ -239,6 +296,9 @@ def test_a_moved_study_grows_and_a_copied_one_builds_its_best_model_from_its_own
     run_snakemake(workdir)
     shutil.move(workdir / "study_a", workdir / "study_b")
     write_config(workdir, tiny_config(n_trials=2, output_dir="study_b"))
+    best_then = subprocess.run([sys.executable, "-m", "snaketune.cli", "best", "study_b"], cwd=workdir,
+                               capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO / "workflow")})
+    assert best_then.returncode == 0 and "study_a" not in best_then.stdout and "study_b" in best_then.stdout
     run_snakemake(workdir)  # the new trial loads the model from study_b, not the gone study_a
     layout_b = StudyLayout(workdir / "study_b")
     assert [t.state for t in load_study(layout_b.output_dir).trials] == [TrialState.COMPLETE] * 2

@@ -8,6 +8,7 @@ fails instead.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -126,3 +127,6 @@ def test_a_study_runs_as_slurm_jobs_and_a_cancelled_trial_is_rerun(slurm_cluster
     complete = table[table["state"] == "COMPLETE"]
     assert len(complete) == 3 and complete["eval_loss"].notna().all()
     assert StudyLayout(out).best_trial.exists()
+    # The study's run lock was held by Snakemake's main process, never by a trial job.
+    holder = json.loads(StudyLayout(out).run_lock.read_text())
+    assert "snakemake" in holder["command"] and "--target-jobs" not in holder["command"]

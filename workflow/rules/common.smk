@@ -65,11 +65,13 @@ def results_outputs():
 
 
 def aggregate_outputs():
-    """Rule aggregate's named outputs: the table and best record, then the best model (one
-    objective) or the Pareto front's rows (several).
+    """Rule aggregate's named outputs: the table and best record, then the best model's record
+    (one objective; the model is written in its folder) or the Pareto front's rows (several).
 
     Flagged `update`: Snakemake keeps them while aggregate runs again (rather than deleting them
-    first) and, should it fail, restores the previous ones from its backup: a re-run never
+    first) and, should it fail, puts the previous ones back from its backup. The best model's
+    folder itself is not an output (Snakemake would delete it before the job, and back it up
+    whole): results.save_best_model swaps it in once the new one is written. So a re-run never
     leaves the user without the best model they had.
     """
     outputs = {"results_csv": update(str(LAYOUT.results_csv)),
@@ -77,7 +79,7 @@ def aggregate_outputs():
     if N_OBJECTIVES > 1:
         outputs["pareto_front"] = update(str(LAYOUT.pareto_front))
     else:
-        outputs["best_model"] = update(directory(str(LAYOUT.best_model)))
+        outputs["best_model_record"] = update(str(LAYOUT.best_model_record))
     return outputs
 
 

@@ -109,6 +109,11 @@ def cmd_tune(args) -> int:
         unusable = layout.unusable_because()
         if unusable:
             raise CliError(f"tuning.output_dir: {unusable}")
+        from snaketune.study import in_use_message, run_holder
+
+        holder = run_holder(layout)  # its jobs read tune.merged.yaml: never overwrite it under them
+        if holder:
+            raise CliError(in_use_message(layout, holder))
         layout.output_dir.mkdir(parents=True, exist_ok=True)
         layout.run_lock.touch()  # the folder is the study's from now on (see unusable_because)
         configfile = layout.merged_config
@@ -176,12 +181,27 @@ def cmd_status(args) -> int:
             return 0
 
 
+def _here(best: dict, layout: StudyLayout) -> dict:
+    """A best record with its paths in the study where it now is (a moved or copied study keeps
+    the record written where it ran)."""
+    layout = StudyLayout(layout.output_dir.resolve())
+    for record in best.get("trials", [best]):
+        if record.get("slot") is not None:
+            files = layout.trial(record["slot"])
+            record["trial_dir"] = str(files.dir)
+            if "checkpoint" in record:
+                record["checkpoint"] = files.last_checkpoint()
+        if "best_model" in record:
+            record["best_model"] = str(layout.best_model)
+    return best
+
+
 def best_records(output_dir: Path, study_name: str | None = None) -> dict:
     """best_trial.json / best_trials.json when `aggregate` wrote them, else from the journal."""
     layout = StudyLayout(output_dir)
     for path in (layout.best_trial, layout.best_trials):
         if path.exists():
-            return json.loads(path.read_text())
+            return _here(json.loads(path.read_text()), layout)
     from snaketune.study import best_trials, load_study, trial_dir
 
     study = load_study(output_dir, study_name)

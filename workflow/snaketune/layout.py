@@ -8,6 +8,7 @@ every writer takes its paths from here:
       study.journal              the Optuna journal: the one record of every trial
       study.journal.torn         records a crash or a full disk cut short, moved out of the journal
       run.lock                   held by the run in progress (flock), naming it
+      trials.lock                held (shared) by each running trial job
       tune.merged.yaml           the config `snaketune tune` ran with (overrides applied)
       prepared_model/source.json where trials load the model from (rule prepare_model)
       data/summary.json          the tokenized data's row and token counts (rule prepare_data)
@@ -116,6 +117,11 @@ class StudyLayout:
         return self.output_dir / "run.lock"
 
     @property
+    def trials_lock(self) -> Path:
+        """Held shared by each running trial job (study.hold_trial_share)."""
+        return self.output_dir / "trials.lock"
+
+    @property
     def torn_records(self) -> Path:
         """Journal records cut short by a crash or a full disk, moved out of the journal."""
         return self.output_dir / "study.journal.torn"
@@ -161,6 +167,12 @@ class StudyLayout:
     def best_model(self) -> Path:
         return self.output_dir / "best_model"
 
+    @property
+    def best_model_record(self) -> Path:
+        """best_model/snaketune_trial.json: which trial and checkpoint the best model was built
+        from; rule aggregate's output for the model (written with it, last)."""
+        return self.best_model / "snaketune_trial.json"
+
     def best_record(self, n_objectives: int) -> Path:
         """best_trial.json for one objective, best_trials.json (the Pareto front) for several."""
         return self.best_trial if n_objectives == 1 else self.best_trials
@@ -199,7 +211,10 @@ class StudyLayout:
         if path.exists() and not path.is_dir():
             return f"{path} is a file, not a folder"
         if path.is_dir() and not self.journal.exists() and not self.run_lock.exists():
-            entries = sorted(p.name for p in path.iterdir())
+            # Hidden files (.gitkeep, .DS_Store) and config files (a tune.yaml kept with its
+            # results) are never written by a study: they may be there.
+            entries = sorted(p.name for p in path.iterdir()
+                             if not p.name.startswith(".") and not (p.is_file() and p.suffix in (".yaml", ".yml")))
             if entries:
                 shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
                 return (f"{path} already holds files ({shown}) but no snaketune study (no "

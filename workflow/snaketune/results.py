@@ -86,14 +86,15 @@ def trial_record(trial: optuna.trial.FrozenTrial, metrics: list[str], layout: St
 
 
 def aggregate(tuning: TuningParams, model: ModelParams, model_source: dict, results_csv: str | Path, best_record: str | Path,
-              best_model: str | Path | None = None, pareto_front: str | Path | None = None) -> None:
+              best_model_record: str | Path | None = None, pareto_front: str | Path | None = None) -> None:
     """Write the results of every trial in the journal, failed ones included; the best trial is
     chosen among the completed ones.
 
     The paths are rule aggregate's outputs: `results_csv` (every trial), `best_record` (the best
     trial, or with several objectives the Pareto front as {metrics, directions, trials}), and
-    either `best_model` (one objective: the best trial's model, LoRA merged in) or `pareto_front`
-    (the Pareto-optimal rows of the table). Raises RuntimeError when no trial completed.
+    either `best_model_record` (one objective: `best_model/snaketune_trial.json`, written with the
+    best trial's model, LoRA merged in, in that folder) or `pareto_front` (the Pareto-optimal rows of
+    the table). Raises RuntimeError when no trial completed.
     """
     study = studies.load_study(tuning.output_dir, tuning.study_name)
     metrics = tuning.metrics
@@ -110,8 +111,9 @@ def aggregate(tuning: TuningParams, model: ModelParams, model_source: dict, resu
         write_csv(table[table["number"].isin(numbers)], pareto_front)
         return
     best = trial_record(studies.best_trials(study)[0], metrics, tuning.layout)
-    best["best_model"] = str(best_model)
-    save_best_model(model, model_source, best["checkpoint"], Path(best_model), best)
+    target = Path(best_model_record).parent
+    best["best_model"] = str(target)
+    save_best_model(model, model_source, best["checkpoint"], target, best)
     write_json(best_record, best)
 
 
@@ -191,10 +193,14 @@ def _rule_error(log: Path) -> str | None:
 
 def save_best_model(model_cfg: ModelParams, model_source: dict, checkpoint: str | None, target: Path,
                     best: dict) -> None:
-    """The best trial's final model as a plain `from_pretrained` directory (LoRA merged in)."""
+    """The best trial's final model as a plain `from_pretrained` directory (LoRA merged in).
+
+    Written beside `target` first, then swapped in by two renames: until the new model is whole,
+    the previous one stays where it was (the folder is not a Snakemake output, which Snakemake
+    would delete before the job; its record file is, flagged `update`)."""
     from snaketune import model as models
 
-    if checkpoint is None:  # the rule's `update` outputs: Snakemake restores the previous best model
+    if checkpoint is None:  # the previous best model stays: it is replaced only once a new one is written
         raise FileNotFoundError(
             f"best trial {best['number']} has no checkpoint in {best['trial_dir']}, so the best model "
             f"cannot be built (the previous one, if any, is kept); remove {best['trial_dir']}/metrics.json "
@@ -217,5 +223,9 @@ def save_best_model(model_cfg: ModelParams, model_source: dict, checkpoint: str 
         "trial_number": best["number"], "checkpoint": checkpoint, "params": best["params"],
         "values": best["values"], "base_model": model_cfg.model_name,
     })
-    shutil.rmtree(target, ignore_errors=True)
+    previous = target.with_name(target.name + ".previous")
+    shutil.rmtree(previous, ignore_errors=True)
+    if target.exists():
+        target.rename(previous)
     staging.rename(target)
+    shutil.rmtree(previous, ignore_errors=True)

@@ -9,6 +9,7 @@ they were. The journal keeps every attempt.
 from __future__ import annotations
 
 import datetime
+import errno
 import fcntl
 import json
 import os
@@ -181,7 +182,62 @@ def _say_torn_tail(path: Path) -> None:
 
 
 class StudyInUse(SnaketuneError, RuntimeError):
-    """Another run holds the study (its run lock in the output directory)."""
+    """Another run holds the study (its run lock in the output directory), or trial jobs of an
+    earlier run still run."""
+
+
+# A file system whose flock is not supported (some Lustre and NFS mounts) raises one of these.
+_NO_FLOCK = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)
+
+
+def _flock(fd: int, operation: int, path: Path) -> bool:
+    """flock, or False (said once) where the file system has none: the run goes on unguarded."""
+    try:
+        fcntl.flock(fd, operation)
+        return True
+    except OSError as error:
+        if error.errno not in _NO_FLOCK:
+            raise
+        if path not in _NO_FLOCK_SAID:
+            _NO_FLOCK_SAID.add(path)
+            print(f"snaketune: the file system of {path.parent} has no flock ({error.strerror}); "
+                  "two runs of this study at once cannot be detected there", file=sys.stderr)
+        return False
+
+
+_NO_FLOCK_SAID: set[Path] = set()
+
+
+def run_holder(layout: StudyLayout) -> str | None:
+    """Who holds the study's run lock now ('pid N on host, started T in /dir: command'), or None
+    when no run does. Takes nothing (`snaketune tune` asks before it writes into the folder)."""
+    if not layout.run_lock.exists():
+        return None
+    fd = os.open(layout.run_lock, os.O_RDONLY)
+    try:
+        try:
+            if not _flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB, layout.run_lock):
+                return None
+        except BlockingIOError:
+            return _holder_text(layout)
+        return None
+    finally:
+        os.close(fd)
+
+
+def _holder_text(layout: StudyLayout) -> str:
+    try:
+        holder = json.loads(layout.run_lock.read_text())
+        return (f"pid {holder['pid']} on {holder['host']}, started {holder['started_at']} in "
+                f"{holder['cwd']}: {holder['command']}")
+    except (OSError, ValueError, KeyError, TypeError):
+        return "a run that has not said who it is yet"
+
+
+def in_use_message(layout: StudyLayout, holder: str) -> str:
+    return (f"tuning.output_dir: the study in {layout.output_dir} is being run by another invocation "
+            f"({holder}); wait for it to finish, or stop it, then run again. Two runs of one study "
+            "would claim each other's trials.")
 
 
 def hold_study(layout: StudyLayout) -> int:
@@ -191,32 +247,44 @@ def hold_study(layout: StudyLayout) -> int:
 
     Snakemake's own lock is per working directory, so two runs of one `output_dir` from two
     directories would otherwise claim each other's live trials. An `flock` is dropped by the kernel
-    when its holder dies, even by SIGKILL, so a dead run never blocks the next one. The file also
-    names its holder, and marks the folder as a study's (StudyLayout.foreign_content).
-    Raises StudyInUse, naming the run that holds it.
+    when its holder dies, even by SIGKILL, so a dead run never blocks the next one; but trial jobs
+    can outlive it (a killed main process leaves them running, on SLURM as elsewhere), and each
+    holds the trials lock shared (`hold_trial_share`): while one does, the study stays taken. The
+    run lock's file also names its holder, and marks the folder as a study's
+    (StudyLayout.unusable_because). Raises StudyInUse, naming what holds the study.
     """
     layout.output_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(layout.run_lock, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, layout.run_lock)
     except BlockingIOError:
-        with open(layout.run_lock) as f:
-            text = f.read()
         os.close(fd)
-        try:
-            holder = json.loads(text)
-            who = (f"pid {holder['pid']} on {holder['host']}, started {holder['started_at']} in "
-                   f"{holder['cwd']}: {holder['command']}")
-        except (ValueError, KeyError, TypeError):
-            who = "a run that has not said who it is yet"
-        raise StudyInUse(f"tuning.output_dir: the study in {layout.output_dir} is being run by another "
-                         f"invocation ({who}); wait for it to finish, or stop it, then run again. "
-                         "Two runs of one study would claim each other's trials.") from None
+        raise StudyInUse(in_use_message(layout, _holder_text(layout))) from None
+    trials = os.open(layout.trials_lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        _flock(trials, fcntl.LOCK_EX | fcntl.LOCK_NB, layout.trials_lock)
+    except BlockingIOError:
+        os.close(fd)
+        raise StudyInUse(
+            f"tuning.output_dir: trial jobs of an earlier run of the study in {layout.output_dir} are "
+            "still running (their snakemake was stopped, e.g. killed, and left them behind); wait for "
+            "them to end, or stop them (ps, squeue), then run again. A new run would claim their "
+            "trials.") from None
+    finally:
+        os.close(trials)  # only a probe: no trial job of this run has started yet
     holder = {"pid": os.getpid(), "host": socket.gethostname(), "cwd": os.getcwd(),
               "command": " ".join(sys.argv),
               "started_at": datetime.datetime.now().isoformat(timespec="seconds")}
     os.ftruncate(fd, 0)
     os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+    return fd
+
+
+def hold_trial_share(layout: StudyLayout) -> int:
+    """Hold the study's trials lock shared for the rest of this trial job (see `hold_study`);
+    returns its descriptor, which must stay open."""
+    fd = os.open(layout.trials_lock, os.O_RDWR | os.O_CREAT, 0o644)
+    _flock(fd, fcntl.LOCK_SH, layout.trials_lock)
     return fd
 
 
