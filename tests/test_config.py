@@ -951,7 +951,7 @@ def test_the_resolved_config_is_typed_and_frozen(alpaca_jsonl, tmp_path):
 
 def test_a_section_reads_as_a_mapping_of_its_fields_only(seed, tmp_path):
     tune = load_tune_config(seed, tmp_path)
-    assert list(tune) == ["model", "data", "tuning"]
+    assert list(tune) == ["model", "data", "tuning", "notices"]
     assert dict(tune.model)["model_max_length"] == tune.model.model_max_length == 2048
     assert tune.tuning["metrics"] is tune.tuning.metrics
     with pytest.raises(KeyError):
@@ -969,3 +969,42 @@ def test_every_process_resolves_the_same_config_from_the_yaml(seed, tmp_path):
     job = load_tune_config(json.loads(json.dumps(seed)), tmp_path, validated=True)
     assert job == main and job.tuning.space == main.tuning.space
     assert [p.distribution for p in job.tuning.space] == [p.distribution for p in main.tuning.space]
+
+
+# -- YAML and types the schema lets through (issue 14, F) -----------------------------------------
+
+@pytest.mark.parametrize("path, value", [
+    ("tuning.n_trials", 3.0),  # the issue's input: a TypeError in common.smk naming no field
+    ("tuning.seed", 42.0),  # the issue's input: every trial failed on a numpy cast
+    ("tuning.report_every_steps", 10.0),
+    ("tuning.gpus_per_trial", 1.0),
+    ("model.model_max_length", 512.0),
+])
+def test_a_whole_float_is_not_an_integer(seed, tmp_path, path, value):
+    section, key = path.split(".")
+    seed[section][key] = value
+    problem_at(problems_of(seed, tmp_path), path, f"{value} is not of type 'integer'")
+
+
+DUPLICATED = {
+    # the issue's input: two tunable_training_params blocks; the first block's parameter was dropped
+    "blocks": ("tuning:\n  tunable_training_params:\n    learning_rate: {type: loguniform, low: 1.0e-5, high: 1.0e-3}\n"
+               "  n_trials: 2\n  tunable_training_params:\n    warmup_ratio: {type: uniform, low: 0.0, high: 0.2}\n",
+               "'tunable_training_params' is given twice (lines 2 and 5)"),
+    "a bound": ("tuning:\n  tunable_training_params:\n    learning_rate: {type: loguniform, low: 1.0e-5, low: 1.0e-3, high: 1.0e-2}\n",
+                "'low' is given twice (lines 3 and 3)"),
+    "a dataset entry": ("data:\n  train:\n    datasets:\n      - dataset_name: a.jsonl\n        dataset_name: b.jsonl\n",
+                        "'dataset_name' is given twice (lines 4 and 5)"),
+}
+
+
+@pytest.mark.parametrize("case", DUPLICATED)
+def test_a_key_given_twice_is_refused_naming_both_lines(tmp_path, case):
+    from snaketune.config import read_tune_yaml
+
+    text, fragment = DUPLICATED[case]
+    path = tmp_path / "tune.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        read_tune_yaml(path)
+    assert info.value.problems == [f"{path}: key {fragment}; YAML would keep only the last: merge them into one"]

@@ -287,3 +287,35 @@ def test_a_job_killed_as_it_claims_leaves_no_orphan_trial(workdir, monkeypatch):
     assert search_space.suggest(again, tuning["space"]) == params  # the same parameters, re-run
     states = {t.number: t.state for t in open_study(tuning).trials}
     assert states == {first.number: TrialState.FAIL, again.number: TrialState.RUNNING}
+
+
+# -- a stepped range runs no further than Optuna samples (issue 14, D) ------------------------------
+
+@pytest.mark.parametrize("name, spec, grid, high", [
+    # the issue's input: the grid reached 2.5 while the journal stored FloatDistribution(high=2.0)
+    ("max_grad_norm", {"type": "uniform", "low": 0.5, "high": 2.25, "step": 0.5}, [0.5, 1.0, 1.5, 2.0], 2.0),
+    ("weight_decay", {"type": "float", "low": 0.0, "high": 0.25, "step": 0.1}, [0.0, 0.1, 0.2], 0.2),
+    ("gradient_accumulation_steps", {"type": "int", "low": 1, "high": 8, "step": 2}, [1, 3, 5, 7], 7),
+])
+def test_a_stepped_range_is_truncated_as_optuna_samples_it(workdir, name, spec, grid, high):
+    config = tiny_config(tuner_sampler="GridSampler")
+    del config["tuning"]["n_trials"]  # the grid's size
+    config["tuning"]["tunable_training_params"] = {name: spec}
+    tune = load_tune_config(config, workdir)
+    param, = tune.tuning.space
+    assert param["high"] == high == param.distribution.high
+    assert strategy.grid(tune.tuning.space) == {name: grid} and tune.tuning.n_trials == len(grid)
+    assert tune.notices == [f"tuning.tunable_training_params.{name}: high {spec['high']} is not low + a multiple "
+                            f"of step {spec['step']}; Optuna samples up to {high}, which is the high used"]
+    config["tuning"]["tuner_sampler"] = "RandomSampler"
+    config["tuning"]["n_trials"] = 2
+    config["tuning"]["enqueue_trials"] = [{name: spec["high"]}]  # beyond what is sampled
+    assert any(p.startswith(f"tuning.enqueue_trials[0].{name}:") for p in problems(workdir, config))
+
+
+def test_a_range_that_steps_exactly_to_high_is_kept_without_a_notice(workdir):
+    config = tiny_config()
+    config["tuning"]["tunable_training_params"] = {
+        "max_grad_norm": {"type": "uniform", "low": 0.5, "high": 2.0, "step": 0.5}}
+    tune = load_tune_config(config, workdir)
+    assert tune.tuning.space[0]["high"] == 2.0 and tune.notices == []

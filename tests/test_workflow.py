@@ -6,6 +6,7 @@ import json
 
 import pandas as pd
 import pytest
+import yaml
 from optuna.trial import TrialState
 
 from snaketune.layout import StudyLayout, TrialFiles
@@ -166,6 +167,22 @@ def test_bad_config_fails_before_any_job_or_journal(workdir):
     assert not (workdir / "tuning_output").exists()
 
 
+@pytest.mark.parametrize("change, named", [
+    # Snakemake reads --configfile keeping the last of a key given twice: the first block is lost.
+    (lambda text: text + "  tunable_training_params:\n    warmup_ratio: {type: uniform, low: 0.0, high: 0.2}\n",
+     "key 'tunable_training_params' is given twice"),
+    (lambda text: text.replace("n_trials: 3", "n_trials: 3.0"), "tuning.n_trials: 3.0 is not of type 'integer'"),
+    (lambda text: text + "  seed: 42.0\n", "tuning.seed: 42.0 is not of type 'integer'"),
+])
+def test_yaml_the_schema_let_through_is_refused_by_a_dry_run(workdir, change, named):
+    text = yaml.safe_dump(tiny_config(), sort_keys=False)
+    (workdir / "tune.yaml").write_text(change(text))
+    result = run_snakemake(workdir, "--dry-run", check=False)
+    assert result.returncode != 0 and named in result.stdout + result.stderr
+    assert "Building DAG" not in result.stdout + result.stderr  # refused at parse time
+    assert not (workdir / "tuning_output").exists()
+
+
 def test_snakemake_lint_is_clean(tmp_path):
     result = run_snakemake(tmp_path, "--lint", configfile=None)
     assert "Congratulations, your workflow is in a good condition!" in result.stdout + result.stderr
@@ -179,3 +196,15 @@ def test_embedded_default_dry_run_from_another_directory(tmp_path):
                   if line.strip() and line.split()[0] in {"prepare_model", "prepare_data", "trial"})
     assert counts["prepare_model"] == "1" and counts["prepare_data"] == "1"
     assert int(counts["trial"]) >= 6
+
+
+def test_a_dry_run_says_what_the_config_adjusted(workdir):
+    config = tiny_config(tuner_sampler="GridSampler")
+    del config["tuning"]["n_trials"]
+    config["tuning"]["tunable_training_params"] = {
+        "max_grad_norm": {"type": "uniform", "low": 0.5, "high": 2.25, "step": 0.5}}
+    write_config(workdir, config)
+    result = run_snakemake(workdir, "--dry-run")
+    assert ("snaketune: notice: tuning.tunable_training_params.max_grad_norm: high 2.25 is not low + a "
+            "multiple of step 0.5; Optuna samples up to 2.0") in result.stderr
+    assert result.stdout.count("rule trial:") == 4  # the grid 0.5, 1.0, 1.5, 2.0

@@ -11,7 +11,7 @@ REPO_DIR = Path(workflow.basedir)
 if (REPO_DIR / "workflow" / "snaketune").is_dir():
     sys.path.insert(0, str(REPO_DIR / "workflow"))
 
-from snaketune.config import ConfigError, load_tune_config, read_default_tune_yaml
+from snaketune.config import ConfigError, load_tune_config, load_yaml, read_default_tune_yaml
 from snaketune.study import StudyInUse, definition_conflicts, hold_study, restore_told_trials
 
 
@@ -20,6 +20,9 @@ from snaketune.study import StudyInUse, definition_conflicts, hold_study, restor
 if not config:
     config.update(read_default_tune_yaml(REPO_DIR))
 try:  # relative paths in a tune config resolve against the working directory
+    if workflow.is_main_process:  # Snakemake read them keeping the last of a key given twice
+        for configfile in workflow.configfiles:
+            load_yaml(configfile)
     # Jobs re-parse this file; the main process has validated the config in full already.
     TUNE = load_tune_config(config, base_dir=os.getcwd(), validated=not workflow.is_main_process)
     # An existing study is only ever continued with the same search space and objectives.
@@ -28,6 +31,9 @@ try:  # relative paths in a tune config resolve against the working directory
         raise ConfigError(conflicts)
 except ConfigError as error:
     sys.exit(str(error))
+if workflow.is_main_process:
+    for notice in TUNE.notices:
+        print(f"snaketune: notice: {notice}", file=sys.stderr)
 
 TUNING = TUNE.tuning
 

@@ -94,8 +94,9 @@ def snakemake_command(configfile: Path, cores: str | None, gpus: int | None, pro
 def cmd_tune(args) -> int:
     if not Path(args.config).is_file():
         raise CliError(f"no such config file: {args.config}")
-    with open(args.config) as f:
-        config = yaml.safe_load(f) or {}
+    from snaketune.config import load_yaml
+
+    config = load_yaml(args.config) or {}
     merged = apply_overrides(config, args.overrides)
     header = f"# {args.config}" + (f" with overrides: {' '.join(args.overrides)}" if args.overrides else "")
     text = header + "\n" + yaml.safe_dump(merged, sort_keys=False)

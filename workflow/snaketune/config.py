@@ -89,15 +89,52 @@ class TuningConfig(Record):
     model: ModelParams
     data: DataParams
     tuning: TuningParams
+    notices: list[str]  # 'yaml.path: what was adjusted': accepted, but not quite as written
 
 
 def load_schema() -> dict:
     return yaml.safe_load(SCHEMA_PATH.read_text())
 
 
-def read_tune_yaml(path: str | Path) -> dict:
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping: PyYAML keeps the last one
+    silently (two `tunable_training_params:` blocks would drop the first block's parameters)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: PyYAML's own error follows
+                continue
+            if first is None:
+                seen[key] = line
+            else:
+                self.duplicates.append(f"{key_node.start_mark.name}: key {key!r} is given twice "
+                                       f"(lines {first} and {line}); "
+                                       "YAML would keep only the last: merge them into one")
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(path: str | Path):
+    """The YAML document in `path`. Raises ConfigError naming every key given twice, with its
+    lines (Snakemake's own reading of a --configfile keeps the last silently)."""
     with open(path) as f:
-        raw = yaml.safe_load(f)
+        loader = _StrictLoader(f)
+    loader.duplicates = []
+    try:
+        data = loader.get_single_data()
+    finally:
+        loader.dispose()
+    if loader.duplicates:
+        raise ConfigError(loader.duplicates)
+    return data
+
+
+def read_tune_yaml(path: str | Path) -> dict:
+    raw = load_yaml(path)
     if not isinstance(raw, dict):
         raise ConfigError([f"{path}: expected a mapping with model, data and tuning"])
     return raw
@@ -206,6 +243,7 @@ def _resolve(cfg: dict, base: Path, validated: bool, problems: list[str]) -> Tun
         if unusable:
             problems.append(f"tuning.output_dir: {unusable}")
     return TuningConfig(
+        notices=params.notices,
         model=model_section,
         data=data_section,
         tuning=TuningParams(
@@ -299,7 +337,12 @@ def _set_defaults(validator, properties, instance, schema):
     yield from Draft202012Validator.VALIDATORS["properties"](validator, properties, instance, schema)
 
 
-_DefaultingValidator = validators.extend(Draft202012Validator, {"properties": _set_defaults})
+# JSON Schema counts 3.0 as an integer; Python code (range, numpy seeds) does not: `n_trials: 3.0`
+# and `seed: 42.0` are refused by their YAML path rather than failing inside a job.
+_TYPES = Draft202012Validator.TYPE_CHECKER.redefine(
+    "integer", lambda checker, value: isinstance(value, int) and not isinstance(value, bool))
+_DefaultingValidator = validators.extend(Draft202012Validator, {"properties": _set_defaults},
+                                         type_checker=_TYPES)
 
 
 def _schema_problems(cfg: dict, schema: dict) -> list[str]:

@@ -133,6 +133,7 @@ class Parameters:
     lora_args: dict = field(default_factory=dict)
     quantization: dict = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)  # 'yaml.path: what was adjusted', said once
 
 
 def resolve_parameters(tuning: dict, check_fields: bool = True) -> Parameters:
@@ -173,6 +174,8 @@ def resolve_parameters(tuning: dict, check_fields: bool = True) -> Parameters:
                 out.problems += problems
                 if param is not None:
                     out.space.append(param)
+                    if param.notice:
+                        out.notices.append(f"{path}: {param.notice}")
         for name, value in fixed.items():
             path = f"tuning.{fixed_key}.{name}"
             target, problem = target_of(name, check_fields=check_fields)

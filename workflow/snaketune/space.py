@@ -10,6 +10,8 @@ holds the Optuna distribution built from it once.
 
 from __future__ import annotations
 
+import warnings
+
 import optuna
 from optuna.distributions import (
     BaseDistribution,
@@ -44,7 +46,20 @@ class Parameter(dict):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.distribution = build_distribution(self)
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            self.distribution = build_distribution(self)
+        # A stepped range whose high is not low + k*step: Optuna samples up to the last step below
+        # high (and says so in a warning). The parameter takes Optuna's bounds, so the grid, the
+        # enqueued-value checks and the journal's definition all see the range sampled.
+        self.notice = None
+        if self["type"] != "categorical" and self.distribution.high != self["high"]:
+            self.notice = (f"high {self['high']} is not low + a multiple of step {self['step']}; "
+                           f"Optuna samples up to {self.distribution.high}, which is the high used")
+            self["high"] = self.distribution.high
+        for warning in said:
+            if self.notice is None:
+                warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
 
 
 def build_distribution(param: dict) -> BaseDistribution:
