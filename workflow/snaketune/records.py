@@ -34,10 +34,6 @@ class Record(Mapping):
     def __len__(self) -> int:
         return len(self.__dataclass_fields__)
 
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__dataclass_fields__)
-        return f"{type(self).__name__}({fields})"
-
     @classmethod
     def from_fields(cls, values: Mapping):
         """The section from a mapping holding (at least) its fields; other keys are ignored, and a

@@ -6,6 +6,7 @@ never disagree.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -180,8 +181,6 @@ NO_COMPLETED_TRIAL = (
 
 def _rule_error(log: Path) -> str | None:
     """The last line of a rule's log if the rule failed in this run (its traceback's message)."""
-    import os
-
     try:
         if log.stat().st_mtime < float(os.environ.get(studies.RUN_STARTED_ENV, 0)):
             return None
