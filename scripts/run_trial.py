@@ -40,4 +40,9 @@ with gpu.trial_devices(settings, files.devices, holder={"trial_dir": str(trial_d
         launch_data_parallel({"config": snakemake.config, "base_dir": os.getcwd(), **arguments},  # noqa: F821
                              settings.gpus_per_trial, files.launch_spec, pass_fds=devices.fds)
     else:
-        run_trial(tune, **arguments)
+        from snaketune.study import RepeatedFailure
+
+        try:
+            run_trial(tune, **arguments)
+        except RepeatedFailure as error:  # said in one line: its cause is in another trial's log
+            sys.exit(f"snaketune: {error}")

@@ -1,7 +1,10 @@
 """Shared test setup: the package importable from workflow/, and a tiny local dataset."""
 
 import json
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -9,6 +12,34 @@ import pytest
 WORKFLOW_DIR = Path(__file__).resolve().parent.parent / "workflow"
 if str(WORKFLOW_DIR) not in sys.path:
     sys.path.insert(0, str(WORKFLOW_DIR))
+
+# The hub ids tests write (the seed's model and a hub dataset) as a Hugging Face cache holds them:
+# the hub is unreachable here, and a cached id is what a config may use offline. The model is the
+# tiny Llama (config and tokenizer). Built once per machine; its path goes to every process the
+# tests start (HF_HOME), before anything imports huggingface_hub.
+CACHED_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+CACHED_DATASET_ID = "yahma/alpaca-cleaned"
+
+
+def _hf_home() -> Path:
+    home = Path(tempfile.gettempdir()) / f"snaketune-tests-hf-home-{os.getuid()}-v1"
+    if home.is_dir():
+        return home
+    building = Path(tempfile.mkdtemp(prefix="hf-home-", dir=tempfile.gettempdir()))
+    repo = building / "hub" / ("models--" + CACHED_MODEL_ID.replace("/", "--"))
+    revision = "0" * 40
+    shutil.copytree(WORKFLOW_DIR.parent / "tests" / "assets" / "tiny-llama", repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    (building / "hub" / ("datasets--" + CACHED_DATASET_ID.replace("/", "--")) / "snapshots").mkdir(parents=True)
+    try:
+        building.rename(home)  # atomic: parallel test workers build it at once
+    except OSError:
+        shutil.rmtree(building, ignore_errors=True)
+    return home
+
+
+os.environ["HF_HOME"] = str(_hf_home())
 
 
 @pytest.fixture

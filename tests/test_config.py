@@ -1,11 +1,14 @@
 """snaketune.config: a tune.yaml is validated at parse time, every problem named by its YAML path."""
 
+import copy
+import shutil
 import sys
 
 import pytest
 import yaml
 
 from snaketune.config import ConfigError, load_tune_config
+from workflow_helpers import TINY_MODEL
 
 # The Quick Start tune.yaml of the seed document (Oumi's `oumi tune` guide), verbatim but for the
 # dataset: the hub is unreachable here, so both splits read train.jsonl next to the config.
@@ -199,11 +202,18 @@ def test_output_dir_resolves_against_base_dir(seed, tmp_path):
     assert tune["study_name"] == "lr_sweep"
 
 
-def test_every_seed_snippet_together_is_accepted(alpaca_jsonl, tmp_path):
+def test_every_seed_snippet_together_is_accepted_once_eval_accuracy_is_defined(alpaca_jsonl, tmp_path):
     (tmp_path / "seed_metrics_module.py").write_text(
         "def compute_custom_metric(**kwargs):\n    return 0.0\n")
     raw = yaml.safe_load(SEED_TUNE_YAML)
     raw["tuning"] = yaml.safe_load(SEED_SNIPPETS_TUNING_YAML)
+    # The seed's objective eval_accuracy is nothing SFT evaluation produces: refused at parse time
+    # rather than after every trial's training.
+    only_problem(copy.deepcopy(raw), tmp_path, "tuning.evaluation_metrics[1]",
+                 "'eval_accuracy' is not produced by SFT evaluation",
+                 "did you mean 'eval_mean_token_accuracy'?", "tuning.custom_eval_metrics")
+    raw["tuning"]["custom_eval_metrics"].append(
+        {"name": "eval_accuracy", "function": "seed_metrics_module.compute_custom_metric"})
     tune = load_tune_config(raw, tmp_path)["tuning"]
 
     targets = {p["name"]: p["target"] for p in tune["space"]}
@@ -222,8 +232,8 @@ def test_every_seed_snippet_together_is_accepted(alpaca_jsonl, tmp_path):
     assert tune["use_peft"] is True
     assert tune["metrics"] == ["eval_loss", "eval_accuracy", "custom_metric"]
     assert tune["directions"] == ["minimize", "maximize", "maximize"]
-    assert tune["custom_eval_metrics"] == [
-        {"name": "custom_metric", "function": "seed_metrics_module.compute_custom_metric"}]
+    assert tune["custom_eval_metrics"][0] == {
+        "name": "custom_metric", "function": "seed_metrics_module.compute_custom_metric"}
     assert tune["sampler"] == "RandomSampler"
 
 
@@ -538,11 +548,11 @@ def test_metrics_and_directions_lengths_must_match(seed, tmp_path):
 
 @pytest.mark.parametrize("direction", [["maximize"], "maximize"])
 def test_a_single_direction_applies_to_every_metric(seed, tmp_path, direction):
-    seed["tuning"]["evaluation_metrics"] = ["eval_mean_token_accuracy", "eval_accuracy", "eval_f1"]
+    seed["tuning"]["evaluation_metrics"] = ["eval_mean_token_accuracy", "eval_entropy", "eval_num_tokens"]
     seed["tuning"]["evaluation_direction"] = direction
     tune = load_tune_config(seed, tmp_path)["tuning"]
     assert tune["directions"] == ["maximize", "maximize", "maximize"]
-    assert tune["metrics"] == ["eval_mean_token_accuracy", "eval_accuracy", "eval_f1"]
+    assert tune["metrics"] == ["eval_mean_token_accuracy", "eval_entropy", "eval_num_tokens"]
 
 
 def test_a_single_metric_name_is_a_list_of_one(seed, tmp_path):
@@ -552,7 +562,7 @@ def test_a_single_metric_name_is_a_list_of_one(seed, tmp_path):
 
 @pytest.mark.parametrize("direction", ["max", "maximise", "MINIMIZE", "descending"])
 def test_direction_must_be_minimize_or_maximize(seed, tmp_path, direction):
-    seed["tuning"]["evaluation_metrics"] = ["eval_loss", "eval_accuracy"]
+    seed["tuning"]["evaluation_metrics"] = ["eval_loss", "eval_mean_token_accuracy"]
     seed["tuning"]["evaluation_direction"] = ["minimize", direction]
     only_problem(seed, tmp_path, "tuning.evaluation_direction[1]",
                  f"{direction!r} is not a direction", "minimize or maximize")
@@ -690,7 +700,8 @@ def test_missing_local_model_directory(seed, tmp_path):
 
 
 def test_local_model_directory_resolves_against_base_dir(seed, tmp_path):
-    (tmp_path / "models" / "tiny").mkdir(parents=True)
+    shutil.copytree(TINY_MODEL, tmp_path / "models" / "tiny")
+    seed["model"]["load_pretrained_weights"] = False
     seed["model"]["model_name"] = "models/tiny"
     assert load_tune_config(seed, tmp_path)["model"]["model_name"] == str(tmp_path / "models" / "tiny")
 
@@ -928,7 +939,8 @@ def test_the_resolved_config_is_typed_and_frozen(alpaca_jsonl, tmp_path):
     (tmp_path / "typed_metrics.py").write_text("def tokens(**kwargs):\n    return 1.0\n")
     raw = yaml.safe_load(SEED_TUNE_YAML)
     raw["tuning"] = yaml.safe_load(SEED_SNIPPETS_TUNING_YAML)
-    raw["tuning"]["custom_eval_metrics"] = [{"name": "custom_metric", "function": "typed_metrics.tokens"}]
+    raw["tuning"]["custom_eval_metrics"] = [{"name": "custom_metric", "function": "typed_metrics.tokens"},
+                                            {"name": "eval_accuracy", "function": "typed_metrics.tokens"}]
     tune = load_tune_config(raw, tmp_path)
     assert isinstance(tune, config.TuningConfig) and isinstance(tune.tuning, config.TuningParams)
     assert isinstance(tune.model, model.ModelParams) and tune.model.torch_dtype_str == "bfloat16"
@@ -936,7 +948,7 @@ def test_the_resolved_config_is_typed_and_frozen(alpaca_jsonl, tmp_path):
     assert all(isinstance(e, data.DatasetParams) for e in tune.data.train + tune.data.validation)
     assert tune.data.train[0].local is True and tune.data.train[0].split == "train[90%:]"
     assert isinstance(tune.tuning.gpu, gpu.DeviceSettings) and tune.tuning.gpu.gpus_per_trial == 1
-    assert tune.tuning.custom_eval_metrics == [metrics.CustomMetric("custom_metric", "typed_metrics.tokens")]
+    assert tune.tuning.custom_eval_metrics[0] == metrics.CustomMetric("custom_metric", "typed_metrics.tokens")
     assert tune.tuning.custom_eval_metrics[0].function == "typed_metrics.tokens"
     assert tune.tuning.layout.journal == tmp_path / "tuning_output" / "study.journal"
     # Each parameter holds its Optuna distribution, built once at parse time.

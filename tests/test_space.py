@@ -8,7 +8,7 @@ import pytest
 import yaml
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from snaketune import space
+from snaketune import names, space
 from snaketune.config import ConfigError, load_tune_config
 
 N_TRIALS = 30
@@ -16,14 +16,14 @@ N_TRIALS = 30
 # Every kind of parameter the seed document names, with step and log variants.
 SPACE_YAML = """
 tunable_training_params:
-  learning_rate: {type: loguniform, low: 1e-5, high: 1e-2}
+  learning_rate: {type: loguniform, low: 1.0e-5, high: 1.0e-2}
   lr_scheduler_type: {type: categorical, choices: ["linear", 3, 0.5, true, null]}
   gradient_accumulation_steps: {type: int, low: 1, high: 8}
   per_device_train_batch_size: {type: int, low: 2, high: 20, step: 3}
   max_steps: {type: int, low: 1, high: 1024, log: true}
   warmup_ratio: {type: uniform, low: 0.0, high: 0.3, step: 0.05}
   weight_decay: {type: float, low: 0.0, high: 0.1}
-  max_grad_norm: {type: float, low: 1e-2, high: 1e1, log: true}
+  max_grad_norm: {type: float, low: 1.0e-2, high: 1.0e+1, log: true}
 tunable_peft_params:
   lora_r: {type: categorical, choices: [4, 8, 16, 32]}
   lora_dropout: {type: uniform, low: 0.0, high: 0.1}
@@ -49,9 +49,14 @@ def _quiet_optuna_and_restore_sys_path(monkeypatch):
 
 
 @pytest.fixture
-def resolved_space(alpaca_jsonl, tmp_path) -> list[dict]:
-    tune = load_tune_config(base_config(yaml.safe_load(SPACE_YAML)), tmp_path)
-    return tune["tuning"]["space"]
+def resolved_space() -> list[dict]:
+    # The space alone (names and space own it): lr_scheduler_type's mixed choices show how Optuna
+    # keeps each choice's type; a whole config would refuse them for SFTConfig's string field.
+    params = names.resolve_parameters({"tunable_peft_params": {}, "fixed_training_params": {},
+                                       "fixed_peft_params": {}, **yaml.safe_load(SPACE_YAML)})
+    resolved, problems = space.resolve_conditions(params.space)
+    assert not params.problems and not problems
+    return resolved
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pandas as pd
 import pytest
@@ -10,7 +11,7 @@ import yaml
 from optuna.trial import TrialState
 
 from snaketune.layout import StudyLayout, TrialFiles
-from workflow_helpers import load_study, run_snakemake, tiny_config, write_config, write_reverse_words
+from workflow_helpers import REPO, load_study, run_snakemake, tiny_config, write_config, write_reverse_words
 
 
 @pytest.fixture
@@ -136,7 +137,10 @@ def test_lora_study_merges_best_model(workdir):
 
 
 def test_objective_not_produced_fails_the_trial_listing_metrics(workdir):
-    write_config(workdir, tiny_config(n_trials=1, evaluation_metrics=["eval_bleu"]))
+    # A custom metric returning a dict without its own name: known only once it has run.
+    (workdir / "dict_metric.py").write_text("def scores(**kwargs):\n    return {'bleu': 1.0, 'chrf': 2.0}\n")
+    write_config(workdir, tiny_config(n_trials=1, evaluation_metrics=["eval_bleu"],
+                                      custom_eval_metrics=[{"name": "eval_bleu", "function": "dict_metric.scores"}]))
     result = run_snakemake(workdir, check=False)
     assert result.returncode != 0
     log = StudyLayout(workdir / "tuning_output").trial(0).log.read_text()
@@ -144,6 +148,54 @@ def test_objective_not_produced_fails_the_trial_listing_metrics(workdir):
     study = load_study(workdir / "tuning_output")
     assert study.trials[0].state == TrialState.FAIL
     assert "eval_bleu" in study.trials[0].user_attrs["fail_reason"]
+
+
+@pytest.mark.parametrize("change,named", [
+    (lambda c: c["tuning"]["fixed_training_params"].update(load_best_model_at_end=True, save_strategy="epoch"),
+     "tuning.fixed_training_params.load_best_model_at_end: SFTConfig refuses"),
+    (lambda c: c["tuning"].update(fixed_peft_params={"lora_target_modules": ["query_key_value", "dense"]}),
+     "tuning.fixed_peft_params.lora_target_modules: PEFT cannot apply LoRA"),
+    (lambda c: c["tuning"].update(evaluation_metrics=["eval_accuracy"]),
+     "tuning.evaluation_metrics[0]: 'eval_accuracy' is not produced by SFT evaluation"),
+    (lambda c: c["model"].update(load_pretrained_weights=True), "model.model_name: "),
+])
+def test_what_the_libraries_would_refuse_is_refused_by_a_dry_run_in_seconds(workdir, change, named):
+    config = tiny_config()
+    change(config)
+    write_config(workdir, config)
+    started = time.time()
+    result = run_snakemake(workdir, "--dry-run", check=False)
+    print(f"refused in {time.time() - started:.1f} s")
+    assert result.returncode != 0 and named in result.stdout + result.stderr
+    assert "Building DAG" not in result.stdout + result.stderr  # refused at parse time
+    assert not (workdir / "tuning_output").exists()  # no journal
+
+
+def test_a_failure_every_trial_would_meet_stops_after_two_trials_and_says_what_to_fix(workdir):
+    # The same error for any parameters (here a custom metric that cannot find its file): two
+    # trials show it; the other slots do not start, and the end message does not say "re-run".
+    (workdir / "task_metric.py").write_text(
+        "from pathlib import Path\n"
+        "def accuracy(**kwargs):\n"
+        "    return float(Path('answers.txt').read_text())\n")
+    config = tiny_config(n_trials=5, tuner_sampler="RandomSampler",
+                         custom_eval_metrics=[{"name": "accuracy", "function": "task_metric.accuracy"}])
+    write_config(workdir, config)
+    profile = ("--workflow-profile", str(REPO / "workflow" / "profiles" / "default"))  # keep-going
+    result = run_snakemake(workdir, *profile, "--cores", "1", check=False)
+    console = result.stdout + result.stderr
+    assert result.returncode != 0
+    study = load_study(workdir / "tuning_output")
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.FAIL]
+    assert "failed with the same error for different parameters" in console
+    assert "FileNotFoundError" in console and "answers.txt" in console
+    assert "Running again as it is would fail the same way (and 3 slot(s) were not started" in console
+    assert "Run the same command again to re-run" not in console
+    # Fixed: the same command runs the two failed trials with their parameters, and the rest.
+    (workdir / "answers.txt").write_text("0.5")
+    run_snakemake(workdir, *profile, "--cores", "1")
+    study = load_study(workdir / "tuning_output")
+    assert sum(t.state == TrialState.COMPLETE for t in study.trials) == 5
 
 
 def test_dry_run_lists_exactly_n_trial_jobs(workdir):

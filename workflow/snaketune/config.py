@@ -223,11 +223,12 @@ def _resolve(cfg: dict, base: Path, validated: bool, problems: list[str]) -> Tun
     problems.extend(params.problems)
     if not validated:  # imports torch
         problems.extend(model.qlora_problems(params.quantization))
-    metric_names, directions, found = metrics.resolve_objectives(tuning["evaluation_metrics"],
-                                                                 tuning["evaluation_direction"])
-    problems.extend(found)
     custom = collect(metrics.resolve_custom(tuning["custom_eval_metrics"], base,
                                             import_modules=not validated))
+    metric_names, directions, found = metrics.resolve_objectives(
+        tuning["evaluation_metrics"], tuning["evaluation_direction"],
+        custom_names=None if validated else [c.name for c in custom])
+    problems.extend(found)
     search_space = collect(space.resolve_conditions(params.space))
     n_trials = _study_settings(tuning, search_space, metric_names, custom, problems)
     enqueued = collect(space.resolve_enqueued(tuning["enqueue_trials"], search_space, n_trials,
@@ -242,7 +243,7 @@ def _resolve(cfg: dict, base: Path, validated: bool, problems: list[str]) -> Tun
         unusable = StudyLayout(output_dir).unusable_because()
         if unusable:
             problems.append(f"tuning.output_dir: {unusable}")
-    return TuningConfig(
+    resolved = TuningConfig(
         notices=params.notices,
         model=model_section,
         data=data_section,
@@ -270,6 +271,35 @@ def _resolve(cfg: dict, base: Path, validated: bool, problems: list[str]) -> Tun
             on_divergence=tuning["on_divergence"],
         ),
     )
+    if not validated and not problems:
+        problems.extend(_library_problems(resolved, tuning))
+    return resolved
+
+
+def _library_problems(resolved: TuningConfig, tuning: dict) -> list[str]:
+    """What TRL, PEFT, transformers and the hub will say, asked at parse time (seconds) of a config
+    whose every section is sound: the trial arguments at each corner of the space, the model's
+    weights, LoRA targets and chat template, the hub ids of model and data."""
+    from snaketune import train
+
+    fixed_paths = {}
+    for group, key, target_of in (("training", "fixed_training_params", names.training_target),
+                                  ("peft", "fixed_peft_params", names.peft_target)):
+        for name in tuning[key]:
+            target = target_of(name)[0]
+            args = resolved.tuning.training_args if group == "training" else resolved.tuning.lora_args
+            if target in args:
+                fixed_paths[(group, target)] = f"tuning.{key}.{name}"
+    problems, lora_configs = train.argument_problems(resolved.tuning, resolved.model.model_max_length,
+                                                     fixed_paths)
+    if problems:
+        return problems
+    lora_path = fixed_paths.get(("peft", "target_modules")) or next(
+        (f"tuning.tunable_peft_params.{p['name']}" for p in resolved.tuning.space
+         if p["target"] == "target_modules"), "tuning.fixed_peft_params.lora_target_modules")
+    problems = model.library_problems(resolved.model, lora_configs, lora_path,
+                                      needs_chat_template=data.needs_chat_template(resolved.data))
+    return problems + data.hub_problems(resolved.data)
 
 
 def _study_settings(tuning: dict, search_space: list[space.Parameter], metric_names: list[str],

@@ -22,10 +22,19 @@ import math
 import sys
 from pathlib import Path
 
-from snaketune.errors import SnaketuneError
+from snaketune.errors import SnaketuneError, closest
 from snaketune.records import Record, section
 
 DIRECTIONS = ("minimize", "maximize")
+
+# What a trial's training and SFT evaluation produce (transformers' Trainer: loss, runtime and
+# throughputs; TRL's SFTTrainer: mean_token_accuracy, entropy, num_tokens), under the names the
+# metrics dict gives them; with the custom metrics' names, the objectives a study can have.
+EVALUATION_METRICS = tuple(f"eval_{name}" for name in (
+    "loss", "mean_token_accuracy", "entropy", "num_tokens", "runtime", "samples_per_second",
+    "steps_per_second"))
+TRAINING_METRICS = ("train_loss", "train_runtime", "train_samples_per_second",
+                    "train_steps_per_second", "total_flos", "epoch", "trained_steps")
 
 
 class MissingObjectiveError(SnaketuneError, RuntimeError):
@@ -41,11 +50,22 @@ class CustomMetric(Record):
 
 
 # -- parse-time checks ------------------------------------------------------------------------
-def resolve_objectives(metrics: list[str], directions: list[str]) -> tuple[list[str], list[str], list[str]]:
+def resolve_objectives(metrics: list[str], directions: list[str],
+                       custom_names: list[str] | None = None) -> tuple[list[str], list[str], list[str]]:
     """`tuning.evaluation_metrics` and `evaluation_direction` (lists, as the schema checked):
     (metrics, one direction per metric, problems). A single direction applies to every metric,
-    as in Oumi."""
+    as in Oumi. Each objective must be a metric training or SFT evaluation produces
+    (EVALUATION_METRICS, TRAINING_METRICS) or one of `custom_names` (tuning.custom_eval_metrics);
+    `custom_names=None` skips that check."""
     problems = []
+    known = (*EVALUATION_METRICS, *TRAINING_METRICS, *(custom_names or ()))
+    for i, name in enumerate(metrics if custom_names is not None else ()):
+        if name not in known:
+            problems.append(
+                f"tuning.evaluation_metrics[{i}]: {name!r} is not produced by SFT evaluation "
+                f"(it produces {', '.join(EVALUATION_METRICS[:4])}, ...) nor is it a custom metric"
+                f"{closest(name, known)}; to optimise it, define it in tuning.custom_eval_metrics "
+                f"(name: {name}, function: my_module.my_function)")
     if len(set(metrics)) != len(metrics):
         problems.append(f"tuning.evaluation_metrics: names a metric twice: {metrics}")
     for i, direction in enumerate(directions):

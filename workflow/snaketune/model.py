@@ -84,6 +84,126 @@ def qlora_problems(quantization: dict) -> list[str]:
             "is visible here; set q_lora: false to train plain LoRA"]
 
 
+# Files whose presence means a local model directory has weights transformers can load.
+WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")
+
+
+def library_problems(model: ModelParams, lora_configs: list, lora_path: str,
+                     needs_chat_template: bool) -> list[str]:
+    """What transformers and PEFT will say about the model, found at parse time without loading
+    weights: a hub id that cannot be reached (nor is cached), a local directory that is not a
+    model or has no weights while `load_pretrained_weights` is true, LoRA target modules the model
+    does not have (checked on the model built on the meta device, from its config, against each
+    (LoraConfig, YAML path of the tunable parameter varied or None) in `lora_configs`; target
+    modules reported under `lora_path`), and a tokenizer without the chat
+    template chat rows need (`needs_chat_template`). Returns 'yaml.path: what is wrong' lines.
+    Takes seconds: a GGUF file's metadata is read, not its tensors."""
+    from snaketune import hub
+
+    problems = []
+    names = {"model_name": model.model_name, "tokenizer_name": model.tokenizer_name}
+    for key, name in names.items():
+        if not name or (key == "model_name" and model.gguf_file):
+            continue
+        if Path(name).is_dir():
+            if not (Path(name) / "config.json").is_file() and key == "model_name":
+                problems.append(f"model.model_name: {name} has no config.json: it is not a Hugging "
+                                "Face model directory (one save_pretrained wrote)")
+        elif not Path(name).exists():
+            problem = hub.problem(name, "model")
+            if problem:
+                problems.append(f"model.{key}: {problem}")
+    if problems:
+        return problems
+    if model.load_pretrained_weights and not model.gguf_file and Path(model.model_name).is_dir():
+        if not any(next(Path(model.model_name).glob(pattern), None) for pattern in WEIGHT_FILES):
+            problems.append(f"model.model_name: {model.model_name} has no weights ("
+                            f"{' or '.join(WEIGHT_FILES)}); set model.load_pretrained_weights: false "
+                            "to train from random weights, or point model_name at a directory with "
+                            "the model's weights")
+    trust = bool(model.trust_remote_code)
+    gguf = None
+    if model.gguf_file and (lora_configs or (needs_chat_template and not model.tokenizer_name)):
+        # One read of the GGUF metadata gives both the config and the chat template (seconds).
+        from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+        gguf = load_gguf_checkpoint(model.gguf_file, return_tensors=False)
+    if lora_configs:
+        problems += _lora_target_problems(model, gguf, lora_configs, lora_path)
+    if needs_chat_template:
+        problems += _chat_template_problems(model, gguf, trust)
+    return problems
+
+
+def _cached_hub_id(name: str) -> bool:
+    """A hub id with a copy in the cache: read the copy (an unreachable hub would make transformers
+    retry for minutes before falling back to it)."""
+    from snaketune import hub
+
+    return not Path(name).exists() and hub.in_cache(name, "model")
+
+
+def _lora_target_problems(model: ModelParams, gguf: dict | None, lora_configs: list,
+                          lora_path: str) -> list[str]:
+    import warnings
+
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    trust = bool(model.trust_remote_code)
+    try:
+        if gguf is not None:
+            config = AutoConfig.for_model(**gguf["config"])
+        else:
+            config = AutoConfig.from_pretrained(model.model_name, trust_remote_code=trust,
+                                                local_files_only=_cached_hub_id(model.model_name))
+    except Exception as error:
+        return [f"model.model_name: transformers cannot read the model's config: "
+                f"{type(error).__name__}: {error}"]
+    problems = []
+    for lora, varied in lora_configs:
+        with torch.device("meta"), warnings.catch_warnings():  # shapes only: no memory, no weights
+            warnings.simplefilter("ignore")
+            meta_model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust)
+            try:
+                get_peft_model(meta_model, lora)
+            except Exception as error:
+                message = f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"
+                if "target" not in message.lower():  # another value PEFT refuses for this model
+                    where = varied or "tuning.fixed_peft_params"
+                    problems.append(f"{where}: PEFT cannot apply LoRA to this model: {message}")
+                    continue
+                # PEFT's "Target modules ... not found in the base model": say which there are.
+                linear = sorted({name.rsplit(".", 1)[-1] for name, module in meta_model.named_modules()
+                                 if isinstance(module, torch.nn.Linear) and name})
+                problems.append(f"{lora_path}: PEFT cannot apply LoRA to this model ({config.model_type}): "
+                                f"{message}; its linear modules are {', '.join(linear)} "
+                                "(or write 'all-linear')")
+    return list(dict.fromkeys(problems))
+
+
+def _chat_template_problems(model: ModelParams, gguf: dict | None, trust: bool) -> list[str]:
+    from transformers import AutoTokenizer
+
+    key = "tokenizer_name" if model.tokenizer_name else "model_name"
+    if gguf is not None and not model.tokenizer_name:
+        template = gguf.get("tokenizer_config", {}).get("chat_template")
+    else:
+        try:
+            template = AutoTokenizer.from_pretrained(
+                getattr(model, key), trust_remote_code=trust,
+                local_files_only=_cached_hub_id(getattr(model, key))).chat_template
+        except Exception as error:
+            return [f"model.{key}: transformers cannot load the tokenizer: {type(error).__name__}: {error}"]
+    if template:
+        return []
+    where = model.gguf_file if gguf is not None and not model.tokenizer_name else getattr(model, key)
+    return [f"model.{key}: the tokenizer of {where} has no chat template, which chat and "
+            "instruction rows (messages, Alpaca, prompt/completion) need to be formatted: use an "
+            "instruct model's tokenizer (model.tokenizer_name), or plain-text rows ({\"text\": ...})"]
+
+
 # -- preparing and loading ------------------------------------------------------------------------
 
 

@@ -166,7 +166,15 @@ def _report_failure(tuning: TuningParams) -> None:
                   f"{tuning.metrics[0]}={best[0].value:.4g}")
     elif not again:
         print(NO_COMPLETED_TRIAL.format(counts=summary.outcome_line(counts, skipped)))
-    if again:
+    repeated = studies.repeated_failure(study, single_point=not tuning.space)
+    if repeated:
+        not_started = tuning.n_trials - len(latest) - skipped
+        print(f"  {repeated}")
+        print(f"Running again as it is would fail the same way"
+              f"{f' (and {not_started} slot(s) were not started for that reason)' if not_started > 0 else ''}. "
+              "Fix the cause shown above first (the config, the data or the model it names); then "
+              f"the same command runs the {len(again)} failed trial(s) with their parameters, and the rest.")
+    elif again:
         print(f"Run the same command again to re-run exactly the {len(again)} failed or interrupted "
               "trial(s) with their parameters.")
 

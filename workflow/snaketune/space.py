@@ -288,6 +288,37 @@ def suggest(trial: optuna.Trial, space: list[dict]) -> dict:
     return values
 
 
+def corners(space: list[dict]) -> list[tuple[dict | None, object, dict]]:
+    """Points of the space that reach each of its edges: every categorical choice and every bound,
+    one parameter at a time, the others at their first choice or low bound; a conditional
+    parameter's parent takes a value under which it is tuned. Returns (parameter varied, its value,
+    {name: value} of the active parameters) triples, the first the base point (None, None, ...).
+    Enough to find a value a library refuses without training at every combination."""
+
+    def point(overrides: dict) -> dict:
+        values = {}
+        for param in space:
+            if is_active(param, values):
+                values[param["name"]] = overrides.get(param["name"], edge_values(param)[0])
+        return values
+
+    result = [(None, None, point({}))]
+    for param in space:
+        for value in edge_values(param):
+            overrides = {param["name"]: value}
+            for parent, allowed in (param.get("condition") or {}).items():
+                overrides[parent] = allowed[0]
+            values = point(overrides)
+            if values.get(param["name"]) == value:
+                result.append((param, value, values))
+    return result
+
+
+def edge_values(param: dict) -> list:
+    """A parameter's choices, or its low and high bounds."""
+    return list(param["choices"]) if param["type"] == "categorical" else [param["low"], param["high"]]
+
+
 def effective_values(space: list[dict], values: dict) -> dict:
     """The values training uses: a `scale_by` parameter multiplied by its parent's value."""
     effective = dict(values)

@@ -13,6 +13,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import socket
 import sys
 import time
@@ -559,6 +560,36 @@ def enqueued_config(study: optuna.Study, trial_number: int, enqueue_trials: list
     rank = sum(1 for t in study.get_trials(deepcopy=False)
                if t.number < trial_number and t.user_attrs.get("attempt") == 1)
     return enqueue_trials[rank] if rank < len(enqueue_trials) else None
+
+
+class RepeatedFailure(SnaketuneError, RuntimeError):
+    """Trials with different parameters failed with the same error in this run: a cause outside
+    the parameters (the config, the data, the environment), which every other trial would meet."""
+
+
+def repeated_failure(study: optuna.Study, single_point: bool = False) -> str | None:
+    """Why no further slot should start in this run, or None: two trials of this invocation (or
+    one, when the space is a `single_point`) with different parameters failed with the same
+    error (their directories aside), and none completed. Divergence and interruptions are about
+    the parameters or the run, not the config, and do not count."""
+    started = float(os.environ.get(RUN_STARTED_ENV) or 0)
+    this_run = [t for t in latest_attempts(study)
+                if t.datetime_start is not None and t.datetime_start.timestamp() >= started - 1]
+    if any(t.state == TrialState.COMPLETE for t in this_run):
+        return None
+    by_reason: dict[str, list[FrozenTrial]] = {}
+    for trial in this_run:
+        if outcome(trial) == "failed" and trial.user_attrs.get("fail_reason"):
+            reason = re.sub(r"trial_\d+", "trial_<i>", trial.user_attrs["fail_reason"])
+            by_reason.setdefault(reason, []).append(trial)
+    for reason, trials in by_reason.items():
+        distinct = {json.dumps(t.params, sort_keys=True, default=str) for t in trials}
+        if len(distinct) >= 2 or (single_point and trials):
+            numbers = ", ".join(f"trial_{t.user_attrs.get('slot')} (trial {t.number})" for t in trials)
+            return (f"{numbers} failed with the same error for different parameters, so the cause is "
+                    f"not the parameters but the config, data or environment, and every other trial "
+                    f"would fail the same way: {reason[:1000]}")
+    return None
 
 
 def check_time_budget(study: optuna.Study, timeout_minutes: float | None) -> None:

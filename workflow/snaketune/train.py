@@ -45,6 +45,10 @@ def run_trial(tune: TuningConfig, slot: int, trial_dir: str | Path, model_source
     files.logs.mkdir(parents=True, exist_ok=True)
     tuning = tune.tuning
     study = studies.open_study(tuning, slot)
+    repeated = studies.repeated_failure(study, single_point=not tuning.space)
+    if repeated:
+        # No trial is asked for: nothing is told, and the slot runs once the cause is fixed.
+        raise studies.RepeatedFailure(f"trial_{slot} not started: {repeated}")
     try:
         trial, finished = studies.claim_trial(study, slot, tuning)
     except studies.SlotSkipped as skipped:  # not a failure: the job succeeds, the CSV says so
@@ -165,6 +169,156 @@ def build_lora_config(lora_args: dict, tuned_peft: dict):
     kwargs.pop("peft_method", None)
     kwargs.setdefault("task_type", "CAUSAL_LM")
     return LoraConfig(**kwargs)
+
+
+# -- parse-time checks: what TRL and PEFT will say about the values, before any job ---------------
+
+
+def argument_problems(tuning: TuningParams, max_length: int, fixed_paths: dict[tuple[str, str], str]
+                      ) -> tuple[list[str], list]:
+    """Build `SFTConfig` (and `LoraConfig` when LoRA is on) from the fixed parameters and at each
+    corner of the search space (`space.corners`: every choice, every bound), as a trial would, and
+    check each value against its field's type. Returns (problems as 'yaml.path: what is wrong', the
+    distinct LoraConfigs built, each with the YAML path of the tunable parameter varied to build it
+    or None, for the model's check that LoRA applies).
+
+    `fixed_paths` maps (group, target field) to the fixed parameter's YAML path. The library's own
+    complaint is reported under the path of the value that caused it: a tunable parameter's when
+    only some of its values fail, else the fixed parameters the message names.
+    """
+    import tempfile
+    import warnings
+    from dataclasses import replace
+
+    from peft import LoraConfig
+    from trl import SFTConfig
+
+    problems, lora_configs = [], []
+    scratch = Path(tempfile.gettempdir()) / "snaketune-argument-check"  # never created
+    for (group, target), path in fixed_paths.items():
+        value = (tuning.training_args if group == "training" else tuning.lora_args).get(target)
+        problem = type_problem(SFTConfig if group == "training" else LoraConfig, target, value)
+        if problem:
+            problems.append(f"{path}: {problem}")
+    for param in tuning.space:
+        cls = SFTConfig if param["group"] == "training" else LoraConfig
+        for i, value in enumerate(search_space.edge_values(param)):
+            problem = type_problem(cls, param["target"], value)
+            if problem:
+                where = f".choices[{i}]" if param["type"] == "categorical" else (".low", ".high")[i]
+                problems.append(f"tuning.tunable_{param['group']}_params.{param['name']}{where}: "
+                                f"{problem}")
+    if problems:  # a value of the wrong type makes the libraries' own messages misleading
+        return problems, lora_configs
+
+    said = set()
+
+    def build(group: str, fixed: dict, training: dict, peft: dict):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if group == "training":
+                return build_training_args(replace(tuning, training_args=fixed), max_length, training, scratch)
+            return build_lora_config(fixed, peft)
+
+    def culprits(group: str, fixed: dict, training: dict, peft: dict) -> list[str]:
+        """The fixed parameters without any one of which the arguments build."""
+        found = []
+        for target in fixed:
+            try:
+                build(group, {k: v for k, v in fixed.items() if k != target}, training, peft)
+            except Exception:
+                continue
+            found.append(fixed_paths.get((group, target), f"tuning.fixed_{group}_params"))
+        return found or [f"tuning.fixed_{group}_params"]
+
+    def refused(group: str, param, value, values: dict) -> None:
+        fixed = tuning.training_args if group == "training" else tuning.lora_args
+        training, peft = search_space.split_by_group(tuning.space, values)
+        try:
+            built = build(group, fixed, training, peft)
+        except Exception as error:  # ValueError, TypeError, ImportError: the library's complaint
+            message = "; ".join(line.strip() for line in f"{type(error).__name__}: {error}".splitlines()
+                                if line.strip())
+            library = "SFTConfig" if group == "training" else "LoraConfig"
+            if param is None:
+                named = culprits(group, fixed, training, peft)
+                line = f"{', '.join(named)}: {library} refuses these values: {message}"
+            else:
+                line = (f"tuning.tunable_{group}_params.{param['name']}: {library} refuses "
+                        f"{param['name']}={value!r} (with {values}): {message}")
+            if message not in said:
+                said.add(message)
+                problems.append(line)
+            return
+        if group == "peft" and built not in [config for config, _ in lora_configs]:
+            where = None if param is None else f"tuning.tunable_peft_params.{param['name']}"
+            lora_configs.append((built, where))
+
+    for param, value, values in search_space.corners(tuning.space):
+        varied = None if param is None else param["group"]
+        if varied in (None, "training"):
+            refused("training", param, value, values)
+        if tuning.use_peft and varied in (None, "peft"):
+            refused("peft", param, value, values)
+    return problems, lora_configs
+
+
+def type_problem(cls, field: str, value) -> str | None:
+    """Why `value` does not fit dataclass `cls`'s `field` by type (an integer field given 3.0 or
+    '4', a flag given 'true'), or None. Only what a type can say: the library checks the rest."""
+    import typing
+
+    hint = typing.get_type_hints(cls).get(field)
+    if hint is None or _fits(hint, value):
+        return None
+    wanted = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+              list: "a list", dict: "a mapping"}
+    names = [wanted.get(typing.get_origin(a) or a) for a in _alternatives(hint)]
+    expected = " or ".join(dict.fromkeys(n for n in names if n)) or str(hint)
+    return f"{value!r} ({type(value).__name__}) does not fit {cls.__name__}.{field}, which takes {expected}"
+
+
+def _alternatives(hint) -> list:
+    import types
+    import typing
+
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return [a for arg in typing.get_args(hint) for a in _alternatives(arg)]
+    return [hint]
+
+
+def _fits(hint, value) -> bool:
+    import enum
+    import typing
+
+    for option in _alternatives(hint):
+        origin = typing.get_origin(option) or option
+        if option is typing.Any or (option is type(None) and value is None):
+            return True
+        if origin is typing.Literal:
+            if value in typing.get_args(option) or isinstance(value, str):  # the library checks strings
+                return True
+        elif origin is bool:
+            if isinstance(value, bool):
+                return True
+        elif origin is int:
+            if isinstance(value, int) and not isinstance(value, bool):
+                return True
+        elif origin is float:
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return True
+        elif origin in (list, tuple):
+            if isinstance(value, (list, tuple)):
+                return True
+        elif isinstance(origin, type) and issubclass(origin, enum.Enum):
+            if isinstance(value, (str, origin)):
+                return True
+        elif isinstance(origin, type):
+            if isinstance(value, origin):
+                return True
+        else:  # a type this check does not know: the library has the last word
+            return True
+    return False
 
 
 def train_and_evaluate(tune: TuningConfig, params: dict, trial_dir: Path, model_source: dict, data_dir,

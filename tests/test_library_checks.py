@@ -1,0 +1,245 @@
+"""Parse-time checks that ask the libraries (TRL, PEFT, transformers, the hub) what they will do
+with a config's values, so that what would fail inside every trial is refused before any job, by
+its YAML path (issue 14, kind A)."""
+
+import json
+import shutil
+import sys
+
+import pytest
+
+from conftest import CACHED_DATASET_ID, CACHED_MODEL_ID
+from snaketune.config import ConfigError, load_tune_config
+from workflow_helpers import TINY_MODEL, tiny_config, write_reverse_words
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    write_reverse_words(tmp_path / "data.jsonl")
+    return tmp_path
+
+
+def problems_of(config: dict, workdir) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_tune_config(config, workdir)
+    return info.value.problems
+
+
+def the_problem(config: dict, workdir, path: str, *fragments: str) -> str:
+    problems = problems_of(config, workdir)
+    assert len(problems) == 1 and problems[0].startswith(f"{path}: "), problems
+    for fragment in fragments:
+        assert fragment in problems[0], (fragment, problems[0])
+    return problems[0]
+
+
+def with_fixed(config: dict, group: str = "training", **values) -> dict:
+    config["tuning"].setdefault(f"fixed_{group}_params", {}).update(values)
+    return config
+
+
+def tuning_only(**tunable) -> dict:
+    """The tiny config tuning only `tunable` (training parameters), nothing fixed but max_steps."""
+    config = tiny_config(tunable_training_params=tunable)
+    config["tuning"]["fixed_training_params"] = {"max_steps": 3}
+    return config
+
+
+# -- values of the wrong type for the field they set ------------------------------------------------
+
+@pytest.mark.parametrize("config,path,fragment", [
+    # issue input: a fixed integer written as a float
+    (with_fixed(tiny_config(), max_steps=3.0), "tuning.fixed_training_params.max_steps",
+     "3.0 (float) does not fit SFTConfig.max_steps, which takes an integer"),
+    # issue input: a categorical mixing types for an integer field
+    (tuning_only(per_device_train_batch_size={"type": "categorical", "choices": [2, "4"]}),
+     "tuning.tunable_training_params.per_device_train_batch_size.choices[1]",
+     "'4' (str) does not fit SFTConfig.per_device_train_batch_size, which takes an integer"),
+    # a flag written as a string
+    (with_fixed(tiny_config(), gradient_checkpointing="false"), "tuning.fixed_training_params.gradient_checkpointing",
+     "'false' (str) does not fit SFTConfig.gradient_checkpointing, which takes true or false"),
+    # a float range for an integer field: its bounds are floats
+    (tuning_only(gradient_accumulation_steps={"type": "uniform", "low": 1, "high": 4}),
+     "tuning.tunable_training_params.gradient_accumulation_steps.low", "takes an integer"),
+    # a LoRA rank choice written as a float (Oumi's lora_r is LoraConfig.r)
+    (tiny_config(tunable_peft_params={"lora_r": {"type": "categorical", "choices": [4, 8.5]}}),
+     "tuning.tunable_peft_params.lora_r.choices[1]", "8.5 (float) does not fit LoraConfig.r"),
+])
+def test_a_value_of_the_wrong_type_for_its_field_is_refused(workdir, config, path, fragment):
+    problems = problems_of(config, workdir)
+    assert any(p.startswith(f"{path}: ") and fragment in p for p in problems), problems
+
+
+# -- what SFTConfig and LoraConfig refuse, at the fixed values and every corner of the space -------
+
+def test_sftconfig_refusing_fixed_values_names_the_field(workdir):
+    # issue input: SFTConfig's own ValueError, before any job
+    config = with_fixed(tiny_config(), load_best_model_at_end=True, save_strategy="epoch")
+    the_problem(config, workdir, "tuning.fixed_training_params.load_best_model_at_end",
+                "SFTConfig refuses these values", "requires the save and eval strategy to match")
+
+
+def test_an_unknown_optimizer_is_refused_under_its_oumi_name(workdir):
+    config = with_fixed(tiny_config(), optimizer="adamw_nonsense")
+    the_problem(config, workdir, "tuning.fixed_training_params.optimizer",
+                "adamw_nonsense is not a valid OptimizerNames", "adamw_torch")
+
+
+def test_a_choice_sftconfig_refuses_is_named_with_the_tunable_parameter(workdir):
+    config = tuning_only(lr_scheduler_type={"type": "categorical", "choices": ["linear", "sometimes"]})
+    the_problem(config, workdir, "tuning.tunable_training_params.lr_scheduler_type",
+                "SFTConfig refuses lr_scheduler_type='sometimes'", "is not a valid SchedulerType")
+
+
+def test_a_bound_peft_refuses_is_named_with_the_tunable_parameter(workdir):
+    config = tiny_config(tunable_peft_params={"lora_dropout": {"type": "uniform", "low": 0.0, "high": 1.5}})
+    the_problem(config, workdir, "tuning.tunable_peft_params.lora_dropout",
+                "dropout probability has to be between 0 and 1, but got 1.5")
+
+
+# -- LoRA target modules, checked on the model built on the meta device ----------------------------
+
+@pytest.mark.parametrize("group,name,value,path", [
+    # issue input: Falcon/GPT-NeoX names on a Llama
+    ("fixed", "lora_target_modules", ["query_key_value", "dense"], "tuning.fixed_peft_params.lora_target_modules"),
+    ("fixed", "lora_target_modules", "c_attn", "tuning.fixed_peft_params.lora_target_modules"),
+    ("tunable", "lora_target_modules", {"type": "categorical", "choices": ["all-linear", "Wqkv"]},
+     "tuning.tunable_peft_params.lora_target_modules"),
+])
+def test_lora_target_modules_the_model_lacks_are_refused_listing_its_linear_modules(workdir, group, name, value, path):
+    config = tiny_config(**{f"{group}_peft_params": {name: value}})
+    problem = the_problem(config, workdir, path, "PEFT cannot apply LoRA to this model (llama)",
+                          "not found in the base model")
+    assert "its linear modules are down_proj, gate_proj, k_proj, lm_head, o_proj, q_proj, up_proj, v_proj" in problem
+
+
+def test_lora_target_modules_the_model_has_are_accepted(workdir):
+    config = tiny_config(fixed_peft_params={"lora_target_modules": ["q_proj", "v_proj"]},
+                         tunable_peft_params={"lora_r": {"type": "categorical", "choices": [2, 4]}})
+    assert load_tune_config(config, workdir).tuning.use_peft
+
+
+# -- the model: weights, config, chat template ------------------------------------------------------
+
+def test_a_local_model_without_weights_is_refused_when_its_weights_are_to_be_loaded(workdir):
+    # issue input: every trial failed with the same traceback; now refused by model.model_name
+    config = tiny_config()
+    config["model"]["load_pretrained_weights"] = True
+    the_problem(config, workdir, "model.model_name", f"{TINY_MODEL} has no weights",
+                "load_pretrained_weights: false")
+
+
+def test_a_local_model_with_weights_is_accepted(workdir):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    model_dir = workdir / "model"
+    AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(TINY_MODEL)).save_pretrained(model_dir)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy(TINY_MODEL / name, model_dir / name)
+    config = tiny_config()
+    config["model"].update(model_name="model", load_pretrained_weights=True)
+    assert load_tune_config(config, workdir).model.model_name == str(model_dir)
+
+
+def test_a_folder_that_is_not_a_model_is_refused(workdir):
+    (workdir / "not_a_model").mkdir()
+    config = tiny_config()
+    config["model"]["model_name"] = "./not_a_model"
+    the_problem(config, workdir, "model.model_name", "has no config.json")
+
+
+@pytest.fixture
+def base_model(workdir):
+    """The tiny model with its chat template removed: a base model's tokenizer."""
+    path = workdir / "base-model"
+    shutil.copytree(TINY_MODEL, path)
+    (path / "chat_template.jinja").unlink()
+    return path
+
+
+def test_a_tokenizer_without_chat_template_is_refused_for_chat_rows(workdir, base_model):
+    # issue input: transformers' "Cannot use chat template functions" in every trial
+    config = tiny_config()
+    config["model"]["model_name"] = str(base_model)
+    the_problem(config, workdir, "model.model_name", "has no chat template", "model.tokenizer_name")
+
+
+def test_a_tokenizer_name_without_chat_template_is_refused_by_its_own_path(workdir, base_model):
+    config = tiny_config()
+    config["model"]["tokenizer_name"] = str(base_model)
+    the_problem(config, workdir, "model.tokenizer_name", f"the tokenizer of {base_model} has no chat template")
+
+
+def test_plain_text_rows_need_no_chat_template(workdir, base_model):
+    (workdir / "text.jsonl").write_text("".join(json.dumps({"text": f"row {i} " * 5}) + "\n" for i in range(10)))
+    config = tiny_config(data_file="text.jsonl")
+    config["model"]["model_name"] = str(base_model)
+    assert load_tune_config(config, workdir).model.model_name == str(base_model)
+
+
+def test_messages_rows_in_a_json_array_need_the_chat_template(workdir, base_model):
+    rows = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}] * 5
+    (workdir / "chat.json").write_text(json.dumps(rows))
+    config = tiny_config(data_file="chat.json")
+    config["model"]["model_name"] = str(base_model)
+    the_problem(config, workdir, "model.model_name", "has no chat template")
+
+
+# -- objectives ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("metric,suggestion", [
+    ("eval_accuracy", "did you mean 'eval_mean_token_accuracy'?"),  # issue input (and Oumi's guide)
+    ("eval_bleu", "tuning.custom_eval_metrics"),
+    ("loss", "did you mean 'eval_loss'?"),
+])
+def test_an_objective_evaluation_never_produces_is_refused(workdir, metric, suggestion):
+    the_problem(tiny_config(evaluation_metrics=[metric]), workdir, "tuning.evaluation_metrics[0]",
+                f"{metric!r} is not produced by SFT evaluation", suggestion)
+
+
+@pytest.mark.parametrize("metric", ["eval_mean_token_accuracy", "train_loss", "eval_entropy"])
+def test_objectives_training_and_evaluation_produce_are_accepted(workdir, metric):
+    assert load_tune_config(tiny_config(evaluation_metrics=[metric]), workdir).tuning.metrics == [metric]
+
+
+def test_a_custom_metric_is_a_known_objective(workdir):
+    (workdir / "task_metrics.py").write_text("def accuracy(**kwargs):\n    return 1.0\n")
+    config = tiny_config(evaluation_metrics=["eval_accuracy"], evaluation_direction=["maximize"],
+                         custom_eval_metrics=[{"name": "eval_accuracy", "function": "task_metrics.accuracy"}])
+    assert load_tune_config(config, workdir).tuning.metrics == ["eval_accuracy"]
+
+
+# -- hub ids: reachable, or in the local cache -------------------------------------------------------
+
+@pytest.mark.parametrize("where,path", [
+    ("model", "model.model_name"),  # issue input: prepare_model retried for ~45 s
+    ("tokenizer", "model.tokenizer_name"),
+    ("data", "data.train.datasets[0].dataset_name"),  # issue input: prepare_data likewise
+])
+def test_a_hub_id_that_cannot_be_reached_nor_is_cached_is_refused(workdir, where, path):
+    config = tiny_config()
+    if where == "model":
+        config["model"]["model_name"] = "someone/not-cached-model"
+    elif where == "tokenizer":
+        config["model"]["tokenizer_name"] = "someone/not-cached-model"
+    else:
+        config["data"]["train"]["datasets"][0]["dataset_name"] = "someone/not-cached-data"
+    the_problem(config, workdir, path, "the Hugging Face hub cannot be reached from here",
+                "nor is it in the local cache")
+
+
+def test_a_hub_id_is_refused_at_once_when_the_hub_is_switched_off(workdir, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    config = tiny_config()
+    config["model"]["model_name"] = "someone/not-cached-model"
+    the_problem(config, workdir, "model.model_name", "the hub is switched off here (HF_HUB_OFFLINE)")
+
+
+def test_hub_ids_in_the_local_cache_are_accepted_offline(workdir, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    config = tiny_config()
+    config["model"] = {"model_name": CACHED_MODEL_ID, "model_max_length": 128}
+    config["data"]["validation"]["datasets"][0]["dataset_name"] = CACHED_DATASET_ID
+    tune = load_tune_config(config, workdir)
+    assert tune.model.model_name == CACHED_MODEL_ID and tune.data.validation[0].local is False
