@@ -15,8 +15,8 @@ import pytest
 from optuna.trial import TrialState
 
 from snaketune.layout import StudyLayout
-from workflow_helpers import (REPO, load_study, resolved_tuning, run_snakemake, tiny_config, write_config,
-                              write_reverse_words)
+from workflow_helpers import (REPO, TINY_MODEL, load_study, resolved_tuning, run_snakemake, tiny_config,
+                              write_config, write_reverse_words)
 
 FLAKY_METRIC = """
 from pathlib import Path
@@ -243,3 +243,66 @@ def test_stale_journal_lock_left_by_a_kill_is_recovered(tmp_path):
     assert time.time() - started < LOCK_GRACE_SECONDS + 15  # recovered, not a hang
     assert not lock.exists()
     assert study.trials[0].value == 1.0
+
+
+def test_a_changed_model_data_or_training_argument_is_refused_and_logging_is_not(workdir):
+    # Issue input: the data file and max_steps changed and n_trials grown after a study ran; the
+    # new trial trained on the old data for 6 steps against 3, and the best was picked across both.
+    write_config(workdir, tiny_config(n_trials=1))
+    run_snakemake(workdir)
+    out = workdir / "tuning_output"
+    journal = StudyLayout(out).journal.read_bytes()
+
+    write_reverse_words(workdir / "data.jsonl", seed=1)  # another task's rows, same file name
+    changed = tiny_config(n_trials=2)
+    changed["tuning"]["fixed_training_params"]["max_steps"] = 6
+    write_config(workdir, changed)
+    refused = run_snakemake(workdir, "--dry-run", check=False)
+    message = refused.stdout + refused.stderr
+    assert refused.returncode != 0 and "Building DAG" not in message
+    assert "  - data: study 'snaketune'" in message and "different data (changed: train, validation)" in message
+    assert ("  - tuning.fixed_training_params: study 'snaketune'" in message
+            and "different fixed training parameters (changed: max_steps)" in message)
+    assert "set a new tuning.output_dir" in message
+    write_reverse_words(workdir / "data.jsonl")  # the data as it was
+
+    other_tokenizer = tiny_config(n_trials=2)
+    other_tokenizer["model"]["tokenizer_name"] = str(TINY_MODEL)
+    write_config(workdir, other_tokenizer)
+    refused = run_snakemake(workdir, "--dry-run", check=False)
+    assert refused.returncode != 0
+    assert "  - model: study 'snaketune'" in refused.stderr + refused.stdout
+    assert "different model (changed: tokenizer_name)" in refused.stderr + refused.stdout
+
+    lora = tiny_config(n_trials=2, fixed_peft_params={"lora_r": 4})
+    write_config(workdir, lora)
+    refused = run_snakemake(workdir, "--dry-run", check=False)
+    assert "tuning.fixed_peft_params: study 'snaketune'" in refused.stdout + refused.stderr
+    assert StudyLayout(out).journal.read_bytes() == journal
+
+    # How often it logs and saves changes nothing learnt: the study grows.
+    logged = tiny_config(n_trials=2)
+    logged["tuning"]["fixed_training_params"].update(logging_steps=2, save_steps=50)
+    write_config(workdir, logged)
+    run_snakemake(workdir)
+    assert sorted(t.user_attrs["slot"] for t in load_study(out).trials) == [0, 1]
+
+
+def test_prepared_data_and_model_are_made_again_when_what_they_are_made_from_changes(workdir):
+    write_config(workdir, tiny_config())
+    summary = StudyLayout(workdir / "tuning_output").data_summary
+    source = StudyLayout(workdir / "tuning_output").model_source
+    run_snakemake(workdir, "--cores", "2", str(summary))
+    first = json.loads(summary.read_text())
+    model_written = source.stat().st_mtime
+
+    write_reverse_words(workdir / "data.jsonl", rows=60)  # the same file, more rows
+    run_snakemake(workdir, "--cores", "2", str(summary))
+    assert json.loads(summary.read_text())["train"]["rows"] == 48 != first["train"]["rows"]
+    assert source.stat().st_mtime == model_written  # the model was not made again
+
+    seeded = tiny_config(seed=7)  # random initial weights come from the seed
+    write_config(workdir, seeded)
+    result = run_snakemake(workdir, "--cores", "2", str(summary))
+    assert source.stat().st_mtime > model_written
+    assert "localrule prepare_model" in result.stdout + result.stderr

@@ -217,7 +217,9 @@ def test_a_custom_metric_is_a_known_objective(workdir):
     ("tokenizer", "model.tokenizer_name"),
     ("data", "data.train.datasets[0].dataset_name"),  # issue input: prepare_data likewise
 ])
-def test_a_hub_id_that_cannot_be_reached_nor_is_cached_is_refused(workdir, where, path):
+def test_a_hub_id_that_cannot_be_reached_nor_is_cached_is_refused(workdir, monkeypatch, where, path):
+    for switch in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.delenv(switch, raising=False)  # the hub is asked, and cannot be reached from here
     config = tiny_config()
     if where == "model":
         config["model"]["model_name"] = "someone/not-cached-model"
@@ -243,3 +245,53 @@ def test_hub_ids_in_the_local_cache_are_accepted_offline(workdir, monkeypatch):
     config["data"]["validation"]["datasets"][0]["dataset_name"] = CACHED_DATASET_ID
     tune = load_tune_config(config, workdir)
     assert tune.model.model_name == CACHED_MODEL_ID and tune.data.validation[0].local is False
+
+
+# -- parameters that would be accepted and do nothing (issue 14, kind B) ---------------------------
+
+@pytest.mark.parametrize("name,value,fragment", [
+    ("packing", True, "trained unpacked"),  # issue input
+    ("truncation_mode", "keep_end", "keeping their start"),  # issue input
+    ("dataset_text_field", "content", "'text' column"),
+    ("completion_only_loss", False, "the loss is on the answers only"),
+    ("shuffle_dataset", True, "already shuffles"),
+])
+def test_a_dataset_preparation_field_that_would_do_nothing_is_refused(workdir, name, value, fragment):
+    the_problem(with_fixed(tiny_config(), **{name: value}), workdir,
+                f"tuning.fixed_training_params.{name}", f"{value!r} would do nothing here", fragment)
+
+
+@pytest.mark.parametrize("name,value", [("packing", False), ("truncation_mode", "keep_start"),
+                                        ("completion_only_loss", True)])
+def test_a_dataset_preparation_field_asking_for_what_is_done_anyway_is_accepted(workdir, name, value):
+    assert load_tune_config(with_fixed(tiny_config(), **{name: value}), workdir).tuning.training_args[name] == value
+
+
+@pytest.mark.parametrize("name,spec", [
+    ("max_length", {"type": "categorical", "choices": [16, 128]}),  # issue input: 16 and 128 trained alike
+    ("max_seq_length", {"type": "int", "low": 16, "high": 128}),  # Oumi's name for it
+    ("packing", {"type": "categorical", "choices": [True, False]}),  # issue input
+])
+def test_a_tunable_parameter_that_changes_tokenization_is_refused(workdir, name, spec):
+    the_problem(tuning_only(**{name: spec}), workdir, f"tuning.tunable_training_params.{name}",
+                "cannot be tuned")
+
+
+@pytest.mark.parametrize("tunable,fixed,epochs_path", [
+    ({}, {"num_train_epochs": 3, "max_steps": 3}, "tuning.fixed_training_params.num_train_epochs"),  # issue input
+    ({"num_train_epochs": {"type": "int", "low": 1, "high": 3}}, {"max_steps": 3},
+     "tuning.tunable_training_params.num_train_epochs"),
+    ({"max_steps": {"type": "int", "low": 2, "high": 4}}, {"num_train_epochs": 2},
+     "tuning.fixed_training_params.num_train_epochs"),
+])
+def test_epochs_under_max_steps_are_said_to_have_no_effect_naming_both(workdir, tunable, fixed, epochs_path):
+    config = tiny_config(tunable_training_params=tunable)
+    config["tuning"]["fixed_training_params"] = fixed
+    notices = load_tune_config(config, workdir).notices
+    assert any(n.startswith(f"{epochs_path}: has no effect: ") and "max_steps is set" in n for n in notices), notices
+
+
+def test_epochs_without_max_steps_train_by_epochs_without_a_notice(workdir):
+    config = tiny_config()
+    config["tuning"]["fixed_training_params"] = {"num_train_epochs": 1, "max_steps": -1}
+    assert load_tune_config(config, workdir).notices == []

@@ -260,3 +260,49 @@ def test_a_dry_run_says_what_the_config_adjusted(workdir):
     assert ("snaketune: notice: tuning.tunable_training_params.max_grad_norm: high 2.25 is not low + a "
             "multiple of step 0.5; Optuna samples up to 2.0") in result.stderr
     assert result.stdout.count("rule trial:") == 4  # the grid 0.5, 1.0, 1.5, 2.0
+
+
+@pytest.mark.parametrize("where,field", [
+    ("fixed_training_params", "max_length"),  # issue input: 16 and 128 tokenized alike (46-token rows)
+    ("fixed_training_params", "max_seq_length"),  # Oumi's name for it
+    ("model", "model_max_length"),
+])
+def test_rows_are_cut_to_the_configured_max_length_when_tokenized(workdir, where, field):
+    config = tiny_config()
+    section = config["model"] if where == "model" else config["tuning"]["fixed_training_params"]
+    section[field] = 41  # rows are 44 tokens; the answer starts at token 39
+    write_config(workdir, config)
+    summary = StudyLayout(workdir / "tuning_output").data_summary
+    run_snakemake(workdir, "--cores", "2", str(summary))  # prepare_model and prepare_data only
+    prepared = json.loads(summary.read_text())
+    assert prepared["train"]["max_tokens"] == 41 and prepared["validation"]["max_tokens"] == 41
+    from datasets import load_from_disk
+
+    tokenized = load_from_disk(str(summary.parent / "tokenized"))
+    assert max(len(ids) for ids in tokenized["train"]["input_ids"]) == 41
+
+
+def test_a_metric_without_a_finite_value_is_recorded_as_missing_with_why(workdir):
+    # Issue input: a custom metric returning NaN for a non-objective metric vanished from
+    # metrics.json, the CSV and the journal. Two more of the kind: infinity, and a dict's NaN key.
+    (workdir / "nan_metrics.py").write_text(
+        "def nothing_to_score(**kwargs):\n    return float('nan')\n"
+        "def unbounded(**kwargs):\n    return float('inf')\n"
+        "def several(**kwargs):\n    return {'several': 1.0, 'ratio': float('nan')}\n")
+    config = tiny_config(n_trials=1, custom_eval_metrics=[
+        {"name": "exact", "function": "nan_metrics.nothing_to_score"},
+        {"name": "perplexity_bound", "function": "nan_metrics.unbounded"},
+        {"name": "several", "function": "nan_metrics.several"}])
+    write_config(workdir, config)
+    run_snakemake(workdir)
+    out = workdir / "tuning_output"
+    expected = {"exact": "nan is not a finite number (custom metric nan_metrics.nothing_to_score returned it)",
+                "perplexity_bound": "inf is not a finite number (custom metric nan_metrics.unbounded returned it)",
+                "ratio": "nan is not a finite number"}
+    assert load_study(out).trials[0].user_attrs["missing_metrics"] == expected
+    assert json.loads(StudyLayout(out).trial(0).metrics.read_text())["missing_metrics"] == expected
+    table = pd.read_csv(StudyLayout(out).results_csv)
+    assert {"exact", "perplexity_bound", "ratio"} <= set(table.columns)
+    assert table[["exact", "perplexity_bound", "ratio"]].isna().all(axis=None)
+    assert table.loc[0, "several"] == 1.0
+    assert table.loc[0, "missing_metrics"].startswith("exact: nan is not a finite number")

@@ -4,6 +4,8 @@
 rule prepare_model:
     output:
         str(LAYOUT.model_source),
+    params:
+        made_from=prepared_model_from,
     log:
         str(LAYOUT.rule_log("prepare_model")),
     threads: max(1, workflow.cores)
@@ -20,6 +22,8 @@ rule prepare_data:
         model=str(LAYOUT.model_source),
     output:
         str(LAYOUT.data_summary),
+    params:
+        made_from=prepared_data_from,
     log:
         str(LAYOUT.rule_log("prepare_data")),
     threads: max(1, workflow.cores)

@@ -91,6 +91,24 @@ class TuningConfig(Record):
     tuning: TuningParams
     notices: list[str]  # 'yaml.path: what was adjusted': accepted, but not quite as written
 
+    def definition(self) -> dict:
+        """What determines a trial's result besides its parameters, as the study records it
+        (study.study_definition): the model, the data (with its content), max_length, the fixed
+        training arguments that change what is learnt, the LoRA and quantisation settings."""
+        tuning = self.tuning
+        return {
+            "model": model.fingerprint(self.model),
+            "data": {**data.fingerprint(self.data), "max_length": self.max_length},
+            "training": {k: v for k, v in tuning.training_args.items() if names.changes_results(k)},
+            "peft": {"use_peft": tuning.use_peft, **tuning.lora_args, **tuning.quantization},
+        }
+
+    @property
+    def max_length(self) -> int:
+        """Tokens a row is cut to when the data is tokenized, and SFTConfig.max_length: the fixed
+        training parameter max_length (Oumi's max_seq_length) if given, else model.model_max_length."""
+        return int(self.tuning.training_args.get("max_length") or self.model.model_max_length)
+
 
 def load_schema() -> dict:
     return yaml.safe_load(SCHEMA_PATH.read_text())
@@ -290,7 +308,7 @@ def _library_problems(resolved: TuningConfig, tuning: dict) -> list[str]:
             args = resolved.tuning.training_args if group == "training" else resolved.tuning.lora_args
             if target in args:
                 fixed_paths[(group, target)] = f"tuning.{key}.{name}"
-    problems, lora_configs = train.argument_problems(resolved.tuning, resolved.model.model_max_length,
+    problems, lora_configs = train.argument_problems(resolved.tuning, resolved.max_length,
                                                      fixed_paths)
     if problems:
         return problems
@@ -298,7 +316,8 @@ def _library_problems(resolved: TuningConfig, tuning: dict) -> list[str]:
         (f"tuning.tunable_peft_params.{p['name']}" for p in resolved.tuning.space
          if p["target"] == "target_modules"), "tuning.fixed_peft_params.lora_target_modules")
     problems = model.library_problems(resolved.model, lora_configs, lora_path,
-                                      needs_chat_template=data.needs_chat_template(resolved.data))
+                                      needs_chat_template=data.needs_chat_template(resolved.data),
+                                      prepared=resolved.tuning.layout.model_source)
     return problems + data.hub_problems(resolved.data)
 
 

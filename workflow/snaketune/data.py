@@ -742,7 +742,8 @@ def prepare_data(data_cfg: DataParams, tokenizer, max_length: int, summary_path:
         tokenized = tokenized.filter(lambda r: any(label != -100 for label in r["labels"]))
         if len(tokenized) == 0:
             raise DataError(f"data.{role}: no usable rows (every answer was empty or truncated "
-                            f"away by model.model_max_length={max_length})")
+                            f"away when cut to max_length={max_length} tokens: raise "
+                            "model.model_max_length or fixed_training_params.max_length)")
         lengths = [len(ids) for ids in tokenized["input_ids"]]
         summary[role] = {"rows": len(tokenized), "dropped_rows": before - len(tokenized),
                          "tokens": sum(lengths), "max_tokens": max(lengths)}
@@ -824,3 +825,27 @@ def hub_problems(data_cfg: DataParams) -> list[str]:
                 if problem:
                     problems.append(f"data.{split}.datasets[{i}].dataset_name: {problem}")
     return problems
+
+
+def fingerprint(data_cfg: DataParams) -> dict:
+    """What the prepared data depends on: each split's entries, with a local file's SHA-256 (a
+    folder's file names and sizes). Part of the study's definition, and the prepare_data rule's
+    params, so that a changed file re-prepares the data rather than leaving it silently stale."""
+    import hashlib
+
+    def content(path: Path) -> str | None:
+        if path.is_file():
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            return digest.hexdigest()
+        if path.is_dir():
+            listing = sorted((str(p.relative_to(path)), p.stat().st_size) for p in path.rglob("*") if p.is_file())
+            return hashlib.sha256(json.dumps(listing).encode()).hexdigest()
+        return None
+
+    return {split: [{"dataset_name": e.dataset_name, "split": e.split, "subset": e.subset,
+                     "sha256": content(Path(e.dataset_name)) if e.local else None}
+                    for e in getattr(data_cfg, split)]
+            for split in ("train", "validation")}

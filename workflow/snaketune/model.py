@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 from snaketune.data import looks_like_local_path
@@ -84,12 +85,23 @@ def qlora_problems(quantization: dict) -> list[str]:
             "is visible here; set q_lora: false to train plain LoRA"]
 
 
+def fingerprint(model: ModelParams) -> dict:
+    """What the prepared model and its tokenizer depend on, and what a trial loads it with: part of
+    the study's definition, and the prepare_model rule's params (a change re-prepares it)."""
+    fields = ("model_name", "tokenizer_name", "gguf_file", "load_pretrained_weights",
+              "trust_remote_code", "torch_dtype_str", "attn_implementation")
+    found = {name: getattr(model, name) for name in fields}
+    if not model.load_pretrained_weights:
+        found["seed"] = model.seed  # random initial weights come from it
+    return found
+
+
 # Files whose presence means a local model directory has weights transformers can load.
 WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")
 
 
 def library_problems(model: ModelParams, lora_configs: list, lora_path: str,
-                     needs_chat_template: bool) -> list[str]:
+                     needs_chat_template: bool, prepared: Path | None = None) -> list[str]:
     """What transformers and PEFT will say about the model, found at parse time without loading
     weights: a hub id that cannot be reached (nor is cached), a local directory that is not a
     model or has no weights while `load_pretrained_weights` is true, LoRA target modules the model
@@ -97,7 +109,8 @@ def library_problems(model: ModelParams, lora_configs: list, lora_path: str,
     (LoraConfig, YAML path of the tunable parameter varied or None) in `lora_configs`; target
     modules reported under `lora_path`), and a tokenizer without the chat
     template chat rows need (`needs_chat_template`). Returns 'yaml.path: what is wrong' lines.
-    Takes seconds: a GGUF file's metadata is read, not its tensors."""
+    Takes seconds: a GGUF file's metadata is read, not its tensors, and not even that when the
+    study's prepared model (`prepared`, its source.json) was converted from the same file."""
     from snaketune import hub
 
     problems = []
@@ -123,6 +136,10 @@ def library_problems(model: ModelParams, lora_configs: list, lora_path: str,
                             "the model's weights")
     trust = bool(model.trust_remote_code)
     gguf = None
+    if model.gguf_file and prepared is not None and prepared.is_file():
+        source = read_source(prepared)
+        if source.get("gguf_file") == model.gguf_file:  # converted already: a plain HF folder
+            model = replace(model, model_name=source["path"], gguf_file=None)
     if model.gguf_file and (lora_configs or (needs_chat_template and not model.tokenizer_name)):
         # One read of the GGUF metadata gives both the config and the chat template (seconds).
         from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint

@@ -43,6 +43,52 @@ MANAGED_TRAINING_FIELDS = {
     "dataset_kwargs": "data is tokenized once per study by the prepare_data rule",
 }
 
+# SFTConfig fields TRL reads only while it prepares a dataset. snaketune tokenizes once per study
+# (rule prepare_data) and hands TRL the result (`skip_prepare_dataset`), so TRL never reads them: a
+# value asking for what prepare_data does anyway is accepted; any other is refused, saying why
+# (accepted, it would silently do nothing). Field -> (values that match, what happens instead).
+PREPARED_DATA_FIELDS = {
+    "packing": ((False,), "rows are tokenized once per study and trained unpacked (one row a "
+                          "sequence); remove packing"),
+    "packing_strategy": (("bfd",), "rows are not packed; remove packing_strategy"),
+    "eval_packing": ((None, False), "rows are not packed; remove eval_packing"),
+    "truncation_mode": (("keep_start",), "rows are cut to max_length keeping their start"),
+    "dataset_text_field": (("text",), "plain-text rows are read from their 'text' column; name the "
+                                      "column text"),
+    "shuffle_dataset": ((False,), "the trainer's data loader already shuffles the training rows "
+                                  "every epoch; remove shuffle_dataset"),
+    "completion_only_loss": ((None, True), "the loss is on the answers only (prompt tokens are "
+                                           "masked when the data is prepared); for loss on whole "
+                                           "texts, write rows as {\"text\": ...}"),
+    "assistant_only_loss": ((True,), "every assistant turn carries the loss and no other turn does; "
+                                     "for loss on whole texts, write rows as {\"text\": ...}"),
+    "dataset_num_proc": ((None,), "rows are tokenized once per study by the prepare_data rule"),
+    "eos_token": ((None,), "answers end with the chat template's own end-of-turn tokens"),
+    "chat_template_path": ((None,), "rows are formatted with the tokenizer's chat template; choose "
+                                    "the tokenizer with model.tokenizer_name"),
+    "model_init_kwargs": ((None,), "the model is loaded as the model: section says "
+                                   "(torch_dtype_str, attn_implementation, trust_remote_code)"),
+    "trust_remote_code": ((False,), "set model.trust_remote_code instead"),
+}
+# Fields that change how rows are tokenized, which happens once per study, before any trial.
+TOKENIZATION_FIELDS = {"max_length": "rows are tokenized and cut to max_length once per study, "
+                                     "before any trial: set it in fixed_training_params"}
+
+# SFTConfig fields that change how a trial runs or is recorded but not what it learns (logging,
+# saving, evaluation batching, data loading, memory and speed): a study may change them and continue.
+# Every other fixed training argument is part of the study's definition (study.study_definition).
+NOT_RESULT_FIELDS = ("logging_", "save_", "push_to_hub", "hub_", "dataloader_", "report_to",
+                     "run_name", "disable_tqdm", "eval_accumulation_steps", "per_device_eval_batch_size",
+                     "eval_do_concat_batches", "ddp_", "gradient_checkpointing", "torch_compile",
+                     "include_", "skip_memory_metrics", "use_cpu", "activation_offloading",
+                     "torch_empty_cache_steps", "log_level", "log_on_each_node")
+
+
+def changes_results(target: str) -> bool:
+    """Whether the SFTConfig field `target` changes what a trial learns (see NOT_RESULT_FIELDS)."""
+    return not target.startswith(NOT_RESULT_FIELDS)
+
+
 # Oumi PeftParams name -> LoraConfig field.
 PEFT_NAMES = {
     "lora_r": "r",
@@ -165,6 +211,9 @@ def resolve_parameters(tuning: dict, check_fields: bool = True) -> Parameters:
             elif group == "peft" and name in QUANTIZATION_NAMES:
                 # Quantisation is chosen when the model is loaded, not per LoraConfig.
                 out.problems.append(f"{path}: cannot be tuned; set it in tuning.{fixed_key}")
+            elif group == "training" and target in {**PREPARED_DATA_FIELDS, **TOKENIZATION_FIELDS}:
+                reason = TOKENIZATION_FIELDS.get(target) or PREPARED_DATA_FIELDS[target][1]
+                out.problems.append(f"{path}: cannot be tuned: {reason}")
             elif target in tunable_targets:  # an Oumi name and its HF name: one parameter
                 out.problems.append(f"{path}: is the same parameter as "
                                     f"tuning.{tunable_key}.{tunable_targets[target]}; keep one")
@@ -195,8 +244,31 @@ def resolve_parameters(tuning: dict, check_fields: bool = True) -> Parameters:
                                             f"{', '.join(map(repr, oumi_only[target]))}")
                 elif group == "peft" and name in QUANTIZATION_NAMES:
                     out.quantization[target] = value
+                elif (group == "training" and target in PREPARED_DATA_FIELDS
+                      and not any(value == ok and type(value) is type(ok)
+                                  for ok in PREPARED_DATA_FIELDS[target][0])):
+                    out.problems.append(f"{path}: {value!r} would do nothing here: "
+                                        f"{PREPARED_DATA_FIELDS[target][1]}")
                 elif group == "peft":
                     out.lora_args[target] = value
                 else:
                     out.training_args[target] = value
+        if group == "training":
+            out.notices += _inert_epochs(tunable, fixed, tunable_targets, fixed_targets)
     return out
+
+
+def _inert_epochs(tunable: dict, fixed: dict, tunable_targets: dict, fixed_targets: dict) -> list[str]:
+    """A notice when num_train_epochs is set while max_steps is: Hugging Face's Trainer then trains
+    exactly max_steps steps, whatever the epochs."""
+    epochs = tunable_targets.get("num_train_epochs") or fixed_targets.get("num_train_epochs")
+    steps_fixed = fixed.get(fixed_targets.get("max_steps"), -1)
+    steps = tunable_targets.get("max_steps") or (
+        fixed_targets.get("max_steps") if isinstance(steps_fixed, int) and steps_fixed > 0 else None)
+    if not (epochs and steps):
+        return []
+    def path(name: str) -> str:
+        return f"tuning.{'tunable' if name in tunable else 'fixed'}_training_params.{name}"
+
+    return [f"{path(epochs)}: has no effect: {path(steps)} is set, and Hugging Face's Trainer "
+            "trains max_steps steps whatever the epochs; remove one of the two"]

@@ -51,6 +51,10 @@ def results_table(study: optuna.Study, metrics: list[str], layout: StudyLayout):
             row[name] = row.pop(column, None)
         for name, value in trial.user_attrs.get("metrics", {}).items():
             row.setdefault(name, value)
+        missing = trial.user_attrs.get("missing_metrics", {})
+        for name in missing:
+            row.setdefault(name, None)  # an empty cell; missing_metrics says why
+        row["missing_metrics"] = "; ".join(f"{k}: {why}" for k, why in missing.items()) or None
         row["slot"] = trial.user_attrs.get("slot")
         row["attempts"] = attempts.get(row["slot"], 1) if row["slot"] is not None else 1
         row["fail_reason"] = trial.user_attrs.get("fail_reason")

@@ -289,9 +289,15 @@ def hold_trial_share(layout: StudyLayout) -> int:
     return fd
 
 
-def open_study(tuning: TuningParams, slot: int = 0, storage: JournalStorage | None = None) -> optuna.Study:
+def open_study(tuning: TuningParams, slot: int = 0, storage: JournalStorage | None = None,
+               definition: dict | None = None) -> optuna.Study:
     """The study as trial slot `slot` writes to it: created on first use, with the sampler and
-    pruner of `tuning` (the resolved config's section). Readers use `load_study`."""
+    pruner of `tuning` (the resolved config's section). Readers use `load_study`.
+
+    Records the study's definition (`study_definition(tuning, definition)`; `definition` is
+    `TuningConfig.definition()`) when it has none yet, or while no trial has finished (a config
+    fixed after its first trials failed defines the study from then on; `definition_conflicts`
+    has refused a change of space or objectives before any job)."""
     os.makedirs(tuning.output_dir, exist_ok=True)
     storage = storage or open_storage(str(tuning.layout.journal))
     study = optuna.create_study(
@@ -302,8 +308,11 @@ def open_study(tuning: TuningParams, slot: int = 0, storage: JournalStorage | No
         pruner=strategy.make_pruner(tuning),
         load_if_exists=True,
     )
-    if DEFINITION_ATTR not in study.user_attrs:
-        study.set_user_attr(DEFINITION_ATTR, study_definition(tuning))
+    wanted = _as_stored(study_definition(tuning, definition))
+    stored = study.user_attrs.get(DEFINITION_ATTR)
+    if stored is None or (stored != wanted and definition is not None
+                          and not any(is_finished(t) for t in study.get_trials(deepcopy=False))):
+        study.set_user_attr(DEFINITION_ATTR, wanted)
     if STARTED_ATTR not in study.user_attrs:  # the clock of tuning.timeout_minutes
         study.set_user_attr(STARTED_ATTR, time.time())
     if study.metric_names is None:  # every reader (status, plots, dashboard) names objectives so
@@ -426,13 +435,29 @@ def skip_slot(study: optuna.Study, slot: int, reason: str) -> None:
 DEFINITION_ATTR = "snaketune_definition"
 
 
-def study_definition(tuning: TuningParams) -> dict:
+def study_definition(tuning: TuningParams, definition: dict | None = None) -> dict:
+    """What a study's trials share, so that their results compare: the search space and the
+    objectives, and (`definition`, from `TuningConfig.definition()`) the model, the data, the fixed
+    training and PEFT arguments. Stored in the journal by the first trial."""
     space = {p["name"]: {k: v for k, v in p.items() if k != "name"} for p in tuning.space}
-    return {"space": space, "metrics": tuning.metrics, "directions": tuning.directions}
+    return {"space": space, "metrics": tuning.metrics, "directions": tuning.directions, **(definition or {})}
 
 
-def definition_conflicts(tuning: TuningParams) -> list[str]:
-    """Problems ('yaml.path: ...') if the config no longer matches the study already in its journal.
+def _as_stored(definition: dict) -> dict:
+    return json.loads(json.dumps(definition, default=str))  # the JSON types the journal gives back
+
+
+# The YAML path and the words for each part of a study's definition, in conflict messages.
+DEFINITION_PARTS = {"model": ("model", "model"), "data": ("data", "data"),
+                    "training": ("tuning.fixed_training_params", "fixed training parameters"),
+                    "peft": ("tuning.fixed_peft_params", "PEFT settings")}
+
+
+def definition_conflicts(tuning: TuningParams, definition: dict | None = None) -> list[str]:
+    """Problems ('yaml.path: ...') if the config no longer matches the study already in its journal
+    (`definition` as for `study_definition`). The search space and objectives never change; the
+    model, data and fixed arguments may while no trial has finished (nothing to compare with yet:
+    a config fixed after its first trials failed).
 
     Read-only: a journal that does not exist yet is not created.
     """
@@ -450,7 +475,9 @@ def definition_conflicts(tuning: TuningParams) -> list[str]:
     stored = None if study is None else study.user_attrs.get(DEFINITION_ATTR)
     if stored is None:
         return []
-    wanted = json.loads(json.dumps(study_definition(tuning)))  # same JSON types as the journal's
+    wanted = _as_stored(study_definition(tuning, definition))
+    if stored == wanted:
+        return []
     hint = (f"study {tuning.study_name!r} in {path} was run with a different {{what}}; "
             "to tune a new one, set a new tuning.output_dir (its trial files live there too; "
             "the existing study is kept as it is)")
@@ -462,6 +489,12 @@ def definition_conflicts(tuning: TuningParams) -> list[str]:
     if stored["metrics"] != wanted["metrics"] or stored["directions"] != wanted["directions"]:
         problems.append("tuning.evaluation_metrics: " + hint.format(
             what=f"objectives ({stored['metrics']} {stored['directions']})"))
+    finished = any(is_finished(t) for t in study.get_trials(deepcopy=False))
+    for part, (where, words) in DEFINITION_PARTS.items():
+        if finished and part in stored and part in wanted and stored[part] != wanted[part]:
+            old, new = stored[part], wanted[part]
+            changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            problems.append(f"{where}: " + hint.format(what=f"{words} (changed: {', '.join(changed)})"))
     return problems
 
 

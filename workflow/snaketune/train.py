@@ -44,7 +44,7 @@ def run_trial(tune: TuningConfig, slot: int, trial_dir: str | Path, model_source
     files = TrialFiles(trial_dir)
     files.logs.mkdir(parents=True, exist_ok=True)
     tuning = tune.tuning
-    study = studies.open_study(tuning, slot)
+    study = studies.open_study(tuning, slot, definition=tune.definition())
     repeated = studies.repeated_failure(study, single_point=not tuning.space)
     if repeated:
         # No trial is asked for: nothing is told, and the slot runs once the cause is fixed.
@@ -92,6 +92,9 @@ def run_trial(tune: TuningConfig, slot: int, trial_dir: str | Path, model_source
                   "run re-runs it", file=sys.stderr)
         raise
     trial.set_user_attr("metrics", {k: v for k, v in produced.items() if _is_finite_number(v)})
+    missing = missing_metrics(produced, tuning.custom_eval_metrics)
+    if missing:  # the journal has no NaN: the metric is recorded as missing, with why
+        trial.set_user_attr("missing_metrics", missing)
     trial.set_user_attr("wall_seconds", round(time.time() - started, 3))
     if stopped:
         # Pruned or diverged: a result, not a crash (the same parameters would stop the same way),
@@ -116,6 +119,16 @@ def resumable_checkpoint(trial_dir: Path, params: dict) -> str | None:
     return None
 
 
+def missing_metrics(produced: dict, custom: list) -> dict[str, str]:
+    """{metric: why it has no value} for each metric produced as NaN or infinite (a custom metric
+    that found nothing to score, an evaluation on no tokens)."""
+    by = {entry.name: entry.function for entry in custom}
+    return {name: f"{value} is not a finite number"
+                  + (f" (custom metric {by[name]} returned it)" if name in by else "")
+            for name, value in produced.items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isfinite(value)}
+
+
 def _is_finite_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -126,6 +139,7 @@ def trial_summary(frozen, metrics: list[str], trial_dir: Path) -> dict:
         "state": frozen.state.name,
         "values": dict(zip(metrics, frozen.values or [])),
         "metrics": frozen.user_attrs.get("metrics", {}),
+        "missing_metrics": frozen.user_attrs.get("missing_metrics", {}),
         "params": frozen.params,
         "trial_dir": str(trial_dir),
         "last_checkpoint": TrialFiles(trial_dir).last_checkpoint(),
@@ -134,7 +148,7 @@ def trial_summary(frozen, metrics: list[str], trial_dir: Path) -> dict:
 
 def build_training_args(tuning: TuningParams, max_length: int, tuned: dict, trial_dir: Path):
     """SFTConfig from fixed + sampled training parameters, with what snaketune must set itself
-    (`max_length`: model.model_max_length, the default SFTConfig.max_length)."""
+    (`max_length`: `TuningConfig.max_length`, which the data was cut to)."""
     import torch
     from trl import SFTConfig
 
@@ -332,7 +346,7 @@ def train_and_evaluate(tune: TuningConfig, params: dict, trial_dir: Path, model_
 
     tuning = tune.tuning
     tuned_training, tuned_peft = search_space.split_by_group(tuning.space, params)
-    args = build_training_args(tuning, tune.model.model_max_length, tuned_training, trial_dir)
+    args = build_training_args(tuning, tune.max_length, tuned_training, trial_dir)
     tokenizer = models.load_tokenizer(model_source, tune.model)
     # Quantisation options are fixed (config.py refuses to tune them) and apply to loading.
     model = models.load_model(model_source, tune.model, quantization=tuning.quantization)
