@@ -828,8 +828,8 @@ def hub_problems(data_cfg: DataParams) -> list[str]:
 
 
 def fingerprint(data_cfg: DataParams) -> dict:
-    """What the prepared data depends on: each split's entries, with a local file's SHA-256 (a
-    folder's file names and sizes). Part of the study's definition, and the prepare_data rule's
+    """What the prepared data depends on: each split's entries, a hub dataset by its id, a local
+    file by its SHA-256 (a folder by its file names and sizes). Part of the study's definition, and the prepare_data rule's
     params, so that a changed file re-prepares the data rather than leaving it silently stale."""
     import hashlib
 
@@ -845,7 +845,9 @@ def fingerprint(data_cfg: DataParams) -> dict:
             return hashlib.sha256(json.dumps(listing).encode()).hexdigest()
         return None
 
-    return {split: [{"dataset_name": e.dataset_name, "split": e.split, "subset": e.subset,
-                     "sha256": content(Path(e.dataset_name)) if e.local else None}
+    # A local file counts by its content, not where it lies: the same rows from another folder
+    # (a second working directory, a moved data folder) are the same data.
+    return {split: [{"split": e.split, "subset": e.subset,
+                     **({"sha256": content(Path(e.dataset_name))} if e.local else {"dataset_name": e.dataset_name})}
                     for e in getattr(data_cfg, split)]
             for split in ("train", "validation")}
