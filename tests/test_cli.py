@@ -199,3 +199,19 @@ def test_status_shows_a_running_trials_nan_loss(tmp_path, capsys):
     assert cli.main(["status", str(out)]) == 0
     row = capsys.readouterr().out.split("running\n", 1)[1].splitlines()[2].split()
     assert row[2:4] == ["5", "nan"]
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["--tuning.n_trials", "5"], ["tuning.n_trials=5"]),  # oumi tune's override syntax
+    (["--model.model_name=x", "--cores", "2"], ["model.model_name=x", "--cores", "2"]),
+    (["tuning.seed=3", "--tuning.study_name", "s", "-n"], ["tuning.seed=3", "tuning.study_name=s", "-n"]),
+])
+def test_oumis_dotted_options_are_overrides(argv, expected):
+    assert cli.dotted_options(argv) == expected
+
+
+def test_oumis_override_syntax_sets_the_config_of_a_dry_run(tmp_path):
+    write_reverse_words(tmp_path / "data.jsonl")
+    write_config(tmp_path, tiny_config(n_trials=3))
+    result = run_cli(tmp_path, "tune", "-c", "tune.yaml", "--dry-run", "--cores", "1", "--tuning.n_trials", "5")
+    assert result.stdout.count("rule trial:") == 5

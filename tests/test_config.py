@@ -464,10 +464,19 @@ def test_training_parameter_in_the_peft_section_is_unknown(seed, tmp_path):
     only_problem(seed, tmp_path, "tuning.fixed_peft_params.learning_rate", "unknown PEFT parameter")
 
 
-@pytest.mark.parametrize("name", ["output_dir", "logging_dir", "dataset_kwargs"])
-def test_fields_snaketune_manages_cannot_be_set(seed, tmp_path, name):
-    fixed(seed, name, "x")
-    only_problem(seed, tmp_path, f"tuning.fixed_training_params.{name}", "cannot be set")
+def test_dataset_kwargs_cannot_be_set(seed, tmp_path):
+    fixed(seed, "dataset_kwargs", {"skip_prepare_dataset": False})
+    only_problem(seed, tmp_path, "tuning.fixed_training_params.dataset_kwargs", "cannot be set")
+
+
+@pytest.mark.parametrize("name,said", [("output_dir", "each trial writes to <tuning.output_dir>/trial_<i>"),
+                                       ("logging_dir", "each trial logs to")])
+def test_oumis_output_and_logging_dirs_are_replaced_by_the_trials_with_a_notice(seed, tmp_path, name, said):
+    # Every Oumi training config sets output_dir; oumi tune replaces it with the trial's folder.
+    fixed(seed, name, "output/smollm135m.fft")
+    tune = load_tune_config(seed, tmp_path)
+    assert name not in tune.tuning.training_args
+    assert f"tuning.fixed_training_params.{name}: replaced: {said}" in "\n".join(tune.notices)
 
 
 def test_unsupported_trainer_type(seed, tmp_path):
@@ -499,28 +508,42 @@ def test_quantisation_cannot_be_tuned(seed, tmp_path):
     ("optim", "optimizer"),
     ("warmup_ratio", "warmup_steps"),
 ])
-def test_training_parameter_both_fixed_and_tunable(seed, tmp_path, tunable_name, fixed_name):
+def test_a_parameter_both_fixed_and_tunable_is_tuned_as_in_oumi(seed, tmp_path, tunable_name, fixed_name):
+    # Oumi's tune.py merges {**fixed, **suggested}: the tuned value wins; the fixed one is unused.
     tunable(seed, tunable_name, {"type": "categorical", "choices": ["adamw_torch", "sgd"]}
             if "optim" in tunable_name else {"type": "uniform", "low": 1e-4, "high": 1e-2})
     fixed(seed, fixed_name, "sgd" if "optim" in fixed_name else 1e-3)
-    only_problem(seed, tmp_path, f"tuning.fixed_training_params.{fixed_name}",
-                 f"is both fixed and tunable (tuning.tunable_training_params.{tunable_name})")
+    tune = load_tune_config(seed, tmp_path)
+    target = {"optimizer": "optim", "warmup_ratio": "warmup_steps"}.get(tunable_name, tunable_name)
+    assert target not in tune.tuning.training_args
+    assert [p["target"] for p in tune.tuning.space if p["name"] == tunable_name] == [target]
+    assert (f"tuning.fixed_training_params.{fixed_name}: unused: tuning.tunable_training_params."
+            f"{tunable_name} is tuned, and the tuned value wins (as in oumi tune)") in tune.notices
 
 
-def test_peft_parameter_both_fixed_and_tunable(seed, tmp_path):
+def test_a_peft_parameter_both_fixed_and_tunable_is_tuned(seed, tmp_path):
     tunable(seed, "lora_r", {"type": "categorical", "choices": [4, 8]}, group="peft")
     fixed(seed, "r", 16, group="peft")
-    only_problem(seed, tmp_path, "tuning.fixed_peft_params.r",
-                 "is both fixed and tunable (tuning.tunable_peft_params.lora_r)")
+    tune = load_tune_config(seed, tmp_path)
+    assert "r" not in tune.tuning.lora_args
+    assert any(n.startswith("tuning.fixed_peft_params.r: unused: tuning.tunable_peft_params.lora_r")
+               for n in tune.notices)
 
 
 def test_both_fixed_and_tunable_even_when_the_tunable_spec_is_bad(seed, tmp_path):
     tunable(seed, "optimizer", {"type": "categorical", "choices": []})
     fixed(seed, "optim", "sgd")
-    problems = problems_of(seed, tmp_path)
-    problem_at(problems, "tuning.tunable_training_params.optimizer.choices", "non-empty")
-    problem_at(problems, "tuning.fixed_training_params.optim", "is both fixed and tunable")
-    assert len(problems) == 2
+    only_problem(seed, tmp_path, "tuning.tunable_training_params.optimizer.choices", "non-empty")
+
+
+@pytest.mark.parametrize("order", [("warmup_ratio", "warmup_steps"), ("warmup_steps", "warmup_ratio")])
+def test_warmup_steps_takes_precedence_over_warmup_ratio(seed, tmp_path, order):
+    for name in order:
+        fixed(seed, name, {"warmup_ratio": 0.1, "warmup_steps": 5}[name])
+    tune = load_tune_config(seed, tmp_path)
+    assert tune.tuning.training_args["warmup_steps"] == 5
+    assert ("tuning.fixed_training_params.warmup_ratio: unused: tuning.fixed_training_params.warmup_steps "
+            "is given and takes precedence (as in Oumi and transformers)") in tune.notices
 
 
 def test_same_parameter_tuned_under_two_names(seed, tmp_path):
@@ -733,12 +756,35 @@ def test_qlora_needs_cuda(seed, tmp_path):
                  "set q_lora: false")
 
 
-def test_qlora_false_is_plain_lora(seed, tmp_path):
+def test_qlora_false_alone_trains_the_full_model_as_in_oumi(seed, tmp_path):
+    # Oumi's SmolLM recipe: fixed_peft_params: {q_lora: false} and no use_peft: a full fine-tune.
     fixed(seed, "q_lora", False, group="peft")
     fixed(seed, "use_bnb_nested_quant", False, group="peft")
-    tune = load_tune_config(seed, tmp_path)["tuning"]
-    assert tune["quantization"] == {"q_lora": False, "bnb_4bit_use_double_quant": False}
-    assert tune["lora_args"] == {} and tune["use_peft"] is True
+    tune = load_tune_config(seed, tmp_path)
+    assert tune.tuning.quantization == {"q_lora": False, "bnb_4bit_use_double_quant": False}
+    assert tune.tuning.lora_args == {} and tune.tuning.use_peft is False
+    assert not any("use_peft" in notice for notice in tune.notices)
+    fixed(seed, "use_peft", True)
+    assert load_tune_config(seed, tmp_path).tuning.use_peft is True
+
+
+@pytest.mark.parametrize("use_peft,expected,said", [
+    (None, True, "tuning.fixed_training_params.use_peft: not set, and LoRA parameters are given: "
+                 "snaketune trains LoRA (Oumi would train the full model and ignore them)"),
+    (False, False, "tuning.fixed_peft_params: unused: use_peft is false, so the full model is trained"),
+    (True, True, None),
+])
+def test_use_peft_is_the_lora_switch_and_lora_parameters_without_it_are_said(seed, tmp_path, use_peft, expected, said):
+    tunable(seed, "lora_r", {"type": "categorical", "choices": [4, 8]}, group="peft")
+    if use_peft is not None:
+        fixed(seed, "use_peft", use_peft)
+    tune = load_tune_config(seed, tmp_path)
+    assert tune.tuning.use_peft is expected
+    assert "use_peft" not in tune.tuning.training_args
+    if said:
+        assert any(n.startswith(said) for n in tune.notices), tune.notices
+    else:
+        assert not any("use_peft" in n for n in tune.notices)
 
 
 # -- shape: unknown keys and missing sections ------------------------------------------------------
@@ -840,7 +886,6 @@ def test_all_problems_are_reported_at_once(alpaca_jsonl, tmp_path):
         "tuning.tunable_training_params.learning_rat": "(did you mean 'learning_rate'?)",
         "tuning.tunable_training_params.warmup_ratio": "must be less than high",
         "tuning.tunable_training_params.optimizer.choices": "non-empty",
-        "tuning.fixed_training_params.optim": "both fixed and tunable",
         "tuning.tunable_peft_params.lora_rr": "(did you mean 'lora_r'?)",
         "tuning.evaluation_direction[1]": "'maximise' is not a direction",
         "tuning.tuner_type": "unknown tuner type 'RAY'",

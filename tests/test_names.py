@@ -87,7 +87,7 @@ def test_peft_target(name, target):
     ("learning_rat", "unknown training parameter (did you mean 'learning_rate'?)"),
     ("optimiser", "unknown training parameter (did you mean 'optimizer'?)"),
     ("lora_r", "unknown training parameter"),
-    ("output_dir", "cannot be set: trials write to <tuning.output_dir>/trial_<i>"),
+    ("dataset_kwargs", "cannot be set: data is tokenized once per study"),
 ])
 def test_training_target_problems(name, message):
     target, problem = names.training_target(name)

@@ -1,6 +1,7 @@
 """`snaketune`: the workflow behind a command an `oumi tune` user already knows.
 
     snaketune tune -c tune.yaml [--cores N] [--gpus M] [--profile slurm] [--dry-run] [key=value ...]
+                                [--key VALUE ...]   (oumi tune's override syntax, e.g. --tuning.n_trials 5)
     snaketune status <output_dir> [--watch [SECONDS]]
     snaketune best <output_dir>
     snaketune export <output_dir> --format csv|json|yaml [--as-config] [-o FILE]
@@ -47,6 +48,28 @@ def parse_override(text: str) -> tuple[list[str], object]:
     if not sep or not key or any(not part for part in key.split(".")):
         raise CliError(f"override {text!r} is not of the form dotted.key=value")
     return key.split("."), yaml.safe_load(value) if value != "" else None
+
+
+def dotted_options(argv: list[str]) -> list[str]:
+    """`oumi tune`'s override syntax as snaketune's: `--tuning.n_trials 5` and
+    `--tuning.n_trials=5` become `tuning.n_trials=5` (an option with a dot in its name is a config
+    key; snaketune's own options have none)."""
+    out, i = [], 0
+    while i < len(argv):
+        token = argv[i]
+        name = token[2:].partition("=")[0] if token.startswith("--") else ""
+        if "." in name:
+            if "=" in token:
+                out.append(token[2:])
+            elif i + 1 < len(argv):
+                out.append(f"{name}={argv[i + 1]}")
+                i += 1
+            else:
+                raise CliError(f"override {token} has no value (write {token} VALUE or {name}=VALUE)")
+        else:
+            out.append(token)
+        i += 1
+    return out
 
 
 def apply_overrides(config: dict, overrides: list[str]) -> dict:
@@ -329,7 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--profile", help="'default', 'slurm' (the repository's profiles) or a profile directory")
     tune.add_argument("-n", "--dry-run", action="store_true", help="list the jobs, run nothing")
     tune.add_argument("overrides", nargs="*", metavar="key=value",
-                      help="config overrides, e.g. tuning.n_trials=20 (values read as YAML)")
+                      help="config overrides, e.g. tuning.n_trials=20 or, as in oumi tune, "
+                           "--tuning.n_trials 20 (values read as YAML)")
     tune.set_defaults(func=cmd_tune)
 
     for name, func, help_ in (("status", cmd_status, "progress of a study, running or done"),
@@ -367,6 +391,11 @@ def main(argv: list[str] | None = None) -> int:
     if "--" in argv:
         at = argv.index("--")
         argv, snakemake_args = argv[:at], argv[at + 1:]
+    try:
+        argv = dotted_options(argv)
+    except CliError as error:
+        print(f"snaketune: {error}", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
     args.snakemake_args = snakemake_args
     try:

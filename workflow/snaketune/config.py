@@ -71,7 +71,7 @@ class TuningParams(Record):
     training_args: dict  # fixed SFTConfig arguments
     lora_args: dict  # fixed LoraConfig arguments
     quantization: dict  # QLoRA options (q_lora, q_lora_bits, bnb_4bit_*), applied at model load
-    use_peft: bool  # LoRA on (a PEFT parameter is given)
+    use_peft: bool  # LoRA on: fixed_training_params.use_peft, or LoRA parameters given (names._use_peft)
     gpu: DeviceSettings
     on_divergence: str  # "fail" or "prune"
 
@@ -181,6 +181,9 @@ def load_tune_config(raw: dict, base_dir: str | Path | None = None, validated: b
     """
     base = Path(base_dir or Path.cwd()).resolve()
     cfg = _coerce_yaml11_numbers(copy.deepcopy(raw))
+    model_section = cfg.get("model")
+    if isinstance(model_section, dict) and isinstance(model_section.get("torch_dtype_str"), str):
+        model_section["torch_dtype_str"] = model_section["torch_dtype_str"].lower()  # Oumi: BF16, bf16
     tuning = cfg.get("tuning")
     if isinstance(tuning, dict):
         for key in ("evaluation_metrics", "evaluation_direction"):
@@ -192,6 +195,7 @@ def load_tune_config(raw: dict, base_dir: str | Path | None = None, validated: b
                 tuning[key] = {}
     cfg.setdefault("tuning", {})
     shape_problems = _schema_problems(cfg, load_schema())  # fills the defaults too
+    _oumi_nulls(cfg)
     problems: list[str] = []
     if not shape_problems:
         resolved = _resolve(cfg, base, validated, problems)
@@ -239,6 +243,7 @@ def _resolve(cfg: dict, base: Path, validated: bool, problems: list[str]) -> Tun
     tuning = cfg["tuning"]
     params = names.resolve_parameters(tuning, check_fields=not validated)
     problems.extend(params.problems)
+    notices = list(params.notices) + _oumi_tuning_fields(tuning, problems)
     if not validated:  # imports torch
         problems.extend(model.qlora_problems(params.quantization))
     custom = collect(metrics.resolve_custom(tuning["custom_eval_metrics"], base,
@@ -262,7 +267,7 @@ def _resolve(cfg: dict, base: Path, validated: bool, problems: list[str]) -> Tun
         if unusable:
             problems.append(f"tuning.output_dir: {unusable}")
     resolved = TuningConfig(
-        notices=params.notices,
+        notices=notices,
         model=model_section,
         data=data_section,
         tuning=TuningParams(
@@ -284,7 +289,7 @@ def _resolve(cfg: dict, base: Path, validated: bool, problems: list[str]) -> Tun
             training_args=params.training_args,
             lora_args=params.lora_args,
             quantization=params.quantization,
-            use_peft=bool(tuning["tunable_peft_params"] or tuning["fixed_peft_params"]),
+            use_peft=params.use_peft,
             gpu=devices,
             on_divergence=tuning["on_divergence"],
         ),
@@ -321,6 +326,42 @@ def _library_problems(resolved: TuningConfig, tuning: dict) -> list[str]:
     return problems + data.hub_problems(resolved.data)
 
 
+# Oumi TuningParams fields about Oumi's own logging: accepted, with a notice of what is done instead.
+OUMI_LOGGING_FIELDS = {
+    "log_level": "each trial's log is trial_<i>/logs/trial.log; Snakemake's own is .snakemake/log",
+    "logging_strategy": "every trial logs to its own folder",
+    "logging_dir": "each trial logs to <tuning.output_dir>/trial_<i>/logs",
+    "log_examples": "the tokenized rows are in <tuning.output_dir>/data/tokenized",
+    "telemetry": "each trial's devices and wall time are in its user attributes and logs/benchmark.tsv",
+    "load_if_exists": "an existing study in tuning.output_dir is always continued (its failed trials "
+                      "re-run, new slots added); a new study needs a new tuning.output_dir",
+}
+
+
+def _oumi_tuning_fields(tuning: dict, problems: list[str]) -> list[str]:
+    """Oumi's TuningParams fields snaketune has no field of its own for: `tuning_study_name` is
+    `study_name`, `trainer_type` must be TRL's SFT, `storage` must be the journal file, the rest
+    are accepted and said to be unused (returned as notices)."""
+    notices = []
+    if tuning.get("tuning_study_name"):
+        if tuning["study_name"] not in ("snaketune", tuning["tuning_study_name"]):  # not the default
+            problems.append(f"tuning.tuning_study_name: study_name {tuning['study_name']!r} is given too; "
+                            "keep one (Oumi's name and snaketune's are one setting)")
+        tuning["study_name"] = tuning["tuning_study_name"]
+    trainer = tuning.get("trainer_type")
+    if trainer is not None and str(trainer).upper() not in names.OUMI_ONLY_TRAINING_NAMES["trainer_type"]:
+        problems.append(f"tuning.trainer_type: {trainer!r} is not supported; snaketune trains with TRL's "
+                        "SFTTrainer (TRL_SFT)")
+    if tuning.get("storage"):
+        problems.append(f"tuning.storage: {tuning['storage']!r}: the study's storage is the Optuna journal "
+                        "file <tuning.output_dir>/study.journal (file-locked, shared by every trial job); "
+                        "database storage is not supported: remove storage")
+    for key, instead in OUMI_LOGGING_FIELDS.items():
+        if key in tuning:
+            notices.append(f"tuning.{key}: unused: {instead}")
+    return notices
+
+
 def _study_settings(tuning: dict, search_space: list[space.Parameter], metric_names: list[str],
                     custom: list[CustomMetric], problems: list[str]) -> int:
     """Checks the tuner, sampler and pruner (appending to `problems`); returns n_trials (default
@@ -351,6 +392,19 @@ def _study_settings(tuning: dict, search_space: list[space.Parameter], metric_na
             problems.append("tuning.report_every_steps: a pruner needs intermediate values: set "
                             "report_every_steps (e.g. 10)")
     return n_trials
+
+
+# Oumi's meaning of null where snaketune needs a value: `tuner_sampler: null` is Optuna's default
+# (TPE); `model_max_length: null` is no limit of the model's own, so rows are cut to TRL's
+# SFTConfig.max_length default.
+OUMI_NULLS = {("tuning", "tuner_sampler"): "TPESampler", ("model", "model_max_length"): 1024}
+
+
+def _oumi_nulls(cfg: dict) -> None:
+    for (part_name, key), value in OUMI_NULLS.items():
+        part = cfg.get(part_name)
+        if isinstance(part, dict) and key in part and part[key] is None:
+            part[key] = value
 
 
 def _overlaps(path: str, other: str) -> bool:

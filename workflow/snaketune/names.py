@@ -34,14 +34,22 @@ TRAINING_NAMES = {
 
 # Oumi training names that configure Oumi itself, not the trainer: accepted, checked, not passed.
 # trainer_type: snaketune trains with TRL's SFTTrainer, which is Oumi's TRL_SFT.
-OUMI_ONLY_TRAINING_NAMES = {"trainer_type": ("TRL_SFT", "SFT", "OUMI")}
+# use_peft: Oumi's LoRA switch (Parameters.use_peft), not an SFTConfig field.
+OUMI_ONLY_TRAINING_NAMES = {"trainer_type": ("TRL_SFT", "SFT", "OUMI"), "use_peft": (True, False)}
 
 # SFTConfig fields snaketune sets itself: a value in tune.yaml would be overwritten.
 MANAGED_TRAINING_FIELDS = {
-    "output_dir": "trials write to <tuning.output_dir>/trial_<i>; set tuning.output_dir instead",
-    "logging_dir": "each trial logs to <tuning.output_dir>/trial_<i>/logs",
     "dataset_kwargs": "data is tokenized once per study by the prepare_data rule",
 }
+# Fields every Oumi training config sets, which each trial replaces with its own, as `oumi tune`
+# does: accepted, with a notice.
+REPLACED_TRAINING_FIELDS = {
+    "output_dir": "each trial writes to <tuning.output_dir>/trial_<i>, as oumi tune does",
+    "logging_dir": "each trial logs to <tuning.output_dir>/trial_<i>/logs",
+}
+# Two names of one SFTConfig field given together: the first wins, as in Oumi and transformers
+# (warmup_steps over warmup_ratio).
+PRECEDENCE = {"warmup_steps": ("warmup_steps", "warmup_ratio")}
 
 # SFTConfig fields TRL reads only while it prepares a dataset. snaketune tokenizes once per study
 # (rule prepare_data) and hands TRL the result (`skip_prepare_dataset`), so TRL never reads them: a
@@ -87,6 +95,27 @@ NOT_RESULT_FIELDS = ("logging_", "save_", "push_to_hub", "hub_", "dataloader_", 
 def changes_results(target: str) -> bool:
     """Whether the SFTConfig field `target` changes what a trial learns (see NOT_RESULT_FIELDS)."""
     return not target.startswith(NOT_RESULT_FIELDS)
+
+
+# Oumi's TrainingParams defaults where TRL's SFTConfig has another (a config written for oumi tune
+# trains the same way): full activations (no gradient checkpointing), torch's AdamW, 5e-5.
+# logging_steps stays 1 (snaketune's: a NaN loss is seen the step it happens) and report_to none.
+OUMI_TRAINING_DEFAULTS = {"gradient_checkpointing": False, "optim": "adamw_torch", "learning_rate": 5e-5}
+
+
+def oumi_value(target: str, value):
+    """A fixed value as Oumi translates it for transformers/PEFT (its TrainingParams.to_hf and
+    PeftParams.to_lora): `lora_init_weights` DEFAULT/RANDOM/GAUSSIAN/... (any case) become PEFT's
+    True/False/"gaussian"/...; `lora_target_modules: ["all-linear"]` becomes PEFT's "all-linear";
+    `max_grad_norm: null` becomes 0 (no clipping). Other values are returned as they are
+    (`dataloader_num_workers: auto` is resolved in each trial: train.build_training_args)."""
+    if target == "init_lora_weights" and isinstance(value, str):
+        return {"default": True, "random": False}.get(value.lower(), value.lower())
+    if target == "target_modules" and value == ["all-linear"]:
+        return "all-linear"
+    if target == "max_grad_norm" and value is None:
+        return 0.0
+    return value
 
 
 # Oumi PeftParams name -> LoraConfig field.
@@ -139,7 +168,7 @@ def training_target(name: str, check_fields: bool = True) -> tuple[str | None, s
     """
     if name in MANAGED_TRAINING_FIELDS:
         return None, f"cannot be set: {MANAGED_TRAINING_FIELDS[name]}"
-    if name in OUMI_ONLY_TRAINING_NAMES:
+    if name in OUMI_ONLY_TRAINING_NAMES or name in REPLACED_TRAINING_FIELDS:
         return name, None
     if name in TRAINING_NAMES:
         return TRAINING_NAMES[name], None
@@ -148,7 +177,7 @@ def training_target(name: str, check_fields: bool = True) -> tuple[str | None, s
     fields = sft_config_fields()
     if name in fields:
         return name, None
-    valid = fields | TRAINING_NAMES.keys() | OUMI_ONLY_TRAINING_NAMES.keys()
+    valid = fields | TRAINING_NAMES.keys() | OUMI_ONLY_TRAINING_NAMES.keys() | REPLACED_TRAINING_FIELDS.keys()
     return None, f"unknown training parameter{closest(name, valid)}"
 
 
@@ -180,14 +209,17 @@ class Parameters:
     quantization: dict = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)  # 'yaml.path: what was adjusted', said once
+    use_peft: bool = False  # LoRA on (see `_use_peft`)
 
 
 def resolve_parameters(tuning: dict, check_fields: bool = True) -> Parameters:
     """Map `tunable_*_params` and `fixed_*_params` (schema-filled dicts) to their targets.
 
-    Oumi's rule: a parameter is tuned or fixed, under one name; Oumi-only names are checked, not
-    passed on; quantisation options are fixed, for the model load. `check_fields=False` (a job of a
-    validated run) trusts names without importing TRL/PEFT.
+    Oumi's rules: a parameter both fixed and tuned is tuned (`{**fixed, **suggested}` in Oumi's
+    tune.py), with a notice that the fixed value is unused; of two names for one field the
+    PRECEDENCE one wins; output_dir/logging_dir are replaced by the trial's; Oumi-only names are
+    checked, not passed on; quantisation options are fixed, for the model load. `check_fields=False`
+    (a job of a validated run) trusts names without importing TRL/PEFT.
     """
     out = Parameters()
     oumi_only = {**OUMI_ONLY_TRAINING_NAMES, **OUMI_ONLY_PEFT_NAMES}
@@ -206,7 +238,7 @@ def resolve_parameters(tuning: dict, check_fields: bool = True) -> Parameters:
             target, problem = target_of(name, check_fields=check_fields)
             if problem:
                 out.problems.append(f"{path}: {problem}")
-            elif target in oumi_only:
+            elif target in oumi_only or target in REPLACED_TRAINING_FIELDS:
                 out.problems.append(f"{path}: cannot be tuned")
             elif group == "peft" and name in QUANTIZATION_NAMES:
                 # Quantisation is chosen when the model is loaded, not per LoraConfig.
@@ -230,16 +262,27 @@ def resolve_parameters(tuning: dict, check_fields: bool = True) -> Parameters:
             target, problem = target_of(name, check_fields=check_fields)
             if problem:
                 out.problems.append(f"{path}: {problem}")
+            elif target in REPLACED_TRAINING_FIELDS and group == "training":
+                out.notices.append(f"{path}: replaced: {REPLACED_TRAINING_FIELDS[target]}")
             elif target in tunable_targets:
-                out.problems.append(f"{path}: is both fixed and tunable "
-                                    f"(tuning.{tunable_key}.{tunable_targets[target]}); keep one")
+                out.notices.append(f"{path}: unused: tuning.{tunable_key}.{tunable_targets[target]} "
+                                   "is tuned, and the tuned value wins (as in oumi tune)")
+            elif target in fixed_targets and name in PRECEDENCE.get(target, ()):
+                first, other = PRECEDENCE[target][0], fixed_targets[target]
+                winner, loser = (name, other) if name == first else (other, name)
+                out.notices.append(f"tuning.{fixed_key}.{loser}: unused: tuning.{fixed_key}.{winner} "
+                                   "is given and takes precedence (as in Oumi and transformers)")
+                if name == first:
+                    fixed_targets[target] = name
+                    out.training_args[target] = value
             elif target in fixed_targets:
                 out.problems.append(f"{path}: is the same parameter as "
                                     f"tuning.{fixed_key}.{fixed_targets[target]}; keep one")
             else:
                 fixed_targets[target] = name
+                value = oumi_value(target, value)
                 if target in oumi_only:
-                    if value not in oumi_only[target]:
+                    if (value.upper() if isinstance(value, str) else value) not in oumi_only[target]:
                         out.problems.append(f"{path}: {value!r} is not supported; snaketune supports "
                                             f"{', '.join(map(repr, oumi_only[target]))}")
                 elif group == "peft" and name in QUANTIZATION_NAMES:
@@ -255,7 +298,32 @@ def resolve_parameters(tuning: dict, check_fields: bool = True) -> Parameters:
                     out.training_args[target] = value
         if group == "training":
             out.notices += _inert_epochs(tunable, fixed, tunable_targets, fixed_targets)
+    out.use_peft = _use_peft(tuning, out)
     return out
+
+
+def _use_peft(tuning: dict, out: Parameters) -> bool:
+    """Whether trials train LoRA, with a notice where Oumi would decide otherwise.
+
+    Oumi's switch is fixed_training_params.use_peft (default false: the full model, PEFT
+    parameters ignored). The seed document's PEFT example gives PEFT parameters without it, so
+    snaketune reads given LoRA parameters (or q_lora: true) as asking for LoRA, and says so;
+    `q_lora: false` alone (Oumi's SmolLM recipe) trains the full model, as in Oumi.
+    """
+    fixed = tuning["fixed_training_params"] if isinstance(tuning["fixed_training_params"], dict) else {}
+    switch = fixed.get("use_peft")
+    lora_given = bool(out.lora_args or any(p["group"] == "peft" for p in out.space)
+                      or out.quantization.get("q_lora"))
+    if switch is None and lora_given:
+        out.notices.append(
+            "tuning.fixed_training_params.use_peft: not set, and LoRA parameters are given: "
+            "snaketune trains LoRA (Oumi would train the full model and ignore them); set "
+            "use_peft: true to say so, or use_peft: false for a full fine-tune")
+        return True
+    if switch is False and lora_given:
+        out.notices.append("tuning.fixed_peft_params: unused: use_peft is false, so the full model "
+                           "is trained (set use_peft: true for LoRA)")
+    return bool(switch)
 
 
 def _inert_epochs(tunable: dict, fixed: dict, tunable_targets: dict, fixed_targets: dict) -> list[str]:

@@ -153,7 +153,10 @@ def build_training_args(tuning: TuningParams, max_length: int, tuned: dict, tria
     from trl import SFTConfig
 
     user = {k: v for k, v in {**tuning.training_args, **tuned}.items() if k != "trainer_type"}
+    from snaketune.names import OUMI_TRAINING_DEFAULTS
+
     defaults = {
+        **OUMI_TRAINING_DEFAULTS,
         "seed": tuning.seed,
         "max_length": max_length,
         "report_to": "none",
@@ -167,6 +170,12 @@ def build_training_args(tuning: TuningParams, max_length: int, tuned: dict, tria
     if not torch.cuda.is_available():
         # TRL turns on bf16 mixed precision by default, which a CPU runs slowly or not at all.
         defaults.update(use_cpu=True, bf16=False, fp16=False)
+    if user.get("dataloader_num_workers") == "auto":
+        # Oumi's estimate (estimate_dataloader_num_workers): 2 per GPU, at most 8 and a quarter of
+        # the CPU threads this trial has.
+        user["dataloader_num_workers"] = min(2, 8, int(torch.get_num_threads() * 0.25))
+    if not user.get("dataloader_num_workers"):
+        user.pop("dataloader_prefetch_factor", None)  # transformers refuses it without workers
     return SFTConfig(
         **{**defaults, **user},
         output_dir=str(trial_dir),
@@ -211,6 +220,8 @@ def argument_problems(tuning: TuningParams, max_length: int, fixed_paths: dict[t
     scratch = Path(tempfile.gettempdir()) / "snaketune-argument-check"  # never created
     for (group, target), path in fixed_paths.items():
         value = (tuning.training_args if group == "training" else tuning.lora_args).get(target)
+        if (target, value) == ("dataloader_num_workers", "auto"):  # Oumi's value: a number per trial
+            continue
         problem = type_problem(SFTConfig if group == "training" else LoraConfig, target, value)
         if problem:
             problems.append(f"{path}: {problem}")
