@@ -159,7 +159,8 @@ def test_relative_dataset_paths_resolve_against_base_dir(seed, tmp_path, monkeyp
     monkeypatch.chdir(elsewhere)  # base_dir, not the working directory, is what counts
     data = load_tune_config(seed, tmp_path)["data"]
     assert data["train"] == [{"dataset_name": str(tmp_path / "train.jsonl"), "split": "train[90%:]",
-                              "subset": None, "local": True}]
+                              "subset": None, "local": True, "sample_count": None, "shuffle": None,
+                              "seed": None}]
     assert data["validation"][0]["dataset_name"] == str(tmp_path / "train.jsonl")
     assert data["validation"][0]["split"] == "train[:10%]"
 
@@ -936,7 +937,8 @@ def test_each_concept_checks_its_section_alone(alpaca_jsonl, tmp_path):
     entries, problems = data.resolve_entries(
         [{"dataset_name": "train.jsonl", "split": "train[ :2]"}, {"dataset_name": "gone.jsonl", "split": "x["}],
         "data.train.datasets", tmp_path)
-    assert entries == [{"dataset_name": str(alpaca_jsonl), "split": "train[:2]", "subset": None, "local": True}]
+    assert entries == [{"dataset_name": str(alpaca_jsonl), "split": "train[:2]", "subset": None, "local": True,
+                        "sample_count": None, "shuffle": None, "seed": None}]
     assert [p.split(": ")[0] for p in problems] == ["data.train.datasets[1].split",
                                                     "data.train.datasets[1].dataset_name"]
     assert metrics.resolve_objectives(["eval_loss", "eval_f1"], ["minimize"]) == (

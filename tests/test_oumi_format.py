@@ -218,3 +218,280 @@ def test_oumi_tuning_fields_snaketune_cannot_honour_are_refused(workdir, key, va
 
 def test_tuning_trainer_type_in_any_case_is_accepted(workdir):
     assert load_tune_config(tiny_config(trainer_type="trl_sft"), workdir).tuning.n_trials == 3
+
+
+# -- Oumi's ModelParams fields ------------------------------------------------------------------------
+
+@pytest.fixture
+def base_model(workdir):
+    """The tiny model without its chat template (a base model), with weights."""
+    import shutil
+
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = workdir / "base-model"
+    AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(TINY_MODEL)).save_pretrained(path)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(TINY_MODEL / name, path / name)
+    return path
+
+
+@pytest.mark.parametrize("how", ["text", "file"])
+def test_a_chat_template_given_in_the_config_formats_the_rows(workdir, base_model, how):
+    template = (TINY_MODEL / "chat_template.jinja").read_text()
+    config = tiny_config()
+    config["model"].update(model_name=str(base_model), load_pretrained_weights=True)
+    if how == "file":
+        (workdir / "chat.jinja").write_text(template)
+        config["model"]["chat_template"] = "chat.jinja"
+    else:
+        config["model"]["chat_template"] = template
+    tune = load_tune_config(config, workdir)  # without it: "has no chat template"
+    from snaketune.model import load_tokenizer
+
+    tokenizer = load_tokenizer({"tokenizer_path": str(base_model), "kind": "reference"}, tune.model)
+    assert tokenizer.chat_template == template
+
+
+def test_an_oumi_built_in_template_name_is_refused_with_what_to_do(workdir):
+    from snaketune.config import ConfigError
+
+    config = tiny_config()
+    config["model"]["chat_template"] = "chat_ml"
+    with pytest.raises(ConfigError, match="model.chat_template: 'chat_ml' is neither Jinja text nor an "
+                                          "existing file; Oumi's built-in template names"):
+        load_tune_config(config, workdir)
+
+
+def test_tokenizer_and_model_fields_reach_the_libraries(workdir, base_model):
+    from snaketune.model import load_model, load_tokenizer
+
+    config = tiny_config()
+    config["model"].update(model_name=str(base_model), load_pretrained_weights=True, tokenizer_pad_token="<unk>",
+                           tokenizer_kwargs={"padding_side": "left"}, model_kwargs={"low_cpu_mem_usage": True},
+                           freeze_layers=["embed_tokens", "model.layers.0"],
+                           chat_template=(TINY_MODEL / "chat_template.jinja").read_text())
+    tune = load_tune_config(config, workdir)
+    source = {"path": str(base_model), "tokenizer_path": str(base_model), "kind": "reference"}
+    tokenizer = load_tokenizer(source, tune.model)
+    assert tokenizer.pad_token == "<unk>" and tokenizer.padding_side == "left"
+    model = load_model(source, tune.model)
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    assert "model.embed_tokens.weight" in frozen
+    assert any(name.startswith("model.layers.0.") for name in frozen)
+    assert not any(name.startswith("model.layers.1.") for name in frozen)
+
+
+@pytest.mark.parametrize("key,value,said", [
+    ("device_map", "auto", "model.device_map: unused: each trial's device is leased"),
+    ("shard_for_eval", True, "model.shard_for_eval: unused"),
+    ("tool_call_parser", "hermes", "model.tool_call_parser: unused"),
+])
+def test_oumi_model_fields_without_meaning_here_are_said_unused(workdir, key, value, said):
+    config = tiny_config()
+    config["model"][key] = value
+    assert any(n.startswith(said) for n in load_tune_config(config, workdir).notices)
+
+
+def test_model_compile_is_sftconfigs_torch_compile(workdir):
+    config = tiny_config()
+    config["model"]["compile"] = True
+    assert load_tune_config(config, workdir).tuning.training_args["torch_compile"] is True
+
+
+@pytest.mark.parametrize("key,value,fragment", [
+    ("adapter_model", "my-adapter", "starting from a trained adapter is not supported"),
+    ("chat_template_kwargs", {"enable_thinking": False}, "write the values into model.chat_template"),
+])
+def test_oumi_model_fields_snaketune_cannot_honour_are_refused(workdir, key, value, fragment):
+    from snaketune.config import ConfigError
+
+    config = tiny_config()
+    config["model"][key] = value
+    with pytest.raises(ConfigError) as info:
+        load_tune_config(config, workdir)
+    assert info.value.problems[0].startswith(f"model.{key}: ") and fragment in info.value.problems[0]
+
+
+# -- Oumi's DataParams, DatasetSplitParams and DatasetParams fields ------------------------------------
+
+def test_oumi_dataset_class_with_a_dataset_path_reads_the_file(workdir):
+    # Oumi's style: dataset_name is its dataset class, dataset_path the rows.
+    config = tiny_config()
+    for split in ("train", "validation"):
+        config["data"][split]["datasets"][0].update(dataset_name="text_sft", dataset_path="data.jsonl")
+    tune = load_tune_config(config, workdir)
+    assert tune.data.train[0].dataset_name == str(workdir / "data.jsonl") and tune.data.train[0].local
+    assert any("dataset_name: 'text_sft' (an Oumi dataset class) is not used" in n for n in tune.notices)
+
+
+def test_sample_count_and_shuffle_take_the_rows_oumi_would(workdir):
+    from snaketune.data import load_rows
+
+    config = tiny_config()
+    config["data"]["train"]["datasets"][0].update(split="train", sample_count=5, shuffle=True, seed=3)
+    tune = load_tune_config(config, workdir)
+    rows = load_rows(tune.data.train, "train")
+    assert len(rows) == 5
+    lines = [json.loads(line) for line in (workdir / "data.jsonl").read_text().splitlines()]
+    firsts = [f"{r['instruction']}\n\n{r['input']}" for r in lines[:5]]
+    assert [m[0]["content"] for m in rows["messages"]] != firsts  # shuffled before the 5 were taken
+
+
+@pytest.mark.parametrize("where,key,value,fragment", [
+    ("split", "pack", True, "data.train.pack: true is not supported"),
+    ("split", "stream", True, "data.train.stream: true is not supported"),
+    ("split", "collator_name", "text_with_padding", "is not what snaketune trains with"),
+    ("dataset", "mixture_proportion", 0.5, "data.train.datasets[0].mixture_proportion: not supported"),
+])
+def test_oumi_data_fields_snaketune_cannot_honour_are_refused(workdir, where, key, value, fragment):
+    from snaketune.config import ConfigError
+
+    config = tiny_config()
+    target = config["data"]["train"] if where == "split" else config["data"]["train"]["datasets"][0]
+    target[key] = value
+    with pytest.raises(ConfigError) as info:
+        load_tune_config(config, workdir)
+    assert any(fragment in p for p in info.value.problems), info.value.problems
+
+
+@pytest.mark.parametrize("where,key,value", [
+    ("split", "collator_name", "text_completions_only_with_padding"),
+    ("split", "mixture_strategy", "first_exhausted"),
+    ("split", "use_torchdata", True),
+    ("dataset", "transform_num_workers", "auto"),
+    ("top", "test", {"datasets": [{"dataset_name": "data.jsonl"}]}),
+])
+def test_oumi_data_fields_without_meaning_here_are_accepted(workdir, where, key, value):
+    config = tiny_config()
+    target = {"split": config["data"]["train"], "dataset": config["data"]["train"]["datasets"][0],
+              "top": config["data"]}[where]
+    target[key] = value
+    tune = load_tune_config(config, workdir)
+    if key != "collator_name":  # the completion-only collator is what snaketune does anyway
+        assert any(f".{key}: unused" in n or n.startswith(f"data.{key}: unused") for n in tune.notices), tune.notices
+
+
+# -- Oumi's TrainingParams and PeftParams names that are not SFTConfig/LoraConfig fields --------------
+
+@pytest.mark.parametrize("name,value,arguments", [
+    ("save_epoch", True, {"save_strategy": "epoch"}),
+    ("use_deterministic", True, {"full_determinism": True}),
+    ("dep_log_level", "warning", {"log_level": "warning"}),
+    ("sgd_momentum", 0.9, {"optim_args": "momentum=0.9"}),
+    ("mixed_precision_dtype", "NONE", {}),
+    ("empty_device_cache_steps", 50, {"torch_empty_cache_steps": 50}),
+    ("nccl_default_timeout_minutes", 5, {"ddp_timeout": 300}),
+    ("trainer_kwargs", {"adam_beta2": 0.95, "weight_decay": 0.01}, {"adam_beta2": 0.95, "weight_decay": 0.01}),
+])
+def test_oumi_training_names_become_sftconfig_arguments(workdir, name, value, arguments):
+    config = tiny_config()
+    config["tuning"]["fixed_training_params"][name] = value
+    tune = load_tune_config(config, workdir)
+    for key, expected in arguments.items():
+        assert tune.tuning.training_args[key] == expected
+    assert name not in tune.tuning.training_args
+
+
+@pytest.mark.parametrize("name,value,fragment", [
+    ("enable_wandb", True, "logs to wandb, whose package is not installed: pip install wandb"),
+    ("metrics_function", "my.metric", "tuning.custom_eval_metrics"),
+    ("label_ignore_index", -1, "-100"),
+    ("trainer_kwargs", {"learning_rat": 1e-3}, "trainer_kwargs.learning_rat: unknown training parameter"),
+])
+def test_oumi_training_names_snaketune_cannot_honour_are_refused(workdir, name, value, fragment):
+    from snaketune.config import ConfigError
+
+    config = tiny_config()
+    config["tuning"]["fixed_training_params"][name] = value
+    with pytest.raises(ConfigError) as info:
+        load_tune_config(config, workdir)
+    assert len(info.value.problems) == 1 and fragment in info.value.problems[0], info.value.problems
+
+
+@pytest.mark.parametrize("name,value", [("save_final_model", False), ("log_model_summary", True),
+                                        ("try_resume_from_last_checkpoint", True), ("enable_tensorboard", False)])
+def test_oumi_training_names_without_meaning_here_are_accepted(workdir, name, value):
+    config = tiny_config()
+    config["tuning"]["fixed_training_params"][name] = value
+    tune = load_tune_config(config, workdir)
+    assert name not in tune.tuning.training_args
+    assert value is False or any(n.startswith(f"tuning.fixed_training_params.{name}: unused") for n in tune.notices)
+
+
+@pytest.mark.parametrize("name,value,target", [
+    ("lora_exclude_modules", ["lm_head"], "exclude_modules"),
+    ("lora_target_parameters", None, "target_parameters"),
+])
+def test_oumi_peft_names_map_to_loraconfig(workdir, name, value, target):
+    config = tiny_config(fixed_peft_params={"lora_target_modules": "all-linear", name: value})
+    config["tuning"]["fixed_training_params"]["use_peft"] = True
+    assert load_tune_config(config, workdir).tuning.lora_args[target] == value
+
+
+def test_peft_save_mode_is_accepted(workdir):
+    config = tiny_config(fixed_peft_params={"peft_save_mode": "ADAPTER_ONLY"})
+    assert load_tune_config(config, workdir).tuning.use_peft is False
+
+
+def test_oumis_fsdp_section_is_accepted_and_said_unused(workdir):
+    config = tiny_config()
+    config["fsdp"] = {"enable_fsdp": False, "sharding_strategy": "FULL_SHARD"}
+    assert any(n.startswith("fsdp: unused") for n in load_tune_config(config, workdir).notices)
+
+
+def test_oumis_registered_metric_names_are_refused_saying_how_to_write_them(workdir):
+    from snaketune.config import ConfigError
+
+    config = tiny_config(custom_eval_metrics=["my_eval"])
+    with pytest.raises(ConfigError) as info:
+        load_tune_config(config, workdir)
+    assert info.value.problems == [
+        "tuning.custom_eval_metrics[0]: 'my_eval' names an evaluation function in Oumi's registry, which "
+        "snaketune does not have: write {name: my_eval, function: my_module.my_function} (a Python "
+        "function of the working directory)"]
+
+
+# -- every field of Oumi's config classes has a verdict (never "unknown key") --------------------------
+
+OUMI_FIELDS = json.loads((TINY_MODEL.parent / "oumi_fields.json").read_text())
+# Where each class lives in a tune.yaml.
+PLACES = {"TuningParams": ("tuning",), "ModelParams": ("model",), "DataParams": ("data",),
+          "DatasetSplitParams": ("data", "train"), "DatasetParams": ("data", "train", "datasets", 0),
+          "TrainingParams": ("tuning", "fixed_training_params"), "PeftParams": ("tuning", "fixed_peft_params"),
+          "FSDPParams": ("fsdp",)}
+# Fields whose default in Oumi's class is not a value a tune.yaml can hold as written (a section
+# snaketune fills itself, or a default Oumi fills in __post_init__): set to a typical one instead.
+TYPICAL = {("TuningParams", "n_trials"): 2, ("TuningParams", "tunable_training_params"): {},
+           ("TuningParams", "output_dir"): "tuning_output", ("TuningParams", "trainer_type"): "TRL_SFT",
+           ("TuningParams", "tuner_type"): "OPTUNA", ("TuningParams", "storage"): None,
+           ("TrainingParams", "trainer_type"): "TRL_SFT", ("ModelParams", "model_name"): str(TINY_MODEL),
+           ("DataParams", "train"): None, ("DataParams", "validation"): None,
+           ("DatasetSplitParams", "datasets"): None, ("DatasetParams", "dataset_name"): "data.jsonl",
+           ("DatasetParams", "split"): "train", ("TrainingParams", "output_dir"): "output",
+           ("ModelParams", "load_pretrained_weights"): False, ("TrainingParams", "enable_tensorboard"): False,
+           ("TrainingParams", "dataloader_num_workers"): "auto", ("PeftParams", "lora_target_modules"): ["all-linear"],
+           ("TuningParams", "evaluation_metrics"): ["eval_loss"], ("TuningParams", "evaluation_direction"): ["minimize"]}
+
+
+def oumi_fields():
+    return [(cls, name) for cls, fields in OUMI_FIELDS["classes"].items() for name in fields]
+
+
+@pytest.mark.parametrize("cls,name", oumi_fields(), ids=lambda v: v if isinstance(v, str) else None)
+def test_every_oumi_field_is_used_mapped_said_unused_or_refused_with_what_to_do(workdir, cls, name):
+    value = TYPICAL.get((cls, name), OUMI_FIELDS["classes"][cls][name])
+    config = tiny_config()
+    node = config
+    for part in PLACES[cls]:
+        node = node.setdefault(part, {}) if isinstance(part, str) else node[part]
+    if (cls, name) not in TYPICAL or value is not None:
+        node[name] = value
+    from snaketune.config import ConfigError
+
+    try:
+        load_tune_config(config, workdir)
+    except ConfigError as error:
+        path = ".".join(str(p) for p in PLACES[cls])
+        unknown = [p for p in error.problems if "unknown" in p or "not of type" in p or "Additional" in p]
+        assert not unknown, f"{cls}.{name} ({path}.{name}: {value!r}): {error.problems}"

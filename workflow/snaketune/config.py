@@ -194,7 +194,8 @@ def load_tune_config(raw: dict, base_dir: str | Path | None = None, validated: b
             if key in tuning and tuning[key] is None:
                 tuning[key] = {}
     cfg.setdefault("tuning", {})
-    shape_problems = _schema_problems(cfg, load_schema())  # fills the defaults too
+    oumi_problems = _oumi_metric_names(cfg["tuning"]) if isinstance(cfg["tuning"], dict) else []
+    shape_problems = oumi_problems + _schema_problems(cfg, load_schema())  # fills the defaults too
     _oumi_nulls(cfg)
     problems: list[str] = []
     if not shape_problems:
@@ -256,10 +257,26 @@ def _resolve(cfg: dict, base: Path, validated: bool, problems: list[str]) -> Tun
     n_trials = _study_settings(tuning, search_space, metric_names, custom, problems)
     enqueued = collect(space.resolve_enqueued(tuning["enqueue_trials"], search_space, n_trials,
                                               tuning["tuner_sampler"]))
+    model_notices, moved = model.model_notices(cfg["model"])
+    notices += model_notices
+    for target, value in moved.items():  # Oumi's model.compile / enable_liger_kernel: SFTConfig's
+        params.training_args.setdefault(target, value)
+    if moved.get("use_liger_kernel") and not _importable("liger_kernel"):
+        problems.append("model.enable_liger_kernel: the liger-kernel package is not installed: "
+                        "pip install liger-kernel, or remove enable_liger_kernel")
     model_section = collect(model.resolve_section(cfg["model"], tuning["seed"], base))
     data_section = DataParams(**{split: collect(data.resolve_entries(cfg["data"][split]["datasets"],
                                                                      f"data.{split}.datasets", base))
                                  for split in ("train", "validation")})
+    for split in ("train", "validation"):
+        found, said = data.split_fields(cfg["data"][split], f"data.{split}")
+        problems.extend(found)
+        notices.extend(said)
+    if cfg["data"].get("test"):
+        notices.append("data.test: unused: trials are evaluated on data.validation")
+    if cfg.get("fsdp"):
+        notices.append("fsdp: unused: oumi tune does not pass it to trials either; a trial on several "
+                       "GPUs is data parallel (tuning.gpu.gpus_per_trial)")
     devices = collect(gpu.resolve_settings(tuning, base))
     output_dir = str((base / Path(tuning["output_dir"]).expanduser()).resolve())
     if not validated:  # a job runs in a folder its main process accepted (and began to fill)
@@ -336,6 +353,27 @@ OUMI_LOGGING_FIELDS = {
     "load_if_exists": "an existing study in tuning.output_dir is always continued (its failed trials "
                       "re-run, new slots added); a new study needs a new tuning.output_dir",
 }
+
+
+def _oumi_metric_names(tuning: dict) -> list[str]:
+    """Oumi's custom_eval_metrics are names in Oumi's registry of evaluation functions, which
+    snaketune does not have: each is refused saying how to write it (and removed, so the schema
+    checks the rest)."""
+    entries = tuning.get("custom_eval_metrics")
+    if not isinstance(entries, list):
+        return []
+    problems = [f"tuning.custom_eval_metrics[{i}]: {entry!r} names an evaluation function in Oumi's "
+                f"registry, which snaketune does not have: write {{name: {entry}, function: "
+                "my_module.my_function} (a Python function of the working directory)"
+                for i, entry in enumerate(entries) if isinstance(entry, str)]
+    tuning["custom_eval_metrics"] = [entry for entry in entries if not isinstance(entry, str)]
+    return problems
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
 
 
 def _oumi_tuning_fields(tuning: dict, problems: list[str]) -> list[str]:

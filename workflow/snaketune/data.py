@@ -65,6 +65,9 @@ class DatasetParams(Record):
     split: str  # `train`, `train[90%:]`, ... (spaces removed)
     subset: str | None  # the hub dataset's configuration name
     local: bool  # a local file or directory (else loaded from the hub)
+    sample_count: int | None = None  # only the first N rows (after shuffling, if shuffle)
+    shuffle: bool = False  # shuffle the rows (with seed) before taking sample_count
+    seed: int | None = None
 
 
 @section
@@ -84,6 +87,53 @@ def looks_like_local_path(name: str) -> bool:
     )
 
 
+# Oumi DatasetSplitParams / DatasetParams fields with no meaning here, and why (accepted, noticed).
+UNUSED_SPLIT_FIELDS = {
+    "collator_kwargs": "the loss is on the answers, found with the chat template, not by templates",
+    "train_target": "the loss is on the answers (every assistant turn; all of a text row)",
+    "mixture_strategy": "the datasets of a split are concatenated",
+    "seed": "the rows are not shuffled (give shuffle and seed per dataset)",
+    "use_torchdata": "rows are tokenized once per study by the prepare_data rule",
+}
+UNUSED_DATASET_FIELDS = {
+    "shuffle_buffer_size": "datasets are not streamed",
+    "transform_num_workers": "rows are tokenized once per study by the prepare_data rule",
+    "trust_remote_code": "datasets runs no dataset scripts (datasets 4 and later)",
+}
+# Oumi's collators: the completion-only one is what snaketune does (the loss on the answers).
+SAME_AS_SNAKETUNE_COLLATORS = ("text_completions_only_with_padding",)
+
+
+def split_fields(split_cfg: dict, path: str) -> tuple[list[str], list[str]]:
+    """Oumi's DatasetSplitParams fields of one split (`path`, e.g. data.train): (problems, notices)."""
+    problems, notices = [], []
+    collator = split_cfg.get("collator_name")
+    if collator and collator not in SAME_AS_SNAKETUNE_COLLATORS:
+        problems.append(f"{path}.collator_name: {collator!r} is not what snaketune trains with: the loss "
+                        "is on the answers only (text_completions_only_with_padding); for loss on whole "
+                        "texts, write rows as {\"text\": ...}")
+    for key, what in (("pack", "rows are trained unpacked (one row a sequence)"),
+                      ("stream", "rows are tokenized once per study, not streamed")):
+        if split_cfg.get(key):
+            problems.append(f"{path}.{key}: true is not supported: {what}; remove {key}")
+    target_col = split_cfg.get("target_col")
+    if target_col and target_col != "text":
+        problems.append(f"{path}.target_col: plain-text rows are read from their 'text' column; name the "
+                        f"column text (not {target_col!r})")
+    for key, why in UNUSED_SPLIT_FIELDS.items():
+        if split_cfg.get(key) not in (None, {}, False):
+            notices.append(f"{path}.{key}: unused: {why}")
+    for i, entry in enumerate(split_cfg.get("datasets") or []):
+        for key, why in UNUSED_DATASET_FIELDS.items():
+            if isinstance(entry, dict) and entry.get(key) not in (None, False):
+                notices.append(f"{path}.datasets[{i}].{key}: unused: {why}")
+        if isinstance(entry, dict) and entry.get("dataset_path"):
+            notices.append(f"{path}.datasets[{i}].dataset_name: {entry.get('dataset_name')!r} (an Oumi "
+                           f"dataset class) is not used: the rows of dataset_path are read by their "
+                           "columns (Alpaca, messages, prompt/completion or text)")
+    return problems, notices
+
+
 def resolve_entries(entries: list[dict], path: str, base: Path) -> tuple[list[DatasetParams], list[str]]:
     """Check and resolve one split's `datasets` list (schema-filled, so `split` is present).
 
@@ -97,6 +147,15 @@ def resolve_entries(entries: list[dict], path: str, base: Path) -> tuple[list[Da
         if not (isinstance(entry, dict) and isinstance(entry.get("dataset_name"), str)
                 and isinstance(entry.get("split"), str)):
             continue  # the schema reports the shape; the other entries are still checked
+        entry = dict(entry)
+        if entry.get("dataset_path"):  # Oumi: dataset_name names its dataset class, the rows are here
+            entry["dataset_name"] = entry["dataset_path"]
+        for key in ("dataset_kwargs", "mixture_proportion"):
+            if entry.get(key):
+                problems.append(f"{here}.{key}: not supported: a split's datasets are concatenated as "
+                                f"they are; remove {key}")
+        for key in (*UNUSED_DATASET_FIELDS, "dataset_path", "dataset_kwargs", "mixture_proportion"):
+            entry.pop(key, None)
         name, split = entry["dataset_name"], entry["split"].replace(" ", "")
         if not SPLIT_PATTERN.match(split):
             problems.append(f"{here}.split: {entry['split']!r} is not a split; write e.g. 'train', "
@@ -137,8 +196,14 @@ def load_one(entry: DatasetParams, role: str):
         if is_file:
             builder = DATA_FILE_SUFFIXES[Path(name).suffix.lower()]
             # Name the file's only split as the config does, so `validation[:10%]` works too.
-            return load_dataset(builder, data_files={split_name: name}, split=split)
-        return load_dataset(name, entry.subset, split=split)
+            rows = load_dataset(builder, data_files={split_name: name}, split=split)
+        else:
+            rows = load_dataset(name, entry.subset, split=split)
+        if entry.shuffle:  # Oumi's per-dataset shuffle and sample_count, in that order
+            rows = rows.shuffle(seed=entry.seed if entry.seed is not None else 0)
+        if entry.sample_count:
+            rows = rows.select(range(min(entry.sample_count, len(rows))))
+        return rows
     except Exception as e:
         if not entry.local and _looks_offline(e):
             raise DataError(
@@ -847,7 +912,8 @@ def fingerprint(data_cfg: DataParams) -> dict:
 
     # A local file counts by its content, not where it lies: the same rows from another folder
     # (a second working directory, a moved data folder) are the same data.
-    return {split: [{"split": e.split, "subset": e.subset,
+    return {split: [{"split": e.split, "subset": e.subset, "sample_count": e.sample_count,
+                     "shuffle": bool(e.shuffle), "seed": e.seed,
                      **({"sha256": content(Path(e.dataset_name))} if e.local else {"dataset_name": e.dataset_name})}
                     for e in getattr(data_cfg, split)]
             for split in ("train", "validation")}

@@ -40,6 +40,29 @@ class ModelParams(Record):
     gguf_file: str | None  # an absolute path to a .gguf file
     tokenizer_name: str | None
     seed: int  # tuning.seed
+    tokenizer_pad_token: str | None  # set as the tokenizer's pad token
+    tokenizer_kwargs: dict  # AutoTokenizer.from_pretrained arguments
+    model_kwargs: dict  # AutoModelForCausalLM.from_pretrained arguments
+    model_revision: str | None  # the hub revision of model_name (and of the tokenizer)
+    chat_template: str | None  # Jinja text (a .jinja file is read at parse time)
+    freeze_layers: list  # names of modules whose parameters are not trained
+
+# Oumi ModelParams fields with no meaning here, and why (accepted, with a notice).
+IGNORED_MODEL_FIELDS = {
+    "device_map": "each trial's device is leased by snaketune (tuning.gpu) or given by SLURM",
+    "processor_kwargs": "snaketune tunes text models (no processor)",
+    "shard_for_eval": "evaluation runs in the trial's own process",
+    "tool_call_parser": "used by Oumi's inference only",
+}
+# Oumi ModelParams fields set elsewhere here, and where (accepted, moved, with a notice).
+MOVED_MODEL_FIELDS = {"compile": "torch_compile", "enable_liger_kernel": "use_liger_kernel"}
+# Oumi ModelParams fields refused, with what to do instead.
+REFUSED_MODEL_FIELDS = {
+    "adapter_model": "starting from a trained adapter is not supported: merge it into the model "
+                     "(peft's merge_and_unload, then save_pretrained) and point model_name at that",
+    "chat_template_kwargs": "not passed to the chat template yet: write the values into "
+                            "model.chat_template",
+}
 
 
 # -- parse-time checks (no torch or transformers import here: the Snakefile runs them) -----------
@@ -52,6 +75,23 @@ def resolve_section(model: dict, seed: int, base: Path) -> tuple[ModelParams, li
     """
     model = dict(model)
     problems = []
+    for key, instead in REFUSED_MODEL_FIELDS.items():
+        if model.pop(key, None):
+            problems.append(f"model.{key}: {instead}")
+    for key in (*IGNORED_MODEL_FIELDS, *MOVED_MODEL_FIELDS):
+        model.pop(key, None)  # said by model_notices; moved ones are training arguments
+    model["tokenizer_kwargs"] = model.get("tokenizer_kwargs") or {}
+    model["model_kwargs"] = model.get("model_kwargs") or {}
+    model["freeze_layers"] = model.get("freeze_layers") or []
+    template = model.get("chat_template")
+    if template and "{" not in template:  # not Jinja text: a file, or one of Oumi's built-in names
+        path = (base / Path(template).expanduser()).resolve()
+        if path.is_file():
+            model["chat_template"] = path.read_text()
+        else:
+            problems.append(f"model.chat_template: {template!r} is neither Jinja text nor an existing "
+                            "file; Oumi's built-in template names are not available here: give the "
+                            "template's text or a path to a .jinja file")
     model["torch_dtype_str"] = DTYPE_ALIASES.get(model["torch_dtype_str"], model["torch_dtype_str"])
     model["seed"] = seed
     for key in ("model_name", "tokenizer_name"):
@@ -72,6 +112,15 @@ def resolve_section(model: dict, seed: int, base: Path) -> tuple[ModelParams, li
     return ModelParams.from_fields(model), problems
 
 
+def model_notices(raw_model: dict) -> tuple[list[str], dict]:
+    """Notices for Oumi ModelParams fields with no meaning here, and the training arguments the
+    moved ones become ({"torch_compile": ..., "use_liger_kernel": ...})."""
+    notices = [f"model.{key}: unused: {why}" for key, why in IGNORED_MODEL_FIELDS.items()
+               if raw_model.get(key) not in (None, {}, False)]
+    moved = {target: raw_model[key] for key, target in MOVED_MODEL_FIELDS.items() if key in raw_model}
+    return notices, moved
+
+
 def qlora_problems(quantization: dict) -> list[str]:
     """QLoRA (bitsandbytes) needs CUDA: a problem when `q_lora` is on and none is visible.
     Imports torch, so a job of an already validated run skips it."""
@@ -89,7 +138,8 @@ def fingerprint(model: ModelParams) -> dict:
     """What the prepared model and its tokenizer depend on, and what a trial loads it with: part of
     the study's definition, and the prepare_model rule's params (a change re-prepares it)."""
     fields = ("model_name", "tokenizer_name", "gguf_file", "load_pretrained_weights",
-              "trust_remote_code", "torch_dtype_str", "attn_implementation")
+              "trust_remote_code", "torch_dtype_str", "attn_implementation", "model_revision",
+              "tokenizer_pad_token", "tokenizer_kwargs", "model_kwargs", "chat_template", "freeze_layers")
     found = {name: getattr(model, name) for name in fields}
     if not model.load_pretrained_weights:
         found["seed"] = model.seed  # random initial weights come from it
@@ -203,6 +253,8 @@ def _lora_target_problems(model: ModelParams, gguf: dict | None, lora_configs: l
 def _chat_template_problems(model: ModelParams, gguf: dict | None, trust: bool) -> list[str]:
     from transformers import AutoTokenizer
 
+    if model.chat_template:  # model.chat_template is the one used
+        return []
     key = "tokenizer_name" if model.tokenizer_name else "model_name"
     if gguf is not None and not model.tokenizer_name:
         template = gguf.get("tokenizer_config", {}).get("chat_template")
@@ -290,14 +342,32 @@ def load_model(source: dict, model_cfg: ModelParams, device_map=None, quantizati
     if quantization and quantization.get("q_lora"):
         kwargs["quantization_config"] = qlora_config(quantization, dtype)
         device_map = device_map or {"": torch.cuda.current_device()}
-    return AutoModelForCausalLM.from_pretrained(
+    if source.get("kind") == "reference" and model_cfg.model_revision:
+        kwargs["revision"] = model_cfg.model_revision
+    model = AutoModelForCausalLM.from_pretrained(
         source["path"],
         dtype=dtype if dtype == "auto" else getattr(torch, dtype),
         attn_implementation=model_cfg.attn_implementation,
         trust_remote_code=bool(model_cfg.trust_remote_code),
         device_map=device_map,
-        **kwargs,
+        **{**model_cfg.model_kwargs, **kwargs},
     )
+    freeze_layers(model, model_cfg.freeze_layers)
+    return model
+
+
+def freeze_layers(model, names: list[str]) -> None:
+    """Oumi's freeze_layers: the parameters of each named module (a module path, or a name its
+    path ends with, e.g. `embed_tokens`, `model.layers.0`) are not trained. Raises ValueError for a
+    name that matches no module."""
+    modules = dict(model.named_modules())
+    for name in names:
+        matched = [m for path, m in modules.items() if path == name or path.endswith("." + name)]
+        if not matched:
+            raise ValueError(f"model.freeze_layers: no module named {name!r} in the model")
+        for module in matched:
+            for parameter in module.parameters():
+                parameter.requires_grad_(False)
 
 
 def qlora_config(quantization: dict, dtype: str):
@@ -321,8 +391,14 @@ def load_tokenizer(source: dict, model_cfg: ModelParams):
     """The tokenizer for `source`, with a pad token (batches need one) and the configured max length."""
     from transformers import AutoTokenizer
 
+    revision = {"revision": model_cfg.model_revision} if source.get("kind") == "reference" and model_cfg.model_revision else {}
     tokenizer = AutoTokenizer.from_pretrained(
-        source["tokenizer_path"], trust_remote_code=bool(model_cfg.trust_remote_code))
+        source["tokenizer_path"], trust_remote_code=bool(model_cfg.trust_remote_code),
+        **revision, **model_cfg.tokenizer_kwargs)
+    if model_cfg.tokenizer_pad_token:
+        tokenizer.pad_token = model_cfg.tokenizer_pad_token
+    if model_cfg.chat_template:
+        tokenizer.chat_template = model_cfg.chat_template
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if model_cfg.model_max_length:

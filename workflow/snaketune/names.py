@@ -118,6 +118,64 @@ def oumi_value(target: str, value):
     return value
 
 
+def _report_to(logger: str, package: str):
+    def handle(value):
+        if not value:
+            return {}, None, None
+        import importlib.util
+
+        if importlib.util.find_spec(package) is None:
+            return {}, None, f"logs to {logger}, whose package is not installed: pip install {package}, or remove it"
+        return {"report_to": [logger]}, None, None
+    return handle
+
+
+def _refused_unless_empty(instead: str):
+    return lambda value: ({}, None, None if not value else instead)
+
+
+def _unused(why: str):
+    return lambda value: ({}, None if value in (None, False, {}, []) else f"unused: {why}", None)
+
+
+# Oumi TrainingParams fields that are not SFTConfig fields: each value becomes SFTConfig arguments,
+# a notice ('unused: why') or a problem (what to do), as Oumi's TrainingParams.to_hf would use it.
+# name -> value -> (SFTConfig arguments, notice or None, problem or None).
+OUMI_TRAINING_FIELDS = {
+    "save_epoch": lambda v: ({"save_strategy": "epoch"} if v else {}, None, None),
+    "save_final_model": lambda v: ({}, None if v else "unused: the final checkpoint is always kept "
+                                   "(a re-run resumes from it, the best model is built from it)", None),
+    "use_deterministic": lambda v: ({"full_determinism": True} if v else {}, None, None),
+    "dep_log_level": lambda v: ({"log_level": v}, None, None),
+    "sgd_momentum": lambda v: ({"optim_args": f"momentum={v}"} if v else {}, None, None),
+    "mixed_precision_dtype": lambda v: (
+        {"fp16": True} if str(v).upper() == "FP16" else {"bf16": True} if str(v).upper() == "BF16" else {},
+        None, None if str(v).upper() in ("NONE", "FP16", "BF16") else "expected NONE, FP16 or BF16"),
+    "empty_device_cache_steps": lambda v: ({"torch_empty_cache_steps": v} if v else {}, None, None),
+    "nccl_default_timeout_minutes": lambda v: ({"ddp_timeout": int(v * 60)} if v else {}, None, None),
+    "label_ignore_index": lambda v: ({}, None, None if v in (None, -100) else
+                                     "labels mark tokens without loss as -100 (what transformers expects); remove it"),
+    "enable_wandb": _report_to("wandb", "wandb"),
+    "enable_mlflow": _report_to("mlflow", "mlflow"),
+    "enable_tensorboard": _report_to("tensorboard", "tensorboard"),
+    "metrics_function": _refused_unless_empty("a metric after evaluation is a custom metric here: "
+                                              "tuning.custom_eval_metrics"),
+    "reward_functions": _refused_unless_empty("used by Oumi's GRPO trainer; snaketune trains SFT"),
+    "reward_function_kwargs": _refused_unless_empty("used by Oumi's GRPO trainer; snaketune trains SFT"),
+    "grpo": _refused_unless_empty("used by Oumi's GRPO trainer; snaketune trains SFT"),
+    "gkd": _refused_unless_empty("used by Oumi's GKD trainer; snaketune trains SFT"),
+    "gold": _refused_unless_empty("used by Oumi's GOLD trainer; snaketune trains SFT"),
+    "verl_config_overrides": _refused_unless_empty("used by Oumi's verl trainer; snaketune trains SFT"),
+    "log_examples": _unused("the tokenized rows are in <tuning.output_dir>/data/tokenized"),
+    "include_performance_metrics": _unused("each trial's wall time and throughput are in its logs"),
+    "include_alternative_mfu_metrics": _unused("each trial's wall time and throughput are in its logs"),
+    "log_model_summary": _unused("the model is the same in every trial"),
+    "profiler": _unused("no profiler runs in a trial"),
+    "telemetry": _unused("each trial's devices and wall time are in its user attributes"),
+    "try_resume_from_last_checkpoint": _unused("a re-run trial always resumes from its last checkpoint"),
+    "dataloader_main_process_only": _unused("each trial is one process (data parallel: one per GPU)"),
+}
+
 # Oumi PeftParams name -> LoraConfig field.
 PEFT_NAMES = {
     "lora_r": "r",
@@ -132,6 +190,8 @@ PEFT_NAMES = {
     "lora_alpha_pattern": "alpha_pattern",
     "use_rslora": "use_rslora",
     "use_dora": "use_dora",
+    "lora_exclude_modules": "exclude_modules",
+    "lora_target_parameters": "target_parameters",
 }
 
 # PEFT names that choose quantisation (QLoRA), applied when loading the model, not to LoraConfig.
@@ -142,9 +202,13 @@ QUANTIZATION_NAMES = {
     "use_bnb_nested_quant": "bnb_4bit_use_double_quant",
     "bnb_4bit_quant_storage": "bnb_4bit_quant_storage",
     "bnb_4bit_compute_dtype": "bnb_4bit_compute_dtype",
+    "llm_int8_skip_modules": "llm_int8_skip_modules",
 }
 # Oumi PEFT names about Oumi's own choices; only LoRA is supported.
-OUMI_ONLY_PEFT_NAMES = {"peft_method": ("lora", "LORA")}
+OUMI_ONLY_PEFT_NAMES = {"peft_method": ("lora", "LORA"),
+                        # Oumi's choice of what its trainer saves; here a checkpoint holds the
+                        # adapter (PEFT's save_pretrained) and best_model/ the merged model.
+                        "peft_save_mode": ("ADAPTER_ONLY", "ADAPTER_AND_BASE_MODEL", "MERGED")}
 
 
 @cache
@@ -168,7 +232,8 @@ def training_target(name: str, check_fields: bool = True) -> tuple[str | None, s
     """
     if name in MANAGED_TRAINING_FIELDS:
         return None, f"cannot be set: {MANAGED_TRAINING_FIELDS[name]}"
-    if name in OUMI_ONLY_TRAINING_NAMES or name in REPLACED_TRAINING_FIELDS:
+    if (name in OUMI_ONLY_TRAINING_NAMES or name in REPLACED_TRAINING_FIELDS or name in OUMI_TRAINING_FIELDS
+            or name == "trainer_kwargs"):
         return name, None
     if name in TRAINING_NAMES:
         return TRAINING_NAMES[name], None
@@ -177,7 +242,8 @@ def training_target(name: str, check_fields: bool = True) -> tuple[str | None, s
     fields = sft_config_fields()
     if name in fields:
         return name, None
-    valid = fields | TRAINING_NAMES.keys() | OUMI_ONLY_TRAINING_NAMES.keys() | REPLACED_TRAINING_FIELDS.keys()
+    valid = (fields | TRAINING_NAMES.keys() | OUMI_ONLY_TRAINING_NAMES.keys() | REPLACED_TRAINING_FIELDS.keys()
+             | OUMI_TRAINING_FIELDS.keys() | {"trainer_kwargs"})
     return None, f"unknown training parameter{closest(name, valid)}"
 
 
@@ -238,7 +304,8 @@ def resolve_parameters(tuning: dict, check_fields: bool = True) -> Parameters:
             target, problem = target_of(name, check_fields=check_fields)
             if problem:
                 out.problems.append(f"{path}: {problem}")
-            elif target in oumi_only or target in REPLACED_TRAINING_FIELDS:
+            elif target in oumi_only or target in REPLACED_TRAINING_FIELDS or (
+                    group == "training" and target in OUMI_TRAINING_FIELDS):
                 out.problems.append(f"{path}: cannot be tuned")
             elif group == "peft" and name in QUANTIZATION_NAMES:
                 # Quantisation is chosen when the model is loaded, not per LoraConfig.
@@ -264,6 +331,19 @@ def resolve_parameters(tuning: dict, check_fields: bool = True) -> Parameters:
                 out.problems.append(f"{path}: {problem}")
             elif target in REPLACED_TRAINING_FIELDS and group == "training":
                 out.notices.append(f"{path}: replaced: {REPLACED_TRAINING_FIELDS[target]}")
+            elif group == "training" and target in OUMI_TRAINING_FIELDS:
+                arguments, notice, problem = OUMI_TRAINING_FIELDS[target](value)
+                if problem:
+                    out.problems.append(f"{path}: {problem}")
+                if notice:
+                    out.notices.append(f"{path}: {notice}")
+                for key, argument in arguments.items():  # a field given by its own name wins
+                    if key == "report_to":  # enable_wandb and enable_tensorboard: both loggers
+                        out.training_args["report_to"] = [*out.training_args.get("report_to", []), *argument]
+                    else:
+                        out.training_args.setdefault(key, argument)
+            elif group == "training" and name == "trainer_kwargs":
+                _flatten_trainer_kwargs(value, path, out, fixed_targets, check_fields)
             elif target in tunable_targets:
                 out.notices.append(f"{path}: unused: tuning.{tunable_key}.{tunable_targets[target]} "
                                    "is tuned, and the tuned value wins (as in oumi tune)")
@@ -324,6 +404,21 @@ def _use_peft(tuning: dict, out: Parameters) -> bool:
         out.notices.append("tuning.fixed_peft_params: unused: use_peft is false, so the full model "
                            "is trained (set use_peft: true for LoRA)")
     return bool(switch)
+
+
+def _flatten_trainer_kwargs(kwargs, path: str, out: Parameters, fixed_targets: dict, check_fields: bool) -> None:
+    """Oumi's trainer_kwargs: extra trainer arguments, each checked like a fixed SFTConfig field."""
+    if not isinstance(kwargs, dict):
+        out.problems.append(f"{path}: expected a mapping of SFTConfig arguments")
+        return
+    for key, value in kwargs.items():
+        target, problem = training_target(key, check_fields=check_fields)
+        if problem or target in OUMI_ONLY_TRAINING_NAMES or target in OUMI_TRAINING_FIELDS:
+            out.problems.append(f"{path}.{key}: {problem or 'not an SFTConfig argument'}")
+        elif target in fixed_targets or target in out.training_args:
+            out.problems.append(f"{path}.{key}: is given in fixed_training_params too; keep one")
+        else:
+            out.training_args[target] = value
 
 
 def _inert_epochs(tunable: dict, fixed: dict, tunable_targets: dict, fixed_targets: dict) -> list[str]:
