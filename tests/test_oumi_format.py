@@ -495,3 +495,52 @@ def test_every_oumi_field_is_used_mapped_said_unused_or_refused_with_what_to_do(
         path = ".".join(str(p) for p in PLACES[cls])
         unknown = [p for p in error.problems if "unknown" in p or "not of type" in p or "Additional" in p]
         assert not unknown, f"{cls}.{name} ({path}.{name}: {value!r}): {error.problems}"
+
+
+# Oumi's integration test of tuning (oumi-ai/oumi d8ed07778, tests/integration/tune/test_tune.py,
+# test_tune), its TuningConfig written as YAML.
+OUMI_INTEGRATION_TEST_CONFIG = """
+data:
+  train:
+    datasets:
+      - dataset_name: debug_sft
+        dataset_kwargs: {dataset_size: 10}
+  validation:
+    datasets:
+      - dataset_name: debug_sft
+        dataset_kwargs: {dataset_size: 5}
+model:
+  model_name: openai-community/gpt2
+  model_max_length: 1024
+  trust_remote_code: true
+  tokenizer_pad_token: "<|endoftext|>"
+tuning:
+  tunable_training_params:
+    learning_rate: {type: loguniform, low: 1e-5, high: 1e-4}
+    per_device_train_batch_size: {type: categorical, choices: [2, 4]}
+  fixed_training_params:
+    max_steps: 2
+    enable_wandb: false
+    enable_tensorboard: false
+    enable_mlflow: false
+  tunable_peft_params:
+    lora_r: {type: categorical, choices: [4, 8]}
+    lora_alpha: {type: categorical, choices: [16, 32]}
+  output_dir: tuning_output
+  n_trials: 2
+"""
+
+
+def test_oumis_integration_test_config_loads_as_written(workdir):
+    config = yaml.safe_load(OUMI_INTEGRATION_TEST_CONFIG)
+    # Its model and data swapped for local ones: the tiny Llama (with weights) and local rows.
+    config["model"]["model_name"] = recipe_with_local_ids(workdir)["model"]["model_name"]
+    config["model"]["tokenizer_pad_token"] = "<unk>"  # the tiny Llama's (gpt2's is <|endoftext|>)
+    for split in ("train", "validation"):
+        config["data"][split]["datasets"][0]["dataset_name"] = "data.jsonl"
+    tune = load_tune_config(config, workdir)
+    assert tune.tuning.use_peft is True  # LoRA parameters without use_peft: LoRA, said below
+    notices = "\n".join(tune.notices)
+    assert "tuning.fixed_training_params.use_peft: not set, and LoRA parameters are given" in notices
+    assert "data.train.datasets[0].dataset_kwargs: unused" in notices
+    assert tune.model.tokenizer_pad_token == "<unk>"

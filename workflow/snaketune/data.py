@@ -96,6 +96,7 @@ UNUSED_SPLIT_FIELDS = {
     "use_torchdata": "rows are tokenized once per study by the prepare_data rule",
 }
 UNUSED_DATASET_FIELDS = {
+    "dataset_kwargs": "they configure an Oumi dataset class; the rows are read as they are",
     "shuffle_buffer_size": "datasets are not streamed",
     "transform_num_workers": "rows are tokenized once per study by the prepare_data rule",
     "trust_remote_code": "datasets runs no dataset scripts (datasets 4 and later)",
@@ -150,10 +151,9 @@ def resolve_entries(entries: list[dict], path: str, base: Path) -> tuple[list[Da
         entry = dict(entry)
         if entry.get("dataset_path"):  # Oumi: dataset_name names its dataset class, the rows are here
             entry["dataset_name"] = entry["dataset_path"]
-        for key in ("dataset_kwargs", "mixture_proportion"):
-            if entry.get(key):
-                problems.append(f"{here}.{key}: not supported: a split's datasets are concatenated as "
-                                f"they are; remove {key}")
+        if entry.get("mixture_proportion"):
+            problems.append(f"{here}.mixture_proportion: not supported: a split's datasets are "
+                            "concatenated as they are; remove mixture_proportion")
         for key in (*UNUSED_DATASET_FIELDS, "dataset_path", "dataset_kwargs", "mixture_proportion"):
             entry.pop(key, None)
         name, split = entry["dataset_name"], entry["split"].replace(" ", "")
