@@ -544,3 +544,14 @@ def test_oumis_integration_test_config_loads_as_written(workdir):
     assert "tuning.fixed_training_params.use_peft: not set, and LoRA parameters are given" in notices
     assert "data.train.datasets[0].dataset_kwargs: unused" in notices
     assert tune.model.tokenizer_pad_token == "<unk>"
+
+
+def test_a_tuned_choice_is_translated_as_oumi_translates_a_fixed_value(workdir):
+    from snaketune.train import build_lora_config
+
+    config = tiny_config(tunable_peft_params={"lora_init_weights": {"type": "categorical",
+                                                                    "choices": ["DEFAULT", "GAUSSIAN"]}})
+    config["tuning"]["fixed_training_params"]["use_peft"] = True
+    tune = load_tune_config(config, workdir)  # both corners build a LoraConfig
+    assert build_lora_config(tune.tuning.lora_args, {"init_lora_weights": "DEFAULT"}).init_lora_weights is True
+    assert build_lora_config(tune.tuning.lora_args, {"init_lora_weights": "GAUSSIAN"}).init_lora_weights == "gaussian"

@@ -153,8 +153,9 @@ def build_training_args(tuning: TuningParams, max_length: int, tuned: dict, tria
     from trl import SFTConfig
 
     user = {k: v for k, v in {**tuning.training_args, **tuned}.items() if k != "trainer_type"}
-    from snaketune.names import OUMI_TRAINING_DEFAULTS
+    from snaketune.names import OUMI_TRAINING_DEFAULTS, oumi_value
 
+    tuned = {k: oumi_value(k, v) for k, v in tuned.items()}  # a sampled choice as Oumi translates it
     defaults = {
         **OUMI_TRAINING_DEFAULTS,
         "seed": tuning.seed,
@@ -188,7 +189,9 @@ def build_lora_config(lora_args: dict, tuned_peft: dict):
     """LoraConfig from the fixed (tuning.lora_args) and sampled PEFT arguments."""
     from peft import LoraConfig
 
-    kwargs = {**lora_args, **tuned_peft}
+    from snaketune.names import oumi_value
+
+    kwargs = {**lora_args, **{k: oumi_value(k, v) for k, v in tuned_peft.items()}}
     kwargs.pop("peft_method", None)
     kwargs.setdefault("task_type", "CAUSAL_LM")
     return LoraConfig(**kwargs)
