@@ -776,7 +776,7 @@ def test_qlora_false_alone_trains_the_full_model_as_in_oumi(seed, tmp_path):
     (True, True, None),
 ])
 def test_use_peft_is_the_lora_switch_and_lora_parameters_without_it_are_said(seed, tmp_path, use_peft, expected, said):
-    tunable(seed, "lora_r", {"type": "categorical", "choices": [4, 8]}, group="peft")
+    fixed(seed, "lora_r", 8, group="peft")
     if use_peft is not None:
         fixed(seed, "use_peft", use_peft)
     tune = load_tune_config(seed, tmp_path)

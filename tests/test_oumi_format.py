@@ -155,7 +155,7 @@ def test_dataloader_values_oumi_translates_build_the_trials_arguments(workdir, w
     assert args.dataloader_prefetch_factor == (prefetch if args.dataloader_num_workers else None)
 
 
-@pytest.mark.parametrize("trainer_type", ["trl_sft", "TRL_SFT", "Sft"])
+@pytest.mark.parametrize("trainer_type", ["trl_sft", "TRL_SFT", "Trl_Sft"])
 def test_enum_values_are_read_in_any_case(workdir, trainer_type):
     config = tiny_config()
     config["tuning"]["fixed_training_params"]["trainer_type"] = trainer_type
@@ -555,3 +555,61 @@ def test_a_tuned_choice_is_translated_as_oumi_translates_a_fixed_value(workdir):
     tune = load_tune_config(config, workdir)  # both corners build a LoraConfig
     assert build_lora_config(tune.tuning.lora_args, {"init_lora_weights": "DEFAULT"}).init_lora_weights is True
     assert build_lora_config(tune.tuning.lora_args, {"init_lora_weights": "GAUSSIAN"}).init_lora_weights == "gaussian"
+
+
+# -- found by review: each rule applies wherever the value comes from ----------------------------------
+
+@pytest.mark.parametrize("where,value,path,fragment", [
+    ("trainer_kwargs", {"packing": True}, "tuning.fixed_training_params.trainer_kwargs.packing",
+     "would do nothing here"),
+    ("trainer_kwargs", {"max_steps": 5}, "tuning.fixed_training_params.trainer_kwargs.max_steps",
+     "is the same parameter as tuning.fixed_training_params.max_steps"),
+    ("model_kwargs", {"attn_implementation": "eager"}, "model.model_kwargs.attn_implementation",
+     "set model.attn_implementation instead"),
+    ("freeze_layers", ["embed_tokenz"], "model.freeze_layers", "no module named 'embed_tokenz'"),
+    ("dep_log_level", "loud", "tuning.fixed_training_params.dep_log_level", "expected debug, info"),
+])
+def test_values_that_would_fail_every_trial_are_refused_wherever_they_are_written(workdir, where, value, path, fragment):
+    from snaketune.config import ConfigError
+
+    config = tiny_config()
+    (config["model"] if where in ("model_kwargs", "freeze_layers") else config["tuning"]["fixed_training_params"])[where] = value
+    with pytest.raises(ConfigError) as info:
+        load_tune_config(config, workdir)
+    assert any(p.startswith(f"{path}: ") and fragment in p for p in info.value.problems), info.value.problems
+
+
+def test_lora_tuned_while_use_peft_is_false_is_refused(workdir):
+    from snaketune.config import ConfigError
+
+    config = tiny_config(tunable_peft_params={"lora_r": {"type": "categorical", "choices": [2, 4]}})
+    config["tuning"]["fixed_training_params"]["use_peft"] = False
+    with pytest.raises(ConfigError, match="tuning.tunable_peft_params: use_peft is false"):
+        load_tune_config(config, workdir)
+
+
+def test_a_tuned_max_grad_norm_of_null_means_no_clipping(workdir):
+    from snaketune.train import build_training_args
+
+    config = tiny_config(tunable_training_params={"max_grad_norm": {"type": "categorical", "choices": [None, 1.0]}})
+    tune = load_tune_config(config, workdir)
+    assert build_training_args(tune.tuning, tune.max_length, {"max_grad_norm": None}, workdir / "t").max_grad_norm == 0.0
+
+
+def test_report_to_none_and_an_oumi_logger_give_the_logger(workdir, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "tensorboard" else real(name, *a))
+    config = tiny_config()
+    config["tuning"]["fixed_training_params"].update(report_to="none", enable_tensorboard=True)
+    assert load_tune_config(config, workdir).tuning.training_args["report_to"] == ["tensorboard"]
+
+
+def test_a_sample_count_above_the_rows_repeats_them_as_oumi_does(workdir):
+    from snaketune.data import load_rows
+
+    config = tiny_config()
+    config["data"]["train"]["datasets"][0].update(split="train[:10]", sample_count=25)
+    rows = load_rows(load_tune_config(config, workdir).data.train, "train")
+    assert len(rows) == 25 and rows["messages"][0] == rows["messages"][10] == rows["messages"][20]

@@ -184,7 +184,7 @@ def load_rows(entries: list[DatasetParams], role: str):
 def load_one(entry: DatasetParams, role: str):
     """One dataset entry's rows as `datasets` reads them; a local file is checked first
     (`check_local_file`)."""
-    from datasets import load_dataset
+    from datasets import concatenate_datasets, load_dataset
 
     name, split = entry.dataset_name, entry.split
     split_name = split.split("[", 1)[0]
@@ -201,8 +201,9 @@ def load_one(entry: DatasetParams, role: str):
             rows = load_dataset(name, entry.subset, split=split)
         if entry.shuffle:  # Oumi's per-dataset shuffle and sample_count, in that order
             rows = rows.shuffle(seed=entry.seed if entry.seed is not None else 0)
-        if entry.sample_count:
-            rows = rows.select(range(min(entry.sample_count, len(rows))))
+        if entry.sample_count:  # as Oumi samples: the first N rows, repeated when there are fewer
+            whole, rest = divmod(entry.sample_count, len(rows))
+            rows = concatenate_datasets([rows] * whole + [rows.select(range(rest))])
         return rows
     except Exception as e:
         if not entry.local and _looks_offline(e):

@@ -56,6 +56,12 @@ IGNORED_MODEL_FIELDS = {
 }
 # Oumi ModelParams fields set elsewhere here, and where (accepted, moved, with a notice).
 MOVED_MODEL_FIELDS = {"compile": "torch_compile", "enable_liger_kernel": "use_liger_kernel"}
+# from_pretrained arguments load_model passes itself, and the field that sets each.
+SET_BY_SNAKETUNE = {"dtype": "model.torch_dtype_str", "torch_dtype": "model.torch_dtype_str",
+                    "attn_implementation": "model.attn_implementation",
+                    "trust_remote_code": "model.trust_remote_code", "revision": "model.model_revision",
+                    "device_map": "tuning.gpu (each trial's device is leased)",
+                    "quantization_config": "tuning.fixed_peft_params.q_lora"}
 # Oumi ModelParams fields refused, with what to do instead.
 REFUSED_MODEL_FIELDS = {
     "adapter_model": "starting from a trained adapter is not supported: merge it into the model "
@@ -82,6 +88,9 @@ def resolve_section(model: dict, seed: int, base: Path) -> tuple[ModelParams, li
         model.pop(key, None)  # said by model_notices; moved ones are training arguments
     model["tokenizer_kwargs"] = model.get("tokenizer_kwargs") or {}
     model["model_kwargs"] = model.get("model_kwargs") or {}
+    for key, instead in SET_BY_SNAKETUNE.items():  # load_model passes these itself
+        if key in model["model_kwargs"]:
+            problems.append(f"model.model_kwargs.{key}: set {instead} instead")
     model["freeze_layers"] = model.get("freeze_layers") or []
     template = model.get("chat_template")
     if template and "{" not in template:  # not Jinja text: a file, or one of Oumi's built-in names
@@ -190,12 +199,12 @@ def library_problems(model: ModelParams, lora_configs: list, lora_path: str,
         source = read_source(prepared)
         if source.get("gguf_file") == model.gguf_file:  # converted already: a plain HF folder
             model = replace(model, model_name=source["path"], gguf_file=None)
-    if model.gguf_file and (lora_configs or (needs_chat_template and not model.tokenizer_name)):
+    if model.gguf_file and (lora_configs or model.freeze_layers or (needs_chat_template and not model.tokenizer_name)):
         # One read of the GGUF metadata gives both the config and the chat template (seconds).
         from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
         gguf = load_gguf_checkpoint(model.gguf_file, return_tensors=False)
-    if lora_configs:
+    if lora_configs or model.freeze_layers:
         problems += _lora_target_problems(model, gguf, lora_configs, lora_path)
     if needs_chat_template:
         problems += _chat_template_problems(model, gguf, trust)
@@ -229,6 +238,15 @@ def _lora_target_problems(model: ModelParams, gguf: dict | None, lora_configs: l
         return [f"model.model_name: transformers cannot read the model's config: "
                 f"{type(error).__name__}: {error}"]
     problems = []
+    if model.freeze_layers:
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            meta_model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust)
+        try:
+            freeze_layers(meta_model, model.freeze_layers)
+        except ValueError as error:
+            shallow = [path for path, _ in meta_model.named_modules() if path and path.count(".") <= 2]
+            problems.append(f"{error}; its modules include {', '.join(shallow[:8])}, ...")
     for lora, varied in lora_configs:
         with torch.device("meta"), warnings.catch_warnings():  # shapes only: no memory, no weights
             warnings.simplefilter("ignore")

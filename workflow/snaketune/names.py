@@ -35,7 +35,7 @@ TRAINING_NAMES = {
 # Oumi training names that configure Oumi itself, not the trainer: accepted, checked, not passed.
 # trainer_type: snaketune trains with TRL's SFTTrainer, which is Oumi's TRL_SFT.
 # use_peft: Oumi's LoRA switch (Parameters.use_peft), not an SFTConfig field.
-OUMI_ONLY_TRAINING_NAMES = {"trainer_type": ("TRL_SFT", "SFT", "OUMI"), "use_peft": (True, False)}
+OUMI_ONLY_TRAINING_NAMES = {"trainer_type": ("TRL_SFT", "OUMI"), "use_peft": (True, False)}
 
 # SFTConfig fields snaketune sets itself: a value in tune.yaml would be overwritten.
 MANAGED_TRAINING_FIELDS = {
@@ -118,6 +118,14 @@ def oumi_value(target: str, value):
     return value
 
 
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _report_to(logger: str, package: str):
     def handle(value):
         if not value:
@@ -146,13 +154,19 @@ OUMI_TRAINING_FIELDS = {
     "save_final_model": lambda v: ({}, None if v else "unused: the final checkpoint is always kept "
                                    "(a re-run resumes from it, the best model is built from it)", None),
     "use_deterministic": lambda v: ({"full_determinism": True} if v else {}, None, None),
-    "dep_log_level": lambda v: ({"log_level": v}, None, None),
+    "dep_log_level": lambda v: ({"log_level": str(v).lower()}, None, None if str(v).lower() in (
+        "debug", "info", "warning", "error", "critical", "passive") else
+        "expected debug, info, warning, error or critical"),
     "sgd_momentum": lambda v: ({"optim_args": f"momentum={v}"} if v else {}, None, None),
     "mixed_precision_dtype": lambda v: (
         {"fp16": True} if str(v).upper() == "FP16" else {"bf16": True} if str(v).upper() == "BF16" else {},
         None, None if str(v).upper() in ("NONE", "FP16", "BF16") else "expected NONE, FP16 or BF16"),
-    "empty_device_cache_steps": lambda v: ({"torch_empty_cache_steps": v} if v else {}, None, None),
-    "nccl_default_timeout_minutes": lambda v: ({"ddp_timeout": int(v * 60)} if v else {}, None, None),
+    "empty_device_cache_steps": lambda v: (
+        {"torch_empty_cache_steps": v} if _whole(v) and v > 0 else {}, None,
+        None if v is None or (_whole(v) and v > 0) else "expected a positive integer (steps)"),
+    "nccl_default_timeout_minutes": lambda v: (
+        {"ddp_timeout": int(v * 60)} if _number(v) and v > 0 else {}, None,
+        None if v is None or (_number(v) and v > 0) else "expected a positive number of minutes"),
     "label_ignore_index": lambda v: ({}, None, None if v in (None, -100) else
                                      "labels mark tokens without loss as -100 (what transformers expects); remove it"),
     "enable_wandb": _report_to("wandb", "wandb"),
@@ -324,8 +338,7 @@ def resolve_parameters(tuning: dict, check_fields: bool = True) -> Parameters:
                     out.space.append(param)
                     if param.notice:
                         out.notices.append(f"{path}: {param.notice}")
-        for name, value in fixed.items():
-            path = f"tuning.{fixed_key}.{name}"
+        for path, name, value in _fixed_items(fixed, fixed_key, group, out):
             target, problem = target_of(name, check_fields=check_fields)
             if problem:
                 out.problems.append(f"{path}: {problem}")
@@ -339,11 +352,11 @@ def resolve_parameters(tuning: dict, check_fields: bool = True) -> Parameters:
                     out.notices.append(f"{path}: {notice}")
                 for key, argument in arguments.items():  # a field given by its own name wins
                     if key == "report_to":  # enable_wandb and enable_tensorboard: both loggers
-                        out.training_args["report_to"] = [*out.training_args.get("report_to", []), *argument]
+                        given = out.training_args.get("report_to") or []
+                        given = [given] if isinstance(given, str) else list(given)
+                        out.training_args["report_to"] = [*(g for g in given if g != "none"), *argument]
                     else:
                         out.training_args.setdefault(key, argument)
-            elif group == "training" and name == "trainer_kwargs":
-                _flatten_trainer_kwargs(value, path, out, fixed_targets, check_fields)
             elif target in tunable_targets:
                 out.notices.append(f"{path}: unused: tuning.{tunable_key}.{tunable_targets[target]} "
                                    "is tuned, and the tuned value wins (as in oumi tune)")
@@ -361,6 +374,9 @@ def resolve_parameters(tuning: dict, check_fields: bool = True) -> Parameters:
             else:
                 fixed_targets[target] = name
                 value = oumi_value(target, value)
+                if target == "trainer_type" and str(value).upper() == "OUMI":
+                    out.notices.append(f"{path}: 'OUMI' (Oumi's own SFT trainer): trials train with "
+                                       "TRL's SFTTrainer (TRL_SFT)")
                 if target in oumi_only:
                     if (value.upper() if isinstance(value, str) else value) not in oumi_only[target]:
                         out.problems.append(f"{path}: {value!r} is not supported; snaketune supports "
@@ -400,25 +416,33 @@ def _use_peft(tuning: dict, out: Parameters) -> bool:
             "snaketune trains LoRA (Oumi would train the full model and ignore them); set "
             "use_peft: true to say so, or use_peft: false for a full fine-tune")
         return True
-    if switch is False and lora_given:
-        out.notices.append("tuning.fixed_peft_params: unused: use_peft is false, so the full model "
-                           "is trained (set use_peft: true for LoRA)")
+    if switch is False:
+        if any(p["group"] == "peft" for p in out.space):  # tuning what does nothing: refused
+            out.problems.append("tuning.tunable_peft_params: use_peft is false, so the full model is "
+                                "trained and these would be tuned for nothing: remove them, or set "
+                                "use_peft: true for LoRA")
+        if out.quantization.get("q_lora"):
+            out.problems.append("tuning.fixed_peft_params.q_lora: QLoRA trains LoRA on a 4-bit model, "
+                                "and use_peft is false: set use_peft: true, or q_lora: false")
+        elif out.lora_args:
+            out.notices.append("tuning.fixed_peft_params: unused: use_peft is false, so the full model "
+                               "is trained (set use_peft: true for LoRA)")
     return bool(switch)
 
 
-def _flatten_trainer_kwargs(kwargs, path: str, out: Parameters, fixed_targets: dict, check_fields: bool) -> None:
-    """Oumi's trainer_kwargs: extra trainer arguments, each checked like a fixed SFTConfig field."""
-    if not isinstance(kwargs, dict):
-        out.problems.append(f"{path}: expected a mapping of SFTConfig arguments")
-        return
-    for key, value in kwargs.items():
-        target, problem = training_target(key, check_fields=check_fields)
-        if problem or target in OUMI_ONLY_TRAINING_NAMES or target in OUMI_TRAINING_FIELDS:
-            out.problems.append(f"{path}.{key}: {problem or 'not an SFTConfig argument'}")
-        elif target in fixed_targets or target in out.training_args:
-            out.problems.append(f"{path}.{key}: is given in fixed_training_params too; keep one")
+def _fixed_items(fixed: dict, fixed_key: str, group: str, out: Parameters):
+    """(YAML path, name, value) of each fixed parameter, Oumi's trainer_kwargs (extra trainer
+    arguments) spread out as fixed parameters of their own, so every rule applies to them too."""
+    for name, value in fixed.items():
+        if group == "training" and name == "trainer_kwargs":
+            if not isinstance(value, dict):
+                out.problems.append(f"tuning.{fixed_key}.trainer_kwargs: expected a mapping of "
+                                    "SFTConfig arguments")
+                continue
+            for key, argument in value.items():
+                yield f"tuning.{fixed_key}.trainer_kwargs.{key}", key, argument
         else:
-            out.training_args[target] = value
+            yield f"tuning.{fixed_key}.{name}", name, value
 
 
 def _inert_epochs(tunable: dict, fixed: dict, tunable_targets: dict, fixed_targets: dict) -> list[str]:

@@ -152,10 +152,10 @@ def build_training_args(tuning: TuningParams, max_length: int, tuned: dict, tria
     import torch
     from trl import SFTConfig
 
-    user = {k: v for k, v in {**tuning.training_args, **tuned}.items() if k != "trainer_type"}
     from snaketune.names import OUMI_TRAINING_DEFAULTS, oumi_value
 
     tuned = {k: oumi_value(k, v) for k, v in tuned.items()}  # a sampled choice as Oumi translates it
+    user = {k: v for k, v in {**tuning.training_args, **tuned}.items() if k != "trainer_type"}
     defaults = {
         **OUMI_TRAINING_DEFAULTS,
         "seed": tuning.seed,
@@ -219,6 +219,8 @@ def argument_problems(tuning: TuningParams, max_length: int, fixed_paths: dict[t
     from peft import LoraConfig
     from trl import SFTConfig
 
+    from snaketune.names import oumi_value
+
     problems, lora_configs = [], []
     scratch = Path(tempfile.gettempdir()) / "snaketune-argument-check"  # never created
     for (group, target), path in fixed_paths.items():
@@ -231,7 +233,7 @@ def argument_problems(tuning: TuningParams, max_length: int, fixed_paths: dict[t
     for param in tuning.space:
         cls = SFTConfig if param["group"] == "training" else LoraConfig
         for i, value in enumerate(search_space.edge_values(param)):
-            problem = type_problem(cls, param["target"], value)
+            problem = type_problem(cls, param["target"], oumi_value(param["target"], value))
             if problem:
                 where = f".choices[{i}]" if param["type"] == "categorical" else (".low", ".high")[i]
                 problems.append(f"tuning.tunable_{param['group']}_params.{param['name']}{where}: "
