@@ -28,7 +28,7 @@ try:  # relative paths in a tune config resolve against the working directory
     # Jobs re-parse this file; the main process has validated the config in full already.
     TUNE = load_tune_config(config, base_dir=os.getcwd(), validated=not workflow.is_main_process)
     # An existing study is only ever continued with the same search space and objectives.
-    conflicts = definition_conflicts(TUNE.tuning, TUNE.definition()) if workflow.is_main_process else []
+    conflicts = definition_conflicts(TUNE.tuning, TUNE.definition) if workflow.is_main_process else []
     if conflicts:
         raise ConfigError(conflicts)
 except ConfigError as error:
@@ -69,8 +69,7 @@ def prepared_from():
     """What the prepared model and data are made from (the study's definition's model and data
     parts, the data files' content included), as the prepare rules' params: Snakemake re-runs a
     rule whose params changed, so a changed data file or model is never used stale."""
-    definition = TUNE.definition()
-    return {part: json.dumps(definition[part], sort_keys=True) for part in ("model", "data")}
+    return {part: json.dumps(TUNE.definition[part], sort_keys=True) for part in ("model", "data")}
 
 
 def prepared_model_from(wildcards):

@@ -13,6 +13,7 @@ pruner), model, data and gpu (devices).
 from __future__ import annotations
 
 import copy
+import functools
 import re
 from pathlib import Path
 
@@ -91,10 +92,12 @@ class TuningConfig(Record):
     tuning: TuningParams
     notices: list[str]  # 'yaml.path: what was adjusted': accepted, but not quite as written
 
+    @functools.cached_property
     def definition(self) -> dict:
         """What determines a trial's result besides its parameters, as the study records it
         (study.study_definition): the model, the data (with its content), max_length, the fixed
-        training arguments that change what is learnt, the LoRA and quantisation settings."""
+        training arguments that change what is learnt, the LoRA and quantisation settings.
+        Computed once per config (it reads every local data file to hash it)."""
         tuning = self.tuning
         return {
             "model": model.fingerprint(self.model),

@@ -295,7 +295,7 @@ def open_study(tuning: TuningParams, slot: int = 0, storage: JournalStorage | No
     pruner of `tuning` (the resolved config's section). Readers use `load_study`.
 
     Records the study's definition (`study_definition(tuning, definition)`; `definition` is
-    `TuningConfig.definition()`) when it has none yet, or while no trial has finished (a config
+    `TuningConfig.definition`) when it has none yet, or while no trial has finished (a config
     fixed after its first trials failed defines the study from then on; `definition_conflicts`
     has refused a change of space or objectives before any job)."""
     os.makedirs(tuning.output_dir, exist_ok=True)
@@ -437,7 +437,7 @@ DEFINITION_ATTR = "snaketune_definition"
 
 def study_definition(tuning: TuningParams, definition: dict | None = None) -> dict:
     """What a study's trials share, so that their results compare: the search space and the
-    objectives, and (`definition`, from `TuningConfig.definition()`) the model, the data, the fixed
+    objectives, and (`definition`, from `TuningConfig.definition`) the model, the data, the fixed
     training and PEFT arguments. Stored in the journal by the first trial."""
     space = {p["name"]: {k: v for k, v in p.items() if k != "name"} for p in tuning.space}
     return {"space": space, "metrics": tuning.metrics, "directions": tuning.directions, **(definition or {})}

@@ -44,7 +44,7 @@ def run_trial(tune: TuningConfig, slot: int, trial_dir: str | Path, model_source
     files = TrialFiles(trial_dir)
     files.logs.mkdir(parents=True, exist_ok=True)
     tuning = tune.tuning
-    study = studies.open_study(tuning, slot, definition=tune.definition())
+    study = studies.open_study(tuning, slot, definition=tune.definition)
     repeated = studies.repeated_failure(study, single_point=not tuning.space)
     if repeated:
         # No trial is asked for: nothing is told, and the slot runs once the cause is fixed.
