@@ -77,11 +77,11 @@ def test_status_counts_every_state_and_shows_running_progress(tmp_path, capsys):
     header, _, counts = text.splitlines()[1:4]
     assert header.split() == ["done", "running", "failed", "pruned"]
     assert counts.split() == ["2", "1", "1", "1"]
-    assert "best so far: eval_loss=0.9 (trial 1, learning_rate=" in text
+    assert "best so far: eval_loss=0.9 (trial 1 in trial_1/, learning_rate=" in text
     running = text.split("running\n", 1)[1].splitlines()
-    assert running[0].split() == ["trial", "slot", "step", "loss", "elapsed", "eta"]
+    assert running[0].split() == ["trial", "dir", "step", "loss", "elapsed", "eta"]
     row = running[2].split()
-    assert row[:4] == ["4", "4", "4/10", "0.75"]
+    assert row[:4] == ["4", "trial_4/", "4/10", "0.75"]
     assert row[5] != "-"  # an ETA
 
 
@@ -112,8 +112,8 @@ def test_tune_refuses_a_missing_config(tmp_path):
 def study_dir(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("cli_study")
     write_reverse_words(workdir / "data.jsonl")
-    write_config(workdir, tiny_config(n_trials=3))
-    result = run_cli(workdir, "tune", "-c", "tune.yaml", "--cores", "2", "tuning.n_trials=2",
+    write_config(workdir, tiny_config(n_trials=4))
+    result = run_cli(workdir, "tune", "-c", "tune.yaml", "--cores", "2", "--gpus", "2", "tuning.n_trials=3",
                      "tuning.study_name=cli")
     return workdir, result
 
@@ -121,19 +121,42 @@ def study_dir(tmp_path_factory):
 def test_tune_runs_the_study_with_the_override(study_dir):
     workdir, result = study_dir
     out = workdir / "tuning_output"
-    assert len(pd.read_csv(StudyLayout(out).results_csv)) == 2  # tuning.n_trials=2 beat the file's 3
-    assert len(load_study(out, "cli").trials) == 2
+    assert len(pd.read_csv(StudyLayout(out).results_csv)) == 3  # tuning.n_trials=3 beat the file's 4
+    assert len(load_study(out, "cli").trials) == 3
     merged = yaml.safe_load((StudyLayout(out).merged_config).read_text())
-    assert merged["tuning"]["n_trials"] == 2
+    assert merged["tuning"]["n_trials"] == 3
     assert (out / "report" / "optimization_history.png").stat().st_size > 0
     assert "snaketune: study 'cli'" in result.stdout + result.stderr
+
+
+def test_the_console_shows_each_trial_start_and_end_in_short_lines(study_dir):
+    """What a run shows: a line when each trial starts (its folder and parameters) and when it
+    ends (state, time, objective), in lines a terminal shows whole; Snakemake's job blocks quiet."""
+    workdir, result = study_dir
+    console = result.stdout + result.stderr
+    study = load_study(workdir / "tuning_output", "cli")
+    assert len(study.trials) == 3
+    for trial in study.trials:
+        folder = f"trial_{trial.user_attrs['slot']}/"
+        started = f"snaketune: trial {trial.number} started in {folder}: learning_rate={trial.params['learning_rate']:.4g}"
+        ended = re.search(rf"^snaketune: trial {trial.number} COMPLETE in \d+s \({folder}\): "
+                          rf"eval_loss={trial.value:.4g}(, best so far)?$", console, re.M)
+        assert started in console.splitlines(), console
+        assert ended, console
+        assert console.index(started) < ended.start()
+    too_long = [line for line in console.splitlines() if len(line) > 300]
+    assert not too_long, too_long
+    assert "localrule trial:" not in console and "    resources: " not in console  # quiet: rules
+    # The summary prints the best trial once, beside its folder, and says where the report is.
+    assert console.count(f"best trial {study.best_trial.number} (trial_{study.best_trial.user_attrs['slot']}/)") == 1
+    assert "`snaketune report " in console
 
 
 def test_status_of_a_finished_study(study_dir):
     workdir, _ = study_dir
     text = run_cli(workdir, "status", "tuning_output").stdout
-    assert "2 of 2 trial(s) started" in text
-    assert text.splitlines()[3].split() == ["2", "0", "0", "0"]
+    assert "3 of 3 trial(s) started" in text
+    assert text.splitlines()[3].split() == ["3", "0", "0", "0"]
     assert "best so far: eval_loss=" in text
 
 
@@ -149,7 +172,7 @@ def test_best_prints_the_best_trial_and_model(study_dir):
 def test_export_as_config_fills_in_the_best_parameters(study_dir):
     workdir, _ = study_dir
     best = json.loads(StudyLayout(workdir / "tuning_output").best_trial.read_text())
-    run_cli(workdir, "export", "tuning_output", "--format", "yaml", "--as-config", "-o", "best.yaml")
+    run_cli(workdir, "export", "tuning_output", "--as-config", "-o", "best.yaml")  # YAML: the default
     config = yaml.safe_load((workdir / "best.yaml").read_text())
     assert config["training"]["learning_rate"] == pytest.approx(best["params"]["learning_rate"])
     assert config["training"]["max_steps"] == 3  # fixed parameters kept
@@ -214,4 +237,4 @@ def test_oumis_override_syntax_sets_the_config_of_a_dry_run(tmp_path):
     write_reverse_words(tmp_path / "data.jsonl")
     write_config(tmp_path, tiny_config(n_trials=3))
     result = run_cli(tmp_path, "tune", "-c", "tune.yaml", "--dry-run", "--cores", "1", "--tuning.n_trials", "5")
-    assert result.stdout.count("rule trial:") == 5
+    assert re.search(r"^trial\s+5$", result.stdout, re.M), result.stdout

@@ -99,10 +99,16 @@ def test_summary_table_reads_well(tmp_path):
     text = summary.summary_table(StudyLayout(out), "snaketune", ["eval_loss"])
     assert text.splitlines()[0] == ("snaketune: study 'snaketune', 5 trial(s): 2 completed, 1 pruned, "
                                     "1 failed, 1 running")
-    assert "best trial\n  trial 1 (slot 1)" in text
+    assert "\nbest trial 1 (trial_1/)\n" in text and text.count("best trial") == 1
     assert re.search(r"objective eval_loss +0.9\n", text)
     assert re.search(rf"param learning_rate +{study.trials[1].params['learning_rate']:.4g}\n", text)
-    assert "trial 2 failed: RuntimeError: boom" in text
+    assert "trial 2 (trial_2/) failed: RuntimeError: boom" in text
+    # One numbering: each trial beside its folder, best first, then running, pruned, failed.
+    table = text.split("trials, best first\n", 1)[1].splitlines()
+    assert table[0].split()[:3] == ["trial", "dir", "state"]
+    assert [row.split()[:3] for row in table[2:7]] == [
+        ["1*", "trial_1/", "COMPLETE"], ["0", "trial_0/", "COMPLETE"], ["4", "trial_4/", "RUNNING"],
+        ["3", "trial_3/", "PRUNED"], ["2", "trial_2/", "FAIL"]]
     assert "per completed trial" in text
 
 

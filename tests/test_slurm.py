@@ -92,7 +92,8 @@ def test_a_study_runs_as_slurm_jobs_and_a_cancelled_trial_is_rerun(slurm_cluster
     canceller = threading.Thread(target=cancel_when_training,
                                  args=(out, 1, cancelled, time.time() + 600), daemon=True)
     canceller.start()
-    first = run_snakemake(workdir, *slurm_args, "--retries", "0", check=False)
+    # As the README writes it: no --cores (a cluster run has none; the profile sizes each rule).
+    first = run_snakemake(workdir, *slurm_args, "--retries", "0", cores=None, check=False)
     canceller.join(timeout=5)
     assert cancelled.get("job"), f"no running trial_1 job to cancel:\n{first.stderr[-4000:]}"
     assert first.returncode != 0, "the cancelled trial should fail the first invocation"
@@ -104,7 +105,7 @@ def test_a_study_runs_as_slurm_jobs_and_a_cancelled_trial_is_rerun(slurm_cluster
     assert cancelled_trial.user_attrs["slurm_job_id"] == cancelled["job"]
 
     # Second invocation: only the cancelled slot runs again, with the same parameters.
-    run_snakemake(workdir, *slurm_args)
+    run_snakemake(workdir, *slurm_args, cores=None)
     study = load_study(out)
     trials = study.get_trials(deepcopy=False)
     assert len(trials) == 4

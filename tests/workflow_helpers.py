@@ -71,10 +71,13 @@ def write_config(workdir: Path, config: dict, name: str = "tune.yaml") -> Path:
     return path
 
 
-def run_snakemake(workdir: Path, *args: str, configfile: str | None = "tune.yaml", cores: int = 2,
+def run_snakemake(workdir: Path, *args: str, configfile: str | None = "tune.yaml", cores: int | None = 2,
                   check: bool = True) -> subprocess.CompletedProcess:
-    """`snakemake -s <repo>/Snakefile --configfile tune.yaml --cores N ...` in `workdir`."""
-    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--cores", str(cores)]
+    """`snakemake -s <repo>/Snakefile --configfile tune.yaml --cores N ...` in `workdir` (no
+    `--cores` with cores=None, as on a cluster)."""
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
+    if cores is not None:
+        command += ["--cores", str(cores)]
     if configfile:
         command += ["--configfile", configfile]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}

@@ -3,6 +3,7 @@ import functools
 import json
 import os
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -13,7 +14,10 @@ REPO_DIR = Path(workflow.basedir)
 if (REPO_DIR / "workflow" / "snaketune").is_dir():
     sys.path.insert(0, str(REPO_DIR / "workflow"))
 
+from snakemake.exceptions import WorkflowError
+
 from snaketune.config import ConfigError, load_tune_config, load_yaml, read_default_tune_yaml
+from snaketune.progress import ConsoleProgress
 from snaketune.study import StudyInUse, definition_conflicts, hold_study, restore_told_trials
 
 
@@ -34,8 +38,9 @@ try:  # relative paths in a tune config resolve against the working directory
 except ConfigError as error:
     sys.exit(str(error))
 if workflow.is_main_process:
-    for notice in TUNE.notices:
-        print(f"snaketune: notice: {notice}", file=sys.stderr)
+    for notice in TUNE.notices:  # wrapped: a terminal shows each line whole
+        print(textwrap.fill(f"snaketune: notice: {notice}", width=140, subsequent_indent="    ",
+                            break_on_hyphens=False, break_long_words=False), file=sys.stderr)
 
 TUNING = TUNE.tuning
 
@@ -54,6 +59,20 @@ LAYOUT = TUNING.layout
 TRIAL = LAYOUT.trial("{i}")
 
 
+def total_cores() -> int | None:
+    """`--cores N`, or None when a run has none: a cluster executor's run (SLURM) needs no
+    `--cores`, and its jobs take their threads from the profile's `set-threads`."""
+    try:
+        return workflow.cores
+    except WorkflowError:
+        return None
+
+
+def all_cores(wildcards):
+    """Threads of a rule that runs alone (preparing the model or the data): every core."""
+    return max(1, total_cores() or 1)
+
+
 def trial_threads(wildcards):
     """CPU threads per trial: the cores shared among the trials that may run at once.
 
@@ -61,7 +80,7 @@ def trial_threads(wildcards):
     """
     gpu = workflow.global_resources.get("gpu")
     concurrent = (gpu.value if gpu is not None else None) or 1
-    return max(1, workflow.cores // max(1, int(concurrent)))
+    return max(1, (total_cores() or 1) // max(1, int(concurrent)))
 
 
 @functools.cache
@@ -111,6 +130,7 @@ def aggregate_outputs():
 # working directory; Snakemake's own lock is per directory) is refused. `onstart` runs only when
 # jobs are about to run (not for a dry run, --lint or --report), in the main process (on SLURM too).
 RUN_LOCK = {}
+PROGRESS = {}
 
 
 onstart:
@@ -120,3 +140,12 @@ onstart:
         sys.exit(str(error))
     for line in restore_told_trials(TUNING):
         print(line)
+    # One line per trial start and end, and the running trials' table, on this console.
+    PROGRESS["watcher"] = ConsoleProgress(
+        LAYOUT, TUNING.study_name, TUNING.metrics, TUNING.directions, n_trials=N_TRIALS
+    ).start()
+
+
+def stop_progress():
+    if "watcher" in PROGRESS:
+        PROGRESS.pop("watcher").stop()

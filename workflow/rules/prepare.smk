@@ -8,7 +8,7 @@ rule prepare_model:
         made_from=prepared_model_from,
     log:
         str(LAYOUT.rule_log("prepare_model")),
-    threads: max(1, workflow.cores)
+    threads: all_cores
     resources:
         gpu=0,
     conda:
@@ -26,7 +26,7 @@ rule prepare_data:
         made_from=prepared_data_from,
     log:
         str(LAYOUT.rule_log("prepare_data")),
-    threads: max(1, workflow.cores)
+    threads: all_cores
     resources:
         gpu=0,
     conda:

@@ -21,6 +21,7 @@ rule aggregate:
 onsuccess:
     from snaketune.summary import print_summary
 
+    stop_progress()
     print_summary(LAYOUT, TUNING.study_name, TUNING.metrics)
 
 
@@ -28,5 +29,6 @@ onsuccess:
 onerror:
     from snaketune.results import aggregate_after_failure
 
+    stop_progress()
     if "fd" in RUN_LOCK:  # only a run that held the study (not one refused at its start)
         aggregate_after_failure(TUNING)

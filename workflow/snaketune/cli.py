@@ -4,11 +4,13 @@
                                 [--key VALUE ...]   (oumi tune's override syntax, e.g. --tuning.n_trials 5)
     snaketune status <output_dir> [--watch [SECONDS]]
     snaketune best <output_dir>
-    snaketune export <output_dir> --format csv|json|yaml [--as-config] [-o FILE]
+    snaketune export <output_dir> [--format csv|json|yaml] [--as-config] [-o FILE]
+    snaketune report <output_dir> [-o FILE]
     snaketune path [snakefile|profiles|workflow]
 
-`tune` runs the `snakemake` command on the repository's Snakefile; everything else reads the study's
-journal and result files, so it works during a run as well as after it. `path` prints where the
+`tune` runs the `snakemake` command on the repository's Snakefile (and resumes a study whose last
+run was killed); `report` runs `snakemake --report` with the config the study ran with; everything
+else reads the study's journal and result files, so it works during a run as well as after it. `path` prints where the
 workflow files are, for running snakemake directly: `snakemake -s "$(snaketune path)" ...`.
 """
 
@@ -133,11 +135,20 @@ def cmd_tune(args) -> int:
         unusable = layout.unusable_because()
         if unusable:
             raise CliError(f"tuning.output_dir: {unusable}")
-        from snaketune.study import in_use_message, run_holder
+        from snaketune.study import in_use_message, release_stale_snakemake_locks, run_holder
 
         holder = run_holder(layout)  # its jobs read tune.merged.yaml: never overwrite it under them
         if holder:
             raise CliError(in_use_message(layout, holder))
+        # A run killed outright (SIGKILL, a power cut, the OOM killer) left Snakemake's lock, which
+        # plain snakemake clears only with --unlock: nothing of the study runs, so release it here.
+        released = release_stale_snakemake_locks(layout)
+        if released:
+            print(f"snaketune: the last run of the study in {layout.output_dir} was killed; released "
+                  f"the Snakemake lock it left ({', '.join(p.name for p in released)} in "
+                  f"{released[0].parent}) and resuming: its interrupted trials run again",
+                  file=sys.stderr)
+            args.snakemake_args = ["--rerun-incomplete", *args.snakemake_args]
         layout.output_dir.mkdir(parents=True, exist_ok=True)
         layout.run_lock.touch()  # the folder is the study's from now on (see unusable_because)
         configfile = layout.merged_config
@@ -290,6 +301,7 @@ def results_rows(output_dir: Path, study_name: str | None):
 
 def cmd_export(args) -> int:
     output_dir = Path(args.output_dir)
+    args.format = args.format or ("yaml" if args.as_config else "csv")
     if args.as_config:
         tune = find_tune_config(output_dir, args.config)
         if tune is None:
@@ -332,6 +344,31 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    """`snakemake --report` for the study in args.output_dir, with the config it ran with."""
+    output_dir = Path(args.output_dir)
+    layout = StudyLayout(output_dir)
+    if not layout.journal.exists():
+        raise CliError(f"no study in {output_dir} (no {layout.journal.name}): run one first")
+    config = find_tune_config(output_dir, args.config)
+    if config is None:
+        raise CliError(f"the report needs the study's tune config: pass it with -c (no "
+                       f"{layout.merged_config} from `snaketune tune`)")
+    # The folder given here is the study's, wherever it ran from (relative data paths in the
+    # config still resolve against the working directory, as when it ran).
+    config.setdefault("tuning", {})["output_dir"] = str(output_dir.resolve())
+    target = Path(args.output) if args.output else layout.snakemake_report
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="snaketune-report-") as handle:
+        yaml.safe_dump(config, handle, sort_keys=False)
+        handle.flush()
+        command = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--configfile", handle.name,
+                   "--cores", "1", "--quiet", "all", "--report", str(target), *args.snakemake_args]
+        status = subprocess.call(command)
+    if status == 0:
+        print(f"snaketune: wrote {target} (open it in a browser; it needs no network)", file=sys.stderr)
+    return status
+
+
 def cmd_path(args) -> int:
     print({"snakefile": SNAKEFILE, "profiles": PROFILES_DIR, "workflow": resources.workflow_root()}[args.what])
     return 0
@@ -370,11 +407,22 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--watch", nargs="?", type=float, const=5.0, metavar="SECONDS",
                              help="refresh every SECONDS (default 5) until Ctrl-C")
         if name == "export":
-            sub.add_argument("--format", choices=("csv", "json", "yaml"), default="csv")
+            sub.add_argument("--format", choices=("csv", "json", "yaml"),
+                             help="default: csv for the table, yaml with --as-config")
             sub.add_argument("--as-config", action="store_true",
                              help="a training config (model, data, training, peft) with the best parameters")
             sub.add_argument("--trial", type=int, help="with --as-config and several objectives: which trial")
             sub.add_argument("-o", "--output", help="write here instead of stdout")
+
+    report = commands.add_parser("report", help="write the study's Snakemake report (one HTML page)",
+                                 description="Write the Snakemake report of a study: its plots, pages and "
+                                             "tables, with captions, as one self-contained HTML file.")
+    report.add_argument("output_dir", help="the study's output directory (tuning.output_dir)")
+    report.add_argument("-c", "--config", help="the tune.yaml (default: the one `snaketune tune` kept "
+                                              "in <output_dir>)")
+    report.add_argument("-o", "--output", help="the report's path (default: <output_dir>/report.html; "
+                                              "a .zip path writes a zipped folder instead)")
+    report.set_defaults(func=cmd_report)
 
     path = commands.add_parser("path", help="where the workflow files are (for running snakemake directly)",
                                description='Print the Snakefile\'s path (snakemake -s "$(snaketune path)" '

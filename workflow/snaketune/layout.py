@@ -18,6 +18,7 @@ every writer takes its paths from here:
       best_trial.json            one objective: the best trial, and best_model/ (LoRA merged in)
       best_trials.json, pareto_front.csv     several objectives: the Pareto-optimal trials
       report/                    plots and pages (rule report)
+      report.html                the Snakemake report (`snaketune report`), one page of all of it
       logs/<rule>.log            the log of each once-per-study rule
 """
 
@@ -182,6 +183,11 @@ class StudyLayout:
         if n_objectives == 1:
             return [self.results_csv, self.best_trial]
         return [self.results_csv, self.pareto_front, self.best_trials]
+
+    @property
+    def snakemake_report(self) -> Path:
+        """The Snakemake report of the study, one self-contained page (`snaketune report`)."""
+        return self.output_dir / "report.html"
 
     @property
     def report_dir(self) -> Path:

@@ -226,6 +226,47 @@ def run_holder(layout: StudyLayout) -> str | None:
         os.close(fd)
 
 
+def trial_jobs_alive(layout: StudyLayout) -> bool:
+    """Whether trial jobs of the study still run (they hold its trials lock shared)."""
+    if not layout.trials_lock.exists():
+        return False
+    fd = os.open(layout.trials_lock, os.O_RDONLY)
+    try:
+        _flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, layout.trials_lock)  # dropped at close
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def release_stale_snakemake_locks(layout: StudyLayout, workdir: str | Path = ".") -> list[Path]:
+    """Remove the Snakemake locks in `workdir` that a killed run of this study left; returns them.
+
+    Snakemake locks the files of a run in `<workdir>/.snakemake/locks/<n>.{input,output}.lock`
+    (each listing the paths of a run's inputs or outputs) and refuses the next run until `snakemake --unlock`.
+    `--unlock` removes every lock of the directory, also a live run's of another study there, so
+    only the lock files naming files under this study's output_dir are removed, and only when nothing of
+    the study is alive: no run holds its run lock (an flock the kernel dropped when the run died)
+    and no trial job holds its trials lock.
+    """
+    locks = Path(workdir) / ".snakemake" / "locks"
+    if not locks.is_dir() or run_holder(layout) or trial_jobs_alive(layout):
+        return []
+    root = str(layout.output_dir.resolve())
+    removed = []
+    for lock in sorted(locks.glob("*.lock")):
+        try:
+            paths = [line.strip() for line in lock.read_text().splitlines() if line.strip()]
+        except OSError:
+            continue
+        named = [os.path.abspath(os.path.join(workdir, path)) for path in paths]
+        if any(path == root or path.startswith(root + os.sep) for path in named):
+            lock.unlink(missing_ok=True)
+            removed.append(lock)
+    return removed
+
+
 def _holder_text(layout: StudyLayout) -> str:
     try:
         holder = json.loads(layout.run_lock.read_text())

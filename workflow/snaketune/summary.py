@@ -106,11 +106,30 @@ def summary_table(layout: StudyLayout, study_name: str, metrics: list[str],
         lines.append(f"  time: {fmt_seconds(wall)} from first trial start to last trial end"
                      + (f"; {per_trial}" if per_trial else ""))
     best = best_trials(study)
-    heading = "best trial" if len(metrics) == 1 else f"Pareto front ({len(best)} trial(s))"
+    best_numbers = {t.number for t in best}
+    lines.append("\ntrials, best first")
+    params = sorted({name for t in latest for name in t.params})
+    header = ["trial", "dir", "state", *metrics, *params, "time"]
+    rows = []
+    for trial in ranked(study, latest):
+        values = trial.values or [None] * len(metrics)
+        mark = "*" if trial.number in best_numbers else ""
+        rows.append([f"{trial.number}{mark}", trial_folder(trial, layout), trial.state.name,
+                     *(fmt(v) for v in values), *(fmt(trial.params.get(p)) for p in params),
+                     fmt_seconds(_trial_seconds(trial))])
+    lines.append(render_table(header, rows))
+    for trial in latest:
+        if trial.state == TrialState.FAIL and trial.user_attrs.get("fail_reason"):
+            reason = " ".join(str(trial.user_attrs["fail_reason"]).split())[:200]
+            lines.append(f"  trial {trial.number} ({trial_folder(trial, layout)}) {studies.outcome(trial)}: {reason}")
+    lines.append("  (* best)" if len(metrics) == 1 else "  (* on the Pareto front)")
+    heading = "best trial" if len(metrics) == 1 else f"Pareto front: {len(best)} trial(s)"
+    if len(best) > 1:
+        lines.append(f"\n{heading}")
     for trial in best:
-        lines.append(f"\n{heading if trial is best[0] else ''}".rstrip())
-        lines.append(f"  trial {trial.number}" + (f" (slot {trial.user_attrs['slot']})"
-                                                 if "slot" in trial.user_attrs else ""))
+        title = f"best trial {trial.number}" if len(best) == 1 else f"trial {trial.number}"
+        lines.append(f"\n{title} ({trial_folder(trial, layout)})" if len(best) == 1
+                     else f"  {title} ({trial_folder(trial, layout)})")
         rows = [[f"objective {name}", fmt(value)] for name, value in zip(metrics, trial.values)]
         rows += [[f"param {name}", fmt(value)] for name, value in trial.params.items()]
         extra = {k: v for k, v in trial.user_attrs.get("metrics", {}).items()
@@ -119,21 +138,11 @@ def summary_table(layout: StudyLayout, study_name: str, metrics: list[str],
         lines.append(render_table(["", "value"], rows, indent="    "))
     if len(metrics) == 1 and layout.best_model.exists():
         lines.append(f"  best model: {layout.best_model}")
-    lines.append("\ntrials")
-    params = sorted({name for t in latest for name in t.params})
-    header = ["trial", "state", *metrics, *params, "time"]
-    best_numbers = {t.number for t in best}
-    rows = []
-    for trial in latest:
-        values = trial.values or [None] * len(metrics)
-        mark = "*" if trial.number in best_numbers else ""
-        rows.append([f"{trial.number}{mark}", trial.state.name, *(fmt(v) for v in values),
-                     *(fmt(trial.params.get(p)) for p in params), fmt_seconds(_trial_seconds(trial))])
-    lines.append(render_table(header, rows))
-    for trial in latest:
-        if trial.state == TrialState.FAIL and trial.user_attrs.get("fail_reason"):
-            lines.append(f"  trial {trial.number} {studies.outcome(trial)}: {trial.user_attrs['fail_reason'][:200]}")
-    lines.append(f"  (* best)  results: {layout.results_csv}")
+    lines.append(f"\nresults: {layout.results_csv}")
+    report = layout.snakemake_report
+    lines.append(f"report: {report}" if report.exists() else
+                 f"report: plots in {layout.report_dir}/; `snaketune report {layout.output_dir}` "
+                 f"writes them as one page, {report}")
     return "\n".join(lines)
 
 
@@ -202,37 +211,68 @@ def status_table(study: optuna.Study, layout: StudyLayout, n_trials: int | None 
     if not best:
         lines.append("best so far: none yet (no trial has completed)")
     elif len(study.directions) == 1:
-        lines.append(f"best so far: {metrics[0]}={fmt(best[0].value)} (trial {best[0].number}, "
+        lines.append(f"best so far: {metrics[0]}={fmt(best[0].value)} (trial {best[0].number} in "
+                     f"{trial_folder(best[0], layout)}, "
                      f"{', '.join(f'{k}={fmt(v)}' for k, v in best[0].params.items())})")
     else:
         lines.append(f"best so far: Pareto front of {len(best)} trial(s): "
-                     + "; ".join(f"trial {t.number} " + ", ".join(f"{m}={fmt(v)}" for m, v in zip(metrics, t.values))
+                     + "; ".join(f"trial {t.number} ({trial_folder(t, layout)}) " + ", ".join(f"{m}={fmt(v)}" for m, v in zip(metrics, t.values))
                                  for t in best))
-    running = [t for t in latest if t.state == TrialState.RUNNING]
+    running = running_table(study, layout, max_steps)
     if running:
-        rows = []
-        for trial in running:
-            info = running_progress(trial, layout, max_steps)
-            step = fmt(info["step"]) + (f"/{info['max_steps']}" if info["max_steps"] else "")
-            rows.append([str(trial.number), str(trial.user_attrs.get("slot", "-")), step, fmt(info["loss"]),
-                         fmt_seconds(_trial_seconds(trial)), fmt_seconds(info["eta"])])
-        lines.append("running")
-        lines.append(render_table(["trial", "slot", "step", "loss", "elapsed", "eta"], rows))
+        lines += ["running", running]
+    report = layout.snakemake_report
+    lines.append(f"report: {report}" if report.exists()
+                 else f"report: `snaketune report {layout.output_dir}` writes {report}")
     return "\n".join(lines)
 
 
+def running_table(study: optuna.Study, layout: StudyLayout, max_steps: int | None = None) -> str | None:
+    """The running trials of the study at `layout`: number, folder, step / max_steps, loss,
+    elapsed time and ETA (from each one's live loss curve); None when none runs."""
+    rows = []
+    for trial in latest_attempts(study):
+        if trial.state != TrialState.RUNNING:
+            continue
+        info = running_progress(trial, layout, max_steps)
+        step = fmt(info["step"]) + (f"/{info['max_steps']}" if info["max_steps"] else "")
+        rows.append([str(trial.number), trial_folder(trial, layout), step, fmt(info["loss"]),
+                     fmt_seconds(_trial_seconds(trial)), fmt_seconds(info["eta"])])
+    return render_table(["trial", "dir", "step", "loss", "elapsed", "eta"], rows) if rows else None
+
+
+def trial_folder(trial: FrozenTrial, layout: StudyLayout) -> str:
+    """The trial's folder as a person finds it under output_dir: `trial_2/`."""
+    folder = studies.trial_dir(trial, layout)
+    return f"{folder.name}/" if folder is not None else "-"
+
+
+_STATE_ORDER = {TrialState.COMPLETE: 0, TrialState.RUNNING: 1, TrialState.PRUNED: 2, TrialState.FAIL: 3}
+
+
+def ranked(study: optuna.Study, trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """`trials` of `study`, best first: the best trial (or the Pareto front, as Optuna finds it),
+    then the other completed ones by their first objective in its direction, then running,
+    pruned (by the last value they reported) and failed ones; ties by trial number."""
+    sign = -1.0 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1.0
+    front = {t.number for t in best_trials(study)}
+
+    def key(trial: FrozenTrial):
+        value = None
+        if trial.state == TrialState.COMPLETE and trial.values:
+            value = trial.values[0]
+        elif trial.state == TrialState.PRUNED and trial.intermediate_values:
+            value = trial.intermediate_values[max(trial.intermediate_values)]
+        finite = value is not None and math.isfinite(value)
+        return (_STATE_ORDER.get(trial.state, 4), trial.number not in front,
+                sign * value if finite else math.inf, trial.number)
+
+    return sorted(trials, key=key)
+
+
 def print_summary(layout: StudyLayout, study_name: str, metrics: list[str]) -> None:
-    """The closing lines of a run (Snakemake's onsuccess): the summary table, where the results
-    are, and the best trial(s). Prints nothing before rule aggregate has written the best record."""
-    best_file = layout.best_record(len(metrics))
-    if not best_file.exists():
-        return
-    print("\n" + summary_table(layout, study_name, metrics))
-    best = json.loads(best_file.read_text())
-    print(f"\nsnaketune: study {study_name!r}, results in {layout.results_csv}")
-    for record in best.get("trials", [best]):
-        values = ", ".join(f"{k}={fmt(v)}" for k, v in record["values"].items())
-        params = ", ".join(f"{k}={fmt(v)}" for k, v in record["params"].items())
-        print(f"best trial {record['number']} (trial_{record['slot']}/): {values}\n  params: {params}")
-    if "best_model" in best:
-        print(f"  best model: {best['best_model']}")
+    """The closing lines of a run (Snakemake's onsuccess): the summary table, the best trial(s)
+    and where the results and the report are. Prints nothing before rule aggregate has written
+    the best record."""
+    if layout.best_record(len(metrics)).exists():
+        print("\n" + summary_table(layout, study_name, metrics), flush=True)
