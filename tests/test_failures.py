@@ -15,8 +15,8 @@ import pytest
 from optuna.trial import TrialState
 
 from snaketune.layout import StudyLayout
-from workflow_helpers import (REPO, TINY_MODEL, load_study, resolved_tuning, run_snakemake, tiny_config,
-                              write_config, write_reverse_words)
+from workflow_helpers import (REPO, TINY_MODEL, load_study, resolved_tuning, run_cli, run_snakemake,
+                              tiny_config, write_config, write_reverse_words)
 
 FLAKY_METRIC = """
 from pathlib import Path
@@ -109,13 +109,19 @@ def test_divergence_is_a_result_not_a_crash(workdir, on_divergence, state):
     assert json.loads(StudyLayout(out).best_trial.read_text())["slot"] == 1
 
 
-def test_killed_run_resumes_from_checkpoint_with_same_params(workdir):
+@pytest.mark.parametrize("how", ["snaketune", "snakemake"])
+def test_killed_run_resumes_from_checkpoint_with_same_params(workdir, how):
+    """After SIGKILL of the whole run: `snaketune tune` with the same arguments resumes (it
+    releases the lock the dead run left); plain snakemake needs --unlock, then --rerun-incomplete."""
     config = tiny_config(n_trials=1)
     config["tuning"]["fixed_training_params"].update(max_steps=60, save_steps=5)
     write_config(workdir, config)
     out = workdir / "tuning_output"
-    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--cores", "2",
-               "--configfile", "tune.yaml"]
+    if how == "snakemake":
+        command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--cores", "2",
+                   "--configfile", "tune.yaml"]
+    else:
+        command = [sys.executable, "-m", "snaketune.cli", "tune", "-c", "tune.yaml", "--cores", "2"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     with open(workdir / "killed_run.log", "w") as log:
         run = subprocess.Popen(command, cwd=workdir, env=env, stdout=log, stderr=log, start_new_session=True)
@@ -132,9 +138,14 @@ def test_killed_run_resumes_from_checkpoint_with_same_params(workdir):
     assert [t.state for t in study.trials] == [TrialState.RUNNING]
     killed = study.trials[0]
 
-    # The documented resume: release the lock the killed Snakemake left, then run again.
-    run_snakemake(workdir, "--unlock")
-    run_snakemake(workdir, "--rerun-incomplete")
+    assert list((workdir / ".snakemake" / "locks").glob("*.lock"))  # left by the killed run
+    if how == "snakemake":  # the documented resume: release the lock, then run again
+        run_snakemake(workdir, "--unlock")
+        run_snakemake(workdir, "--rerun-incomplete")
+    else:  # the same command again
+        again = run_cli(workdir, *command[3:])
+        assert "was killed; released the Snakemake lock it left" in again.stderr
+        assert not list((workdir / ".snakemake" / "locks").glob("*.lock"))
     study = load_study(out)
     first, retry = study.trials
     assert first.state == TrialState.FAIL and first.user_attrs["fail_reason"] == "interrupted"

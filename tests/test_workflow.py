@@ -55,6 +55,9 @@ def test_single_objective_study(workdir):
     for trial in study.trials:
         metrics = assert_trial_files(StudyLayout(out).trial(trial.user_attrs["slot"]).dir)
         assert metrics["values"]["eval_loss"] == pytest.approx(trial.value)
+        # TRL's model card names the base model the user gave (a local folder here), not "None".
+        card = (StudyLayout(out).trial(trial.user_attrs["slot"]).dir / "README.md").read_text()
+        assert f"fine-tuned version of `{config['model']['model_name']}` (a local model)" in card
 
     best = json.loads(StudyLayout(out).best_trial.read_text())
     assert best["number"] == study.best_trial.number

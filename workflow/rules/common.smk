@@ -7,6 +7,8 @@ import textwrap
 import time
 from pathlib import Path
 
+import yaml
+
 REPO_DIR = Path(workflow.basedir)
 # In a source checkout, import the package beside this Snakefile (whether or not one is installed),
 # so the rules and the code they call are one version. The Snakefile an installed package carries
@@ -140,10 +142,27 @@ onstart:
         sys.exit(str(error))
     for line in restore_told_trials(TUNING):
         print(line)
+    keep_run_config()
     # One line per trial start and end, and the running trials' table, on this console.
     PROGRESS["watcher"] = ConsoleProgress(
         LAYOUT, TUNING.study_name, TUNING.metrics, TUNING.directions, n_trials=N_TRIALS
     ).start()
+
+
+def keep_run_config():
+    """Keep the config this run runs with in the study (tune.merged.yaml), so that `snaketune
+    status`, `export --as-config` and `report` find it after a plain `snakemake` run too (`snaketune
+    tune` writes it before Snakemake starts, as the --configfile itself: then it is left alone)."""
+    given = {str(Path(path).resolve()) for path in workflow.configfiles}
+    target = LAYOUT.merged_config
+    if str(target.resolve()) in given:
+        return
+    source = ", ".join(str(path) for path in workflow.configfiles) or "the embedded default"
+    text = (f"# The config of the last run ({source}), as Snakemake merged it\n"
+            + yaml.safe_dump(json.loads(json.dumps(config)), sort_keys=False))
+    partial = target.with_name(target.name + ".tmp")
+    partial.write_text(text)
+    partial.replace(target)
 
 
 def stop_progress():

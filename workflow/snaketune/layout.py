@@ -9,7 +9,7 @@ every writer takes its paths from here:
       study.journal.torn         records a crash or a full disk cut short, moved out of the journal
       run.lock                   held by the run in progress (flock), naming it
       trials.lock                held (shared) by each running trial job
-      tune.merged.yaml           the config `snaketune tune` ran with (overrides applied)
+      tune.merged.yaml           the config the last run ran with (`snaketune tune`: overrides applied)
       prepared_model/source.json where trials load the model from (rule prepare_model)
       data/summary.json          the tokenized data's row and token counts (rule prepare_data)
       data/tokenized/            the tokenized train and validation sets

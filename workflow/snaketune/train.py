@@ -366,6 +366,10 @@ def train_and_evaluate(tune: TuningConfig, params: dict, trial_dir: Path, model_
     tokenizer = models.load_tokenizer(model_source, tune.model)
     # Quantisation options are fixed (config.py refuses to tune them) and apply to loading.
     model = models.load_model(model_source, tune.model, quantization=tuning.quantization)
+    # TRL's model card (trial_<i>/README.md) names the base model from the loaded one's
+    # `_name_or_path`, and names none for a local folder (the study's prepared copy): the model
+    # the user named is the base (a hub id links to its page; a local path is named as it is).
+    model.config._name_or_path = tune.model.model_name
     prepared = datasets_.load_prepared(data_dir)
 
     files = TrialFiles(trial_dir)
@@ -455,6 +459,7 @@ def train_and_evaluate(tune: TuningConfig, params: dict, trial_dir: Path, model_
         callbacks=[LossCurve(), divergence, pruning, last_evaluation, SaveLastStep()],
     )
     train_output = trainer.train(resume_from_checkpoint=resume_from)
+    name_base_model_in_card(trial_dir, tune.model.model_name)
     write_loss_curve(trainer.state.log_history, files.loss_curve_csv)
     trained = {**train_output.metrics, "trained_steps": trainer.state.global_step}
     if divergence.reason or pruning.reason:
@@ -472,6 +477,19 @@ def train_and_evaluate(tune: TuningConfig, params: dict, trial_dir: Path, model_
             tuning.custom_eval_metrics, model=trainer.model, tokenizer=tokenizer,
             eval_dataset=prepared["validation"], trial_dir=trial_dir, metrics=produced))
     return produced, None
+
+
+def name_base_model_in_card(trial_dir: Path, model_name: str) -> None:
+    """TRL's model card (`trial_dir/README.md`) of a model trained from a local folder says "a
+    fine-tuned version of [None](https://huggingface.co/None)": name the folder instead."""
+    card = Path(trial_dir) / "README.md"
+    try:
+        text = card.read_text()
+    except OSError:
+        return
+    unnamed = "[None](https://huggingface.co/None)"
+    if unnamed in text:
+        card.write_text(text.replace(unnamed, f"`{model_name}` (a local model)"))
 
 
 def write_loss_curve(log_history: list[dict], path: Path) -> None:
