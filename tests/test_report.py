@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import re
+import shutil
 import threading
 import time
 
@@ -15,8 +18,8 @@ from optuna.storages.journal import JournalFileBackend
 from snaketune import report, summary
 from snaketune.layout import StudyLayout
 from snaketune.study import open_storage
-from workflow_helpers import (make_journal_with_every_state, run_snakemake, tiny_config, write_config,
-                              write_reverse_words)
+from workflow_helpers import (make_journal_with_every_state, run_cli, run_snakemake, tiny_config,
+                              write_config, write_reverse_words)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 METRICS = ["eval_loss", "eval_mean_token_accuracy"]
@@ -61,6 +64,85 @@ def test_snakemake_report_builds_one_self_contained_page(multi_objective_study):
                  "plots.html", "trials.html", "best_trial.html"):
         assert name in page, name
     assert "Parameter importances" in page  # a caption, rendered
+
+
+def chromium() -> str:
+    """A Chromium from the distribution's packages (CI installs chromium-headless-shell)."""
+    for name in ("chromium-headless-shell", "chromium", "chromium-browser"):
+        if shutil.which(name):
+            return shutil.which(name)
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail("no Chromium in CI: apt-get install chromium-headless-shell")
+    pytest.skip("no Chromium here (apt-get install chromium-headless-shell)")
+
+
+def distinct_colours(png: bytes) -> int:
+    from PIL import Image
+
+    return len(Image.open(io.BytesIO(png)).convert("RGB").getcolors(maxcolors=1 << 20) or [])
+
+
+def test_the_report_and_its_pages_render_in_a_headless_browser(multi_objective_study):
+    """`snaketune report` (as the README says), then every page in a real Chromium: no console
+    errors, every plot drawn (an image of the plot, or plotly's SVG traces), not a blank area."""
+    from playwright.sync_api import sync_playwright
+
+    out = multi_objective_study / "tuning_output"
+    run_cli(multi_objective_study, "report", "tuning_output")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium())
+        errors = []
+
+        def open_page(path):
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.on("console", lambda m: errors.append(f"{path.name}: {m.text}") if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(f"{path.name}: {e}"))
+            page.goto(path.as_uri())
+            page.wait_for_load_state("load")
+            return page
+
+        # The Snakemake report: every plot of the Plots category (one subcategory per objective,
+        # and one for the plots of all of them), chosen in turn, shows its image.
+        entries = report.plot_files(METRICS)
+        shown = 0
+        for subcategory in dict.fromkeys(e["metric"] or "all objectives" for e in entries):
+            page = open_page(StudyLayout(out).snakemake_report)
+            page.get_by_role("link", name="Plots", exact=True).click()
+            page.get_by_role("link", name=subcategory, exact=True).click()
+            rows = page.locator("tbody tr")
+            expected = [e for e in entries if (e["metric"] or "all objectives") == subcategory]
+            assert rows.count() == len(expected), page.inner_text("body")
+            for i in range(rows.count()):
+                rows.nth(i).locator("a").first.click()
+                image = page.locator("img[src^='data:image/png']").last
+                image.wait_for(state="visible")
+                assert image.evaluate("img => img.naturalWidth") >= 400, rows.nth(i).inner_text()
+                assert distinct_colours(image.screenshot()) > 20, rows.nth(i).inner_text()
+                shown += 1
+            page.close()
+        assert shown == len(entries)
+
+        # plots.html: plotly drew every figure (its SVG holds the traces), none left blank.
+        page = open_page(out / "report" / "plots.html")
+        figures = page.locator(".plotly-graph-div")
+        assert figures.count() >= len(entries) - 1
+        for i in range(figures.count()):
+            figure = figures.nth(i)
+            figure.locator(".main-svg").first.wait_for(state="visible")
+            marks = figure.evaluate("d => d.querySelectorAll('.main-svg path, .main-svg circle, .main-svg rect').length")
+            assert marks > 10, f"plot {i} of plots.html has {marks} marks"
+            assert distinct_colours(figure.screenshot()) > 20, f"plot {i} of plots.html looks blank"
+
+        # The tables: trials best first (the Pareto-optimal ones highlighted), and the best page.
+        page = open_page(out / "report" / "trials.html")
+        header = page.locator("thead th").all_inner_texts()
+        assert header[:2] == ["trial", "dir"]
+        first = page.locator("tbody tr").first
+        assert first.get_attribute("class") == "best" and first.locator("td").nth(1).inner_text().startswith("trial_")
+        page = open_page(out / "report" / "best_trial.html")
+        assert page.locator("section h2").count() >= 1
+        browser.close()
+    assert not errors, errors
 
 
 def test_small_study_gets_placeholders_that_say_why(tmp_path):

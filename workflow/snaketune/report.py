@@ -22,7 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from snaketune import study as studies
 from snaketune.layout import StudyLayout, TrialFiles, read_loss_curve
-from snaketune.summary import fmt, fmt_seconds
+from snaketune.summary import fmt, fmt_seconds, ranked
 
 # (kind, title, needs one figure per objective)
 PLOTS = (
@@ -345,12 +345,20 @@ def _cell(value) -> str:
     return html.escape(fmt(value))
 
 
-def write_trials_page(table, best_numbers: set[int], path: Path, study_name: str) -> None:
-    """trials_results.csv as an HTML table, the best trial(s) highlighted."""
+def write_trials_page(table, best_numbers: set[int], path: Path, study_name: str,
+                      order: list[int] | None = None) -> None:
+    """trials_results.csv as an HTML table, the best trial(s) highlighted: rows in `order` (trial
+    numbers, best first; skipped slots last), each trial's number beside its folder."""
     import pandas as pd
     from pandas.api.types import is_numeric_dtype
 
     table = table.copy()
+    if order is not None and "number" in table.columns:
+        rank = {number: i for i, number in enumerate(order)}
+        table = table.iloc[sorted(range(len(table)), key=lambda i: rank.get(table["number"].iloc[i], len(rank)))]
+    if "slot" in table.columns:  # the folder a person opens, rather than Snakemake's slot number
+        table["slot"] = [f"trial_{int(slot)}/" if not pd.isna(slot) else "" for slot in table["slot"]]
+        table = table.rename(columns={"number": "trial", "slot": "dir"})
     if "duration" in table.columns:  # "0 days 00:01:03.75" -> "1m04s"
         table["duration"] = [fmt_seconds(d.total_seconds()) if not pd.isna(d) else ""
                              for d in pd.to_timedelta(table["duration"], errors="coerce")]
@@ -361,10 +369,11 @@ def write_trials_page(table, best_numbers: set[int], path: Path, study_name: str
     head = "".join(f"<th class='{align[c]}'>{html.escape(c.removeprefix('params_'))}</th>" for c in columns)
     rows = []
     for record in table.to_dict("records"):
-        cls = " class='best'" if record.get("number") in best_numbers else ""
+        cls = " class='best'" if record.get("trial", record.get("number")) in best_numbers else ""
         cells = "".join(f"<td class='{align[c]}'>{_cell(record[c])}</td>" for c in columns)
         rows.append(f"<tr{cls}>{cells}</tr>")
-    body = (f"<p>{len(table)} trial(s); the best highlighted. Parameters appear under their own names.</p>"
+    body = (f"<p>{len(table)} trial(s), best first; the best highlighted. A trial's number is Optuna's; "
+            "its folder, the trial slot that ran it. Parameters appear under their own names.</p>"
             f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
     path.write_text(_page(f"Study {study_name}: trials", body))
 
@@ -414,5 +423,6 @@ def write_report(output_dir: str | Path, study_name: str, metrics: list[str], re
     write_interactive_page(figures, pages["interactive"], study.study_name)
     best = json.loads(Path(best_record).read_text())
     numbers = {r["number"] for r in best.get("trials", [best])}
-    write_trials_page(pd.read_csv(results_csv), numbers, pages["trials"], study.study_name)
+    order = [trial.number for trial in ranked(study, studies.latest_attempts(study))]
+    write_trials_page(pd.read_csv(results_csv), numbers, pages["trials"], study.study_name, order)
     write_best_page(best, pages["best"], study.study_name)
