@@ -26,7 +26,7 @@ demo: setup
 # One worker per core, a test module per worker at a time (its module-scoped studies are built
 # once). Most of a workflow test is single-threaded Python start-up, so two run well on 2 cores.
 test: setup
-	$(BIN)/python -m pytest -q -n auto --dist loadscope
+	$(BIN)/python -m pytest -q -n auto --dist loadscope --durations=30
 
 lint: setup
 	$(BIN)/snakemake --lint

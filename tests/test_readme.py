@@ -1,7 +1,7 @@
 """Every shell block of the README, run as written, in README order, against a tiny study.
 
 A block runs each of its commands in one working directory that holds `my_tune.yaml` and
-`tune.yaml` (the same tiny study, 4 trials) and its data, with the set-up environment's programs
+`tune.yaml` (the same tiny study, 2 trials) and its data, with the set-up environment's programs
 on the PATH (what `. .venv/bin/activate` gives); `/path/to/snaketune` is this checkout. The HTML
 comment right above a block says how it is checked, when it is not simply run:
 
@@ -96,8 +96,8 @@ def sandbox(tmp_path_factory):
     """The user's directory: a tiny study as my_tune.yaml and tune.yaml, and its data."""
     workdir = tmp_path_factory.mktemp("readme")
     write_reverse_words(workdir / "data.jsonl")
-    write_config(workdir, tiny_config(n_trials=4), "my_tune.yaml")
-    write_config(workdir, tiny_config(n_trials=4), "tune.yaml")
+    write_config(workdir, tiny_config(n_trials=2), "my_tune.yaml")
+    write_config(workdir, tiny_config(n_trials=2), "tune.yaml")
     return workdir
 
 

@@ -71,7 +71,7 @@ def total_cores() -> int | None:
 
 
 def all_cores(wildcards):
-    """Threads of a rule that runs alone (preparing the model or the data): every core."""
+    """Threads of the prepare rules, which run alone (nothing else runs before them), as every core."""
     return max(1, total_cores() or 1)
 
 
@@ -128,27 +128,6 @@ def aggregate_outputs():
     return outputs
 
 
-# A run holds its study from start to end: a second invocation on the same output_dir (from any
-# working directory; Snakemake's own lock is per directory) is refused. `onstart` runs only when
-# jobs are about to run (not for a dry run, --lint or --report), in the main process (on SLURM too).
-RUN_LOCK = {}
-PROGRESS = {}
-
-
-onstart:
-    try:
-        RUN_LOCK["fd"] = hold_study(LAYOUT)
-    except StudyInUse as error:
-        sys.exit(str(error))
-    for line in restore_told_trials(TUNING):
-        print(line)
-    keep_run_config()
-    # One line per trial start and end, and the running trials' table, on this console.
-    PROGRESS["watcher"] = ConsoleProgress(
-        LAYOUT, TUNING.study_name, TUNING.metrics, TUNING.directions, n_trials=N_TRIALS
-    ).start()
-
-
 def keep_run_config():
     """Keep the config this run runs with in the study (tune.merged.yaml), so that `snaketune
     status`, `export --as-config` and `report` find it after a plain `snakemake` run too (`snaketune
@@ -168,3 +147,24 @@ def keep_run_config():
 def stop_progress():
     if "watcher" in PROGRESS:
         PROGRESS.pop("watcher").stop()
+
+
+# A run holds its study from start to end: a second invocation on the same output_dir (from any
+# working directory; Snakemake's own lock is per directory) is refused. `onstart` runs only when
+# jobs are about to run (not for a dry run, --lint or --report), in the main process (on SLURM too).
+RUN_LOCK = {}
+PROGRESS = {}
+
+
+onstart:
+    try:
+        RUN_LOCK["fd"] = hold_study(LAYOUT)
+    except StudyInUse as error:
+        sys.exit(str(error))
+    for line in restore_told_trials(TUNING):
+        print(line)
+    keep_run_config()
+    # One line per trial start and end, and the running trials' table, on this console.
+    PROGRESS["watcher"] = ConsoleProgress(
+        LAYOUT, TUNING.study_name, TUNING.metrics, TUNING.directions, n_trials=N_TRIALS
+    ).start()

@@ -14,6 +14,7 @@ parameters" (the parameters are sampled inside the job), hence a watcher thread 
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -24,8 +25,8 @@ from pathlib import Path
 from optuna.trial import FrozenTrial, TrialState
 
 from snaketune import study as studies
-from snaketune.layout import StudyLayout
-from snaketune.summary import fmt, fmt_seconds, running_table
+from snaketune.layout import StudyLayout, TrialFiles
+from snaketune.summary import fmt, fmt_seconds, running_table, trial_folder
 
 MAX_LINE = 300  # characters: a line a person can read in a terminal without it wrapping twice
 STATUS_EVERY_ENV = "SNAKETUNE_STATUS_EVERY"
@@ -40,16 +41,12 @@ def params_text(params: dict) -> str:
     return ", ".join(f"{name}={fmt(value)}" for name, value in params.items())
 
 
-def folder_name(trial: FrozenTrial, layout: StudyLayout) -> str:
-    folder = studies.trial_dir(trial, layout)
-    return f"{folder.name}/" if folder is not None else "-"
-
-
 def start_line(trial: FrozenTrial, layout: StudyLayout) -> str:
     """`trial 3 started in trial_2/: learning_rate=0.001, lora_r=8` (and which attempt a re-run is)."""
     attempt = trial.user_attrs.get("attempt", 1)
-    again = f" (attempt {attempt}, re-running trial {trial.user_attrs['retry_of']})" if attempt > 1 and "retry_of" in trial.user_attrs else ""
-    return clip(f"snaketune: trial {trial.number} started in {folder_name(trial, layout)}{again}: "
+    again = (f" (attempt {attempt}, re-running trial {trial.user_attrs['retry_of']})"
+             if attempt > 1 and "retry_of" in trial.user_attrs else "")
+    return clip(f"snaketune: trial {trial.number} started in {trial_folder(trial, layout)}{again}: "
                 f"{params_text(trial.params) or 'no tunable parameters'}")
 
 
@@ -57,7 +54,8 @@ def end_line(trial: FrozenTrial, layout: StudyLayout, metrics: list[str], best: 
     """`trial 3 COMPLETE in 1m12s (trial_2/): eval_loss=0.1438, best so far`; a pruned trial's
     last reported value and step; a failed trial's reason, cut to fit."""
     took = trial.duration.total_seconds() if trial.duration is not None else None
-    head = f"snaketune: trial {trial.number} {trial.state.name} in {fmt_seconds(took)} ({folder_name(trial, layout)})"
+    head = (f"snaketune: trial {trial.number} {trial.state.name} in {fmt_seconds(took)} "
+            f"({trial_folder(trial, layout)})")
     if trial.state == TrialState.COMPLETE:
         values = ", ".join(f"{name}={fmt(value)}" for name, value in zip(metrics, trial.values or []))
         return clip(f"{head}: {values}" + (", best so far" if best else ""))
@@ -170,9 +168,7 @@ class ConsoleProgress:
         if folder is None:
             return True
         try:
-            import json
-
-            return json.loads((folder / "params.json").read_text()).get("trial_number") == trial.number
+            return json.loads(TrialFiles(folder).params.read_text()).get("trial_number") == trial.number
         except (OSError, ValueError):
             return False
 

@@ -82,7 +82,9 @@ def learning_curves(study: optuna.Study, layout: StudyLayout | None = None
 
 
 def _curve_label(trial: FrozenTrial) -> str:
-    label = f"trial {trial.number}"
+    """`trial 3 (trial_2/)`: the trial's number beside its slot folder, as every table shows it."""
+    slot = trial.user_attrs.get("slot")
+    label = f"trial {trial.number}" + (f" (trial_{slot}/)" if slot is not None else "")
     return label if trial.state == TrialState.COMPLETE else f"{label} ({trial.state.name.lower()})"
 
 

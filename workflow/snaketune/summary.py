@@ -216,7 +216,8 @@ def status_table(study: optuna.Study, layout: StudyLayout, n_trials: int | None 
                      f"{', '.join(f'{k}={fmt(v)}' for k, v in best[0].params.items())})")
     else:
         lines.append(f"best so far: Pareto front of {len(best)} trial(s): "
-                     + "; ".join(f"trial {t.number} ({trial_folder(t, layout)}) " + ", ".join(f"{m}={fmt(v)}" for m, v in zip(metrics, t.values))
+                     + "; ".join(f"trial {t.number} ({trial_folder(t, layout)}) "
+                                 + ", ".join(f"{m}={fmt(v)}" for m, v in zip(metrics, t.values))
                                  for t in best))
     running = running_table(study, layout, max_steps)
     if running:
