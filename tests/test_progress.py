@@ -29,7 +29,7 @@ def test_each_trial_start_and_end_is_one_line_and_said_once(tmp_path):
         f"snaketune: trial 1 started in trial_1/: learning_rate={lr[1]}",
         "snaketune: trial 1 COMPLETE in 0s (trial_1/): eval_loss=0.9, best so far",
         f"snaketune: trial 2 started in trial_2/: learning_rate={lr[2]}",
-        "snaketune: trial 2 FAIL in 0s (trial_2/): RuntimeError: boom",
+        "snaketune: trial 2 FAIL in 0s (trial_2/logs/trial.log): RuntimeError: boom",
         f"snaketune: trial 3 started in trial_3/: learning_rate={lr[3]}",
         "snaketune: trial 3 PRUNED in 0s (trial_3/): eval_loss=3 at step 1",
     ]  # trial 4 runs, but its job has not written params.json: its parameters are not all sampled

@@ -64,8 +64,11 @@ def end_line(trial: FrozenTrial, layout: StudyLayout, metrics: list[str], best: 
         last = f": {metrics[0]}={fmt(steps[max(steps)])} at step {max(steps)}" if steps else ""
         reason = trial.user_attrs.get("pruned_reason") or trial.user_attrs.get("fail_reason") or ""
         return clip(head + last + (f" ({reason})" if reason and not last else ""))
+    # A failure names the trial's log (Snakemake's own error block is quiet: see the profiles).
+    folder = studies.trial_dir(trial, layout)
+    log = f"{folder.name}/{TrialFiles(folder).log.relative_to(folder)}" if folder is not None else "-"
     reason = " ".join(str(trial.user_attrs.get("fail_reason") or "no reason recorded").split())
-    return clip(f"{head}: {reason}")
+    return clip(f"snaketune: trial {trial.number} {trial.state.name} in {fmt_seconds(took)} ({log}): {reason}")
 
 
 def last_progress(log: Path, limit: int = 160) -> str | None:
