@@ -26,7 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from snaketune import study as studies
 from snaketune.layout import StudyLayout, TrialFiles
-from snaketune.summary import fmt, fmt_seconds, running_table, trial_folder
+from snaketune.summary import fmt, fmt_seconds, running_table, shown, trial_folder
 
 MAX_LINE = 300  # characters: a line a person can read in a terminal without it wrapping twice
 STATUS_EVERY_ENV = "SNAKETUNE_STATUS_EVERY"
@@ -183,7 +183,7 @@ class ConsoleProgress:
             state = self.rules_seen.get(rule)
             if state is None and log.exists() and not output.exists():
                 self.rules_seen[rule] = time.time()
-                self.say(f"snaketune: {rule} started (its progress: tail -f {log})")
+                self.say(f"snaketune: {rule} started (its progress: tail -f {shown(log)})")
             elif state not in (None, -1.0) and output.exists():
                 self.rules_seen[rule] = -1.0
                 self.say(f"snaketune: {rule} done in {fmt_seconds(time.time() - state)}")

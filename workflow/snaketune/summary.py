@@ -50,6 +50,15 @@ def fmt_seconds(seconds: float | None) -> str:
 _NUMBER_LIKE = re.compile(r"^(-|[-+]?[\d.]+(e[-+]?\d+)?\*?|\d+/\d+|(\d+h)?(\d+m)?(\d+s)?)$")
 
 
+def shown(path: Path | str) -> str:
+    """A path as a person types it here: relative to the working directory when under it."""
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except (ValueError, OSError):
+        return str(path)
+
+
 def render_table(header: list[str], rows: list[list[str]], indent: str = "  ") -> str:
     """A plain-text table: columns padded; columns of numbers (and durations) right-aligned."""
     widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(header)]
@@ -137,13 +146,19 @@ def summary_table(layout: StudyLayout, study_name: str, metrics: list[str],
         rows += [[f"metric {name}", fmt(value)] for name, value in sorted(extra.items())]
         lines.append(render_table(["", "value"], rows, indent="    "))
     if len(metrics) == 1 and layout.best_model.exists():
-        lines.append(f"  best model: {layout.best_model}")
-    lines.append(f"\nresults: {layout.results_csv}")
-    report = layout.snakemake_report
-    lines.append(f"report: {report}" if report.exists() else
-                 f"report: plots in {layout.report_dir}/; `snaketune report {layout.output_dir}` "
-                 f"writes them as one page, {report}")
+        lines.append(f"  best model: {shown(layout.best_model)}")
+    lines.append(f"\nresults: {shown(layout.results_csv)}")
+    lines.append(report_line(layout))
     return "\n".join(lines)
+
+
+def report_line(layout: StudyLayout) -> str:
+    """Where the study's report is, or the command that writes it."""
+    report = layout.snakemake_report
+    if report.exists():
+        return f"report: {shown(report)} (plots: {shown(layout.report_dir)}/)"
+    return (f"report: plots in {shown(layout.report_dir)}/; `snaketune report {shown(layout.output_dir)}` "
+            f"writes all of it as one page, {shown(report)}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,9 +237,7 @@ def status_table(study: optuna.Study, layout: StudyLayout, n_trials: int | None 
     running = running_table(study, layout, max_steps)
     if running:
         lines += ["running", running]
-    report = layout.snakemake_report
-    lines.append(f"report: {report}" if report.exists()
-                 else f"report: `snaketune report {layout.output_dir}` writes {report}")
+    lines.append(report_line(layout))
     return "\n".join(lines)
 
 
