@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import signal
-import subprocess
 import sys
 import time
 
@@ -15,7 +13,7 @@ import pytest
 from optuna.trial import TrialState
 
 from snaketune.layout import StudyLayout
-from workflow_helpers import (REPO, TINY_MODEL, load_study, resolved_tuning, run_cli, run_snakemake,
+from workflow_helpers import (REPO, TINY_MODEL, load_study, resolved_tuning, run_snakemake,
                               tiny_config, write_config, write_reverse_words)
 
 FLAKY_METRIC = """
@@ -107,60 +105,6 @@ def test_divergence_is_a_result_not_a_crash(workdir, on_divergence, state):
     assert "Nothing to be done" in again.stdout + again.stderr
     assert len(load_study(out).trials) == 2
     assert json.loads(StudyLayout(out).best_trial.read_text())["slot"] == 1
-
-
-@pytest.mark.parametrize("how", ["snaketune", "snakemake"])
-def test_killed_run_resumes_from_checkpoint_with_same_params(workdir, how):
-    """After SIGKILL of the whole run: `snaketune tune` with the same arguments resumes (it
-    releases the lock the dead run left); plain snakemake needs --unlock, then --rerun-incomplete."""
-    config = tiny_config(n_trials=1)
-    config["tuning"]["fixed_training_params"].update(max_steps=60, save_steps=5)
-    write_config(workdir, config)
-    out = workdir / "tuning_output"
-    if how == "snakemake":
-        command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--cores", "2",
-                   "--configfile", "tune.yaml"]
-    else:
-        command = [sys.executable, "-m", "snaketune.cli", "tune", "-c", "tune.yaml", "--cores", "2"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    with open(workdir / "killed_run.log", "w") as log:
-        run = subprocess.Popen(command, cwd=workdir, env=env, stdout=log, stderr=log, start_new_session=True)
-    deadline = time.time() + 240
-    while not list(StudyLayout(out).trial(0).dir.glob("checkpoint-1[05]")) and time.time() < deadline:
-        assert run.poll() is None, (workdir / "killed_run.log").read_text()
-        time.sleep(0.5)
-    time.sleep(1)
-    os.killpg(run.pid, signal.SIGKILL)  # Snakemake and its trial job, mid-training
-    run.wait()
-    killed_at = time.time()
-    assert not StudyLayout(out).trial(0).metrics.exists()
-    study = load_study(out)
-    assert [t.state for t in study.trials] == [TrialState.RUNNING]
-    killed = study.trials[0]
-
-    assert list((workdir / ".snakemake" / "locks").glob("*.lock"))  # left by the killed run
-    if how == "snakemake":  # the documented resume: release the lock, then run again
-        run_snakemake(workdir, "--unlock")
-        run_snakemake(workdir, "--rerun-incomplete")
-    else:  # the same command again
-        again = run_cli(workdir, *command[3:])
-        assert "was killed; released the Snakemake lock it left" in again.stderr
-        assert not list((workdir / ".snakemake" / "locks").glob("*.lock"))
-    study = load_study(out)
-    first, retry = study.trials
-    assert first.state == TrialState.FAIL and first.user_attrs["fail_reason"] == "interrupted"
-    assert retry.state == TrialState.COMPLETE and retry.params == killed.params
-    assert retry.user_attrs["retry_of"] == first.number
-    resumed = retry.user_attrs["resumed_from"]
-    resumed_step = int(resumed.rsplit("-", 1)[1])
-    assert resumed_step >= 10
-    state = json.loads(next(StudyLayout(out).trial(0).dir.glob("checkpoint-60")).joinpath("trainer_state.json").read_text())
-    assert state["global_step"] == 60
-    # Steps before the checkpoint were not trained again: the resumed run (every row logged after
-    # the kill) starts right after the checkpoint. (The killed run may have logged past it or not.)
-    curve = [json.loads(line) for line in StudyLayout(out).trial(0).loss_curve.read_text().splitlines()]
-    resumed_steps = [entry["step"] for entry in curve if "loss" in entry and entry["time"] > killed_at]
-    assert resumed_steps == list(range(resumed_step + 1, 61))
 
 
 def _hammer(journal: str, worker: int, rounds: int, queue) -> None:
@@ -317,3 +261,23 @@ def test_prepared_data_and_model_are_made_again_when_what_they_are_made_from_cha
     result = run_snakemake(workdir, "--cores", "2", str(summary))
     assert source.stat().st_mtime > model_written
     assert "localrule prepare_model" in result.stdout + result.stderr
+
+
+def test_a_failed_rule_is_named_with_its_error_and_log_at_the_end(tmp_path, monkeypatch, capsys):
+    """The profiles keep Snakemake's error blocks quiet: the end of a failed run names the rule
+    that failed in this run (here before any trial, so the journal does not exist yet)."""
+    from snaketune.results import aggregate_after_failure
+
+    monkeypatch.chdir(tmp_path)
+    tuning = resolved_tuning(tmp_path)
+    monkeypatch.setenv("SNAKETUNE_RUN_STARTED", str(time.time() - 5))
+    log = tuning.layout.rule_log("prepare_data")
+    log.parent.mkdir(parents=True)
+    log.write_text("Traceback (most recent call last):\n  ...\nValueError: data.jsonl line 3: not JSON\n")
+    old = tuning.layout.rule_log("prepare_model")
+    old.write_text("RuntimeError: from an earlier run\n")
+    os.utime(old, (time.time() - 60, time.time() - 60))  # before this run: not this run's failure
+    aggregate_after_failure(tuning)
+    out = capsys.readouterr().out
+    assert "snaketune: rule prepare_data failed: ValueError: data.jsonl line 3: not JSON (log: " in out
+    assert "prepare_model" not in out

@@ -149,7 +149,8 @@ def test_a_second_invocation_on_a_running_study_is_refused_and_the_first_finishe
     assert [t.state for t in trials] == [TrialState.COMPLETE]
     assert "interrupted" not in json.dumps([t.user_attrs for t in trials])
     # Once the first run is over, the study is free again.
-    assert "Nothing to be done" in run_snakemake(second_dir).stdout + run_snakemake(second_dir).stderr
+    again = run_snakemake(second_dir)
+    assert "Nothing to be done" in again.stdout + again.stderr
 
 
 HOLD = ("import sys, time; sys.path.insert(0, sys.argv[1]); from snaketune import study, layout;"

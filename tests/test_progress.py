@@ -6,7 +6,8 @@ import io
 import json
 
 from snaketune.layout import StudyLayout
-from snaketune.progress import MAX_LINE, ConsoleProgress, end_line, last_progress
+from snaketune.progress import ConsoleProgress, end_line, last_progress
+from snaketune.summary import MAX_LINE
 from workflow_helpers import make_journal_with_every_state
 
 

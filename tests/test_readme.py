@@ -1,7 +1,7 @@
 """Every shell block of the README, run as written, in README order, against a tiny study.
 
 A block runs each of its commands in one working directory that holds `my_tune.yaml` and
-`tune.yaml` (the same tiny study, 2 trials) and its data, with the set-up environment's programs
+`tune.yaml` (the same tiny study, 2 and 3 trials) and its data, with the set-up environment's programs
 on the PATH (what `. .venv/bin/activate` gives); `/path/to/snaketune` is this checkout. The HTML
 comment right above a block says how it is checked, when it is not simply run:
 
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from workflow_helpers import REPO, tiny_config, write_config, write_reverse_words
+from workflow_helpers import REPO, load_study, tiny_config, write_config, write_reverse_words
 
 README = REPO / "README.md"
 PLACEHOLDER = "/path/to/snaketune"
@@ -97,7 +97,8 @@ def sandbox(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("readme")
     write_reverse_words(workdir / "data.jsonl")
     write_config(workdir, tiny_config(n_trials=2), "my_tune.yaml")
-    write_config(workdir, tiny_config(n_trials=2), "tune.yaml")
+    # The same study with a grown budget: `snaketune tune -c tune.yaml` has a trial to run.
+    write_config(workdir, tiny_config(n_trials=3), "tune.yaml")
     return workdir
 
 
@@ -131,6 +132,14 @@ def programs(command: str) -> list[str]:
     return found
 
 
+def scripts(command: str) -> list[str]:
+    """The repository files a command runs: `python X.py`, `bash X.sh`, a `--workflow-profile X`."""
+    words = shlex.split(command, comments=True)
+    found = [b for a, b in zip(words, words[1:]) if a in ("python", "bash", "--workflow-profile")
+             and not b.startswith("-")]
+    return [path for path in found if not Path(path).is_absolute()]
+
+
 @pytest.mark.parametrize("block", BLOCKS, ids=str)
 def test_readme_block(block, sandbox, tmp_path):
     env = environment()
@@ -143,6 +152,8 @@ def test_readme_block(block, sandbox, tmp_path):
             for program in programs(as_written(command)):
                 assert program in builtins or shutil.which(program, path=env["PATH"]) or \
                     (REPO / program).exists(), f"{block}: {program!r} is not a program here ({command})"
+            for script in scripts(as_written(command)):  # `python bench/run.py`: the file exists
+                assert (REPO / script).exists(), f"{block}: no {script} in the checkout ({command})"
         return
     workdir = tmp_path if block.mode == "fresh" else sandbox
     for command in block.commands:
@@ -182,4 +193,6 @@ def test_the_readme_commands_left_what_they_promise(sandbox):
     assert (sandbox / "report.html").stat().st_size > 100_000  # snakemake --report
     best = yaml.safe_load((sandbox / "best.yaml").read_text())  # export --as-config
     assert set(best) >= {"model", "data", "training"} and "learning_rate" in best["training"]
-    assert (out / "tune.merged.yaml").exists()  # snaketune tune ran
+    # snaketune tune ran tune.yaml's grown budget: one more trial. (The config of the last run,
+    # tune.merged.yaml, is my_tune.yaml's again: a later block ran that.)
+    assert len(load_study(out).trials) == 3 and "my_tune.yaml" in (out / "tune.merged.yaml").read_text()

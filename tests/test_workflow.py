@@ -70,13 +70,6 @@ def test_single_objective_study(workdir):
     assert model.config.hidden_size == 32
 
 
-def test_rerun_with_everything_done_trains_nothing(workdir):
-    write_config(workdir, tiny_config(n_trials=1))
-    run_snakemake(workdir)
-    again = run_snakemake(workdir)
-    assert "Nothing to be done" in again.stdout + again.stderr
-
-
 def test_multi_objective_study_with_custom_metric(workdir):
     (workdir / "my_metrics.py").write_text(
         "def answer_tokens(*, model, tokenizer, eval_dataset, trial_dir, **kwargs):\n"

@@ -135,14 +135,17 @@ def cmd_tune(args) -> int:
         unusable = layout.unusable_because()
         if unusable:
             raise CliError(f"tuning.output_dir: {unusable}")
-        from snaketune.study import in_use_message, release_stale_snakemake_locks, run_holder
+        from snaketune.study import StudyInUse, in_use_message, release_stale_snakemake_locks, run_holder
 
         holder = run_holder(layout)  # its jobs read tune.merged.yaml: never overwrite it under them
         if holder:
             raise CliError(in_use_message(layout, holder))
         # A run killed outright (SIGKILL, a power cut, the OOM killer) left Snakemake's lock, which
         # plain snakemake clears only with --unlock: nothing of the study runs, so release it here.
-        released = release_stale_snakemake_locks(layout)
+        try:
+            released = release_stale_snakemake_locks(layout)
+        except StudyInUse as error:
+            raise CliError(str(error)) from None
         if released:
             print(f"snaketune: the last run of the study in {layout.output_dir} was killed; released "
                   f"the Snakemake lock it left ({', '.join(p.name for p in released)} in "
@@ -155,7 +158,10 @@ def cmd_tune(args) -> int:
         configfile.write_text(text)
     command = snakemake_command(configfile, args.cores, args.gpus, args.profile, args.dry_run,
                                 args.snakemake_args)
-    print("snaketune: " + " ".join(command[1:]), file=sys.stderr, flush=True)
+    from snaketune.summary import shown
+
+    print("snaketune: " + " ".join(["snakemake", *(shown(a) if a == str(configfile) else a for a in command[3:])]),
+          file=sys.stderr, flush=True)
     try:
         return subprocess.call(command)
     finally:
@@ -353,19 +359,31 @@ def cmd_report(args) -> int:
     config = find_tune_config(output_dir, args.config)
     if config is None:
         raise CliError(f"the report needs the study's tune config: pass it with -c (no "
-                       f"{layout.merged_config} from `snaketune tune`)")
-    # The folder given here is the study's, wherever it ran from (relative data paths in the
-    # config still resolve against the working directory, as when it ran).
+                       f"{layout.merged_config} from its last run)")
+    missing = [path for path in (layout.results_csv, layout.report_page("trials")) if not path.exists()]
+    if missing:
+        raise CliError(f"the study in {output_dir} has no results to report yet ({missing[0]} is written "
+                       "when a run ends): let its run finish, or run it again to the end")
+    # The study's folder as given here, wherever it ran from; Snakemake runs where the study last
+    # ran (its relative data paths and its .snakemake records are there).
     config.setdefault("tuning", {})["output_dir"] = str(output_dir.resolve())
-    target = Path(args.output) if args.output else layout.snakemake_report
+    from snaketune.study import last_run
+
+    ran_in = last_run(layout).get("cwd")
+    ran_in = ran_in if ran_in and Path(ran_in).is_dir() else None
+    target = (Path(args.output) if args.output else layout.snakemake_report).resolve()
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="snaketune-report-") as handle:
         yaml.safe_dump(config, handle, sort_keys=False)
         handle.flush()
         command = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--configfile", handle.name,
-                   "--cores", "1", "--quiet", "all", "--report", str(target), *args.snakemake_args]
-        status = subprocess.call(command)
+                   "--cores", "1", "--quiet", "rules", "host", "progress", "--report", str(target),
+                   *args.snakemake_args]
+        status = subprocess.call(command, cwd=ran_in)
     if status == 0:
         print(f"snaketune: wrote {target} (open it in a browser; it needs no network)", file=sys.stderr)
+    else:
+        print(f"snaketune: the report could not be written (Snakemake's reason is above; it ran "
+              f"in {ran_in or os.getcwd()})", file=sys.stderr)
     return status
 
 

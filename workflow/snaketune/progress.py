@@ -26,15 +26,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from snaketune import study as studies
 from snaketune.layout import StudyLayout, TrialFiles
-from snaketune.summary import fmt, fmt_seconds, running_table, shown, trial_folder
+from snaketune.summary import clip, fmt, fmt_seconds, running_table, shown, trial_folder
 
-MAX_LINE = 300  # characters: a line a person can read in a terminal without it wrapping twice
 STATUS_EVERY_ENV = "SNAKETUNE_STATUS_EVERY"
 PREPARE_RULES = ("prepare_model", "prepare_data")
-
-
-def clip(line: str, limit: int = MAX_LINE) -> str:
-    return line if len(line) <= limit else line[:limit - 3] + "..."
 
 
 def params_text(params: dict) -> str:
@@ -87,6 +82,16 @@ def last_progress(log: Path, limit: int = 160) -> str | None:
     return None
 
 
+def status_seconds() -> float:
+    """$SNAKETUNE_STATUS_EVERY (seconds between the running trials' tables), else 60."""
+    try:
+        return max(0.0, float(os.environ.get(STATUS_EVERY_ENV) or 60))
+    except ValueError:
+        print(f"snaketune: {STATUS_EVERY_ENV}={os.environ[STATUS_EVERY_ENV]!r} is not a number of "
+              "seconds; showing the running trials every 60 s", file=sys.stderr)
+        return 60.0
+
+
 class ConsoleProgress:
     """Watches the study of `layout` (objectives `metrics`, `directions` 'minimize'/'maximize')
     and prints what changed to `stream` every `poll_seconds` (2 s), the running table every
@@ -103,17 +108,17 @@ class ConsoleProgress:
         self.directions, self.n_trials = list(directions), n_trials
         self.stream = stream or sys.stdout
         self.poll_seconds = poll_seconds
-        if status_every is None:
-            status_every = float(os.environ.get(STATUS_EVERY_ENV) or 60)
-        self.status_every = status_every
+        self.status_every = status_seconds() if status_every is None else status_every
         self.study = None
         self.started: set[int] = set()
         self.ended: set[int] = set()
         self.best_value: float | None = None
         self.rules_seen: dict[str, float] = {}
         self._stop = threading.Event()
+        self._polling = threading.Lock()  # the thread's polls and stop()'s last one never overlap
         self._thread: threading.Thread | None = None
         self._last_table = time.monotonic()
+        self._errors = 0
 
     def say(self, line: str) -> None:
         print(line, file=self.stream, flush=True)
@@ -150,6 +155,10 @@ class ConsoleProgress:
 
     def poll(self) -> None:
         """Print the trials that started or ended, and the prepare steps, since the last poll."""
+        with self._polling:
+            self._poll()
+
+    def _poll(self) -> None:
         self._rules()
         study = self._load()
         if study is None:
@@ -200,7 +209,7 @@ class ConsoleProgress:
         if study is not None:
             table = running_table(study, self.layout)
             if table:
-                done = len(self.ended)
+                done = sum(1 for t in studies.latest_attempts(study) if t.state.is_finished())
                 budget = f" of {self.n_trials}" if self.n_trials else ""
                 best = f", best {self.metrics[0]}={fmt(self.best_value)}" if self.best_value is not None else ""
                 lines.append(f"snaketune: {done}{budget} trial(s) done{best}; running:")
@@ -215,12 +224,15 @@ class ConsoleProgress:
                 self.poll()
                 if self.status_every and time.monotonic() - self._last_table >= self.status_every:
                     self._last_table = time.monotonic()
-                    text = self.status()
+                    with self._polling:
+                        text = self.status()
                     if text:
                         self.say(text)
-            except Exception as error:  # a console aid never stops a run: say it once and stop
-                self.say(f"snaketune: progress lines stopped ({type(error).__name__}: {error})")
-                return
+            except Exception as error:  # a console aid never stops a run (a journal being written
+                self._errors += 1       # on a slow file system, say): say so once, try again later
+                if self._errors == 1:
+                    self.say(clip(f"snaketune: could not read the study for the progress lines "
+                                  f"({type(error).__name__}: {error}); trying again"))
 
     def start(self) -> "ConsoleProgress":
         try:
@@ -236,7 +248,9 @@ class ConsoleProgress:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+            if self._thread.is_alive():  # stuck reading the journal: its lines would come twice
+                return
         try:
             self.poll()
-        except Exception:
+        except Exception:  # the run's own end (its summary, its error) matters more
             pass

@@ -226,45 +226,95 @@ def run_holder(layout: StudyLayout) -> str | None:
         os.close(fd)
 
 
-def trial_jobs_alive(layout: StudyLayout) -> bool:
-    """Whether trial jobs of the study still run (they hold its trials lock shared)."""
-    if not layout.trials_lock.exists():
-        return False
-    fd = os.open(layout.trials_lock, os.O_RDONLY)
+def _lock_is_free(path: Path, operation: int) -> bool | None:
+    """Whether `operation` (an flock) on `path` could be taken now; None where the file system has
+    no flock (then nobody can tell whether a holder is alive)."""
+    if not path.exists():
+        return True
+    fd = os.open(path, os.O_RDONLY)
     try:
-        _flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, layout.trials_lock)  # dropped at close
-        return False
-    except BlockingIOError:
+        try:
+            fcntl.flock(fd, operation | fcntl.LOCK_NB)  # dropped at close: only a probe
+        except BlockingIOError:
+            return False
+        except OSError as error:
+            if error.errno in _NO_FLOCK:
+                return None
+            raise
         return True
     finally:
         os.close(fd)
 
 
-def release_stale_snakemake_locks(layout: StudyLayout, workdir: str | Path = ".") -> list[Path]:
-    """Remove the Snakemake locks in `workdir` that a killed run of this study left; returns them.
+def trial_jobs_alive(layout: StudyLayout) -> bool | None:
+    """Whether trial jobs of the study still run (each holds its trials lock shared); None where
+    the file system has no flock."""
+    free = _lock_is_free(layout.trials_lock, fcntl.LOCK_EX)
+    return None if free is None else not free
 
-    Snakemake locks the files of a run in `<workdir>/.snakemake/locks/<n>.{input,output}.lock`
-    (each listing the paths of a run's inputs or outputs) and refuses the next run until `snakemake --unlock`.
-    `--unlock` removes every lock of the directory, also a live run's of another study there, so
-    only the lock files naming files under this study's output_dir are removed, and only when nothing of
-    the study is alive: no run holds its run lock (an flock the kernel dropped when the run died)
-    and no trial job holds its trials lock.
-    """
-    locks = Path(workdir) / ".snakemake" / "locks"
-    if not locks.is_dir() or run_holder(layout) or trial_jobs_alive(layout):
-        return []
+
+def _snakemake_lock_files(layout: StudyLayout, workdir: Path) -> list[dict]:
+    """The Snakemake lock files in `workdir` that name files of this study, each as its path and
+    identity (inode, mtime): Snakemake reuses the names (0.input.lock, ...) from run to run."""
+    locks = workdir / ".snakemake" / "locks"
     root = str(layout.output_dir.resolve())
-    removed = []
-    for lock in sorted(locks.glob("*.lock")):
+    found = []
+    for lock in sorted(locks.glob("*.lock")) if locks.is_dir() else []:
         try:
             paths = [line.strip() for line in lock.read_text().splitlines() if line.strip()]
+            stat = lock.stat()
         except OSError:
             continue
         named = [os.path.abspath(os.path.join(workdir, path)) for path in paths]
         if any(path == root or path.startswith(root + os.sep) for path in named):
-            lock.unlink(missing_ok=True)
-            removed.append(lock)
+            found.append({"path": str(lock.resolve()), "inode": stat.st_ino, "mtime_ns": stat.st_mtime_ns})
+    return found
+
+
+def last_run(layout: StudyLayout) -> dict:
+    """What the study's last run recorded in its run lock file (pid, host, cwd, command, its
+    Snakemake lock files), or {} when none did."""
+    try:
+        return json.loads(layout.run_lock.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def release_stale_snakemake_locks(layout: StudyLayout) -> list[Path]:
+    """Remove the Snakemake lock files a killed run of this study left behind; returns them.
+
+    Snakemake locks a run's files in `<its working directory>/.snakemake/locks/` and refuses the
+    next run there until `snakemake --unlock`, which removes every lock of that directory, also a
+    live run's (of another study, or of this one still building its DAG). So only the lock files
+    the last run of this study recorded as its own (`hold_study`), still the very same files
+    (inode and mtime), are removed, and only when the study is certainly not in use: no run holds
+    its run lock and no trial job its trials lock (flocks the kernel drops when a process dies).
+    Raises StudyInUse when trial jobs of a killed run still run; a file system without flock
+    releases nothing (nothing can tell a dead run from a live one there).
+    """
+    run_free = _lock_is_free(layout.run_lock, fcntl.LOCK_EX)
+    trials = trial_jobs_alive(layout)
+    if run_free is None or trials is None or not run_free:
+        return []
+    if trials:
+        raise StudyInUse(LEFTOVER_TRIAL_JOBS.format(output_dir=layout.output_dir))
+    removed = []
+    for lock in last_run(layout).get("snakemake_locks", []):
+        path = Path(lock["path"])
+        try:
+            stat = path.stat()
+        except OSError:
+            continue
+        if (stat.st_ino, stat.st_mtime_ns) == (lock["inode"], lock["mtime_ns"]):
+            path.unlink(missing_ok=True)
+            removed.append(path)
     return removed
+
+
+LEFTOVER_TRIAL_JOBS = (
+    "tuning.output_dir: trial jobs of an earlier run of the study in {output_dir} are still running "
+    "(their snakemake was stopped, e.g. killed, and left them behind); wait for them to end, or stop "
+    "them (ps, squeue), then run again. A new run would claim their trials.")
 
 
 def _holder_text(layout: StudyLayout) -> str:
@@ -307,16 +357,15 @@ def hold_study(layout: StudyLayout) -> int:
         _flock(trials, fcntl.LOCK_EX | fcntl.LOCK_NB, layout.trials_lock)
     except BlockingIOError:
         os.close(fd)
-        raise StudyInUse(
-            f"tuning.output_dir: trial jobs of an earlier run of the study in {layout.output_dir} are "
-            "still running (their snakemake was stopped, e.g. killed, and left them behind); wait for "
-            "them to end, or stop them (ps, squeue), then run again. A new run would claim their "
-            "trials.") from None
+        raise StudyInUse(LEFTOVER_TRIAL_JOBS.format(output_dir=layout.output_dir)) from None
     finally:
         os.close(trials)  # only a probe: no trial job of this run has started yet
+    # Snakemake has locked this run's files in its working directory by now (onstart comes after):
+    # they are recorded, so that `snaketune tune` can release them, and only them, after a kill.
     holder = {"pid": os.getpid(), "host": socket.gethostname(), "cwd": os.getcwd(),
               "command": " ".join(sys.argv),
-              "started_at": datetime.datetime.now().isoformat(timespec="seconds")}
+              "started_at": datetime.datetime.now().isoformat(timespec="seconds"),
+              "snakemake_locks": _snakemake_lock_files(layout, Path.cwd())}
     os.ftruncate(fd, 0)
     os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
     return fd

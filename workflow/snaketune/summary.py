@@ -50,6 +50,15 @@ def fmt_seconds(seconds: float | None) -> str:
 _NUMBER_LIKE = re.compile(r"^(-|[-+]?[\d.]+(e[-+]?\d+)?\*?|\d+/\d+|(\d+h)?(\d+m)?(\d+s)?)$")
 
 
+MAX_LINE = 300  # characters: a line a person can read in a terminal without it wrapping twice
+
+
+def clip(line: str, limit: int = MAX_LINE) -> str:
+    """`line` on one line (runs of whitespace, newlines too, made one space), cut to `limit`."""
+    line = " ".join(line.split()) if "\n" in line else line
+    return line if len(line) <= limit else line[:limit - 3] + "..."
+
+
 def shown(path: Path | str) -> str:
     """A path as a person types it here: relative to the working directory when under it."""
     path = Path(path)
@@ -230,10 +239,10 @@ def status_table(study: optuna.Study, layout: StudyLayout, n_trials: int | None 
                      f"{trial_folder(best[0], layout)}, "
                      f"{', '.join(f'{k}={fmt(v)}' for k, v in best[0].params.items())})")
     else:
-        lines.append(f"best so far: Pareto front of {len(best)} trial(s): "
+        lines.append(clip(f"best so far: Pareto front of {len(best)} trial(s): "
                      + "; ".join(f"trial {t.number} ({trial_folder(t, layout)}) "
                                  + ", ".join(f"{m}={fmt(v)}" for m, v in zip(metrics, t.values))
-                                 for t in best))
+                                 for t in best)))
     running = running_table(study, layout, max_steps)
     if running:
         lines += ["running", running]

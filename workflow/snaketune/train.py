@@ -366,10 +366,6 @@ def train_and_evaluate(tune: TuningConfig, params: dict, trial_dir: Path, model_
     tokenizer = models.load_tokenizer(model_source, tune.model)
     # Quantisation options are fixed (config.py refuses to tune them) and apply to loading.
     model = models.load_model(model_source, tune.model, quantization=tuning.quantization)
-    # TRL's model card (trial_<i>/README.md) names the base model from the loaded one's
-    # `_name_or_path`, and names none for a local folder (the study's prepared copy): the model
-    # the user named is the base (a hub id links to its page; a local path is named as it is).
-    model.config._name_or_path = tune.model.model_name
     prepared = datasets_.load_prepared(data_dir)
 
     files = TrialFiles(trial_dir)
@@ -480,8 +476,14 @@ def train_and_evaluate(tune: TuningConfig, params: dict, trial_dir: Path, model_
 
 
 def name_base_model_in_card(trial_dir: Path, model_name: str) -> None:
-    """TRL's model card (`trial_dir/README.md`) of a model trained from a local folder says "a
-    fine-tuned version of [None](https://huggingface.co/None)": name the folder instead."""
+    """Name the model the user gave (`model.model_name`) as the base in TRL's model card
+    (`trial_dir/README.md`).
+
+    TRL names the base from the loaded model's path, and none for a local folder, which trials
+    always load (the study's prepared copy), so the card said "a fine-tuned version of
+    [None](https://huggingface.co/None)". Only the card is changed: the adapter's own
+    `base_model_name_or_path` stays the prepared copy, the weights it was trained on.
+    """
     card = Path(trial_dir) / "README.md"
     try:
         text = card.read_text()
@@ -489,7 +491,9 @@ def name_base_model_in_card(trial_dir: Path, model_name: str) -> None:
         return
     unnamed = "[None](https://huggingface.co/None)"
     if unnamed in text:
-        card.write_text(text.replace(unnamed, f"`{model_name}` (a local model)"))
+        named = (f"`{model_name}` (a local model)" if Path(model_name).exists()
+                 else f"[{model_name}](https://huggingface.co/{model_name})")
+        card.write_text(text.replace(unnamed, named))
 
 
 def write_loss_curve(log_history: list[dict], path: Path) -> None:

@@ -1,0 +1,125 @@
+"""Resuming a run that was killed outright (SIGKILL, a power cut): from the last checkpoint, with
+the same parameters; `snaketune tune` releases only the Snakemake lock the dead run left."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from optuna.trial import TrialState
+
+from snaketune.layout import StudyLayout
+from workflow_helpers import REPO, load_study, run_cli, run_snakemake, tiny_config, write_config, write_reverse_words
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    write_reverse_words(tmp_path / "data.jsonl")
+    return tmp_path
+
+
+@pytest.mark.parametrize("how", ["snaketune", "snakemake"])
+def test_killed_run_resumes_from_checkpoint_with_same_params(workdir, how):
+    """After SIGKILL of the whole run: `snaketune tune` with the same arguments resumes (it
+    releases the lock the dead run left); plain snakemake needs --unlock, then --rerun-incomplete."""
+    config = tiny_config(n_trials=1)
+    config["tuning"]["fixed_training_params"].update(max_steps=30, save_steps=5)
+    write_config(workdir, config)
+    out = workdir / "tuning_output"
+    if how == "snakemake":
+        command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--cores", "2",
+                   "--configfile", "tune.yaml"]
+    else:
+        command = [sys.executable, "-m", "snaketune.cli", "tune", "-c", "tune.yaml", "--cores", "2"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    with open(workdir / "killed_run.log", "w") as log:
+        run = subprocess.Popen(command, cwd=workdir, env=env, stdout=log, stderr=log, start_new_session=True)
+    deadline = time.time() + 240
+    while not list(StudyLayout(out).trial(0).dir.glob("checkpoint-1[05]")) and time.time() < deadline:
+        assert run.poll() is None, (workdir / "killed_run.log").read_text()
+        time.sleep(0.5)
+    time.sleep(1)
+    os.killpg(run.pid, signal.SIGKILL)  # Snakemake and its trial job, mid-training
+    run.wait()
+    killed_at = time.time()
+    assert not StudyLayout(out).trial(0).metrics.exists()
+    study = load_study(out)
+    assert [t.state for t in study.trials] == [TrialState.RUNNING]
+    killed = study.trials[0]
+
+    assert list((workdir / ".snakemake" / "locks").glob("*.lock"))  # left by the killed run
+    if how == "snakemake":  # the documented resume: release the lock, then run again
+        run_snakemake(workdir, "--unlock")
+        run_snakemake(workdir, "--rerun-incomplete")
+    else:  # the same command again
+        again = run_cli(workdir, *command[3:])
+        assert "was killed; released the Snakemake lock it left" in again.stderr
+        assert not list((workdir / ".snakemake" / "locks").glob("*.lock"))
+    study = load_study(out)
+    first, retry = study.trials
+    assert first.state == TrialState.FAIL and first.user_attrs["fail_reason"] == "interrupted"
+    assert retry.state == TrialState.COMPLETE and retry.params == killed.params
+    assert retry.user_attrs["retry_of"] == first.number
+    resumed = retry.user_attrs["resumed_from"]
+    resumed_step = int(resumed.rsplit("-", 1)[1])
+    assert resumed_step >= 10
+    state = json.loads(next(StudyLayout(out).trial(0).dir.glob("checkpoint-30")).joinpath("trainer_state.json").read_text())
+    assert state["global_step"] == 30
+    # Steps before the checkpoint were not trained again: the resumed run (every row logged after
+    # the kill) starts right after the checkpoint. (The killed run may have logged past it or not.)
+    curve = [json.loads(line) for line in StudyLayout(out).trial(0).loss_curve.read_text().splitlines()]
+    resumed_steps = [entry["step"] for entry in curve if "loss" in entry and entry["time"] > killed_at]
+    assert resumed_steps == list(range(resumed_step + 1, 31))
+
+
+def _fake_snakemake_lock(workdir: Path, name: str, paths: list[Path]) -> Path:
+    locks = workdir / ".snakemake" / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    lock = locks / name
+    lock.write_text("".join(f"{p}\n" for p in paths))
+    return lock
+
+
+def test_only_the_killed_runs_own_snakemake_locks_are_released(tmp_path, monkeypatch):
+    """`snaketune tune` after a kill: the lock files the dead run recorded as its own go; another
+    study's lock in the same directory, and a lock file made anew since, stay."""
+    import fcntl
+
+    from snaketune.study import StudyInUse, hold_study, release_stale_snakemake_locks
+
+    monkeypatch.chdir(tmp_path)
+    layout = StudyLayout(tmp_path / "tuning_output")
+    ours = _fake_snakemake_lock(tmp_path, "0.input.lock", [layout.trial(0).metrics, layout.results_csv])
+    other = _fake_snakemake_lock(tmp_path, "1.input.lock", [tmp_path / "other_study" / "trials_results.csv"])
+    fd = hold_study(layout)  # the run records its own lock files...
+    assert release_stale_snakemake_locks(layout) == []  # ...and while it lives, nothing is released
+    os.close(fd)  # the run dies: the kernel drops its flock
+    assert release_stale_snakemake_locks(layout) == [ours.resolve()]
+    assert not ours.exists() and other.exists()
+
+    # A lock file of the same name made since (a new run building its DAG) is not the dead run's.
+    ours = _fake_snakemake_lock(tmp_path, "0.input.lock", [layout.results_csv])
+    fd = hold_study(layout)
+    os.close(fd)
+    ours.unlink()
+    time.sleep(0.01)
+    fresh = _fake_snakemake_lock(tmp_path, "0.input.lock", [layout.results_csv])
+    assert release_stale_snakemake_locks(layout) == [] and fresh.exists()
+
+    # Trial jobs of the killed run still running: refused, nothing released.
+    fd = hold_study(layout)
+    os.close(fd)
+    trials = os.open(layout.trials_lock, os.O_RDWR)
+    fcntl.flock(trials, fcntl.LOCK_SH)
+    try:
+        with pytest.raises(StudyInUse, match="trial jobs of an earlier run"):
+            release_stale_snakemake_locks(layout)
+    finally:
+        os.close(trials)
+    assert fresh.exists()
