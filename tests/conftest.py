@@ -49,3 +49,17 @@ def alpaca_jsonl(tmp_path) -> Path:
     rows = [{"instruction": f"Add {i} and {i}.", "input": "", "output": str(2 * i)} for i in range(4)]
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
+
+
+# The modules whose tests run whole studies, longest first. `make test` hands whole modules to its
+# workers (pytest-xdist --dist loadscope) in collection order, so a long module collected late (the
+# SLURM study) would run alone at the end while the other worker idles; longest first keeps both
+# busy to the end. Within a module the order is kept (test_readme runs the README in order).
+LONGEST_FIRST = ("test_slurm.py", "test_failures.py", "test_nothing_lost.py", "test_workflow.py",
+                 "test_search.py", "test_wheel.py", "test_resume.py", "test_readme.py", "test_gpu.py",
+                 "test_oumi_format.py", "test_cli.py", "test_report.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))

@@ -15,7 +15,7 @@ import pytest
 from optuna.trial import TrialState
 
 from snaketune.layout import StudyLayout
-from workflow_helpers import REPO, load_study, run_cli, run_snakemake, tiny_config, write_config, write_reverse_words
+from workflow_helpers import load_study, run_cli, tiny_config, write_config, write_reverse_words
 
 
 @pytest.fixture
@@ -24,19 +24,15 @@ def workdir(tmp_path):
     return tmp_path
 
 
-@pytest.mark.parametrize("how", ["snaketune", "snakemake"])
-def test_killed_run_resumes_from_checkpoint_with_same_params(workdir, how):
-    """After SIGKILL of the whole run: `snaketune tune` with the same arguments resumes (it
-    releases the lock the dead run left); plain snakemake needs --unlock, then --rerun-incomplete."""
+def test_killed_run_resumes_from_checkpoint_with_same_params(workdir):
+    """After SIGKILL of the whole run, `snaketune tune` with the same arguments resumes: it releases
+    the lock the dead run left (plain snakemake needs `--unlock`, then `--rerun-incomplete`, as the
+    README says: Snakemake's own behaviour, the same resume underneath)."""
     config = tiny_config(n_trials=1)
     config["tuning"]["fixed_training_params"].update(max_steps=30, save_steps=5)
     write_config(workdir, config)
     out = workdir / "tuning_output"
-    if how == "snakemake":
-        command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--cores", "2",
-                   "--configfile", "tune.yaml"]
-    else:
-        command = [sys.executable, "-m", "snaketune.cli", "tune", "-c", "tune.yaml", "--cores", "2"]
+    command = [sys.executable, "-m", "snaketune.cli", "tune", "-c", "tune.yaml", "--cores", "2"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     with open(workdir / "killed_run.log", "w") as log:
         run = subprocess.Popen(command, cwd=workdir, env=env, stdout=log, stderr=log, start_new_session=True)
@@ -54,13 +50,9 @@ def test_killed_run_resumes_from_checkpoint_with_same_params(workdir, how):
     killed = study.trials[0]
 
     assert list((workdir / ".snakemake" / "locks").glob("*.lock"))  # left by the killed run
-    if how == "snakemake":  # the documented resume: release the lock, then run again
-        run_snakemake(workdir, "--unlock")
-        run_snakemake(workdir, "--rerun-incomplete")
-    else:  # the same command again
-        again = run_cli(workdir, *command[3:])
-        assert "was killed; released the Snakemake lock it left" in again.stderr
-        assert not list((workdir / ".snakemake" / "locks").glob("*.lock"))
+    again = run_cli(workdir, *command[3:])  # the same command again
+    assert "was killed; released the Snakemake lock it left" in again.stderr
+    assert not list((workdir / ".snakemake" / "locks").glob("*.lock"))
     study = load_study(out)
     first, retry = study.trials
     assert first.state == TrialState.FAIL and first.user_attrs["fail_reason"] == "interrupted"

@@ -148,7 +148,8 @@ def _report_failure(tuning: TuningParams) -> None:
     for rule in ONCE_PER_STUDY_RULES:
         error = _rule_error(layout.rule_log(rule))
         if error:
-            print(summary.clip(f"snaketune: rule {rule} failed: {error} (log: {summary.shown(layout.rule_log(rule))})"))
+            # Whole, however long: an error's end says what to do about it.
+            print(f"snaketune: rule {rule} failed: {error} (log: {summary.shown(layout.rule_log(rule))})")
     study = studies.load_study(layout.output_dir, tuning.study_name, missing_ok=True)
     if study is None:
         return
@@ -167,15 +168,15 @@ def _report_failure(tuning: TuningParams) -> None:
         reason = trial.user_attrs.get("fail_reason") or (
             "its job stopped without recording why (killed, or the journal could not be written); "
             f"see {layout.trial(trial.user_attrs.get('slot')).log}")
-        print(summary.clip(f"  trial_{trial.user_attrs.get('slot')} (trial {trial.number}) "
-                           f"{studies.outcome(trial, run_over=True)}: {reason}"))
+        print(f"  trial_{trial.user_attrs.get('slot')} (trial {trial.number}) "
+              f"{studies.outcome(trial, run_over=True)}: {' '.join(reason[:500].split())}")
     # A trial job that failed before its trial was in the journal (an import error, say).
     told = {t.user_attrs.get("slot") for t in latest}
     for slot in range(tuning.n_trials):
         error = None if slot in told else _rule_error(layout.trial(slot).log)
         if error:
-            print(summary.clip(f"  trial_{slot} failed before its trial started: {error} "
-                               f"(log: {summary.shown(layout.trial(slot).log)})"))
+            print(f"  trial_{slot} failed before its trial started: {error} "
+                  f"(log: {summary.shown(layout.trial(slot).log)})")
     if counts["completed"]:
         best = studies.best_trials(study)
         if len(tuning.metrics) == 1:
