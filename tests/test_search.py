@@ -20,7 +20,7 @@ from snaketune import study as studies  # noqa: E402
 from snaketune.config import ConfigError, load_tune_config  # noqa: E402
 from snaketune.layout import StudyLayout, TrialFiles  # noqa: E402
 from snaketune.results import results_table  # noqa: E402
-from snaketune.study import SlotSkipped, claim_trial, open_study, skip_slot  # noqa: E402
+from snaketune.study import SlotSkipped, claim_trial, open_study, skip_slot, spent_compute  # noqa: E402
 
 
 @pytest.fixture
@@ -192,6 +192,58 @@ def test_time_budget_skips_slots_not_started(workdir):
     table = results_table(open_study(tuning), tuning["metrics"], tuning.layout)
     assert list(table["state"]) == ["COMPLETE", "SKIPPED"]
     assert "time budget" in table["fail_reason"].iloc[1]
+
+
+def _claim(tuning, slot):
+    study = open_study(tuning, slot)
+    trial, _ = claim_trial(study, slot, tuning)
+    search_space.suggest(trial, tuning["space"])
+    return study, trial
+
+
+def test_compute_budget_counts_every_process_and_skips_the_slots_past_it(workdir):
+    """tuning.budget in trained steps: a finished trial counts what it trained, a running one
+    (another process) the max_steps it was started for, a failed one its loss curve."""
+    tuning = resolved(workdir, n_trials=5, budget={"trained_steps": 7})["tuning"]
+    study, trial = _claim(tuning, 0)
+    trial.set_user_attr("metrics", {"trained_steps": 3, "eval_loss": 1.0})
+    study.tell(trial, 1.0)
+    _claim(tuning, 1)  # running elsewhere: its 3 planned steps are committed
+    assert spent_compute(open_study(tuning), tuning, "trained_steps") == 6
+    study, trial = _claim(tuning, 2)  # 6 < 7: it starts; it fails after one logged step
+    files = tuning.layout.trial(2)
+    files.logs.mkdir(parents=True, exist_ok=True)
+    files.loss_curve.write_text('{"step": 1, "loss": 2.0, "num_tokens": 40}\n')
+    study.tell(trial, state=TrialState.FAIL)
+    assert spent_compute(open_study(tuning), tuning, "trained_steps") == 7
+    with pytest.raises(SlotSkipped, match=r"compute budget \(trained_steps=7\) was spent \(7\)") as skipped:
+        claim_trial(open_study(tuning, 3), 3, tuning)
+    skip_slot(open_study(tuning), 3, str(skipped.value))
+    table = results_table(open_study(tuning), tuning["metrics"], tuning.layout)
+    assert list(table["state"]) == ["COMPLETE", "RUNNING", "FAIL", "SKIPPED"]
+
+
+def test_compute_budget_in_tokens_and_device_hours(workdir):
+    tuning = resolved(workdir, n_trials=3, budget={"trained_tokens": 500})["tuning"]
+    study, trial = _claim(tuning, 0)
+    trial.set_user_attr("metrics", {"trained_steps": 3, "trained_tokens": 500})
+    trial.set_user_attr("wall_seconds", 1800.0)
+    study.tell(trial, 1.0)
+    assert spent_compute(open_study(tuning), tuning, "trained_tokens") == 500
+    assert spent_compute(open_study(tuning), tuning, "gpu_hours") == pytest.approx(0.5)
+    with pytest.raises(SlotSkipped, match="trained_tokens=500"):
+        claim_trial(open_study(tuning, 1), 1, tuning)
+
+
+@pytest.mark.parametrize("budget, fragment", [
+    ({"trained_steps": 0}, "tuning.budget.trained_steps"),
+    ({"trained_steps": 10, "gpu_hours": 1}, "tuning.budget"),
+    ({"steps": 10}, "tuning.budget"),
+    ({"trained_steps": 2.5}, "tuning.budget.trained_steps"),
+])
+def test_a_budget_is_one_positive_amount_in_a_known_unit(workdir, budget, fragment):
+    found = problems(workdir, tiny_config(budget=budget))
+    assert any(problem.startswith(fragment) for problem in found), found
 
 
 @pytest.mark.parametrize("change, path, fragment", [

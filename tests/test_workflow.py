@@ -44,7 +44,7 @@ def test_single_objective_study(workdir):
     assert len(table) == 3
     for column in ("number", "state", "datetime_start", "datetime_complete", "duration",
                    "params_learning_rate", "params_per_device_train_batch_size", "eval_loss",
-                   "eval_mean_token_accuracy", "trial_dir"):
+                   "eval_mean_token_accuracy", "trial_dir", "trained_steps", "trained_tokens"):
         assert column in table.columns, column
     assert "values_0" not in table.columns and "value" not in table.columns
     assert set(table["state"]) == {"COMPLETE"}

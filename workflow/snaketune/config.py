@@ -65,6 +65,8 @@ class TuningParams(Record):
     report_every_steps: int | None  # evaluate (and report to the pruner) every N steps
     enqueue_trials: list[dict]  # configurations evaluated first, {parameter name: value}
     timeout_minutes: float | None
+    # {"trained_steps": N} | {"trained_tokens": N} | {"gpu_hours": H}: compute the study may spend
+    budget: dict | None
     metrics: list[str]  # the objectives, in order
     directions: list[str]  # "minimize" or "maximize", one per objective
     custom_eval_metrics: list[CustomMetric]
@@ -302,6 +304,7 @@ def _resolve(cfg: dict, base: Path, validated: bool, problems: list[str]) -> Tun
             report_every_steps=tuning["report_every_steps"],
             enqueue_trials=enqueued,
             timeout_minutes=tuning["timeout_minutes"],
+            budget=tuning["budget"],
             metrics=metric_names,
             directions=directions,
             custom_eval_metrics=custom,

@@ -34,7 +34,8 @@ EVALUATION_METRICS = tuple(f"eval_{name}" for name in (
     "loss", "mean_token_accuracy", "entropy", "num_tokens", "runtime", "samples_per_second",
     "steps_per_second"))
 TRAINING_METRICS = ("train_loss", "train_runtime", "train_samples_per_second",
-                    "train_steps_per_second", "total_flos", "epoch", "trained_steps")
+                    "train_steps_per_second", "total_flos", "epoch", "trained_steps",
+                    "trained_tokens")
 
 
 class MissingObjectiveError(SnaketuneError, RuntimeError):

@@ -29,7 +29,7 @@ from optuna.trial import FrozenTrial, TrialState
 from snaketune import space as search_space
 from snaketune import strategy
 from snaketune.errors import SnaketuneError
-from snaketune.layout import StudyLayout
+from snaketune.layout import StudyLayout, TrialFiles, read_loss_curve
 
 if TYPE_CHECKING:
     from snaketune.config import TuningParams
@@ -645,6 +645,7 @@ def claim_trial(study: optuna.Study, slot: int, tuning: TuningParams) -> tuple[o
     # later leaves a RUNNING trial that the next run finds in its slot, never an orphan.
     if latest is None:
         check_time_budget(study, tuning.timeout_minutes)
+        check_compute_budget(study, tuning)
         attrs = {"slot": slot, "attempt": 1}
         params = strategy.grid_points(tuning.space)[slot] if tuning.sampler == "GridSampler" else {}
         trial_id = create_trial(study, params, tuning.space, attrs)
@@ -726,6 +727,61 @@ def check_time_budget(study: optuna.Study, timeout_minutes: float | None) -> Non
     if elapsed > timeout_minutes:
         raise SlotSkipped(f"skipped: the study's time budget (timeout_minutes={timeout_minutes}) "
                           f"was spent {elapsed - timeout_minutes:.1f} min before this slot started")
+
+
+BUDGET_UNITS = ("trained_steps", "trained_tokens", "gpu_hours")
+
+
+def spent_compute(study: optuna.Study, tuning: TuningParams, unit: str) -> float:
+    """The compute the study has spent or committed, in `unit` (one of BUDGET_UNITS), counted from
+    the journal across every process, every attempt included (a failed one spent it too).
+
+    A finished trial counts what it recorded (`metrics.trained_steps`/`trained_tokens`; its wall
+    time for gpu_hours). A trial still running counts, for steps, the whole run it was started for
+    (max_steps): that compute is committed, and a slot that starts beside it must see it; for
+    tokens and hours, what it has spent so far (its live loss curve, its elapsed time). A trial
+    that stopped without recording counts what its loss curve shows.
+    """
+    layout = tuning.layout
+    planned = tuning.training_args.get("max_steps")
+    devices = max(1, tuning.gpu.gpus_per_trial)
+    total = 0.0
+    for trial in study.get_trials(deepcopy=False):
+        recorded = trial.user_attrs.get("metrics", {})
+        if unit == "gpu_hours":
+            seconds = trial.user_attrs.get("wall_seconds")
+            if seconds is None and trial.datetime_start is not None:
+                end = trial.datetime_complete or datetime.datetime.now()
+                seconds = (end - trial.datetime_start).total_seconds()
+            total += (seconds or 0.0) * devices / 3600
+            continue
+        if unit in recorded:
+            total += recorded[unit]
+            continue
+        if unit == "trained_steps" and trial.state == TrialState.RUNNING:
+            steps = trial.params.get("max_steps") or planned
+            if isinstance(steps, int) and steps > 0:
+                total += steps
+                continue
+        folder = trial_dir(trial, layout)
+        rows = read_loss_curve(TrialFiles(folder).loss_curve) if folder is not None else []
+        key = "step" if unit == "trained_steps" else "num_tokens"
+        values = [row[key] for row in rows if isinstance(row.get(key), (int, float))]
+        total += max(values) if values else 0
+    return total
+
+
+def check_compute_budget(study: optuna.Study, tuning: TuningParams) -> None:
+    """Raises SlotSkipped when tuning.budget is spent (or committed) before this slot starts.
+    Slots that claim at the same moment may each see it not yet spent: the budget is then
+    exceeded by at most the trials started side by side."""
+    if not tuning.budget:
+        return
+    (unit, amount), = tuning.budget.items()
+    spent = spent_compute(study, tuning, unit)
+    if spent >= amount:
+        raise SlotSkipped(f"skipped: the study's compute budget ({unit}={amount:g}) was spent "
+                          f"({spent:.4g}) before this slot started")
 
 
 def create_trial(study: optuna.Study, params: dict, space: list[search_space.Parameter],

@@ -457,7 +457,10 @@ def train_and_evaluate(tune: TuningConfig, params: dict, trial_dir: Path, model_
     train_output = trainer.train(resume_from_checkpoint=resume_from)
     name_base_model_in_card(trial_dir, tune.model.model_name)
     write_loss_curve(trainer.state.log_history, files.loss_curve_csv)
-    trained = {**train_output.metrics, "trained_steps": trainer.state.global_step}
+    # What the trial spent, for tuning.budget: steps, and tokens (TRL logs them cumulatively).
+    tokens = [entry["num_tokens"] for entry in trainer.state.log_history if "num_tokens" in entry]
+    trained = {**train_output.metrics, "trained_steps": trainer.state.global_step,
+               **({"trained_tokens": int(tokens[-1])} if tokens else {})}
     if divergence.reason or pruning.reason:
         return trained, divergence.reason or pruning.reason
     if last_evaluation.step == trainer.state.global_step:
