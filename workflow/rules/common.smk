@@ -19,6 +19,7 @@ if (REPO_DIR / "workflow" / "snaketune").is_dir():
 from snakemake.exceptions import WorkflowError
 
 from snaketune.config import ConfigError, load_tune_config, load_yaml, read_default_tune_yaml
+from snaketune.layout import write_text
 from snaketune.progress import ConsoleProgress
 from snaketune.study import StudyInUse, definition_conflicts, hold_study, restore_told_trials
 
@@ -137,11 +138,8 @@ def keep_run_config():
     if str(target.resolve()) in given:
         return
     source = ", ".join(str(path) for path in workflow.configfiles) or "the embedded default"
-    text = (f"# The config of the last run ({source}), as Snakemake merged it\n"
-            + yaml.safe_dump(json.loads(json.dumps(config)), sort_keys=False))
-    partial = target.with_name(target.name + ".tmp")
-    partial.write_text(text)
-    partial.replace(target)
+    write_text(target, f"# The config of the last run ({source}), as Snakemake merged it\n"
+               + yaml.safe_dump(json.loads(json.dumps(config)), sort_keys=False))
 
 
 def stop_progress():

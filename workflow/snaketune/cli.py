@@ -160,8 +160,8 @@ def cmd_tune(args) -> int:
                                 args.snakemake_args)
     from snaketune.summary import shown
 
-    print("snaketune: " + " ".join(["snakemake", *(shown(a) if a == str(configfile) else a for a in command[3:])]),
-          file=sys.stderr, flush=True)
+    echoed = ["snakemake", *(shown(arg) if arg == str(configfile) else arg for arg in command[3:])]
+    print("snaketune: " + " ".join(echoed), file=sys.stderr, flush=True)
     try:
         return subprocess.call(command)
     finally:

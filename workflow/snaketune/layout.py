@@ -234,12 +234,17 @@ class StudyLayout:
         return sorted(found, key=lambda p: int(p.name[len("trial_"):]))
 
 
-def write_json(path: str | Path, data) -> None:
-    """Write `data` as JSON atomically: a reader (or a crash) never sees half a file."""
+def write_text(path: str | Path, text: str) -> None:
+    """Write `text` atomically: a reader (or a crash) never sees half a file."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    tmp.write_text(text)
     tmp.replace(path)
+
+
+def write_json(path: str | Path, data) -> None:
+    """Write `data` as JSON atomically (write_text)."""
+    write_text(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def write_csv(frame, path: str | Path) -> None:

@@ -49,8 +49,11 @@ def end_line(trial: FrozenTrial, layout: StudyLayout, metrics: list[str], best: 
     """`trial 3 COMPLETE in 1m12s (trial_2/): eval_loss=0.1438, best so far`; a pruned trial's
     last reported value and step; a failed trial's reason, cut to fit."""
     took = trial.duration.total_seconds() if trial.duration is not None else None
-    head = (f"snaketune: trial {trial.number} {trial.state.name} in {fmt_seconds(took)} "
-            f"({trial_folder(trial, layout)})")
+    # A failure names the trial's log (Snakemake's own error block is quiet: see the profiles).
+    folder = studies.trial_dir(trial, layout)
+    failed = trial.state not in (TrialState.COMPLETE, TrialState.PRUNED) and folder is not None
+    where = f"{folder.name}/{TrialFiles(folder).log.relative_to(folder)}" if failed else trial_folder(trial, layout)
+    head = f"snaketune: trial {trial.number} {trial.state.name} in {fmt_seconds(took)} ({where})"
     if trial.state == TrialState.COMPLETE:
         values = ", ".join(f"{name}={fmt(value)}" for name, value in zip(metrics, trial.values or []))
         return clip(f"{head}: {values}" + (", best so far" if best else ""))
@@ -59,11 +62,8 @@ def end_line(trial: FrozenTrial, layout: StudyLayout, metrics: list[str], best: 
         last = f": {metrics[0]}={fmt(steps[max(steps)])} at step {max(steps)}" if steps else ""
         reason = trial.user_attrs.get("pruned_reason") or trial.user_attrs.get("fail_reason") or ""
         return clip(head + last + (f" ({reason})" if reason and not last else ""))
-    # A failure names the trial's log (Snakemake's own error block is quiet: see the profiles).
-    folder = studies.trial_dir(trial, layout)
-    log = f"{folder.name}/{TrialFiles(folder).log.relative_to(folder)}" if folder is not None else "-"
     reason = " ".join(str(trial.user_attrs.get("fail_reason") or "no reason recorded").split())
-    return clip(f"snaketune: trial {trial.number} {trial.state.name} in {fmt_seconds(took)} ({log}): {reason}")
+    return clip(f"{head}: {reason}")
 
 
 def last_progress(log: Path, limit: int = 160) -> str | None:

@@ -22,7 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from snaketune import study as studies
 from snaketune.layout import StudyLayout, TrialFiles, read_loss_curve
-from snaketune.summary import fmt, fmt_seconds, ranked
+from snaketune.summary import fmt, fmt_seconds, ranked, trial_folder
 
 # (kind, title, needs one figure per objective)
 PLOTS = (
@@ -83,8 +83,8 @@ def learning_curves(study: optuna.Study, layout: StudyLayout | None = None
 
 def _curve_label(trial: FrozenTrial) -> str:
     """`trial 3 (trial_2/)`: the trial's number beside its slot folder, as every table shows it."""
-    slot = trial.user_attrs.get("slot")
-    label = f"trial {trial.number}" + (f" (trial_{slot}/)" if slot is not None else "")
+    folder = trial_folder(trial)
+    label = f"trial {trial.number}" + (f" ({folder})" if folder != "-" else "")
     return label if trial.state == TrialState.COMPLETE else f"{label} ({trial.state.name.lower()})"
 
 

@@ -212,18 +212,7 @@ _NO_FLOCK_SAID: set[Path] = set()
 def run_holder(layout: StudyLayout) -> str | None:
     """Who holds the study's run lock now ('pid N on host, started T in /dir: command'), or None
     when no run does. Takes nothing (`snaketune tune` asks before it writes into the folder)."""
-    if not layout.run_lock.exists():
-        return None
-    fd = os.open(layout.run_lock, os.O_RDONLY)
-    try:
-        try:
-            if not _flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB, layout.run_lock):
-                return None
-        except BlockingIOError:
-            return _holder_text(layout)
-        return None
-    finally:
-        os.close(fd)
+    return _holder_text(layout) if _lock_is_free(layout.run_lock, fcntl.LOCK_SH) is False else None
 
 
 def _lock_is_free(path: Path, operation: int) -> bool | None:
@@ -233,15 +222,9 @@ def _lock_is_free(path: Path, operation: int) -> bool | None:
         return True
     fd = os.open(path, os.O_RDONLY)
     try:
-        try:
-            fcntl.flock(fd, operation | fcntl.LOCK_NB)  # dropped at close: only a probe
-        except BlockingIOError:
-            return False
-        except OSError as error:
-            if error.errno in _NO_FLOCK:
-                return None
-            raise
-        return True
+        return True if _flock(fd, operation | fcntl.LOCK_NB, path) else None  # dropped at close
+    except BlockingIOError:
+        return False
     finally:
         os.close(fd)
 

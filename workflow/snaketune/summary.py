@@ -264,8 +264,9 @@ def running_table(study: optuna.Study, layout: StudyLayout, max_steps: int | Non
     return render_table(["trial", "dir", "step", "loss", "elapsed", "eta"], rows) if rows else None
 
 
-def trial_folder(trial: FrozenTrial, layout: StudyLayout) -> str:
-    """The trial's folder as a person finds it under output_dir: `trial_2/`."""
+def trial_folder(trial: FrozenTrial, layout: StudyLayout | None = None) -> str:
+    """The trial's folder as a person finds it under output_dir: `trial_2/` (without `layout`,
+    as the trial recorded it)."""
     folder = studies.trial_dir(trial, layout)
     return f"{folder.name}/" if folder is not None else "-"
 
