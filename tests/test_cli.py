@@ -46,10 +46,30 @@ def test_profiles_map_to_the_repository(tmp_path, monkeypatch):
     assert cli.profile_args("slurm") == ["--workflow-profile", str(tmp_path / "slurm")]
     command = cli.snakemake_command(tmp_path / "t.yaml", None, 2, "slurm", True, ["--quiet"])
     assert "--cores" not in command  # a cluster profile decides the jobs
-    assert command[-4:] == ["--resources", "gpu=2", "--dry-run", "--quiet"]
+    assert command[-3:] == ["--resources=gpu=2", "--dry-run", "--quiet"]
     assert command[command.index("-s") + 1] == str(cli.SNAKEFILE)
     with pytest.raises(cli.CliError, match="unknown profile 'nope'.*default, slurm"):
         cli.profile_args("nope")
+
+
+@pytest.mark.parametrize("cores, gpus, profile, dry_run, extra", [
+    ("all", 2, None, False, []),                             # --gpus right before the targets
+    ("4", 2, "default", True, []),
+    (None, 1, "slurm", False, ["--rerun-incomplete"]),
+    ("2", None, None, False, ["--keep-going"]),
+])
+def test_targets_after_the_double_dash_reach_snakemake_as_targets(tmp_path, cores, gpus, profile, dry_run, extra):
+    """`snaketune tune ... -- TARGET...` (e.g. one slot's metrics.json): no option of the command
+    snaketune builds may take the targets as its own values (`--resources gpu=2 t` would)."""
+    from snakemake.cli import parse_args
+
+    targets = ["study/trial_0/metrics.json", str(tmp_path / "study" / "trial_1" / "metrics.json")]
+    command = cli.snakemake_command(tmp_path / "t.yaml", cores, gpus, profile, dry_run, [*extra, *targets])
+    _, parsed = parse_args(command[command.index("snakemake") + 1:])
+    assert parsed.targets == targets
+    assert parsed.configfile == [tmp_path / "t.yaml"]
+    if gpus is not None:
+        assert parsed.resources["gpu"].value == gpus
 
 
 def test_snakefile_is_found_from_the_package():

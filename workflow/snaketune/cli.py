@@ -110,7 +110,8 @@ def snakemake_command(configfile: Path, cores: str | None, gpus: int | None, pro
     if cores is not None or profile in (None, "default"):
         command += ["--cores", str(cores or "all")]
     if gpus is not None:
-        command += ["--resources", f"gpu={gpus}"]
+        # One token: `--resources` takes a list, so in two it would swallow the user's targets after `--`.
+        command += [f"--resources=gpu={gpus}"]
     if dry_run:
         command += ["--dry-run"]
     return command + extra
