@@ -132,6 +132,13 @@ def test_pruned_study_reports_intermediate_values_across_processes(workdir):
         assert trial.value == trial.intermediate_values[8]
     table = pd.read_csv(StudyLayout(out).results_csv)
     assert "PRUNED" in set(table["state"])
+    # The replay bench (bench/replay.py) makes the same prune decisions, following this journal's
+    # operations across both processes; replayed without the pruner, it disagrees (the check bites).
+    sys.path.insert(0, str(REPO / "bench"))
+    import replay
+
+    assert replay.validate(out) == []
+    assert replay.validate(out, {"pruner": "none", "pruner_kwargs": {}})
     again = run_snakemake(workdir)
     assert "Nothing to be done" in again.stdout + again.stderr  # pruned trials are not re-run
 

@@ -65,6 +65,12 @@ def grid_points(space: list[dict]) -> list[dict]:
     return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
 
 
+def slot_params(tuning: TuningParams, slot: int) -> dict:
+    """The parameters a slot's first attempt is created with: its grid point (GridSampler; the
+    sampler itself only fills in what is fixed), else none (the sampler chooses them all)."""
+    return grid_points(tuning.space)[slot] if tuning.sampler == "GridSampler" else {}
+
+
 class SlotGridSampler(optuna.samplers.GridSampler):
     """GridSampler for trial slots: slot i runs grid point i (see grid_points).
 

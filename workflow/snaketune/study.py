@@ -630,8 +630,7 @@ def claim_trial(study: optuna.Study, slot: int, tuning: TuningParams) -> tuple[o
         check_time_budget(study, tuning.timeout_minutes)
         check_compute_budget(study, tuning)
         attrs = {"slot": slot, "attempt": 1}
-        params = strategy.grid_points(tuning.space)[slot] if tuning.sampler == "GridSampler" else {}
-        trial_id = create_trial(study, params, tuning.space, attrs)
+        trial_id = create_trial(study, strategy.slot_params(tuning, slot), tuning.space, attrs)
         enqueued = enqueued_config(study, _storage(study).get_trial_number_from_id(trial_id),
                                    tuning.enqueue_trials)
         if enqueued is not None:

@@ -1,0 +1,148 @@
+"""The learning-curve table: every configuration of a grid on the demo task, trained to the end.
+
+A grid study of the default study's task (config/tune.yaml: SmolLM2-135M-Instruct, LoRA, the demo
+data, 40 steps), run by snaketune itself with `GridSampler` and no pruner, evaluating every 5 steps
+(`report_every_steps: 5`). Every trial's eval_loss curve, final value and cost (trained steps,
+trained tokens, wall time) then goes to a small JSON file that `bench/replay.py` replays samplers
+and pruners against, in seconds instead of hours.
+
+    python bench/learning_curves.py [--gpus 2] [--cores 2] [--workdir bench/out/curves]
+                                    [--out bench/data/learning_curves_smollm2.json] [--export-only]
+
+The study is resumable: run the same command again and it continues (finished trials are kept, a
+trial killed mid-way resumes from its checkpoint with its grid point). The table is written after
+every run, also from a partial study; it says how many grid points it holds.
+
+The grid (GRID below, 66 points): learning rate, 11 values spaced by 10^0.3 (about 2x) over the
+default study's range 1e-5..1e-2; LoRA rank, the default study's choices 4, 8, 16; warm-up, 0 or 8
+of the 40 steps. The default study's own search space (learning rate and rank, no warm-up) is the
+33 points with warmup_steps 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from common import REPO, machine
+
+from snaketune.config import read_default_tune_yaml
+
+LEARNING_RATES = [float(f"{1e-5 * 10 ** (0.3 * i):.3g}") for i in range(11)]
+# In slot order (GridSampler's grid runs warm-up first): slots 0-32 are the default study's space,
+# so a partial table covers it whole before any warm-up point.
+GRID = {
+    "warmup_steps": [0, 8],
+    "learning_rate": LEARNING_RATES,
+    "lora_r": [4, 8, 16],
+}
+REPORT_EVERY_STEPS = 5
+STUDY_NAME = "curves"
+
+
+def grid_config() -> dict:
+    """The default study with the grid's tunable parameters, GridSampler, no pruner, every 5 steps."""
+    config = read_default_tune_yaml(REPO)
+    tuning = config["tuning"]
+    n_points = len(GRID["warmup_steps"]) * len(GRID["learning_rate"]) * len(GRID["lora_r"])
+    tuning.update(
+        study_name=STUDY_NAME, output_dir="study", n_trials=n_points, seed=0,
+        tuner_sampler="GridSampler", sampler_kwargs={}, pruner="none",
+        report_every_steps=REPORT_EVERY_STEPS,
+        tunable_training_params={
+            "warmup_steps": {"type": "categorical", "choices": GRID["warmup_steps"]},
+            "learning_rate": {"type": "categorical", "choices": GRID["learning_rate"]},
+        },
+        tunable_peft_params={"lora_r": {"type": "categorical", "choices": GRID["lora_r"]}},
+    )
+    return config
+
+
+def run(workdir: Path, cores: int, gpus: int) -> None:
+    """`snaketune tune` on the grid study in `workdir` (a re-run continues it): first the slots of
+    the default study's space (warm-up 0), named as targets since Snakemake starts ready jobs in no
+    fixed order, then the rest."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "tune.yaml").write_text(yaml.safe_dump(grid_config(), sort_keys=False))
+    command = ["snaketune", "tune", "-c", "tune.yaml", "--cores", str(cores), "--gpus", str(gpus)]
+    default_space = len(GRID["learning_rate"]) * len(GRID["lora_r"])  # slots 0.. with warmup_steps 0
+    first = [str((workdir / "study" / f"trial_{slot}" / "metrics.json").resolve()) for slot in range(default_space)]
+    subprocess.run([*command, "--", *first], cwd=workdir, check=True)
+    subprocess.run(command, cwd=workdir, check=True)
+
+
+def export(workdir: Path, out: Path) -> dict:
+    """Writes the table (finished trials' curves) to `out`; returns it.
+
+    Each row: params, `curve` (eval_loss at every reported step, keys are steps as strings: JSON),
+    `final` (eval_loss after the last step), `trained_steps`, `trained_tokens`, `wall_seconds`
+    (the trial's start to finish, evaluations and job start-up included).
+    """
+    import optuna
+
+    from snaketune.study import load_study
+
+    config = yaml.safe_load((workdir / "tune.yaml").read_text())
+    study = load_study(workdir / "study", STUDY_NAME)
+    rows = []
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        metrics = trial.user_attrs.get("metrics", {})
+        rows.append({
+            "params": trial.params,
+            "curve": {str(step): value for step, value in sorted(trial.intermediate_values.items())},
+            "final": trial.value,
+            "trained_steps": metrics.get("trained_steps"),
+            "trained_tokens": metrics.get("trained_tokens"),
+            "wall_seconds": round((trial.datetime_complete - trial.datetime_start).total_seconds(), 1),
+        })
+    rows.sort(key=lambda r: [r["params"][name] for name in GRID])
+    table = {
+        "what": "eval_loss learning curves of a grid on the demo task (SmolLM2-135M-Instruct, LoRA), "
+                "every configuration trained to the end",
+        "command": "python bench/learning_curves.py " + " ".join(sys.argv[1:]),
+        "date": datetime.date.today().isoformat(),
+        "machine": machine(),
+        "metric": "eval_loss",
+        "direction": "minimize",
+        "max_steps": config["tuning"]["fixed_training_params"]["max_steps"],
+        "report_every_steps": REPORT_EVERY_STEPS,
+        "grid": GRID,
+        "default_space": {"learning_rate": {"type": "loguniform", "low": 1e-5, "high": 1e-2},
+                          "lora_r": {"type": "categorical", "choices": [4, 8, 16]},
+                          "warmup_steps": {"fixed": 0}},
+        "points": len(rows),
+        "grid_points": config["tuning"]["n_trials"],
+        "rows": rows,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(table, indent=1) + "\n")
+    os.replace(tmp, out)
+    print(f"{out}: {len(rows)} of {table['grid_points']} grid points")
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cores", type=int, default=os.cpu_count())
+    parser.add_argument("--gpus", type=int, default=2, help="trials side by side (one thread each on a CPU)")
+    parser.add_argument("--workdir", type=Path, default=REPO / "bench" / "out" / "curves")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "data" / "learning_curves_smollm2.json")
+    parser.add_argument("--export-only", action="store_true", help="write the table from the study as it is")
+    args = parser.parse_args()
+    try:
+        if not args.export_only:
+            run(args.workdir, args.cores, args.gpus)
+    finally:
+        if (args.workdir / "study").exists():
+            export(args.workdir, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""bench/replay.py: the replay bench's study simulation on hand-made curves (issue 17).
+
+Its agreement with a real pruned study's journal is checked in test_search.py, on the study that
+test runs anyway.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import pytest
+
+from workflow_helpers import REPO, resolved_tuning
+
+sys.path.insert(0, str(REPO / "bench"))
+import replay  # noqa: E402
+
+# Four learning rates; the fastest starter (1e-1) finishes worst, the slowest (1e-4) best.
+CURVES = {
+    1e-4: [3.0, 2.0, 1.0, 0.5],
+    1e-3: [2.5, 1.8, 1.2, 0.8],
+    1e-2: [2.0, 1.5, 1.3, 1.1],
+    1e-1: [1.0, 1.4, 1.6, 2.0],
+}
+
+
+@pytest.fixture
+def table(tmp_path):
+    rows = [{"params": {"learning_rate": lr}, "final": curve[-1],
+             "curve": {str(2 * (i + 1)): v for i, v in enumerate(curve)}} for lr, curve in CURVES.items()]
+    path = tmp_path / "table.json"
+    path.write_text(json.dumps({"max_steps": 8, "report_every_steps": 2, "grid": {"learning_rate": list(CURVES)},
+                                "default_space": {}, "points": 4, "grid_points": 4, "rows": rows}))
+    return replay.Table(path)
+
+
+def tuning(tmp_path, **settings):
+    return resolved_tuning(tmp_path, tuner_sampler="GridSampler", n_trials=4, **settings,
+                           tunable_training_params={"learning_rate": {"type": "categorical",
+                                                                      "choices": list(CURVES)}})
+
+
+def test_unpruned_trials_run_to_the_end_in_slot_order(tmp_path, table):
+    result = replay.replay_study(tuning(tmp_path), table)
+    assert [t["point"]["learning_rate"] for t in result.trials] == list(CURVES)  # the grid, slot by slot
+    assert [t["stopped_at"] for t in result.trials] == [None] * 4
+    assert result.compute == 4 * 8
+    assert result.best == 0.5
+    assert result.best_after == [(8, 0.5), (16, 0.5), (24, 0.5), (32, 0.5)]
+    assert result.compute_to_reach(0.5) == 8 and result.compute_to_reach(0.1) == math.inf
+
+
+def test_a_pruned_trial_costs_the_steps_it_trained(tmp_path, table):
+    # Optuna's median rule: a trial's best value so far against the median of the completed
+    # trials' values at the same step, from the second trial on (n_startup_trials 1).
+    settings = {"pruner": "median", "report_every_steps": 2,
+                "pruner_kwargs": {"n_startup_trials": 1, "n_warmup_steps": 0}}
+    result = replay.replay_study(tuning(tmp_path, **settings), table)
+    stopped = {t["point"]["learning_rate"]: t["stopped_at"] for t in result.trials}
+    # 1e-3 leads 1e-4 (the one completed trial) at steps 2 and 4 (2.5 < 3.0, 1.8 < 2.0), trails it
+    # at step 6 (1.2 > 1.0): pruned there; 1e-2 the same. 1e-1's best so far stays its step-2
+    # value 1.0, never above 1e-4's, so it runs to the end although it rises to 2.0.
+    assert stopped == {1e-4: None, 1e-3: 6, 1e-2: 6, 1e-1: None}
+    assert result.compute == 8 + 6 + 6 + 8
+    assert result.best_after == [(8, 0.5), (14, 0.5), (20, 0.5), (28, 0.5)]
+    assert not result.stopped_the_best()
+    strict = replay.replay_study(tuning(tmp_path, **{**settings, "pruner": "threshold",
+                                                     "pruner_kwargs": {"upper": 2.9}}), table)
+    assert strict.trials[0]["stopped_at"] == 2 and strict.stopped_the_best()  # 1e-4 starts at 3.0
+
+
+def test_the_budget_stops_starting_slots_and_workers_share_the_clock(tmp_path, table):
+    # Two trials side by side; 16 steps: both start at 0 (committed 0, then 8), none after.
+    result = replay.replay_study(tuning(tmp_path, budget={"trained_steps": 16}), table, workers=2)
+    assert len(result.trials) == 2
+    assert [spent for spent, _ in result.best_after] == [16, 16]  # both end at step 8 of the clock
+    # 17 steps: a third slot starts once the first two have finished (committed 16 < 17).
+    assert len(replay.replay_study(tuning(tmp_path, budget={"trained_steps": 17}), table, workers=2).trials) == 3
