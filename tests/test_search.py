@@ -230,6 +230,55 @@ def test_compute_budget_counts_every_process_and_skips_the_slots_past_it(workdir
     assert list(table["state"]) == ["COMPLETE", "RUNNING", "FAIL", "SKIPPED"]
 
 
+def test_a_budget_check_and_the_trial_it_starts_are_one_step_across_processes(workdir):
+    """Two jobs starting at once must not both see the last compute left: claim_trial waits for
+    the study's claim lock (held here as another job would) before it checks the budget."""
+    import fcntl
+    import threading
+
+    tuning = resolved(workdir, n_trials=2, budget={"trained_steps": 3})["tuning"]
+    open_study(tuning)
+    claimed = []
+    with open(tuning.layout.claim_lock, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        job = threading.Thread(target=lambda: claimed.append(claim_trial(open_study(tuning, 0), 0, tuning)))
+        job.start()
+        job.join(1.0)
+        assert job.is_alive() and not claimed  # waiting for the lock
+    job.join(10)
+    assert claimed and claimed[0][0] is not None
+    with pytest.raises(SlotSkipped):  # slot 0's 3 planned steps spend the budget
+        claim_trial(open_study(tuning, 1), 1, tuning)
+
+
+def test_skipped_slots_across_parallel_jobs_and_a_raised_budget_runs_only_them(workdir):
+    """tuning.budget over trial jobs side by side: 3-step trials and 9 steps, so three trials train
+    whichever slots start first, and the other slots finish SKIPPED. Raising the budget runs
+    skipped slots (no trial that ran); the same budget again runs nothing."""
+    config = tiny_config(n_trials=5, budget={"trained_steps": 9})
+    write_config(workdir, config)
+    run_snakemake(workdir, "--resources", "gpu=2")
+    out = workdir / "tuning_output"
+    study = load_study(out)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
+    assert sum(t.user_attrs["metrics"]["trained_steps"] for t in study.trials) == 9
+    skipped = sorted(studies.skipped_slots(study))
+    assert len(skipped) == 2
+    assert list(pd.read_csv(StudyLayout(out).results_csv)["state"]).count("SKIPPED") == 2
+    ran = {t.user_attrs["slot"]: t.datetime_complete for t in study.trials}
+
+    config["tuning"]["budget"] = {"trained_steps": 12}
+    write_config(workdir, config)
+    run_snakemake(workdir, "--resources", "gpu=2")
+    study = load_study(out)
+    assert len(study.trials) == 4 and study.trials[3].user_attrs["slot"] in skipped
+    assert {t.user_attrs["slot"]: t.datetime_complete for t in study.trials[:3]} == ran
+    assert len(studies.skipped_slots(study)) == 1
+    assert list(pd.read_csv(StudyLayout(out).results_csv)["state"]).count("SKIPPED") == 1
+    again = run_snakemake(workdir, "--resources", "gpu=2")
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
 def test_compute_budget_in_tokens_and_device_hours(workdir):
     tuning = resolved(workdir, n_trials=3, budget={"trained_tokens": 500})["tuning"]
     study, trial = _claim(tuning, 0)

@@ -102,6 +102,23 @@ def prepared_data_from(wildcards):
     return prepared_from()["data"]
 
 
+def budget_settings() -> str:
+    """What decides whether a slot starts or is skipped, as rule budget's params (JSON)."""
+    return json.dumps({"budget": TUNING.budget, "timeout_minutes": TUNING.timeout_minutes}, sort_keys=True)
+
+
+def budget_input(wildcards):
+    """The budget record for slot i: plain for a slot that was skipped (a new budget re-runs it),
+    ancient for every other (a new budget is no reason to re-run a trial that ran)."""
+    path = str(LAYOUT.budget_record)
+    metrics = LAYOUT.trial(wildcards.i).metrics
+    try:
+        skipped = json.loads(metrics.read_text()).get("state") == "SKIPPED"
+    except (OSError, ValueError):  # not run yet, or cut short: it runs anyway
+        skipped = False
+    return path if skipped else ancient(path)
+
+
 def trial_metrics():
     return [str(LAYOUT.trial(i).metrics) for i in range(N_TRIALS)]
 

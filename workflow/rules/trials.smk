@@ -14,10 +14,27 @@ if GPU_SETTINGS.trials_per_gpu > 1 and GPU_LIMIT is not None and isinstance(GPU_
     )
 
 
+# The budget a slot is skipped under (tuning.budget, timeout_minutes), as a file the trials take as
+# input: rewritten when the budget changes (the params trigger), it re-runs the slots skipped for
+# lack of budget (their metrics.json is older), and no other: for those it is ancient.
+rule budget:
+    output:
+        str(LAYOUT.budget_record),
+    params:
+        budget=budget_settings(),
+    log:
+        str(LAYOUT.rule_log("budget")),
+    localrule: True
+    run:
+        write_text(output[0], f"{params.budget}\n")
+        write_text(log[0], f"the trials run under {params.budget}\n")
+
+
 rule trial:
     input:
         model=str(LAYOUT.model_source),
         data=str(LAYOUT.data_summary),
+        budget=budget_input,
     output:
         str(TRIAL.metrics),
     log:

@@ -9,7 +9,9 @@ every writer takes its paths from here:
       study.journal.torn         records a crash or a full disk cut short, moved out of the journal
       run.lock                   held by the run in progress (flock), naming it
       trials.lock                held (shared) by each running trial job
+      claim.lock                 held while a trial job checks the budget and creates its trial
       tune.merged.yaml           the config the last run ran with (`snaketune tune`: overrides applied)
+      budget.json                the study's budget (rule budget): a change re-runs the skipped slots
       prepared_model/source.json where trials load the model from (rule prepare_model)
       data/summary.json          the tokenized data's row and token counts (rule prepare_data)
       data/tokenized/            the tokenized train and validation sets
@@ -123,6 +125,11 @@ class StudyLayout:
         return self.output_dir / "trials.lock"
 
     @property
+    def claim_lock(self) -> Path:
+        """Held by a trial job while it checks the budget and creates its trial (study.claim_trial)."""
+        return self.output_dir / "claim.lock"
+
+    @property
     def torn_records(self) -> Path:
         """Journal records cut short by a crash or a full disk, moved out of the journal."""
         return self.output_dir / "study.journal.torn"
@@ -130,6 +137,11 @@ class StudyLayout:
     @property
     def merged_config(self) -> Path:
         return self.output_dir / "tune.merged.yaml"
+
+    @property
+    def budget_record(self) -> Path:
+        """tuning.budget and timeout_minutes as the trials last ran under them (rule budget)."""
+        return self.output_dir / "budget.json"
 
     @property
     def model_source(self) -> Path:

@@ -8,6 +8,7 @@ they were. The journal keeps every attempt.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import errno
 import fcntl
@@ -362,6 +363,18 @@ def hold_trial_share(layout: StudyLayout) -> int:
     return fd
 
 
+@contextlib.contextmanager
+def claiming(layout: StudyLayout):
+    """Holds the study's claim lock: a budget check and the trial it lets start are one step, so
+    jobs starting side by side never both see the same compute left (an overspent budget)."""
+    fd = os.open(layout.claim_lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        _flock(fd, fcntl.LOCK_EX, layout.claim_lock)
+        yield
+    finally:
+        os.close(fd)  # drops the lock
+
+
 def open_study(tuning: TuningParams, slot: int = 0, storage: JournalStorage | None = None,
                definition: dict | None = None) -> optuna.Study:
     """The study as trial slot `slot` writes to it: created on first use, with the sampler and
@@ -495,13 +508,19 @@ class SlotSkipped(Exception):
     """The study's time budget was spent before this slot started: it finishes as skipped."""
 
 
+SKIPPED_SLOT_ATTR = "snaketune_skipped_slot_"
+
+
 def skipped_slots(study: optuna.Study) -> dict[int, str]:
-    prefix = "snaketune_skipped_slot_"
-    return {int(k[len(prefix):]): v for k, v in study.user_attrs.items() if k.startswith(prefix)}
+    """{slot: why} of the slots skipped for lack of budget (and not started since)."""
+    prefix = SKIPPED_SLOT_ATTR
+    return {int(k[len(prefix):]): v for k, v in study.user_attrs.items() if k.startswith(prefix) and v}
 
 
-def skip_slot(study: optuna.Study, slot: int, reason: str) -> None:
-    study.set_user_attr(f"snaketune_skipped_slot_{slot}", reason)
+def skip_slot(study: optuna.Study, slot: int, reason: str | None) -> None:
+    """Records why `slot` was skipped; None: it started after all (a study attribute cannot be
+    removed, so it is emptied)."""
+    study.set_user_attr(f"{SKIPPED_SLOT_ATTR}{slot}", reason)
 
 
 # What a study's trials must share to be comparable: changing any of it needs a new study.
@@ -627,10 +646,13 @@ def claim_trial(study: optuna.Study, slot: int, tuning: TuningParams) -> tuple[o
     # The slot and attempt are part of the new trial from its creation: a job killed a moment
     # later leaves a RUNNING trial that the next run finds in its slot, never an orphan.
     if latest is None:
-        check_time_budget(study, tuning.timeout_minutes)
-        check_compute_budget(study, tuning)
-        attrs = {"slot": slot, "attempt": 1}
-        trial_id = create_trial(study, strategy.slot_params(tuning, slot), tuning.space, attrs)
+        with claiming(tuning.layout):
+            check_time_budget(study, tuning.timeout_minutes)
+            check_compute_budget(study, tuning)
+            attrs = {"slot": slot, "attempt": 1}
+            trial_id = create_trial(study, strategy.slot_params(tuning, slot), tuning.space, attrs)
+        if slot in skipped_slots(study):  # skipped under a smaller budget: it runs now
+            skip_slot(study, slot, None)
         enqueued = enqueued_config(study, _storage(study).get_trial_number_from_id(trial_id),
                                    tuning.enqueue_trials)
         if enqueued is not None:
