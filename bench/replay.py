@@ -66,17 +66,29 @@ ARMS = {
     # The arm of bench/pruning.py's earlier real runs (best-loss ratio 1.051 at 12 trials).
     "percentile25": {"pruner": "percentile", "report_every_steps": 10,
                      "pruner_kwargs": {"percentile": 25.0, "n_startup_trials": 2, "n_warmup_steps": 10}},
-    "median": {"pruner": "median", "report_every_steps": 10,
-               "pruner_kwargs": {"n_startup_trials": 3, "n_warmup_steps": 10}},
-    "median_late": {"pruner": "median", "report_every_steps": 10,
-                    "pruner_kwargs": {"n_startup_trials": 5, "n_warmup_steps": 20}},
+    # Optuna's defaults (n_startup_trials 5, n_warmup_steps 0), reporting every 5 or 10 steps.
+    "median_optuna5": {"pruner": "median", "report_every_steps": 5, "pruner_kwargs": {}},
+    "median_optuna10": {"pruner": "median", "report_every_steps": 10, "pruner_kwargs": {}},
+}
+# Variants of Optuna's percentile rule: which share of the completed trials a trial must beat, from
+# which step, after how many completed trials.
+for _pct in (25, 50, 75):
+    for _warmup in (10, 20, 30):
+        for _startup in (3, 5, 8):
+            ARMS[f"p{_pct}_w{_warmup}_s{_startup}"] = {
+                "pruner": "percentile", "report_every_steps": 10,
+                "pruner_kwargs": {"percentile": float(_pct), "n_startup_trials": _startup,
+                                  "n_warmup_steps": _warmup}}
+ARMS.update({
     "asha4": {"pruner": "successive_halving", "report_every_steps": 10,
               "pruner_kwargs": {"min_resource": 10, "reduction_factor": 4}},
     "asha2": {"pruner": "successive_halving", "report_every_steps": 10,
               "pruner_kwargs": {"min_resource": 10, "reduction_factor": 2}},
+    "asha2_r20": {"pruner": "successive_halving", "report_every_steps": 10,
+                  "pruner_kwargs": {"min_resource": 20, "reduction_factor": 2}},
     "hyperband": {"pruner": "hyperband", "report_every_steps": 5,
                   "pruner_kwargs": {"min_resource": 5, "max_resource": 40, "reduction_factor": 3}},
-}
+})
 
 
 class ConsecutivePruner(optuna.pruners.BasePruner):
@@ -143,7 +155,7 @@ CANDIDATES = {
     "allreports50_x2": ({"report_every_steps": 10},
                         lambda: ConsecutivePruner(AllReportsPercentilePruner(50.0, 3, 10), patience=2)),
 }
-DEFAULT_ARMS = ["percentile25", "median", "median_late", "asha4", "asha2", "hyperband", *CANDIDATES]
+DEFAULT_ARMS = [name for name in ARMS if name != "none"] + list(CANDIDATES)
 
 
 def arm_settings(name: str) -> tuple[dict, object]:
@@ -297,10 +309,17 @@ class StudyResult:
 
 
 def replay_study(tuning: TuningParams, table: Table, workers: int = 1,
-                 pruner: optuna.pruners.BasePruner | None = None) -> StudyResult:
-    """Runs one study against the table: tuning.n_trials slots at most, tuning.budget's trained
-    steps at most (checked when a slot starts), `workers` trials at a time; its pruner is the one
-    tuning names (`strategy.make_pruner`) unless `pruner` is given."""
+                 pruner: optuna.pruners.BasePruner | None = None, eval_cost: float = 0.0) -> StudyResult:
+    """Runs one study against the table: tuning.n_trials slots at most, `workers` trials at a time,
+    and while the compute committed is under tuning.budget's trained_steps (checked when a slot
+    starts). Its pruner is the one tuning names (`strategy.make_pruner`) unless `pruner` is given.
+
+    Compute is trained steps plus `eval_cost` (in steps' worth of time) per evaluation: a trial
+    evaluates at each report, or once at the end without report_every_steps. It is also the clock
+    that orders the reports of trials running side by side.
+    """
+    if tuning.directions != ["minimize"]:
+        raise ValueError("the replay minimizes one objective (the table's eval_loss)")
     study = optuna.create_study(storage=optuna.storages.InMemoryStorage(), study_name=tuning.study_name,
                                 directions=tuning.directions, pruner=pruner or strategy.make_pruner(tuning))
     budget = (tuning.budget or {}).get("trained_steps", math.inf)
@@ -310,20 +329,19 @@ def replay_study(tuning: TuningParams, table: Table, workers: int = 1,
     missing = [s for s in report_steps if s not in table.steps]
     if missing:
         raise ValueError(f"report_every_steps={every}: the table has no values at steps {missing}")
+    # Compute when each report is made, from the trial's start: its steps and evaluations so far.
+    report_at = [step + eval_cost * (k + 1) for k, step in enumerate(report_steps)]
     result = StudyResult()
     events: list[tuple[float, int, Run]] = []
     running: dict[int, Run] = {}
-    finished_steps = 0.0
+    finished = 0.0  # compute of the trials that ended
     next_slot = 0
 
-    def spent_at(now: float) -> float:
-        return finished_steps + sum(now - r.started for r in running.values())
-
-    def start(now: float) -> bool:
+    def start(now: float) -> None:
         nonlocal next_slot
-        committed = finished_steps + max_steps * len(running)  # study.spent_compute's rule
+        committed = finished + report_at[-1] * len(running)  # study.spent_compute's rule
         if next_slot >= tuning.n_trials or committed >= budget:
-            return False
+            return
         study.sampler = strategy.make_sampler(tuning, next_slot)
         trial_id = create_trial(study, strategy.slot_params(tuning, next_slot), tuning.space,
                                 {"slot": next_slot, "attempt": 1})
@@ -331,36 +349,33 @@ def replay_study(tuning: TuningParams, table: Table, workers: int = 1,
         params = search_space.suggest(trial, tuning.space)
         run = Run(next_slot, trial, table.lookup(params), now, report_steps)
         running[next_slot] = run
-        heapq.heappush(events, (now + report_steps[0], next_slot, run))
+        heapq.heappush(events, (now + report_at[0], next_slot, run))
         next_slot += 1
-        return True
 
     for _ in range(workers):
         start(0.0)
     while events:
         now, _, run = heapq.heappop(events)
-        step = run.report_steps[run.next_report]
-        value = run.row["curve"][str(step)]
-        run.trial.report(value, step)
-        if step < max_steps and run.trial.should_prune():
+        step = report_steps[run.next_report]
+        run.trial.report(run.row["curve"][str(step)], step)
+        if step < max_steps and run.trial.should_prune():  # as train.ReportAndPrune asks
             study.tell(run.trial, state=TrialState.PRUNED)
             run.stopped_at = step
         elif step < max_steps:
             run.next_report += 1
-            heapq.heappush(events, (run.started + run.report_steps[run.next_report], run.slot, run))
+            heapq.heappush(events, (run.started + report_at[run.next_report], run.slot, run))
             continue
         else:
             study.tell(run.trial, run.row["final"])
+            result.best = min(result.best, run.row["final"])
         del running[run.slot]
-        finished_steps += step
-        result.best = min(result.best, run.row["final"]) if run.stopped_at is None else result.best
-        result.best_after.append((spent_at(now), result.best))
+        finished += report_at[run.next_report]
+        result.best_after.append((finished + sum(now - r.started for r in running.values()), result.best))
         point = table.snap(run.trial.params) if not table.interpolate else dict(run.trial.params)
-        result.trials.append({"slot": run.slot, "point": point,
-                              "final": run.row["final"], "stopped_at": run.stopped_at,
-                              "steps": step})
+        result.trials.append({"slot": run.slot, "point": point, "final": run.row["final"],
+                              "stopped_at": run.stopped_at, "steps": step})
         start(now)
-    result.compute = finished_steps
+    result.compute = finished
     result.trials.sort(key=lambda t: t["slot"])
     return result
 
@@ -375,10 +390,11 @@ def seed_of(i: int) -> int:
 
 def one_seed(job: tuple) -> dict:
     """Baseline and every arm for one seed (runs in a worker process)."""
-    i, n_trials, arms, workers, table_path, interpolate, space = job
+    i, n_trials, arms, workers, table_path, interpolate, space, eval_cost = job
     table = Table(table_path, interpolate)
     tuned = {name: table.grid[name] for name in table.fixed} if space == "grid" else None
-    base = replay_study(study_tuning(ARMS["none"], seed_of(i), n_trials, None, tuned), table, workers)
+    base = replay_study(study_tuning(ARMS["none"], seed_of(i), n_trials, None, tuned), table, workers,
+                        eval_cost=eval_cost)
     out = {"seed": i, "none": {"best": base.best, "compute": base.compute, "trials": len(base.trials),
                                "reach": base.compute_to_reach(base.best * (1 + WITHIN)) / base.compute}}
     target = base.best * (1 + WITHIN)
@@ -386,7 +402,7 @@ def one_seed(job: tuple) -> dict:
         overrides, make = arm_settings(name)
         # n_trials is only a cap here: the budget decides how many slots start.
         arm = replay_study(study_tuning(overrides, seed_of(i), 50 * n_trials, int(base.compute), tuned),
-                           table, workers, make() if make else None)
+                           table, workers, make() if make else None, eval_cost)
         out[name] = {"best": arm.best_within(base.compute), "compute": arm.compute,
                      "reach": arm.compute_to_reach(target) / base.compute,
                      "trials": len(arm.trials), "pruned": sum(t["stopped_at"] is not None for t in arm.trials),
@@ -445,8 +461,8 @@ def bench(args) -> None:
         sys.exit(f"{args.table}: the default study's space is not complete yet ({table.data['points']} of "
                  f"{table.data['grid_points']} points); run bench/learning_curves.py to continue it")
     started = time.time()
-    jobs = [(i, args.n_trials, args.arms, args.workers, str(args.table), args.interpolate, args.space)
-            for i in range(args.seeds)]
+    jobs = [(i, args.n_trials, args.arms, args.workers, str(args.table), args.interpolate, args.space,
+             args.eval_cost) for i in range(args.seeds)]
     with multiprocessing.Pool(args.processes) as pool:
         rows = pool.map(one_seed, jobs, chunksize=1)
     lines = summarise(rows, args.arms)
@@ -455,6 +471,18 @@ def bench(args) -> None:
     print(f"\n{args.seeds} seeds x {1 + len(args.arms)} arms in {wall:.0f} s ({args.processes} processes)")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+    if args.append:
+        from common import append_results
+
+        cost = f"trained steps + {args.eval_cost:g} per evaluation" if args.eval_cost else "trained steps"
+        about = (f"{args.seeds} seeds; the unpruned baseline runs {args.n_trials} trials of {table.max_steps} "
+                 f"steps; each pruned arm gets the baseline's compute ({cost}) as its budget. "
+                 f"Table: {args.table.name} ({table.data['points']} points, "
+                 f"{table.data['machine']}, {table.data['date']}); {args.workers} trial(s) at a time; "
+                 f"{'interpolated' if args.interpolate else 'nearest grid point'}; space: {args.space}. "
+                 f"Ran in {wall:.0f} s with {args.processes} processes.\n")
+        append_results("Pruning, replayed on the learning-curve table", "replay.py",
+                       [about, *lines, "", *[f"- `{n}`: `{json.dumps(arm_settings(n)[0])}`" for n in args.arms]])
 
 
 # -- validation against a real study ----------------------------------------------------------------
@@ -555,9 +583,13 @@ def main() -> None:
     parser.add_argument("--space", choices=["default", "grid"], default="default",
                         help="default: the default study's space (learning rate, LoRA rank); grid: "
                              "also the table's other parameters (warm-up), as categorical choices")
+    parser.add_argument("--eval-cost", type=float, default=0.0, metavar="STEPS",
+                        help="an evaluation's cost in training steps' worth of time (0: compute is trained "
+                             "steps, tuning.budget's unit)")
     parser.add_argument("--workers", type=int, default=1, help="trials side by side in each study")
     parser.add_argument("--processes", type=int, default=os.cpu_count())
     parser.add_argument("--json", type=Path, help="also write every seed's numbers here")
+    parser.add_argument("--append", action="store_true", help="append the table to bench/RESULTS.md")
     parser.add_argument("--validate", type=Path, nargs="+", metavar="OUTPUT_DIR",
                         help="check the replay against real studies instead")
     args = parser.parse_args()

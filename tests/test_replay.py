@@ -50,6 +50,8 @@ def test_unpruned_trials_run_to_the_end_in_slot_order(tmp_path, table):
     assert result.best == 0.5
     assert result.best_after == [(8, 0.5), (16, 0.5), (24, 0.5), (32, 0.5)]
     assert result.compute_to_reach(0.5) == 8 and result.compute_to_reach(0.1) == math.inf
+    # An evaluation costing a step: each trial evaluates once, at the end.
+    assert replay.replay_study(tuning(tmp_path), table, eval_cost=1.0).compute == 4 * (8 + 1)
 
 
 def test_a_pruned_trial_costs_the_steps_it_trained(tmp_path, table):
@@ -66,6 +68,8 @@ def test_a_pruned_trial_costs_the_steps_it_trained(tmp_path, table):
     assert result.compute == 8 + 6 + 6 + 8
     assert result.best_after == [(8, 0.5), (14, 0.5), (20, 0.5), (28, 0.5)]
     assert not result.stopped_the_best()
+    # Every report is an evaluation: 4 for a trial trained to the end, 3 for one pruned at step 6.
+    assert replay.replay_study(tuning(tmp_path, **settings), table, eval_cost=1.0).compute == 28 + 4 + 3 + 3 + 4
     strict = replay.replay_study(tuning(tmp_path, **{**settings, "pruner": "threshold",
                                                      "pruner_kwargs": {"upper": 2.9}}), table)
     assert strict.trials[0]["stopped_at"] == 2 and strict.stopped_the_best()  # 1e-4 starts at 3.0
