@@ -25,6 +25,7 @@ import argparse
 import datetime
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -93,6 +94,7 @@ def export(workdir: Path, out: Path) -> dict:
     rows = []
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         metrics = trial.user_attrs.get("metrics", {})
+        timing = evaluation_timing(workdir / "study" / f"trial_{trial.user_attrs['slot']}")
         rows.append({
             "params": trial.params,
             "curve": {str(step): value for step, value in sorted(trial.intermediate_values.items())},
@@ -100,12 +102,15 @@ def export(workdir: Path, out: Path) -> dict:
             "trained_steps": metrics.get("trained_steps"),
             "trained_tokens": metrics.get("trained_tokens"),
             "wall_seconds": round((trial.datetime_complete - trial.datetime_start).total_seconds(), 1),
+            **timing,
         })
     rows.sort(key=lambda r: [r["params"][name] for name in GRID])
     table = {
         "what": "eval_loss learning curves of a grid on the demo task (SmolLM2-135M-Instruct, LoRA), "
                 "every configuration trained to the end",
-        "command": "python bench/learning_curves.py " + " ".join(sys.argv[1:]),
+        # How the study was run (an --export-only re-write keeps the study's own command).
+        "command": " ".join(["python bench/learning_curves.py",
+                             *[a for a in sys.argv[1:] if a != "--export-only"]]),
         "date": datetime.date.today().isoformat(),
         "machine": machine(),
         "metric": "eval_loss",
@@ -116,6 +121,10 @@ def export(workdir: Path, out: Path) -> dict:
         "default_space": {"learning_rate": {"type": "loguniform", "low": 1e-5, "high": 1e-2},
                           "lora_r": {"type": "categorical", "choices": [4, 8, 16]},
                           "warmup_steps": {"fixed": 0}},
+        # What an evaluation of the validation set costs, in training steps' worth of time (the
+        # median over trials): bench/replay.py --eval-cost.
+        "eval_cost_steps": round(statistics.median(r["eval_seconds"] / r["step_seconds"] for r in rows
+                                                   if r.get("step_seconds")), 2) if rows else None,
         "points": len(rows),
         "grid_points": config["tuning"]["n_trials"],
         "rows": rows,
@@ -126,6 +135,26 @@ def export(workdir: Path, out: Path) -> dict:
     os.replace(tmp, out)
     print(f"{out}: {len(rows)} of {table['grid_points']} grid points")
     return table
+
+
+def evaluation_timing(trial_dir: Path) -> dict:
+    """{'eval_seconds': median evaluation time, 'step_seconds': training time per step} of a trial,
+    from its logs/loss_curve.jsonl (the Trainer's eval_runtime at each evaluation, and its
+    train_runtime, which includes them); {} if the log lacks them."""
+    from snaketune.layout import TrialFiles
+
+    try:
+        lines = TrialFiles(trial_dir).loss_curve.read_text().splitlines()
+    except OSError:
+        return {}
+    entries = [json.loads(line) for line in lines if line.strip()]
+    evals = [e["eval_runtime"] for e in entries if "eval_runtime" in e]
+    trained = [e for e in entries if "train_runtime" in e]
+    if not evals or not trained:
+        return {}
+    steps = trained[-1]["step"]
+    return {"eval_seconds": round(statistics.median(evals), 2),
+            "step_seconds": round((trained[-1]["train_runtime"] - sum(evals)) / steps, 3)}
 
 
 def main() -> None:

@@ -460,6 +460,7 @@ def bench(args) -> None:
     if not table.default_space_complete():
         sys.exit(f"{args.table}: the default study's space is not complete yet ({table.data['points']} of "
                  f"{table.data['grid_points']} points); run bench/learning_curves.py to continue it")
+    args.eval_cost = table.data["eval_cost_steps"] if args.eval_cost == "table" else float(args.eval_cost)
     started = time.time()
     jobs = [(i, args.n_trials, args.arms, args.workers, str(args.table), args.interpolate, args.space,
              args.eval_cost) for i in range(args.seeds)]
@@ -583,9 +584,9 @@ def main() -> None:
     parser.add_argument("--space", choices=["default", "grid"], default="default",
                         help="default: the default study's space (learning rate, LoRA rank); grid: "
                              "also the table's other parameters (warm-up), as categorical choices")
-    parser.add_argument("--eval-cost", type=float, default=0.0, metavar="STEPS",
+    parser.add_argument("--eval-cost", default="0", metavar="STEPS|table",
                         help="an evaluation's cost in training steps' worth of time (0: compute is trained "
-                             "steps, tuning.budget's unit)")
+                             "steps, tuning.budget's unit; table: as measured when the table was made)")
     parser.add_argument("--workers", type=int, default=1, help="trials side by side in each study")
     parser.add_argument("--processes", type=int, default=os.cpu_count())
     parser.add_argument("--json", type=Path, help="also write every seed's numbers here")
