@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import heapq
+import itertools
 import json
 import math
 import multiprocessing
@@ -88,6 +89,15 @@ ARMS.update({
                   "pruner_kwargs": {"min_resource": 20, "reduction_factor": 2}},
     "hyperband": {"pruner": "hyperband", "report_every_steps": 5,
                   "pruner_kwargs": {"min_resource": 5, "max_resource": 40, "reduction_factor": 3}},
+    # Pause instead of kill (`promote`: replay_study): a paused trial resumes from its checkpoint
+    # once it is among the best 1/η of its step's values.
+    "asha2_pause": {"pruner": "successive_halving", "report_every_steps": 10,
+                    "pruner_kwargs": {"min_resource": 10, "reduction_factor": 2}, "promote": 2},
+    "asha4_pause": {"pruner": "successive_halving", "report_every_steps": 10,
+                    "pruner_kwargs": {"min_resource": 10, "reduction_factor": 4}, "promote": 4},
+    "p25_w10_s3_pause": {"pruner": "percentile", "report_every_steps": 10,
+                         "pruner_kwargs": {"percentile": 25.0, "n_startup_trials": 3, "n_warmup_steps": 10},
+                         "promote": 4},
 })
 
 
@@ -158,12 +168,13 @@ CANDIDATES = {
 DEFAULT_ARMS = [name for name in ARMS if name != "none"] + list(CANDIDATES)
 
 
-def arm_settings(name: str) -> tuple[dict, object]:
-    """(tuning overrides, a pruner factory or None for the one the overrides name)."""
+def arm_settings(name: str) -> tuple[dict, object, int | None]:
+    """(tuning overrides, a pruner factory or None for the one the overrides name, promote)."""
     if name in CANDIDATES:
         overrides, make = CANDIDATES[name]
-        return {"pruner": "none", **overrides}, make
-    return ARMS[name], None
+        return {"pruner": "none", **overrides}, make, None
+    overrides = dict(ARMS[name])
+    return overrides, None, overrides.pop("promote", None)
 
 # Optuna's journal operation codes (its file format: JournalOperation in optuna.storages.journal).
 CREATE_TRIAL, SET_TRIAL_INTERMEDIATE_VALUE = 4, 7
@@ -268,15 +279,26 @@ def study_tuning(arm: dict, seed: int, n_trials: int, budget_steps: int | None,
 
 @dataclass
 class Run:
-    """One trial of a replayed study."""
+    """One attempt of a trial in a replayed study: a new trial, or a paused one resumed from the
+    checkpoint of the step it was paused at (`resumed_from`)."""
 
     slot: int
     trial: optuna.Trial
     row: dict
     started: float
-    report_steps: list[int]
+    report_steps: list[int]  # the steps it reports at in this attempt
+    eval_cost: float
+    resumed_from: int = 0
     next_report: int = 0
-    stopped_at: int | None = None  # the step it was pruned at; None: trained to the end
+    stopped_at: int | None = None  # the step it was pruned (paused) at; None: trained to the end
+
+    def cost(self, k: int) -> float:
+        """Compute this attempt has spent at its k-th report: steps trained since it (re)started
+        and its evaluations."""
+        return self.report_steps[k] - self.resumed_from + self.eval_cost * (k + 1)
+
+    def planned(self) -> float:
+        return self.cost(len(self.report_steps) - 1)
 
 
 @dataclass
@@ -309,7 +331,8 @@ class StudyResult:
 
 
 def replay_study(tuning: TuningParams, table: Table, workers: int = 1,
-                 pruner: optuna.pruners.BasePruner | None = None, eval_cost: float = 0.0) -> StudyResult:
+                 pruner: optuna.pruners.BasePruner | None = None, eval_cost: float = 0.0,
+                 promote: int | None = None) -> StudyResult:
     """Runs one study against the table: tuning.n_trials slots at most, `workers` trials at a time,
     and while the compute committed is under tuning.budget's trained_steps (checked when a slot
     starts). Its pruner is the one tuning names (`strategy.make_pruner`) unless `pruner` is given.
@@ -317,6 +340,11 @@ def replay_study(tuning: TuningParams, table: Table, workers: int = 1,
     Compute is trained steps plus `eval_cost` (in steps' worth of time) per evaluation: a trial
     evaluates at each report, or once at the end without report_every_steps. It is also the clock
     that orders the reports of trials running side by side.
+
+    `promote` (a reduction factor η) pauses instead of killing: a pruned trial keeps its
+    checkpoint, and a free worker first resumes the paused trial that is now among the best 1/η of
+    all values reported at its step (the latest step first), as a new trial with its parameters
+    from that step on (asynchronous successive halving's promotions), and only then starts a new one.
     """
     if tuning.directions != ["minimize"]:
         raise ValueError("the replay minimizes one objective (the table's eval_loss)")
@@ -329,54 +357,81 @@ def replay_study(tuning: TuningParams, table: Table, workers: int = 1,
     missing = [s for s in report_steps if s not in table.steps]
     if missing:
         raise ValueError(f"report_every_steps={every}: the table has no values at steps {missing}")
-    # Compute when each report is made, from the trial's start: its steps and evaluations so far.
-    report_at = [step + eval_cost * (k + 1) for k, step in enumerate(report_steps)]
     result = StudyResult()
     events: list[tuple[float, int, Run]] = []
     running: dict[int, Run] = {}
-    finished = 0.0  # compute of the trials that ended
+    paused: list[Run] = []
+    finished = 0.0  # compute of the attempts that ended
     next_slot = 0
+    order = itertools.count()
+
+    def launch(run: Run, now: float) -> None:
+        running[id(run)] = run
+        heapq.heappush(events, (now + run.cost(0), next(order), run))
+
+    def promotion() -> Run | None:
+        """The paused trial to resume now, if any (highest step first)."""
+        for step in sorted({r.stopped_at for r in paused}, reverse=True):
+            reported = sorted(t.intermediate_values[step] for t in study.get_trials(deepcopy=False)
+                              if step in t.intermediate_values)
+            top = reported[:max(1, len(reported) // promote)]
+            candidates = [r for r in paused if r.stopped_at == step and r.row["curve"][str(step)] <= top[-1]]
+            if candidates:
+                return min(candidates, key=lambda r: r.row["curve"][str(step)])
+        return None
 
     def start(now: float) -> None:
         nonlocal next_slot
-        committed = finished + report_at[-1] * len(running)  # study.spent_compute's rule
-        if next_slot >= tuning.n_trials or committed >= budget:
+        committed = finished + sum(r.planned() for r in running.values())  # study.spent_compute's rule
+        if committed >= budget:
+            return
+        resume = promotion() if promote else None
+        if resume is not None:
+            paused.remove(resume)
+            trial_id = create_trial(study, dict(resume.trial.params), tuning.space,
+                                    {"slot": resume.slot, "resumed_from": resume.stopped_at})
+            steps = [s for s in report_steps if s > resume.stopped_at]
+            launch(Run(resume.slot, optuna.Trial(study, trial_id), resume.row, now, steps, eval_cost,
+                       resumed_from=resume.stopped_at), now)
+            return
+        if next_slot >= tuning.n_trials:
             return
         study.sampler = strategy.make_sampler(tuning, next_slot)
         trial_id = create_trial(study, strategy.slot_params(tuning, next_slot), tuning.space,
                                 {"slot": next_slot, "attempt": 1})
         trial = optuna.Trial(study, trial_id)
         params = search_space.suggest(trial, tuning.space)
-        run = Run(next_slot, trial, table.lookup(params), now, report_steps)
-        running[next_slot] = run
-        heapq.heappush(events, (now + report_at[0], next_slot, run))
+        launch(Run(next_slot, trial, table.lookup(params), now, report_steps, eval_cost), now)
         next_slot += 1
 
     for _ in range(workers):
         start(0.0)
     while events:
         now, _, run = heapq.heappop(events)
-        step = report_steps[run.next_report]
+        step = run.report_steps[run.next_report]
         run.trial.report(run.row["curve"][str(step)], step)
         if step < max_steps and run.trial.should_prune():  # as train.ReportAndPrune asks
             study.tell(run.trial, state=TrialState.PRUNED)
             run.stopped_at = step
+            if promote:
+                paused.append(run)
         elif step < max_steps:
             run.next_report += 1
-            heapq.heappush(events, (run.started + report_at[run.next_report], run.slot, run))
+            heapq.heappush(events, (run.started + run.cost(run.next_report), next(order), run))
             continue
         else:
             study.tell(run.trial, run.row["final"])
             result.best = min(result.best, run.row["final"])
-        del running[run.slot]
-        finished += report_at[run.next_report]
+        del running[id(run)]
+        finished += run.cost(run.next_report)
         result.best_after.append((finished + sum(now - r.started for r in running.values()), result.best))
         point = table.snap(run.trial.params) if not table.interpolate else dict(run.trial.params)
         result.trials.append({"slot": run.slot, "point": point, "final": run.row["final"],
-                              "stopped_at": run.stopped_at, "steps": step})
-        start(now)
+                              "stopped_at": run.stopped_at, "steps": step, "resumed_from": run.resumed_from})
+        for _ in range(workers - len(running)):
+            start(now)
     result.compute = finished
-    result.trials.sort(key=lambda t: t["slot"])
+    result.trials.sort(key=lambda t: (t["slot"], t["resumed_from"]))
     return result
 
 
@@ -399,13 +454,16 @@ def one_seed(job: tuple) -> dict:
                                "reach": base.compute_to_reach(base.best * (1 + WITHIN)) / base.compute}}
     target = base.best * (1 + WITHIN)
     for name in arms:
-        overrides, make = arm_settings(name)
+        overrides, make, promote = arm_settings(name)
         # n_trials is only a cap here: the budget decides how many slots start.
         arm = replay_study(study_tuning(overrides, seed_of(i), 50 * n_trials, int(base.compute), tuned),
-                           table, workers, make() if make else None, eval_cost)
+                           table, workers, make() if make else None, eval_cost, promote)
+        completed = {t["slot"] for t in arm.trials if t["stopped_at"] is None}
         out[name] = {"best": arm.best_within(base.compute), "compute": arm.compute,
                      "reach": arm.compute_to_reach(target) / base.compute,
-                     "trials": len(arm.trials), "pruned": sum(t["stopped_at"] is not None for t in arm.trials),
+                     "trials": len({t["slot"] for t in arm.trials}),
+                     "pruned": len({t["slot"] for t in arm.trials} - completed),
+                     "resumed": sum(t["resumed_from"] > 0 for t in arm.trials),
                      "stopped_best": arm.stopped_the_best()}
     return out
 
@@ -432,7 +490,8 @@ def summarise(rows: list[dict], arms: list[str]) -> list[str]:
     base_reach = [r["none"]["reach"] for r in rows]
     lines = [
         "| arm | best, unpruned − pruned, at equal compute: mean [95% CI] | pruned better / worse | "
-        "compute to come within 1% of the unpruned best: median | ≤ 0.5 | never | trials | pruned | "
+        "compute to come within 1% of the unpruned best: median | ≤ 0.5 | never | trials (resumed) | "
+        "never finished | "
         "stopped the would-be best |",
         "|---|---|---|---|---|---|---|---|---|",
         f"| none (the baseline) | 0 | – | {statistics.median(base_reach):.2f} (its own best) | "
@@ -443,11 +502,13 @@ def summarise(rows: list[dict], arms: list[str]) -> list[str]:
         mean, low, high = mean_ci(diffs)
         reach = [r[name]["reach"] for r in rows]
         trials = statistics.fmean(r[name]["trials"] for r in rows)
+        resumed = statistics.fmean(r[name]["resumed"] for r in rows)
         pruned = statistics.fmean(r[name]["pruned"] for r in rows)
         lines.append(
             f"| {name} | {mean:+.4f} [{low:+.4f}, {high:+.4f}] | {share(d > 0 for d in diffs)} / "
             f"{share(d < 0 for d in diffs)} | {statistics.median(reach):.2f} | {share(x <= 0.5 for x in reach)} | "
-            f"{share(math.isinf(x) for x in reach)} | {trials:.1f} | {pruned:.1f} | "
+            f"{share(math.isinf(x) for x in reach)} | {trials:.1f}{f' ({resumed:.1f})' if resumed else ''} | "
+            f"{pruned:.1f} | "
             f"{share(r[name]['stopped_best'] for r in rows)} |")
     return lines
 
@@ -483,7 +544,7 @@ def bench(args) -> None:
                  f"{'interpolated' if args.interpolate else 'nearest grid point'}; space: {args.space}. "
                  f"Ran in {wall:.0f} s with {args.processes} processes.\n")
         append_results("Pruning, replayed on the learning-curve table", "replay.py",
-                       [about, *lines, "", *[f"- `{n}`: `{json.dumps(arm_settings(n)[0])}`" for n in args.arms]])
+                       [about, *lines, "", *[f"- `{n}`: `{json.dumps(ARMS.get(n) or CANDIDATES[n][0])}`" for n in args.arms]])
 
 
 # -- validation against a real study ----------------------------------------------------------------

@@ -75,6 +75,19 @@ def test_a_pruned_trial_costs_the_steps_it_trained(tmp_path, table):
     assert strict.trials[0]["stopped_at"] == 2 and strict.stopped_the_best()  # 1e-4 starts at 3.0
 
 
+def test_a_paused_trial_resumes_from_its_step_once_among_the_best_half_of_it(tmp_path, table):
+    settings = {"pruner": "median", "report_every_steps": 2,
+                "pruner_kwargs": {"n_startup_trials": 1, "n_warmup_steps": 0}}
+    result = replay.replay_study(tuning(tmp_path, **settings), table, promote=2)
+    # As above, 1e-3 and 1e-2 pause at step 6 (1.2, 1.3 against 1e-4's 1.0). Once 1e-1 has
+    # reported 1.6 there, step 6 holds 4 values and its best half (1.0, 1.2) takes in 1e-3: with
+    # no slot left, it resumes from step 6 and ends at 0.8, its 2 last steps the only ones it trains.
+    attempts = [(t["point"]["learning_rate"], t["resumed_from"], t["stopped_at"]) for t in result.trials]
+    assert attempts == [(1e-4, 0, None), (1e-3, 0, 6), (1e-3, 6, None), (1e-2, 0, 6), (1e-1, 0, None)]
+    assert result.compute == 8 + 6 + 6 + 8 + 2
+    assert not result.stopped_the_best()
+
+
 def test_the_budget_stops_starting_slots_and_workers_share_the_clock(tmp_path, table):
     # Two trials side by side; 16 steps: both start at 0 (committed 0, then 8), none after.
     result = replay.replay_study(tuning(tmp_path, budget={"trained_steps": 16}), table, workers=2)
