@@ -6,7 +6,7 @@ real Snakefile once per seed and arm: `pruner: none` (the baseline) and each pru
 eval_loss each reached, as ratios pruned / unpruned of the same seed. Appends rows to
 bench/RESULTS.md.
 
-    python bench/pruning.py [--seeds 1 2 3] [--n-trials 12] [--arms percentile] [--model tiny] [--cores 2]
+    python bench/pruning.py [--seeds 1 2 3] [--n-trials 12] [--arms percentile25] [--model tiny] [--cores 2]
                             [--extend-from 12]
 
 `--extend-from 12` starts a larger budget from copies of the 12-trial studies instead of from
@@ -25,24 +25,14 @@ import shutil
 from pathlib import Path
 
 from common import REPO, TINY_MODEL, append_results, run_snakemake
+from replay import ARMS as REPLAY_ARMS
 
 from snaketune.config import read_default_tune_yaml
 
 BASELINE = {"pruner": "none"}
-# Pruned arms. Every one reports every 10 steps: on this task the eval_loss after 5 steps ranks
-# high learning rates (the eventual best) below moderate ones, so earlier reports mislead.
-ARMS = {
-    "median": {"pruner": "median", "report_every_steps": 10,
-               "pruner_kwargs": {"n_startup_trials": 3, "n_warmup_steps": 10}},
-    # ASHA: a trial must be in the top quarter of its rung (step 10) to train on to the end. On a
-    # budget of 12 it bootstraps badly: while a rung holds fewer than 4 values, whichever trial is
-    # the best so far runs to the end (on seed 1, each of the first 4 did: a third of the budget).
-    "asha": {"pruner": "successive_halving", "report_every_steps": 10,
-             "pruner_kwargs": {"min_resource": 10, "reduction_factor": 4}},
-    # Must stay within the best quarter of the *completed* trials at every report (the default).
-    "percentile": {"pruner": "percentile", "report_every_steps": 10,
-                   "pruner_kwargs": {"percentile": 25.0, "n_startup_trials": 2, "n_warmup_steps": 10}},
-}
+# The pruned arms are replay.py's (one list of pruner settings for the replay and the real runs),
+# those the workflow itself runs: Optuna's pruners, not the replay's candidates or paused arms.
+ARMS = {name: arm for name, arm in REPLAY_ARMS.items() if name != "none" and "promote" not in arm}
 
 
 def study_config(seed: int, n_trials: int, arm: str, model: str) -> dict:
@@ -71,7 +61,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--n-trials", type=int, default=12)
     parser.add_argument("--model", choices=["smollm2", "tiny"], default="smollm2")
-    parser.add_argument("--arms", nargs="+", choices=sorted(ARMS), default=["percentile"])
+    parser.add_argument("--arms", nargs="+", choices=sorted(ARMS), default=["percentile25"])
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--extend-from", type=int, metavar="N",
                         help="start from copies of the N-trial studies of the same seeds and arms")

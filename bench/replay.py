@@ -74,8 +74,8 @@ ARMS = {
 # Variants of Optuna's percentile rule: which share of the completed trials a trial must beat, from
 # which step, after how many completed trials.
 for _pct in (25, 50, 75):
-    for _warmup in (10, 20, 30):
-        for _startup in (3, 5, 8):
+    for _warmup in (10, 20):
+        for _startup in (3, 5):
             ARMS[f"p{_pct}_w{_warmup}_s{_startup}"] = {
                 "pruner": "percentile", "report_every_steps": 10,
                 "pruner_kwargs": {"percentile": float(_pct), "n_startup_trials": _startup,
