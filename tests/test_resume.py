@@ -61,6 +61,7 @@ def test_killed_run_resumes_from_checkpoint_with_same_params(workdir):
     resumed = retry.user_attrs["resumed_from"]
     resumed_step = int(resumed.rsplit("-", 1)[1])
     assert resumed_step >= 10
+    assert retry.user_attrs["metrics"]["trained_steps"] == 30 - resumed_step  # what tuning.budget counts
     state = json.loads(next(StudyLayout(out).trial(0).dir.glob("checkpoint-30")).joinpath("trainer_state.json").read_text())
     assert state["global_step"] == 30
     # Steps before the checkpoint were not trained again: the resumed run (every row logged after

@@ -279,6 +279,28 @@ def test_skipped_slots_across_parallel_jobs_and_a_raised_budget_runs_only_them(w
     assert "Nothing to be done" in again.stdout + again.stderr
 
 
+def test_compute_budget_counts_each_attempt_of_a_resumed_slot_once(workdir):
+    """A slot's attempts share its loss curve: a killed attempt counts the steps it logged, and the
+    attempt that resumed from its checkpoint only the steps after it (not the whole run again)."""
+    config = tiny_config(n_trials=2, budget={"trained_steps": 100})
+    config["tuning"]["fixed_training_params"]["max_steps"] = 40
+    tuning = load_tune_config(config, workdir)["tuning"]
+    study, first = _claim(tuning, 0)
+    files = tuning.layout.trial(0)
+    files.logs.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    rows = [{"step": s, "loss": 1.0, "time": now} for s in range(1, 13)]  # killed after step 12
+    study.tell(first, state=TrialState.FAIL)
+    rows += [{"step": s, "loss": 0.5, "time": now + 60} for s in range(11, 41)]  # from checkpoint-10
+    files.loss_curve.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    study, retry = _claim(tuning, 0)
+    retry.set_user_attr("resumed_from", str(files.dir / "checkpoint-10"))
+    assert spent_compute(open_study(tuning), tuning, "trained_steps") == 12 + 30  # running: 40 - 10
+    retry.set_user_attr("metrics", {"trained_steps": 30})
+    study.tell(retry, 1.0)
+    assert spent_compute(open_study(tuning), tuning, "trained_steps") == 12 + 30
+
+
 def test_compute_budget_in_tokens_and_device_hours(workdir):
     tuning = resolved(workdir, n_trials=3, budget={"trained_tokens": 500})["tuning"]
     study, trial = _claim(tuning, 0)

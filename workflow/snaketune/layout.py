@@ -271,6 +271,14 @@ def write_csv(frame, path: str | Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def checkpoint_step(path: str | Path) -> int:
+    """The training step a `checkpoint-<step>/` folder was saved at."""
+    match = _CHECKPOINT.match(Path(path).name)
+    if match is None:
+        raise ValueError(f"{path} is not a checkpoint-<step> folder")
+    return int(match.group(1))
+
+
 def read_loss_curve(path: str | Path, key: str | None = None) -> list[dict]:
     """The rows of a trial's `logs/loss_curve.jsonl`, oldest first.
 

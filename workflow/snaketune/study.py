@@ -13,6 +13,7 @@ import datetime
 import errno
 import fcntl
 import json
+import math
 import os
 import re
 import socket
@@ -30,7 +31,7 @@ from optuna.trial import FrozenTrial, TrialState
 from snaketune import space as search_space
 from snaketune import strategy
 from snaketune.errors import SnaketuneError
-from snaketune.layout import StudyLayout, TrialFiles, read_loss_curve
+from snaketune.layout import StudyLayout, TrialFiles, checkpoint_step, read_loss_curve
 
 if TYPE_CHECKING:
     from snaketune.config import TuningParams
@@ -740,11 +741,12 @@ def spent_compute(study: optuna.Study, tuning: TuningParams, unit: str) -> float
     """The compute the study has spent or committed, in `unit` (one of BUDGET_UNITS), counted from
     the journal across every process, every attempt included (a failed one spent it too).
 
-    A finished trial counts what it recorded (`metrics.trained_steps`/`trained_tokens`; its wall
-    time for gpu_hours). A trial still running counts, for steps, the whole run it was started for
-    (max_steps): that compute is committed, and a slot that starts beside it must see it; for
-    tokens and hours, what it has spent so far (its live loss curve, its elapsed time). A trial
-    that stopped without recording counts what its loss curve shows.
+    A finished trial counts what it recorded (`metrics.trained_steps`/`trained_tokens`: what that
+    attempt trained, from the checkpoint it resumed from; its wall time for gpu_hours). A trial
+    still running counts, for steps, the whole run it was started for (max_steps): that compute is
+    committed, and a slot that starts beside it must see it; for tokens and hours, what it has spent
+    so far (its live loss curve, its elapsed time). A trial that stopped without recording counts
+    what its loss curve shows between its start and end (the attempts of a slot share the file).
     """
     layout = tuning.layout
     planned = tuning.training_args.get("max_steps")
@@ -762,23 +764,28 @@ def spent_compute(study: optuna.Study, tuning: TuningParams, unit: str) -> float
         if unit in recorded:
             total += recorded[unit]
             continue
+        resumed_from = trial.user_attrs.get("resumed_from")
+        start = checkpoint_step(resumed_from) if resumed_from else 0
         if unit == "trained_steps" and trial.state == TrialState.RUNNING:
             steps = trial.params.get("max_steps") or planned
             if isinstance(steps, int) and steps > 0:
-                total += steps
+                total += steps - start
                 continue
         folder = trial_dir(trial, layout)
         rows = read_loss_curve(TrialFiles(folder).loss_curve) if folder is not None else []
+        began = trial.datetime_start.timestamp() if trial.datetime_start else 0.0
+        ended = trial.datetime_complete.timestamp() if trial.datetime_complete else math.inf
         key = "step" if unit == "trained_steps" else "num_tokens"
-        values = [row[key] for row in rows if isinstance(row.get(key), (int, float))]
-        total += max(values) if values else 0
+        values = [row[key] for row in rows if isinstance(row.get(key), (int, float))
+                  and began - 1 <= row.get("time", began) <= ended + 1]
+        total += max(0, max(values) - (start if key == "step" else 0)) if values else 0
     return total
 
 
 def check_compute_budget(study: optuna.Study, tuning: TuningParams) -> None:
     """Raises SlotSkipped when tuning.budget is spent (or committed) before this slot starts.
-    Slots that claim at the same moment may each see it not yet spent: the budget is then
-    exceeded by at most the trials started side by side."""
+    claim_trial calls it under the study's claim lock, so jobs starting side by side see each
+    other's trials."""
     if not tuning.budget:
         return
     (unit, amount), = tuning.budget.items()

@@ -21,7 +21,7 @@ from snaketune import metrics as custom_metrics
 from snaketune import space as search_space
 from snaketune import study as studies
 from snaketune.errors import describe_error
-from snaketune.layout import TrialFiles, write_json
+from snaketune.layout import TrialFiles, checkpoint_step, write_json
 
 if TYPE_CHECKING:
     from snaketune.config import TuningConfig, TuningParams
@@ -457,9 +457,11 @@ def train_and_evaluate(tune: TuningConfig, params: dict, trial_dir: Path, model_
     train_output = trainer.train(resume_from_checkpoint=resume_from)
     name_base_model_in_card(trial_dir, tune.model.model_name)
     write_loss_curve(trainer.state.log_history, files.loss_curve_csv)
-    # What the trial spent, for tuning.budget: steps, and tokens (TRL logs them cumulatively).
+    # What this attempt spent, for tuning.budget: the steps since the checkpoint it resumed from
+    # (earlier attempts counted theirs), and tokens (TRL counts them from 0 in each Trainer).
     tokens = [entry["num_tokens"] for entry in trainer.state.log_history if "num_tokens" in entry]
-    trained = {**train_output.metrics, "trained_steps": trainer.state.global_step,
+    start = checkpoint_step(resume_from) if resume_from else 0
+    trained = {**train_output.metrics, "trained_steps": trainer.state.global_step - start,
                **({"trained_tokens": int(tokens[-1])} if tokens else {})}
     if divergence.reason or pruning.reason:
         return trained, divergence.reason or pruning.reason
