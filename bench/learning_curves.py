@@ -44,6 +44,8 @@ GRID = {
     "lora_r": [4, 8, 16],
 }
 REPORT_EVERY_STEPS = 5
+DEFAULT_WORKDIR = REPO / "bench" / "out" / "curves"
+DEFAULT_OUT = REPO / "bench" / "data" / "learning_curves_smollm2.json"
 STUDY_NAME = "curves"
 
 
@@ -108,9 +110,7 @@ def export(workdir: Path, out: Path) -> dict:
     table = {
         "what": "eval_loss learning curves of a grid on the demo task (SmolLM2-135M-Instruct, LoRA), "
                 "every configuration trained to the end",
-        # How the study was run (an --export-only re-write keeps the study's own command).
-        "command": " ".join(["python bench/learning_curves.py",
-                             *[a for a in sys.argv[1:] if a != "--export-only"]]),
+        "command": command_line(),
         "date": datetime.date.today().isoformat(),
         "machine": machine(),
         "metric": "eval_loss",
@@ -137,6 +137,20 @@ def export(workdir: Path, out: Path) -> dict:
     return table
 
 
+def command_line() -> str:
+    """The command that runs this study: this one, less --export-only and paths left at their
+    defaults (so that an --export-only re-write keeps the study's own command)."""
+    args, kept = sys.argv[1:], []
+    defaults = {"--workdir": DEFAULT_WORKDIR, "--out": DEFAULT_OUT}
+    while args:
+        arg = args.pop(0)
+        if arg in defaults and args and Path(args[0]).resolve() == defaults[arg]:
+            args.pop(0)
+        elif arg != "--export-only":
+            kept.append(arg)
+    return " ".join(["python bench/learning_curves.py", *kept])
+
+
 def evaluation_timing(trial_dir: Path) -> dict:
     """{'eval_seconds': median evaluation time, 'step_seconds': training time per step} of a trial,
     from its logs/loss_curve.jsonl (the Trainer's eval_runtime at each evaluation, and its
@@ -161,8 +175,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cores", type=int, default=os.cpu_count())
     parser.add_argument("--gpus", type=int, default=2, help="trials side by side (one thread each on a CPU)")
-    parser.add_argument("--workdir", type=Path, default=REPO / "bench" / "out" / "curves")
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "data" / "learning_curves_smollm2.json")
+    parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--export-only", action="store_true", help="write the table from the study as it is")
     args = parser.parse_args()
     try:

@@ -12,10 +12,11 @@ import sys
 
 import pytest
 
-from workflow_helpers import REPO, resolved_tuning
+from workflow_helpers import REPO, resolved_tuning, tiny_config, write_reverse_words
 
 sys.path.insert(0, str(REPO / "bench"))
 import replay  # noqa: E402
+from snaketune.config import load_tune_config  # noqa: E402
 
 # Four learning rates; the fastest starter (1e-1) finishes worst, the slowest (1e-4) best.
 CURVES = {
@@ -95,3 +96,31 @@ def test_the_budget_stops_starting_slots_and_workers_share_the_clock(tmp_path, t
     assert [spent for spent, _ in result.best_after] == [16, 16]  # both end at step 8 of the clock
     # 17 steps: a third slot starts once the first two have finished (committed 16 < 17).
     assert len(replay.replay_study(tuning(tmp_path, budget={"trained_steps": 17}), table, workers=2).trials) == 3
+
+
+def test_the_default_percentile_pruner_stops_the_worst_quarter_and_keeps_a_slow_starter(tmp_path):
+    """`pruner: percentile` with no pruner_kwargs and no report_every_steps (snaketune's measured
+    defaults: the worst quarter at each quarter of max_steps, after 3 completed trials), against
+    Optuna's median rule, on five hand-made curves run in this order."""
+    curves = {1e-4: [3.0, 2.0, 1.0, 0.5], 1e-3: [2.5, 1.8, 1.2, 0.8], 1e-2: [2.0, 1.5, 1.3, 1.1],
+              3e-2: [4.0, 3.0, 2.5, 2.2],   # worst at every step: stopped at the first report
+              1e-1: [2.6, 1.9, 1.1, 0.6]}   # starts slow, finishes second best
+    rows = [{"params": {"learning_rate": lr}, "final": c[-1], "curve": {str(2 * (i + 1)): v for i, v in enumerate(c)}}
+            for lr, c in curves.items()]
+    path = tmp_path / "five.json"
+    path.write_text(json.dumps({"max_steps": 8, "grid": {"learning_rate": list(curves)}, "default_space": {},
+                                "points": 5, "grid_points": 5, "rows": rows}))
+    five = replay.Table(path)
+
+    def stopped(**settings) -> dict:
+        config = tiny_config(tuner_sampler="GridSampler", n_trials=5, **settings,
+                             tunable_training_params={"learning_rate": {"type": "categorical", "choices": list(curves)}})
+        config["tuning"]["fixed_training_params"]["max_steps"] = 8
+        write_reverse_words(tmp_path / "data.jsonl")
+        tuning = load_tune_config(config, tmp_path).tuning
+        assert tuning.report_every_steps == 2
+        return {t["point"]["learning_rate"]: t["stopped_at"] for t in replay.replay_study(tuning, five).trials}
+
+    assert stopped(pruner="percentile") == {1e-4: None, 1e-3: None, 1e-2: None, 3e-2: 2, 1e-1: None}
+    # The median of the three completed trials at step 2 is 2.5: the slow starter (2.6) is stopped.
+    assert stopped(pruner="median", pruner_kwargs={"n_startup_trials": 3})[1e-1] == 2

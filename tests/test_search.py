@@ -333,7 +333,8 @@ def test_a_budget_is_one_positive_amount_in_a_known_unit(workdir, budget, fragme
      "tuning.pruner_kwargs.n_warmup", "did you mean 'n_warmup_steps'"),
     ({"pruner": "percentile", "report_every_steps": 2, "pruner_kwargs": {"percentile": 150}},
      "tuning.pruner_kwargs", "refused"),
-    ({"pruner": "median"}, "tuning.report_every_steps", "intermediate values"),
+    ({"pruner": "median", "fixed_training_params": {"num_train_epochs": 1}},  # no fixed step count
+     "tuning.report_every_steps", "intermediate values"),
     ({"pruner": "median", "report_every_steps": 2, "evaluation_metrics": ["eval_loss", "eval_mean_token_accuracy"],
       "evaluation_direction": ["minimize", "maximize"]}, "tuning.pruner", "multi-objective"),
     ({"pruner": "hyperbandd"}, "tuning.pruner", "hyperband"),
@@ -346,6 +347,17 @@ def test_a_budget_is_one_positive_amount_in_a_known_unit(workdir, budget, fragme
 def test_bad_search_settings_fail_at_parse_time_naming_the_field(workdir, change, path, fragment):
     found = problems(workdir, tiny_config(**change))
     assert any(p.startswith(path + ":") and fragment in p for p in found), found
+
+
+def test_a_pruner_without_report_every_steps_is_asked_every_quarter_of_max_steps(workdir):
+    config = tiny_config(pruner="percentile")
+    config["tuning"]["fixed_training_params"]["max_steps"] = 40
+    tune = load_tune_config(config, workdir)
+    assert tune.tuning.report_every_steps == 10
+    assert any(n.startswith("tuning.report_every_steps: not given") for n in tune.notices)
+    # PercentilePruner's measured defaults fill what pruner_kwargs leave out.
+    assert strategy.pruner_arguments("percentile", {"n_startup_trials": 1}) == {"percentile": 75.0,
+                                                                               "n_startup_trials": 1}
 
 
 def test_cmaes_with_categorical_is_refused(workdir):

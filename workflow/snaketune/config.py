@@ -259,7 +259,7 @@ def _resolve(cfg: dict, base: Path, validated: bool, problems: list[str]) -> Tun
         custom_names=None if validated else [c.name for c in custom])
     problems.extend(found)
     search_space = collect(space.resolve_conditions(params.space))
-    n_trials = _study_settings(tuning, search_space, metric_names, custom, problems)
+    n_trials = _study_settings(tuning, search_space, metric_names, custom, problems, notices)
     enqueued = collect(space.resolve_enqueued(tuning["enqueue_trials"], search_space, n_trials,
                                               tuning["tuner_sampler"]))
     model_notices, moved = model.model_notices(cfg["model"])
@@ -407,9 +407,10 @@ def _oumi_tuning_fields(tuning: dict, problems: list[str]) -> list[str]:
 
 
 def _study_settings(tuning: dict, search_space: list[space.Parameter], metric_names: list[str],
-                    custom: list[CustomMetric], problems: list[str]) -> int:
+                    custom: list[CustomMetric], problems: list[str], notices: list[str]) -> int:
     """Checks the tuner, sampler and pruner (appending to `problems`); returns n_trials (default
-    10, or the grid's size)."""
+    10, or the grid's size). A pruner without report_every_steps reports every quarter of a fixed
+    max_steps (strategy.default_report_every_steps), said in `notices`."""
     if str(tuning["tuner_type"]).upper() not in TUNER_TYPES:
         problems.append(f"tuning.tuner_type: unknown tuner type {tuning['tuner_type']!r}; "
                         "snaketune supports OPTUNA")
@@ -433,8 +434,14 @@ def _study_settings(tuning: dict, search_space: list[space.Parameter], metric_na
                             "metric the evaluation produces at every report (eval_loss, "
                             "eval_mean_token_accuracy)")
         if tuning["pruner"] != "none" and not tuning["report_every_steps"]:
-            problems.append("tuning.report_every_steps: a pruner needs intermediate values: set "
-                            "report_every_steps (e.g. 10)")
+            every = strategy.default_report_every_steps(tuning["fixed_training_params"].get("max_steps"))
+            if every is None:
+                problems.append("tuning.report_every_steps: a pruner needs intermediate values: set "
+                                "report_every_steps (e.g. a quarter of the trial's steps)")
+            else:
+                tuning["report_every_steps"] = every
+                notices.append(f"tuning.report_every_steps: not given; the pruner is asked every {every} "
+                               "steps (a quarter of max_steps)")
     return n_trials
 
 
