@@ -252,27 +252,28 @@ def test_a_budget_check_and_the_trial_it_starts_are_one_step_across_processes(wo
 
 
 def test_skipped_slots_across_parallel_jobs_and_a_raised_budget_runs_only_them(workdir):
-    """tuning.budget over trial jobs side by side: 3-step trials and 9 steps, so three trials train
-    whichever slots start first, and the other slots finish SKIPPED. Raising the budget runs
-    skipped slots (no trial that ran); the same budget again runs nothing."""
-    config = tiny_config(n_trials=5, budget={"trained_steps": 9})
+    """tuning.budget over trial jobs side by side: 3-step trials and 6 steps, so the two trials that
+    start together train whichever slots they are (each sees the other's committed steps), and the
+    other slots finish SKIPPED. Raising the budget runs skipped slots (no trial that ran); the same
+    budget again runs nothing."""
+    config = tiny_config(n_trials=4, budget={"trained_steps": 6})
     write_config(workdir, config)
     run_snakemake(workdir, "--resources", "gpu=2")
     out = workdir / "tuning_output"
     study = load_study(out)
-    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
-    assert sum(t.user_attrs["metrics"]["trained_steps"] for t in study.trials) == 9
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+    assert sum(t.user_attrs["metrics"]["trained_steps"] for t in study.trials) == 6
     skipped = sorted(studies.skipped_slots(study))
     assert len(skipped) == 2
     assert list(pd.read_csv(StudyLayout(out).results_csv)["state"]).count("SKIPPED") == 2
     ran = {t.user_attrs["slot"]: t.datetime_complete for t in study.trials}
 
-    config["tuning"]["budget"] = {"trained_steps": 12}
+    config["tuning"]["budget"] = {"trained_steps": 9}
     write_config(workdir, config)
     run_snakemake(workdir, "--resources", "gpu=2")
     study = load_study(out)
-    assert len(study.trials) == 4 and study.trials[3].user_attrs["slot"] in skipped
-    assert {t.user_attrs["slot"]: t.datetime_complete for t in study.trials[:3]} == ran
+    assert len(study.trials) == 3 and study.trials[2].user_attrs["slot"] in skipped
+    assert {t.user_attrs["slot"]: t.datetime_complete for t in study.trials[:2]} == ran
     assert len(studies.skipped_slots(study)) == 1
     assert list(pd.read_csv(StudyLayout(out).results_csv)["state"]).count("SKIPPED") == 1
     again = run_snakemake(workdir, "--resources", "gpu=2")
