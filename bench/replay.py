@@ -236,8 +236,6 @@ class Table:
 
     def lookup(self, params: dict) -> dict:
         """{'curve': {step (str): value}, 'final': value} for `params`."""
-        import itertools
-
         axes = [self._neighbours(name, params.get(name, self.fixed.get(name))) for name in self.grid]
         curve, final = {}, 0.0
         for combo in itertools.product(*axes):
@@ -250,8 +248,6 @@ class Table:
 
     def default_space_complete(self) -> bool:
         """Every point of the default study's space (the table's `default_space`) has its curve."""
-        import itertools
-
         names = list(self.grid)
         for combo in itertools.product(*self.grid.values()):
             point = dict(zip(names, combo))
@@ -580,6 +576,7 @@ def validate(output_dir: Path, overrides: dict | None = None) -> list[str]:
     tuning = load_tune_config(raw, base_dir=output_dir.parent, validated=True).tuning
     logs = list(JournalFileBackend(str(layout.journal)).read_logs(0))
     real = JournalStorage(ListBackend(logs))  # the study as it ended
+    study_id = real.get_study_id_from_name(tuning.study_name)
     max_steps = tuning.training_args.get("max_steps")
     backend = ListBackend()
     storage = JournalStorage(backend)  # the study as it stood at each operation
@@ -594,7 +591,7 @@ def validate(output_dir: Path, overrides: dict | None = None) -> list[str]:
         if op["op_code"] == CREATE_TRIAL:
             trial_id, created = created, created + 1  # the journal numbers trials in creation order
             frozen = real.get_trial(trial_id)
-            sampled = (op["study_id"] == real.get_study_id_from_name(tuning.study_name) and not op.get("params")
+            sampled = (op["study_id"] == study_id and not op.get("params")
                        and frozen.user_attrs.get("attempt") == 1 and not frozen.user_attrs.get("enqueued"))
             if not sampled or tuning.sampler == "GridSampler":
                 continue
