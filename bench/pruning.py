@@ -30,9 +30,9 @@ from replay import ARMS as REPLAY_ARMS
 from snaketune.config import read_default_tune_yaml
 
 BASELINE = {"pruner": "none"}
-# The pruned arms are replay.py's (one list of pruner settings for the replay and the real runs),
-# those the workflow itself runs: Optuna's pruners, not the replay's candidates or paused arms.
-ARMS = {name: arm for name, arm in REPLAY_ARMS.items() if name != "none" and "promote" not in arm}
+# The pruned arms are replay.py's (one list of pruner settings for the replay and the real runs):
+# Optuna's pruners, killing or pausing (tuning.resume_pruned), not the replay's own candidates.
+ARMS = {name: arm for name, arm in REPLAY_ARMS.items() if name != "none"}
 
 
 def study_config(seed: int, n_trials: int, arm: str, model: str) -> dict:

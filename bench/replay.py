@@ -81,23 +81,24 @@ for _pct in (25, 50, 75):
                 "pruner_kwargs": {"percentile": float(_pct), "n_startup_trials": _startup,
                                   "n_warmup_steps": _warmup}}
 ARMS.update({
-    "asha4": {"pruner": "successive_halving", "report_every_steps": 10,
+    # Successive halving that kills (snaketune's successive_halving pauses unless told not to).
+    "asha4": {"pruner": "successive_halving", "report_every_steps": 10, "resume_pruned": False,
               "pruner_kwargs": {"min_resource": 10, "reduction_factor": 4}},
-    "asha2": {"pruner": "successive_halving", "report_every_steps": 10,
+    "asha2": {"pruner": "successive_halving", "report_every_steps": 10, "resume_pruned": False,
               "pruner_kwargs": {"min_resource": 10, "reduction_factor": 2}},
-    "asha2_r20": {"pruner": "successive_halving", "report_every_steps": 10,
+    "asha2_r20": {"pruner": "successive_halving", "report_every_steps": 10, "resume_pruned": False,
                   "pruner_kwargs": {"min_resource": 20, "reduction_factor": 2}},
     "hyperband": {"pruner": "hyperband", "report_every_steps": 5,
                   "pruner_kwargs": {"min_resource": 5, "max_resource": 40, "reduction_factor": 3}},
-    # Pause instead of kill (`promote`: replay_study): a paused trial resumes from its checkpoint
-    # once it is among the best 1/η of its step's values.
-    "asha2_pause": {"pruner": "successive_halving", "report_every_steps": 10,
-                    "pruner_kwargs": {"min_resource": 10, "reduction_factor": 2}, "promote": 2},
-    "asha4_pause": {"pruner": "successive_halving", "report_every_steps": 10,
-                    "pruner_kwargs": {"min_resource": 10, "reduction_factor": 4}, "promote": 4},
-    "p25_w10_s3_pause": {"pruner": "percentile", "report_every_steps": 10,
-                         "pruner_kwargs": {"percentile": 25.0, "n_startup_trials": 3, "n_warmup_steps": 10},
-                         "promote": 4},
+    # Pause instead of kill (tuning.resume_pruned: η): a paused trial resumes from its checkpoint
+    # once it is among the best 1/η of its step's values. asha4_pause is what `pruner:
+    # successive_halving` alone runs on the default study (report every quarter of 40 steps).
+    "asha2_pause": {"pruner": "successive_halving", "report_every_steps": 10, "resume_pruned": 2,
+                    "pruner_kwargs": {"min_resource": 10, "reduction_factor": 2}},
+    "asha4_pause": {"pruner": "successive_halving", "report_every_steps": 10, "resume_pruned": 4,
+                    "pruner_kwargs": {"min_resource": 10, "reduction_factor": 4}},
+    "p25_w10_s3_pause": {"pruner": "percentile", "report_every_steps": 10, "resume_pruned": 4,
+                         "pruner_kwargs": {"percentile": 25.0, "n_startup_trials": 3, "n_warmup_steps": 10}},
 })
 
 
@@ -168,13 +169,12 @@ CANDIDATES = {
 DEFAULT_ARMS = [name for name in ARMS if name != "none"] + list(CANDIDATES)
 
 
-def arm_settings(name: str) -> tuple[dict, object, int | None]:
-    """(tuning overrides, a pruner factory or None for the one the overrides name, promote)."""
+def arm_settings(name: str) -> tuple[dict, object]:
+    """(tuning overrides, a pruner factory or None for the one the overrides name)."""
     if name in CANDIDATES:
         overrides, make = CANDIDATES[name]
-        return {"pruner": "none", **overrides}, make, None
-    overrides = dict(ARMS[name])
-    return overrides, None, overrides.pop("promote", None)
+        return {"pruner": "none", **overrides}, make
+    return dict(ARMS[name]), None
 
 # Optuna's journal operation codes (its file format: JournalOperation in optuna.storages.journal).
 CREATE_TRIAL, SET_TRIAL_INTERMEDIATE_VALUE = 4, 7
@@ -327,8 +327,7 @@ class StudyResult:
 
 
 def replay_study(tuning: TuningParams, table: Table, workers: int = 1,
-                 pruner: optuna.pruners.BasePruner | None = None, eval_cost: float = 0.0,
-                 promote: int | None = None) -> StudyResult:
+                 pruner: optuna.pruners.BasePruner | None = None, eval_cost: float = 0.0) -> StudyResult:
     """Runs one study against the table: tuning.n_trials slots at most, `workers` trials at a time,
     and while the compute committed is under tuning.budget's trained_steps (checked when a slot
     starts). Its pruner is the one tuning names (`strategy.make_pruner`) unless `pruner` is given.
@@ -337,9 +336,9 @@ def replay_study(tuning: TuningParams, table: Table, workers: int = 1,
     evaluates at each report, or once at the end without report_every_steps. It is also the clock
     that orders the reports of trials running side by side.
 
-    `promote` (a reduction factor η) pauses instead of killing: a pruned trial keeps its
-    checkpoint, and a free worker first resumes the paused trial that is now among the best 1/η of
-    all values reported at its step (the latest step first), as a new trial with its parameters
+    tuning.resume_pruned (η) pauses instead of killing, as the workflow does: a pruned trial keeps
+    its checkpoint, and a free worker first resumes the paused trial that is now among the best 1/η
+    of all values reported at its step (strategy.promotions), as a new trial with its parameters
     from that step on (asynchronous successive halving's promotions), and only then starts a new one.
     """
     if tuning.directions != ["minimize"]:
@@ -356,7 +355,7 @@ def replay_study(tuning: TuningParams, table: Table, workers: int = 1,
     result = StudyResult()
     events: list[tuple[float, int, Run]] = []
     running: dict[int, Run] = {}
-    paused: list[Run] = []
+    paused: dict[int, Run] = {}  # by trial number
     finished = 0.0  # compute of the attempts that ended
     next_slot = 0
     order = itertools.count()
@@ -365,16 +364,12 @@ def replay_study(tuning: TuningParams, table: Table, workers: int = 1,
         running[id(run)] = run
         heapq.heappush(events, (now + run.cost(0), next(order), run))
 
+    promote = tuning.resume_pruned
+
     def promotion() -> Run | None:
-        """The paused trial to resume now, if any (highest step first)."""
-        for step in sorted({r.stopped_at for r in paused}, reverse=True):
-            reported = sorted(t.intermediate_values[step] for t in study.get_trials(deepcopy=False)
-                              if step in t.intermediate_values)
-            top = reported[:max(1, len(reported) // promote)]
-            candidates = [r for r in paused if r.stopped_at == step and r.row["curve"][str(step)] <= top[-1]]
-            if candidates:
-                return min(candidates, key=lambda r: r.row["curve"][str(step)])
-        return None
+        """The paused trial to resume now, if any: the workflow's rule (strategy.promotions)."""
+        due = strategy.promotions(study.get_trials(deepcopy=False), promote)
+        return paused[due[0].number] if due else None
 
     def start(now: float) -> None:
         nonlocal next_slot
@@ -383,9 +378,9 @@ def replay_study(tuning: TuningParams, table: Table, workers: int = 1,
             return
         resume = promotion() if promote else None
         if resume is not None:
-            paused.remove(resume)
+            del paused[resume.trial.number]
             trial_id = create_trial(study, dict(resume.trial.params), tuning.space,
-                                    {"slot": resume.slot, "resumed_from": resume.stopped_at})
+                                    {"slot": resume.slot, "promoted_from": resume.trial.number})
             steps = [s for s in report_steps if s > resume.stopped_at]
             launch(Run(resume.slot, optuna.Trial(study, trial_id), resume.row, now, steps, eval_cost,
                        resumed_from=resume.stopped_at), now)
@@ -410,7 +405,7 @@ def replay_study(tuning: TuningParams, table: Table, workers: int = 1,
             study.tell(run.trial, state=TrialState.PRUNED)
             run.stopped_at = step
             if promote:
-                paused.append(run)
+                paused[run.trial.number] = run
         elif step < max_steps:
             run.next_report += 1
             heapq.heappush(events, (run.started + run.cost(run.next_report), next(order), run))
@@ -450,10 +445,10 @@ def one_seed(job: tuple) -> dict:
                                "reach": base.compute_to_reach(base.best * (1 + WITHIN)) / base.compute}}
     target = base.best * (1 + WITHIN)
     for name in arms:
-        overrides, make, promote = arm_settings(name)
+        overrides, make = arm_settings(name)
         # n_trials is only a cap here: the budget decides how many slots start.
         arm = replay_study(study_tuning(overrides, seed_of(i), 50 * n_trials, int(base.compute), tuned),
-                           table, workers, make() if make else None, eval_cost, promote)
+                           table, workers, make() if make else None, eval_cost)
         completed = {t["slot"] for t in arm.trials if t["stopped_at"] is None}
         out[name] = {"best": arm.best_within(base.compute), "compute": arm.compute,
                      "reach": arm.compute_to_reach(target) / base.compute,
@@ -567,7 +562,9 @@ def validate(output_dir: Path, overrides: dict | None = None) -> list[str]:
     train.ReportAndPrune asks the pruner), the replay's pruner is asked on the study as it stood right
     after that report, and must say "prune" exactly where the real trial was pruned. Sampler: every
     first attempt whose parameters the sampler chose (not enqueued, not a grid study) is proposed
-    again by the slot's sampler on the study as it stood when the trial was created.
+    again by the slot's sampler on the study as it stood when the trial was created. Promotions
+    (tuning.resume_pruned): every first attempt resumes the paused trial that strategy.promotions
+    puts first on the study as it stood before it, or none when none is due.
     `overrides` (tuning keys) replay it with other settings than it ran with: a check of the check.
     """
     layout = StudyLayout(output_dir)
@@ -582,8 +579,19 @@ def validate(output_dir: Path, overrides: dict | None = None) -> list[str]:
     storage = JournalStorage(backend)  # the study as it stood at each operation
     pruner = strategy.make_pruner(tuning)
     study = None
-    problems, decisions, proposals, created = [], 0, 0, 0
+    problems, decisions, proposals, promotions, created = [], 0, 0, 0, 0
     for i, op in enumerate(logs):
+        attrs = op.get("user_attrs") or {}
+        if op["op_code"] == CREATE_TRIAL and study is not None and tuning.resume_pruned and attrs.get("attempt") == 1:
+            # A slot's first attempt resumes the first due paused trial, as the study stood before it.
+            due = strategy.promotions(storage.get_all_trials(study_id, deepcopy=False), tuning.resume_pruned,
+                                      tuning.directions[0])
+            expected = due[0].number if due else None
+            promotions += 1
+            if attrs.get("promoted_from") != expected:
+                problems.append(f"trial {created} (slot {attrs.get('slot')}): the replay would resume "
+                                f"{'trial ' + str(expected) if expected is not None else 'no paused trial'}, "
+                                f"the real slot resumed {attrs.get('promoted_from', 'none')}")
         backend.append_logs([op])
         if study is None and tuning.study_name in [s.study_name for s in storage.get_all_studies()]:
             study = optuna.load_study(study_name=tuning.study_name, storage=storage, pruner=pruner,
@@ -612,8 +620,8 @@ def validate(output_dir: Path, overrides: dict | None = None) -> list[str]:
                 problems.append(f"trial {frozen.number} at step {step}: the replay would "
                                 f"{'prune' if would else 'continue'}, the real trial "
                                 f"{'was pruned' if did else 'continued'}")
-    print(f"{output_dir}: {decisions} prune decisions, {proposals} sampler proposals replayed; "
-          f"{len(problems)} disagreements")
+    print(f"{output_dir}: {decisions} prune decisions, {proposals} sampler proposals, {promotions} "
+          f"promotion choices replayed; {len(problems)} disagreements")
     return problems
 
 

@@ -6,6 +6,7 @@ import json
 import sys
 import time
 
+import optuna
 import pandas as pd
 import pytest
 import yaml
@@ -18,7 +19,7 @@ from snaketune import space as search_space  # noqa: E402
 from snaketune import strategy  # noqa: E402
 from snaketune import study as studies  # noqa: E402
 from snaketune.config import ConfigError, load_tune_config  # noqa: E402
-from snaketune.layout import StudyLayout, TrialFiles  # noqa: E402
+from snaketune.layout import StudyLayout, TrialFiles, read_loss_curve  # noqa: E402
 from snaketune.results import results_table  # noqa: E402
 from snaketune.study import SlotSkipped, claim_trial, open_study, skip_slot, spent_compute  # noqa: E402
 
@@ -98,47 +99,60 @@ def test_grid_covers_its_grid_exactly_once_in_a_real_run(workdir):
     assert all(t.state == TrialState.COMPLETE for t in trials)
 
 
-def test_pruned_study_reports_intermediate_values_across_processes(workdir):
-    config = tiny_config(n_trials=5, tuner_sampler="RandomSampler", pruner="median", report_every_steps=2,
-                         pruner_kwargs={"n_startup_trials": 2, "n_warmup_steps": 0})
+def test_pruned_trials_pause_and_a_later_slot_resumes_one_from_its_checkpoints_step(workdir):
+    """Successive halving (η 2, asked every 2 of 8 steps) in trial jobs that share the journal:
+    pruned trials keep their checkpoint, and a slot that starts when one of them is among the best
+    half at its step resumes it from that checkpoint (tuning.resume_pruned, on by default for
+    successive_halving) instead of asking the sampler. One job at a time, so which trial is due
+    when each slot starts is fixed."""
+    config = tiny_config(n_trials=5, tuner_sampler="RandomSampler", pruner="successive_halving",
+                         report_every_steps=2, pruner_kwargs={"min_resource": 2, "reduction_factor": 2})
     config["tuning"]["tunable_training_params"] = {
-        "learning_rate": {"type": "categorical", "choices": [1e-1, 1e-5]}}
+        "learning_rate": {"type": "categorical", "choices": [1e-1, 1e-2, 1e-5]}}
     config["tuning"]["fixed_training_params"].update(max_steps=8, lr_scheduler_type="constant")
-    config["tuning"]["enqueue_trials"] = [{"learning_rate": 1e-1}, {"learning_rate": 1e-1},
+    # In start order: a fast learner, a slower one, two that barely move.
+    config["tuning"]["enqueue_trials"] = [{"learning_rate": 1e-1}, {"learning_rate": 1e-2},
                                           {"learning_rate": 1e-5}, {"learning_rate": 1e-5}]
     write_config(workdir, config)
-    run_snakemake(workdir)  # pruned trials' jobs succeed
+    run = run_snakemake(workdir, cores=1)  # pruned trials' jobs succeed
+    assert "successive_halving pauses a pruned trial" in run.stderr
     out = workdir / "tuning_output"
     study = load_study(out)
-    by_slot = {t.user_attrs["slot"]: t for t in study.trials}
-    first, second = study.trials[:2]  # the first two to start took the two fast enqueued configurations
-    assert all(len(t.intermediate_values) >= 1 for t in study.trials)
-    assert (first.state, second.state) == (TrialState.COMPLETE, TrialState.COMPLETE)
-    assert first.params["learning_rate"] == second.params["learning_rate"] == 1e-1
-    pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
-    assert pruned, {s: (t.state, t.intermediate_values) for s, t in by_slot.items()}
-    for trial in pruned:
-        assert trial.params["learning_rate"] == 1e-5  # the slow learner loses to the fast one
-        assert trial.value == trial.intermediate_values[max(trial.intermediate_values)]
-        trial_dir = StudyLayout(out).trial(trial.user_attrs["slot"]).dir
-        assert list(trial_dir.glob("checkpoint-*")), "a pruned trial keeps its last checkpoint"
-        curve = [json.loads(line) for line in TrialFiles(trial_dir).loss_curve.read_text().splitlines()]
-        assert any("eval_loss" in entry for entry in curve)
-    for trial in (first, second):
-        # The evaluation at step 8 (= max_steps) is the final one: it is not run a second time.
-        curve = [json.loads(line) for line in
-                 StudyLayout(out).trial(trial.user_attrs["slot"]).loss_curve.read_text().splitlines()]
-        assert [e["step"] for e in curve if "eval_loss" in e] == [2, 4, 6, 8]
-        assert trial.value == trial.intermediate_values[8]
+    fast, slower, slow, slow_too, resumed = study.trials  # in start order
+    values = {t.number: (t.state.name, t.intermediate_values) for t in study.trials}
+    assert fast.state == TrialState.COMPLETE and fast.params["learning_rate"] == 1e-1, values
+    # The final evaluation, at step 8 (= max_steps), is not run a second time.
+    curve = read_loss_curve(StudyLayout(out).trial(fast.user_attrs["slot"]).loss_curve, "eval_loss")
+    assert [row["step"] for row in curve] == [2, 4, 6, 8]
+    assert fast.value == fast.intermediate_values[8]
+    for trial in (slower, slow, slow_too):  # each trails the first at step 2 (rung 0 keeps 1 of 2, 3)
+        assert trial.state == TrialState.PRUNED and list(trial.intermediate_values) == [2], values
+        assert trial.value == trial.intermediate_values[2]
+        assert (StudyLayout(out).trial(trial.user_attrs["slot"]).dir / "checkpoint-2").is_dir(), \
+            "a pruned trial keeps the checkpoint of where it stopped"
+    # The fifth slot: at step 2, 4 values were reported, and the slower learner's is among the best
+    # 2 (the fast one's and its own), so that slot carries it on from its checkpoint-2.
+    assert resumed.user_attrs["promoted_from"] == slower.number, values
+    assert resumed.params == slower.params and resumed.user_attrs.get("enqueued") is None
+    paused_at = StudyLayout(out).trial(slower.user_attrs["slot"]).dir / "checkpoint-2"
+    assert resumed.user_attrs["resumed_from"] == str(paused_at)
+    assert min(resumed.intermediate_values) == 4  # it continues at step 3: no step is trained twice
+    last = max(resumed.intermediate_values)
+    assert resumed.user_attrs["metrics"]["trained_steps"] == last - 2
+    own = StudyLayout(out).trial(resumed.user_attrs["slot"])
+    rows = read_loss_curve(own.loss_curve, "loss")
+    assert rows[0]["step"] == 3 and rows[-1]["step"] == last
+    assert own.last_checkpoint().endswith(f"checkpoint-{last}")
     table = pd.read_csv(StudyLayout(out).results_csv)
+    assert table.set_index("number").loc[resumed.number, "promoted_from"] == slower.number
     assert "PRUNED" in set(table["state"])
-    # The replay bench (bench/replay.py) makes the same prune decisions, following this journal's
-    # operations across both processes; replayed without the pruner, it disagrees (the check bites).
+    # The replay bench (bench/replay.py) makes the same prune decisions and the same promotion,
+    # following this journal's operations; replayed without the pruner, it disagrees (the check bites).
     sys.path.insert(0, str(REPO / "bench"))
     import replay
 
     assert replay.validate(out) == []
-    assert replay.validate(out, {"pruner": "none", "pruner_kwargs": {}})
+    assert replay.validate(out, {"pruner": "none", "pruner_kwargs": {}, "resume_pruned": False})
     again = run_snakemake(workdir)
     assert "Nothing to be done" in again.stdout + again.stderr  # pruned trials are not re-run
 
@@ -344,6 +358,9 @@ def test_a_budget_is_one_positive_amount_in_a_known_unit(workdir, budget, fragme
     ({"enqueue_trials": [{"learning_rat": 0.01}]}, "tuning.enqueue_trials[0].learning_rat", "learning_rate"),
     ({"n_trials": 1, "enqueue_trials": [{"learning_rate": 0.01}, {"learning_rate": 0.02}]},
      "tuning.enqueue_trials", "2 configurations for 1 trials"),
+    ({"resume_pruned": True}, "tuning.resume_pruned", "tuning.pruner is none"),
+    ({"resume_pruned": 1, "pruner": "median", "report_every_steps": 1}, "tuning.resume_pruned", "minimum"),
+    ({"resume_pruned": "yes", "pruner": "median", "report_every_steps": 1}, "tuning.resume_pruned", "not of type"),
 ])
 def test_bad_search_settings_fail_at_parse_time_naming_the_field(workdir, change, path, fragment):
     found = problems(workdir, tiny_config(**change))
@@ -359,6 +376,97 @@ def test_a_pruner_without_report_every_steps_is_asked_every_quarter_of_max_steps
     # PercentilePruner's measured defaults fill what pruner_kwargs leave out.
     assert strategy.pruner_arguments("percentile", {"n_startup_trials": 1}) == {"percentile": 75.0,
                                                                                "n_startup_trials": 1}
+
+
+@pytest.mark.parametrize("settings, eta, notice", [
+    ({"pruner": "successive_halving"}, 4, True),  # ASHA's promotions, on unless turned off
+    ({"pruner": "successive_halving", "pruner_kwargs": {"reduction_factor": 3}}, 3, True),
+    ({"pruner": "successive_halving", "resume_pruned": False}, None, False),
+    ({"pruner": "hyperband", "resume_pruned": True}, 3, False),  # HyperbandPruner's own η
+    ({"pruner": "percentile", "resume_pruned": True}, 4, False),
+    ({"pruner": "median", "resume_pruned": 2}, 2, False),
+    ({"pruner": "median"}, None, False),  # other pruners stop trials for good unless asked
+])
+def test_resume_pruned_takes_its_eta_from_the_pruner_or_the_value(workdir, settings, eta, notice):
+    tune = load_tune_config(tiny_config(report_every_steps=1, **settings), workdir)
+    assert tune.tuning.resume_pruned == eta
+    assert any(n.startswith("tuning.resume_pruned: not given") for n in tune.notices) == notice
+
+
+def test_resume_pruned_with_a_grid_is_refused_and_off_by_default(workdir):
+    config = tiny_config(n_trials=2, tuner_sampler="GridSampler", pruner="successive_halving", report_every_steps=1)
+    config["tuning"]["tunable_training_params"] = {"learning_rate": {"type": "categorical", "choices": [1e-3, 1e-2]}}
+    assert load_tune_config(config, workdir).tuning.resume_pruned is None
+    config["tuning"]["resume_pruned"] = True
+    assert any(p.startswith("tuning.resume_pruned:") and "GridSampler" in p for p in problems(workdir, config))
+
+
+def paused_study(curves: dict[int, dict[int, float]], direction: str = "minimize", **attrs) -> optuna.Study:
+    """An in-memory study of trials with these intermediate values, told PRUNED (4 reports or more:
+    COMPLETE); `attrs[number]` are user attributes of trial `number`."""
+    study = optuna.create_study(direction=direction)
+    for number, curve in curves.items():
+        study.add_trial(optuna.trial.create_trial(
+            state=TrialState.COMPLETE if len(curve) >= 4 else TrialState.PRUNED,
+            value=curve[max(curve)], intermediate_values=curve, user_attrs=attrs.get(f"t{number}", {})))
+    return study
+
+
+def test_promotions_resume_a_paused_trial_among_the_best_1_over_eta_at_its_step():
+    curves = {0: {2: 5.0, 4: 4.0, 6: 3.0, 8: 2.0}, 1: {2: 6.0}, 2: {2: 9.0}, 3: {2: 8.0}}
+    due = strategy.promotions(paused_study(curves).trials, 2)
+    # At step 2 the best half of [5, 6, 9, 8] is 5 and 6: trial 1 is due, trials 2 and 3 are not.
+    assert [t.number for t in due] == [1]
+    assert strategy.promotions(paused_study(curves).trials, 4) == []  # the best quarter: only trial 0
+    # Maximised, the order turns over: 9 and 8 are the best half.
+    assert [t.number for t in strategy.promotions(paused_study(curves, "maximize").trials, 2, "maximize")] == [2, 3]
+
+
+def test_promotions_take_later_steps_first_and_skip_resumed_or_diverged_trials():
+    bad = {2: 9.0, 4: 9.0, 6: 9.0, 8: 9.0}
+    curves = {0: {2: 5.0, 4: 4.0, 6: 3.0, 8: 2.0}, 1: {2: 4.1}, 2: {2: 4.0, 4: 3.5}, 3: {2: 4.15},
+              4: bad, 5: {k: v + 0.5 for k, v in bad.items()}}
+    # Trial 2 stopped at step 4, among the best half of [4.0, 3.5, 9.0, 9.5]: before those of step 2,
+    # where the best half of [5.0, 4.1, 4.0, 4.15, 9.0, 9.5] holds trials 1 and 3, best first.
+    assert [t.number for t in strategy.promotions(paused_study(curves).trials, 2)] == [2, 1, 3]
+    # Trial 2 resumed already (trial 6 names it), trial 1 diverged (told PRUNED by on_divergence).
+    study = paused_study({**curves, 6: {4: 3.0, 6: 2.9, 8: 2.8, 10: 2.7}},
+                         t1={"fail_reason": "diverged: loss is nan at step 2"}, t6={"promoted_from": 2})
+    assert [t.number for t in strategy.promotions(study.trials, 2)] == [3]
+
+
+def test_a_slot_resumes_the_due_paused_trial_whose_checkpoint_is_there_and_its_retry_does_too(workdir):
+    tune = resolved(workdir, n_trials=6, pruner="successive_halving", report_every_steps=2,
+                    pruner_kwargs={"min_resource": 2, "reduction_factor": 2})
+    tuning = tune["tuning"]
+    study = open_study(tuning, 0)
+    for slot, (state, curve) in enumerate([(TrialState.COMPLETE, {2: 1.0, 4: 0.5}),
+                                           (TrialState.PRUNED, {2: 2.0}), (TrialState.PRUNED, {2: 3.0}),
+                                           (TrialState.PRUNED, {2: 4.0})]):
+        trial, _ = claim_trial(open_study(tuning, slot), slot, tuning)
+        for step, value in curve.items():
+            trial.report(value, step)
+        study.tell(trial, curve[max(curve)] if state == TrialState.COMPLETE else None, state=state)
+    for slot in (2, 3):  # their checkpoints were saved where they stopped; slot 1's is gone
+        (tuning.layout.trial(slot).dir / "checkpoint-2").mkdir(parents=True)
+        (tuning.layout.trial(slot).dir / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    # At step 2 the best half of [1, 2, 3, 4] holds trials 0 and 1; trial 1 cannot resume, so no
+    # paused trial is due: slot 4 asks the sampler.
+    trial, _ = claim_trial(open_study(tuning, 4), 4, tuning)
+    assert "promoted_from" not in trial.user_attrs
+    study.tell(trial, state=TrialState.PRUNED)  # no report: never due
+    # With the checkpoint of slot 1 there, slot 5 resumes trial 1 with its parameters.
+    (tuning.layout.trial(1).dir / "checkpoint-2").mkdir(parents=True)
+    (tuning.layout.trial(1).dir / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    trial, _ = claim_trial(open_study(tuning, 5), 5, tuning)
+    assert trial.user_attrs["promoted_from"] == 1 and trial.user_attrs["paused_checkpoint"] == "trial_1/checkpoint-2"
+    assert trial.params == study.trials[1].params
+    # It counts for the budget from its checkpoint's step: the 1 step left of max_steps 3, not 3.
+    assert spent_compute(study, tuning, "trained_steps") == 1
+    # Killed: the next run re-runs slot 5 as the same resumed trial.
+    retry, _ = claim_trial(open_study(tuning, 5), 5, tuning)
+    assert retry.user_attrs["promoted_from"] == 1 and retry.user_attrs["retry_of"] == trial.number
+    assert retry.params == trial.params
 
 
 def test_cmaes_with_categorical_is_refused(workdir):
@@ -462,3 +570,21 @@ def test_a_range_that_steps_exactly_to_high_is_kept_without_a_notice(workdir):
         "max_grad_norm": {"type": "uniform", "low": 0.5, "high": 2.0, "step": 0.5}}
     tune = load_tune_config(config, workdir)
     assert tune.tuning.space[0]["high"] == 2.0 and tune.notices == []
+
+
+def test_successive_halving_alone_is_the_measured_asha4_pause_arm(workdir):
+    """`pruner: successive_halving` with nothing else on the default study's 40 steps runs what the
+    replay measured best (bench/replay.py's asha4_pause): a report every 10 steps, the first rung at
+    the first report, η 4, pruned trials paused."""
+    config = tiny_config(pruner="successive_halving")
+    config["tuning"]["fixed_training_params"]["max_steps"] = 40
+    tuning = load_tune_config(config, workdir).tuning
+    pruner = strategy.make_pruner(tuning)
+    assert (tuning.report_every_steps, tuning.resume_pruned) == (10, 4)
+    assert (pruner._min_resource, pruner._reduction_factor) == (10, 4)  # noqa: SLF001: Optuna keeps no public copy
+    sys.path.insert(0, str(REPO / "bench"))
+    import replay
+
+    arm = replay.ARMS["asha4_pause"]
+    assert arm["pruner_kwargs"] == {"min_resource": 10, "reduction_factor": 4}
+    assert (arm["report_every_steps"], arm["resume_pruned"]) == (10, 4)

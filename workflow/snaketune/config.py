@@ -63,6 +63,9 @@ class TuningParams(Record):
     pruner: str  # a key of strategy.PRUNERS ("none": no pruning)
     pruner_kwargs: dict
     report_every_steps: int | None  # evaluate (and report to the pruner) every N steps
+    # η of tuning.resume_pruned (strategy.reduction_factor): a slot resumes a pruned trial whose
+    # value is among the best 1/η at its step (strategy.promotions); None: pruned trials stay stopped
+    resume_pruned: int | None
     enqueue_trials: list[dict]  # configurations evaluated first, {parameter name: value}
     timeout_minutes: float | None
     # {"trained_steps": N} | {"trained_tokens": N} | {"gpu_hours": H}: compute the study may spend
@@ -302,6 +305,7 @@ def _resolve(cfg: dict, base: Path, validated: bool, problems: list[str]) -> Tun
             pruner=tuning["pruner"],
             pruner_kwargs=tuning["pruner_kwargs"],
             report_every_steps=tuning["report_every_steps"],
+            resume_pruned=tuning["resume_pruned"] or None,
             enqueue_trials=enqueued,
             timeout_minutes=tuning["timeout_minutes"],
             budget=tuning["budget"],
@@ -427,6 +431,7 @@ def _study_settings(tuning: dict, search_space: list[space.Parameter], metric_na
     elif grid_size is not None and n_trials > grid_size:
         problems.append(f"tuning.n_trials: {n_trials} trials, but the grid has only {grid_size} "
                         "points (leave n_trials out to run the whole grid)")
+    _pause_settings(tuning, problems, notices)
     if tuning["pruner"] != "none" or tuning["report_every_steps"]:
         if metric_names and metric_names[0] in {c.name for c in custom}:
             problems.append(f"tuning.evaluation_metrics[0]: {metric_names[0]!r} is a custom metric, "
@@ -443,6 +448,31 @@ def _study_settings(tuning: dict, search_space: list[space.Parameter], metric_na
                 notices.append(f"tuning.report_every_steps: not given; the pruner is asked every {every} "
                                "steps (a quarter of max_steps)")
     return n_trials
+
+
+def _pause_settings(tuning: dict, problems: list[str], notices: list[str]) -> None:
+    """Checks tuning.resume_pruned and replaces it with its η (strategy.reduction_factor), or
+    False: pruned trials stay stopped."""
+    given = tuning["resume_pruned"]
+    pausing = given not in (None, False)
+    if pausing and tuning["pruner"] == "none":
+        problems.append("tuning.resume_pruned: pauses pruned trials, but tuning.pruner is none: set a "
+                        "pruner (successive_halving pauses by default) or remove resume_pruned")
+    elif pausing and tuning["tuner_sampler"] == "GridSampler":
+        problems.append("tuning.resume_pruned: GridSampler runs each grid point in a slot of its own, and "
+                        "a resumed trial takes a slot: set resume_pruned: false, or use BruteForceSampler")
+    if problems and any(p.startswith(("tuning.pruner", "tuning.resume_pruned")) for p in problems):
+        tuning["resume_pruned"] = False
+        return
+    if given is None and tuning["tuner_sampler"] == "GridSampler":
+        given = False
+    eta = strategy.reduction_factor(tuning["pruner"], tuning["pruner_kwargs"], given)
+    if given is None and eta:
+        notices.append(f"tuning.resume_pruned: not given; {tuning['pruner']} pauses a pruned trial, and a "
+                       f"slot that starts later resumes it from its checkpoint once its value is among the "
+                       f"best 1/{eta} reported at its step (set resume_pruned: false to stop pruned trials "
+                       "for good)")
+    tuning["resume_pruned"] = eta or False
 
 
 # Oumi's meaning of null where snaketune needs a value: `tuner_sampler: null` is Optuna's default

@@ -58,6 +58,8 @@ def results_table(study: optuna.Study, metrics: list[str], layout: StudyLayout):
         row["slot"] = trial.user_attrs.get("slot")
         row["attempts"] = attempts.get(row["slot"], 1) if row["slot"] is not None else 1
         row["fail_reason"] = trial.user_attrs.get("fail_reason")
+        if "promoted_from" in trial.user_attrs:  # tuning.resume_pruned: the paused trial it resumed
+            row["promoted_from"] = trial.user_attrs["promoted_from"]
         folder = studies.trial_dir(trial, layout)
         row["trial_dir"] = str(folder) if folder else None
         rows.append({k: v for k, v in row.items() if not k.startswith(("user_attrs_", "values_"))})
@@ -69,6 +71,8 @@ def results_table(study: optuna.Study, metrics: list[str], layout: StudyLayout):
     if table.empty:
         return table
     table = table.sort_values("slot", kind="stable")
+    if "promoted_from" in table.columns:
+        table["promoted_from"] = table["promoted_from"].astype("Int64")  # trial numbers, not 3.0
     first = ["number", "slot", "attempts", "state", *metrics]
     params = sorted(c for c in table.columns if c.startswith("params_"))
     rest = [c for c in table.columns if c not in first and c not in params and c != "trial_dir"]

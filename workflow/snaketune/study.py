@@ -631,8 +631,10 @@ def slot_attempts(study: optuna.Study, slot: int) -> list[FrozenTrial]:
 def claim_trial(study: optuna.Study, slot: int, tuning: TuningParams) -> tuple[optuna.Trial | None, FrozenTrial | None]:
     """The trial this job runs for `slot`, as (trial, None); or (None, finished) if done already.
 
-    A first attempt runs its grid point (GridSampler) or asks the sampler, unless it is among the
-    first len(tuning.enqueue_trials) trials to start (see enqueued_config). A RUNNING trial left in
+    A first attempt resumes a paused trial when one is due (tuning.resume_pruned:
+    paused_trial_to_resume; its parameters, `promoted_from` and `paused_checkpoint` recorded), or
+    runs its grid point (GridSampler) or asks the sampler, unless it is among the first
+    len(tuning.enqueue_trials) trials to start (see enqueued_config). A RUNNING trial left in
     the slot was interrupted (Snakemake runs one job per slot at a time), so it is marked FAIL and
     its parameters are run again. So is a completed trial of a one-objective study whose checkpoint
     is gone (its folder deleted): the best model is built from the best trial's checkpoint.
@@ -651,9 +653,17 @@ def claim_trial(study: optuna.Study, slot: int, tuning: TuningParams) -> tuple[o
             check_time_budget(study, tuning.timeout_minutes)
             check_compute_budget(study, tuning)
             attrs = {"slot": slot, "attempt": 1}
-            trial_id = create_trial(study, strategy.slot_params(tuning, slot), tuning.space, attrs)
+            params = strategy.slot_params(tuning, slot)
+            paused = paused_trial_to_resume(study, tuning)
+            if paused is not None:  # pause instead of kill: this slot carries the paused trial on
+                params = dict(paused.params)
+                attrs.update(promoted_from=paused.number,
+                             paused_checkpoint=paused_checkpoint(paused, tuning.layout))
+            trial_id = create_trial(study, params, tuning.space, attrs)
         if slot in skipped_slots(study):  # skipped under a smaller budget: it runs now
             skip_slot(study, slot, None)
+        if paused is not None:
+            return optuna.Trial(study, trial_id), None
         enqueued = enqueued_config(study, _storage(study).get_trial_number_from_id(trial_id),
                                    tuning.enqueue_trials)
         if enqueued is not None:
@@ -665,7 +675,9 @@ def claim_trial(study: optuna.Study, slot: int, tuning: TuningParams) -> tuple[o
             storage.get_study_id_from_name(study.study_name), latest.number)
         storage.set_trial_user_attr(trial_id, "fail_reason", "interrupted")
         storage.set_trial_state_values(trial_id, TrialState.FAIL)
-    attrs = {"slot": slot, "attempt": latest.user_attrs.get("attempt", 1) + 1, "retry_of": latest.number}
+    attrs = {"slot": slot, "attempt": latest.user_attrs.get("attempt", 1) + 1, "retry_of": latest.number,
+             # a resumed paused trial stays one: from its own checkpoint, else from the paused one
+             **{k: latest.user_attrs[k] for k in ("promoted_from", "paused_checkpoint") if k in latest.user_attrs}}
     if retrain:
         attrs["retrained"] = "its checkpoint was gone"
     # The slot's enqueued configuration again, also if its first attempt died before taking it.
@@ -674,6 +686,31 @@ def claim_trial(study: optuna.Study, slot: int, tuning: TuningParams) -> tuple[o
     if enqueued is not None:
         attrs["enqueued"] = True
     return optuna.Trial(study, create_trial(study, params, tuning.space, attrs)), None
+
+
+def paused_trial_to_resume(study: optuna.Study, tuning: TuningParams) -> FrozenTrial | None:
+    """The paused (pruned) trial a slot starting now resumes instead of asking the sampler, or None:
+    the first of strategy.promotions (η = tuning.resume_pruned) whose checkpoint is still there.
+    Called under the claim lock, so two slots never resume the same trial."""
+    if not tuning.resume_pruned:
+        return None
+    for trial in strategy.promotions(study.get_trials(deepcopy=False), tuning.resume_pruned,
+                                     tuning.directions[0]):
+        if paused_checkpoint(trial, tuning.layout) is not None:
+            return trial
+    return None
+
+
+def paused_checkpoint(trial: FrozenTrial, layout: StudyLayout) -> str | None:
+    """The checkpoint a pruned `trial` saved where it stopped (train.ReportAndPrune), relative to
+    the study's output_dir (a moved study still finds it), or None when it is gone."""
+    folder = trial_dir(trial, layout)
+    if folder is None or not trial.intermediate_values:
+        return None
+    checkpoint = folder / f"checkpoint-{max(trial.intermediate_values)}"
+    if not (checkpoint / "trainer_state.json").is_file():  # written last: a whole checkpoint
+        return None
+    return str(checkpoint.relative_to(layout.output_dir))
 
 
 def enqueued_config(study: optuna.Study, trial_number: int, enqueue_trials: list[dict]) -> dict | None:
@@ -687,7 +724,8 @@ def enqueued_config(study: optuna.Study, trial_number: int, enqueue_trials: list
     if not enqueue_trials:
         return None
     rank = sum(1 for t in study.get_trials(deepcopy=False)
-               if t.number < trial_number and t.user_attrs.get("attempt") == 1)
+               if t.number < trial_number and t.user_attrs.get("attempt") == 1
+               and "promoted_from" not in t.user_attrs)
     return enqueue_trials[rank] if rank < len(enqueue_trials) else None
 
 
@@ -764,7 +802,7 @@ def spent_compute(study: optuna.Study, tuning: TuningParams, unit: str) -> float
         if unit in recorded:
             total += recorded[unit]
             continue
-        resumed_from = trial.user_attrs.get("resumed_from")
+        resumed_from = trial.user_attrs.get("resumed_from") or trial.user_attrs.get("paused_checkpoint")
         start = checkpoint_step(resumed_from) if resumed_from else 0
         if unit == "trained_steps" and trial.state == TrialState.RUNNING:
             steps = trial.params.get("max_steps") or planned

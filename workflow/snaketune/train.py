@@ -70,7 +70,8 @@ def run_trial(tune: TuningConfig, slot: int, trial_dir: str | Path, model_source
     started = time.time()
     try:
         params = search_space.suggest(trial, tuning.space)
-        resume_from = resumable_checkpoint(trial_dir, params)
+        # Its own last checkpoint; else, for a paused trial this slot resumes, the paused one's.
+        resume_from = resumable_checkpoint(trial_dir, params) or paused_checkpoint(trial, tuning.layout)
         write_json(files.params, {"trial_number": trial.number, "slot": slot,
                                                "attempt": trial.user_attrs.get("attempt", 1),
                                                "params": params})
@@ -117,6 +118,16 @@ def resumable_checkpoint(trial_dir: Path, params: dict) -> str | None:
     if checkpoint and previous.exists() and json.loads(previous.read_text()).get("params") == params:
         return checkpoint
     return None
+
+
+def paused_checkpoint(trial, layout) -> str | None:
+    """The checkpoint of the paused trial that `trial` resumes (study.paused_trial_to_resume), if
+    it does and the checkpoint is still there."""
+    relative = trial.user_attrs.get("paused_checkpoint")
+    if not relative:
+        return None
+    checkpoint = layout.output_dir / relative
+    return str(checkpoint) if (checkpoint / "trainer_state.json").is_file() else None
 
 
 def missing_metrics(produced: dict, custom: list) -> dict[str, str]:
