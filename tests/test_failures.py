@@ -149,40 +149,6 @@ def test_sixteen_processes_ask_and_tell_one_journal(tmp_path):
     assert {t.number: t.value for t in study.trials} == dict(told)  # no tell lost
 
 
-def test_growing_budget_keeps_trials_and_changed_space_is_refused(workdir):
-    write_config(workdir, tiny_config(n_trials=2))
-    run_snakemake(workdir)
-    out = workdir / "tuning_output"
-    before = mtimes(out, [0, 1])
-
-    write_config(workdir, tiny_config(n_trials=3))
-    # mtime alone: the new slot must run without Snakemake's record that the input set changed.
-    grown = run_snakemake(workdir, "--quiet", "rules", "--rerun-triggers", "mtime")
-    lines = (grown.stdout + grown.stderr).splitlines()
-    assert [line.split()[:2] for line in lines if line.startswith("trial ")] == [["trial", "1"]]
-    assert mtimes(out, [0, 1]) == before
-    study = load_study(out)
-    slots = [t.user_attrs["slot"] for t in study.trials]
-    assert sorted(slots) == [0, 1, 2] and slots[-1] == 2  # the first two in either order
-
-    journal = StudyLayout(out).journal.read_bytes()
-    changed = tiny_config(n_trials=3)
-    changed["tuning"]["tunable_training_params"]["learning_rate"]["high"] = 0.5
-    write_config(workdir, changed)
-    refused = run_snakemake(workdir, check=False)
-    assert refused.returncode != 0
-    message = refused.stdout + refused.stderr
-    assert "search space" in message and "learning_rate" in message
-    assert "tuning.output_dir" in message
-    assert StudyLayout(out).journal.read_bytes() == journal
-
-    objectives = tiny_config(n_trials=3, evaluation_metrics=["eval_mean_token_accuracy"],
-                             evaluation_direction=["maximize"])
-    write_config(workdir, objectives)
-    refused = run_snakemake(workdir, check=False)
-    assert refused.returncode != 0 and "tuning.evaluation_metrics" in refused.stdout + refused.stderr
-
-
 def test_stale_journal_lock_left_by_a_kill_is_recovered(tmp_path):
     sys.path.insert(0, str(REPO / "workflow"))
     from snaketune.study import LOCK_GRACE_SECONDS, open_study
@@ -200,21 +166,29 @@ def test_stale_journal_lock_left_by_a_kill_is_recovered(tmp_path):
     assert study.trials[0].value == 1.0
 
 
-def test_a_changed_model_data_or_training_argument_is_refused_and_logging_is_not(workdir):
-    # Issue input: the data file and max_steps changed and n_trials grown after a study ran; the
-    # new trial trained on the old data for 6 steps against 3, and the best was picked across both.
+def test_a_changed_definition_is_refused_and_a_grown_budget_runs_only_the_new_slot(workdir):
+    """One finished study, then every change that would mix two studies in one journal (each refused
+    before any job, naming the field and leaving the journal as it was), then a grown n_trials with a
+    changed logging cadence, which changes nothing learnt: only the new slot runs."""
     write_config(workdir, tiny_config(n_trials=1))
     run_snakemake(workdir)
     out = workdir / "tuning_output"
     journal = StudyLayout(out).journal.read_bytes()
+    before = mtimes(out, [0])
 
+    def refused(config, *args) -> str:
+        write_config(workdir, config)
+        result = run_snakemake(workdir, *args, check=False)
+        assert result.returncode != 0
+        return result.stdout + result.stderr
+
+    # Issue input: the data file and max_steps changed and n_trials grown after a study ran; the
+    # new trial trained on the old data for 6 steps against 3, and the best was picked across both.
     write_reverse_words(workdir / "data.jsonl", seed=1)  # another task's rows, same file name
     changed = tiny_config(n_trials=2)
     changed["tuning"]["fixed_training_params"]["max_steps"] = 6
-    write_config(workdir, changed)
-    refused = run_snakemake(workdir, "--dry-run", check=False)
-    message = refused.stdout + refused.stderr
-    assert refused.returncode != 0 and "Building DAG" not in message
+    message = refused(changed, "--dry-run")
+    assert "Building DAG" not in message
     assert "  - data: study 'snaketune'" in message and "different data (changed: train, validation)" in message
     assert ("  - tuning.fixed_training_params: study 'snaketune'" in message
             and "different fixed training parameters (changed: max_steps)" in message)
@@ -223,24 +197,32 @@ def test_a_changed_model_data_or_training_argument_is_refused_and_logging_is_not
 
     other_tokenizer = tiny_config(n_trials=2)
     other_tokenizer["model"]["tokenizer_name"] = str(TINY_MODEL)
-    write_config(workdir, other_tokenizer)
-    refused = run_snakemake(workdir, "--dry-run", check=False)
-    assert refused.returncode != 0
-    assert "  - model: study 'snaketune'" in refused.stderr + refused.stdout
-    assert "different model (changed: tokenizer_name)" in refused.stderr + refused.stdout
+    message = refused(other_tokenizer, "--dry-run")
+    assert "  - model: study 'snaketune'" in message and "different model (changed: tokenizer_name)" in message
+    message = refused(tiny_config(n_trials=2, fixed_peft_params={"lora_r": 4}), "--dry-run")
+    assert "tuning.fixed_peft_params: study 'snaketune'" in message
 
-    lora = tiny_config(n_trials=2, fixed_peft_params={"lora_r": 4})
-    write_config(workdir, lora)
-    refused = run_snakemake(workdir, "--dry-run", check=False)
-    assert "tuning.fixed_peft_params: study 'snaketune'" in refused.stdout + refused.stderr
+    space = tiny_config(n_trials=2)
+    space["tuning"]["tunable_training_params"]["learning_rate"]["high"] = 0.5
+    message = refused(space)
+    assert "search space" in message and "learning_rate" in message and "tuning.output_dir" in message
+    message = refused(tiny_config(n_trials=2, evaluation_metrics=["eval_mean_token_accuracy"],
+                                  evaluation_direction=["maximize"]))
+    assert "tuning.evaluation_metrics" in message
+    message = refused(tiny_config(n_trials=2, study_name="other"))
+    assert "tuning.study_name" in message and "'snaketune'" in message and "new tuning.output_dir" in message
     assert StudyLayout(out).journal.read_bytes() == journal
 
-    # How often it logs and saves changes nothing learnt: the study grows.
+    # How often it logs and saves changes nothing learnt: the study grows. By mtime alone, the new
+    # slot must run without Snakemake's record that the input set changed, and slot 0 is untouched.
     logged = tiny_config(n_trials=2)
     logged["tuning"]["fixed_training_params"].update(logging_steps=2, save_steps=50)
     write_config(workdir, logged)
-    run_snakemake(workdir)
-    assert sorted(t.user_attrs["slot"] for t in load_study(out).trials) == [0, 1]
+    grown = run_snakemake(workdir, "--quiet", "rules", "--rerun-triggers", "mtime")
+    lines = (grown.stdout + grown.stderr).splitlines()
+    assert [line.split()[:2] for line in lines if line.startswith("trial ")] == [["trial", "1"]]
+    assert mtimes(out, [0]) == before
+    assert [t.user_attrs["slot"] for t in load_study(out).trials] == [0, 1]
 
 
 def test_prepared_data_and_model_are_made_again_when_what_they_are_made_from_changes(workdir):

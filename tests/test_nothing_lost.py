@@ -281,15 +281,8 @@ def test_snaketune_tune_refuses_a_foreign_folder_before_writing_into_it(workdir)
     assert [p.name for p in (workdir / "mine").iterdir()] == ["notes.txt"]
 
 
-# -- 5. one output_dir, one study ---------------------------------------------------------------------
-
-def test_a_new_study_name_in_an_existing_output_dir_is_refused(workdir):
-    write_config(workdir, tiny_config(n_trials=1))
-    run_snakemake(workdir)
-    message = _refusal(workdir, tiny_config(n_trials=2, study_name="other"))
-    assert "tuning.study_name" in message and "'snaketune'" in message and "new tuning.output_dir" in message
-    assert [t.state for t in load_study(workdir / "tuning_output").trials] == [TrialState.COMPLETE]
-
+# -- 5. one output_dir, one study: another study_name is refused with the other changed definitions,
+# test_failures.py::test_a_changed_definition_is_refused_and_a_grown_budget_runs_only_the_new_slot --
 
 # -- 6. a moved or copied study ----------------------------------------------------------------------
 
