@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import textwrap
 import time
 
 import optuna
@@ -490,6 +491,17 @@ def test_readme_conditional_example_is_valid(workdir):
     config = tiny_config()
     config["tuning"].update(yaml.safe_load(block)["tuning"])
     load_tune_config(config, workdir)
+
+
+def test_readme_pause_example_pauses_on_the_default_studys_steps(workdir):
+    text = (REPO / "README.md").read_text()
+    block = text.split("<!-- pause-example -->")[1].split("```yaml")[1].split("```")[0]
+    config = tiny_config()
+    config["tuning"].update(yaml.safe_load(textwrap.dedent(block))["tuning"])
+    config["tuning"]["fixed_training_params"]["max_steps"] = 40  # the default study's
+    tuning = load_tune_config(config, workdir).tuning
+    assert (tuning.report_every_steps, tuning.resume_pruned, tuning.budget) == (10, 4, {"trained_steps": 960})
+    assert tuning.budget["trained_steps"] == 24 * 40
 
 
 def test_enqueued_value_must_satisfy_its_condition_and_grid_refuses_enqueue(workdir):
