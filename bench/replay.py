@@ -97,6 +97,10 @@ ARMS.update({
                     "pruner_kwargs": {"min_resource": 10, "reduction_factor": 2}},
     "asha4_pause": {"pruner": "successive_halving", "report_every_steps": 10, "resume_pruned": 4,
                     "pruner_kwargs": {"min_resource": 10, "reduction_factor": 4}},
+    # The same with Optuna's min_resource "auto" (1% of the first completed trial's steps: step 1),
+    # what `pruner: successive_halving` ran before its first rung became the first report.
+    "asha4_auto_pause": {"pruner": "successive_halving", "report_every_steps": 10, "resume_pruned": 4,
+                         "pruner_kwargs": {"min_resource": "auto", "reduction_factor": 4}},
     "p25_w10_s3_pause": {"pruner": "percentile", "report_every_steps": 10, "resume_pruned": 4,
                          "pruner_kwargs": {"percentile": 25.0, "n_startup_trials": 3, "n_warmup_steps": 10}},
 })

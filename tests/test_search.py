@@ -146,6 +146,7 @@ def test_pruned_trials_pause_and_a_later_slot_resumes_one_from_its_checkpoints_s
     assert own.last_checkpoint().endswith(f"checkpoint-{last}")
     table = pd.read_csv(StudyLayout(out).results_csv)
     assert table.set_index("number").loc[resumed.number, "promoted_from"] == slower.number
+    assert "5 trial(s): " in run.stdout and "(1 resumed a paused trial from its checkpoint)" in run.stdout
     assert "PRUNED" in set(table["state"])
     # The replay bench (bench/replay.py) makes the same prune decisions and the same promotion,
     # following this journal's operations; replayed without the pruner, it disagrees (the check bites).

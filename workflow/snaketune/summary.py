@@ -111,9 +111,11 @@ def summary_table(layout: StudyLayout, study_name: str, metrics: list[str],
     every = study.get_trials(deepcopy=False)
     latest = latest_attempts(study)
     retried = len(every) - len(latest)
+    resumed = sum(1 for t in latest if "promoted_from" in t.user_attrs)  # tuning.resume_pruned
     lines = [f"snaketune: study {study.study_name!r}, {len(latest)} trial(s): "
              + outcome_line(studies.outcome_counts(latest), len(studies.skipped_slots(study)))
-             + (f" ({retried} earlier attempt(s) re-run)" if retried else "")]
+             + (f" ({retried} earlier attempt(s) re-run)" if retried else "")
+             + (f" ({resumed} resumed a paused trial from its checkpoint)" if resumed else "")]
     starts = [t.datetime_start for t in every if t.datetime_start]
     ends = [t.datetime_complete for t in every if t.datetime_complete]
     spent = durations(latest)
