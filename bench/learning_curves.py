@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -35,13 +36,17 @@ from common import REPO, machine
 
 from snaketune.config import read_default_tune_yaml
 
-LEARNING_RATES = [float(f"{1e-5 * 10 ** (0.3 * i):.3g}") for i in range(11)]
+# The default study's search space (config/tune.yaml), which the grid spans.
+_DEFAULT_TUNING = read_default_tune_yaml(REPO)["tuning"]
+DEFAULT_SPACE = {**_DEFAULT_TUNING["tunable_training_params"], **_DEFAULT_TUNING["tunable_peft_params"]}
+_LOW, _HIGH = (float(DEFAULT_SPACE["learning_rate"][k]) for k in ("low", "high"))  # YAML 1.1: "1e-5"
+LEARNING_RATES = [float(f"{_LOW * 10 ** (0.3 * i):.3g}") for i in range(round(math.log10(_HIGH / _LOW) / 0.3) + 1)]
 # In slot order (GridSampler's grid runs warm-up first): slots 0-32 are the default study's space,
 # so a partial table covers it whole before any warm-up point.
 GRID = {
     "warmup_steps": [0, 8],
     "learning_rate": LEARNING_RATES,
-    "lora_r": [4, 8, 16],
+    "lora_r": list(DEFAULT_SPACE["lora_r"]["choices"]),
 }
 REPORT_EVERY_STEPS = 5
 DEFAULT_WORKDIR = REPO / "bench" / "out" / "curves"
@@ -118,8 +123,8 @@ def export(workdir: Path, out: Path) -> dict:
         "max_steps": config["tuning"]["fixed_training_params"]["max_steps"],
         "report_every_steps": REPORT_EVERY_STEPS,
         "grid": GRID,
-        "default_space": {"learning_rate": {"type": "loguniform", "low": 1e-5, "high": 1e-2},
-                          "lora_r": {"type": "categorical", "choices": [4, 8, 16]},
+        "default_space": {**DEFAULT_SPACE, "learning_rate": {**DEFAULT_SPACE["learning_rate"], "low": _LOW,
+                                                             "high": _HIGH},
                           "warmup_steps": {"fixed": 0}},
         # What an evaluation of the validation set costs, in training steps' worth of time (the
         # median over trials): bench/replay.py --eval-cost.
