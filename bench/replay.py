@@ -568,7 +568,9 @@ def validate(output_dir: Path, overrides: dict | None = None) -> list[str]:
     first attempt whose parameters the sampler chose (not enqueued, not a grid study) is proposed
     again by the slot's sampler on the study as it stood when the trial was created. Promotions
     (tuning.resume_pruned): every first attempt resumes the paused trial that strategy.promotions
-    puts first on the study as it stood before it, or none when none is due.
+    puts first on the study as it stood before it, or none when none is due. (The workflow passes
+    over a paused trial whose checkpoint was deleted, and reads the study a moment before it
+    creates the trial: a report landing in between, from a trial running beside it, can differ.)
     `overrides` (tuning keys) replay it with other settings than it ran with: a check of the check.
     """
     layout = StudyLayout(output_dir)
