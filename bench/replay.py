@@ -49,13 +49,13 @@ from common import REPO
 import optuna
 import yaml
 from optuna.storages.journal import BaseJournalBackend, JournalFileBackend, JournalStorage
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from snaketune import space as search_space
 from snaketune import strategy
 from snaketune.config import TuningParams, load_tune_config, read_default_tune_yaml
 from snaketune.layout import StudyLayout
-from snaketune.study import create_trial
+from snaketune.study import create_trial, enqueued_pending
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
@@ -343,7 +343,10 @@ def replay_study(tuning: TuningParams, table: Table, workers: int = 1,
     tuning.resume_pruned (η) pauses instead of killing, as the workflow does: a pruned trial keeps
     its checkpoint, and a free worker first resumes the paused trial that is now among the best 1/η
     of all values reported at its step (strategy.promotions), as a new trial with its parameters
-    from that step on (asynchronous successive halving's promotions), and only then starts a new one.
+    and the pruner's rung records (strategy.carried_over) from that step on (asynchronous successive
+    halving's promotions), and only then starts a new one. Unlike the workflow, where it runs in a
+    slot of its own, a resumed trial does not count against tuning.n_trials here: the bench caps
+    n_trials far above what tuning.budget lets start.
     """
     if tuning.directions != ["minimize"]:
         raise ValueError("the replay minimizes one objective (the table's eval_loss)")
@@ -370,21 +373,23 @@ def replay_study(tuning: TuningParams, table: Table, workers: int = 1,
 
     promote = tuning.resume_pruned
 
-    def promotion() -> Run | None:
+    def promotion() -> tuple[Run, FrozenTrial] | None:
         """The paused trial to resume now, if any: the workflow's rule (strategy.promotions)."""
         due = strategy.promotions(study.get_trials(deepcopy=False), promote)
-        return paused[due[0].number] if due else None
+        return (paused[due[0].number], due[0]) if due else None
 
     def start(now: float) -> None:
         nonlocal next_slot
         committed = finished + sum(r.planned() for r in running.values())  # study.spent_compute's rule
         if committed >= budget:
             return
-        resume = promotion() if promote else None
-        if resume is not None:
+        due = promotion() if promote else None
+        if due is not None:
+            resume, frozen = due
             del paused[resume.trial.number]
             trial_id = create_trial(study, dict(resume.trial.params), tuning.space,
-                                    {"slot": resume.slot, "promoted_from": resume.trial.number})
+                                    {"slot": resume.slot, "promoted_from": resume.trial.number},
+                                    strategy.carried_over(frozen))
             steps = [s for s in report_steps if s > resume.stopped_at]
             launch(Run(resume.slot, optuna.Trial(study, trial_id), resume.row, now, steps, eval_cost,
                        resumed_from=resume.stopped_at), now)
@@ -590,9 +595,9 @@ def validate(output_dir: Path, overrides: dict | None = None) -> list[str]:
         attrs = op.get("user_attrs") or {}
         if op["op_code"] == CREATE_TRIAL and study is not None and tuning.resume_pruned and attrs.get("attempt") == 1:
             # A slot's first attempt resumes the first due paused trial, as the study stood before it.
-            due = strategy.promotions(storage.get_all_trials(study_id, deepcopy=False), tuning.resume_pruned,
-                                      tuning.directions[0])
-            expected = due[0].number if due else None
+            trials = storage.get_all_trials(study_id, deepcopy=False)
+            due = strategy.promotions(trials, tuning.resume_pruned, tuning.directions[0])
+            expected = due[0].number if due and not enqueued_pending(trials, tuning.enqueue_trials) else None
             promotions += 1
             if attrs.get("promoted_from") != expected:
                 problems.append(f"trial {created} (slot {attrs.get('slot')}): the replay would resume "

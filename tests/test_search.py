@@ -448,6 +448,7 @@ def test_a_slot_resumes_the_due_paused_trial_whose_checkpoint_is_there_and_its_r
         trial, _ = claim_trial(open_study(tuning, slot), slot, tuning)
         for step, value in curve.items():
             trial.report(value, step)
+            assert trial.should_prune() == (state == TrialState.PRUNED)  # as train.ReportAndPrune asks
         study.tell(trial, curve[max(curve)] if state == TrialState.COMPLETE else None, state=state)
     for slot in (2, 3):  # their checkpoints were saved where they stopped; slot 1's is gone
         (tuning.layout.trial(slot).dir / "checkpoint-2").mkdir(parents=True)
@@ -465,10 +466,52 @@ def test_a_slot_resumes_the_due_paused_trial_whose_checkpoint_is_there_and_its_r
     assert trial.params == study.trials[1].params
     # It counts for the budget from its checkpoint's step: the 1 step left of max_steps 3, not 3.
     assert spent_compute(study, tuning, "trained_steps") == 1
+    # It carries trial 1's rung record (its step-2 value, 2.0), so successive halving judges its
+    # step-4 value at the next rung (against trial 0's 0.5 there) and leaves rung 0 as it was.
+    assert study.trials[trial.number].system_attrs == {"completed_rung_0": 2.0}
+    trial.report(0.8, 4)
+    assert trial.should_prune()
+    assert study.trials[trial.number].system_attrs == {"completed_rung_0": 2.0, "completed_rung_1": 0.8}
     # Killed: the next run re-runs slot 5 as the same resumed trial.
     retry, _ = claim_trial(open_study(tuning, 5), 5, tuning)
     assert retry.user_attrs["promoted_from"] == 1 and retry.user_attrs["retry_of"] == trial.number
     assert retry.params == trial.params
+
+
+def test_enqueued_configurations_run_before_any_paused_trial_is_resumed(workdir):
+    rates = [0.01, 0.02, 0.03, 0.04, 0.05]
+    tune = resolved(workdir, n_trials=6, pruner="successive_halving", report_every_steps=2,
+                    pruner_kwargs={"min_resource": 2, "reduction_factor": 2},
+                    enqueue_trials=[{"learning_rate": rate} for rate in rates])
+    tuning = tune["tuning"]
+    study = open_study(tuning, 0)
+    for slot, value in enumerate([1.0, 2.0, 3.0, 4.0]):
+        trial, _ = claim_trial(open_study(tuning, slot), slot, tuning)
+        trial.report(value, 2)
+        study.tell(trial, value if slot == 0 else None, state=TrialState.COMPLETE if slot == 0 else TrialState.PRUNED)
+        (tuning.layout.trial(slot).dir / "checkpoint-2").mkdir(parents=True)
+        (tuning.layout.trial(slot).dir / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    # Trial 1 is due (the best half at step 2), but the fifth configuration has not run yet.
+    trial, _ = claim_trial(open_study(tuning, 4), 4, tuning)
+    assert trial.params["learning_rate"] == 0.05 and "promoted_from" not in trial.user_attrs
+    study.tell(trial, state=TrialState.PRUNED)
+    trial, _ = claim_trial(open_study(tuning, 5), 5, tuning)
+    assert trial.user_attrs["promoted_from"] == 1 and trial.params["learning_rate"] == 0.02
+    # Its retry keeps trial 1's parameters: no enqueued configuration is left for it to take.
+    retry, _ = claim_trial(open_study(tuning, 5), 5, tuning)
+    assert retry.params["learning_rate"] == 0.02 and "enqueued" not in retry.user_attrs
+    assert retry.user_attrs["promoted_from"] == 1
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    ({"reduction_factor": 2.5}, "whole number"),
+])
+def test_pausing_needs_a_whole_reduction_factor(workdir, kwargs, fragment):
+    found = problems(workdir, tiny_config(pruner="successive_halving", report_every_steps=1, pruner_kwargs=kwargs))
+    assert any(p.startswith("tuning.pruner_kwargs.reduction_factor:") and fragment in p for p in found), found
+    # Killing needs no η: the same factor is Optuna's to take.
+    load_tune_config(tiny_config(pruner="successive_halving", report_every_steps=1, pruner_kwargs=kwargs,
+                                 resume_pruned=False), workdir)
 
 
 def test_cmaes_with_categorical_is_refused(workdir):

@@ -466,12 +466,21 @@ def _pause_settings(tuning: dict, problems: list[str], notices: list[str]) -> No
         return
     if given is None and tuning["tuner_sampler"] == "GridSampler":
         given = False
+    factor = tuning["pruner_kwargs"].get("reduction_factor")
+    if (given is True or (given is None and tuning["pruner"] == "successive_halving")) and factor is not None \
+            and not (isinstance(factor, int) and not isinstance(factor, bool)):
+        problems.append(f"tuning.pruner_kwargs.reduction_factor: {factor!r}: pausing resumes the best 1/η of "
+                        "a step's values, η this reduction factor: give a whole number (e.g. 4), or set "
+                        "tuning.resume_pruned to one, or to false")
+        tuning["resume_pruned"] = False
+        return
     eta = strategy.reduction_factor(tuning["pruner"], tuning["pruner_kwargs"], given)
     if given is None and eta:
         notices.append(f"tuning.resume_pruned: not given; {tuning['pruner']} pauses a pruned trial, and a "
                        f"slot that starts later resumes it from its checkpoint once its value is among the "
-                       f"best 1/{eta} reported at its step (set resume_pruned: false to stop pruned trials "
-                       "for good)")
+                       f"best 1/{eta} reported at its step. A resumed trial takes one of the n_trials slots: "
+                       "give the study a budget and let n_trials be a cap (set resume_pruned: false to stop "
+                       "pruned trials for good)")
     tuning["resume_pruned"] = eta or False
 
 
@@ -541,6 +550,7 @@ def _schema_problems(cfg: dict, schema: dict) -> list[str]:
         elif error.validator == "required":
             missing = error.message.split("'")[1]
             problems.append(f"{_yaml_path(path + [missing])}: required but missing")
-        else:
-            problems.append(f"{_yaml_path(path)}: {error.message}")
+        else:  # the field's description says what it takes
+            described = error.schema.get("description") if isinstance(error.schema, dict) else None
+            problems.append(f"{_yaml_path(path)}: {error.message}" + (f" (it is: {described})" if described else ""))
     return problems

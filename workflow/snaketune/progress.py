@@ -41,9 +41,11 @@ def start_line(trial: FrozenTrial, layout: StudyLayout) -> str:
     attempt = trial.user_attrs.get("attempt", 1)
     again = (f" (attempt {attempt}, re-running trial {trial.user_attrs['retry_of']})"
              if attempt > 1 and "retry_of" in trial.user_attrs else "")
-    if "promoted_from" in trial.user_attrs:  # tuning.resume_pruned
+    if "promoted_from" in trial.user_attrs and attempt == 1:  # tuning.resume_pruned
         again += (f" (resuming paused trial {trial.user_attrs['promoted_from']} from "
-                  f"{trial.user_attrs.get('paused_checkpoint')})")
+                  f"{trial.user_attrs.get('paused_checkpoint') or 'step 0: its checkpoint is gone'})")
+    elif "promoted_from" in trial.user_attrs:
+        again += f" (carrying on paused trial {trial.user_attrs['promoted_from']})"
     return clip(f"snaketune: trial {trial.number} started in {trial_folder(trial, layout)}{again}: "
                 f"{params_text(trial.params) or 'no tunable parameters'}")
 

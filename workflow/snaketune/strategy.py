@@ -148,6 +148,19 @@ def reduction_factor(pruner: str, pruner_kwargs: dict, resume_pruned) -> int | N
     return int(resume_pruned)
 
 
+# Optuna's SuccessiveHalvingPruner records a trial's value at each rung it reached as the system
+# attribute completed_rung_<k> (optuna/pruners/_successive_halving.py) and judges it from the rung
+# after the last one recorded. A resumed trial takes the paused one's records over, so it continues
+# from its next rung (asynchronous successive halving's promotion), not from rung 0 with a later
+# step's value.
+RUNG_ATTR_PREFIX = "completed_rung_"
+
+
+def carried_over(paused: FrozenTrial) -> dict:
+    """The system attributes a trial resuming `paused` starts with: its rung records."""
+    return {k: v for k, v in paused.system_attrs.items() if k.startswith(RUNG_ATTR_PREFIX)}
+
+
 def promotions(trials: list[FrozenTrial], reduction_factor: int, direction: str = "minimize") -> list[FrozenTrial]:
     """The paused trials a slot that starts now should resume, the one to take first first:
     asynchronous successive halving's promotion rule (Li et al. 2020, "A System for Massively

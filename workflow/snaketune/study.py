@@ -653,13 +653,13 @@ def claim_trial(study: optuna.Study, slot: int, tuning: TuningParams) -> tuple[o
             check_time_budget(study, tuning.timeout_minutes)
             check_compute_budget(study, tuning)
             attrs = {"slot": slot, "attempt": 1}
-            params = strategy.slot_params(tuning, slot)
+            params, carried = strategy.slot_params(tuning, slot), {}
             paused = paused_trial_to_resume(study, tuning)
             if paused is not None:  # pause instead of kill: this slot carries the paused trial on
-                params = dict(paused.params)
+                params, carried = dict(paused.params), strategy.carried_over(paused)
                 attrs.update(promoted_from=paused.number,
                              paused_checkpoint=paused_checkpoint(paused, tuning.layout))
-            trial_id = create_trial(study, params, tuning.space, attrs)
+            trial_id = create_trial(study, params, tuning.space, attrs, carried)
         if slot in skipped_slots(study):  # skipped under a smaller budget: it runs now
             skip_slot(study, slot, None)
         if paused is not None:
@@ -680,8 +680,10 @@ def claim_trial(study: optuna.Study, slot: int, tuning: TuningParams) -> tuple[o
              **{k: latest.user_attrs[k] for k in ("promoted_from", "paused_checkpoint") if k in latest.user_attrs}}
     if retrain:
         attrs["retrained"] = "its checkpoint was gone"
-    # The slot's enqueued configuration again, also if its first attempt died before taking it.
-    enqueued = enqueued_config(study, attempts[0].number, tuning.enqueue_trials)
+    # The slot's enqueued configuration again, also if its first attempt died before taking it
+    # (a slot that resumed a paused trial took none: it keeps the paused trial's parameters).
+    enqueued = (None if "promoted_from" in attempts[0].user_attrs
+                else enqueued_config(study, attempts[0].number, tuning.enqueue_trials))
     params = {**latest.params, **(enqueued or {})}
     if enqueued is not None:
         attrs["enqueued"] = True
@@ -690,12 +692,14 @@ def claim_trial(study: optuna.Study, slot: int, tuning: TuningParams) -> tuple[o
 
 def paused_trial_to_resume(study: optuna.Study, tuning: TuningParams) -> FrozenTrial | None:
     """The paused (pruned) trial a slot starting now resumes instead of asking the sampler, or None:
-    the first of strategy.promotions (η = tuning.resume_pruned) whose checkpoint is still there.
-    Called under the claim lock, so two slots never resume the same trial."""
-    if not tuning.resume_pruned:
+    the first of strategy.promotions (η = tuning.resume_pruned) whose checkpoint is still there;
+    none while configurations of tuning.enqueue_trials wait to run first. Called under the claim
+    lock, so two slots never resume the same trial (on a file system without flock, where
+    `claiming` cannot lock, two slots starting at the same moment can)."""
+    trials = study.get_trials(deepcopy=False)
+    if not tuning.resume_pruned or enqueued_pending(trials, tuning.enqueue_trials):
         return None
-    for trial in strategy.promotions(study.get_trials(deepcopy=False), tuning.resume_pruned,
-                                     tuning.directions[0]):
+    for trial in strategy.promotions(trials, tuning.resume_pruned, tuning.directions[0]):
         if paused_checkpoint(trial, tuning.layout) is not None:
             return trial
     return None
@@ -711,6 +715,13 @@ def paused_checkpoint(trial: FrozenTrial, layout: StudyLayout) -> str | None:
     if not (checkpoint / "trainer_state.json").is_file():  # written last: a whole checkpoint
         return None
     return str(checkpoint.relative_to(layout.output_dir))
+
+
+def enqueued_pending(trials: list[FrozenTrial], enqueue_trials: list[dict]) -> bool:
+    """Whether configurations of `enqueue_trials` (tuning.enqueue_trials) have not started yet:
+    fewer first attempts than configurations (a slot resuming a paused trial takes none)."""
+    started = sum(1 for t in trials if t.user_attrs.get("attempt") == 1 and "promoted_from" not in t.user_attrs)
+    return started < len(enqueue_trials)
 
 
 def enqueued_config(study: optuna.Study, trial_number: int, enqueue_trials: list[dict]) -> dict | None:
@@ -834,8 +845,9 @@ def check_compute_budget(study: optuna.Study, tuning: TuningParams) -> None:
 
 
 def create_trial(study: optuna.Study, params: dict, space: list[search_space.Parameter],
-                 user_attrs: dict) -> int:
-    """A new RUNNING trial with `params` fixed and `user_attrs` set, in one journal write; its id.
+                 user_attrs: dict, system_attrs: dict | None = None) -> int:
+    """A new RUNNING trial with `params` fixed and `user_attrs` (and `system_attrs`: the pruner's
+    records a resumed trial carries over, strategy.carried_over) set, in one journal write; its id.
     Wrap it in optuna.Trial only once its parameters are final: the sampler suggests the rest.
 
     Created directly as RUNNING rather than with enqueue_trial (WAITING): a WAITING trial could be
@@ -847,7 +859,7 @@ def create_trial(study: optuna.Study, params: dict, space: list[search_space.Par
         number=-1, state=TrialState.RUNNING, value=None, values=None,
         datetime_start=datetime.datetime.now(), datetime_complete=None,
         params=params, distributions={k: distributions[k] for k in params},
-        user_attrs=dict(user_attrs), system_attrs={}, intermediate_values={}, trial_id=-1,
+        user_attrs=dict(user_attrs), system_attrs=dict(system_attrs or {}), intermediate_values={}, trial_id=-1,
     )
     storage = _storage(study)
     return storage.create_new_trial(storage.get_study_id_from_name(study.study_name), template_trial=template)

@@ -72,6 +72,12 @@ def run_trial(tune: TuningConfig, slot: int, trial_dir: str | Path, model_source
         params = search_space.suggest(trial, tuning.space)
         # Its own last checkpoint; else, for a paused trial this slot resumes, the paused one's.
         resume_from = resumable_checkpoint(trial_dir, params) or paused_checkpoint(trial, tuning.layout)
+        if resume_from is None and trial.user_attrs.get("paused_checkpoint"):
+            # Deleted since the slot claimed it: the same parameters from step 0, counted whole.
+            print(f"snaketune: trial {trial.number}: the checkpoint of paused trial "
+                  f"{trial.user_attrs['promoted_from']} ({trial.user_attrs['paused_checkpoint']}) is gone; "
+                  "training its parameters from step 0", file=sys.stderr)
+            trial.set_user_attr("paused_checkpoint", None)
         write_json(files.params, {"trial_number": trial.number, "slot": slot,
                                                "attempt": trial.user_attrs.get("attempt", 1),
                                                "params": params})
