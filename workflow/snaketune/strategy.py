@@ -115,7 +115,7 @@ def pruner_arguments(name: str, kwargs: dict, report_every_steps: int | None = N
     """tuning.pruner_kwargs over snaketune's measured defaults for pruner `name`. successive_halving's
     first rung is the first report (min_resource = tuning.report_every_steps): Optuna's "auto"
     (1% of the first completed trial's steps: step 1 of 40) decides two rungs on the first report
-    and lost the eventual best in 48% of 100 replayed studies, against 2% (bench/RESULTS.md)."""
+    and stopped the would-be best in 43% of 200 replayed studies, against 4% (bench/RESULTS.md)."""
     defaults = dict(PRUNER_DEFAULTS.get(name, {}))
     if name == "successive_halving" and report_every_steps:
         defaults["min_resource"] = report_every_steps
