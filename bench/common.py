@@ -43,9 +43,13 @@ def run_snakemake(workdir: Path, config: dict, *extra: str, cores: int = 2, env:
     """The real workflow on `config` (written to workdir/tune.yaml), run from workdir."""
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "tune.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--configfile", "tune.yaml",
-               "--cores", str(cores), "--quiet", *extra]
-    subprocess.run(command, cwd=workdir, check=True, env=env)
+    base = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--configfile", "tune.yaml"]
+    if any((workdir / ".snakemake" / "locks").glob("*")):
+        # A benchmark killed mid-run (hours of SmolLM2 training outlive a session) leaves Snakemake's
+        # lock; benchmarks run one at a time, so it is stale. The study itself resumes (--rerun-incomplete).
+        subprocess.run([*base, "--unlock"], cwd=workdir, check=True, env=env, capture_output=True)
+    subprocess.run([*base, "--cores", str(cores), "--quiet", "--rerun-incomplete", *extra], cwd=workdir,
+                   check=True, env=env)
 
 
 def job_wall_seconds(trial_dir: Path) -> float:
