@@ -29,11 +29,11 @@ from pathlib import Path
 
 from common import REPO, TINY_MODEL, append_results, run_snakemake
 from replay import ARMS as REPLAY_ARMS
+from replay import WITHIN, StudyResult
 
 from snaketune.config import read_default_tune_yaml
 
 BASELINE = {"pruner": "none"}
-WITHIN = 0.01  # "reached the unpruned best": within 1% of it
 # The pruned arms are replay.py's (one list of pruner settings for the replay and the real runs):
 # Optuna's pruners, killing or pausing (tuning.resume_pruned), not the replay's own candidates.
 ARMS = {name: arm for name, arm in REPLAY_ARMS.items() if name != "none"}
@@ -56,8 +56,8 @@ def study_config(seed: int, n_trials: int, arm: str, model: str, budget_steps: i
 
 def run_study(workdir: Path, config: dict, cores: int) -> dict:
     """Runs (or continues) the study; what it reached: its best eval_loss, the trained steps of
-    every trial, how many were pruned or resumed, and `best_after`: [(steps spent, best so far)]
-    as its trials finished."""
+    every trial, how many were pruned or resumed, and `progress`: the best so far against the steps
+    spent as its trials finished (replay.StudyResult, as the replay records a study)."""
     run_snakemake(workdir, config, "all", cores=cores)
     from optuna.trial import TrialState
 
@@ -74,12 +74,7 @@ def run_study(workdir: Path, config: dict, cores: int) -> dict:
     states = [t.state.name for t in study.trials]
     return {"best_eval_loss": study.best_value, "trained_steps": spent, "pruned": states.count("PRUNED"),
             "resumed": sum(1 for t in study.trials if "promoted_from" in t.user_attrs),
-            "trials": len(states), "best_after": best_after}
-
-
-def compute_to_reach(best_after: list[tuple[int, float]], target: float) -> float:
-    """Steps spent when the best first came within `target` (inf: never)."""
-    return next((spent for spent, best in best_after if best <= target), float("inf"))
+            "trials": len(states), "progress": StudyResult(best_after=best_after)}
 
 
 def main() -> None:
@@ -106,11 +101,11 @@ def main() -> None:
             config = study_config(seed, args.n_trials, arm, args.model, budget_steps=base["trained_steps"])
             pruned = run_study(args.workdir / f"{args.model}_{args.n_trials}_{arm}_seed{seed}", config, args.cores)
             rows.append({"seed": seed, "arm": arm,
-                         **{f"unpruned_{k}": v for k, v in base.items() if k != "best_after"},
-                         **{f"pruned_{k}": v for k, v in pruned.items() if k != "best_after"},
+                         **{f"unpruned_{k}": v for k, v in base.items() if k != "progress"},
+                         **{f"pruned_{k}": v for k, v in pruned.items() if k != "progress"},
                          "gain": base["best_eval_loss"] - pruned["best_eval_loss"],
-                         "reach": compute_to_reach(pruned["best_after"], target) / base["trained_steps"],
-                         "unpruned_reach": compute_to_reach(base["best_after"], target) / base["trained_steps"]})
+                         "reach": pruned["progress"].compute_to_reach(target) / base["trained_steps"],
+                         "unpruned_reach": base["progress"].compute_to_reach(target) / base["trained_steps"]})
             print(json.dumps(rows[-1]), flush=True)
 
     lines = [

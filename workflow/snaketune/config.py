@@ -461,20 +461,19 @@ def _pause_settings(tuning: dict, problems: list[str], notices: list[str]) -> No
     elif pausing and tuning["tuner_sampler"] == "GridSampler":
         problems.append("tuning.resume_pruned: GridSampler runs each grid point in a slot of its own, and "
                         "a resumed trial takes a slot: set resume_pruned: false, or use BruteForceSampler")
+    tuning["resume_pruned"] = False
     if problems and any(p.startswith(("tuning.pruner", "tuning.resume_pruned")) for p in problems):
-        tuning["resume_pruned"] = False
         return
-    if given is None and tuning["tuner_sampler"] == "GridSampler":
-        given = False
+    wanted = given
+    if given is None:  # successive halving pauses (ASHA's promotions), unless each point has its slot
+        wanted = tuning["pruner"] == "successive_halving" and tuning["tuner_sampler"] != "GridSampler"
     factor = tuning["pruner_kwargs"].get("reduction_factor")
-    if (given is True or (given is None and tuning["pruner"] == "successive_halving")) and factor is not None \
-            and not (isinstance(factor, int) and not isinstance(factor, bool)):
+    if wanted is True and factor is not None and not (isinstance(factor, int) and not isinstance(factor, bool)):
         problems.append(f"tuning.pruner_kwargs.reduction_factor: {factor!r}: pausing resumes the best 1/η of "
                         "a step's values, η this reduction factor: give a whole number (e.g. 4), or set "
                         "tuning.resume_pruned to one, or to false")
-        tuning["resume_pruned"] = False
         return
-    eta = strategy.reduction_factor(tuning["pruner"], tuning["pruner_kwargs"], given)
+    eta = strategy.reduction_factor(tuning["pruner"], tuning["pruner_kwargs"], wanted)
     if given is None and eta:
         notices.append(f"tuning.resume_pruned: not given; {tuning['pruner']} pauses a pruned trial, and a "
                        f"slot that starts later resumes it from its checkpoint once its value is among the "

@@ -97,8 +97,17 @@ class TrialFiles:
         if not self.dir.is_dir():
             return None
         complete = [(int(m.group(1)), p) for p in self.dir.iterdir()
-                    if (m := _CHECKPOINT.match(p.name)) and (p / "trainer_state.json").is_file()]
+                    if (m := _CHECKPOINT.match(p.name)) and is_complete_checkpoint(p)]
         return str(max(complete)[1]) if complete else None
+
+    def checkpoint(self, step: int) -> Path:
+        """`checkpoint-<step>/`, whether or not it exists."""
+        return self.dir / f"checkpoint-{step}"
+
+
+def is_complete_checkpoint(path: str | Path) -> bool:
+    """Whether a `checkpoint-<step>/` folder was saved whole: Trainer writes trainer_state.json last."""
+    return (Path(path) / "trainer_state.json").is_file()
 
 
 @dataclass(frozen=True)

@@ -131,14 +131,11 @@ def default_report_every_steps(max_steps) -> int | None:
     return max(1, max_steps // 4)
 
 
-def reduction_factor(pruner: str, pruner_kwargs: dict, resume_pruned) -> int | None:
-    """η of tuning.resume_pruned: None (pruned trials stay stopped), its own value when it is an
-    integer, or for `true` the pruner's reduction_factor (successive_halving and hyperband, with
-    Optuna's defaults 4 and 3) and 4 for any other pruner. Left out (None), successive_halving
-    pauses (ASHA's promotions: the one rule that won in bench/RESULTS.md with evaluations counted)
-    and every other pruner kills."""
-    if resume_pruned is None:
-        resume_pruned = pruner == "successive_halving"
+def reduction_factor(pruner: str, pruner_kwargs: dict, resume_pruned: bool | int) -> int | None:
+    """η of tuning.resume_pruned (true, false or an integer; config._pause_settings fills in its
+    default): None (pruned trials stay stopped), its own value when it is an integer, or for `true`
+    the pruner's reduction_factor (successive_halving and hyperband, with Optuna's defaults 4 and 3)
+    and 4 for any other pruner."""
     if resume_pruned is False or pruner == "none":
         return None
     if resume_pruned is True:

@@ -31,7 +31,7 @@ from optuna.trial import FrozenTrial, TrialState
 from snaketune import space as search_space
 from snaketune import strategy
 from snaketune.errors import SnaketuneError
-from snaketune.layout import StudyLayout, TrialFiles, checkpoint_step, read_loss_curve
+from snaketune.layout import StudyLayout, TrialFiles, checkpoint_step, is_complete_checkpoint, read_loss_curve
 
 if TYPE_CHECKING:
     from snaketune.config import TuningParams
@@ -654,11 +654,10 @@ def claim_trial(study: optuna.Study, slot: int, tuning: TuningParams) -> tuple[o
             check_compute_budget(study, tuning)
             attrs = {"slot": slot, "attempt": 1}
             params, carried = strategy.slot_params(tuning, slot), {}
-            paused = paused_trial_to_resume(study, tuning)
+            paused, checkpoint = paused_trial_to_resume(study, tuning)
             if paused is not None:  # pause instead of kill: this slot carries the paused trial on
                 params, carried = dict(paused.params), strategy.carried_over(paused)
-                attrs.update(promoted_from=paused.number,
-                             paused_checkpoint=paused_checkpoint(paused, tuning.layout))
+                attrs.update(promoted_from=paused.number, paused_checkpoint=checkpoint)
             trial_id = create_trial(study, params, tuning.space, attrs, carried)
         if slot in skipped_slots(study):  # skipped under a smaller budget: it runs now
             skip_slot(study, slot, None)
@@ -690,19 +689,21 @@ def claim_trial(study: optuna.Study, slot: int, tuning: TuningParams) -> tuple[o
     return optuna.Trial(study, create_trial(study, params, tuning.space, attrs)), None
 
 
-def paused_trial_to_resume(study: optuna.Study, tuning: TuningParams) -> FrozenTrial | None:
-    """The paused (pruned) trial a slot starting now resumes instead of asking the sampler, or None:
-    the first of strategy.promotions (η = tuning.resume_pruned) whose checkpoint is still there;
+def paused_trial_to_resume(study: optuna.Study, tuning: TuningParams) -> tuple[FrozenTrial | None, str | None]:
+    """The paused (pruned) trial a slot starting now resumes instead of asking the sampler, and its
+    checkpoint (paused_checkpoint), or (None, None): the first of strategy.promotions
+    (η = tuning.resume_pruned) whose checkpoint is still there;
     none while configurations of tuning.enqueue_trials wait to run first. Called under the claim
     lock, so two slots never resume the same trial (on a file system without flock, where
     `claiming` cannot lock, two slots starting at the same moment can)."""
     trials = study.get_trials(deepcopy=False)
     if not tuning.resume_pruned or enqueued_pending(trials, tuning.enqueue_trials):
-        return None
+        return None, None
     for trial in strategy.promotions(trials, tuning.resume_pruned, tuning.directions[0]):
-        if paused_checkpoint(trial, tuning.layout) is not None:
-            return trial
-    return None
+        checkpoint = paused_checkpoint(trial, tuning.layout)
+        if checkpoint is not None:
+            return trial, checkpoint
+    return None, None
 
 
 def paused_checkpoint(trial: FrozenTrial, layout: StudyLayout) -> str | None:
@@ -711,17 +712,29 @@ def paused_checkpoint(trial: FrozenTrial, layout: StudyLayout) -> str | None:
     folder = trial_dir(trial, layout)
     if folder is None or not trial.intermediate_values:
         return None
-    checkpoint = folder / f"checkpoint-{max(trial.intermediate_values)}"
-    if not (checkpoint / "trainer_state.json").is_file():  # written last: a whole checkpoint
+    checkpoint = TrialFiles(folder).checkpoint(max(trial.intermediate_values))
+    return str(checkpoint.relative_to(layout.output_dir)) if is_complete_checkpoint(checkpoint) else None
+
+
+def resumed_checkpoint(trial, layout: StudyLayout) -> str | None:
+    """The paused checkpoint that `trial` (a trial or FrozenTrial) was created to resume, as a path,
+    if it was (`paused_checkpoint`) and the checkpoint is still there."""
+    relative = trial.user_attrs.get("paused_checkpoint")
+    if not relative or not is_complete_checkpoint(layout.output_dir / relative):
         return None
-    return str(checkpoint.relative_to(layout.output_dir))
+    return str(layout.output_dir / relative)
 
 
 def enqueued_pending(trials: list[FrozenTrial], enqueue_trials: list[dict]) -> bool:
     """Whether configurations of `enqueue_trials` (tuning.enqueue_trials) have not started yet:
     fewer first attempts than configurations (a slot resuming a paused trial takes none)."""
-    started = sum(1 for t in trials if t.user_attrs.get("attempt") == 1 and "promoted_from" not in t.user_attrs)
-    return started < len(enqueue_trials)
+    return sum(1 for t in trials if takes_a_configuration(t)) < len(enqueue_trials)
+
+
+def takes_a_configuration(trial: FrozenTrial) -> bool:
+    """A slot's first attempt that did not resume a paused trial: one that the sampler, a grid
+    point or an enqueued configuration gives its parameters."""
+    return trial.user_attrs.get("attempt") == 1 and "promoted_from" not in trial.user_attrs
 
 
 def enqueued_config(study: optuna.Study, trial_number: int, enqueue_trials: list[dict]) -> dict | None:
@@ -734,9 +747,7 @@ def enqueued_config(study: optuna.Study, trial_number: int, enqueue_trials: list
     """
     if not enqueue_trials:
         return None
-    rank = sum(1 for t in study.get_trials(deepcopy=False)
-               if t.number < trial_number and t.user_attrs.get("attempt") == 1
-               and "promoted_from" not in t.user_attrs)
+    rank = sum(1 for t in study.get_trials(deepcopy=False) if t.number < trial_number and takes_a_configuration(t))
     return enqueue_trials[rank] if rank < len(enqueue_trials) else None
 
 

@@ -71,7 +71,7 @@ def run_trial(tune: TuningConfig, slot: int, trial_dir: str | Path, model_source
     try:
         params = search_space.suggest(trial, tuning.space)
         # Its own last checkpoint; else, for a paused trial this slot resumes, the paused one's.
-        resume_from = resumable_checkpoint(trial_dir, params) or paused_checkpoint(trial, tuning.layout)
+        resume_from = resumable_checkpoint(trial_dir, params) or studies.resumed_checkpoint(trial, tuning.layout)
         if resume_from is None and trial.user_attrs.get("paused_checkpoint"):
             # Deleted since the slot claimed it: the same parameters from step 0, counted whole.
             print(f"snaketune: trial {trial.number}: the checkpoint of paused trial "
@@ -124,16 +124,6 @@ def resumable_checkpoint(trial_dir: Path, params: dict) -> str | None:
     if checkpoint and previous.exists() and json.loads(previous.read_text()).get("params") == params:
         return checkpoint
     return None
-
-
-def paused_checkpoint(trial, layout) -> str | None:
-    """The checkpoint of the paused trial that `trial` resumes (study.paused_trial_to_resume), if
-    it does and the checkpoint is still there."""
-    relative = trial.user_attrs.get("paused_checkpoint")
-    if not relative:
-        return None
-    checkpoint = layout.output_dir / relative
-    return str(checkpoint) if (checkpoint / "trainer_state.json").is_file() else None
 
 
 def missing_metrics(produced: dict, custom: list) -> dict[str, str]:
