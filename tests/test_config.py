@@ -981,7 +981,7 @@ def test_a_shape_problem_keeps_the_other_problems(seed, tmp_path, broken, where)
 def test_the_resolved_config_is_typed_and_frozen(alpaca_jsonl, tmp_path):
     import dataclasses
 
-    from snaketune import config, data, gpu, metrics, model, space
+    from snaketune import config, data, generation, gpu, metrics, model, space
 
     (tmp_path / "typed_metrics.py").write_text("def tokens(**kwargs):\n    return 1.0\n")
     raw = yaml.safe_load(SEED_TUNE_YAML)
@@ -995,6 +995,7 @@ def test_the_resolved_config_is_typed_and_frozen(alpaca_jsonl, tmp_path):
     assert all(isinstance(e, data.DatasetParams) for e in tune.data.train + tune.data.validation)
     assert tune.data.train[0].local is True and tune.data.train[0].split == "train[90%:]"
     assert isinstance(tune.tuning.gpu, gpu.DeviceSettings) and tune.tuning.gpu.gpus_per_trial == 1
+    assert isinstance(tune.generation, generation.GenerationParams) and tune.generation.max_new_tokens == 256
     assert tune.tuning.custom_eval_metrics[0] == metrics.CustomMetric("custom_metric", "typed_metrics.tokens")
     assert tune.tuning.custom_eval_metrics[0].function == "typed_metrics.tokens"
     assert tune.tuning.layout.journal == tmp_path / "tuning_output" / "study.journal"
@@ -1010,7 +1011,7 @@ def test_the_resolved_config_is_typed_and_frozen(alpaca_jsonl, tmp_path):
 
 def test_a_section_reads_as_a_mapping_of_its_fields_only(seed, tmp_path):
     tune = load_tune_config(seed, tmp_path)
-    assert list(tune) == ["model", "data", "tuning", "notices"]
+    assert list(tune) == ["model", "data", "tuning", "generation", "notices"]
     assert dict(tune.model)["model_max_length"] == tune.model.model_max_length == 2048
     assert tune.tuning["metrics"] is tune.tuning.metrics
     with pytest.raises(KeyError):

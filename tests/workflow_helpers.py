@@ -25,6 +25,17 @@ def write_reverse_words(path: Path, rows: int = 40, seed: int = 0) -> Path:
     return path
 
 
+def write_constant_answer(path: Path, rows: int = 40, answer: str = "yes", seed: int = 0) -> Path:
+    """Alpaca rows whose answer is always `answer`: what the tiny model learns in tens of steps at a
+    high learning rate and not at a low one (a task a generation metric tells apart)."""
+    rng = random.Random(seed)
+    with open(path, "w") as f:
+        for _ in range(rows):
+            a, b = rng.randint(1, 9), rng.randint(1, 9)
+            f.write(json.dumps({"instruction": f"Is {a} plus {b} a number?", "input": "", "output": answer}) + "\n")
+    return path
+
+
 def tiny_config(data_file: str = "data.jsonl", **tuning) -> dict:
     """A tune config for the tiny model: a few steps per trial, seconds each on a CPU."""
     config = {

@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 from jsonschema import Draft202012Validator, validators
 
-from snaketune import data, gpu, metrics, model, names, resources, space, strategy
+from snaketune import data, generation, gpu, metrics, model, names, resources, scoring, space, strategy
 from snaketune.data import DataParams
 from snaketune.errors import SnaketuneError, closest
 from snaketune.gpu import DeviceSettings
@@ -95,6 +95,9 @@ class TuningConfig(Record):
     model: ModelParams
     data: DataParams
     tuning: TuningParams
+    # how trials answer the validation prompts (tune.yaml's `generation:`); used when a generation
+    # metric (scoring.GENERATION_METRICS) is an objective (`uses_generation`)
+    generation: generation.GenerationParams
     notices: list[str]  # 'yaml.path: what was adjusted': accepted, but not quite as written
 
     @functools.cached_property
@@ -109,7 +112,14 @@ class TuningConfig(Record):
             "data": {**data.fingerprint(self.data), "max_length": self.max_length},
             "training": {k: v for k, v in tuning.training_args.items() if names.changes_results(k)},
             "peft": {"use_peft": tuning.use_peft, **tuning.lora_args, **tuning.quantization},
+            # only when used: a study without generation metrics keeps the definition it had
+            **({"generation": self.generation.result_settings()} if self.uses_generation else {}),
         }
+
+    @property
+    def uses_generation(self) -> bool:
+        """Whether trials generate answers: a built-in generation metric is an objective."""
+        return any(name in scoring.GENERATION_METRICS for name in self.tuning.metrics)
 
     @property
     def max_length(self) -> int:
@@ -201,13 +211,16 @@ def load_tune_config(raw: dict, base_dir: str | Path | None = None, validated: b
                     "tunable_peft_params", "fixed_peft_params"):
             if key in tuning and tuning[key] is None:
                 tuning[key] = {}
+    if "generation" in cfg and cfg["generation"] is None:  # `generation:` with nothing under it
+        cfg["generation"] = {}
     cfg.setdefault("tuning", {})
+    given_generation = set(cfg["generation"]) if isinstance(cfg.get("generation"), dict) else set()
     oumi_problems = _oumi_metric_names(cfg["tuning"]) if isinstance(cfg["tuning"], dict) else []
     shape_problems = oumi_problems + _schema_problems(cfg, load_schema())  # fills the defaults too
     _oumi_nulls(cfg)
     problems: list[str] = []
     if not shape_problems:
-        resolved = _resolve(cfg, base, validated, problems)
+        resolved = _resolve(cfg, base, validated, problems, given_generation)
         if problems:
             raise ConfigError(problems)
         return resolved
@@ -215,7 +228,7 @@ def load_tune_config(raw: dict, base_dir: str | Path | None = None, validated: b
     # a typo'd key and a bad bound show up together; they stop at the first part they cannot read,
     # and say nothing about a path the schema already reported.
     try:
-        _resolve(cfg, base, validated, problems)
+        _resolve(cfg, base, validated, problems, given_generation)
     except Exception:
         pass
     reported = [p.split(": ", 1)[0] for p in shape_problems]
@@ -239,10 +252,12 @@ def load_gpu_settings(raw: dict, base_dir: str | Path | None = None) -> DeviceSe
     return gpu.resolve_settings(tuning, Path(base_dir or Path.cwd()).resolve())[0]
 
 
-def _resolve(cfg: dict, base: Path, validated: bool, problems: list[str]) -> TuningConfig:
+def _resolve(cfg: dict, base: Path, validated: bool, problems: list[str],
+             given_generation: set[str] = frozenset()) -> TuningConfig:
     """The resolved config of a schema-filled `cfg`, each concept checking its own section in turn;
     their problems are appended to `problems` as they are found (so a check that fails on a shape
-    the schema refused leaves those found before it)."""
+    the schema refused leaves those found before it). `given_generation`: the keys the user wrote
+    under `generation:` (before the schema filled its defaults)."""
 
     def collect(result):
         value, found = result
@@ -263,6 +278,11 @@ def _resolve(cfg: dict, base: Path, validated: bool, problems: list[str]) -> Tun
     problems.extend(found)
     search_space = collect(space.resolve_conditions(params.space))
     n_trials = _study_settings(tuning, search_space, metric_names, custom, problems, notices)
+    uses_generation = any(name in scoring.GENERATION_METRICS for name in metric_names)
+    generation_section, found, said = generation.resolve_section(cfg["generation"], uses_generation,
+                                                                  given_generation)
+    problems.extend(found)
+    notices.extend(said)
     enqueued = collect(space.resolve_enqueued(tuning["enqueue_trials"], search_space, n_trials,
                                               tuning["tuner_sampler"]))
     model_notices, moved = model.model_notices(cfg["model"])
@@ -280,6 +300,8 @@ def _resolve(cfg: dict, base: Path, validated: bool, problems: list[str]) -> Tun
         found, said = data.split_fields(cfg["data"][split], f"data.{split}")
         problems.extend(found)
         notices.extend(said)
+    if uses_generation:
+        problems.extend(data.generation_problems(data_section.validation))
     if cfg["data"].get("test"):
         notices.append("data.test: unused: trials are evaluated on data.validation")
     if cfg.get("fsdp"):
@@ -295,6 +317,7 @@ def _resolve(cfg: dict, base: Path, validated: bool, problems: list[str]) -> Tun
         notices=notices,
         model=model_section,
         data=data_section,
+        generation=generation_section,
         tuning=TuningParams(
             n_trials=n_trials,
             study_name=tuning["study_name"],
@@ -350,6 +373,8 @@ def _library_problems(resolved: TuningConfig, tuning: dict) -> list[str]:
     problems = model.library_problems(resolved.model, lora_configs, lora_path,
                                       needs_chat_template=data.needs_chat_template(resolved.data),
                                       prepared=resolved.tuning.layout.model_source)
+    if resolved.uses_generation:
+        problems += generation.library_problems(resolved.generation)
     return problems + data.hub_problems(resolved.data)
 
 
@@ -432,12 +457,26 @@ def _study_settings(tuning: dict, search_space: list[space.Parameter], metric_na
         problems.append(f"tuning.n_trials: {n_trials} trials, but the grid has only {grid_size} "
                         "points (leave n_trials out to run the whole grid)")
     _pause_settings(tuning, problems, notices)
-    if tuning["pruner"] != "none" or tuning["report_every_steps"]:
-        if metric_names and metric_names[0] in {c.name for c in custom}:
-            problems.append(f"tuning.evaluation_metrics[0]: {metric_names[0]!r} is a custom metric, "
-                            "computed once after training; pruning and report_every_steps need a "
-                            "metric the evaluation produces at every report (eval_loss, "
-                            "eval_mean_token_accuracy)")
+    first = metric_names[0] if metric_names else None
+    if tuning["pruner"] == "wilcoxon":
+        # Its steps are validation rows (generation.evaluate_generation), not training steps.
+        if first not in scoring.GENERATION_METRICS:
+            problems.append(f"tuning.pruner: wilcoxon compares trials row by row on per-example scores, "
+                            f"which only the generation metrics give ({', '.join(scoring.GENERATION_METRICS)}); "
+                            f"tuning.evaluation_metrics[0] is {first!r}: make a generation metric the first "
+                            "objective, or use another pruner (successive_halving, percentile)")
+        elif tuning["report_every_steps"]:
+            notices.append("tuning.report_every_steps: evaluations during training go to the loss curve only; "
+                           "the wilcoxon pruner is asked on the per-row scores of the generation after training")
+    elif tuning["pruner"] != "none" or tuning["report_every_steps"]:
+        kind = ("a custom metric" if first in {c.name for c in custom}
+                else "a generation metric" if first in scoring.GENERATION_METRICS else None)
+        if kind:
+            problems.append(f"tuning.evaluation_metrics[0]: {first!r} is {kind}, computed once after "
+                            "training; pruning and report_every_steps need a metric the evaluation "
+                            "produces at every report (eval_loss, eval_mean_token_accuracy)"
+                            + ("; or prune on its per-row scores with pruner: wilcoxon"
+                               if kind == "a generation metric" else ""))
         if tuning["pruner"] != "none" and not tuning["report_every_steps"]:
             every = strategy.default_report_every_steps(tuning["fixed_training_params"].get("max_steps"))
             if every is None:
@@ -458,6 +497,9 @@ def _pause_settings(tuning: dict, problems: list[str], notices: list[str]) -> No
     if pausing and tuning["pruner"] == "none":
         problems.append("tuning.resume_pruned: pauses pruned trials, but tuning.pruner is none: set a "
                         "pruner (successive_halving pauses by default) or remove resume_pruned")
+    elif pausing and tuning["pruner"] == "wilcoxon":
+        problems.append("tuning.resume_pruned: the wilcoxon pruner stops a trial while it generates, after "
+                        "its training is done: there is nothing to resume; remove resume_pruned")
     elif pausing and tuning["tuner_sampler"] == "GridSampler":
         problems.append("tuning.resume_pruned: GridSampler runs each grid point in a slot of its own, and "
                         "a resumed trial takes a slot: set resume_pruned: false, or use BruteForceSampler")

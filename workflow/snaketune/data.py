@@ -878,6 +878,24 @@ def first_row_columns(entry: DatasetParams) -> list[str] | None:
     return None
 
 
+def generation_problems(validation: list[DatasetParams]) -> list[str]:
+    """'data.validation.datasets[i]: ...' for each local validation file of plain-text rows, which
+    have no prompt to answer and no reference answer for a generation metric to score."""
+    problems = []
+    for i, entry in enumerate(validation):
+        columns = first_row_columns(entry)
+        try:
+            fmt = detect_format(columns) if columns is not None else None
+        except DataError:
+            continue  # prepare_data reports unrecognised rows
+        if fmt == "text":
+            problems.append(f"data.validation.datasets[{i}]: plain-text rows ('text') have no prompt to answer "
+                            "nor a reference answer, which a generation metric in tuning.evaluation_metrics "
+                            "scores: give validation rows with answers (Alpaca instruction/input/output, chat "
+                            "messages, or prompt/completion)")
+    return problems
+
+
 def hub_problems(data_cfg: DataParams) -> list[str]:
     """'data.<split>.datasets[i].dataset_name: ...' for each hub dataset that can neither be
     reached nor found in the local cache (snaketune.hub)."""

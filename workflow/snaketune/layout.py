@@ -73,6 +73,13 @@ class TrialFiles:
         return self.logs / "loss_curve.csv"
 
     @property
+    def generations(self) -> Path:
+        """One JSON object per validation row answered (snaketune.generation): row, prompt,
+        reference, output, score (of the first generation objective) and scores (every built-in
+        metric); only when a generation metric is an objective."""
+        return self.logs / "generations.jsonl"
+
+    @property
     def benchmark(self) -> Path:
         """Snakemake's `benchmark:` file of the trial job (wall time, memory, CPU)."""
         return self.logs / "benchmark.tsv"

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from snaketune.errors import SnaketuneError, closest
 from snaketune.records import Record, section
+from snaketune.scoring import GENERATION_METRICS
 
 DIRECTIONS = ("minimize", "maximize")
 
@@ -56,15 +57,17 @@ def resolve_objectives(metrics: list[str], directions: list[str],
     """`tuning.evaluation_metrics` and `evaluation_direction` (lists, as the schema checked):
     (metrics, one direction per metric, problems). A single direction applies to every metric,
     as in Oumi. Each objective must be a metric training or SFT evaluation produces
-    (EVALUATION_METRICS, TRAINING_METRICS) or one of `custom_names` (tuning.custom_eval_metrics);
+    (EVALUATION_METRICS, TRAINING_METRICS), a generation metric (scoring.GENERATION_METRICS: the
+    generation section's answers, scored) or one of `custom_names` (tuning.custom_eval_metrics);
     `custom_names=None` skips that check."""
     problems = []
-    known = (*EVALUATION_METRICS, *TRAINING_METRICS, *(custom_names or ()))
+    known = (*EVALUATION_METRICS, *TRAINING_METRICS, *GENERATION_METRICS, *(custom_names or ()))
     for i, name in enumerate(metrics if custom_names is not None else ()):
         if name not in known:
             problems.append(
                 f"tuning.evaluation_metrics[{i}]: {name!r} is not produced by SFT evaluation "
-                f"(it produces {', '.join(EVALUATION_METRICS[:4])}, ...) nor is it a custom metric"
+                f"(it produces {', '.join(EVALUATION_METRICS[:4])}, ...), is not a generation metric "
+                f"({', '.join(GENERATION_METRICS)}) nor a custom metric"
                 f"{closest(name, known)}; to optimise it, define it in tuning.custom_eval_metrics "
                 f"(name: {name}, function: my_module.my_function)")
     if len(set(metrics)) != len(metrics):
@@ -96,6 +99,10 @@ def resolve_custom(entries: list[dict], base: Path, import_modules: bool = True)
             continue  # the schema reports the shape; the other entries are still checked
         if entry["name"] in seen:
             problems.append(f"{path}.name: {entry['name']!r} is defined twice")
+        elif entry["name"] in GENERATION_METRICS:
+            problems.append(f"{path}.name: {entry['name']!r} is a built-in generation metric (set it in "
+                            "tuning.evaluation_metrics alone, with a generation: section if needed); give "
+                            "your own metric another name")
         seen.add(entry["name"])
         problem = import_problem(entry["function"]) if import_modules else None
         if problem:

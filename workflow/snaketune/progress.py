@@ -63,7 +63,7 @@ def end_line(trial: FrozenTrial, layout: StudyLayout, metrics: list[str], best: 
         values = ", ".join(f"{name}={fmt(value)}" for name, value in zip(metrics, trial.values or []))
         return clip(f"{head}: {values}" + (", best so far" if best else ""))
     if trial.state == TrialState.PRUNED:
-        steps = trial.intermediate_values
+        steps = studies.step_reports(trial)
         last = f": {metrics[0]}={fmt(steps[max(steps)])} at step {max(steps)}" if steps else ""
         reason = trial.user_attrs.get("pruned_reason") or trial.user_attrs.get("fail_reason") or ""
         return clip(head + last + (f" ({reason})" if reason and not last else ""))

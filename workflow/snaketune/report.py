@@ -69,9 +69,9 @@ def learning_curves(study: optuna.Study, layout: StudyLayout | None = None
     training); otherwise, e.g. with one evaluation at the end, the training loss from the logs.
     """
     trials = study.get_trials(deepcopy=False)
-    if any(len(t.intermediate_values) > 1 for t in trials):
-        return "objective (intermediate values)", {t.number: sorted(t.intermediate_values.items())
-                                                   for t in trials if t.intermediate_values}
+    if any(len(studies.step_reports(t)) > 1 for t in trials):
+        return "objective (intermediate values)", {t.number: sorted(studies.step_reports(t).items())
+                                                   for t in trials if studies.step_reports(t)}
     curves = {}
     for trial in trials:
         folder = studies.trial_dir(trial, layout)
@@ -332,7 +332,8 @@ def _page(title: str, body: str) -> str:
         "table{border-collapse:collapse;font-size:13px}th,td{padding:4px 8px;border-bottom:1px solid #ddd;"
         "text-align:right;white-space:nowrap}th{background:#f3f3f3}td.text,th.text{text-align:left}"
         "tr.best{background:#e8f5e9;font-weight:600}.why{color:#666;font-style:italic}"
-        "section{margin-bottom:2em}</style></head><body>"
+        "section{margin-bottom:2em}table.examples pre{white-space:pre-wrap;max-width:36em;margin:0}"
+        "</style></head><body>"
         f"<h1>{html.escape(title)}</h1>{body}</body></html>"
     )
 
@@ -380,8 +381,45 @@ def write_trials_page(table, best_numbers: set[int], path: Path, study_name: str
     path.write_text(_page(f"Study {study_name}: trials", body))
 
 
+EXAMPLES = 3  # best and worst answers shown of the best trial
+
+
+def examples(trial_dir: str | Path | None, n: int = EXAMPLES) -> tuple[list[dict], list[dict]]:
+    """The `n` best and `n` worst scored rows of a trial's logs/generations.jsonl (generation
+    metrics), by the first objective's score (ties: the earlier row first); ([], []) without it.
+    A trial with fewer than 2n rows shows each row once."""
+    if trial_dir is None:
+        return [], []
+    try:
+        lines = TrialFiles(Path(trial_dir)).generations.read_text().splitlines()
+    except OSError:
+        return [], []
+    rows = [json.loads(line) for line in lines if line.strip()]
+    rows.sort(key=lambda r: (-(r.get("score") or 0.0), r["row"]))
+    best = rows[:n]
+    worst = [r for r in rows[::-1][:n] if r not in best]
+    return best, worst
+
+
+def _examples_html(trial_dir: str | Path | None) -> str:
+    best, worst = examples(trial_dir)
+    parts = []
+    for title, rows in (("Best answers", best), ("Worst answers", worst)):
+        if not rows:
+            continue
+        body = "".join(
+            f"<tr><td>{r['row']}</td><td>{_cell(r.get('score'))}</td><td class='text'><pre>"
+            f"{html.escape(r['prompt'])}</pre></td><td class='text'><pre>{html.escape(r['reference'])}</pre>"
+            f"</td><td class='text'><pre>{html.escape(r['output'])}</pre></td></tr>" for r in rows)
+        parts.append(f"<h3>{title} (logs/generations.jsonl)</h3><table class='examples'><thead><tr><th>row</th>"
+                     "<th>score</th><th class='text'>prompt</th><th class='text'>reference</th>"
+                     f"<th class='text'>output</th></tr></thead><tbody>{body}</tbody></table>")
+    return "".join(parts)
+
+
 def write_best_page(best: dict, path: Path, study_name: str) -> None:
-    """best_trial.json (or best_trials.json) as a readable page."""
+    """best_trial.json (or best_trials.json) as a readable page, with the best and worst answers of
+    each trial that generated some (`examples`)."""
     records = best.get("trials", [best])
     sections = []
     for record in records:
@@ -392,7 +430,8 @@ def write_best_page(best: dict, path: Path, study_name: str) -> None:
         rows += [("checkpoint", record.get("checkpoint")), ("best model", record.get("best_model"))]
         table = "".join(f"<tr><th class='text'>{html.escape(k)}</th><td class='text'>{_cell(v)}</td></tr>"
                         for k, v in rows if v is not None)
-        sections.append(f"<section><h2>Trial {record['number']}</h2><table>{table}</table></section>")
+        sections.append(f"<section><h2>Trial {record['number']}</h2><table>{table}</table>"
+                        f"{_examples_html(record.get('trial_dir'))}</section>")
     title = f"Study {study_name}: " + ("Pareto-optimal trials" if "trials" in best else "best trial")
     path.write_text(_page(title, "".join(sections)))
 

@@ -471,6 +471,17 @@ def best_trials(study: optuna.Study) -> list[FrozenTrial]:
     return [pick(completed, key=lambda t: t.value)]
 
 
+# A trial's user attribute: its intermediate values are per-row scores of its generated answers,
+# by validation row (generation.evaluate_generation, for the wilcoxon pruner), not a training curve.
+ROW_REPORTS_ATTR = "reported_rows"
+
+
+def step_reports(trial: FrozenTrial) -> dict[int, float]:
+    """The objective's values the trial reported during training, by training step; {} for a
+    trial whose reports are per-row scores (ROW_REPORTS_ATTR)."""
+    return {} if trial.user_attrs.get(ROW_REPORTS_ATTR) else trial.intermediate_values
+
+
 def objective_names(study: optuna.Study) -> list[str]:
     """The objectives' names: set on the study when it was created (older journals: from the
     study's definition), else Optuna's generic names."""

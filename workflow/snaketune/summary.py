@@ -279,16 +279,21 @@ _STATE_ORDER = {TrialState.COMPLETE: 0, TrialState.RUNNING: 1, TrialState.PRUNED
 def ranked(study: optuna.Study, trials: list[FrozenTrial]) -> list[FrozenTrial]:
     """`trials` of `study`, best first: the best trial (or the Pareto front, as Optuna finds it),
     then the other completed ones by their first objective in its direction, then running,
-    pruned (by the last value they reported) and failed ones; ties by trial number."""
+    pruned (by the last value they reported, or their mean over the rows they answered) and
+    failed ones; ties by trial number."""
     sign = -1.0 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1.0
     front = {t.number for t in best_trials(study)}
+    objective = studies.objective_names(study)[0]
 
     def key(trial: FrozenTrial):
         value = None
         if trial.state == TrialState.COMPLETE and trial.values:
             value = trial.values[0]
-        elif trial.state == TrialState.PRUNED and trial.intermediate_values:
-            value = trial.intermediate_values[max(trial.intermediate_values)]
+        elif trial.state == TrialState.PRUNED and studies.step_reports(trial):
+            steps = studies.step_reports(trial)
+            value = steps[max(steps)]
+        elif trial.state == TrialState.PRUNED:  # pruned while generating: its mean over the rows answered
+            value = trial.user_attrs.get("metrics", {}).get(objective)
         finite = value is not None and math.isfinite(value)
         return (_STATE_ORDER.get(trial.state, 4), trial.number not in front,
                 sign * value if finite else math.inf, trial.number)

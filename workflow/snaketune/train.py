@@ -17,7 +17,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from snaketune import generation
 from snaketune import metrics as custom_metrics
+from snaketune import scoring
 from snaketune import space as search_space
 from snaketune import study as studies
 from snaketune.errors import describe_error
@@ -479,6 +481,15 @@ def train_and_evaluate(tune: TuningConfig, params: dict, trial_dir: Path, model_
     produced = {**trained, **final_evaluation}
     if not _is_finite_number(produced.get("eval_loss", 0.0)):
         return produced, f"diverged: eval_loss is {produced['eval_loss']}"
+    if tune.uses_generation and trainer.is_world_process_zero():  # data parallel: rank 0 answers
+        objective = next(m for m in tuning.metrics if m in scoring.GENERATION_METRICS)
+        answered, pruned = generation.evaluate_generation(
+            trainer.model, tokenizer, prepared["validation"], tune.generation, seed=tuning.seed,
+            objective=objective, out_path=files.generations, trial=trial,
+            prune=tuning.pruner == "wilcoxon" and objective == tuning.metrics[0])
+        produced.update(answered)
+        if pruned:
+            return produced, pruned
     if tuning.custom_eval_metrics:
         trainer.model.eval()
         produced.update(custom_metrics.compute_custom_metrics(

@@ -1,0 +1,231 @@
+"""Generation metrics: the `generation:` section's checks, batched generation, and real studies
+that optimise exact_match and prune with Optuna's WilcoxonPruner on per-row scores."""
+
+import json
+
+import pandas as pd
+import pytest
+from optuna.trial import TrialState
+from workflow_helpers import (
+    TINY_MODEL,
+    load_study,
+    run_snakemake,
+    tiny_config,
+    write_config,
+    write_constant_answer,
+    write_reverse_words,
+)
+
+from snaketune import generation
+from snaketune.config import ConfigError, load_tune_config
+from snaketune.layout import StudyLayout
+
+
+def problems_of(config, workdir) -> list[str]:
+    with pytest.raises(ConfigError) as error:
+        load_tune_config(config, workdir)
+    return error.value.problems
+
+
+def answers(**tuning) -> dict:
+    return tiny_config(evaluation_metrics=["exact_match"], evaluation_direction=["maximize"], **tuning)
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    write_reverse_words(tmp_path / "data.jsonl")
+    return tmp_path
+
+
+# -- parse time ------------------------------------------------------------------------------
+
+
+def test_generation_metrics_are_objectives_with_their_settings_in_the_definition(workdir):
+    config = answers()
+    config["generation"] = {"max_new_tokens": 16, "num_samples": 5, "batch_size": 2}
+    tune = load_tune_config(config, workdir)
+    assert tune.uses_generation and tune.generation.max_new_tokens == 16
+    assert tune.generation.use_sampling is False and tune.generation.use_cache is True  # greedy, KV cache
+    # What changes the answers is part of the study's definition; the batch size is not.
+    assert tune.definition["generation"]["max_new_tokens"] == 16
+    assert tune.definition["generation"]["num_samples"] == 5
+    assert "batch_size" not in tune.definition["generation"]
+    # A study without generation metrics keeps the definition it had, whatever the section says.
+    plain = tiny_config()
+    plain["generation"] = {"max_new_tokens": 16}
+    tune = load_tune_config(plain, workdir)
+    assert "generation" not in tune.definition
+    assert any(n.startswith("generation: unused: no generation metric") for n in tune.notices)
+
+
+@pytest.mark.parametrize("section, expected", [
+    ({"use_sampling": True}, "generation.temperature: 0 with use_sampling: true samples nothing"),
+    ({"max_new_tokens": 0}, "generation.max_new_tokens: 0 is less than the minimum of 1"),
+    ({"frequency_penalty": 0.5}, "generation.frequency_penalty: 0.5: transformers' generate has no such option"),
+    ({"exclude_prompt_from_response": False}, "generation.exclude_prompt_from_response: false"),
+    ({"top_p": 1.5, "use_sampling": True, "temperature": 0.7}, "generation.top_p: 1.5 is greater than the maximum"),
+    ({"max_tokens": 8}, "generation.max_tokens: unknown key (did you mean 'max_new_tokens'?)"),
+])
+def test_bad_generation_settings_are_refused_by_path(workdir, section, expected):
+    config = answers()
+    config["generation"] = section
+    assert any(p.startswith(expected) for p in problems_of(config, workdir)), problems_of(config, workdir)
+
+
+def test_greedy_decoding_says_which_sampling_settings_go_unused(workdir):
+    config = answers()
+    config["generation"] = {"temperature": 0.7, "top_p": 0.9, "tool_choice": "auto"}
+    notices = load_tune_config(config, workdir).notices
+    assert "generation.temperature: unused: decoding is greedy (set use_sampling: true to sample)" in notices
+    assert "generation.top_p: unused: decoding is greedy (set use_sampling: true to sample)" in notices
+    assert "generation.tool_choice: unused: a trial's model is offered no tools" in notices
+
+
+@pytest.mark.parametrize("tuning, expected", [
+    # Wilcoxon's steps are validation rows: only a generation metric has per-row scores.
+    ({"pruner": "wilcoxon"}, "tuning.pruner: wilcoxon compares trials row by row on per-example scores"),
+    # Other pruners need a value at each training evaluation, which generation does not give.
+    ({"evaluation_metrics": ["rougeL"], "evaluation_direction": ["maximize"], "pruner": "percentile",
+      "report_every_steps": 1},
+     "tuning.evaluation_metrics[0]: 'rougeL' is a generation metric, computed once after training"),
+    ({"evaluation_metrics": ["math_answer"], "evaluation_direction": ["maximize"], "pruner": "wilcoxon",
+      "resume_pruned": True}, "tuning.resume_pruned: the wilcoxon pruner stops a trial while it generates"),
+    ({"evaluation_metrics": ["exact_mach"], "evaluation_direction": ["maximize"]},
+     "tuning.evaluation_metrics[0]: 'exact_mach' is not produced by SFT evaluation"),
+    ({"evaluation_metrics": ["exact_match"], "evaluation_direction": ["maximize"],
+      "custom_eval_metrics": [{"name": "exact_match", "function": "os.getcwd"}]},
+     "tuning.custom_eval_metrics[0].name: 'exact_match' is a built-in generation metric"),
+])
+def test_generation_metrics_with_pruners_and_names_are_checked(workdir, tuning, expected):
+    problems = problems_of(tiny_config(**tuning), workdir)
+    assert any(p.startswith(expected) for p in problems), problems
+    if "exact_mach" in expected:
+        assert any("did you mean 'exact_match'" in p for p in problems), problems
+
+
+def test_plain_text_validation_rows_have_no_answer_to_score(workdir):
+    with open(workdir / "text.jsonl", "w") as f:
+        for i in range(10):
+            f.write(json.dumps({"text": f"row {i}"}) + "\n")
+    config = answers()
+    config["data"]["validation"]["datasets"] = [{"dataset_name": "text.jsonl"}]
+    problems = problems_of(config, workdir)
+    assert any(p.startswith("data.validation.datasets[0]: plain-text rows ('text') have no prompt") for p in problems)
+
+
+# -- generation itself -------------------------------------------------------------------------
+
+
+def test_batched_left_padded_generation_answers_as_one_prompt_at_a_time(tmp_path):
+    """Prompts of different lengths in one batch (left padding, KV cache) give the answers each
+    gives alone: a right-padded batch would not (checked when this test was written)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(TINY_MODEL)
+    config = AutoConfig.from_pretrained(TINY_MODEL)
+    config.initializer_range = 1.0  # varied answers (the default init repeats one token)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    questions = ["Hi", "What is the capital of France, and why is it so famous among tourists?", "2+2?",
+                 "Tell me a story about a cat."]
+    rows = [{"prompt": tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
+                                                     add_generation_prompt=True), "completion": "Paris"}
+            for q in questions] + [{"prompt": "", "completion": "no prompt: not generated for"}]
+    outputs = {}
+    for batch_size in (1, 4):
+        params = generation.GenerationParams(
+            max_new_tokens=6, batch_size=batch_size, num_samples=None, use_sampling=False, temperature=0.0,
+            top_p=None, min_p=0.0, num_beams=1, stop_strings=None, stop_token_ids=None, seed=None,
+            use_cache=True, skip_special_tokens=True)
+        path = tmp_path / f"generations_{batch_size}.jsonl"
+        produced, pruned = generation.evaluate_generation(model, tokenizer, rows, params, seed=1,
+                                                          objective="exact_match", out_path=path)
+        assert pruned is None and produced["generation_rows"] == 4
+        assert produced["generation_new_tokens"] == 24 and produced["exact_match"] == 0.0
+        outputs[batch_size] = {r["row"]: r["output"] for r in map(json.loads, path.read_text().splitlines())}
+    assert sorted(outputs[1]) == [0, 1, 2, 3]
+    assert all(outputs[1].values()) and len(set(outputs[1].values())) == 4
+    assert outputs[4] == outputs[1]
+
+
+def test_the_same_rows_are_drawn_for_every_trial():
+    assert generation.selected_rows(8, None, seed=42) == list(range(8))
+    drawn = generation.selected_rows(100, 10, seed=42)
+    assert drawn == generation.selected_rows(100, 10, seed=42) and len(set(drawn)) == 10 and drawn == sorted(drawn)
+    assert drawn != generation.selected_rows(100, 10, seed=43)
+    assert generation.selected_rows(5, 10, seed=42) == list(range(5))  # a cap above the rows: all of them
+
+
+# -- real studies ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def wilcoxon_study(tmp_path_factory):
+    """A study on exact_match (answers that are always "yes"), pruned by Wilcoxon on per-row scores:
+    a learning rate that learns the answer, then one that does not, one job at a time."""
+    workdir = tmp_path_factory.mktemp("wilcoxon")
+    write_constant_answer(workdir / "data.jsonl")  # 32 training rows, 8 validation rows
+    config = answers(n_trials=2, pruner="wilcoxon",
+                     enqueue_trials=[{"learning_rate": 1e-2}, {"learning_rate": 1e-4}])
+    config["tuning"]["fixed_training_params"]["max_steps"] = 60
+    config["generation"] = {"max_new_tokens": 4, "batch_size": 2, "num_samples": 6}
+    write_config(workdir, config)
+    run = run_snakemake(workdir, cores=1)
+    return workdir / "tuning_output", run
+
+
+def test_a_study_optimises_exact_match_and_keeps_every_answer(wilcoxon_study):
+    out, run = wilcoxon_study
+    layout = StudyLayout(out)
+    learnt, _ = load_study(out).trials
+    assert learnt.state == TrialState.COMPLETE and learnt.params["learning_rate"] == 1e-2
+    assert learnt.value == 1.0  # every answer right
+    rows = [json.loads(line) for line in layout.trial(learnt.user_attrs["slot"]).generations.read_text().splitlines()]
+    # The same 6 of the 8 validation rows in every trial, each with its prompt as training formatted it.
+    assert sorted(r["row"] for r in rows) == generation.selected_rows(8, 6, seed=42)
+    assert all(r["output"] == "yes" and r["reference"] == "yes" and r["score"] == 1.0 for r in rows)
+    assert all(r["prompt"].endswith("<|im_start|>assistant\n") for r in rows)
+    assert set(rows[0]["scores"]) == {"exact_match", "contains_answer", "math_answer", "rougeL"}
+    table = pd.read_csv(layout.results_csv).set_index("number")
+    assert table.loc[learnt.number, "exact_match"] == 1.0 and table.loc[learnt.number, "rougeL"] == 1.0
+    assert table.loc[learnt.number, "generation_rows"] == 6
+    assert json.loads(layout.best_record(1).read_text())["values"] == {"exact_match": 1.0}
+    best_page = layout.report_page("best").read_text()
+    assert "Best answers (logs/generations.jsonl)" in best_page and "<pre>yes</pre>" in best_page
+
+
+def test_wilcoxon_prunes_a_trial_worse_row_by_row_before_it_answers_every_row(wilcoxon_study):
+    out, run = wilcoxon_study
+    layout = StudyLayout(out)
+    learnt, slow = load_study(out).trials
+    assert slow.state == TrialState.PRUNED and slow.params["learning_rate"] == 1e-4
+    # Reported per row (the row index as the step), paired with the best trial's rows: after 4 rows
+    # all worse, the one-sided signed-rank p-value is 1/16 < 0.1 (WilcoxonPruner's default).
+    assert sorted(slow.intermediate_values) == sorted(r for r in generation.selected_rows(8, 6, seed=42)
+                                                      if r in slow.intermediate_values)
+    assert len(slow.intermediate_values) == 4 and set(slow.intermediate_values.values()) == {0.0}
+    assert sorted(learnt.intermediate_values) == generation.selected_rows(8, 6, seed=42)
+    assert slow.user_attrs["pruned_reason"].startswith("pruned at row 4 of 6: exact_match=0 over those rows")
+    assert len(layout.trial(slow.user_attrs["slot"]).generations.read_text().splitlines()) == 4  # it stopped generating there
+    assert slow.user_attrs["metrics"]["generation_rows"] == 4
+    assert "trial 1 PRUNED" in run.stderr + run.stdout
+    assert "at step" not in next(line for line in (run.stderr + run.stdout).splitlines() if "trial 1 PRUNED" in line)
+
+
+def test_readme_generation_example_is_valid(workdir):
+    import textwrap
+
+    import yaml
+
+    from workflow_helpers import REPO
+
+    text = (REPO / "README.md").read_text()
+    block = yaml.safe_load(textwrap.dedent(text.split("<!-- generation-example -->")[1].split("```yaml")[1]
+                                           .split("```")[0]))
+    config = tiny_config()
+    config["tuning"].update(block["tuning"])
+    config["generation"] = block["generation"]
+    tune = load_tune_config(config, workdir)
+    assert tune.tuning.metrics == ["math_answer"] and tune.tuning.pruner == "wilcoxon"
+    assert tune.generation.num_samples == 200 and tune.notices == []

@@ -1,0 +1,216 @@
+"""Generation metrics: a trial's model answers the validation prompts, each answer is scored
+(snaketune.scoring), and the mean of each score becomes a metric of the trial.
+
+The `generation:` section of tune.yaml takes the names of Oumi's GenerationParams (its inference
+and evaluation configs' `generation:`), plus `num_samples` (Oumi's EvaluationTaskParams name): how
+many validation rows are generated for. Every trial generates for the same rows, each row's prompt
+as training formatted it (the chat template up to the answer, with the generation prompt:
+data.tokenize_row), batched with left padding and the KV cache, in eval mode, on the trial's device.
+
+A trial writes `trial_<i>/logs/generations.jsonl` (one line per row: row, prompt, reference,
+output, score of the first objective, scores of every built-in metric). With `tuning.pruner:
+wilcoxon` it reports each row's score to the journal with the row's index as the step, and asks
+Optuna's WilcoxonPruner after each batch whether it is worse than the best trial with significance
+(paired by row); a pruned trial stops generating there.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from snaketune import scoring
+from snaketune.records import Record, section
+
+# Oumi's GenerationParams fields transformers' generate has no counterpart for (they belong to
+# its API engines) and their values that change nothing: any other value is refused.
+UNSUPPORTED = {"frequency_penalty": 0.0, "presence_penalty": 0.0, "logit_bias": {}, "guided_decoding": None}
+# Oumi's fields for tool calls: no tools are offered to a trial's model.
+UNUSED = ("tool_choice", "parallel_tool_calls")
+
+
+@section
+class GenerationParams(Record):
+    """The resolved `generation:` section (the schema fills the defaults)."""
+
+    max_new_tokens: int  # tokens generated per answer at most
+    batch_size: int  # prompts per generate() call
+    num_samples: int | None  # validation rows generated for (the same rows in every trial); None: all
+    use_sampling: bool  # False: greedy decoding (Oumi's default)
+    temperature: float  # with use_sampling only
+    top_p: float | None  # with use_sampling only
+    min_p: float  # with use_sampling only
+    num_beams: int
+    stop_strings: list[str] | None  # an answer ends at the first of these (kept in the output)
+    stop_token_ids: list[int] | None  # ends an answer, besides the tokenizer's end-of-sequence
+    seed: int | None  # of sampling; None: the study's seed
+    use_cache: bool  # the KV cache (on by default here; Oumi's default is off)
+    skip_special_tokens: bool  # dropped from the decoded output
+
+    def generate_kwargs(self) -> dict:
+        """The keyword arguments of transformers' `generate` (and `GenerationConfig`) these
+        settings stand for; the sampling knobs only when sampling, where greedy decoding ignores them."""
+        kwargs = {"max_new_tokens": self.max_new_tokens, "num_beams": self.num_beams,
+                  "do_sample": self.use_sampling, "use_cache": self.use_cache}
+        if self.use_sampling:
+            kwargs.update(temperature=self.temperature, min_p=self.min_p or None,
+                          **({"top_p": self.top_p} if self.top_p is not None else {}))
+        if self.stop_strings:
+            kwargs["stop_strings"] = list(self.stop_strings)
+        return kwargs
+
+
+    def result_settings(self) -> dict:
+        """What changes the answers (and so the metrics): the study's definition records it, so a
+        change is refused mid-study. Not the batch size, which only changes the speed."""
+        return {**self.generate_kwargs(), "num_samples": self.num_samples, "stop_token_ids": self.stop_token_ids,
+                "skip_special_tokens": self.skip_special_tokens,
+                **({"seed": self.seed} if self.use_sampling else {})}
+
+
+def resolve_section(raw: dict, uses_generation: bool, given: set[str]) -> tuple[GenerationParams, list[str], list[str]]:
+    """`generation:` of a schema-filled config: (settings, problems, notices), each as 'yaml.path:
+    what'. `uses_generation`: a generation metric is an objective; without one the section is
+    unused, which a notice says when the user wrote some of it (`given`: the keys written)."""
+    problems, notices = [], []
+    for key, neutral in UNSUPPORTED.items():
+        if key in raw and raw[key] != neutral and raw[key] is not None:
+            problems.append(f"generation.{key}: {raw[key]!r}: transformers' generate has no such option "
+                            f"(Oumi applies it in its API engines only); remove it")
+    for key in UNUSED:
+        if key in raw:
+            notices.append(f"generation.{key}: unused: a trial's model is offered no tools")
+    if raw.get("exclude_prompt_from_response") is False:
+        problems.append("generation.exclude_prompt_from_response: false: the metrics score the answer "
+                        "alone, without the prompt; remove it")
+    params = GenerationParams.from_fields(raw)
+    if params.use_sampling and not params.temperature:
+        problems.append("generation.temperature: 0 with use_sampling: true samples nothing (temperature 0 "
+                        "is greedy decoding): set a temperature above 0, e.g. 0.7, or use_sampling: false")
+    if not params.use_sampling:
+        for key in ("top_p", "min_p"):
+            if key in given and raw[key] not in (None, 0.0):
+                notices.append(f"generation.{key}: unused: decoding is greedy (set use_sampling: true to "
+                               "sample)")
+        if raw.get("temperature"):
+            notices.append("generation.temperature: unused: decoding is greedy (set use_sampling: true to "
+                           "sample)")
+    if not uses_generation and given - {"exclude_prompt_from_response"}:
+        notices.append(f"generation: unused: no generation metric ({', '.join(scoring.GENERATION_METRICS)}) "
+                       "is in tuning.evaluation_metrics")
+    return params, problems, notices
+
+
+def library_problems(params: GenerationParams) -> list[str]:
+    """What transformers says about the settings (GenerationConfig.validate, strict), at parse time."""
+    import warnings
+
+    from transformers import GenerationConfig
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            GenerationConfig(**params.generate_kwargs()).validate(strict=True)
+    except ValueError as error:
+        message = " ".join(str(error).split())
+        return [f"generation: transformers' GenerationConfig refuses these settings: {message}"]
+    return []
+
+
+def selected_rows(n_rows: int, num_samples: int | None, seed: int) -> list[int]:
+    """The validation rows (indices, ascending) every trial generates for: all of them, or
+    `num_samples` drawn with the study's seed (the same rows in every trial, so that trials'
+    scores compare row by row)."""
+    if num_samples is None or num_samples >= n_rows:
+        return list(range(n_rows))
+    return sorted(random.Random(seed).sample(range(n_rows), num_samples))
+
+
+def evaluate_generation(model, tokenizer, rows, params: GenerationParams, *, seed: int,
+                        objective: str | None, out_path: Path, trial=None, prune: bool = False
+                        ) -> tuple[dict[str, float], str | None]:
+    """Generate an answer to each selected row of `rows` (the prepared validation set: `prompt`,
+    `completion`) and score it; returns (metrics, why it was pruned or None).
+
+    metrics: the mean of each built-in metric (scoring.SCORERS) over the rows generated for, and
+    `generation_rows`, `generation_new_tokens`, `generation_seconds`, `generation_tokens_per_second`.
+    `objective`: the built-in metric written as each row's `score` and reported to `trial` (the
+    first objective), or None. `prune`: report each row's score with its row index as the step and
+    ask the trial's pruner (Optuna's WilcoxonPruner) after each batch; the order of the rows is then
+    shuffled per trial, as that pruner's documentation advises (an early stop would otherwise
+    always judge the same first rows).
+    Raises ValueError when no selected row has a prompt (plain-text rows).
+    """
+    import torch
+
+    indices = [i for i in selected_rows(len(rows), params.num_samples, seed) if rows[i]["prompt"]]
+    if not indices:
+        raise ValueError("generation: no validation row has a prompt to answer (plain-text rows have none): "
+                         "give data.validation rows with an answer (Alpaca, chat, prompt/completion)")
+    if prune and trial is not None:
+        random.Random(f"{seed}-{trial.number}").shuffle(indices)
+    else:  # longest first: less padding per batch, and an out-of-memory error shows at once
+        indices.sort(key=lambda i: -len(rows[i]["prompt"]))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"  # a batch's answers all start right after their prompts
+    kwargs = params.generate_kwargs()
+    if params.stop_strings:
+        kwargs["tokenizer"] = tokenizer  # generate needs it to find the strings
+    eos = model.generation_config.eos_token_id
+    eos = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+    if params.stop_token_ids:
+        kwargs["eos_token_id"] = eos + [t for t in params.stop_token_ids if t not in eos]
+    if params.use_sampling:
+        torch.manual_seed(params.seed if params.seed is not None else seed)
+
+    if prune and trial is not None:
+        from snaketune.study import ROW_REPORTS_ATTR
+
+        trial.set_user_attr(ROW_REPORTS_ATTR, True)
+    was_training = model.training
+    model.eval()
+    scores: dict[str, list[float]] = {name: [] for name in scoring.SCORERS}
+    new_tokens, seconds, reason = 0, 0.0, None
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(out_path, "w") as out, torch.inference_mode():
+        for start in range(0, len(indices), params.batch_size):
+            batch = indices[start:start + params.batch_size]
+            # The prompts are chat-template text already (special tokens included), as training saw them.
+            encoded = tokenizer([rows[i]["prompt"] for i in batch], return_tensors="pt", padding=True,
+                                add_special_tokens=False).to(model.device)
+            began = time.perf_counter()
+            generated = model.generate(**encoded, pad_token_id=tokenizer.pad_token_id, **kwargs)
+            seconds += time.perf_counter() - began
+            answers = generated[:, encoded["input_ids"].shape[1]:]
+            pad = tokenizer.pad_token_id
+            new_tokens += int((answers != pad).sum()) if pad is not None else answers.numel()
+            for i, answer in zip(batch, answers):
+                output = tokenizer.decode(answer, skip_special_tokens=params.skip_special_tokens).strip()
+                row_scores = scoring.score_row(output, rows[i]["completion"])
+                for name, value in row_scores.items():
+                    scores[name].append(value)
+                out.write(json.dumps({"row": i, "prompt": rows[i]["prompt"], "reference": rows[i]["completion"],
+                                      "output": output, "score": row_scores.get(objective),
+                                      "scores": row_scores}) + "\n")
+                if prune and trial is not None:
+                    trial.report(row_scores[objective], i)
+            out.flush()
+            done = start + len(batch)
+            if prune and trial is not None and done < len(indices) and trial.should_prune():
+                mean = statistics.fmean(scores[objective])
+                reason = (f"pruned at row {done} of {len(indices)}: {objective}={mean:.4g} over those rows "
+                          "(Wilcoxon signed-rank test against the best trial)")
+                break
+            print(f"snaketune: generated {done}/{len(indices)} answers", file=sys.stderr, flush=True)
+    if was_training:
+        model.train()
+    produced = {name: statistics.fmean(values) for name, values in scores.items()}
+    produced.update(generation_rows=len(scores[next(iter(scores))]), generation_new_tokens=new_tokens,
+                    generation_seconds=round(seconds, 3),
+                    generation_tokens_per_second=round(new_tokens / seconds, 2) if seconds else 0.0)
+    return produced, reason

@@ -1,0 +1,90 @@
+"""Built-in generation metrics: the score of one generated output against its reference answer.
+
+Each scorer takes (output, reference), two strings, and returns a float in [0, 1]; a trial's
+metric is the mean over the validation rows it generated for (snaketune.generation). The names
+are what `tuning.evaluation_metrics` accepts:
+
+- `exact_match`: 1.0 when output and reference are equal once normalised (`normalize`: case,
+  punctuation and runs of whitespace ignored), else 0.0.
+- `contains_answer`: 1.0 when the normalised reference occurs in the normalised output (an answer
+  inside a sentence), else 0.0.
+- `math_answer`: 1.0 when the output's final answer equals the reference's (`final_answer`: the
+  text after GSM8K's `####` marker, else the last number or `\\boxed{}` expression), compared as
+  mathematical values by `math-verify` (so 3.50 = 3.5, 1,000 = 1000, \\frac{1}{2} = 0.5).
+- `rougeL`: ROUGE-L F-measure (longest common subsequence of words), by Google's `rouge-score`.
+"""
+
+from __future__ import annotations
+
+import string
+from functools import lru_cache
+
+GSM8K_MARKER = "####"
+
+
+def normalize(text: str) -> str:
+    """Lower case, punctuation removed, whitespace runs as one space, stripped.
+
+    By hand: `evaluate`'s exact_match has these options, but it loads its metric script from the
+    Hugging Face hub, which a cluster node often cannot reach; the rule is four lines."""
+    text = text.lower().translate(str.maketrans("", "", string.punctuation))
+    return " ".join(text.split())
+
+
+def exact_match(output: str, reference: str) -> float:
+    return float(normalize(output) == normalize(reference))
+
+
+def contains_answer(output: str, reference: str) -> float:
+    wanted = normalize(reference)
+    # An empty reference is in every output: score it as exact_match does (only an empty output).
+    return float(wanted in normalize(output)) if wanted else exact_match(output, reference)
+
+
+def final_answer(text: str) -> str:
+    """The part of `text` that holds its final answer: what follows the last `####` (GSM8K's
+    answer marker, up to the end of that line) when there is one, else the whole text, of which
+    math-verify takes the last number or `\\boxed{}` expression."""
+    if GSM8K_MARKER in text:
+        after = text.rsplit(GSM8K_MARKER, 1)[1].strip()
+        return after.splitlines()[0] if after else ""
+    return text
+
+
+def math_answer(output: str, reference: str) -> float:
+    from math_verify import parse, verify
+
+    # parsing_timeout/timeout_seconds None: math-verify's timeouts use SIGALRM, which only the main
+    # thread may set; a trial's answers are short, and a stuck parse is a bug to see, not to hide.
+    gold = parse(final_answer(reference), parsing_timeout=None)
+    if not gold:
+        return 0.0  # nothing to compare with: the row cannot be scored as right
+    answer = parse(final_answer(output), parsing_timeout=None)
+    return float(bool(answer) and verify(gold, answer, timeout_seconds=None))
+
+
+@lru_cache(maxsize=1)
+def _rouge():
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rougeL"])
+
+
+def rouge_l(output: str, reference: str) -> float:
+    return float(_rouge().score(reference, output)["rougeL"].fmeasure)
+
+
+SCORERS = {
+    "exact_match": exact_match,
+    "contains_answer": contains_answer,
+    "math_answer": math_answer,
+    "rougeL": rouge_l,
+}
+GENERATION_METRICS = tuple(SCORERS)
+
+
+def score_row(output: str, reference: str) -> dict[str, float]:
+    """Every built-in metric of one row: {name: score in [0, 1]} (scoring is cheap once the
+    output is generated, so a trial records all of them, whichever is the objective)."""
+    return {name: scorer(output, reference) for name, scorer in SCORERS.items()}
+
