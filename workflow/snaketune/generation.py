@@ -155,9 +155,9 @@ def evaluate_generation(model, tokenizer, rows, params: GenerationParams, *, see
         random.Random(f"{seed}-{trial.number}").shuffle(indices)
     else:  # longest first: less padding per batch, and an out-of-memory error shows at once
         indices.sort(key=lambda i: -len(rows[i]["prompt"]))
-    if tokenizer.pad_token_id is None:
+    if tokenizer.pad_token_id is None:  # model.load_tokenizer gives one; a custom caller may not
         tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "left"  # a batch's answers all start right after their prompts
+    padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"  # answers start after the prompts
     kwargs = params.generate_kwargs()
     if params.stop_strings:
         kwargs["tokenizer"] = tokenizer  # generate needs it to find the strings
@@ -207,6 +207,7 @@ def evaluate_generation(model, tokenizer, rows, params: GenerationParams, *, see
                           "(Wilcoxon signed-rank test against the best trial)")
                 break
             print(f"snaketune: generated {done}/{len(indices)} answers", file=sys.stderr, flush=True)
+    tokenizer.padding_side = padding_side  # as custom metrics, called next, expect it
     if was_training:
         model.train()
     produced = {name: statistics.fmean(values) for name, values in scores.items()}

@@ -49,6 +49,10 @@ def results_table(study: optuna.Study, metrics: list[str], layout: StudyLayout):
         row = frame.loc[trial.number].to_dict()
         for name, column in objective_columns.items():
             row[name] = row.pop(column, None)
+        if trial.user_attrs.get(studies.ROW_REPORTS_ATTR) and trial.state == TrialState.PRUNED:
+            # Optuna gives a pruned trial its last step's value: here one row's score. The mean
+            # over the rows it answered (its metrics) is what compares with the other trials.
+            row.update({name: trial.user_attrs.get("metrics", {}).get(name) for name in metrics})
         for name, value in trial.user_attrs.get("metrics", {}).items():
             row.setdefault(name, value)
         missing = trial.user_attrs.get("missing_metrics", {})

@@ -51,16 +51,21 @@ def final_answer(text: str) -> str:
     return text
 
 
+MATH_TIMEOUT_SECONDS = 5  # a parse or comparison taking longer scores the row 0 (math-verify's default)
+
+
 def math_answer(output: str, reference: str) -> float:
+    import threading
+
     from math_verify import parse, verify
 
-    # parsing_timeout/timeout_seconds None: math-verify's timeouts use SIGALRM, which only the main
-    # thread may set; a trial's answers are short, and a stuck parse is a bug to see, not to hide.
-    gold = parse(final_answer(reference), parsing_timeout=None)
+    # math-verify times out with SIGALRM, which only the main thread (a trial job's) may set.
+    limit = MATH_TIMEOUT_SECONDS if threading.current_thread() is threading.main_thread() else None
+    gold = parse(final_answer(reference), parsing_timeout=limit)
     if not gold:
         return 0.0  # nothing to compare with: the row cannot be scored as right
-    answer = parse(final_answer(output), parsing_timeout=None)
-    return float(bool(answer) and verify(gold, answer, timeout_seconds=None))
+    answer = parse(final_answer(output), parsing_timeout=limit)
+    return float(bool(answer) and verify(gold, answer, timeout_seconds=limit))
 
 
 @lru_cache(maxsize=1)
