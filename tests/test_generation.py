@@ -191,8 +191,18 @@ def test_a_study_optimises_exact_match_and_keeps_every_answer(wilcoxon_study):
     assert table.loc[learnt.number, "exact_match"] == 1.0 and table.loc[learnt.number, "rougeL"] == 1.0
     assert table.loc[learnt.number, "generation_rows"] == 6
     assert json.loads(layout.best_record(1).read_text())["values"] == {"exact_match": 1.0}
+    assert table.loc[1 - learnt.number, "exact_match"] == 0.0  # the pruned one: its mean over 4 rows
     best_page = layout.report_page("best").read_text()
     assert "Best answers (logs/generations.jsonl)" in best_page and "<pre>yes</pre>" in best_page
+    # The untrained model answered the same rows (rule baseline), scored the same way: what tuning gained.
+    baseline = json.loads(layout.baseline.metrics.read_text())
+    assert baseline["exact_match"] == 0.0 and baseline["generation_rows"] == 6
+    answered = [json.loads(line) for line in layout.baseline.generations.read_text().splitlines()]
+    assert sorted(r["row"] for r in answered) == generation.selected_rows(8, 6, seed=42)
+    assert json.loads(layout.best_record(1).read_text())["base_model_values"] == {"exact_match": 0.0}
+    assert "the base model, untrained: exact_match" in best_page
+    assert "the base model, untrained, on the same 6 rows: exact_match=0 (tuning_output/baseline/logs/" \
+        "generations.jsonl)" in run.stdout
 
 
 def test_wilcoxon_prunes_a_trial_worse_row_by_row_before_it_answers_every_row(wilcoxon_study):

@@ -123,6 +123,11 @@ def trial_metrics():
     return [str(LAYOUT.trial(i).metrics) for i in range(N_TRIALS)]
 
 
+def baseline_outputs():
+    """The base model's metrics (rule baseline) when a generation metric is an objective."""
+    return [str(LAYOUT.baseline.metrics)] if TUNE.uses_generation else []
+
+
 def results_outputs():
     return [str(path) for path in LAYOUT.results(N_OBJECTIVES)]
 

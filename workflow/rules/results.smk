@@ -5,6 +5,7 @@ rule aggregate:
     input:
         model=str(LAYOUT.model_source),
         trials=trial_metrics(),
+        baseline=baseline_outputs(),
     output:
         **aggregate_outputs(),
     log:

@@ -30,6 +30,25 @@ rule budget:
         write_text(log[0], f"the trials run under {params.budget}\n")
 
 
+# With a generation metric: the untrained model answers the rows the trials answer, scored the
+# same way (snaketune.generation.evaluate_base_model), so the summary shows what tuning gained.
+rule baseline:
+    input:
+        model=str(LAYOUT.model_source),
+        data=str(LAYOUT.data_summary),
+    output:
+        str(LAYOUT.baseline.metrics),
+    log:
+        str(LAYOUT.rule_log("baseline")),
+    threads: trial_threads
+    resources:
+        gpu=1,
+    conda:
+        "../../envs/snaketune.yaml"
+    script:
+        "../../scripts/evaluate_baseline.py"
+
+
 rule trial:
     input:
         model=str(LAYOUT.model_source),

@@ -121,6 +121,29 @@ def library_problems(params: GenerationParams) -> list[str]:
     return []
 
 
+def evaluate_base_model(tune, model_source: dict, data_dir: str | Path, out_dir: str | Path) -> dict:
+    """The untrained model's generation metrics on the rows the trials answer (rule baseline):
+    what tuning gained is the best trial's against these. Writes `out_dir/logs/generations.jsonl`,
+    then `out_dir/metrics.json` last (the rule's output); returns the metrics. `tune` is the
+    resolved config (config.TuningConfig), `model_source` the prepared model's source.json dict."""
+    import torch
+
+    from snaketune import data, model
+    from snaketune.layout import TrialFiles, write_json
+
+    files = TrialFiles(Path(out_dir))
+    tokenizer = model.load_tokenizer(model_source, tune.model)
+    lm = model.load_model(model_source, tune.model, quantization=tune.tuning.quantization)
+    if torch.cuda.is_available() and lm.device.type == "cpu":  # the device the rule leased
+        lm = lm.to("cuda")
+    rows = data.load_prepared(data_dir)["validation"]
+    objective = next(m for m in tune.tuning.metrics if m in scoring.GENERATION_METRICS)
+    produced, _ = evaluate_generation(lm, tokenizer, rows, tune.generation, seed=tune.tuning.seed,
+                                      objective=objective, out_path=files.generations)
+    write_json(files.metrics, produced)
+    return produced
+
+
 def selected_rows(n_rows: int, num_samples: int | None, seed: int) -> list[int]:
     """The validation rows (indices, ascending) every trial generates for: all of them, or
     `num_samples` drawn with the study's seed (the same rows in every trial, so that trials'

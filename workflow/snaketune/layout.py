@@ -16,6 +16,8 @@ every writer takes its paths from here:
       data/summary.json          the tokenized data's row and token counts (rule prepare_data)
       data/tokenized/            the tokenized train and validation sets
       trial_<slot>/              one trial slot: params.json, checkpoint-*/, logs/, metrics.json
+      baseline/                  with a generation metric: the untrained model's metrics.json and
+                                 logs/generations.jsonl, on the trials' rows (rule baseline)
       trials_results.csv         every trial (rule aggregate)
       best_trial.json            one objective: the best trial, and best_model/ (LoRA merged in)
       best_trials.json, pareto_front.csv     several objectives: the Pareto-optimal trials
@@ -175,6 +177,12 @@ class StudyLayout:
     def trial(self, slot: int | str) -> TrialFiles:
         """Slot `slot`'s files; `trial("{i}")` gives the rule's wildcard paths."""
         return TrialFiles(self.output_dir / f"trial_{slot}")
+
+    @property
+    def baseline(self) -> TrialFiles:
+        """The base model's answers before any training, scored as the trials' are (rule baseline,
+        with a generation metric): `metrics.json`, `logs/generations.jsonl`, `logs/devices.json`."""
+        return TrialFiles(self.output_dir / "baseline")
 
     @property
     def results_csv(self) -> Path:

@@ -29,7 +29,7 @@ from snaketune.layout import StudyLayout, TrialFiles
 from snaketune.summary import clip, fmt, fmt_seconds, running_table, shown, trial_folder
 
 STATUS_EVERY_ENV = "SNAKETUNE_STATUS_EVERY"
-PREPARE_RULES = ("prepare_model", "prepare_data")
+PREPARE_RULES = ("prepare_model", "prepare_data", "baseline")
 
 
 def params_text(params: dict) -> str:
@@ -191,7 +191,8 @@ class ConsoleProgress:
 
     def _rules(self) -> None:
         """A prepare step's start (its log appears) and end (its output appears)."""
-        outputs = {"prepare_model": self.layout.model_source, "prepare_data": self.layout.data_summary}
+        outputs = {"prepare_model": self.layout.model_source, "prepare_data": self.layout.data_summary,
+                   "baseline": self.layout.baseline.metrics}
         for rule in PREPARE_RULES:
             log, output = self.layout.rule_log(rule), outputs[rule]
             state = self.rules_seen.get(rule)

@@ -424,6 +424,7 @@ def write_best_page(best: dict, path: Path, study_name: str) -> None:
     sections = []
     for record in records:
         rows = [("objective: " + k, v) for k, v in record["values"].items()]
+        rows += [("the base model, untrained: " + k, v) for k, v in record.get("base_model_values", {}).items()]
         rows += [("param: " + k, v) for k, v in record["params"].items()]
         rows += [("metric: " + k, v) for k, v in sorted(record.get("metrics", {}).items())
                  if k not in record["values"]]

@@ -6,6 +6,7 @@ never disagree.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -49,10 +50,8 @@ def results_table(study: optuna.Study, metrics: list[str], layout: StudyLayout):
         row = frame.loc[trial.number].to_dict()
         for name, column in objective_columns.items():
             row[name] = row.pop(column, None)
-        if trial.user_attrs.get(studies.ROW_REPORTS_ATTR) and trial.state == TrialState.PRUNED:
-            # Optuna gives a pruned trial its last step's value: here one row's score. The mean
-            # over the rows it answered (its metrics) is what compares with the other trials.
-            row.update({name: trial.user_attrs.get("metrics", {}).get(name) for name in metrics})
+        if trial.user_attrs.get(studies.ROW_REPORTS_ATTR):  # pruned while generating: its mean
+            row.update(zip(metrics, studies.reported_values(trial, metrics) or []))
         for name, value in trial.user_attrs.get("metrics", {}).items():
             row.setdefault(name, value)
         missing = trial.user_attrs.get("missing_metrics", {})
@@ -126,6 +125,9 @@ def aggregate(tuning: TuningParams, model: ModelParams, model_source: dict, resu
     best = trial_record(studies.best_trials(study)[0], metrics, tuning.layout)
     target = Path(best_model_record).parent
     best["best_model"] = str(target)
+    if tuning.layout.baseline.metrics.exists():  # rule baseline: the untrained model, the same rows
+        baseline = json.loads(tuning.layout.baseline.metrics.read_text())
+        best["base_model_values"] = {name: baseline[name] for name in metrics if name in baseline}
     save_best_model(model, model_source, best["checkpoint"], target, best)
     write_json(best_record, best)
 
@@ -146,7 +148,7 @@ def aggregate_after_failure(tuning: TuningParams) -> None:
         print(f"\nsnaketune: could not write the table of the failed run: {describe_error(error)}")
 
 
-ONCE_PER_STUDY_RULES = ("prepare_model", "prepare_data", "aggregate", "report")
+ONCE_PER_STUDY_RULES = ("prepare_model", "prepare_data", "baseline", "aggregate", "report")
 
 
 def _report_failure(tuning: TuningParams) -> None:

@@ -132,7 +132,7 @@ def summary_table(layout: StudyLayout, study_name: str, metrics: list[str],
     header = ["trial", "dir", "state", *metrics, *params, "time"]
     rows = []
     for trial in ranked(study, latest):
-        values = trial.values or [None] * len(metrics)
+        values = studies.reported_values(trial, metrics) or [None] * len(metrics)
         mark = "*" if trial.number in best_numbers else ""
         rows.append([f"{trial.number}{mark}", trial_folder(trial, layout), trial.state.name,
                      *(fmt(v) for v in values), *(fmt(trial.params.get(p)) for p in params),
@@ -158,6 +158,14 @@ def summary_table(layout: StudyLayout, study_name: str, metrics: list[str],
         lines.append(render_table(["", "value"], rows, indent="    "))
     if len(metrics) == 1 and layout.best_model.exists():
         lines.append(f"  best model: {shown(layout.best_model)}")
+    try:
+        baseline = json.loads(layout.baseline.metrics.read_text())
+    except (OSError, ValueError):  # no generation metric (no rule baseline), or not run yet
+        baseline = None
+    if baseline:
+        scored = ", ".join(f"{name}={fmt(baseline[name])}" for name in metrics if name in baseline)
+        lines.append(f"  the base model, untrained, on the same {baseline.get('generation_rows')} rows: {scored} "
+                     f"({shown(layout.baseline.generations)})")
     lines.append(f"\nresults: {shown(layout.results_csv)}")
     lines.append(report_line(layout))
     return "\n".join(lines)
