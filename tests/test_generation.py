@@ -239,3 +239,163 @@ def test_readme_generation_example_is_valid(workdir):
     tune = load_tune_config(config, workdir)
     assert tune.tuning.metrics == ["math_answer"] and tune.tuning.pruner == "wilcoxon"
     assert tune.generation.num_samples == 200 and tune.notices == []
+
+
+# -- the GSM8K-format task -----------------------------------------------------------------------
+
+
+def test_word_problems_are_gsm8k_rows_whose_every_step_is_right():
+    import re
+
+    from snaketune import scoring, word_problems
+
+    train, validation = word_problems.generate(n_train=140, n_validation=35, seed=3)
+    assert len(train) == 140 and len(validation) == 35
+    assert not {r["instruction"] for r in train} & {r["instruction"] for r in validation}
+    step = re.compile(r"(\d+) ([x+\-/]) (\d+) = \$?(\d+)")
+    ops = {"x": lambda a, b: a * b, "+": lambda a, b: a + b, "-": lambda a, b: a - b, "/": lambda a, b: a / b}
+    for row in train + validation:
+        *lines, last = row["output"].splitlines()
+        answer = int(last.removeprefix("#### "))
+        assert last == f"#### {answer}" and answer >= 0
+        for line in lines:  # every calculation of the solution holds
+            a, op, b, result = step.search(line).groups()
+            assert ops[op](int(a), int(b)) == int(result), line
+        assert step.search(lines[-1]).group(4) == str(answer)  # the last step gives it
+        assert scoring.math_answer(row["output"], row["output"]) == 1.0
+        assert scoring.math_answer(f"The answer is {answer + 1}.", row["output"]) == 0.0
+    # Every template, in turn, in both splits.
+    assert len({r["instruction"].split()[1] for r in validation}) > 1
+
+
+def test_the_shipped_word_problems_are_what_the_script_writes(tmp_path):
+    from snaketune import word_problems
+    from workflow_helpers import REPO
+
+    word_problems.main([str(tmp_path)])
+    for split in ("train", "validation"):
+        assert (tmp_path / f"{split}.jsonl").read_text() == (REPO / "config" / "word_problems" / f"{split}.jsonl").read_text()
+
+
+def test_the_word_problems_study_runs_on_answer_accuracy(tmp_path):
+    """config/word_problems.yaml, as shipped but on the tiny model and a few steps: each trial and
+    the base model answer the same GSM8K-format questions, scored by math_answer."""
+    import shutil
+
+    import yaml
+
+    from workflow_helpers import REPO
+
+    shutil.copytree(REPO / "config" / "word_problems", tmp_path / "config" / "word_problems")
+    config = yaml.safe_load((REPO / "config" / "word_problems.yaml").read_text())
+    config["model"] = tiny_config()["model"]
+    config["tuning"].update(n_trials=1)
+    config["tuning"]["fixed_training_params"].update(max_steps=2)
+    config["generation"].update(max_new_tokens=8, num_samples=4)
+    write_config(tmp_path, config)
+    run = run_snakemake(tmp_path)
+    layout = StudyLayout(tmp_path / "word_problems_output")
+    table = pd.read_csv(layout.results_csv)
+    assert table.loc[0, "state"] == "COMPLETE" and table.loc[0, "generation_rows"] == 4
+    assert 0.0 <= table.loc[0, "math_answer"] <= 1.0
+    answered = [json.loads(line) for line in layout.trial(0).generations.read_text().splitlines()]
+    assert all(r["reference"].splitlines()[-1].startswith("#### ") for r in answered)
+    assert json.loads(layout.baseline.metrics.read_text())["generation_rows"] == 4
+    assert "the base model, untrained, on the same 4 rows: math_answer=" in run.stdout
+
+
+# -- lm-evaluation-harness tasks ---------------------------------------------------------------------
+
+
+def write_yes_task(folder, rows: int = 6):
+    """An lm-eval task of our own on local data (the hub is unreachable here): answer "yes"."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "yes_rows.jsonl", "w") as f:
+        for i in range(rows):
+            f.write(json.dumps({"question": f"Is {i} plus {i + 1} a number?", "answer": "yes"}) + "\n")
+    (folder / "yes_task.yaml").write_text(
+        "task: yes_task\n"
+        "dataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {folder / 'yes_rows.jsonl'}\n"
+        "test_split: test\n"
+        "output_type: generate_until\n"
+        'doc_to_text: "{{question}}"\n'
+        'doc_to_target: "{{answer}}"\n'
+        "generation_kwargs:\n  until: [\"\\n\"]\n  max_gen_toks: 4\n  do_sample: false\n"
+        "metric_list:\n  - metric: exact_match\n    aggregation: mean\n    higher_is_better: true\n")
+    return folder
+
+
+@pytest.mark.parametrize("tuning, lm_eval, expected", [
+    ({"evaluation_metrics": ["lm_eval:yes_taks/exact_match"]}, {"include_path": "tasks"},
+     "tuning.evaluation_metrics[0]: lm-eval has no task 'yes_taks' (did you mean 'yes_task'?)"),
+    ({"evaluation_metrics": ["lm_eval:yes_task"]}, {"include_path": "tasks"},
+     "tuning.evaluation_metrics[0]: 'lm_eval:yes_task' is not lm_eval:<task>/<metric>"),
+    ({"evaluation_metrics": ["lm_eval:yes_task/exact_match"]}, {"include_path": "no_such_folder"},
+     "lm_eval.include_path: "),
+    ({"evaluation_metrics": ["lm_eval:yes_task/exact_match"], "pruner": "median", "report_every_steps": 1},
+     {"include_path": "tasks"},
+     "tuning.evaluation_metrics[0]: 'lm_eval:yes_task/exact_match' is an lm-eval metric, computed once after"),
+])
+def test_lm_eval_objectives_are_checked_before_any_job(workdir, tuning, lm_eval, expected):
+    write_yes_task(workdir / "tasks")
+    config = tiny_config(evaluation_direction=["maximize"], **tuning)
+    config["lm_eval"] = lm_eval
+    problems = problems_of(config, workdir)
+    assert any(p.startswith(expected) for p in problems), problems
+
+
+def test_lm_eval_scores_a_lora_model_as_it_is_in_memory(tmp_path):
+    """lm-eval's HFLM takes the trial's model object (LoRA adapters on), and every metric of the
+    task comes back under lm_eval:<task>/<metric>,<filter>, the objective under its own name."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from snaketune import lm_harness
+
+    tokenizer = AutoTokenizer.from_pretrained(TINY_MODEL)
+    model = get_peft_model(AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(TINY_MODEL)),
+                           LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"))
+    settings = lm_harness.LmEvalParams(include_path=str(write_yes_task(tmp_path / "tasks")), limit=3,
+                                       num_fewshot=None, batch_size=2, apply_chat_template=True)
+    produced = lm_harness.evaluate(model, tokenizer, settings, ["lm_eval:yes_task/exact_match", "eval_loss"], seed=1)
+    assert produced == {"lm_eval:yes_task/exact_match,none": 0.0, "lm_eval:yes_task/exact_match": 0.0}
+    with pytest.raises(KeyError, match="no metric 'accuracy'; it gave exact_match,none"):
+        lm_harness.evaluate(model, tokenizer, settings, ["lm_eval:yes_task/accuracy"], seed=1)
+
+
+def test_a_study_tunes_on_an_lm_eval_task(tmp_path):
+    write_constant_answer(tmp_path / "data.jsonl")
+    write_yes_task(tmp_path / "tasks")
+    config = tiny_config(n_trials=1, evaluation_metrics=["lm_eval:yes_task/exact_match"],
+                         evaluation_direction=["maximize"], enqueue_trials=[{"learning_rate": 1e-2}])
+    config["tuning"]["fixed_training_params"]["max_steps"] = 60
+    config["lm_eval"] = {"include_path": "tasks", "apply_chat_template": True, "batch_size": 3}
+    write_config(tmp_path, config)
+    run = run_snakemake(tmp_path)
+    layout = StudyLayout(tmp_path / "tuning_output")
+    (trial,) = load_study(tmp_path / "tuning_output").trials
+    assert trial.state == TrialState.COMPLETE and trial.value == 1.0  # it learnt to answer "yes"
+    assert trial.user_attrs["metrics"]["lm_eval:yes_task/exact_match,none"] == 1.0
+    assert json.loads(layout.baseline.metrics.read_text())["lm_eval:yes_task/exact_match"] == 0.0
+    assert "the base model, untrained: lm_eval:yes_task/exact_match=0" in run.stdout
+    assert pd.read_csv(layout.results_csv).loc[0, "lm_eval:yes_task/exact_match"] == 1.0
+
+
+def test_readme_lm_eval_example_is_valid(workdir):
+    import textwrap
+
+    import yaml
+
+    from workflow_helpers import REPO
+
+    text = (REPO / "README.md").read_text()
+    block = yaml.safe_load(textwrap.dedent(text.split("<!-- lm-eval-example -->")[1].split("```yaml")[1]
+                                           .split("```")[0]))
+    config = tiny_config()
+    config["tuning"].update(block["tuning"])
+    config["lm_eval"] = block["lm_eval"]
+    tune = load_tune_config(config, workdir)  # gsm8k is in lm-eval's registry (its data is not fetched)
+    assert tune.uses_lm_eval and tune.lm_eval.num_fewshot == 5 and tune.lm_eval.limit == 200
+    assert tune.definition["lm_eval"] == {"include_path": None, "limit": 200, "num_fewshot": 5,
+                                          "apply_chat_template": False}

@@ -124,8 +124,9 @@ def trial_metrics():
 
 
 def baseline_outputs():
-    """The base model's metrics (rule baseline) when a generation metric is an objective."""
-    return [str(LAYOUT.baseline.metrics)] if TUNE.uses_generation else []
+    """The base model's metrics (the baseline rule's output) when its answers are scored, that is
+    when a generation or an lm-eval metric is an objective."""
+    return [str(LAYOUT.baseline.metrics)] if TUNE.scores_answers else []
 
 
 def results_outputs():

@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 from jsonschema import Draft202012Validator, validators
 
-from snaketune import data, generation, gpu, metrics, model, names, resources, scoring, space, strategy
+from snaketune import data, generation, gpu, lm_harness, metrics, model, names, resources, scoring, space, strategy
 from snaketune.data import DataParams
 from snaketune.errors import SnaketuneError, closest
 from snaketune.gpu import DeviceSettings
@@ -98,6 +98,8 @@ class TuningConfig(Record):
     # how trials answer the validation prompts (tune.yaml's `generation:`); used when a generation
     # metric (scoring.GENERATION_METRICS) is an objective (`uses_generation`)
     generation: generation.GenerationParams
+    # lm-evaluation-harness options (tune.yaml's `lm_eval:`), for the lm_eval:<task>/<metric> objectives
+    lm_eval: lm_harness.LmEvalParams
     notices: list[str]  # 'yaml.path: what was adjusted': accepted, but not quite as written
 
     @functools.cached_property
@@ -114,7 +116,19 @@ class TuningConfig(Record):
             "peft": {"use_peft": tuning.use_peft, **tuning.lora_args, **tuning.quantization},
             # only when used: a study without generation metrics keeps the definition it had
             **({"generation": self.generation.result_settings()} if self.uses_generation else {}),
+            **({"lm_eval": self.lm_eval.result_settings()} if self.uses_lm_eval else {}),
         }
+
+    @property
+    def uses_lm_eval(self) -> bool:
+        """Whether trials run lm-evaluation-harness tasks: an lm_eval:<task>/<metric> is an objective."""
+        return any(lm_harness.is_lm_eval_metric(name) for name in self.tuning.metrics)
+
+    @property
+    def scores_answers(self) -> bool:
+        """Whether the model's answers are scored (generation or lm-eval metrics): then rule
+        baseline scores the untrained model's the same way."""
+        return self.uses_generation or self.uses_lm_eval
 
     @property
     def uses_generation(self) -> bool:
@@ -211,8 +225,9 @@ def load_tune_config(raw: dict, base_dir: str | Path | None = None, validated: b
                     "tunable_peft_params", "fixed_peft_params"):
             if key in tuning and tuning[key] is None:
                 tuning[key] = {}
-    if "generation" in cfg and cfg["generation"] is None:  # `generation:` with nothing under it
-        cfg["generation"] = {}
+    for key in ("generation", "lm_eval"):
+        if key in cfg and cfg[key] is None:  # `generation:` with nothing under it
+            cfg[key] = {}
     cfg.setdefault("tuning", {})
     given_generation = set(cfg["generation"]) if isinstance(cfg.get("generation"), dict) else set()
     oumi_problems = _oumi_metric_names(cfg["tuning"]) if isinstance(cfg["tuning"], dict) else []
@@ -283,6 +298,10 @@ def _resolve(cfg: dict, base: Path, validated: bool, problems: list[str],
                                                                   given_generation)
     problems.extend(found)
     notices.extend(said)
+    lm_eval_section, found, said = lm_harness.resolve_section(cfg["lm_eval"], metric_names, base,
+                                                              check_tasks=not validated and not problems)
+    problems.extend(found)
+    notices.extend(said)
     enqueued = collect(space.resolve_enqueued(tuning["enqueue_trials"], search_space, n_trials,
                                               tuning["tuner_sampler"]))
     model_notices, moved = model.model_notices(cfg["model"])
@@ -318,6 +337,7 @@ def _resolve(cfg: dict, base: Path, validated: bool, problems: list[str],
         model=model_section,
         data=data_section,
         generation=generation_section,
+        lm_eval=lm_eval_section,
         tuning=TuningParams(
             n_trials=n_trials,
             study_name=tuning["study_name"],
@@ -470,7 +490,8 @@ def _study_settings(tuning: dict, search_space: list[space.Parameter], metric_na
                            "the wilcoxon pruner is asked on the per-row scores of the generation after training")
     elif tuning["pruner"] != "none" or tuning["report_every_steps"]:
         kind = ("a custom metric" if first in {c.name for c in custom}
-                else "a generation metric" if first in scoring.GENERATION_METRICS else None)
+                else "a generation metric" if first in scoring.GENERATION_METRICS
+                else "an lm-eval metric" if first and lm_harness.is_lm_eval_metric(first) else None)
         if kind:
             problems.append(f"tuning.evaluation_metrics[0]: {first!r} is {kind}, computed once after "
                             "training; pruning and report_every_steps need a metric the evaluation "

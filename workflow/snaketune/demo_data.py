@@ -73,6 +73,14 @@ def write_jsonl(rows: list[dict], path: str | Path) -> None:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
+def write_splits(train: list[dict], validation: list[dict], outdir: str | Path) -> None:
+    """`outdir/train.jsonl` and `outdir/validation.jsonl` (the folder made if needed)."""
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    write_jsonl(train, outdir / "train.jsonl")
+    write_jsonl(validation, outdir / "validation.jsonl")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("outdir", type=Path)
@@ -80,10 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n-train", type=int, default=320)
     parser.add_argument("--n-validation", type=int, default=48)
     args = parser.parse_args(argv)
-    train, validation = generate(args.n_train, args.n_validation, args.seed)
-    args.outdir.mkdir(parents=True, exist_ok=True)
-    write_jsonl(train, args.outdir / "train.jsonl")
-    write_jsonl(validation, args.outdir / "validation.jsonl")
+    write_splits(*generate(args.n_train, args.n_validation, args.seed), args.outdir)
 
 
 if __name__ == "__main__":

@@ -122,9 +122,10 @@ def library_problems(params: GenerationParams) -> list[str]:
 
 
 def evaluate_base_model(tune, model_source: dict, data_dir: str | Path, out_dir: str | Path) -> dict:
-    """The untrained model's generation metrics on the rows the trials answer (rule baseline):
-    what tuning gained is the best trial's against these. Writes `out_dir/logs/generations.jsonl`,
-    then `out_dir/metrics.json` last (the rule's output); returns the metrics. `tune` is the
+    """The untrained model's generation metrics on the rows the trials answer, and its lm-eval
+    metrics (rule baseline): what tuning gained is the best trial's against these. Writes
+    `out_dir/logs/generations.jsonl`, then `out_dir/metrics.json` last (the rule's output); returns
+    the metrics. `tune` is the
     resolved config (config.TuningConfig), `model_source` the prepared model's source.json dict."""
     import torch
 
@@ -136,10 +137,16 @@ def evaluate_base_model(tune, model_source: dict, data_dir: str | Path, out_dir:
     lm = model.load_model(model_source, tune.model, quantization=tune.tuning.quantization)
     if torch.cuda.is_available() and lm.device.type == "cpu":  # the device the rule leased
         lm = lm.to("cuda")
-    rows = data.load_prepared(data_dir)["validation"]
-    objective = next(m for m in tune.tuning.metrics if m in scoring.GENERATION_METRICS)
-    produced, _ = evaluate_generation(lm, tokenizer, rows, tune.generation, seed=tune.tuning.seed,
-                                      objective=objective, out_path=files.generations)
+    produced = {}
+    if tune.uses_generation:
+        rows = data.load_prepared(data_dir)["validation"]
+        objective = next(m for m in tune.tuning.metrics if m in scoring.GENERATION_METRICS)
+        produced, _ = evaluate_generation(lm, tokenizer, rows, tune.generation, seed=tune.tuning.seed,
+                                          objective=objective, out_path=files.generations)
+    if tune.uses_lm_eval:
+        from snaketune import lm_harness
+
+        produced.update(lm_harness.evaluate(lm, tokenizer, tune.lm_eval, tune.tuning.metrics, tune.tuning.seed))
     write_json(files.metrics, produced)
     return produced
 

@@ -231,7 +231,9 @@ class StudyLayout:
 
     def plot(self, kind: str, metric: str | None = None) -> Path:
         """A static plot: `report/<kind>.png`, or `report/<kind>_<metric>.png` per objective."""
-        return self.report_dir / (f"{kind}_{metric}.png" if metric else f"{kind}.png")
+        # A metric name may hold what a file name cannot (lm_eval:gsm8k/exact_match).
+        return self.report_dir / (f"{kind}_{re.sub(r'[^A-Za-z0-9_.,-]', '_', metric)}.png" if metric
+                                  else f"{kind}.png")
 
     def report_page(self, key: str) -> Path:
         """A page of the report: key is one of REPORT_PAGES (interactive, trials, best)."""

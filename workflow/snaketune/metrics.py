@@ -63,7 +63,7 @@ def resolve_objectives(metrics: list[str], directions: list[str],
     problems = []
     known = (*EVALUATION_METRICS, *TRAINING_METRICS, *GENERATION_METRICS, *(custom_names or ()))
     for i, name in enumerate(metrics if custom_names is not None else ()):
-        if name not in known:
+        if name not in known and not name.startswith("lm_eval:"):  # those: snaketune.lm_harness
             problems.append(
                 f"tuning.evaluation_metrics[{i}]: {name!r} is not produced by SFT evaluation "
                 f"(it produces {', '.join(EVALUATION_METRICS[:4])}, ...), is not a generation metric "

@@ -164,8 +164,9 @@ def summary_table(layout: StudyLayout, study_name: str, metrics: list[str],
         baseline = None
     if baseline:
         scored = ", ".join(f"{name}={fmt(baseline[name])}" for name in metrics if name in baseline)
-        lines.append(f"  the base model, untrained, on the same {baseline.get('generation_rows')} rows: {scored} "
-                     f"({shown(layout.baseline.generations)})")
+        rows = f" on the same {baseline['generation_rows']} rows" if "generation_rows" in baseline else ""
+        answers = f" ({shown(layout.baseline.generations)})" if layout.baseline.generations.exists() else ""
+        lines.append(f"  the base model, untrained{rows}: {scored}{answers}")
     lines.append(f"\nresults: {shown(layout.results_csv)}")
     lines.append(report_line(layout))
     return "\n".join(lines)

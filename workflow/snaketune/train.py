@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from snaketune import generation
+from snaketune import generation, lm_harness
 from snaketune import metrics as custom_metrics
 from snaketune import scoring
 from snaketune import space as search_space
@@ -490,6 +490,8 @@ def train_and_evaluate(tune: TuningConfig, params: dict, trial_dir: Path, model_
         produced.update(answered)
         if pruned:
             return produced, pruned
+    if tune.uses_lm_eval and trainer.is_world_process_zero():
+        produced.update(lm_harness.evaluate(trainer.model, tokenizer, tune.lm_eval, tuning.metrics, tuning.seed))
     if tuning.custom_eval_metrics:
         trainer.model.eval()
         produced.update(custom_metrics.compute_custom_metrics(
