@@ -1011,7 +1011,7 @@ def test_the_resolved_config_is_typed_and_frozen(alpaca_jsonl, tmp_path):
 
 def test_a_section_reads_as_a_mapping_of_its_fields_only(seed, tmp_path):
     tune = load_tune_config(seed, tmp_path)
-    assert list(tune) == ["model", "data", "tuning", "generation", "notices"]
+    assert list(tune) == ["model", "data", "tuning", "generation", "lm_eval", "notices"]
     assert dict(tune.model)["model_max_length"] == tune.model.model_max_length == 2048
     assert tune.tuning["metrics"] is tune.tuning.metrics
     with pytest.raises(KeyError):
