@@ -223,7 +223,8 @@ def test_wilcoxon_prunes_a_trial_worse_row_by_row_before_it_answers_every_row(wi
     assert "at step" not in next(line for line in (run.stderr + run.stdout).splitlines() if "trial 1 PRUNED" in line)
 
 
-def test_readme_generation_example_is_valid(workdir):
+def readme_example(marker: str, workdir):
+    """The README's YAML block after `<!-- marker -->`, over the tiny config, resolved."""
     import textwrap
 
     import yaml
@@ -231,12 +232,15 @@ def test_readme_generation_example_is_valid(workdir):
     from workflow_helpers import REPO
 
     text = (REPO / "README.md").read_text()
-    block = yaml.safe_load(textwrap.dedent(text.split("<!-- generation-example -->")[1].split("```yaml")[1]
-                                           .split("```")[0]))
+    block = yaml.safe_load(textwrap.dedent(text.split(f"<!-- {marker} -->")[1].split("```yaml")[1].split("```")[0]))
     config = tiny_config()
-    config["tuning"].update(block["tuning"])
-    config["generation"] = block["generation"]
-    tune = load_tune_config(config, workdir)
+    config["tuning"].update(block.pop("tuning"))
+    config.update(block)  # its other sections (generation:, lm_eval:)
+    return load_tune_config(config, workdir)
+
+
+def test_readme_generation_example_is_valid(workdir):
+    tune = readme_example("generation-example", workdir)
     assert tune.tuning.metrics == ["math_answer"] and tune.tuning.pruner == "wilcoxon"
     assert tune.generation.num_samples == 200 and tune.notices == []
 
@@ -383,19 +387,7 @@ def test_a_study_tunes_on_an_lm_eval_task(tmp_path):
 
 
 def test_readme_lm_eval_example_is_valid(workdir):
-    import textwrap
-
-    import yaml
-
-    from workflow_helpers import REPO
-
-    text = (REPO / "README.md").read_text()
-    block = yaml.safe_load(textwrap.dedent(text.split("<!-- lm-eval-example -->")[1].split("```yaml")[1]
-                                           .split("```")[0]))
-    config = tiny_config()
-    config["tuning"].update(block["tuning"])
-    config["lm_eval"] = block["lm_eval"]
-    tune = load_tune_config(config, workdir)  # gsm8k is in lm-eval's registry (its data is not fetched)
+    tune = readme_example("lm-eval-example", workdir)  # gsm8k is in lm-eval's registry (no data fetched)
     assert tune.uses_lm_eval and tune.lm_eval.num_fewshot == 5 and tune.lm_eval.limit == 200
     assert tune.definition["lm_eval"] == {"include_path": None, "limit": 200, "num_fewshot": 5,
                                           "apply_chat_template": False}

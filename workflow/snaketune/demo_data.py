@@ -81,14 +81,23 @@ def write_splits(train: list[dict], validation: list[dict], outdir: str | Path) 
     write_jsonl(validation, outdir / "validation.jsonl")
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def command_line(generate_rows, description: str, argv: list[str] | None) -> None:
+    """`python -m <module> OUTDIR [--seed S] [--n-train N] [--n-validation M]` for a row generator
+    `generate_rows(n_train, n_validation, seed) -> (train, validation)`; its defaults are the
+    generator's own."""
+    import inspect
+
+    defaults = inspect.signature(generate_rows).parameters
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("outdir", type=Path)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--n-train", type=int, default=320)
-    parser.add_argument("--n-validation", type=int, default=48)
+    for name in ("seed", "n_train", "n_validation"):
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=defaults[name].default)
     args = parser.parse_args(argv)
-    write_splits(*generate(args.n_train, args.n_validation, args.seed), args.outdir)
+    write_splits(*generate_rows(args.n_train, args.n_validation, args.seed), args.outdir)
+
+
+def main(argv: list[str] | None = None) -> None:
+    command_line(generate, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

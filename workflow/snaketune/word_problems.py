@@ -14,11 +14,9 @@ Rows are Alpaca-format dicts (instruction: the question, input: "", output: the 
 
 from __future__ import annotations
 
-import argparse
 import random
-from pathlib import Path
 
-from snaketune.demo_data import write_splits
+from snaketune.demo_data import command_line
 
 NAMES = [("Natalia", "she"), ("Weng", "she"), ("Betty", "she"), ("Julie", "she"), ("Maria", "she"),
          ("James", "he"), ("Albert", "he"), ("Mark", "he"), ("Tom", "he"), ("Ken", "he"),
@@ -131,13 +129,7 @@ def generate(n_train: int = 350, n_validation: int = 100, seed: int = 0) -> tupl
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("outdir", type=Path)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--n-train", type=int, default=350)
-    parser.add_argument("--n-validation", type=int, default=100)
-    args = parser.parse_args(argv)
-    write_splits(*generate(args.n_train, args.n_validation, args.seed), args.outdir)
+    command_line(generate, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":
