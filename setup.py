@@ -27,6 +27,7 @@ WORKFLOW_FILES = (  # globs relative to the repository root
     "scripts/*.py",
     "config/*.yaml",
     "config/demo_data/*.jsonl",
+    "config/word_problems/*.jsonl",
     "envs/*.yaml",
 )
 

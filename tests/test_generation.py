@@ -150,11 +150,13 @@ def test_batched_left_padded_generation_answers_as_one_prompt_at_a_time(tmp_path
 
 
 def test_the_same_rows_are_drawn_for_every_trial():
-    assert generation.selected_rows(8, None, seed=42) == list(range(8))
-    drawn = generation.selected_rows(100, 10, seed=42)
-    assert drawn == generation.selected_rows(100, 10, seed=42) and len(set(drawn)) == 10 and drawn == sorted(drawn)
-    assert drawn != generation.selected_rows(100, 10, seed=43)
-    assert generation.selected_rows(5, 10, seed=42) == list(range(5))  # a cap above the rows: all of them
+    assert generation.selected_rows(range(8), None, seed=42) == list(range(8))
+    drawn = generation.selected_rows(range(100), 10, seed=42)
+    assert drawn == generation.selected_rows(range(100), 10, seed=42) and len(set(drawn)) == 10
+    assert drawn == sorted(drawn) and drawn != generation.selected_rows(range(100), 10, seed=43)
+    assert generation.selected_rows(range(5), 10, seed=42) == list(range(5))  # a cap above the rows: all
+    # Drawn among the rows with a prompt: num_samples rows are answered, not fewer.
+    assert len(generation.selected_rows(range(0, 100, 2), 10, seed=42)) == 10
 
 
 # -- real studies ------------------------------------------------------------------------------
@@ -183,7 +185,7 @@ def test_a_study_optimises_exact_match_and_keeps_every_answer(wilcoxon_study):
     assert learnt.value == 1.0  # every answer right
     rows = [json.loads(line) for line in layout.trial(learnt.user_attrs["slot"]).generations.read_text().splitlines()]
     # The same 6 of the 8 validation rows in every trial, each with its prompt as training formatted it.
-    assert sorted(r["row"] for r in rows) == generation.selected_rows(8, 6, seed=42)
+    assert sorted(r["row"] for r in rows) == generation.selected_rows(range(8), 6, seed=42)
     assert all(r["output"] == "yes" and r["reference"] == "yes" and r["score"] == 1.0 for r in rows)
     assert all(r["prompt"].endswith("<|im_start|>assistant\n") for r in rows)
     assert set(rows[0]["scores"]) == {"exact_match", "contains_answer", "math_answer", "rougeL"}
@@ -198,7 +200,7 @@ def test_a_study_optimises_exact_match_and_keeps_every_answer(wilcoxon_study):
     baseline = json.loads(layout.baseline.metrics.read_text())
     assert baseline["exact_match"] == 0.0 and baseline["generation_rows"] == 6
     answered = [json.loads(line) for line in layout.baseline.generations.read_text().splitlines()]
-    assert sorted(r["row"] for r in answered) == generation.selected_rows(8, 6, seed=42)
+    assert sorted(r["row"] for r in answered) == generation.selected_rows(range(8), 6, seed=42)
     assert json.loads(layout.best_record(1).read_text())["base_model_values"] == {"exact_match": 0.0}
     assert "the base model, untrained: exact_match" in best_page
     assert "the base model, untrained, on the same 6 rows: exact_match=0 (tuning_output/baseline/logs/" \
@@ -212,11 +214,13 @@ def test_wilcoxon_prunes_a_trial_worse_row_by_row_before_it_answers_every_row(wi
     assert slow.state == TrialState.PRUNED and slow.params["learning_rate"] == 1e-4
     # Reported per row (the row index as the step), paired with the best trial's rows: after 4 rows
     # all worse, the one-sided signed-rank p-value is 1/16 < 0.1 (WilcoxonPruner's default).
-    assert sorted(slow.intermediate_values) == sorted(r for r in generation.selected_rows(8, 6, seed=42)
-                                                      if r in slow.intermediate_values)
-    assert len(slow.intermediate_values) == 4 and set(slow.intermediate_values.values()) == {0.0}
-    assert sorted(learnt.intermediate_values) == generation.selected_rows(8, 6, seed=42)
-    assert slow.user_attrs["pruned_reason"].startswith("pruned at row 4 of 6: exact_match=0 over those rows")
+    rows = {step: value for step, value in slow.intermediate_values.items() if step < 8}
+    assert set(rows) < set(generation.selected_rows(range(8), 6, seed=42))
+    assert len(rows) == 4 and set(rows.values()) == {0.0}
+    assert sorted(learnt.intermediate_values) == generation.selected_rows(range(8), 6, seed=42)
+    # Its value is its mean over the rows it answered, reported last at a step past every row (8).
+    assert max(slow.intermediate_values) == 8 and slow.value == slow.intermediate_values[8] == 0.0
+    assert slow.user_attrs["pruned_reason"].startswith("pruned after 4 of 6 rows: exact_match=0 over those rows")
     assert len(layout.trial(slow.user_attrs["slot"]).generations.read_text().splitlines()) == 4  # it stopped generating there
     assert slow.user_attrs["metrics"]["generation_rows"] == 4
     assert "trial 1 PRUNED" in run.stderr + run.stdout
@@ -301,7 +305,7 @@ def test_the_word_problems_study_runs_on_answer_accuracy(tmp_path):
     layout = StudyLayout(tmp_path / "word_problems_output")
     table = pd.read_csv(layout.results_csv)
     assert table.loc[0, "state"] == "COMPLETE" and table.loc[0, "generation_rows"] == 4
-    assert 0.0 <= table.loc[0, "math_answer"] <= 1.0
+    assert table.loc[0, "math_answer"] == json.loads(layout.trial(0).metrics.read_text())["values"]["math_answer"]
     answered = [json.loads(line) for line in layout.trial(0).generations.read_text().splitlines()]
     assert all(r["reference"].splitlines()[-1].startswith("#### ") for r in answered)
     assert json.loads(layout.baseline.metrics.read_text())["generation_rows"] == 4
@@ -391,3 +395,42 @@ def test_readme_lm_eval_example_is_valid(workdir):
     assert tune.uses_lm_eval and tune.lm_eval.num_fewshot == 5 and tune.lm_eval.limit == 200
     assert tune.definition["lm_eval"] == {"include_path": None, "limit": 200, "num_fewshot": 5,
                                           "apply_chat_template": False}
+
+
+def test_scores_of_answers_are_maximized_unless_written_otherwise(workdir):
+    config = tiny_config(evaluation_metrics=["exact_match", "eval_loss"])
+    del config["tuning"]["evaluation_direction"]
+    tune = load_tune_config(config, workdir)
+    assert tune.tuning.directions == ["maximize", "minimize"]
+    assert any(n.startswith("tuning.evaluation_direction: not given; exact_match maximized") for n in tune.notices)
+    config["tuning"]["evaluation_direction"] = ["minimize"]
+    tune = load_tune_config(config, workdir)
+    assert tune.tuning.directions == ["minimize", "minimize"]  # as written, said
+    assert "tuning.evaluation_direction[0]: minimizes exact_match, a score where higher is better; write " \
+        "maximize unless you mean it" in tune.notices
+
+
+def test_a_changed_generation_setting_is_refused_once_a_trial_finished(workdir):
+    from snaketune.study import definition_conflicts, open_study
+
+    config = answers(n_trials=1)
+    config["generation"] = {"max_new_tokens": 8}
+    tune = load_tune_config(config, workdir)
+    study = open_study(tune.tuning, 0, definition=tune.definition)
+    trial = study.ask()
+    study.tell(trial, 1.0)
+    assert definition_conflicts(tune.tuning, tune.definition) == []
+    config["generation"] = {"max_new_tokens": 16, "batch_size": 2}
+    changed = load_tune_config(config, workdir)
+    problems = definition_conflicts(changed.tuning, changed.definition)
+    assert len(problems) == 1 and problems[0].startswith("generation: ") and "max_new_tokens" in problems[0]
+    assert "batch_size" not in problems[0]  # greedy: the batch size changes only the speed
+
+
+def test_a_base_model_that_cannot_be_scored_leaves_the_reason_not_a_failed_run(workdir):
+    tune = load_tune_config(answers(), workdir)
+    produced = generation.evaluate_base_model(tune, {"kind": "reference", "path": str(workdir / "gone"),
+                                                     "tokenizer_path": str(workdir / "gone")},
+                                              workdir / "no_data", workdir / "baseline")
+    assert set(produced) == {"error"} and produced["error"]
+    assert json.loads((workdir / "baseline" / "metrics.json").read_text()) == produced

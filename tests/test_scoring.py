@@ -17,6 +17,9 @@ GSM8K_REFERENCE = ("Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n"
     ("", "", 1.0),
     ("...", "", 1.0),  # only punctuation: empty once normalised
     ("Pariss", "Paris", 0.0),
+    ("35", "3.5", 0.0),  # a decimal point is not punctuation
+    ("3.5.", "3.5", 1.0),
+    ("Café — «oui»", "café oui", 1.0),  # punctuation of any script
 ])
 def test_exact_match(output, reference, expected):
     assert scoring.exact_match(output, reference) == expected
@@ -29,6 +32,9 @@ def test_exact_match(output, reference, expected):
     ("", "Paris", 0.0),  # empty output
     ("anything", "", 0.0),  # an empty reference is not in every output
     ("", "", 1.0),
+    ("The answer is 14", "4", 0.0),  # whole words only
+    ("yesterday", "yes", 0.0),
+    ("So it is 4.", "4", 1.0),
 ])
 def test_contains_answer(output, reference, expected):
     assert scoring.contains_answer(output, reference) == expected
@@ -65,6 +71,7 @@ def test_rouge_l():
     assert scoring.rouge_l("a cat sat on a mat", "the cat sat on the mat") == pytest.approx(2 / 3)
     assert scoring.rouge_l("", "the cat") == 0.0  # empty output
     assert scoring.rouge_l("dogs bark", "the cat") == 0.0
+    assert scoring.rouge_l("кошка сидит", "кошка сидит") == 1.0  # words of any script
 
 
 def test_score_row_gives_every_metric():

@@ -30,7 +30,7 @@ rule budget:
         write_text(log[0], f"the trials run under {params.budget}\n")
 
 
-# With a generation metric: the untrained model answers the rows the trials answer, scored the
+# With a generation or lm-eval metric: the untrained model answers what the trials answer, scored the
 # same way (snaketune.generation.evaluate_base_model), so the summary shows what tuning gained.
 rule baseline:
     input:

@@ -230,12 +230,13 @@ def load_tune_config(raw: dict, base_dir: str | Path | None = None, validated: b
             cfg[key] = {}
     cfg.setdefault("tuning", {})
     given_generation = set(cfg["generation"]) if isinstance(cfg.get("generation"), dict) else set()
+    directions_given = isinstance(cfg["tuning"], dict) and "evaluation_direction" in cfg["tuning"]
     oumi_problems = _oumi_metric_names(cfg["tuning"]) if isinstance(cfg["tuning"], dict) else []
     shape_problems = oumi_problems + _schema_problems(cfg, load_schema())  # fills the defaults too
     _oumi_nulls(cfg)
     problems: list[str] = []
     if not shape_problems:
-        resolved = _resolve(cfg, base, validated, problems, given_generation)
+        resolved = _resolve(cfg, base, validated, problems, given_generation, directions_given)
         if problems:
             raise ConfigError(problems)
         return resolved
@@ -243,7 +244,7 @@ def load_tune_config(raw: dict, base_dir: str | Path | None = None, validated: b
     # a typo'd key and a bad bound show up together; they stop at the first part they cannot read,
     # and say nothing about a path the schema already reported.
     try:
-        _resolve(cfg, base, validated, problems, given_generation)
+        _resolve(cfg, base, validated, problems, given_generation, directions_given)
     except Exception:
         pass
     reported = [p.split(": ", 1)[0] for p in shape_problems]
@@ -268,11 +269,12 @@ def load_gpu_settings(raw: dict, base_dir: str | Path | None = None) -> DeviceSe
 
 
 def _resolve(cfg: dict, base: Path, validated: bool, problems: list[str],
-             given_generation: set[str] = frozenset()) -> TuningConfig:
+             given_generation: set[str] = frozenset(), directions_given: bool = True) -> TuningConfig:
     """The resolved config of a schema-filled `cfg`, each concept checking its own section in turn;
     their problems are appended to `problems` as they are found (so a check that fails on a shape
     the schema refused leaves those found before it). `given_generation`: the keys the user wrote
-    under `generation:` (before the schema filled its defaults)."""
+    under `generation:` (before the schema filled its defaults); `directions_given`: whether the
+    user wrote tuning.evaluation_direction (else scores of answers are maximized)."""
 
     def collect(result):
         value, found = result
@@ -287,6 +289,7 @@ def _resolve(cfg: dict, base: Path, validated: bool, problems: list[str],
         problems.extend(model.qlora_problems(params.quantization))
     custom = collect(metrics.resolve_custom(tuning["custom_eval_metrics"], base,
                                             import_modules=not validated))
+    notices.extend(_answer_directions(tuning, directions_given))
     metric_names, directions, found = metrics.resolve_objectives(
         tuning["evaluation_metrics"], tuning["evaluation_direction"],
         custom_names=None if validated else [c.name for c in custom])
@@ -453,6 +456,25 @@ def _oumi_tuning_fields(tuning: dict, problems: list[str]) -> list[str]:
         if key in tuning:
             notices.append(f"tuning.{key}: unused: {instead}")
     return notices
+
+
+def _answer_directions(tuning: dict, directions_given: bool) -> list[str]:
+    """Scores of answers (generation and lm-eval metrics) are better higher: without
+    evaluation_direction they are maximized (the schema's default, minimize, is the loss's), said
+    in a notice; minimizing one the user asked for is said too. Sets tuning.evaluation_direction."""
+    names = tuning["evaluation_metrics"]
+    answers = [n for n in names if n in scoring.GENERATION_METRICS or lm_harness.is_lm_eval_metric(n)]
+    if not answers:
+        return []
+    if not directions_given:
+        tuning["evaluation_direction"] = ["maximize" if n in answers else "minimize" for n in names]
+        return [f"tuning.evaluation_direction: not given; {', '.join(answers)} maximized (the share of right "
+                "answers: higher is better), any other objective minimized"]
+    directions = tuning["evaluation_direction"]
+    directions = directions * len(names) if len(directions) == 1 else directions
+    return [f"tuning.evaluation_direction[{i}]: minimizes {name}, a score where higher is better; write "
+            "maximize unless you mean it" for i, (name, direction) in enumerate(zip(names, directions))
+            if name in answers and direction == "minimize"]
 
 
 def _study_settings(tuning: dict, search_space: list[space.Parameter], metric_names: list[str],

@@ -8,7 +8,7 @@ as training formatted it (the chat template up to the answer, with the generatio
 data.tokenize_row), batched with left padding and the KV cache, in eval mode, on the trial's device.
 
 A trial writes `trial_<i>/logs/generations.jsonl` (one line per row: row, prompt, reference,
-output, score of the first objective, scores of every built-in metric). With `tuning.pruner:
+output, score: of the first generation objective, scores: every built-in metric). With `tuning.pruner:
 wilcoxon` it reports each row's score to the journal with the row's index as the step, and asks
 Optuna's WilcoxonPruner after each batch whether it is worse than the best trial with significance
 (paired by row); a pruned trial stops generating there.
@@ -66,10 +66,13 @@ class GenerationParams(Record):
 
     def result_settings(self) -> dict:
         """What changes the answers (and so the metrics): the study's definition records it, so a
-        change is refused mid-study. Not the batch size, which only changes the speed."""
-        return {**self.generate_kwargs(), "num_samples": self.num_samples, "stop_token_ids": self.stop_token_ids,
-                "skip_special_tokens": self.skip_special_tokens,
-                **({"seed": self.seed} if self.use_sampling else {})}
+        change is refused once a trial finished. Not the KV cache, nor (greedy) the batch size."""
+        settings = {**self.generate_kwargs(), "num_samples": self.num_samples,
+                    "stop_token_ids": self.stop_token_ids, "skip_special_tokens": self.skip_special_tokens}
+        settings.pop("use_cache")  # the same answers, faster
+        if self.use_sampling:  # the random stream is drawn per batch: the batch size changes samples
+            settings.update(seed=self.seed, batch_size=self.batch_size)
+        return settings
 
 
 def resolve_section(raw: dict, uses_generation: bool, given: set[str]) -> tuple[GenerationParams, list[str], list[str]]:
@@ -96,9 +99,10 @@ def resolve_section(raw: dict, uses_generation: bool, given: set[str]) -> tuple[
             if key in given and raw[key] not in (None, 0.0):
                 notices.append(f"generation.{key}: unused: decoding is greedy (set use_sampling: true to "
                                "sample)")
-        if raw.get("temperature"):
-            notices.append("generation.temperature: unused: decoding is greedy (set use_sampling: true to "
-                           "sample)")
+        for key in ("temperature", "seed"):
+            if raw.get(key):
+                notices.append(f"generation.{key}: unused: decoding is greedy (set use_sampling: true to "
+                               "sample)")
     if not uses_generation and given - {"exclude_prompt_from_response"}:
         notices.append(f"generation: unused: no generation metric ({', '.join(scoring.GENERATION_METRICS)}) "
                        "is in tuning.evaluation_metrics")
@@ -125,14 +129,30 @@ def evaluate_base_model(tune, model_source: dict, data_dir: str | Path, out_dir:
     """The untrained model's generation metrics on the rows the trials answer, and its lm-eval
     metrics (rule baseline): what tuning gained is the best trial's against these. Writes
     `out_dir/logs/generations.jsonl`, then `out_dir/metrics.json` last (the rule's output); returns
-    the metrics. `tune` is the
-    resolved config (config.TuningConfig), `model_source` the prepared model's source.json dict."""
-    import torch
-
-    from snaketune import data, model
+    the metrics. A failure (out of memory, an lm-eval error) is recorded as {"error": why} rather
+    than raised: the study's results do not wait on this comparison (delete the folder to retry).
+    `tune` is the resolved config (config.TuningConfig), `model_source` the prepared model's
+    source.json dict."""
     from snaketune.layout import TrialFiles, write_json
 
     files = TrialFiles(Path(out_dir))
+    files.dir.mkdir(parents=True, exist_ok=True)
+    try:
+        produced = _score_base_model(tune, model_source, data_dir, files)
+    except Exception as error:  # noqa: BLE001 (a comparison only: it must not keep the study's results back)
+        from snaketune.errors import describe_error
+
+        produced = {"error": describe_error(error)[:2000]}
+        print(f"snaketune: the base model could not be scored: {produced['error']}", file=sys.stderr)
+    write_json(files.metrics, produced)
+    return produced
+
+
+def _score_base_model(tune, model_source: dict, data_dir, files) -> dict:
+    import torch
+
+    from snaketune import data, model
+
     tokenizer = model.load_tokenizer(model_source, tune.model)
     lm = model.load_model(model_source, tune.model, quantization=tune.tuning.quantization)
     if torch.cuda.is_available() and lm.device.type == "cpu":  # the device the rule leased
@@ -147,17 +167,17 @@ def evaluate_base_model(tune, model_source: dict, data_dir: str | Path, out_dir:
         from snaketune import lm_harness
 
         produced.update(lm_harness.evaluate(lm, tokenizer, tune.lm_eval, tune.tuning.metrics, tune.tuning.seed))
-    write_json(files.metrics, produced)
     return produced
 
 
-def selected_rows(n_rows: int, num_samples: int | None, seed: int) -> list[int]:
-    """The validation rows (indices, ascending) every trial generates for: all of them, or
-    `num_samples` drawn with the study's seed (the same rows in every trial, so that trials'
-    scores compare row by row)."""
-    if num_samples is None or num_samples >= n_rows:
-        return list(range(n_rows))
-    return sorted(random.Random(seed).sample(range(n_rows), num_samples))
+def selected_rows(candidates, num_samples: int | None, seed: int) -> list[int]:
+    """The validation rows (indices, ascending) every trial generates for, among `candidates` (the
+    indices of the rows with a prompt): all of them, or `num_samples` drawn with the study's seed
+    (the same rows in every trial, so that trials' scores compare row by row)."""
+    candidates = sorted(candidates)
+    if num_samples is None or num_samples >= len(candidates):
+        return candidates
+    return sorted(random.Random(seed).sample(candidates, num_samples))
 
 
 def evaluate_generation(model, tokenizer, rows, params: GenerationParams, *, seed: int,
@@ -170,14 +190,15 @@ def evaluate_generation(model, tokenizer, rows, params: GenerationParams, *, see
     `generation_rows`, `generation_new_tokens`, `generation_seconds`, `generation_tokens_per_second`.
     `objective`: the built-in metric written as each row's `score` and reported to `trial` (the
     first objective), or None. `prune`: report each row's score with its row index as the step and
-    ask the trial's pruner (Optuna's WilcoxonPruner) after each batch; the order of the rows is then
+    ask the trial's pruner (Optuna's WilcoxonPruner) after each batch; a pruned trial reports its
+    mean over the rows answered last, at step len(rows), so that Optuna gives it that value; the order of the rows is then
     shuffled per trial, as that pruner's documentation advises (an early stop would otherwise
     always judge the same first rows).
     Raises ValueError when no selected row has a prompt (plain-text rows).
     """
     import torch
 
-    indices = [i for i in selected_rows(len(rows), params.num_samples, seed) if rows[i]["prompt"]]
+    indices = selected_rows([i for i in range(len(rows)) if rows[i]["prompt"]], params.num_samples, seed)
     if not indices:
         raise ValueError("generation: no validation row has a prompt to answer (plain-text rows have none): "
                          "give data.validation rows with an answer (Alpaca, chat, prompt/completion)")
@@ -195,6 +216,7 @@ def evaluate_generation(model, tokenizer, rows, params: GenerationParams, *, see
     eos = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
     if params.stop_token_ids:
         kwargs["eos_token_id"] = eos + [t for t in params.stop_token_ids if t not in eos]
+    stops = {*kwargs.get("eos_token_id", eos), *([tokenizer.pad_token_id] if tokenizer.pad_token_id is not None else [])}
     if params.use_sampling:
         torch.manual_seed(params.seed if params.seed is not None else seed)
 
@@ -217,9 +239,11 @@ def evaluate_generation(model, tokenizer, rows, params: GenerationParams, *, see
             generated = model.generate(**encoded, pad_token_id=tokenizer.pad_token_id, **kwargs)
             seconds += time.perf_counter() - began
             answers = generated[:, encoded["input_ids"].shape[1]:]
-            pad = tokenizer.pad_token_id
-            new_tokens += int((answers != pad).sum()) if pad is not None else answers.numel()
             for i, answer in zip(batch, answers):
+                # An answer ends at its first end-of-sequence (or pad) token; what follows is padding.
+                ends = [k for k, token in enumerate(answer.tolist()) if token in stops]
+                answer = answer[:ends[0]] if ends else answer
+                new_tokens += len(answer) + bool(ends)
                 output = tokenizer.decode(answer, skip_special_tokens=params.skip_special_tokens).strip()
                 row_scores = scoring.score_row(output, rows[i]["completion"])
                 for name, value in row_scores.items():
@@ -233,8 +257,11 @@ def evaluate_generation(model, tokenizer, rows, params: GenerationParams, *, see
             done = start + len(batch)
             if prune and trial is not None and done < len(indices) and trial.should_prune():
                 mean = statistics.fmean(scores[objective])
-                reason = (f"pruned at row {done} of {len(indices)}: {objective}={mean:.4g} over those rows "
-                          "(Wilcoxon signed-rank test against the best trial)")
+                # Optuna gives a pruned trial the value it reported last, by step: the mean over the
+                # rows answered, at a step past every row index (never paired with another trial's row).
+                trial.report(mean, len(rows))
+                reason = (f"pruned after {done} of {len(indices)} rows: {objective}={mean:.4g} over those "
+                          "rows (Wilcoxon signed-rank test against the best trial)")
                 break
             print(f"snaketune: generated {done}/{len(indices)} answers", file=sys.stderr, flush=True)
     tokenizer.padding_side = padding_side  # as custom metrics, called next, expect it

@@ -16,7 +16,7 @@ every writer takes its paths from here:
       data/summary.json          the tokenized data's row and token counts (rule prepare_data)
       data/tokenized/            the tokenized train and validation sets
       trial_<slot>/              one trial slot: params.json, checkpoint-*/, logs/, metrics.json
-      baseline/                  with a generation metric: the untrained model's metrics.json and
+      baseline/                  with a generation or lm-eval metric: the untrained model's metrics.json and
                                  logs/generations.jsonl, on the trials' rows (rule baseline)
       trials_results.csv         every trial (rule aggregate)
       best_trial.json            one objective: the best trial, and best_model/ (LoRA merged in)

@@ -386,7 +386,8 @@ EXAMPLES = 3  # best and worst answers shown of the best trial
 
 def examples(trial_dir: str | Path | None, n: int = EXAMPLES) -> tuple[list[dict], list[dict]]:
     """The `n` best and `n` worst scored rows of a trial's logs/generations.jsonl (generation
-    metrics), by the first objective's score (ties: the earlier row first); ([], []) without it.
+    metrics), by the first generation objective's score (ties: the earlier row first); ([], [])
+    without it.
     A trial with fewer than 2n rows shows each row once."""
     if trial_dir is None:
         return [], []
@@ -397,7 +398,7 @@ def examples(trial_dir: str | Path | None, n: int = EXAMPLES) -> tuple[list[dict
     rows = [json.loads(line) for line in lines if line.strip()]
     rows.sort(key=lambda r: (-(r.get("score") or 0.0), r["row"]))
     best = rows[:n]
-    worst = [r for r in rows[::-1][:n] if r not in best]
+    worst = sorted(rows[len(best):], key=lambda r: (r.get("score") or 0.0, r["row"]))[:n]
     return best, worst
 
 
@@ -424,7 +425,8 @@ def write_best_page(best: dict, path: Path, study_name: str) -> None:
     sections = []
     for record in records:
         rows = [("objective: " + k, v) for k, v in record["values"].items()]
-        rows += [("the base model, untrained: " + k, v) for k, v in record.get("base_model_values", {}).items()]
+        rows += [("the base model, untrained: " + k, v)
+                 for k, v in (record.get("base_model_values") or best.get("base_model_values", {})).items()]
         rows += [("param: " + k, v) for k, v in record["params"].items()]
         rows += [("metric: " + k, v) for k, v in sorted(record.get("metrics", {}).items())
                  if k not in record["values"]]

@@ -50,8 +50,6 @@ def results_table(study: optuna.Study, metrics: list[str], layout: StudyLayout):
         row = frame.loc[trial.number].to_dict()
         for name, column in objective_columns.items():
             row[name] = row.pop(column, None)
-        if trial.user_attrs.get(studies.ROW_REPORTS_ATTR):  # pruned while generating: its mean
-            row.update(zip(metrics, studies.reported_values(trial, metrics) or []))
         for name, value in trial.user_attrs.get("metrics", {}).items():
             row.setdefault(name, value)
         missing = trial.user_attrs.get("missing_metrics", {})
@@ -97,6 +95,15 @@ def trial_record(trial: optuna.trial.FrozenTrial, metrics: list[str], layout: St
     }
 
 
+def base_model_values(layout: StudyLayout, metrics: list[str]) -> dict:
+    """The untrained model's value of each objective it was scored on (rule baseline), or {}."""
+    try:
+        scored = json.loads(layout.baseline.metrics.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {name: scored[name] for name in metrics if name in scored}
+
+
 def aggregate(tuning: TuningParams, model: ModelParams, model_source: dict, results_csv: str | Path, best_record: str | Path,
               best_model_record: str | Path | None = None, pareto_front: str | Path | None = None) -> None:
     """Write the results of every trial in the journal, failed ones included; the best trial is
@@ -116,18 +123,19 @@ def aggregate(tuning: TuningParams, model: ModelParams, model_source: dict, resu
         counts = summary.outcome_line(studies.outcome_counts(studies.latest_attempts(study)))
         raise RuntimeError(f"no trial of study {tuning.study_name!r} completed ({counts}); see the "
                            f"fail_reason column of {results_csv}")
+    baseline = base_model_values(tuning.layout, metrics)
     if len(metrics) > 1:
         front = [trial_record(t, metrics, tuning.layout) for t in studies.best_trials(study)]
-        write_json(best_record, {"metrics": metrics, "directions": tuning.directions, "trials": front})
+        write_json(best_record, {"metrics": metrics, "directions": tuning.directions, "trials": front,
+                                 **({"base_model_values": baseline} if baseline else {})})
         numbers = {t["number"] for t in front}
         write_csv(table[table["number"].isin(numbers)], pareto_front)
         return
     best = trial_record(studies.best_trials(study)[0], metrics, tuning.layout)
     target = Path(best_model_record).parent
     best["best_model"] = str(target)
-    if tuning.layout.baseline.metrics.exists():  # rule baseline: the untrained model, the same rows
-        baseline = json.loads(tuning.layout.baseline.metrics.read_text())
-        best["base_model_values"] = {name: baseline[name] for name in metrics if name in baseline}
+    if baseline:  # rule baseline: the untrained model on the same rows
+        best["base_model_values"] = baseline
     save_best_model(model, model_source, best["checkpoint"], target, best)
     write_json(best_record, best)
 

@@ -6,8 +6,8 @@ are what `tuning.evaluation_metrics` accepts:
 
 - `exact_match`: 1.0 when output and reference are equal once normalised (`normalize`: case,
   punctuation and runs of whitespace ignored), else 0.0.
-- `contains_answer`: 1.0 when the normalised reference occurs in the normalised output (an answer
-  inside a sentence), else 0.0.
+- `contains_answer`: 1.0 when the normalised reference occurs in the normalised output as whole
+  words (an answer inside a sentence), else 0.0.
 - `math_answer`: 1.0 when the output's final answer equals the reference's (`final_answer`: the
   text after GSM8K's `####` marker, else the last number or `\\boxed{}` expression), compared as
   mathematical values by `math-verify` (so 3.50 = 3.5, 1,000 = 1000, \\frac{1}{2} = 0.5).
@@ -16,19 +16,25 @@ are what `tuning.evaluation_metrics` accepts:
 
 from __future__ import annotations
 
-import string
+import re
+import unicodedata
 from functools import lru_cache
 
 GSM8K_MARKER = "####"
 
 
-def normalize(text: str) -> str:
-    """Lower case, punctuation removed, whitespace runs as one space, stripped.
+_DECIMAL_POINT = re.compile(r"(?<=\d)[.,](?=\d)")
 
-    By hand: `evaluate`'s exact_match has these options, but it loads its metric script from the
-    Hugging Face hub, which a cluster node often cannot reach; the rule is four lines."""
-    text = text.lower().translate(str.maketrans("", "", string.punctuation))
-    return " ".join(text.split())
+
+def normalize(text: str) -> str:
+    """Lower case, punctuation (any script's) removed except a point or comma between digits
+    (3.5 stays 3.5), whitespace runs as one space, stripped.
+
+    By hand: `evaluate`'s exact_match has such options, but it loads its metric script from the
+    Hugging Face hub, which a cluster node often cannot reach; the rule is a few lines."""
+    kept = _DECIMAL_POINT.sub(lambda m: "\0" if m.group() == "." else "\1", text.lower())
+    text = "".join(" " if unicodedata.category(c).startswith("P") else c for c in kept)
+    return " ".join(text.replace("\0", ".").replace("\1", ",").split())
 
 
 def exact_match(output: str, reference: str) -> float:
@@ -37,8 +43,9 @@ def exact_match(output: str, reference: str) -> float:
 
 def contains_answer(output: str, reference: str) -> float:
     wanted = normalize(reference)
-    # An empty reference is in every output: score it as exact_match does (only an empty output).
-    return float(wanted in normalize(output)) if wanted else exact_match(output, reference)
+    # Whole words: "4" is not in "14", "yes" not in "yesterday". An empty reference is in every
+    # output: score it as exact_match does (only an empty output).
+    return float(f" {wanted} " in f" {normalize(output)} ") if wanted else exact_match(output, reference)
 
 
 def final_answer(text: str) -> str:
@@ -68,11 +75,20 @@ def math_answer(output: str, reference: str) -> float:
     return float(bool(answer) and verify(gold, answer, timeout_seconds=limit))
 
 
+class _Words:
+    """rouge-score's tokenizer interface over Unicode words: its default keeps only [a-z0-9], so
+    text in another script scored 0 against an exact copy."""
+
+    @staticmethod
+    def tokenize(text: str) -> list[str]:
+        return re.findall(r"\w+", text.lower())
+
+
 @lru_cache(maxsize=1)
 def _rouge():
     from rouge_score import rouge_scorer
 
-    return rouge_scorer.RougeScorer(["rougeL"])
+    return rouge_scorer.RougeScorer(["rougeL"], tokenizer=_Words())
 
 
 def rouge_l(output: str, reference: str) -> float:

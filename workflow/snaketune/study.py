@@ -482,16 +482,6 @@ def step_reports(trial: FrozenTrial) -> dict[int, float]:
     return {} if trial.user_attrs.get(ROW_REPORTS_ATTR) else trial.intermediate_values
 
 
-def reported_values(trial: FrozenTrial, metrics: list[str]) -> list[float] | None:
-    """The trial's objective values as tables show them: Optuna's, except for a trial pruned while
-    generating (ROW_REPORTS_ATTR), which Optuna gives its last row's score: its mean over the rows
-    it answered instead (its recorded metrics)."""
-    if trial.user_attrs.get(ROW_REPORTS_ATTR) and trial.state == TrialState.PRUNED:
-        recorded = trial.user_attrs.get("metrics", {})
-        return [recorded.get(name) for name in metrics]
-    return trial.values
-
-
 def objective_names(study: optuna.Study) -> list[str]:
     """The objectives' names: set on the study when it was created (older journals: from the
     study's definition), else Optuna's generic names."""
@@ -564,7 +554,9 @@ def _as_stored(definition: dict) -> dict:
 # The YAML path and the words for each part of a study's definition, in conflict messages.
 DEFINITION_PARTS = {"model": ("model", "model"), "data": ("data", "data"),
                     "training": ("tuning.fixed_training_params", "fixed training parameters"),
-                    "peft": ("tuning.fixed_peft_params", "PEFT settings")}
+                    "peft": ("tuning.fixed_peft_params", "PEFT settings"),
+                    "generation": ("generation", "generation settings"),
+                    "lm_eval": ("lm_eval", "lm-eval settings")}
 
 
 def definition_conflicts(tuning: TuningParams, definition: dict | None = None) -> list[str]:

@@ -132,7 +132,7 @@ def summary_table(layout: StudyLayout, study_name: str, metrics: list[str],
     header = ["trial", "dir", "state", *metrics, *params, "time"]
     rows = []
     for trial in ranked(study, latest):
-        values = studies.reported_values(trial, metrics) or [None] * len(metrics)
+        values = trial.values or [None] * len(metrics)
         mark = "*" if trial.number in best_numbers else ""
         rows.append([f"{trial.number}{mark}", trial_folder(trial, layout), trial.state.name,
                      *(fmt(v) for v in values), *(fmt(trial.params.get(p)) for p in params),
@@ -162,9 +162,12 @@ def summary_table(layout: StudyLayout, study_name: str, metrics: list[str],
         baseline = json.loads(layout.baseline.metrics.read_text())
     except (OSError, ValueError):  # no generation metric (no rule baseline), or not run yet
         baseline = None
-    if baseline:
+    if baseline and "error" in baseline:
+        lines.append(f"  the base model could not be scored ({' '.join(str(baseline['error']).split())[:200]}); "
+                     f"delete {shown(layout.baseline.dir)} to try again")
+    elif baseline:
         scored = ", ".join(f"{name}={fmt(baseline[name])}" for name in metrics if name in baseline)
-        rows = f" on the same {baseline['generation_rows']} rows" if "generation_rows" in baseline else ""
+        rows = f", on the same {baseline['generation_rows']} rows" if "generation_rows" in baseline else ""
         answers = f" ({shown(layout.baseline.generations)})" if layout.baseline.generations.exists() else ""
         lines.append(f"  the base model, untrained{rows}: {scored}{answers}")
     lines.append(f"\nresults: {shown(layout.results_csv)}")
