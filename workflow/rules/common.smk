@@ -111,11 +111,8 @@ def budget_input(wildcards):
     """The budget record for slot i: plain for a slot that was skipped (a new budget re-runs it),
     ancient for every other (a new budget is no reason to re-run a trial that ran)."""
     path = str(LAYOUT.budget_record)
-    metrics = LAYOUT.trial(wildcards.i).metrics
-    try:
-        skipped = json.loads(metrics.read_text()).get("state") == "SKIPPED"
-    except (OSError, ValueError):  # not run yet, or cut short: it runs anyway
-        skipped = False
+    # Not run yet, or cut short ({}): it runs anyway.
+    skipped = LAYOUT.trial(wildcards.i).read_metrics().get("state") == "SKIPPED"
     return path if skipped else ancient(path)
 
 

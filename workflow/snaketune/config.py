@@ -322,7 +322,7 @@ def _resolve(cfg: dict, base: Path, validated: bool, problems: list[str],
         found, said = data.split_fields(cfg["data"][split], f"data.{split}")
         problems.extend(found)
         notices.extend(said)
-    if uses_generation:
+    if uses_generation and not validated:  # reads the files' first rows: once, in the main process
         problems.extend(data.generation_problems(data_section.validation))
     if cfg["data"].get("test"):
         notices.append("data.test: unused: trials are evaluated on data.validation")

@@ -55,6 +55,13 @@ class TrialFiles:
         """Written last, when the slot is done (the file Snakemake tracks)."""
         return self.dir / "metrics.json"
 
+    def read_metrics(self) -> dict:
+        """metrics.json as a dict; {} while there is none (not finished, or never run)."""
+        try:
+            return json.loads(self.metrics.read_text())
+        except (OSError, ValueError):
+            return {}
+
     @property
     def logs(self) -> Path:
         return self.dir / "logs"

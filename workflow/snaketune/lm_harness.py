@@ -71,7 +71,7 @@ def resolve_section(raw: dict, metric_names: list[str], base: Path, check_tasks:
     if include_path and not Path(include_path).is_dir():
         problems.append(f"lm_eval.include_path: {include_path} is not a folder (of lm-eval task YAML files)")
     if not wanted:
-        if any(v is not None for v in raw.values()) and (include or raw.get("limit") or raw.get("num_fewshot")):
+        if include or raw.get("limit") or raw.get("num_fewshot"):
             notices.append("lm_eval: unused: no lm_eval:<task>/<metric> is in tuning.evaluation_metrics")
         return params, problems, notices
     if importlib.util.find_spec("lm_eval") is None:

@@ -29,7 +29,8 @@ from snaketune.layout import StudyLayout, TrialFiles
 from snaketune.summary import clip, fmt, fmt_seconds, running_table, shown, trial_folder
 
 STATUS_EVERY_ENV = "SNAKETUNE_STATUS_EVERY"
-PREPARE_RULES = ("prepare_model", "prepare_data", "baseline")
+# Once-per-study rules whose start and end the console says (their outputs in `_rules`).
+WATCHED_RULES = ("prepare_model", "prepare_data", "baseline")
 
 
 def params_text(params: dict) -> str:
@@ -190,10 +191,10 @@ class ConsoleProgress:
             return False
 
     def _rules(self) -> None:
-        """A prepare step's start (its log appears) and end (its output appears)."""
+        """A watched rule's start (its log appears) and end (its output appears)."""
         outputs = {"prepare_model": self.layout.model_source, "prepare_data": self.layout.data_summary,
                    "baseline": self.layout.baseline.metrics}
-        for rule in PREPARE_RULES:
+        for rule in WATCHED_RULES:
             log, output = self.layout.rule_log(rule), outputs[rule]
             state = self.rules_seen.get(rule)
             if state is None and log.exists() and not output.exists():

@@ -6,7 +6,6 @@ never disagree.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -97,10 +96,7 @@ def trial_record(trial: optuna.trial.FrozenTrial, metrics: list[str], layout: St
 
 def base_model_values(layout: StudyLayout, metrics: list[str]) -> dict:
     """The untrained model's value of each objective it was scored on (rule baseline), or {}."""
-    try:
-        scored = json.loads(layout.baseline.metrics.read_text())
-    except (OSError, ValueError):
-        return {}
+    scored = layout.baseline.read_metrics()
     return {name: scored[name] for name in metrics if name in scored}
 
 

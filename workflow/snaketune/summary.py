@@ -158,11 +158,8 @@ def summary_table(layout: StudyLayout, study_name: str, metrics: list[str],
         lines.append(render_table(["", "value"], rows, indent="    "))
     if len(metrics) == 1 and layout.best_model.exists():
         lines.append(f"  best model: {shown(layout.best_model)}")
-    try:
-        baseline = json.loads(layout.baseline.metrics.read_text())
-    except (OSError, ValueError):  # no generation metric (no rule baseline), or not run yet
-        baseline = None
-    if baseline and "error" in baseline:
+    baseline = layout.baseline.read_metrics()  # {} without rule baseline, or before it ran
+    if "error" in baseline:
         lines.append(f"  the base model could not be scored ({' '.join(str(baseline['error']).split())[:200]}); "
                      f"delete {shown(layout.baseline.dir)} to try again")
     elif baseline:
@@ -291,21 +288,16 @@ _STATE_ORDER = {TrialState.COMPLETE: 0, TrialState.RUNNING: 1, TrialState.PRUNED
 def ranked(study: optuna.Study, trials: list[FrozenTrial]) -> list[FrozenTrial]:
     """`trials` of `study`, best first: the best trial (or the Pareto front, as Optuna finds it),
     then the other completed ones by their first objective in its direction, then running,
-    pruned (by the last value they reported, or their mean over the rows they answered) and
-    failed ones; ties by trial number."""
+    pruned (by the last value they reported) and failed ones; ties by trial number."""
     sign = -1.0 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1.0
     front = {t.number for t in best_trials(study)}
-    objective = studies.objective_names(study)[0]
 
     def key(trial: FrozenTrial):
         value = None
-        if trial.state == TrialState.COMPLETE and trial.values:
+        if trial.state in (TrialState.COMPLETE, TrialState.PRUNED) and trial.values:
+            # A pruned trial's is the value it reported last (Optuna's tell): at its last training
+            # step, or, pruned while generating, its mean over the rows it answered.
             value = trial.values[0]
-        elif trial.state == TrialState.PRUNED and studies.step_reports(trial):
-            steps = studies.step_reports(trial)
-            value = steps[max(steps)]
-        elif trial.state == TrialState.PRUNED:  # pruned while generating: its mean over the rows answered
-            value = trial.user_attrs.get("metrics", {}).get(objective)
         finite = value is not None and math.isfinite(value)
         return (_STATE_ORDER.get(trial.state, 4), trial.number not in front,
                 sign * value if finite else math.inf, trial.number)
