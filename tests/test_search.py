@@ -341,6 +341,48 @@ def test_a_budget_is_one_positive_amount_in_a_known_unit(workdir, budget, fragme
     assert any(problem.startswith(fragment) for problem in found), found
 
 
+@pytest.mark.parametrize("tuning, slots, said", [
+    # Unpruned 40-step trials: 960 steps pay for 24 of them.
+    ({"budget": {"trained_steps": 960}}, 24, "pays for at most 24 trials of 40 steps each"),
+    # Pruned at the first report (every quarter: 10 steps) at the least: 96 slots, the budget decides.
+    ({"budget": {"trained_steps": 960}, "pruner": "successive_halving"}, 96,
+     "pays for at most 96 trials of 10 steps or more"),
+    ({"budget": {"trained_steps": 100}, "pruner": "percentile", "report_every_steps": 15}, 7,
+     "pays for at most 7 trials of 15 steps or more"),
+    # n_trials written: a cap of the user's, whatever the budget.
+    ({"budget": {"trained_steps": 960}, "n_trials": 5}, 5, None),
+])
+def test_a_budget_without_n_trials_gets_the_slots_it_pays_for(workdir, tuning, slots, said):
+    """Not Oumi's default of 10 trials, which would leave most of a budget unspent unsaid."""
+    config = tiny_config(**tuning)
+    if "n_trials" not in tuning:
+        del config["tuning"]["n_trials"]
+    config["tuning"]["fixed_training_params"]["max_steps"] = 40
+    tune = load_tune_config(config, workdir)
+    assert tune.tuning.n_trials == slots
+    notices = [n for n in tune.notices if n.startswith("tuning.n_trials: not given")]
+    assert [said in n for n in notices] == ([True] if said else []), tune.notices
+
+
+@pytest.mark.parametrize("budget, max_steps, fragment", [
+    ({"trained_tokens": 500000}, 40, "how many trials a budget in trained_tokens pays for is known only as they run"),
+    ({"gpu_hours": 2}, 40, "how many trials a budget in gpu_hours pays for"),
+    ({"trained_steps": 960}, None, "the trials' length is not a fixed tuning.fixed_training_params.max_steps"),
+    ({"trained_steps": 10 ** 6}, 40, "pays for up to 25000 trials of 40 steps each, more than the 1000 slots"),
+])
+def test_a_budget_whose_trials_cannot_be_counted_asks_for_n_trials(workdir, budget, max_steps, fragment):
+    config = tiny_config(budget=budget)
+    del config["tuning"]["n_trials"]
+    del config["tuning"]["fixed_training_params"]["max_steps"]
+    if max_steps:
+        config["tuning"]["fixed_training_params"]["max_steps"] = max_steps
+    else:  # a tuned length: how many trials the budget pays for depends on the sampler
+        config["tuning"]["tunable_training_params"]["max_steps"] = {"type": "int", "low": 20, "high": 40}
+    found = problems(workdir, config)
+    assert any(p.startswith("tuning.n_trials: not given") and fragment in p and "set tuning.n_trials" in p
+               for p in found), found
+
+
 @pytest.mark.parametrize("change, path, fragment", [
     ({"tuner_sampler": "TPESampler", "sampler_kwargs": {"n_startup_trial": 3}},
      "tuning.sampler_kwargs.n_startup_trial", "did you mean 'n_startup_trials'"),

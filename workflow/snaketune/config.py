@@ -480,7 +480,7 @@ def _answer_directions(tuning: dict, directions_given: bool) -> list[str]:
 def _study_settings(tuning: dict, search_space: list[space.Parameter], metric_names: list[str],
                     custom: list[CustomMetric], problems: list[str], notices: list[str]) -> int:
     """Checks the tuner, sampler and pruner (appending to `problems`); returns n_trials (default
-    10, or the grid's size). A pruner without report_every_steps reports every quarter of a fixed
+    10, the grid's size, or with a compute budget the slots it pays for: _slots_for_budget). A pruner without report_every_steps reports every quarter of a fixed
     max_steps (strategy.default_report_every_steps), said in `notices`."""
     if str(tuning["tuner_type"]).upper() not in TUNER_TYPES:
         problems.append(f"tuning.tuner_type: unknown tuner type {tuning['tuner_type']!r}; "
@@ -529,7 +529,50 @@ def _study_settings(tuning: dict, search_space: list[space.Parameter], metric_na
                 tuning["report_every_steps"] = every
                 notices.append(f"tuning.report_every_steps: not given; the pruner is asked every {every} "
                                "steps (a quarter of max_steps)")
+    if tuning.get("n_trials") is None and grid_size is None and tuning["budget"] \
+            and not any(p.startswith("tuning.budget") for p in problems):
+        n_trials = _slots_for_budget(tuning, problems, notices) or n_trials
     return n_trials
+
+
+# The most trial slots a budget stands for when n_trials is not written: Snakemake creates a job
+# for every slot before the first one runs.
+MAX_BUDGET_SLOTS = 1000
+
+
+def _slots_for_budget(tuning: dict, problems: list[str], notices: list[str]) -> int | None:
+    """n_trials for a study with a compute budget and no n_trials: as many slots as the budget
+    pays for when every trial spends the least it can (its first report when a pruner can stop it
+    there, else max_steps), so the budget, not a default count, decides. None, with a problem, when
+    that is not known before the trials run (tokens, device hours, steps that are not a fixed
+    max_steps) or is more slots than MAX_BUDGET_SLOTS."""
+    (unit, amount), = tuning["budget"].items()
+    cap = "set tuning.n_trials as the cap on trial slots (e.g. n_trials: 100; the slots the budget does not reach finish as SKIPPED)"
+    if unit != "trained_steps":
+        problems.append(f"tuning.n_trials: not given, and how many trials a budget in {unit} pays for is "
+                        f"known only as they run: {cap}")
+        return None
+    max_steps = tuning["fixed_training_params"].get("max_steps")
+    if strategy.default_report_every_steps(max_steps) is None:  # not a fixed whole number of steps
+        problems.append("tuning.n_trials: not given, and the trials' length is not a fixed "
+                        "tuning.fixed_training_params.max_steps, so how many trials the budget "
+                        f"(trained_steps={amount}) pays for is unknown: {cap}")
+        return None
+    least, why = max_steps, f"{max_steps} steps each"
+    if tuning["pruner"] not in ("none", "wilcoxon") and tuning["report_every_steps"]:
+        # A trial stopped at its first report, or resumed after its last, trains that many steps.
+        least = min(max_steps, tuning["report_every_steps"])
+        why = f"{least} steps or more (a pruned trial's first report)"
+    slots = -(-amount // least)
+    if slots > MAX_BUDGET_SLOTS:
+        problems.append(f"tuning.n_trials: not given; the budget (trained_steps={amount}) pays for up to "
+                        f"{slots} trials of {why}, more than the {MAX_BUDGET_SLOTS} slots snaketune creates "
+                        "unasked: set tuning.n_trials as the cap")
+        return None
+    notices.append(f"tuning.n_trials: not given; the budget (trained_steps={amount}) pays for at most {slots} "
+                   f"trials of {why}, so there are {slots} trial slots and the budget decides how many run "
+                   "(the others finish as SKIPPED)")
+    return slots
 
 
 def _pause_settings(tuning: dict, problems: list[str], notices: list[str]) -> None:
