@@ -17,6 +17,8 @@ if GPU_SETTINGS.trials_per_gpu > 1 and GPU_LIMIT is not None and isinstance(GPU_
 # The budget a slot is skipped under (tuning.budget, timeout_minutes), as a file the trials take as
 # input: rewritten when the budget changes (the params trigger), it re-runs the slots skipped for
 # lack of budget (their metrics.json is older), and no other: for those it is ancient.
+# A shell command, not a run: block, which Snakemake runs in a new process that parses this
+# workflow again (3 s at every study's start, for one line of JSON).
 rule budget:
     output:
         str(LAYOUT.budget_record),
@@ -25,9 +27,9 @@ rule budget:
     log:
         str(LAYOUT.rule_log("budget")),
     localrule: True
-    run:
-        write_text(output[0], f"{params.budget}\n")
-        write_text(log[0], f"the trials run under {params.budget}\n")
+    shell:
+        "printf '%s\\n' {params.budget:q} > {output:q} && "
+        "printf 'the trials run under %s\\n' {params.budget:q} > {log:q}"
 
 
 # With a generation or lm-eval metric: the untrained model answers what the trials answer, scored the
