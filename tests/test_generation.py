@@ -170,7 +170,8 @@ def wilcoxon_study(tmp_path_factory):
     write_constant_answer(workdir / "data.jsonl")  # 32 training rows, 8 validation rows
     config = answers(n_trials=2, pruner="wilcoxon",
                      enqueue_trials=[{"learning_rate": 1e-2}, {"learning_rate": 1e-4}])
-    config["tuning"]["fixed_training_params"]["max_steps"] = 60
+    # 30 steps at a constant 1e-2 learn the answer (24 do, 20 do not: the margin is 6 steps).
+    config["tuning"]["fixed_training_params"].update(max_steps=30, lr_scheduler_type="constant")
     config["generation"] = {"max_new_tokens": 4, "batch_size": 2, "num_samples": 6}
     write_config(workdir, config)
     run = run_snakemake(workdir, cores=1)
@@ -377,7 +378,7 @@ def test_a_study_tunes_on_an_lm_eval_task(tmp_path):
     write_yes_task(tmp_path / "tasks")
     config = tiny_config(n_trials=1, evaluation_metrics=["lm_eval:yes_task/exact_match"],
                          evaluation_direction=["maximize"], enqueue_trials=[{"learning_rate": 1e-2}])
-    config["tuning"]["fixed_training_params"]["max_steps"] = 60
+    config["tuning"]["fixed_training_params"].update(max_steps=30, lr_scheduler_type="constant")  # as wilcoxon_study
     config["lm_eval"] = {"include_path": "tasks", "apply_chat_template": True, "batch_size": 3}
     write_config(tmp_path, config)
     run = run_snakemake(tmp_path)

@@ -27,6 +27,8 @@ rule budget:
     log:
         str(LAYOUT.rule_log("budget")),
     localrule: True
+    conda:
+        "../../envs/snaketune.yaml"
     shell:
         "printf '%s\\n' {params.budget:q} > {output:q} && "
         "printf 'the trials run under %s\\n' {params.budget:q} > {log:q}"
