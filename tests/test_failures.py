@@ -195,21 +195,29 @@ def test_a_changed_definition_is_refused_and_a_grown_budget_runs_only_the_new_sl
     assert "set a new tuning.output_dir" in message
     write_reverse_words(workdir / "data.jsonl")  # the data as it was
 
-    other_tokenizer = tiny_config(n_trials=2)
-    other_tokenizer["model"]["tokenizer_name"] = str(TINY_MODEL)
-    message = refused(other_tokenizer, "--dry-run")
-    assert "  - model: study 'snaketune'" in message and "different model (changed: tokenizer_name)" in message
-    message = refused(tiny_config(n_trials=2, fixed_peft_params={"lora_r": 4}), "--dry-run")
-    assert "tuning.fixed_peft_params: study 'snaketune'" in message
-
     space = tiny_config(n_trials=2)
     space["tuning"]["tunable_training_params"]["learning_rate"]["high"] = 0.5
-    message = refused(space)
+    message = refused(space)  # a real run, not a dry one: refused all the same
     assert "search space" in message and "learning_rate" in message and "tuning.output_dir" in message
-    message = refused(tiny_config(n_trials=2, evaluation_metrics=["eval_mean_token_accuracy"],
-                                  evaluation_direction=["maximize"]))
+
+    # The other parts of the definition, asked as the Snakefile asks (a snakemake start each is 7 s).
+    from snaketune.config import ConfigError, load_tune_config
+    from snaketune.study import definition_conflicts
+
+    def conflicts(config) -> str:
+        tune = load_tune_config(config, workdir)
+        return str(ConfigError(definition_conflicts(tune.tuning, tune.definition)))
+
+    other_tokenizer = tiny_config(n_trials=2)
+    other_tokenizer["model"]["tokenizer_name"] = str(TINY_MODEL)
+    message = conflicts(other_tokenizer)
+    assert "  - model: study 'snaketune'" in message and "different model (changed: tokenizer_name)" in message
+    message = conflicts(tiny_config(n_trials=2, fixed_peft_params={"lora_r": 4}))
+    assert "tuning.fixed_peft_params: study 'snaketune'" in message
+    message = conflicts(tiny_config(n_trials=2, evaluation_metrics=["eval_mean_token_accuracy"],
+                                    evaluation_direction=["maximize"]))
     assert "tuning.evaluation_metrics" in message
-    message = refused(tiny_config(n_trials=2, study_name="other"))
+    message = conflicts(tiny_config(n_trials=2, study_name="other"))
     assert "tuning.study_name" in message and "'snaketune'" in message and "new tuning.output_dir" in message
     assert StudyLayout(out).journal.read_bytes() == journal
 
