@@ -354,6 +354,28 @@ def test_lm_eval_objectives_are_checked_before_any_job(workdir, tuning, lm_eval,
     assert any(p.startswith(expected) for p in problems), problems
 
 
+def test_lm_eval_metric_names_are_checked_against_the_tasks_yaml_before_any_job(workdir):
+    """Each metric of each task as lm-eval keys its results (`<metric>,<filter>`), read from the
+    task's YAML at parse time, not after a trial has trained. One config (lm-eval indexes its
+    14,000 tasks in seconds each time)."""
+    write_yes_task(workdir / "tasks")
+    config = tiny_config(evaluation_metrics=["lm_eval:yes_task/accuracy", "lm_eval:yes_task/exact_match,strict-match",
+                                             "lm_eval:gsm8k/exact_match", "lm_eval:gsm8k/exact_macth,strict-match",
+                                             "lm_eval:yes_task/exact_match,none", "lm_eval:gsm8k/exact_match,flexible-extract"],
+                         evaluation_direction=["maximize"] * 6)
+    config["lm_eval"] = {"include_path": "tasks"}
+    problems = [p for p in problems_of(config, workdir) if p.startswith("tuning.evaluation_metrics[")]
+    assert problems == [
+        "tuning.evaluation_metrics[0]: lm-eval's task 'yes_task' has no metric 'accuracy'; it gives exact_match,none",
+        "tuning.evaluation_metrics[1]: lm-eval's task 'yes_task' has no filter 'strict-match'; it gives "
+        "exact_match,none",
+        "tuning.evaluation_metrics[2]: lm-eval's task 'gsm8k' gives 'exact_match' under 2 filters: name one, e.g. "
+        "'lm_eval:gsm8k/exact_match,strict-match' (it gives exact_match,strict-match, exact_match,flexible-extract)",
+        "tuning.evaluation_metrics[3]: lm-eval's task 'gsm8k' has no metric 'exact_macth' (did you mean "
+        "'exact_match'?); it gives exact_match,strict-match, exact_match,flexible-extract",
+    ], problems
+
+
 def test_lm_eval_scores_a_lora_model_as_it_is_in_memory(tmp_path):
     """lm-eval's HFLM takes the trial's model object (LoRA adapters on), and every metric of the
     task comes back under lm_eval:<task>/<metric>,<filter>, the objective under its own name."""

@@ -83,13 +83,45 @@ def resolve_section(raw: dict, metric_names: list[str], base: Path, check_tasks:
 
         from snaketune.errors import closest
 
-        known = TaskManager(include_path=include_path).all_tasks
+        manager = TaskManager(include_path=include_path)
+        known = manager.all_tasks
         for task, i in tasks.items():
             if task not in known:
                 problems.append(f"tuning.evaluation_metrics[{i}]: lm-eval has no task {task!r}{closest(task, known)}"
                                 + ("" if include_path else "; for a task of your own, put its YAML in a folder "
                                    "and give it as lm_eval.include_path"))
+        for i, name in wanted:
+            task, metric = split_name(name)
+            if task in known:
+                problem = metric_problem(task, metric, manager.task_index.get(task))
+                if problem:
+                    problems.append(f"tuning.evaluation_metrics[{i}]: {problem}")
     return params, problems, notices
+
+
+def metric_problem(task: str, metric: str, entry) -> str | None:
+    """What is wrong with `metric` (`<name>` or `<name>,<filter>`) for lm-eval's task, read from
+    its YAML (`entry`: an item of TaskManager.task_index) as lm-eval keys results: each metric of
+    `metric_list` under each filter of `filter_list` ("none" without one). None when it is one of
+    them, or when the YAML lists none (a group, a Python task, the output type's defaults): then
+    `evaluate` says it after training."""
+    from snaketune.errors import closest
+
+    config = getattr(entry, "cfg", None) or {}
+    listed = [m.get("metric") for m in config.get("metric_list") or [] if isinstance(m, dict)]
+    if not listed or not all(isinstance(m, str) and not m.startswith("!") for m in listed):
+        return None
+    filters = [f.get("name") for f in config.get("filter_list") or [] if isinstance(f, dict)] or ["none"]
+    name, comma, filter_name = metric.partition(",")
+    keys = ", ".join(f"{m},{f}" for m in listed for f in filters)
+    if name not in listed:
+        return f"lm-eval's task {task!r} has no metric {name!r}{closest(name, listed)}; it gives {keys}"
+    if comma and filter_name not in filters:
+        return f"lm-eval's task {task!r} has no filter {filter_name!r}{closest(filter_name, filters)}; it gives {keys}"
+    if not comma and len(filters) > 1:
+        return (f"lm-eval's task {task!r} gives {name!r} under {len(filters)} filters: name one, e.g. "
+                f"'lm_eval:{task}/{name},{filters[0]}' (it gives {keys})")
+    return None
 
 
 def evaluate(model, tokenizer, settings: LmEvalParams, metric_names: list[str], seed: int) -> dict[str, float]:
