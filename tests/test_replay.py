@@ -128,3 +128,48 @@ def test_the_default_percentile_pruner_stops_the_worst_quarter_and_keeps_a_slow_
     assert stopped(pruner="percentile") == {1e-4: None, 1e-3: None, 1e-2: None, 3e-2: 2, 1e-1: None}
     # The median of the three completed trials at step 2 is 2.5: the slow starter (2.6) is stopped.
     assert stopped(pruner="median", pruner_kwargs={"n_startup_trials": 3})[1e-1] == 2
+
+
+def test_the_shipped_successive_halving_pauses_a_slow_starter_and_resumes_it_once_eight_trials_reported(tmp_path):
+    """`pruner: successive_halving` as shipped (no pruner_kwargs, no report_every_steps: its first
+    rung at the first report, a quarter of max_steps; η 4; pausing), on eight hand-made curves run
+    in this order. At the first rung a trial goes on only if it is the best there until 8 trials
+    have reported (Optuna promotes the best n // η, at least 1); a paused trial is resumed once it is
+    among the best n // η of every value at its step (strategy.promotions)."""
+    curves = {1e-5: [3.0, 2.0, 1.0, 0.5],   # the first: goes on
+              2e-5: [2.5, 1.8, 1.2, 0.8],   # best at step 2 so far: goes on
+              5e-5: [2.6, 1.5, 0.9, 0.4],   # second at step 2, would finish best: paused
+              1e-4: [4.0, 3.5, 3.0, 2.5],
+              2e-4: [2.7, 2.6, 2.5, 2.4],
+              5e-4: [3.5, 3.2, 3.1, 3.0],
+              1e-3: [3.8, 3.6, 3.4, 3.2],
+              2e-3: [3.9, 3.7, 3.5, 3.3]}   # the eighth value at step 2: the best 2 are 2.5 and 2.6
+    rows = [{"params": {"learning_rate": lr}, "final": c[-1], "curve": {str(2 * (i + 1)): v for i, v in enumerate(c)}}
+            for lr, c in curves.items()]
+    path = tmp_path / "eight.json"
+    path.write_text(json.dumps({"max_steps": 8, "grid": {"learning_rate": list(curves)}, "default_space": {},
+                                "points": 8, "grid_points": 8, "rows": rows}))
+    eight = replay.Table(path)
+    config = tiny_config(tuner_sampler="GridSampler", n_trials=8, pruner="successive_halving",
+                         tunable_training_params={"learning_rate": {"type": "categorical", "choices": list(curves)}})
+    config["tuning"]["fixed_training_params"]["max_steps"] = 8
+    write_reverse_words(tmp_path / "data.jsonl")
+    shipped = load_tune_config(config, tmp_path).tuning
+    assert shipped.report_every_steps == 2 and not shipped.resume_pruned  # no pausing with a grid
+
+    killed = replay.replay_study(shipped, eight)
+    stopped = {t["point"]["learning_rate"]: t["stopped_at"] for t in killed.trials}
+    assert stopped == {1e-5: None, 2e-5: None, 5e-5: 2, 1e-4: 2, 2e-4: 2, 5e-4: 2, 1e-3: 2, 2e-3: 2}
+    assert killed.best == 0.5 and killed.stopped_the_best()  # 5e-5 would have finished at 0.4
+    assert killed.compute == 8 + 8 + 6 * 2
+
+    # Pausing, as the shipped default does without a grid (η 4; the replay's grid gives a resumed
+    # trial no slot of its own): after the eighth report at step 2, 5e-5 (2.6) is among the best
+    # 8 // 4 = 2 there and resumes from step 2 to the end, the only steps it trains again.
+    paused = replay.replay_study(dataclasses.replace(shipped, resume_pruned=4), eight)
+    attempts = [(t["point"]["learning_rate"], t["resumed_from"], t["stopped_at"]) for t in paused.trials]
+    assert [a for a in attempts if a[1] == 0] == [(lr, 0, None if lr in (1e-5, 2e-5) else 2) for lr in curves]
+    assert [a for a in attempts if a[1] != 0] == [(5e-5, 2, None)]
+    assert paused.best == 0.4 and not paused.stopped_the_best()
+    assert paused.compute == killed.compute + 6
+    assert paused.compute_to_reach(0.4) == paused.compute  # resumed last: not due before the eighth report
