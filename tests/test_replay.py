@@ -44,6 +44,28 @@ def tuning(tmp_path, **settings):
                                                                       "choices": list(CURVES)}})
 
 
+def curve_table(tmp_path, curves: dict) -> replay.Table:
+    """A table of {learning_rate: eval_loss at steps 2, 4, 6, 8}, one grid point each."""
+    rows = [{"params": {"learning_rate": lr}, "final": c[-1], "curve": {str(2 * (i + 1)): v for i, v in enumerate(c)}}
+            for lr, c in curves.items()]
+    path = tmp_path / f"curves{len(curves)}.json"
+    path.write_text(json.dumps({"max_steps": 8, "grid": {"learning_rate": list(curves)}, "default_space": {},
+                                "points": len(curves), "grid_points": len(curves), "rows": rows}))
+    return replay.Table(path)
+
+
+def shipped_tuning(tmp_path, curves: dict, **settings):
+    """The resolved tuning of a grid over the curves' learning rates, 8 steps a trial, with only
+    `settings` written: snaketune's defaults for the rest (report_every_steps: a quarter, 2)."""
+    config = tiny_config(tuner_sampler="GridSampler", n_trials=len(curves), **settings,
+                         tunable_training_params={"learning_rate": {"type": "categorical", "choices": list(curves)}})
+    config["tuning"]["fixed_training_params"]["max_steps"] = 8
+    write_reverse_words(tmp_path / "data.jsonl")
+    tuning = load_tune_config(config, tmp_path).tuning
+    assert tuning.report_every_steps == 2
+    return tuning
+
+
 def test_unpruned_trials_run_to_the_end_in_slot_order(tmp_path, table):
     result = replay.replay_study(tuning(tmp_path), table)
     assert [t["point"]["learning_rate"] for t in result.trials] == list(CURVES)  # the grid, slot by slot
@@ -109,20 +131,10 @@ def test_the_default_percentile_pruner_stops_the_worst_quarter_and_keeps_a_slow_
     curves = {1e-4: [3.0, 2.0, 1.0, 0.5], 1e-3: [2.5, 1.8, 1.2, 0.8], 1e-2: [2.0, 1.5, 1.3, 1.1],
               3e-2: [4.0, 3.0, 2.5, 2.2],   # worst at every step: stopped at the first report
               1e-1: [2.6, 1.9, 1.1, 0.6]}   # starts slow, finishes second best
-    rows = [{"params": {"learning_rate": lr}, "final": c[-1], "curve": {str(2 * (i + 1)): v for i, v in enumerate(c)}}
-            for lr, c in curves.items()]
-    path = tmp_path / "five.json"
-    path.write_text(json.dumps({"max_steps": 8, "grid": {"learning_rate": list(curves)}, "default_space": {},
-                                "points": 5, "grid_points": 5, "rows": rows}))
-    five = replay.Table(path)
+    five = curve_table(tmp_path, curves)
 
     def stopped(**settings) -> dict:
-        config = tiny_config(tuner_sampler="GridSampler", n_trials=5, **settings,
-                             tunable_training_params={"learning_rate": {"type": "categorical", "choices": list(curves)}})
-        config["tuning"]["fixed_training_params"]["max_steps"] = 8
-        write_reverse_words(tmp_path / "data.jsonl")
-        tuning = load_tune_config(config, tmp_path).tuning
-        assert tuning.report_every_steps == 2
+        tuning = shipped_tuning(tmp_path, curves, **settings)
         return {t["point"]["learning_rate"]: t["stopped_at"] for t in replay.replay_study(tuning, five).trials}
 
     assert stopped(pruner="percentile") == {1e-4: None, 1e-3: None, 1e-2: None, 3e-2: 2, 1e-1: None}
@@ -144,18 +156,9 @@ def test_the_shipped_successive_halving_pauses_a_slow_starter_and_resumes_it_onc
               5e-4: [3.5, 3.2, 3.1, 3.0],
               1e-3: [3.8, 3.6, 3.4, 3.2],
               2e-3: [3.9, 3.7, 3.5, 3.3]}   # the eighth value at step 2: the best 2 are 2.5 and 2.6
-    rows = [{"params": {"learning_rate": lr}, "final": c[-1], "curve": {str(2 * (i + 1)): v for i, v in enumerate(c)}}
-            for lr, c in curves.items()]
-    path = tmp_path / "eight.json"
-    path.write_text(json.dumps({"max_steps": 8, "grid": {"learning_rate": list(curves)}, "default_space": {},
-                                "points": 8, "grid_points": 8, "rows": rows}))
-    eight = replay.Table(path)
-    config = tiny_config(tuner_sampler="GridSampler", n_trials=8, pruner="successive_halving",
-                         tunable_training_params={"learning_rate": {"type": "categorical", "choices": list(curves)}})
-    config["tuning"]["fixed_training_params"]["max_steps"] = 8
-    write_reverse_words(tmp_path / "data.jsonl")
-    shipped = load_tune_config(config, tmp_path).tuning
-    assert shipped.report_every_steps == 2 and not shipped.resume_pruned  # no pausing with a grid
+    eight = curve_table(tmp_path, curves)
+    shipped = shipped_tuning(tmp_path, curves, pruner="successive_halving")
+    assert not shipped.resume_pruned  # no pausing with a grid
 
     killed = replay.replay_study(shipped, eight)
     stopped = {t["point"]["learning_rate"]: t["stopped_at"] for t in killed.trials}
