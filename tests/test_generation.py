@@ -18,7 +18,7 @@ from workflow_helpers import (
 
 from snaketune import generation
 from snaketune.config import ConfigError, load_tune_config
-from snaketune.layout import StudyLayout
+from snaketune.layout import StudyLayout, read_loss_curve
 
 
 def problems_of(config, workdir) -> list[str]:
@@ -79,6 +79,18 @@ def test_greedy_decoding_says_which_sampling_settings_go_unused(workdir):
     assert "generation.temperature: unused: decoding is greedy (set use_sampling: true to sample)" in notices
     assert "generation.top_p: unused: decoding is greedy (set use_sampling: true to sample)" in notices
     assert "generation.tool_choice: unused: a trial's model is offered no tools" in notices
+
+
+def test_learning_curves_without_a_pruner_go_with_an_objective_computed_after_training(workdir):
+    for first, kind in (("rougeL", "a generation metric"), ("accuracy", "a custom metric")):
+        (workdir / "task_metric.py").write_text("def accuracy(**kwargs):\n    return 1.0\n")
+        tune = load_tune_config(tiny_config(evaluation_metrics=[first], evaluation_direction=["maximize"],
+                                            report_every_steps=1, custom_eval_metrics=[
+                                                {"name": "accuracy", "function": "task_metric.accuracy"}]), workdir)
+        assert tune.tuning.report_every_steps == 1
+        assert (f"tuning.report_every_steps: the evaluations every 1 steps go to each trial's loss curve only "
+                f"(logs/loss_curve.csv, the report's learning curves); the trial's value, {first!r}, is {kind}, "
+                "computed once after training") in tune.notices
 
 
 @pytest.mark.parametrize("tuning, expected", [
@@ -298,12 +310,17 @@ def test_the_word_problems_study_runs_on_answer_accuracy(tmp_path):
     shutil.copytree(REPO / "config" / "word_problems", tmp_path / "config" / "word_problems")
     config = yaml.safe_load((REPO / "config" / "word_problems.yaml").read_text())
     config["model"] = tiny_config()["model"]
-    config["tuning"].update(n_trials=1)
+    # report_every_steps without a pruner: learning curves, while the value is the answers' score.
+    config["tuning"].update(n_trials=1, report_every_steps=1)
     config["tuning"]["fixed_training_params"].update(max_steps=2)
     config["generation"].update(max_new_tokens=8, num_samples=4)
     write_config(tmp_path, config)
     run = run_snakemake(tmp_path)
+    assert "the evaluations every 1 steps go to each trial's loss curve only" in run.stderr
     layout = StudyLayout(tmp_path / "word_problems_output")
+    assert [row["step"] for row in read_loss_curve(layout.trial(0).loss_curve, "eval_loss")] == [1, 2]
+    (trial,) = load_study(tmp_path / "word_problems_output", "word_problems").trials
+    assert trial.intermediate_values == {}  # an eval_loss is no math_answer
     table = pd.read_csv(layout.results_csv)
     assert table.loc[0, "state"] == "COMPLETE" and table.loc[0, "generation_rows"] == 4
     assert table.loc[0, "math_answer"] == json.loads(layout.trial(0).metrics.read_text())["values"]["math_answer"]

@@ -514,12 +514,16 @@ def _study_settings(tuning: dict, search_space: list[space.Parameter], metric_na
         kind = ("a custom metric" if first in {c.name for c in custom}
                 else "a generation metric" if first in scoring.GENERATION_METRICS
                 else "an lm-eval metric" if first and lm_harness.is_lm_eval_metric(first) else None)
-        if kind:
+        if kind and tuning["pruner"] != "none":
             problems.append(f"tuning.evaluation_metrics[0]: {first!r} is {kind}, computed once after "
-                            "training; pruning and report_every_steps need a metric the evaluation "
-                            "produces at every report (eval_loss, eval_mean_token_accuracy)"
+                            "training; a pruner needs a metric the evaluation produces at every report "
+                            "(eval_loss, eval_mean_token_accuracy)"
                             + ("; or prune on its per-row scores with pruner: wilcoxon"
                                if kind == "a generation metric" else ""))
+        elif kind:  # no pruner: the evaluations are learning curves, the objective is computed after
+            notices.append(f"tuning.report_every_steps: the evaluations every {tuning['report_every_steps']} "
+                           f"steps go to each trial's loss curve only (logs/loss_curve.csv, the report's "
+                           f"learning curves); the trial's value, {first!r}, is {kind}, computed once after training")
         if tuning["pruner"] != "none" and not tuning["report_every_steps"]:
             every = strategy.default_report_every_steps(tuning["fixed_training_params"].get("max_steps"))
             if every is None:
