@@ -9,7 +9,7 @@ the trials in the order they finished) each needed to come within 1% of the unpr
 share of the baseline's. Appends rows to bench/RESULTS.md.
 
     python bench/pruning.py [--seeds 1 2 3] [--n-trials 24] [--arms asha4_pause] [--model tiny] [--cores 2]
-                            [--extend-from 12]
+                            [--parallel 1] [--extend-from 12]
 
 `--extend-from 12` starts a larger baseline from copies of the 12-trial studies instead of from
 nothing: a grown budget runs only the new slots, and 12 finished trials are as good a start of a
@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from common import REPO, TINY_MODEL, append_results, run_snakemake
@@ -83,30 +84,38 @@ def main() -> None:
     parser.add_argument("--n-trials", type=int, default=24, help="the unpruned baseline's trials")
     parser.add_argument("--model", choices=["smollm2", "tiny"], default="smollm2")
     parser.add_argument("--arms", nargs="+", choices=sorted(ARMS), default=["asha4_pause"])
-    parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--cores", type=int, default=2, help="per study")
+    parser.add_argument("--parallel", type=int, default=1, help="seeds run side by side")
     parser.add_argument("--extend-from", type=int, metavar="N",
                         help="start the baseline from copies of the N-trial baselines of the same seeds")
     parser.add_argument("--workdir", type=Path, default=REPO / "bench" / "out" / "pruning")
     args = parser.parse_args()
 
-    rows = []
-    for seed in args.seeds:
+    def run_seed(seed: int) -> list[dict]:
+        """The seed's baseline, then each arm at its compute: one row per arm."""
         workdir = args.workdir / f"{args.model}_{args.n_trials}_unpruned_seed{seed}"
         smaller = args.workdir / f"{args.model}_{args.extend_from}_unpruned_seed{seed}"
         if args.extend_from and not workdir.exists() and smaller.exists():
             shutil.copytree(smaller, workdir, symlinks=True)
         base = run_study(workdir, study_config(seed, args.n_trials, "unpruned", args.model), args.cores)
         target = base["best_eval_loss"] * (1 + WITHIN)
+        seed_rows = []
         for arm in args.arms:
             config = study_config(seed, args.n_trials, arm, args.model, budget_steps=base["trained_steps"])
             pruned = run_study(args.workdir / f"{args.model}_{args.n_trials}_{arm}_seed{seed}", config, args.cores)
-            rows.append({"seed": seed, "arm": arm,
-                         **{f"unpruned_{k}": v for k, v in base.items() if k != "progress"},
-                         **{f"pruned_{k}": v for k, v in pruned.items() if k != "progress"},
-                         "gain": base["best_eval_loss"] - pruned["best_eval_loss"],
-                         "reach": pruned["progress"].compute_to_reach(target) / base["trained_steps"],
-                         "unpruned_reach": base["progress"].compute_to_reach(target) / base["trained_steps"]})
-            print(json.dumps(rows[-1]), flush=True)
+            seed_rows.append({"seed": seed, "arm": arm,
+                              **{f"unpruned_{k}": v for k, v in base.items() if k != "progress"},
+                              **{f"pruned_{k}": v for k, v in pruned.items() if k != "progress"},
+                              "gain": base["best_eval_loss"] - pruned["best_eval_loss"],
+                              "reach": pruned["progress"].compute_to_reach(target) / base["trained_steps"],
+                              "unpruned_reach": base["progress"].compute_to_reach(target) / base["trained_steps"]})
+            print(json.dumps(seed_rows[-1]), flush=True)
+        return seed_rows
+
+    # Seeds side by side (--parallel), each study on --cores: on 2 cores, two one-thread studies
+    # train more per hour than one two-thread study (bench/scaling.py: 1.39x on the tiny model).
+    with ThreadPoolExecutor(max_workers=args.parallel) as pool:  # each study is a snakemake process
+        rows = [row for seed_rows in pool.map(run_seed, args.seeds) for row in seed_rows]
 
     lines = [
         "| seed | arm | unpruned best eval_loss | pruned best eval_loss | unpruned − pruned | "
@@ -128,7 +137,7 @@ def main() -> None:
                      f"(per seed {', '.join(f'{g:+.4f}' for g in gains)}); compute to within 1% of the "
                      f"unpruned best, median {reach[len(reach) // 2]:.2f} of the baseline's.")
     append_results(f"Pruning at equal compute ({args.model}, {args.n_trials}-trial baseline, "
-                   f"{args.cores} cores per study)", "pruning.py", lines)
+                   f"{args.cores} cores per study, {args.parallel} at a time)", "pruning.py", lines)
 
 
 if __name__ == "__main__":
