@@ -88,8 +88,8 @@ def test_learning_curves_without_a_pruner_go_with_an_objective_computed_after_tr
                                             report_every_steps=1, custom_eval_metrics=[
                                                 {"name": "accuracy", "function": "task_metric.accuracy"}]), workdir)
         assert tune.tuning.report_every_steps == 1
-        assert (f"tuning.report_every_steps: the evaluations every 1 steps go to each trial's loss curve only "
-                f"(logs/loss_curve.csv, the report's learning curves); the trial's value, {first!r}, is {kind}, "
+        assert (f"tuning.report_every_steps: the evaluations every 1 steps are recorded in each trial's loss "
+                f"curve only (eval_loss in logs/loss_curve.csv); the trial's value, {first!r}, is {kind}, "
                 "computed once after training") in tune.notices
 
 
@@ -310,13 +310,13 @@ def test_the_word_problems_study_runs_on_answer_accuracy(tmp_path):
     shutil.copytree(REPO / "config" / "word_problems", tmp_path / "config" / "word_problems")
     config = yaml.safe_load((REPO / "config" / "word_problems.yaml").read_text())
     config["model"] = tiny_config()["model"]
-    # report_every_steps without a pruner: learning curves, while the value is the answers' score.
+    # report_every_steps without a pruner: eval_loss curves, while the value is the answers' score.
     config["tuning"].update(n_trials=1, report_every_steps=1)
     config["tuning"]["fixed_training_params"].update(max_steps=2)
     config["generation"].update(max_new_tokens=8, num_samples=4)
     write_config(tmp_path, config)
     run = run_snakemake(tmp_path)
-    assert "the evaluations every 1 steps go to each trial's loss curve only" in run.stderr
+    assert "the evaluations every 1 steps are recorded in each trial's loss curve only" in run.stderr
     layout = StudyLayout(tmp_path / "word_problems_output")
     assert [row["step"] for row in read_loss_curve(layout.trial(0).loss_curve, "eval_loss")] == [1, 2]
     (trial,) = load_study(tmp_path / "word_problems_output", "word_problems").trials

@@ -522,8 +522,8 @@ def _study_settings(tuning: dict, search_space: list[space.Parameter], metric_na
                                if kind == "a generation metric" else ""))
         elif kind:  # no pruner: the evaluations are learning curves, the objective is computed after
             notices.append(f"tuning.report_every_steps: the evaluations every {tuning['report_every_steps']} "
-                           f"steps go to each trial's loss curve only (logs/loss_curve.csv, the report's "
-                           f"learning curves); the trial's value, {first!r}, is {kind}, computed once after training")
+                           f"steps are recorded in each trial's loss curve only (eval_loss in logs/loss_curve.csv); "
+                           f"the trial's value, {first!r}, is {kind}, computed once after training")
         if tuning["pruner"] != "none" and not tuning["report_every_steps"]:
             every = strategy.default_report_every_steps(tuning["fixed_training_params"].get("max_steps"))
             if every is None:
