@@ -480,8 +480,9 @@ def _answer_directions(tuning: dict, directions_given: bool) -> list[str]:
 def _study_settings(tuning: dict, search_space: list[space.Parameter], metric_names: list[str],
                     custom: list[CustomMetric], problems: list[str], notices: list[str]) -> int:
     """Checks the tuner, sampler and pruner (appending to `problems`); returns n_trials (default
-    10, the grid's size, or with a compute budget the slots it pays for: _slots_for_budget). A pruner without report_every_steps reports every quarter of a fixed
-    max_steps (strategy.default_report_every_steps), said in `notices`."""
+    10, the grid's size, or with a compute budget the slots it pays for: _slots_for_budget). A
+    pruner without report_every_steps reports every quarter of a fixed max_steps
+    (strategy.default_report_every_steps), said in `notices`."""
     if str(tuning["tuner_type"]).upper() not in TUNER_TYPES:
         problems.append(f"tuning.tuner_type: unknown tuner type {tuning['tuner_type']!r}; "
                         "snaketune supports OPTUNA")

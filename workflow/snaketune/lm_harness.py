@@ -83,19 +83,17 @@ def resolve_section(raw: dict, metric_names: list[str], base: Path, check_tasks:
 
         from snaketune.errors import closest
 
-        manager = TaskManager(include_path=include_path)
-        known = manager.all_tasks
+        index = TaskManager(include_path=include_path).task_index  # {task, group or tag name: its YAML}
         for task, i in tasks.items():
-            if task not in known:
-                problems.append(f"tuning.evaluation_metrics[{i}]: lm-eval has no task {task!r}{closest(task, known)}"
+            if task not in index:
+                problems.append(f"tuning.evaluation_metrics[{i}]: lm-eval has no task {task!r}{closest(task, index)}"
                                 + ("" if include_path else "; for a task of your own, put its YAML in a folder "
                                    "and give it as lm_eval.include_path"))
         for i, name in wanted:
             task, metric = split_name(name)
-            if task in known:
-                problem = metric_problem(task, metric, manager.task_index.get(task))
-                if problem:
-                    problems.append(f"tuning.evaluation_metrics[{i}]: {problem}")
+            problem = metric_problem(task, metric, index[task]) if task in index else None
+            if problem:
+                problems.append(f"tuning.evaluation_metrics[{i}]: {problem}")
     return params, problems, notices
 
 
