@@ -8,6 +8,11 @@ seed the best eval_loss each reached at equal compute, and the compute (trained 
 the trials in the order they finished) each needed to come within 1% of the unpruned best, as a
 share of the baseline's. Appends rows to bench/RESULTS.md.
 
+Each seed's row is kept in bench/data/pruning_confirmation.jsonl (with its date, machine and
+versions) as soon as that seed's studies finish, and a seed already kept there is not run again: at
+hours a seed on 2 CPU cores, the confirmation spans sessions, and the studies in bench/out/ may not
+outlive one. The RESULTS section is built from every kept row of the seeds asked for.
+
     python bench/pruning.py [--seeds 1 2 3] [--n-trials 24] [--arms asha4_pause] [--model tiny] [--cores 2]
                             [--parallel 1] [--extend-from 12]
 
@@ -23,12 +28,14 @@ model they used.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import shutil
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from common import REPO, TINY_MODEL, append_results, run_snakemake
+from common import REPO, TINY_MODEL, append_results, machine, run_snakemake
 from replay import ARMS as REPLAY_ARMS
 from replay import WITHIN, StudyResult
 
@@ -41,6 +48,26 @@ ARMS = {name: arm for name, arm in REPLAY_ARMS.items() if name != "none"}
 
 
 CAP = 4  # a pruned arm's n_trials, as a multiple of the baseline's: its budget decides
+RECORD = REPO / "bench" / "data" / "pruning_confirmation.jsonl"
+_record_lock = threading.Lock()  # seeds run side by side (--parallel) and each keeps its rows
+
+
+def kept_rows(record: Path, model: str, n_trials: int) -> dict[tuple[int, str], dict]:
+    """The rows already kept in `record` for this model and baseline size, by (seed, arm); the
+    newest one where a seed and arm were kept twice."""
+    rows = {}
+    if record.exists():
+        for line in record.read_text().splitlines():
+            row = json.loads(line)
+            if row["model"] == model and row["n_trials"] == n_trials:
+                rows[row["seed"], row["arm"]] = row
+    return rows
+
+
+def keep_row(record: Path, row: dict) -> None:
+    """Appends one finished seed-and-arm row to `record` (one JSON object per line)."""
+    with _record_lock, open(record, "a") as f:
+        f.write(json.dumps(row) + "\n")
 
 
 def study_config(seed: int, n_trials: int, arm: str, model: str, budget_steps: int | None = None) -> dict:
@@ -89,10 +116,18 @@ def main() -> None:
     parser.add_argument("--extend-from", type=int, metavar="N",
                         help="start the baseline from copies of the N-trial baselines of the same seeds")
     parser.add_argument("--workdir", type=Path, default=REPO / "bench" / "out" / "pruning")
+    parser.add_argument("--record", type=Path, default=RECORD, help="where each finished seed's rows are kept")
     args = parser.parse_args()
 
+    kept = kept_rows(args.record, args.model, args.n_trials)
+
     def run_seed(seed: int) -> list[dict]:
-        """The seed's baseline, then each arm at its compute: one row per arm."""
+        """The seed's baseline, then each arm at its compute: one row per arm, each kept in --record."""
+        if all((seed, arm) in kept for arm in args.arms):
+            print(f"seed {seed}: kept in {args.record} already "
+                  f"({', '.join(sorted({kept[seed, arm]['date'] for arm in args.arms}))}); not run again",
+                  flush=True)
+            return [kept[seed, arm] for arm in args.arms]
         workdir = args.workdir / f"{args.model}_{args.n_trials}_unpruned_seed{seed}"
         smaller = args.workdir / f"{args.model}_{args.extend_from}_unpruned_seed{seed}"
         if args.extend_from and not workdir.exists() and smaller.exists():
@@ -103,12 +138,15 @@ def main() -> None:
         for arm in args.arms:
             config = study_config(seed, args.n_trials, arm, args.model, budget_steps=base["trained_steps"])
             pruned = run_study(args.workdir / f"{args.model}_{args.n_trials}_{arm}_seed{seed}", config, args.cores)
-            seed_rows.append({"seed": seed, "arm": arm,
+            seed_rows.append({"seed": seed, "arm": arm, "model": args.model, "n_trials": args.n_trials,
+                              "date": str(datetime.date.today()), "machine": machine(),
+                              "cores": args.cores, "parallel": args.parallel,
                               **{f"unpruned_{k}": v for k, v in base.items() if k != "progress"},
                               **{f"pruned_{k}": v for k, v in pruned.items() if k != "progress"},
                               "gain": base["best_eval_loss"] - pruned["best_eval_loss"],
                               "reach": pruned["progress"].compute_to_reach(target) / base["trained_steps"],
                               "unpruned_reach": base["progress"].compute_to_reach(target) / base["trained_steps"]})
+            keep_row(args.record, seed_rows[-1])
             print(json.dumps(seed_rows[-1]), flush=True)
         return seed_rows
 
@@ -124,10 +162,13 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['seed']} | {r['arm']} | {r['unpruned_best_eval_loss']:.4f} | "
+        lines.append(f"| {r['seed']} ({r['date']}) | {r['arm']} | {r['unpruned_best_eval_loss']:.4f} | "
                      f"{r['pruned_best_eval_loss']:.4f} | {r['gain']:+.4f} | {r['reach']:.2f} "
                      f"({r['unpruned_reach']:.2f}) | {r['unpruned_trained_steps']}, {r['pruned_trained_steps']} | "
                      f"{r['pruned_pruned']} / {r['pruned_resumed']} / {r['pruned_trials']} |")
+    here = machine()
+    lines += [f"\nSeed {r['seed']} was measured on another machine: {r['machine']}, {r['cores']} cores per study, "
+              f"{r['parallel']} at a time" for r in rows if r["machine"] != here]
     for arm in args.arms:
         arm_rows = [r for r in rows if r["arm"] == arm]
         gains = sorted(r["gain"] for r in arm_rows)
