@@ -105,6 +105,28 @@ def test_status_counts_every_state_and_shows_running_progress(tmp_path, capsys):
     assert row[5] != "-"  # an ETA
 
 
+@pytest.mark.parametrize(("tuning", "slots"), [
+    ({"budget": {"trained_steps": 80}}, 8),  # 80 steps pay for 8 trials of max_steps 10
+    ({"budget": {"trained_steps": 80}, "pruner": "successive_halving", "report_every_steps": 5}, 16),
+    ({}, 10),  # Oumi's default n_trials
+    ({"n_trials": 7, "budget": {"trained_steps": 80}}, 7),  # written: the cap
+])
+def test_status_counts_the_slots_the_run_created_when_n_trials_is_not_written(tmp_path, capsys, tuning, slots):
+    """`N of M trial(s)`: M as the run resolved n_trials (a budget's slots, the default), which
+    the YAML alone does not say; status is given no config here, as a user types it."""
+    from snaketune.config import load_tune_config
+    from snaketune.study import open_study
+
+    config = tiny_config(**{"fixed_training_params": {"max_steps": 10}, **tuning})
+    if "n_trials" not in tuning:
+        del config["tuning"]["n_trials"]
+    write_reverse_words(tmp_path / "data.jsonl")
+    resolved = load_tune_config(config, tmp_path, validated=True).tuning  # valid: no TRL checks
+    open_study(resolved).ask()  # as a trial job of the run opens it and asks
+    assert cli.main(["status", resolved.output_dir]) == 0
+    assert f"1 of {slots} trial(s) started" in capsys.readouterr().out
+
+
 def test_status_without_a_journal_says_so(tmp_path, capsys):
     assert cli.main(["status", str(tmp_path)]) == 1
     assert "no journal at" in capsys.readouterr().err

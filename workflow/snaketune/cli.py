@@ -202,7 +202,7 @@ def objective_names(study, config: dict | None) -> list[str]:
 
 
 def cmd_status(args) -> int:
-    from snaketune.study import load_study
+    from snaketune.study import SLOTS_ATTR, load_study
     from snaketune.summary import status_table
 
     output_dir = Path(args.output_dir)
@@ -210,7 +210,9 @@ def cmd_status(args) -> int:
     tuning = (config or {}).get("tuning") or {}
     while True:
         study = load_study(output_dir, args.study_name)
-        text = status_table(study, StudyLayout(output_dir), n_trials=tuning.get("n_trials"),
+        # The slots the last run created (a study from before they were recorded: as written).
+        n_trials = study.user_attrs.get(SLOTS_ATTR) or tuning.get("n_trials")
+        text = status_table(study, StudyLayout(output_dir), n_trials=n_trials,
                             max_steps=_fixed_max_steps(config),
                             metrics=objective_names(study, config))
         if args.watch is None:

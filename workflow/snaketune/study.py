@@ -402,6 +402,8 @@ def open_study(tuning: TuningParams, slot: int = 0, storage: JournalStorage | No
         study.set_user_attr(DEFINITION_ATTR, wanted)
     if STARTED_ATTR not in study.user_attrs:  # the clock of tuning.timeout_minutes
         study.set_user_attr(STARTED_ATTR, time.time())
+    if study.user_attrs.get(SLOTS_ATTR) != tuning.n_trials:  # what the last run created
+        study.set_user_attr(SLOTS_ATTR, tuning.n_trials)
     if study.metric_names is None:  # every reader (status, plots, dashboard) names objectives so
         with warnings.catch_warnings():  # experimental since Optuna 3.2, unchanged since
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -513,6 +515,9 @@ def _storage(study: optuna.Study):
 
 
 STARTED_ATTR = "snaketune_started_at"
+# The run's trial slots (n_trials as resolved: written, a budget's, the grid's or the default 10),
+# for `snaketune status`: the YAML alone does not say them.
+SLOTS_ATTR = "snaketune_trial_slots"
 RUN_STARTED_ENV = "SNAKETUNE_RUN_STARTED"
 
 
