@@ -65,6 +65,8 @@ def test_generation_metrics_are_objectives_with_their_settings_in_the_definition
     ({"exclude_prompt_from_response": False}, "generation.exclude_prompt_from_response: false"),
     ({"top_p": 1.5, "use_sampling": True, "temperature": 0.7}, "generation.top_p: 1.5 is greater than the maximum"),
     ({"max_tokens": 8}, "generation.max_tokens: unknown key (did you mean 'max_new_tokens'?)"),
+    # the tiny model's config: max_position_embeddings 2048, for a prompt and its answer together
+    ({"max_new_tokens": 2048}, "generation.max_new_tokens: 2048 tokens, but the model has 2048 positions"),
 ])
 def test_bad_generation_settings_are_refused_by_path(workdir, section, expected):
     config = answers()
@@ -159,6 +161,57 @@ def test_batched_left_padded_generation_answers_as_one_prompt_at_a_time(tmp_path
     assert sorted(outputs[1]) == [0, 1, 2, 3]
     assert all(outputs[1].values()) and len(set(outputs[1].values())) == 4
     assert outputs[4] == outputs[1]
+
+
+def tiny_generation_params(**changed) -> "generation.GenerationParams":
+    settings = dict(max_new_tokens=6, batch_size=4, num_samples=None, use_sampling=False, temperature=0.0,
+                    top_p=None, min_p=0.0, num_beams=1, stop_strings=None, stop_token_ids=None, seed=None,
+                    use_cache=True, skip_special_tokens=True)
+    return generation.GenerationParams(**{**settings, **changed})
+
+
+@pytest.mark.parametrize("architecture", ["gpt2", "llama"])
+def test_a_prompt_past_the_models_positions_is_cut_from_the_left(tmp_path, architecture):
+    """A prompt that with its answer would pass the model's positions keeps its last positions −
+    max_new_tokens tokens (lm-eval's rule for a context) and is answered as those tokens alone.
+    With absolute position embeddings (GPT-2) the whole prompt failed the trial (an index past
+    the embedding table); with rotary ones (Llama) it was answered past its positions."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPT2Config
+
+    tokenizer = AutoTokenizer.from_pretrained(TINY_MODEL)
+    special = dict(eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
+                   pad_token_id=tokenizer.pad_token_id)
+    if architecture == "gpt2":
+        config = GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=16, n_layer=1, n_head=2,
+                            initializer_range=1.0, **special)
+    else:
+        config = AutoConfig.from_pretrained(TINY_MODEL, max_position_embeddings=64, initializer_range=1.0)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    question = "Count on: " + " ".join(str(k) for k in range(40))
+    rows = [{"prompt": tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
+                                                     add_generation_prompt=True), "completion": "41"}
+            for q in (question, "Hi")]
+    ids = tokenizer(rows[0]["prompt"], add_special_tokens=False)["input_ids"]
+    assert len(ids) > 64 > len(tokenizer(rows[1]["prompt"], add_special_tokens=False)["input_ids"]) + 6
+    path = tmp_path / "generations.jsonl"
+    produced, _ = generation.evaluate_generation(model, tokenizer, rows, tiny_generation_params(), seed=1,
+                                                 objective="exact_match", out_path=path)
+    written = {r["row"]: r for r in map(json.loads, path.read_text().splitlines())}
+    assert produced["generation_rows"] == 2 and produced["generation_prompts_cut"] == 1
+    assert [written[0]["prompt_tokens_cut"], written[1]["prompt_tokens_cut"]] == [len(ids) - 58, 0]
+    assert written[0]["prompt"] == rows[0]["prompt"]  # the record keeps the whole prompt
+    with torch.inference_mode():  # the last 58 tokens alone, with no padding beside them
+        alone = model.generate(torch.tensor([ids[-58:]]), max_new_tokens=6, do_sample=False,
+                               pad_token_id=tokenizer.pad_token_id)[0, 58:].tolist()
+    stops = {tokenizer.eos_token_id, tokenizer.pad_token_id}
+    alone = alone[:next((k for k, t in enumerate(alone) if t in stops), len(alone))]
+    assert written[0]["output"] == tokenizer.decode(alone, skip_special_tokens=True).strip()
+    # An answer that alone fills the positions leaves no room for a prompt: said, by its name.
+    with pytest.raises(ValueError, match="generation.max_new_tokens: 64 tokens, but the model has 64 positions"):
+        generation.evaluate_generation(model, tokenizer, rows, tiny_generation_params(max_new_tokens=64),
+                                       seed=1, objective="exact_match", out_path=path)
 
 
 def test_the_same_rows_are_drawn_for_every_trial():

@@ -395,7 +395,9 @@ def _library_problems(resolved: TuningConfig, tuning: dict) -> list[str]:
          if p["target"] == "target_modules"), "tuning.fixed_peft_params.lora_target_modules")
     problems = model.library_problems(resolved.model, lora_configs, lora_path,
                                       needs_chat_template=data.needs_chat_template(resolved.data),
-                                      prepared=resolved.tuning.layout.model_source)
+                                      prepared=resolved.tuning.layout.model_source,
+                                      answer_tokens=resolved.generation.max_new_tokens
+                                      if resolved.uses_generation else None)
     if resolved.uses_generation:
         problems += generation.library_problems(resolved.generation)
     return problems + data.hub_problems(resolved.data)

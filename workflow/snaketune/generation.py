@@ -7,8 +7,12 @@ many validation rows are generated for. Every trial generates for the same rows,
 as training formatted it (the chat template up to the answer, with the generation prompt:
 data.tokenize_row), batched with left padding and the KV cache, in eval mode, on the trial's device.
 
+A prompt that with max_new_tokens would pass the model's positions is cut from the left (the
+question and the generation prompt at its end are kept), as lm-eval cuts a context.
+
 A trial writes `trial_<i>/logs/generations.jsonl` (one line per row: row, prompt, reference,
-output, score: of the first generation objective, scores: every built-in metric). With `tuning.pruner:
+output, score: of the first generation objective, scores: every built-in metric,
+prompt_tokens_cut). With `tuning.pruner:
 wilcoxon` it reports each row's score to the journal with the row's index as the step, and asks
 Optuna's WilcoxonPruner after each batch whether it is worse than the best trial with significance
 (paired by row); a pruned trial stops generating there.
@@ -24,6 +28,7 @@ import time
 from pathlib import Path
 
 from snaketune import scoring
+from snaketune.model import position_limit
 from snaketune.records import Record, section
 
 # Oumi's GenerationParams fields transformers' generate has no counterpart for (they belong to
@@ -180,6 +185,22 @@ def selected_rows(candidates, num_samples: int | None, seed: int) -> list[int]:
     return sorted(random.Random(seed).sample(candidates, num_samples))
 
 
+def prompt_token_limit(model, max_new_tokens: int) -> int | None:
+    """Tokens a prompt may keep so that it and its answer fit the model's positions
+    (model.position_limit of its config) less max_new_tokens, as lm-eval's Hugging Face model cuts
+    a context to its max_length less max_gen_toks. None when the config names no limit. A prompt
+    past it would fail in the trial (absolute position embeddings have no row for it) or be
+    answered past what the model was trained on (rotary ones). Raises ValueError when
+    max_new_tokens alone fills the positions (checked at parse time too: model.library_problems)."""
+    positions = position_limit(model.config)
+    if positions is None:
+        return None
+    if max_new_tokens >= positions:
+        raise ValueError(f"generation.max_new_tokens: {max_new_tokens} tokens, but the model has "
+                         f"{positions} positions for a prompt and its answer together: lower it")
+    return positions - max_new_tokens
+
+
 def evaluate_generation(model, tokenizer, rows, params: GenerationParams, *, seed: int,
                         objective: str | None, out_path: Path, trial=None, prune: bool = False
                         ) -> tuple[dict[str, float], str | None]:
@@ -187,7 +208,9 @@ def evaluate_generation(model, tokenizer, rows, params: GenerationParams, *, see
     `completion`) and score it; returns (metrics, why it was pruned or None).
 
     metrics: the mean of each built-in metric (scoring.SCORERS) over the rows generated for, and
-    `generation_rows`, `generation_new_tokens`, `generation_seconds`, `generation_tokens_per_second`.
+    `generation_rows`, `generation_new_tokens`, `generation_seconds`, `generation_tokens_per_second`,
+    `generation_prompts_cut` (prompts longer than prompt_token_limit, cut from the left: the end,
+    with the question and the generation prompt, is kept).
     `objective`: the built-in metric written as each row's `score` and reported to `trial` (the
     first objective), or None. `prune`: report each row's score with its row index as the step and
     ask the trial's pruner (Optuna's WilcoxonPruner) after each batch; a pruned trial reports its
@@ -209,6 +232,8 @@ def evaluate_generation(model, tokenizer, rows, params: GenerationParams, *, see
     if tokenizer.pad_token_id is None:  # model.load_tokenizer gives one; a custom caller may not
         tokenizer.pad_token = tokenizer.eos_token
     padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"  # answers start after the prompts
+    truncation_side, tokenizer.truncation_side = tokenizer.truncation_side, "left"  # keep the question
+    limit = prompt_token_limit(model, params.max_new_tokens)
     kwargs = params.generate_kwargs()
     if params.stop_strings:
         kwargs["tokenizer"] = tokenizer  # generate needs it to find the strings
@@ -227,19 +252,23 @@ def evaluate_generation(model, tokenizer, rows, params: GenerationParams, *, see
     was_training = model.training
     model.eval()
     scores: dict[str, list[float]] = {name: [] for name in scoring.SCORERS}
-    new_tokens, seconds, reason = 0, 0.0, None
+    new_tokens, seconds, reason, cut = 0, 0.0, None, 0
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with open(out_path, "w") as out, torch.inference_mode():
         for start in range(0, len(indices), params.batch_size):
             batch = indices[start:start + params.batch_size]
             # The prompts are chat-template text already (special tokens included), as training saw them.
-            encoded = tokenizer([rows[i]["prompt"] for i in batch], return_tensors="pt", padding=True,
-                                add_special_tokens=False).to(model.device)
+            prompts = [rows[i]["prompt"] for i in batch]
+            lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+            encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False,
+                                truncation=limit is not None, max_length=limit).to(model.device)
             began = time.perf_counter()
             generated = model.generate(**encoded, pad_token_id=tokenizer.pad_token_id, **kwargs)
             seconds += time.perf_counter() - began
             answers = generated[:, encoded["input_ids"].shape[1]:]
-            for i, answer in zip(batch, answers):
+            for i, answer, length in zip(batch, answers, lengths):
+                prompt_cut = max(0, length - limit) if limit is not None else 0
+                cut += bool(prompt_cut)
                 # An answer ends at its first end-of-sequence (or pad) token; what follows is padding.
                 ends = [k for k, token in enumerate(answer.tolist()) if token in stops]
                 answer = answer[:ends[0]] if ends else answer
@@ -250,7 +279,7 @@ def evaluate_generation(model, tokenizer, rows, params: GenerationParams, *, see
                     scores[name].append(value)
                 out.write(json.dumps({"row": i, "prompt": rows[i]["prompt"], "reference": rows[i]["completion"],
                                       "output": output, "score": row_scores.get(objective),
-                                      "scores": row_scores}) + "\n")
+                                      "scores": row_scores, "prompt_tokens_cut": prompt_cut}) + "\n")
                 if prune and trial is not None:
                     trial.report(row_scores[objective], i)
             out.flush()
@@ -264,11 +293,16 @@ def evaluate_generation(model, tokenizer, rows, params: GenerationParams, *, see
                           "rows (Wilcoxon signed-rank test against the best trial)")
                 break
             print(f"snaketune: generated {done}/{len(indices)} answers", file=sys.stderr, flush=True)
-    tokenizer.padding_side = padding_side  # as custom metrics, called next, expect it
+    tokenizer.padding_side, tokenizer.truncation_side = padding_side, truncation_side  # as custom metrics expect
+    if cut:
+        print(f"snaketune: generation: {cut} of {len(scores[next(iter(scores))])} prompts were longer than "
+              f"{limit} tokens (the model's positions less generation.max_new_tokens) and were cut from "
+              "the left", file=sys.stderr, flush=True)
     if was_training:
         model.train()
     produced = {name: statistics.fmean(values) for name, values in scores.items()}
     produced.update(generation_rows=len(scores[next(iter(scores))]), generation_new_tokens=new_tokens,
                     generation_seconds=round(seconds, 3),
-                    generation_tokens_per_second=round(new_tokens / seconds, 2) if seconds else 0.0)
+                    generation_tokens_per_second=round(new_tokens / seconds, 2) if seconds else 0.0,
+                    generation_prompts_cut=cut)
     return produced, reason

@@ -160,14 +160,17 @@ WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")
 
 
 def library_problems(model: ModelParams, lora_configs: list, lora_path: str,
-                     needs_chat_template: bool, prepared: Path | None = None) -> list[str]:
+                     needs_chat_template: bool, prepared: Path | None = None,
+                     answer_tokens: int | None = None) -> list[str]:
     """What transformers and PEFT will say about the model, found at parse time without loading
     weights: a hub id that cannot be reached (nor is cached), a local directory that is not a
     model or has no weights while `load_pretrained_weights` is true, LoRA target modules the model
     does not have (checked on the model built on the meta device, from its config, against each
     (LoraConfig, YAML path of the tunable parameter varied or None) in `lora_configs`; target
     modules reported under `lora_path`), and a tokenizer without the chat
-    template chat rows need (`needs_chat_template`). Returns 'yaml.path: what is wrong' lines.
+    template chat rows need (`needs_chat_template`), and `answer_tokens` (generation.max_new_tokens,
+    when answers are generated) that fill the model's positions alone (position_limit).
+    Returns 'yaml.path: what is wrong' lines.
     Takes seconds: a GGUF file's metadata is read, not its tensors, and not even that when the
     study's prepared model (`prepared`, its source.json) was converted from the same file."""
     from snaketune import hub
@@ -199,13 +202,23 @@ def library_problems(model: ModelParams, lora_configs: list, lora_path: str,
         source = read_source(prepared)
         if source.get("gguf_file") == model.gguf_file:  # converted already: a plain HF folder
             model = replace(model, model_name=source["path"], gguf_file=None)
-    if model.gguf_file and (lora_configs or model.freeze_layers or (needs_chat_template and not model.tokenizer_name)):
+    wants_config = bool(lora_configs or model.freeze_layers or answer_tokens)
+    if model.gguf_file and (wants_config or (needs_chat_template and not model.tokenizer_name)):
         # One read of the GGUF metadata gives both the config and the chat template (seconds).
         from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
         gguf = load_gguf_checkpoint(model.gguf_file, return_tensors=False)
-    if lora_configs or model.freeze_layers:
-        problems += _lora_target_problems(model, gguf, lora_configs, lora_path)
+    if wants_config:
+        config, problem = _read_config(model, gguf)
+        if problem:
+            return [problem]
+        if lora_configs or model.freeze_layers:
+            problems += _lora_target_problems(model, config, lora_configs, lora_path)
+        positions = position_limit(config)
+        if answer_tokens and positions is not None and answer_tokens >= positions:
+            problems.append(f"generation.max_new_tokens: {answer_tokens} tokens, but the model has {positions} "
+                            "positions for a prompt and its answer together: lower it (a prompt longer than "
+                            "the positions less max_new_tokens is cut from the left)")
     if needs_chat_template:
         problems += _chat_template_problems(model, gguf, trust)
     return problems
@@ -219,24 +232,36 @@ def _cached_hub_id(name: str) -> bool:
     return not Path(name).exists() and hub.in_cache(name, "model")
 
 
-def _lora_target_problems(model: ModelParams, gguf: dict | None, lora_configs: list,
-                          lora_path: str) -> list[str]:
+def position_limit(config) -> int | None:
+    """The positions a transformers model config gives a sequence (prompt and answer together):
+    max_position_embeddings, or n_positions in GPT-2-style configs; None when it names neither."""
+    return next((value for name in ("max_position_embeddings", "n_positions")
+                 if isinstance(value := getattr(config, name, None), int) and value > 0), None)
+
+
+def _read_config(model: ModelParams, gguf: dict | None):
+    """(the model's transformers config, None), read without its weights (from the GGUF metadata
+    `gguf` when given), or (None, the problem)."""
+    from transformers import AutoConfig
+
+    try:
+        if gguf is not None:
+            return AutoConfig.for_model(**gguf["config"]), None
+        return AutoConfig.from_pretrained(model.model_name, trust_remote_code=bool(model.trust_remote_code),
+                                          local_files_only=_cached_hub_id(model.model_name)), None
+    except Exception as error:
+        return None, (f"model.model_name: transformers cannot read the model's config: "
+                      f"{type(error).__name__}: {error}")
+
+
+def _lora_target_problems(model: ModelParams, config, lora_configs: list, lora_path: str) -> list[str]:
     import warnings
 
     import torch
     from peft import get_peft_model
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     trust = bool(model.trust_remote_code)
-    try:
-        if gguf is not None:
-            config = AutoConfig.for_model(**gguf["config"])
-        else:
-            config = AutoConfig.from_pretrained(model.model_name, trust_remote_code=trust,
-                                                local_files_only=_cached_hub_id(model.model_name))
-    except Exception as error:
-        return [f"model.model_name: transformers cannot read the model's config: "
-                f"{type(error).__name__}: {error}"]
     problems = []
     if model.freeze_layers:
         with torch.device("meta"), warnings.catch_warnings():
