@@ -8,10 +8,11 @@ seed the best eval_loss each reached at equal compute, and the compute (trained 
 the trials in the order they finished) each needed to come within 1% of the unpruned best, as a
 share of the baseline's. Appends rows to bench/RESULTS.md.
 
-Each seed's row is kept in bench/data/pruning_confirmation.jsonl (with its date, machine and
-versions) as soon as that seed's studies finish, and a seed already kept there is not run again: at
-hours a seed on 2 CPU cores, the confirmation spans sessions, and the studies in bench/out/ may not
-outlive one. The RESULTS section is built from every kept row of the seeds asked for.
+Each seed's row for an arm is kept in bench/data/pruning_confirmation.jsonl (with its date,
+machine, versions and the arm's settings) as soon as that arm's study finishes, and a seed whose
+every asked arm is kept there, with the same settings, is not run again: at hours a seed on 2 CPU
+cores, the confirmation spans sessions, and the studies in bench/out/ may not outlive one. The
+RESULTS section is built from the kept rows of the seeds asked for.
 
     python bench/pruning.py [--seeds 1 2 3] [--n-trials 24] [--arms asha4_pause] [--model tiny] [--cores 2]
                             [--parallel 1] [--extend-from 12]
@@ -53,13 +54,17 @@ _record_lock = threading.Lock()  # seeds run side by side (--parallel) and each 
 
 
 def kept_rows(record: Path, model: str, n_trials: int) -> dict[tuple[int, str], dict]:
-    """The rows already kept in `record` for this model and baseline size, by (seed, arm); the
-    newest one where a seed and arm were kept twice."""
+    """The rows already kept in `record` for this model and baseline size and the arms' present
+    settings (ARMS), by (seed, arm); the newest one where a seed and arm were kept twice. A line cut
+    short (a session that ended mid-write) is passed over."""
     rows = {}
     if record.exists():
         for line in record.read_text().splitlines():
-            row = json.loads(line)
-            if row["model"] == model and row["n_trials"] == n_trials:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if (row["model"], row["n_trials"]) == (model, n_trials) and row.get("arm_settings") == ARMS.get(row["arm"]):
                 rows[row["seed"], row["arm"]] = row
     return rows
 
@@ -138,7 +143,8 @@ def main() -> None:
         for arm in args.arms:
             config = study_config(seed, args.n_trials, arm, args.model, budget_steps=base["trained_steps"])
             pruned = run_study(args.workdir / f"{args.model}_{args.n_trials}_{arm}_seed{seed}", config, args.cores)
-            seed_rows.append({"seed": seed, "arm": arm, "model": args.model, "n_trials": args.n_trials,
+            seed_rows.append({"seed": seed, "arm": arm, "arm_settings": ARMS[arm], "model": args.model,
+                              "n_trials": args.n_trials,
                               "date": str(datetime.date.today()), "machine": machine(),
                               "cores": args.cores, "parallel": args.parallel,
                               **{f"unpruned_{k}": v for k, v in base.items() if k != "progress"},
@@ -166,9 +172,10 @@ def main() -> None:
                      f"{r['pruned_best_eval_loss']:.4f} | {r['gain']:+.4f} | {r['reach']:.2f} "
                      f"({r['unpruned_reach']:.2f}) | {r['unpruned_trained_steps']}, {r['pruned_trained_steps']} | "
                      f"{r['pruned_pruned']} / {r['pruned_resumed']} / {r['pruned_trials']} |")
-    here = machine()
-    lines += [f"\nSeed {r['seed']} was measured on another machine: {r['machine']}, {r['cores']} cores per study, "
-              f"{r['parallel']} at a time" for r in rows if r["machine"] != here]
+    setups = {r["seed"]: (r["machine"], r["cores"], r["parallel"]) for r in rows}
+    lines += [f"\nSeed {seed} was measured with another setup: {setup[0]}; {setup[1]} cores per study, "
+              f"{setup[2]} at a time" for seed, setup in setups.items()
+              if setup != (machine(), args.cores, args.parallel)]
     for arm in args.arms:
         arm_rows = [r for r in rows if r["arm"] == arm]
         gains = sorted(r["gain"] for r in arm_rows)

@@ -210,8 +210,10 @@ def cmd_status(args) -> int:
     tuning = (config or {}).get("tuning") or {}
     while True:
         study = load_study(output_dir, args.study_name)
-        # The slots the last run created (a study from before they were recorded: as written).
-        n_trials = study.user_attrs.get(SLOTS_ATTR) or tuning.get("n_trials")
+        # n_trials as written in a config given with -c, else the slots the last run created (or,
+        # in a study from before they were recorded, as its kept config writes it).
+        n_trials = ((tuning.get("n_trials") if args.config else None) or study.user_attrs.get(SLOTS_ATTR)
+                    or tuning.get("n_trials"))
         text = status_table(study, StudyLayout(output_dir), n_trials=n_trials,
                             max_steps=_fixed_max_steps(config),
                             metrics=objective_names(study, config))

@@ -7,8 +7,8 @@ many validation rows are generated for. Every trial generates for the same rows,
 as training formatted it (the chat template up to the answer, with the generation prompt:
 data.tokenize_row), batched with left padding and the KV cache, in eval mode, on the trial's device.
 
-A prompt that with max_new_tokens would pass the model's positions is cut from the left (the
-question and the generation prompt at its end are kept), as lm-eval cuts a context.
+A prompt that with max_new_tokens would pass the model's positions is cut from the left (its end,
+where the question and the generation prompt are, is kept), as lm-eval cuts a context.
 
 A trial writes `trial_<i>/logs/generations.jsonl` (one line per row: row, prompt, reference,
 output, score: of the first generation objective, scores: every built-in metric,
@@ -231,9 +231,9 @@ def evaluate_generation(model, tokenizer, rows, params: GenerationParams, *, see
         indices.sort(key=lambda i: -len(rows[i]["prompt"]))
     if tokenizer.pad_token_id is None:  # model.load_tokenizer gives one; a custom caller may not
         tokenizer.pad_token = tokenizer.eos_token
-    padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"  # answers start after the prompts
-    truncation_side, tokenizer.truncation_side = tokenizer.truncation_side, "left"  # keep the question
     limit = prompt_token_limit(model, params.max_new_tokens)
+    padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"  # answers start after the prompts
+    truncation_side, tokenizer.truncation_side = tokenizer.truncation_side, "left"  # keep the prompt's end
     kwargs = params.generate_kwargs()
     if params.stop_strings:
         kwargs["tokenizer"] = tokenizer  # generate needs it to find the strings

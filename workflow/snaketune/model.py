@@ -208,10 +208,10 @@ def library_problems(model: ModelParams, lora_configs: list, lora_path: str,
         from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
         gguf = load_gguf_checkpoint(model.gguf_file, return_tensors=False)
-    if wants_config:
-        config, problem = _read_config(model, gguf)
-        if problem:
-            return [problem]
+    config, problem = _read_config(model, gguf) if wants_config else (None, None)
+    if problem:  # the checks that need the config are not made; the chat template's still is
+        problems.append(problem)
+    elif wants_config:
         if lora_configs or model.freeze_layers:
             problems += _lora_target_problems(model, config, lora_configs, lora_path)
         positions = position_limit(config)
@@ -232,11 +232,20 @@ def _cached_hub_id(name: str) -> bool:
     return not Path(name).exists() and hub.in_cache(name, "model")
 
 
+# The names transformers configs give the positions a sequence may take, most common first (as
+# lm-eval's Hugging Face model reads them): n_positions in GPT-2-style configs, n_ctx in older ones,
+# seq_length in ChatGLM's.
+POSITION_FIELDS = ("max_position_embeddings", "n_positions", "n_ctx", "seq_length")
+
+
 def position_limit(config) -> int | None:
-    """The positions a transformers model config gives a sequence (prompt and answer together):
-    max_position_embeddings, or n_positions in GPT-2-style configs; None when it names neither."""
-    return next((value for name in ("max_position_embeddings", "n_positions")
-                 if isinstance(value := getattr(config, name, None), int) and value > 0), None)
+    """The positions a transformers model config gives a sequence (prompt and answer together),
+    from its text model's config for a multimodal one; None when it names none (POSITION_FIELDS).
+    A config that extends its positions by rope_scaling keeps the original number here, as lm-eval
+    reads it too: prompts are then cut sooner than the model could take them."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return next((value for name in POSITION_FIELDS
+                 if isinstance(value := getattr(text, name, None), int) and value > 0), None)
 
 
 def _read_config(model: ModelParams, gguf: dict | None):
