@@ -15,7 +15,7 @@ cores, the confirmation spans sessions, and the studies in bench/out/ may not ou
 RESULTS section is built from the kept rows of the seeds asked for.
 
     python bench/pruning.py [--seeds 1 2 3] [--n-trials 24] [--arms asha4_pause] [--model tiny] [--cores 2]
-                            [--parallel 1] [--extend-from 12]
+                            [--parallel 1] [--pruned-slots 1] [--extend-from 12]
 
 `--extend-from 12` starts a larger baseline from copies of the 12-trial studies instead of from
 nothing: a grown budget runs only the new slots, and 12 finished trials are as good a start of a
@@ -87,11 +87,13 @@ def study_config(seed: int, n_trials: int, arm: str, model: str, budget_steps: i
     return config
 
 
-def run_study(workdir: Path, config: dict, cores: int) -> dict:
+def run_study(workdir: Path, config: dict, cores: int, slots: int = 1) -> dict:
     """Runs (or continues) the study; what it reached: its best eval_loss, the trained steps of
     every trial, how many were pruned or resumed, and `progress`: the best so far against the steps
     spent as its trials finished (replay.StudyResult, as the replay records a study)."""
-    run_snakemake(workdir, config, "all", cores=cores)
+    # `slots` trials side by side, the cores shared among them, as `--resources gpu=N` runs them
+    # (on a CPU too: snaketune tune --gpus N).
+    run_snakemake(workdir, config, "all", *(["--resources", f"gpu={slots}"] if slots > 1 else []), cores=cores)
     from optuna.trial import TrialState
 
     from snaketune.study import load_study
@@ -118,6 +120,8 @@ def main() -> None:
     parser.add_argument("--arms", nargs="+", choices=sorted(ARMS), default=["asha4_pause"])
     parser.add_argument("--cores", type=int, default=2, help="per study")
     parser.add_argument("--parallel", type=int, default=1, help="seeds run side by side")
+    parser.add_argument("--pruned-slots", type=int, default=1,
+                        help="trials a pruned arm's study runs side by side (the baseline runs one at a time)")
     parser.add_argument("--extend-from", type=int, metavar="N",
                         help="start the baseline from copies of the N-trial baselines of the same seeds")
     parser.add_argument("--workdir", type=Path, default=REPO / "bench" / "out" / "pruning")
@@ -142,11 +146,12 @@ def main() -> None:
         seed_rows = []
         for arm in args.arms:
             config = study_config(seed, args.n_trials, arm, args.model, budget_steps=base["trained_steps"])
-            pruned = run_study(args.workdir / f"{args.model}_{args.n_trials}_{arm}_seed{seed}", config, args.cores)
+            pruned = run_study(args.workdir / f"{args.model}_{args.n_trials}_{arm}_seed{seed}", config, args.cores,
+                               args.pruned_slots)
             seed_rows.append({"seed": seed, "arm": arm, "arm_settings": ARMS[arm], "model": args.model,
                               "n_trials": args.n_trials,
                               "date": str(datetime.date.today()), "machine": machine(),
-                              "cores": args.cores, "parallel": args.parallel,
+                              "cores": args.cores, "parallel": args.parallel, "pruned_slots": args.pruned_slots,
                               **{f"unpruned_{k}": v for k, v in base.items() if k != "progress"},
                               **{f"pruned_{k}": v for k, v in pruned.items() if k != "progress"},
                               "gain": base["best_eval_loss"] - pruned["best_eval_loss"],
@@ -172,10 +177,10 @@ def main() -> None:
                      f"{r['pruned_best_eval_loss']:.4f} | {r['gain']:+.4f} | {r['reach']:.2f} "
                      f"({r['unpruned_reach']:.2f}) | {r['unpruned_trained_steps']}, {r['pruned_trained_steps']} | "
                      f"{r['pruned_pruned']} / {r['pruned_resumed']} / {r['pruned_trials']} |")
-    setups = {r["seed"]: (r["machine"], r["cores"], r["parallel"]) for r in rows}
+    setups = {r["seed"]: (r["machine"], r["cores"], r["parallel"], r.get("pruned_slots", 1)) for r in rows}
     lines += [f"\nSeed {seed} was measured with another setup: {setup[0]}; {setup[1]} cores per study, "
-              f"{setup[2]} at a time" for seed, setup in setups.items()
-              if setup != (machine(), args.cores, args.parallel)]
+              f"{setup[2]} seeds at a time, {setup[3]} pruned trial(s) side by side" for seed, setup in setups.items()
+              if setup != (machine(), args.cores, args.parallel, args.pruned_slots)]
     for arm in args.arms:
         arm_rows = [r for r in rows if r["arm"] == arm]
         gains = sorted(r["gain"] for r in arm_rows)
@@ -185,7 +190,8 @@ def main() -> None:
                      f"(per seed {', '.join(f'{g:+.4f}' for g in gains)}); compute to within 1% of the "
                      f"unpruned best, median {reach[len(reach) // 2]:.2f} of the baseline's.")
     append_results(f"Pruning at equal compute ({args.model}, {args.n_trials}-trial baseline, "
-                   f"{args.cores} cores per study, {args.parallel} at a time)", "pruning.py", lines)
+                   f"{args.cores} cores per study, {args.parallel} at a time, "
+                   f"{args.pruned_slots} pruned trial(s) side by side)", "pruning.py", lines)
 
 
 if __name__ == "__main__":
