@@ -69,6 +69,22 @@ def kept_rows(record: Path, model: str, n_trials: int) -> dict[tuple[int, str], 
     return rows
 
 
+def kept_baseline(record: Path, model: str, n_trials: int, seed: int) -> dict | None:
+    """The unpruned baseline's numbers of `seed` from any kept row of this model and baseline size
+    (each row carries them), or None: a new arm on a kept seed is compared with the same baseline
+    without training it again (an hour on 2 CPU cores)."""
+    if not record.exists():
+        return None
+    for line in reversed(record.read_text().splitlines()):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if (row["model"], row["n_trials"], row["seed"]) == (model, n_trials, seed):
+            return row
+    return None
+
+
 def keep_row(record: Path, row: dict) -> None:
     """Appends one finished seed-and-arm row to `record` (one JSON object per line)."""
     with _record_lock, open(record, "a") as f:
@@ -119,6 +135,8 @@ def main() -> None:
     parser.add_argument("--model", choices=["smollm2", "tiny"], default="smollm2")
     parser.add_argument("--arms", nargs="+", choices=sorted(ARMS), default=["asha4_pause"])
     parser.add_argument("--cores", type=int, default=2, help="per study")
+    parser.add_argument("--baseline-cores", type=int, help="the unpruned baseline's cores (default: --cores), "
+                        "e.g. 1 while another study shares the machine")
     parser.add_argument("--parallel", type=int, default=1, help="seeds run side by side")
     parser.add_argument("--pruned-slots", type=int, default=1,
                         help="trials a pruned arm's study runs side by side (the baseline runs one at a time)")
@@ -141,22 +159,32 @@ def main() -> None:
         smaller = args.workdir / f"{args.model}_{args.extend_from}_unpruned_seed{seed}"
         if args.extend_from and not workdir.exists() and smaller.exists():
             shutil.copytree(smaller, workdir, symlinks=True)
-        base = run_study(workdir, study_config(seed, args.n_trials, "unpruned", args.model), args.cores)
+        kept_base = None if workdir.exists() else kept_baseline(args.record, args.model, args.n_trials, seed)
+        if kept_base:
+            print(f"seed {seed}: the unpruned baseline kept in {args.record} ({kept_base['date']}); not run again",
+                  flush=True)
+            base = {k.removeprefix("unpruned_"): v for k, v in kept_base.items() if k.startswith("unpruned_")}
+        else:
+            base = run_study(workdir, study_config(seed, args.n_trials, "unpruned", args.model),
+                             args.baseline_cores or args.cores)
+            base["reach"] = base["progress"].compute_to_reach(base["best_eval_loss"] * (1 + WITHIN))
+            base["reach"] /= base["trained_steps"]
         target = base["best_eval_loss"] * (1 + WITHIN)
-        seed_rows = []
-        for arm in args.arms:
+        seed_rows = [kept[seed, arm] for arm in args.arms if (seed, arm) in kept]
+        for arm in (arm for arm in args.arms if (seed, arm) not in kept):
             config = study_config(seed, args.n_trials, arm, args.model, budget_steps=base["trained_steps"])
             pruned = run_study(args.workdir / f"{args.model}_{args.n_trials}_{arm}_seed{seed}", config, args.cores,
                                args.pruned_slots)
             seed_rows.append({"seed": seed, "arm": arm, "arm_settings": ARMS[arm], "model": args.model,
                               "n_trials": args.n_trials,
                               "date": str(datetime.date.today()), "machine": machine(),
-                              "cores": args.cores, "parallel": args.parallel, "pruned_slots": args.pruned_slots,
-                              **{f"unpruned_{k}": v for k, v in base.items() if k != "progress"},
+                              "cores": args.cores, "baseline_cores": args.baseline_cores or args.cores,
+                              "parallel": args.parallel, "pruned_slots": args.pruned_slots,
+                              **{f"unpruned_{k}": v for k, v in base.items() if k not in ("progress", "reach")},
                               **{f"pruned_{k}": v for k, v in pruned.items() if k != "progress"},
                               "gain": base["best_eval_loss"] - pruned["best_eval_loss"],
                               "reach": pruned["progress"].compute_to_reach(target) / base["trained_steps"],
-                              "unpruned_reach": base["progress"].compute_to_reach(target) / base["trained_steps"]})
+                              "unpruned_reach": base["reach"]})
             keep_row(args.record, seed_rows[-1])
             print(json.dumps(seed_rows[-1]), flush=True)
         return seed_rows

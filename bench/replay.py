@@ -97,6 +97,10 @@ ARMS.update({
                     "pruner_kwargs": {"min_resource": 10, "reduction_factor": 2}},
     "asha4_pause": {"pruner": "successive_halving", "report_every_steps": 10, "resume_pruned": 4,
                     "pruner_kwargs": {"min_resource": 10, "reduction_factor": 4}},
+    # A later first rung, pausing the worse half at step 20: the candidate for slow starters
+    # (bench/RESULTS.md, the real-workflow confirmation's seed 1).
+    "asha2_r20_pause": {"pruner": "successive_halving", "report_every_steps": 10, "resume_pruned": 2,
+                        "pruner_kwargs": {"min_resource": 20, "reduction_factor": 2}},
     # The same with Optuna's min_resource "auto" (1% of the first completed trial's steps: step 1),
     # what `pruner: successive_halving` ran before its first rung became the first report.
     "asha4_auto_pause": {"pruner": "successive_halving", "report_every_steps": 10, "resume_pruned": 4,
