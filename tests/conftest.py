@@ -15,22 +15,26 @@ if str(WORKFLOW_DIR) not in sys.path:
 
 # The hub ids tests write (the seed's model and a hub dataset) as a Hugging Face cache holds them:
 # the hub is unreachable here, and a cached id is what a config may use offline. The model is the
-# tiny Llama (config and tokenizer). Built once per machine; its path goes to every process the
-# tests start (HF_HOME), before anything imports huggingface_hub.
+# tiny Llama (config and tokenizer), on its default branch and on branch CACHED_REVISION, where it
+# has one layer (two on main). Built once per machine; its path goes to every process the tests
+# start (HF_HOME), before anything imports huggingface_hub.
 CACHED_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+CACHED_REVISION = "one-layer"
 CACHED_DATASET_ID = "yahma/alpaca-cleaned"
 
 
 def _hf_home() -> Path:
-    home = Path(tempfile.gettempdir()) / f"snaketune-tests-hf-home-{os.getuid()}-v1"
+    home = Path(tempfile.gettempdir()) / f"snaketune-tests-hf-home-{os.getuid()}-v2"
     if home.is_dir():
         return home
     building = Path(tempfile.mkdtemp(prefix="hf-home-", dir=tempfile.gettempdir()))
     repo = building / "hub" / ("models--" + CACHED_MODEL_ID.replace("/", "--"))
-    revision = "0" * 40
-    shutil.copytree(WORKFLOW_DIR.parent / "tests" / "assets" / "tiny-llama", repo / "snapshots" / revision)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(revision)
+    (repo / "refs").mkdir(parents=True)
+    for branch, commit, layers in (("main", "0" * 40, 2), (CACHED_REVISION, "1" * 40, 1)):
+        shutil.copytree(WORKFLOW_DIR.parent / "tests" / "assets" / "tiny-llama", repo / "snapshots" / commit)
+        config = json.loads((repo / "snapshots" / commit / "config.json").read_text())
+        (repo / "snapshots" / commit / "config.json").write_text(json.dumps({**config, "num_hidden_layers": layers}))
+        (repo / "refs" / branch).write_text(commit)
     (building / "hub" / ("datasets--" + CACHED_DATASET_ID.replace("/", "--")) / "snapshots").mkdir(parents=True)
     try:
         building.rename(home)  # atomic: parallel test workers build it at once

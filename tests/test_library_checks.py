@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import CACHED_DATASET_ID, CACHED_MODEL_ID
+from conftest import CACHED_DATASET_ID, CACHED_MODEL_ID, CACHED_REVISION
 from snaketune.config import ConfigError, load_tune_config
 from workflow_helpers import TINY_MODEL, tiny_config, write_reverse_words
 
@@ -245,6 +245,63 @@ def test_hub_ids_in_the_local_cache_are_accepted_offline(workdir, monkeypatch):
     config["data"]["validation"]["datasets"][0]["dataset_name"] = CACHED_DATASET_ID
     tune = load_tune_config(config, workdir)
     assert tune.model.model_name == CACHED_MODEL_ID and tune.data.validation[0].local is False
+
+
+# -- model.model_revision and model.model_kwargs: the model a trial loads is the one checked --------
+# The cached hub id has two layers on main and one on branch CACHED_REVISION.
+
+def hub_model(**fields) -> dict:
+    config = tiny_config()
+    config["model"] = {"model_name": CACHED_MODEL_ID, "model_max_length": 128, **fields}
+    return config
+
+
+@pytest.mark.parametrize("fields,refused", [
+    ({}, False),
+    ({"model_revision": "main"}, False),
+    ({"model_revision": CACHED_REVISION}, True),
+    ({"model_revision": "1" * 40}, True),  # the same revision by its commit
+    ({"model_kwargs": {"num_hidden_layers": 1}}, True),  # a config attribute from_pretrained applies
+    ({"model_kwargs": {"low_cpu_mem_usage": True}}, False),  # a loading option, not a config attribute
+])
+def test_the_models_config_is_read_at_its_revision_and_with_its_model_kwargs(workdir, monkeypatch, fields, refused):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    config = hub_model(freeze_layers=["model.layers.1"], **fields)
+    if refused:
+        the_problem(config, workdir, "model.freeze_layers", "no module named 'model.layers.1'")
+    else:
+        assert load_tune_config(config, workdir).model.freeze_layers == ["model.layers.1"]
+
+
+@pytest.mark.parametrize("revision", ["v9.9", "2" * 40, "refs/pr/1"])
+def test_a_revision_not_in_the_cache_is_refused_by_path_when_the_hub_is_off(workdir, monkeypatch, revision):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    the_problem(hub_model(model_revision=revision), workdir, "model.model_revision",
+                f"{CACHED_MODEL_ID!r} at revision {revision!r}", "not in the local cache")
+
+
+@pytest.mark.parametrize("fields,refused", [
+    ({"model_name": str(TINY_MODEL)}, True),  # a local directory: no revisions
+    ({"model_name": str(TINY_MODEL), "tokenizer_name": str(TINY_MODEL)}, True),
+    ({"model_name": str(TINY_MODEL), "tokenizer_name": CACHED_MODEL_ID}, False),  # the tokenizer's hub id takes it
+])
+def test_a_revision_that_would_do_nothing_is_refused(workdir, monkeypatch, fields, refused):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    config = hub_model(model_revision=CACHED_REVISION, load_pretrained_weights=False, **fields)
+    if refused:
+        the_problem(config, workdir, "model.model_revision", f"{CACHED_REVISION!r} would do nothing")
+    else:
+        assert load_tune_config(config, workdir).model.model_revision == CACHED_REVISION
+
+
+@pytest.mark.parametrize("revision,layers", [(None, 2), (CACHED_REVISION, 1)])
+def test_random_initial_weights_are_built_from_the_config_at_the_revision(workdir, monkeypatch, revision, layers):
+    from snaketune.model import prepare_model
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    tune = load_tune_config(hub_model(load_pretrained_weights=False, model_revision=revision), workdir)
+    prepare_model(tune.model, workdir / "model" / "source.json")
+    assert json.loads((workdir / "model" / "config.json").read_text())["num_hidden_layers"] == layers
 
 
 # -- parameters that would be accepted and do nothing (issue 14, kind B) ---------------------------

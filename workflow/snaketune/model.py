@@ -118,7 +118,19 @@ def resolve_section(model: dict, seed: int, base: Path) -> tuple[ModelParams, li
             model["gguf_file"] = str(resolve_gguf_file(local if local.exists() else model["gguf_file"]))
         except FileNotFoundError as e:
             problems.append(f"model.gguf_file: {e}")
+    if model.get("model_revision") and not any(
+            name and not Path(name).exists() for name in
+            (None if model.get("gguf_file") else model["model_name"], model.get("tokenizer_name"))):
+        problems.append(f"model.model_revision: {model['model_revision']!r} would do nothing: a revision "
+                        "is of a hub id, and the model and its tokenizer are read from local files here; "
+                        "remove it, or point model_name at the hub id")
     return ModelParams.from_fields(model), problems
+
+
+def hub_revision(model: ModelParams, name: str) -> dict:
+    """`from_pretrained`'s revision argument for loading `name` (model.model_revision, for a hub id;
+    {} for a local path, which has none)."""
+    return {"revision": model.model_revision} if model.model_revision and not Path(name).exists() else {}
 
 
 def model_notices(raw_model: dict) -> tuple[list[str], dict]:
@@ -185,9 +197,11 @@ def library_problems(model: ModelParams, lora_configs: list, lora_path: str,
                 problems.append(f"model.model_name: {name} has no config.json: it is not a Hugging "
                                 "Face model directory (one save_pretrained wrote)")
         elif not Path(name).exists():
-            problem = hub.problem(name, "model")
+            problem = hub.problem(name, "model", model.model_revision)
             if problem:
-                problems.append(f"model.{key}: {problem}")
+                # The repository is there but not at that revision: the revision is what to fix.
+                wrong = "model_revision" if model.model_revision and not hub.problem(name, "model") else key
+                problems.append(f"model.{wrong}: {problem}")
     if problems:
         return problems
     if model.load_pretrained_weights and not model.gguf_file and Path(model.model_name).is_dir():
@@ -224,12 +238,12 @@ def library_problems(model: ModelParams, lora_configs: list, lora_path: str,
     return problems
 
 
-def _cached_hub_id(name: str) -> bool:
-    """A hub id with a copy in the cache: read the copy (an unreachable hub would make transformers
-    retry for minutes before falling back to it)."""
+def _cached_hub_id(name: str, revision: str | None = None) -> bool:
+    """A hub id with a copy (of `revision`) in the cache: read the copy (an unreachable hub would
+    make transformers retry for minutes before falling back to it)."""
     from snaketune import hub
 
-    return not Path(name).exists() and hub.in_cache(name, "model")
+    return not Path(name).exists() and hub.in_cache(name, "model", revision)
 
 
 # The names transformers configs give the positions a sequence may take, most common first (as
@@ -250,14 +264,20 @@ def position_limit(config) -> int | None:
 
 def _read_config(model: ModelParams, gguf: dict | None):
     """(the model's transformers config, None), read without its weights (from the GGUF metadata
-    `gguf` when given), or (None, the problem)."""
+    `gguf` when given), or (None, the problem). Read as load_model's from_pretrained reads it: at
+    model.model_revision, with the model_kwargs that are config attributes applied (as Oumi's
+    find_model_hf_config reads it too); its other model_kwargs are loading options."""
     from transformers import AutoConfig
 
     try:
         if gguf is not None:
             return AutoConfig.for_model(**gguf["config"]), None
-        return AutoConfig.from_pretrained(model.model_name, trust_remote_code=bool(model.trust_remote_code),
-                                          local_files_only=_cached_hub_id(model.model_name)), None
+        revision = hub_revision(model, model.model_name)
+        config, _loading_options = AutoConfig.from_pretrained(
+            model.model_name, trust_remote_code=bool(model.trust_remote_code),
+            local_files_only=_cached_hub_id(model.model_name, revision.get("revision")),
+            **{**model.model_kwargs, **revision}, return_unused_kwargs=True)
+        return config, None
     except Exception as error:
         return None, (f"model.model_name: transformers cannot read the model's config: "
                       f"{type(error).__name__}: {error}")
@@ -312,9 +332,11 @@ def _chat_template_problems(model: ModelParams, gguf: dict | None, trust: bool) 
         template = gguf.get("tokenizer_config", {}).get("chat_template")
     else:
         try:
-            template = AutoTokenizer.from_pretrained(
-                getattr(model, key), trust_remote_code=trust,
-                local_files_only=_cached_hub_id(getattr(model, key))).chat_template
+            name = getattr(model, key)
+            revision = hub_revision(model, name)
+            template = AutoTokenizer.from_pretrained(  # as load_tokenizer loads it
+                name, trust_remote_code=trust, local_files_only=_cached_hub_id(name, revision.get("revision")),
+                **{**model.tokenizer_kwargs, **revision}).chat_template
         except Exception as error:
             return [f"model.{key}: transformers cannot load the tokenizer: {type(error).__name__}: {error}"]
     if template:
@@ -354,21 +376,23 @@ def prepare_model(model_cfg: ModelParams, source_path: str | Path) -> dict:
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, trust_remote_code=trust)
         model.load_state_dict(gguf_model.state_dict())
         del gguf_model
-        tokenizer = (AutoTokenizer.from_pretrained(tokenizer_name, trust_remote_code=trust)
+        tokenizer = (AutoTokenizer.from_pretrained(tokenizer_name, trust_remote_code=trust,
+                                                   **hub_revision(model_cfg, tokenizer_name))
                      if tokenizer_name else AutoTokenizer.from_pretrained(gguf.parent, **gguf_kw))
         kind, extra = "gguf_converted", {"gguf_file": str(gguf)}
     elif not model_cfg.load_pretrained_weights:
-        config = _from_local_or_hub(AutoConfig.from_pretrained, name, trust_remote_code=trust)
+        config = _from_local_or_hub(AutoConfig.from_pretrained, name, trust_remote_code=trust,
+                                    **hub_revision(model_cfg, name))
         seed = int(model_cfg.seed)
         # Seeding the init makes the study's starting weights reproducible whoever prepares them.
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, trust_remote_code=trust)
         tokenizer = _from_local_or_hub(AutoTokenizer.from_pretrained, tokenizer_name or name,
-                                       trust_remote_code=trust)
+                                       trust_remote_code=trust, **hub_revision(model_cfg, tokenizer_name or name))
         kind, extra = "random_init", {"seed": seed}
     else:
         # Fail here, in one job, rather than in every trial: the config must be reachable now.
-        _from_local_or_hub(AutoConfig.from_pretrained, name, trust_remote_code=trust)
+        _from_local_or_hub(AutoConfig.from_pretrained, name, trust_remote_code=trust, **hub_revision(model_cfg, name))
         source = {"path": _absolute_if_local(name), "kind": "reference",
                   "tokenizer_path": _absolute_if_local(tokenizer_name or name)}
         return _write_source(source_path, source)
