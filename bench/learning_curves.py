@@ -8,6 +8,7 @@ and pruners against, in seconds instead of hours.
 
     python bench/learning_curves.py [--gpus 2] [--cores 2] [--workdir bench/out/curves]
                                     [--out bench/data/learning_curves_smollm2.json] [--export-only]
+    python bench/learning_curves.py --training-seeds 1 2 [...]
 
 The study is resumable: run the same command again and it continues (finished trials are kept, a
 trial killed mid-way resumes from its checkpoint with its grid point). The table is written after
@@ -16,13 +17,21 @@ every run, also from a partial study; it says how many grid points it holds.
 The grid (GRID below, 66 points): learning rate, 11 values spaced by 10^0.3 (about 2x) over the
 default study's range 1e-5..1e-2; LoRA rank, the default study's choices 4, 8, 16; warm-up, 0 or 8
 of the 40 steps. The default study's own search space (learning rate and rank, no warm-up) is the
-33 points with warmup_steps 0.
+33 points with warmup_steps 0. Every point trains under the study's tuning.seed, 0 (the table's
+`training_seed`).
+
+`--training-seeds 1 2` makes a second table (bench/data/learning_curves_smollm2_seeds.json, its
+study in bench/out/curves_seeds): the default study's space once per training seed, the seed a
+tunable SFTConfig.seed (TRL seeds the LoRA initialisation and the data order with it), each row's
+`seed` parameter. bench/replay.py pools it with the first (`--table A B`), so that its studies see
+how a configuration's curve moves with the training seed, as a real study's tuning.seed moves it.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import math
 import os
@@ -51,44 +60,58 @@ GRID = {
 REPORT_EVERY_STEPS = 5
 DEFAULT_WORKDIR = REPO / "bench" / "out" / "curves"
 DEFAULT_OUT = REPO / "bench" / "data" / "learning_curves_smollm2.json"
+SEEDS_WORKDIR = REPO / "bench" / "out" / "curves_seeds"
+SEEDS_OUT = REPO / "bench" / "data" / "learning_curves_smollm2_seeds.json"
 STUDY_NAME = "curves"
+TRAINING_SEED = "seed"  # SFTConfig.seed, tuned as a grid axis by --training-seeds
+PEFT_AXES = ("lora_r",)
 
 
-def grid_config() -> dict:
+def grid_axes(training_seeds: list[int] | None = None) -> dict:
+    """The grid's axes in slot order (strategy.grid_points: the first varies slowest): GRID, or with
+    `training_seeds` the default study's space once per training seed, seed first (a partial table
+    holds whole seeds)."""
+    if not training_seeds:
+        return GRID
+    return {TRAINING_SEED: list(training_seeds), "warmup_steps": [0], "learning_rate": GRID["learning_rate"],
+            "lora_r": GRID["lora_r"]}
+
+
+def grid_config(axes: dict) -> dict:
     """The default study with the grid's tunable parameters, GridSampler, no pruner, every 5 steps."""
     config = read_default_tune_yaml(REPO)
     tuning = config["tuning"]
-    n_points = len(GRID["warmup_steps"]) * len(GRID["learning_rate"]) * len(GRID["lora_r"])
     tuning.update(
-        study_name=STUDY_NAME, output_dir="study", n_trials=n_points, seed=0,
+        study_name=STUDY_NAME, output_dir="study", n_trials=math.prod(len(v) for v in axes.values()), seed=0,
         tuner_sampler="GridSampler", sampler_kwargs={}, pruner="none",
         report_every_steps=REPORT_EVERY_STEPS,
-        tunable_training_params={
-            "warmup_steps": {"type": "categorical", "choices": GRID["warmup_steps"]},
-            "learning_rate": {"type": "categorical", "choices": GRID["learning_rate"]},
-        },
-        tunable_peft_params={"lora_r": {"type": "categorical", "choices": GRID["lora_r"]}},
+        tunable_training_params={name: {"type": "categorical", "choices": values}
+                                 for name, values in axes.items() if name not in PEFT_AXES},
+        tunable_peft_params={name: {"type": "categorical", "choices": axes[name]} for name in PEFT_AXES},
     )
     return config
 
 
-def run(workdir: Path, cores: int, gpus: int) -> None:
+def run(workdir: Path, cores: int, gpus: int, axes: dict) -> None:
     """`snaketune tune` on the grid study in `workdir` (a re-run continues it): first the slots of
     the default study's space (warm-up 0), named as targets since Snakemake starts ready jobs in no
     fixed order, then the rest."""
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "tune.yaml").write_text(yaml.safe_dump(grid_config(), sort_keys=False))
+    (workdir / "tune.yaml").write_text(yaml.safe_dump(grid_config(axes), sort_keys=False))
     command = ["snaketune", "tune", "-c", "tune.yaml", "--cores", str(cores), "--gpus", str(gpus)]
-    default_space = len(GRID["learning_rate"]) * len(GRID["lora_r"])  # slots 0.. with warmup_steps 0
-    first = [str((workdir / "study" / f"trial_{slot}" / "metrics.json").resolve()) for slot in range(default_space)]
-    subprocess.run([*command, "--", *first], cwd=workdir, check=True)
+    points = [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
+    first = [str((workdir / "study" / f"trial_{slot}" / "metrics.json").resolve())
+             for slot, point in enumerate(points) if point["warmup_steps"] == 0]
+    if len(first) < len(points):
+        subprocess.run([*command, "--", *first], cwd=workdir, check=True)
     subprocess.run(command, cwd=workdir, check=True)
 
 
-def export(workdir: Path, out: Path) -> dict:
+def export(workdir: Path, out: Path, axes: dict) -> dict:
     """Writes the table (finished trials' curves) to `out`; returns it.
 
-    Each row: params, `curve` (eval_loss at every reported step, keys are steps as strings: JSON),
+    Each row: params (with `seed`, its training seed, when the grid has that axis; else the table's
+    `training_seed` is every row's), `curve` (eval_loss at every reported step, keys are steps as strings: JSON),
     `final` (eval_loss after the last step), `trained_steps`, `trained_tokens`, `wall_seconds`
     (the trial's start to finish, evaluations and job start-up included).
     """
@@ -111,7 +134,7 @@ def export(workdir: Path, out: Path) -> dict:
             "wall_seconds": round((trial.datetime_complete - trial.datetime_start).total_seconds(), 1),
             **timing,
         })
-    rows.sort(key=lambda r: [r["params"][name] for name in GRID])
+    rows.sort(key=lambda r: [r["params"][name] for name in axes])
     table = {
         "what": "eval_loss learning curves of a grid on the demo task (SmolLM2-135M-Instruct, LoRA), "
                 "every configuration trained to the end",
@@ -120,9 +143,10 @@ def export(workdir: Path, out: Path) -> dict:
         "machine": machine(),
         "metric": "eval_loss",
         "direction": "minimize",
+        **({} if TRAINING_SEED in axes else {"training_seed": config["tuning"]["seed"]}),
         "max_steps": config["tuning"]["fixed_training_params"]["max_steps"],
         "report_every_steps": REPORT_EVERY_STEPS,
-        "grid": GRID,
+        "grid": axes,
         "default_space": {**DEFAULT_SPACE, "learning_rate": {**DEFAULT_SPACE["learning_rate"], "low": _LOW,
                                                              "high": _HIGH},
                           "warmup_steps": {"fixed": 0}},
@@ -146,7 +170,8 @@ def command_line() -> str:
     """The command that runs this study: this one, less --export-only and paths left at their
     defaults (so that an --export-only re-write keeps the study's own command)."""
     args, kept = sys.argv[1:], []
-    defaults = {"--workdir": DEFAULT_WORKDIR, "--out": DEFAULT_OUT}
+    seeds = "--training-seeds" in args
+    defaults = {"--workdir": SEEDS_WORKDIR if seeds else DEFAULT_WORKDIR, "--out": SEEDS_OUT if seeds else DEFAULT_OUT}
     while args:
         arg = args.pop(0)
         if arg in defaults and args and Path(args[0]).resolve() == defaults[arg]:
@@ -180,16 +205,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cores", type=int, default=os.cpu_count())
     parser.add_argument("--gpus", type=int, default=2, help="trials side by side (one thread each on a CPU)")
-    parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--training-seeds", type=int, nargs="+", metavar="SEED",
+                        help="the default study's space once per training seed (SFTConfig.seed), another table")
+    parser.add_argument("--workdir", type=Path, help=f"default: {DEFAULT_WORKDIR} ({SEEDS_WORKDIR} with --training-seeds)")
+    parser.add_argument("--out", type=Path, help=f"default: {DEFAULT_OUT} ({SEEDS_OUT} with --training-seeds)")
     parser.add_argument("--export-only", action="store_true", help="write the table from the study as it is")
     args = parser.parse_args()
+    axes = grid_axes(args.training_seeds)
+    workdir = args.workdir or (SEEDS_WORKDIR if args.training_seeds else DEFAULT_WORKDIR)
+    out = args.out or (SEEDS_OUT if args.training_seeds else DEFAULT_OUT)
     try:
         if not args.export_only:
-            run(args.workdir, args.cores, args.gpus)
+            run(workdir, args.cores, args.gpus, axes)
     finally:
-        if (args.workdir / "study").exists():
-            export(args.workdir, args.out)
+        if (workdir / "study").exists():
+            export(workdir, out, axes)
 
 
 if __name__ == "__main__":

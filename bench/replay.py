@@ -19,8 +19,15 @@ eval_loss at equal compute, the compute at which it first came within 1% of the 
 and whether the pruner stopped the trial that would have finished best among those the arm started.
 
     python bench/replay.py [--seeds 200] [--n-trials 24] [--arms median percentile ...] [--workers 1]
-                           [--processes 2] [--table bench/data/learning_curves_smollm2.json]
+                           [--processes 2] [--table bench/data/learning_curves_smollm2.json [MORE.json]]
     python bench/replay.py --validate OUTPUT_DIR [OUTPUT_DIR ...]
+
+Training seeds: a study's tuning.seed is also its trials' training seed (SFTConfig.seed: the LoRA
+initialisation and the data order), and near the optimum it moves a configuration's curve by more
+than the configurations differ. Several tables pooled with `--table` (the first table, seed 0, and
+`bench/learning_curves.py --training-seeds`'s) give each point a curve per training seed; replayed
+seed i then trains all its trials, baseline and arms alike, under the i-th training seed in turn,
+and the report breaks the gain down by training seed.
 
 `--validate` checks the replay against a real study: it follows the study's journal operation by
 operation (Optuna's own log, so the order in which parallel jobs reported and finished is the real
@@ -32,6 +39,7 @@ sampler. It prints each disagreement and exits 1 if there is one.
 from __future__ import annotations
 
 import argparse
+import copy
 import heapq
 import itertools
 import json
@@ -60,6 +68,7 @@ from snaketune.study import create_trial, enqueued_pending
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 TABLE = REPO / "bench" / "data" / "learning_curves_smollm2.json"
+TRAINING_SEED = "seed"  # the table's parameter that is the training seed (SFTConfig.seed), not searched
 WITHIN = 0.01  # "reached the unpruned best": within 1% of it
 # Pruned arms: tuning overrides of the default study. Optuna's pruners as snaketune ships them.
 ARMS = {
@@ -192,7 +201,14 @@ CREATE_TRIAL, SET_TRIAL_INTERMEDIATE_VALUE = 4, 7
 
 
 class Table:
-    """The learning-curve table (bench/learning_curves.py): one row per grid point.
+    """The learning-curve table (bench/learning_curves.py): one row per grid point and training seed.
+
+    `paths`: one table file, or several whose rows are pooled (e.g. the first table and one made
+    with other training seeds, `learning_curves.py --training-seeds`). A row's training seed
+    (SFTConfig.seed: the LoRA initialisation and the data order) is its `seed` parameter, or its
+    table's `training_seed`. A replayed study trains every trial under one training seed, as a real
+    study does under its tuning.seed: `for_training_seed(s)` is the table as such a study sees it
+    (the first seed by default).
 
     `lookup(params)` is the row of the grid point nearest to `params`: a number on a log grid (the
     learning rate) snaps to the nearest grid value in log space; other parameters must be grid
@@ -202,14 +218,50 @@ class Table:
     nobody measured).
     """
 
-    def __init__(self, path: Path, interpolate: bool = False):
-        data = json.loads(Path(path).read_text())
-        self.path, self.data, self.interpolate = Path(path), data, interpolate
+    def __init__(self, paths: Path | str | list, interpolate: bool = False):
+        paths = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
+        tables = [json.loads(path.read_text()) for path in paths]
+        data = tables[0]
+        self.paths, self.path, self.data, self.interpolate = paths, paths[0], data, interpolate
         self.max_steps = data["max_steps"]
-        self.grid = data["grid"]
+        if any(t["max_steps"] != self.max_steps for t in tables):
+            raise ValueError(f"{', '.join(map(str, paths))}: tables of different max_steps cannot be pooled")
+        # The parameters' grid (the training seed apart): each parameter's values over all tables.
+        self.grid = {}
+        for t in tables:
+            for name, values in t["grid"].items():
+                if name != TRAINING_SEED:
+                    self.grid.setdefault(name, [])
+                    self.grid[name] += [v for v in values if v not in self.grid[name]]
         self.fixed = {k: v["fixed"] for k, v in data["default_space"].items() if "fixed" in v}
-        self.rows = {self._key(r["params"]): r for r in data["rows"]}
-        self.steps = sorted({int(s) for r in data["rows"] for s in r["curve"]})
+        self.rows = {}
+        for path, t in zip(paths, tables):
+            for r in t["rows"]:
+                seed = r["params"].get(TRAINING_SEED, t.get("training_seed"))
+                if seed is None and len(tables) > 1:
+                    raise ValueError(f"{path}: its rows say no training seed (a `seed` parameter or the "
+                                     "table's training_seed): it cannot be pooled with another table")
+                self.rows[(seed, *self._key(r["params"]))] = r
+        self.training_seeds = sorted({key[0] for key in self.rows}, key=lambda s: (s is None, s))
+        self.training_seed = self.training_seeds[0]
+        self.points = len(self.rows)
+        self.grid_points = sum(t["grid_points"] for t in tables)
+        self.steps = sorted({int(s) for r in self.rows.values() for s in r["curve"]})
+
+    def for_training_seed(self, seed) -> Table:
+        """The table as a study trained under `seed` sees it (one of `training_seeds`)."""
+        if seed not in self.training_seeds:
+            raise KeyError(f"training seed {seed!r}: the table has {self.training_seeds}")
+        view = copy.copy(self)
+        view.training_seed = seed
+        return view
+
+    def describe(self) -> str:
+        """Its files, points, training seeds, machines and dates, for a report."""
+        tables = [json.loads(path.read_text()) for path in self.paths]
+        return (f"{' + '.join(path.name for path in self.paths)} ({self.points} points of "
+                f"{self.grid_points}; training seeds {', '.join(map(str, self.training_seeds))}; "
+                f"{'; '.join(sorted({t['machine'] + ', ' + t['date'] for t in tables if 'machine' in t}))})")
 
     def _key(self, params: dict) -> tuple:
         return tuple(params[name] for name in self.grid)
@@ -236,10 +288,10 @@ class Table:
                           key=lambda pair: pair[1])[0] for name in self.grid}
 
     def _row(self, point: dict) -> dict:
-        row = self.rows.get(self._key(point))
+        row = self.rows.get((self.training_seed, *self._key(point)))
         if row is None:
-            raise KeyError(f"the table has no curve for {point} (a partial table: "
-                           f"{self.data['points']} of {self.data['grid_points']} points)")
+            raise KeyError(f"the table has no curve for {point} at training seed {self.training_seed} "
+                           f"(a partial table: {self.points} of {self.grid_points} points)")
         return row
 
     def lookup(self, params: dict) -> dict:
@@ -254,12 +306,14 @@ class Table:
                 curve[step] = curve.get(step, 0.0) + weight * value
         return {"curve": curve, "final": final}
 
-    def default_space_complete(self) -> bool:
-        """Every point of the default study's space (the table's `default_space`) has its curve."""
+    def complete(self, default_space: bool = True) -> bool:
+        """Every point of the default study's space (the table's `default_space`), or of the whole
+        grid, has its curve at every training seed."""
         names = list(self.grid)
-        for combo in itertools.product(*self.grid.values()):
+        for seed, combo in itertools.product(self.training_seeds, itertools.product(*self.grid.values())):
             point = dict(zip(names, combo))
-            if all(point[k] == v for k, v in self.fixed.items()) and self._key(point) not in self.rows:
+            in_space = not default_space or all(point[k] == v for k, v in self.fixed.items())
+            if in_space and (seed, *self._key(point)) not in self.rows:
                 return False
         return True
 
@@ -449,12 +503,15 @@ def seed_of(i: int) -> int:
 
 def one_seed(job: tuple) -> dict:
     """Baseline and every arm for one seed (runs in a worker process)."""
-    i, n_trials, arms, workers, table_path, interpolate, space, eval_cost = job
-    table = Table(table_path, interpolate)
+    i, n_trials, arms, workers, table_paths, interpolate, space, eval_cost = job
+    table = Table(table_paths, interpolate)
+    # The training seeds in turn: seed i trains as a study whose tuning.seed is the i-th (the
+    # baseline and every arm alike, as bench/pruning.py's real arms of a seed share their tuning.seed).
+    table = table.for_training_seed(table.training_seeds[i % len(table.training_seeds)])
     tuned = {name: table.grid[name] for name in table.fixed} if space == "grid" else None
     base = replay_study(study_tuning(ARMS["none"], seed_of(i), n_trials, None, tuned), table, workers,
                         eval_cost=eval_cost)
-    out = {"seed": i, "none": {"best": base.best, "compute": base.compute, "trials": len(base.trials),
+    out = {"seed": i, "training_seed": table.training_seed, "none": {"best": base.best, "compute": base.compute, "trials": len(base.trials),
                                "reach": base.compute_to_reach(base.best * (1 + WITHIN)) / base.compute}}
     target = base.best * (1 + WITHIN)
     for name in arms:
@@ -514,21 +571,32 @@ def summarise(rows: list[dict], arms: list[str]) -> list[str]:
             f"{share(math.isinf(x) for x in reach)} | {trials:.1f}{f' ({resumed:.1f})' if resumed else ''} | "
             f"{pruned:.1f} | "
             f"{share(r[name]['stopped_best'] for r in rows)} |")
+    training_seeds = sorted({r.get("training_seed") for r in rows}, key=lambda s: (s is None, s))
+    if len(training_seeds) > 1:  # how much of the gain is one training seed's luck
+        lines += ["", "By training seed: best, unpruned − pruned, mean [95% CI]; share never within 1%:", "",
+                  "| arm | " + " | ".join(f"training seed {s}" for s in training_seeds) + " |",
+                  "|---|" + "---|" * len(training_seeds)]
+        for name in arms:
+            cells = []
+            for seed in training_seeds:
+                mine = [r for r in rows if r.get("training_seed") == seed]
+                mean, low, high = mean_ci([r["none"]["best"] - r[name]["best"] for r in mine])
+                never = sum(math.isinf(r[name]["reach"]) for r in mine) / len(mine)
+                cells.append(f"{mean:+.4f} [{low:+.4f}, {high:+.4f}]; {never:.0%}")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
 
 def bench(args) -> None:
     table = Table(args.table)
-    if args.space == "grid" and table.data["points"] < table.data["grid_points"]:
-        sys.exit(f"{args.table}: --space grid needs the whole grid ({table.data['points']} of "
-                 f"{table.data['grid_points']} points); run bench/learning_curves.py to continue it")
-    if not table.default_space_complete():
-        sys.exit(f"{args.table}: the default study's space is not complete yet ({table.data['points']} of "
-                 f"{table.data['grid_points']} points); run bench/learning_curves.py to continue it")
+    if not table.complete(default_space=args.space != "grid"):
+        sys.exit(f"{table.describe()}: the {'whole grid' if args.space == 'grid' else 'default study' + chr(39) + 's space'} "
+                 "is not complete at every training seed yet; run bench/learning_curves.py to continue it")
+    # An evaluation's cost in steps is a ratio of times within one trial: the first table's.
     args.eval_cost = table.data["eval_cost_steps"] if args.eval_cost == "table" else float(args.eval_cost)
     started = time.time()
-    jobs = [(i, args.n_trials, args.arms, args.workers, str(args.table), args.interpolate, args.space,
-             args.eval_cost) for i in range(args.seeds)]
+    jobs = [(i, args.n_trials, args.arms, args.workers, [str(path) for path in args.table], args.interpolate,
+             args.space, args.eval_cost) for i in range(args.seeds)]
     with multiprocessing.Pool(args.processes) as pool:
         rows = pool.map(one_seed, jobs, chunksize=1)
     lines = summarise(rows, args.arms)
@@ -543,8 +611,7 @@ def bench(args) -> None:
         cost = f"trained steps + {args.eval_cost:g} per evaluation" if args.eval_cost else "trained steps"
         about = (f"{args.seeds} seeds; the unpruned baseline runs {args.n_trials} trials of {table.max_steps} "
                  f"steps; each pruned arm gets the baseline's compute ({cost}) as its budget. "
-                 f"Table: {args.table.name} ({table.data['points']} points, "
-                 f"{table.data['machine']}, {table.data['date']}); {args.workers} trial(s) at a time; "
+                 f"Table: {table.describe()}; {args.workers} trial(s) at a time; "
                  f"{'interpolated' if args.interpolate else 'nearest grid point'}; space: {args.space}. "
                  f"Ran in {wall:.0f} s with {args.processes} processes.\n")
         append_results("Pruning, replayed on the learning-curve table", "replay.py",
@@ -655,7 +722,8 @@ def _same(a, b) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--table", type=Path, default=TABLE)
+    parser.add_argument("--table", type=Path, nargs="+", default=[TABLE],
+                        help="the learning-curve table, or several pooled (e.g. more training seeds)")
     parser.add_argument("--seeds", type=int, default=200)
     parser.add_argument("--n-trials", type=int, default=24, help="the unpruned baseline's trials")
     parser.add_argument("--arms", nargs="+", choices=sorted(set(ARMS) - {"none"} | set(CANDIDATES)),

@@ -124,6 +124,38 @@ def test_the_budget_stops_starting_slots_and_workers_share_the_clock(tmp_path, t
     assert len(replay.replay_study(tuning(tmp_path, budget={"trained_steps": 17}), table, workers=2).trials) == 3
 
 
+def test_pooled_tables_give_a_replayed_study_one_training_seeds_curves(tmp_path, table):
+    """A table made under training seed 0 and one with a `seed` axis (learning_curves.py
+    --training-seeds): a study sees one seed's curves, as a real study trains all its trials
+    under its tuning.seed."""
+    first = json.loads(table.path.read_text())
+    (tmp_path / "seed0.json").write_text(json.dumps({**first, "training_seed": 0}))
+    # Under seeds 1 and 2 the order of the finals is reversed: the fast starter 1e-1 ends best.
+    rows = [{"params": {"seed": seed, "learning_rate": lr}, "final": 1.0 - curve[-1] / 4 + seed / 100,
+             "curve": {"2": curve[0], "4": curve[1], "6": curve[2], "8": 1.0 - curve[-1] / 4 + seed / 100}}
+            for seed in (1, 2) for lr, curve in CURVES.items()]
+    (tmp_path / "seeds.json").write_text(json.dumps({
+        "max_steps": 8, "grid": {"seed": [1, 2], "learning_rate": list(CURVES)}, "default_space": {},
+        "points": 8, "grid_points": 8, "rows": rows}))
+    pooled = replay.Table([tmp_path / "seed0.json", tmp_path / "seeds.json"])
+    assert pooled.training_seeds == [0, 1, 2] and pooled.points == 12 and pooled.complete()
+    assert pooled.grid == {"learning_rate": list(CURVES)}  # the seed is no searched parameter
+    assert pooled.lookup({"learning_rate": 1e-4})["final"] == 0.5  # the first seed's, by default
+    assert pooled.for_training_seed(2).lookup({"learning_rate": 1e-4})["final"] == pytest.approx(0.895)
+    assert replay.replay_study(tuning(tmp_path), pooled).best == 0.5  # 1e-4, under seed 0
+    assert replay.replay_study(tuning(tmp_path), pooled.for_training_seed(1)).best == pytest.approx(0.51)  # 1e-1
+    with pytest.raises(KeyError, match="training seed 3"):
+        pooled.for_training_seed(3)
+    # A table that does not say its training seed cannot be pooled.
+    with pytest.raises(ValueError, match="say no training seed"):
+        replay.Table([table.path, tmp_path / "seeds.json"])
+    # A seed whose table is partial leaves the pooled table incomplete.
+    (tmp_path / "partial.json").write_text(json.dumps({
+        "max_steps": 8, "grid": {"seed": [1, 2], "learning_rate": list(CURVES)}, "default_space": {},
+        "points": 7, "grid_points": 8, "rows": rows[:-1]}))
+    assert not replay.Table([tmp_path / "seed0.json", tmp_path / "partial.json"]).complete()
+
+
 def test_the_default_percentile_pruner_stops_the_worst_quarter_and_keeps_a_slow_starter(tmp_path):
     """`pruner: percentile` with no pruner_kwargs and no report_every_steps (snaketune's measured
     defaults: the worst quarter at each quarter of max_steps, after 3 completed trials), against
