@@ -11,6 +11,7 @@ import json
 import math
 import sys
 
+import optuna
 import pytest
 
 from workflow_helpers import REPO, resolved_tuning, tiny_config, write_reverse_words
@@ -208,3 +209,46 @@ def test_the_shipped_successive_halving_pauses_a_slow_starter_and_resumes_it_onc
     assert paused.best == 0.4 and not paused.stopped_the_best()
     assert paused.compute == killed.compute + 6
     assert paused.compute_to_reach(0.4) == paused.compute  # resumed last: not due before the eighth report
+
+
+def test_the_shipped_hyperband_judges_a_trial_within_its_bracket_and_pausing_resumes_the_would_be_best(tmp_path):
+    """`pruner: hyperband` as shipped (Optuna's defaults: min_resource 1, max_resource from the
+    first completed trial, η 3), on the eight curves above, run in this order. Optuna's HyperbandPruner
+    hashes each trial (study name and number) into a bracket, a successive halving of its own whose
+    first rung is later the higher the bracket; here trials 1, 2, 6 and 7 fall in bracket 0 (rungs at
+    steps 1 and 3: the reports at 2 and 4), 4 and 5 in bracket 1 (rung at 3), 3 in bracket 2 (no
+    rung before the end), and trial 0 in none (nothing is pruned before a trial completes)."""
+    curves = {1e-5: [3.0, 2.0, 1.0, 0.5], 2e-5: [2.5, 1.8, 1.2, 0.8], 5e-5: [2.6, 1.5, 0.9, 0.4],
+              1e-4: [4.0, 3.5, 3.0, 2.5], 2e-4: [2.7, 2.6, 2.5, 2.4], 5e-4: [3.5, 3.2, 3.1, 3.0],
+              1e-3: [3.8, 3.6, 3.4, 3.2], 2e-3: [3.9, 3.7, 3.5, 3.3]}
+    eight = curve_table(tmp_path, curves)
+    shipped = shipped_tuning(tmp_path, curves, pruner="hyperband")
+    killed = replay.replay_study(shipped, eight)
+    stopped = {t["point"]["learning_rate"]: t["stopped_at"] for t in killed.trials}
+    # Until η trials have reached a rung, only the best there goes on: in bracket 0, 5e-5 (2.6 at
+    # step 2, second to 2e-5's 2.5) is stopped although it would finish best (0.4), and 1e-3 and
+    # 2e-3 too; in bracket 1, 5e-4 is second to 2e-4 at step 4.
+    assert stopped == {1e-5: None, 2e-5: None, 5e-5: 2, 1e-4: None, 2e-4: None, 5e-4: 4, 1e-3: 2, 2e-3: 2}
+    assert killed.best == 0.5 and killed.stopped_the_best()
+    assert killed.compute == 4 * 8 + 3 * 2 + 4  # four to the end, three stopped at step 2, one at 4
+
+    # The same decisions as Optuna's own pruner in a plain ask-and-tell loop.
+    study = optuna.create_study(study_name=shipped.study_name, pruner=optuna.pruners.HyperbandPruner())
+    for lr, curve in curves.items():
+        trial = study.ask()
+        for k, value in enumerate(curve):
+            trial.report(value, 2 * (k + 1))
+            if trial.should_prune():
+                assert stopped[lr] == 2 * (k + 1)
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                break
+        else:
+            assert stopped[lr] is None
+            study.tell(trial, curve[-1])
+
+    # Pausing (resume_pruned: true takes hyperband's η, 3): once all eight have reported at step 2,
+    # 5e-5 is among the best 8 // 3 = 2 values there (2.5, 2.6) and resumes from step 2 to 0.4.
+    paused = replay.replay_study(dataclasses.replace(shipped, resume_pruned=3), eight)
+    resumed = [(t["point"]["learning_rate"], t["resumed_from"], t["stopped_at"]) for t in paused.trials if t["resumed_from"]]
+    assert resumed == [(5e-5, 2, None)]
+    assert paused.best == 0.4 and not paused.stopped_the_best()
