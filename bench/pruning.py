@@ -15,7 +15,7 @@ cores, the confirmation spans sessions, and the studies in bench/out/ may not ou
 RESULTS section is built from the kept rows of the seeds asked for.
 
     python bench/pruning.py [--seeds 1 2 3] [--n-trials 24] [--arms asha4_pause] [--model tiny] [--cores 2]
-                            [--parallel 1] [--pruned-slots 1] [--extend-from 12]
+                            [--parallel 1] [--pruned-slots 1] [--extend-from 12] [--report-only]
 
 `--extend-from 12` starts a larger baseline from copies of the 12-trial studies instead of from
 nothing: a grown budget runs only the new slots, and 12 finished trials are as good a start of a
@@ -32,6 +32,7 @@ import argparse
 import datetime
 import json
 import shutil
+import statistics
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -144,12 +145,16 @@ def main() -> None:
                         help="start the baseline from copies of the N-trial baselines of the same seeds")
     parser.add_argument("--workdir", type=Path, default=REPO / "bench" / "out" / "pruning")
     parser.add_argument("--record", type=Path, default=RECORD, help="where each finished seed's rows are kept")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run nothing: the section from the rows kept for these seeds and arms")
     args = parser.parse_args()
 
     kept = kept_rows(args.record, args.model, args.n_trials)
 
     def run_seed(seed: int) -> list[dict]:
         """The seed's baseline, then each arm at its compute: one row per arm, each kept in --record."""
+        if args.report_only:
+            return [kept[seed, arm] for arm in args.arms if (seed, arm) in kept]
         if all((seed, arm) in kept for arm in args.arms):
             print(f"seed {seed}: kept in {args.record} already "
                   f"({', '.join(sorted({kept[seed, arm]['date'] for arm in args.arms}))}); not run again",
@@ -205,18 +210,23 @@ def main() -> None:
                      f"{r['pruned_best_eval_loss']:.4f} | {r['gain']:+.4f} | {r['reach']:.2f} "
                      f"({r['unpruned_reach']:.2f}) | {r['unpruned_trained_steps']}, {r['pruned_trained_steps']} | "
                      f"{r['pruned_pruned']} / {r['pruned_resumed']} / {r['pruned_trials']} |")
-    setups = {r["seed"]: (r["machine"], r["cores"], r["parallel"], r.get("pruned_slots", 1)) for r in rows}
-    lines += [f"\nSeed {seed} was measured with another setup: {setup[0]}; {setup[1]} cores per study, "
-              f"{setup[2]} seeds at a time, {setup[3]} pruned trial(s) side by side" for seed, setup in setups.items()
-              if setup != (machine(), args.cores, args.parallel, args.pruned_slots)]
+    # How each row was measured (rows of several sessions and setups meet in one section).
+    setups: dict[tuple, list[str]] = {}
+    for r in rows:
+        setup = (r["machine"], r.get("baseline_cores", r["cores"]), r["cores"], r["parallel"], r.get("pruned_slots", 1))
+        setups.setdefault(setup, []).append(f"{r['seed']}/{r['arm']}")
+    lines += [f"\n{', '.join(runs)}: {setup[0]}; the baseline on {setup[1]} core(s), the pruned arm on {setup[2]} "
+              f"with {setup[4]} trial(s) side by side; {setup[3]} seed(s) at a time" for setup, runs in setups.items()]
     for arm in args.arms:
         arm_rows = [r for r in rows if r["arm"] == arm]
+        if not arm_rows:
+            continue
         gains = sorted(r["gain"] for r in arm_rows)
         reach = sorted(r["reach"] for r in arm_rows)
         lines.append(f"\n{arm} (`{json.dumps(ARMS[arm])}`, budget = the baseline's steps), over "
                      f"{len(arm_rows)} seeds: unpruned − pruned best {sum(gains) / len(gains):+.4f} on average "
                      f"(per seed {', '.join(f'{g:+.4f}' for g in gains)}); compute to within 1% of the "
-                     f"unpruned best, median {reach[len(reach) // 2]:.2f} of the baseline's.")
+                     f"unpruned best, median {statistics.median(reach):.2f} of the baseline's.")
     append_results(f"Pruning at equal compute ({args.model}, {args.n_trials}-trial baseline, "
                    f"{args.cores} cores per study, {args.parallel} at a time, "
                    f"{args.pruned_slots} pruned trial(s) side by side)", "pruning.py", lines)
