@@ -241,7 +241,11 @@ class Table:
                 if seed is None and len(tables) > 1:
                     raise ValueError(f"{path}: its rows say no training seed (a `seed` parameter or the "
                                      "table's training_seed): it cannot be pooled with another table")
-                self.rows[(seed, *self._key(r["params"]))] = r
+                key = (seed, *self._key(r["params"]))
+                if key in self.rows:
+                    raise ValueError(f"{path}: {r['params']} at training seed {seed} is in another of the "
+                                     "pooled tables too: pool tables of different training seeds")
+                self.rows[key] = r
         self.training_seeds = sorted({key[0] for key in self.rows}, key=lambda s: (s is None, s))
         self.training_seed = self.training_seeds[0]
         self.points = len(self.rows)
@@ -590,8 +594,10 @@ def summarise(rows: list[dict], arms: list[str]) -> list[str]:
 def bench(args) -> None:
     table = Table(args.table)
     if not table.complete(default_space=args.space != "grid"):
-        sys.exit(f"{table.describe()}: the {'whole grid' if args.space == 'grid' else 'default study' + chr(39) + 's space'} "
-                 "is not complete at every training seed yet; run bench/learning_curves.py to continue it")
+        what = "the whole grid" if args.space == "grid" else "the default study's space"
+        sys.exit(f"{table.describe()}: {what} is not complete at every training seed: run bench/learning_curves.py "
+                 "to continue it" + (" (--training-seeds tables hold the default space only: --space grid takes "
+                                     "one table)" if args.space == "grid" and len(args.table) > 1 else ""))
     # An evaluation's cost in steps is a ratio of times within one trial: the first table's.
     args.eval_cost = table.data["eval_cost_steps"] if args.eval_cost == "table" else float(args.eval_cost)
     started = time.time()

@@ -16,15 +16,15 @@ if str(WORKFLOW_DIR) not in sys.path:
 # The hub ids tests write (the seed's model and a hub dataset) as a Hugging Face cache holds them:
 # the hub is unreachable here, and a cached id is what a config may use offline. The model is the
 # tiny Llama (config and tokenizer), on its default branch and on branch CACHED_REVISION, where it
-# has one layer (two on main). Built once per machine; its path goes to every process the tests
-# start (HF_HOME), before anything imports huggingface_hub.
+# has one layer (two on main) and its tokenizer no chat template. Built once per machine; its path
+# goes to every process the tests start (HF_HOME), before anything imports huggingface_hub.
 CACHED_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 CACHED_REVISION = "one-layer"
 CACHED_DATASET_ID = "yahma/alpaca-cleaned"
 
 
 def _hf_home() -> Path:
-    home = Path(tempfile.gettempdir()) / f"snaketune-tests-hf-home-{os.getuid()}-v2"
+    home = Path(tempfile.gettempdir()) / f"snaketune-tests-hf-home-{os.getuid()}-v3"
     if home.is_dir():
         return home
     building = Path(tempfile.mkdtemp(prefix="hf-home-", dir=tempfile.gettempdir()))
@@ -34,6 +34,8 @@ def _hf_home() -> Path:
         shutil.copytree(WORKFLOW_DIR.parent / "tests" / "assets" / "tiny-llama", repo / "snapshots" / commit)
         config = json.loads((repo / "snapshots" / commit / "config.json").read_text())
         (repo / "snapshots" / commit / "config.json").write_text(json.dumps({**config, "num_hidden_layers": layers}))
+        if branch != "main":
+            (repo / "snapshots" / commit / "chat_template.jinja").unlink()
         (repo / "refs" / branch).write_text(commit)
     (building / "hub" / ("datasets--" + CACHED_DATASET_ID.replace("/", "--")) / "snapshots").mkdir(parents=True)
     try:

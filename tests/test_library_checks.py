@@ -248,11 +248,13 @@ def test_hub_ids_in_the_local_cache_are_accepted_offline(workdir, monkeypatch):
 
 
 # -- model.model_revision and model.model_kwargs: the model a trial loads is the one checked --------
-# The cached hub id has two layers on main and one on branch CACHED_REVISION.
+# The cached hub id has two layers on main, one on branch CACHED_REVISION, where its tokenizer has
+# no chat template (the tiny config's Alpaca rows need one: the local tokenizer gives it).
 
 def hub_model(**fields) -> dict:
     config = tiny_config()
-    config["model"] = {"model_name": CACHED_MODEL_ID, "model_max_length": 128, **fields}
+    config["model"] = {"model_name": CACHED_MODEL_ID, "tokenizer_name": str(TINY_MODEL), "model_max_length": 128,
+                       **fields}
     return config
 
 
@@ -263,6 +265,7 @@ def hub_model(**fields) -> dict:
     ({"model_revision": "1" * 40}, True),  # the same revision by its commit
     ({"model_kwargs": {"num_hidden_layers": 1}}, True),  # a config attribute from_pretrained applies
     ({"model_kwargs": {"low_cpu_mem_usage": True}}, False),  # a loading option, not a config attribute
+    ({"model_kwargs": {"local_files_only": True}}, False),  # one the check passes itself: the user's wins
 ])
 def test_the_models_config_is_read_at_its_revision_and_with_its_model_kwargs(workdir, monkeypatch, fields, refused):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -273,6 +276,21 @@ def test_the_models_config_is_read_at_its_revision_and_with_its_model_kwargs(wor
         assert load_tune_config(config, workdir).model.freeze_layers == ["model.layers.1"]
 
 
+@pytest.mark.parametrize("fields,refused", [
+    ({}, False),
+    ({"model_revision": CACHED_REVISION}, True),
+    ({"model_revision": CACHED_REVISION, "tokenizer_kwargs": {"local_files_only": True}}, True),
+    ({"model_revision": "main", "tokenizer_kwargs": {"local_files_only": True}}, False),
+])
+def test_the_tokenizers_chat_template_is_looked_for_at_the_revision(workdir, monkeypatch, fields, refused):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    config = hub_model(tokenizer_name=None, **fields)
+    if refused:
+        the_problem(config, workdir, "model.model_name", "has no chat template")
+    else:
+        assert load_tune_config(config, workdir).model.tokenizer_name is None
+
+
 @pytest.mark.parametrize("revision", ["v9.9", "2" * 40, "refs/pr/1"])
 def test_a_revision_not_in_the_cache_is_refused_by_path_when_the_hub_is_off(workdir, monkeypatch, revision):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -280,28 +298,39 @@ def test_a_revision_not_in_the_cache_is_refused_by_path_when_the_hub_is_off(work
                 f"{CACHED_MODEL_ID!r} at revision {revision!r}", "not in the local cache")
 
 
-@pytest.mark.parametrize("fields,refused", [
-    ({"model_name": str(TINY_MODEL)}, True),  # a local directory: no revisions
-    ({"model_name": str(TINY_MODEL), "tokenizer_name": str(TINY_MODEL)}, True),
-    ({"model_name": str(TINY_MODEL), "tokenizer_name": CACHED_MODEL_ID}, False),  # the tokenizer's hub id takes it
+@pytest.mark.parametrize("fields,problem", [
+    ({"model_name": str(TINY_MODEL)}, "point model_name at the hub id"),  # local model and tokenizer
+    # (the GGUF file is missing too: refused as well, beside)
+    ({"model_name": str(TINY_MODEL), "gguf_file": "model.gguf"}, "point tokenizer_name (model_name is not read"),
+    ({"tokenizer_kwargs": {"revision": "main"}}, "model.tokenizer_kwargs.revision: set model.model_revision instead"),
+    ({"model_kwargs": {"revision": "main"}}, "model.model_kwargs.revision: set model.model_revision instead"),
+    ({"model_name": str(TINY_MODEL), "tokenizer_name": CACHED_MODEL_ID}, None),  # the tokenizer's hub id takes it
 ])
-def test_a_revision_that_would_do_nothing_is_refused(workdir, monkeypatch, fields, refused):
+def test_a_revision_that_would_do_nothing_or_is_set_twice_is_refused(workdir, monkeypatch, fields, problem):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    config = hub_model(model_revision=CACHED_REVISION, load_pretrained_weights=False, **fields)
-    if refused:
-        the_problem(config, workdir, "model.model_revision", f"{CACHED_REVISION!r} would do nothing")
+    config = hub_model(model_revision="main", load_pretrained_weights=False, **fields)
+    if problem:
+        assert any(problem in p for p in problems_of(config, workdir)), problems_of(config, workdir)
     else:
-        assert load_tune_config(config, workdir).model.model_revision == CACHED_REVISION
+        assert load_tune_config(config, workdir).model.model_revision == "main"
 
 
-@pytest.mark.parametrize("revision,layers", [(None, 2), (CACHED_REVISION, 1)])
-def test_random_initial_weights_are_built_from_the_config_at_the_revision(workdir, monkeypatch, revision, layers):
-    from snaketune.model import prepare_model
+@pytest.mark.parametrize("fields,layers,intermediate", [
+    ({}, 2, 64),
+    ({"model_revision": CACHED_REVISION}, 1, 64),
+    ({"model_kwargs": {"intermediate_size": 16}}, 2, 16),  # as the trials' from_pretrained will build it
+])
+def test_random_initial_weights_are_built_as_the_trials_load_the_model(workdir, monkeypatch, fields, layers,
+                                                                      intermediate):
+    from snaketune.model import load_model, prepare_model
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    tune = load_tune_config(hub_model(load_pretrained_weights=False, model_revision=revision), workdir)
-    prepare_model(tune.model, workdir / "model" / "source.json")
-    assert json.loads((workdir / "model" / "config.json").read_text())["num_hidden_layers"] == layers
+    tune = load_tune_config(hub_model(load_pretrained_weights=False, **fields), workdir)
+    source = prepare_model(tune.model, workdir / "model" / "source.json")
+    saved = json.loads((workdir / "model" / "config.json").read_text())
+    assert (saved["num_hidden_layers"], saved["intermediate_size"]) == (layers, intermediate)
+    model = load_model(source, tune.model)  # what a trial does: the saved weights fit
+    assert model.config.intermediate_size == intermediate
 
 
 # -- parameters that would be accepted and do nothing (issue 14, kind B) ---------------------------

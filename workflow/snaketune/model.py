@@ -62,6 +62,8 @@ SET_BY_SNAKETUNE = {"dtype": "model.torch_dtype_str", "torch_dtype": "model.torc
                     "trust_remote_code": "model.trust_remote_code", "revision": "model.model_revision",
                     "device_map": "tuning.gpu (each trial's device is leased)",
                     "quantization_config": "tuning.fixed_peft_params.q_lora"}
+# AutoTokenizer.from_pretrained arguments load_tokenizer passes itself, and the field that sets each.
+TOKENIZER_SET_BY_SNAKETUNE = {"trust_remote_code": "model.trust_remote_code", "revision": "model.model_revision"}
 # Oumi ModelParams fields refused, with what to do instead.
 REFUSED_MODEL_FIELDS = {
     "adapter_model": "starting from a trained adapter is not supported: merge it into the model "
@@ -88,9 +90,10 @@ def resolve_section(model: dict, seed: int, base: Path) -> tuple[ModelParams, li
         model.pop(key, None)  # said by model_notices; moved ones are training arguments
     model["tokenizer_kwargs"] = model.get("tokenizer_kwargs") or {}
     model["model_kwargs"] = model.get("model_kwargs") or {}
-    for key, instead in SET_BY_SNAKETUNE.items():  # load_model passes these itself
-        if key in model["model_kwargs"]:
-            problems.append(f"model.model_kwargs.{key}: set {instead} instead")
+    for field, set_here in (("model_kwargs", SET_BY_SNAKETUNE), ("tokenizer_kwargs", TOKENIZER_SET_BY_SNAKETUNE)):
+        for key, instead in set_here.items():  # load_model and load_tokenizer pass these themselves
+            if key in model[field]:
+                problems.append(f"model.{field}.{key}: set {instead} instead")
     model["freeze_layers"] = model.get("freeze_layers") or []
     template = model.get("chat_template")
     if template and "{" not in template:  # not Jinja text: a file, or one of Oumi's built-in names
@@ -121,9 +124,10 @@ def resolve_section(model: dict, seed: int, base: Path) -> tuple[ModelParams, li
     if model.get("model_revision") and not any(
             name and not Path(name).exists() for name in
             (None if model.get("gguf_file") else model["model_name"], model.get("tokenizer_name"))):
+        hub_field = "tokenizer_name (model_name is not read with a gguf_file)" if model.get("gguf_file") else "model_name"
         problems.append(f"model.model_revision: {model['model_revision']!r} would do nothing: a revision "
                         "is of a hub id, and the model and its tokenizer are read from local files here; "
-                        "remove it, or point model_name at the hub id")
+                        f"remove it, or point {hub_field} at the hub id")
     return ModelParams.from_fields(model), problems
 
 
@@ -262,22 +266,34 @@ def position_limit(config) -> int | None:
                  if isinstance(value := getattr(text, name, None), int) and value > 0), None)
 
 
+def read_model_config(model: ModelParams, local_files_only: bool = False):
+    """The transformers config of model.model_name as load_model's from_pretrained reads it: at
+    model.model_revision, with the model_kwargs that are config attributes applied (as Oumi's
+    find_model_hf_config reads it too; a model_kwargs' local_files_only wins); its other
+    model_kwargs are loading options. Raises what AutoConfig.from_pretrained raises."""
+    from transformers import AutoConfig
+
+    config, _loading_options = AutoConfig.from_pretrained(
+        model.model_name, **{"trust_remote_code": bool(model.trust_remote_code), "local_files_only": local_files_only,
+                             **model.model_kwargs, **hub_revision(model, model.model_name)},
+        return_unused_kwargs=True)
+    return config
+
+
 def _read_config(model: ModelParams, gguf: dict | None):
     """(the model's transformers config, None), read without its weights (from the GGUF metadata
-    `gguf` when given), or (None, the problem). Read as load_model's from_pretrained reads it: at
-    model.model_revision, with the model_kwargs that are config attributes applied (as Oumi's
-    find_model_hf_config reads it too); its other model_kwargs are loading options."""
+    `gguf` when given), or (None, the problem); as a trial loads it (read_model_config)."""
     from transformers import AutoConfig
 
     try:
         if gguf is not None:
-            return AutoConfig.for_model(**gguf["config"]), None
-        revision = hub_revision(model, model.model_name)
-        config, _loading_options = AutoConfig.from_pretrained(
-            model.model_name, trust_remote_code=bool(model.trust_remote_code),
-            local_files_only=_cached_hub_id(model.model_name, revision.get("revision")),
-            **{**model.model_kwargs, **revision}, return_unused_kwargs=True)
-        return config, None
+            config = AutoConfig.for_model(**gguf["config"])
+            # What from_pretrained does with its kwargs when the converted model is loaded
+            # (PretrainedConfig.from_dict): those that are config attributes are set.
+            config.update({k: v for k, v in model.model_kwargs.items() if hasattr(config, k)})
+            return config, None
+        cached = _cached_hub_id(model.model_name, hub_revision(model, model.model_name).get("revision"))
+        return read_model_config(model, local_files_only=cached), None
     except Exception as error:
         return None, (f"model.model_name: transformers cannot read the model's config: "
                       f"{type(error).__name__}: {error}")
@@ -335,8 +351,8 @@ def _chat_template_problems(model: ModelParams, gguf: dict | None, trust: bool) 
             name = getattr(model, key)
             revision = hub_revision(model, name)
             template = AutoTokenizer.from_pretrained(  # as load_tokenizer loads it
-                name, trust_remote_code=trust, local_files_only=_cached_hub_id(name, revision.get("revision")),
-                **{**model.tokenizer_kwargs, **revision}).chat_template
+                name, **{"trust_remote_code": trust, "local_files_only": _cached_hub_id(name, revision.get("revision")),
+                         **model.tokenizer_kwargs, **revision}).chat_template
         except Exception as error:
             return [f"model.{key}: transformers cannot load the tokenizer: {type(error).__name__}: {error}"]
     if template:
@@ -355,7 +371,7 @@ def prepare_model(model_cfg: ModelParams, source_path: str | Path) -> dict:
     output: {path, kind, tokenizer_path, ...}) last. A converted or random-init model is saved in
     the directory of `source_path`."""
     import torch  # here, not at the top: the Snakefile imports this module to check the config
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source_path = Path(source_path).resolve()
     out_dir = source_path.parent
@@ -381,8 +397,9 @@ def prepare_model(model_cfg: ModelParams, source_path: str | Path) -> dict:
                      if tokenizer_name else AutoTokenizer.from_pretrained(gguf.parent, **gguf_kw))
         kind, extra = "gguf_converted", {"gguf_file": str(gguf)}
     elif not model_cfg.load_pretrained_weights:
-        config = _from_local_or_hub(AutoConfig.from_pretrained, name, trust_remote_code=trust,
-                                    **hub_revision(model_cfg, name))
+        # The config a trial's from_pretrained would read, model_kwargs applied: the weights saved
+        # here must fit what it builds.
+        config = _from_local_or_hub(lambda _: read_model_config(model_cfg), name)
         seed = int(model_cfg.seed)
         # Seeding the init makes the study's starting weights reproducible whoever prepares them.
         torch.manual_seed(seed)
@@ -392,7 +409,7 @@ def prepare_model(model_cfg: ModelParams, source_path: str | Path) -> dict:
         kind, extra = "random_init", {"seed": seed}
     else:
         # Fail here, in one job, rather than in every trial: the config must be reachable now.
-        _from_local_or_hub(AutoConfig.from_pretrained, name, trust_remote_code=trust, **hub_revision(model_cfg, name))
+        _from_local_or_hub(lambda _: read_model_config(model_cfg), name)
         source = {"path": _absolute_if_local(name), "kind": "reference",
                   "tokenizer_path": _absolute_if_local(tokenizer_name or name)}
         return _write_source(source_path, source)
