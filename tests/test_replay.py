@@ -252,3 +252,23 @@ def test_the_shipped_hyperband_judges_a_trial_within_its_bracket_and_pausing_res
     resumed = [(t["point"]["learning_rate"], t["resumed_from"], t["stopped_at"]) for t in paused.trials if t["resumed_from"]]
     assert resumed == [(5e-5, 2, None)]
     assert paused.best == 0.4 and not paused.stopped_the_best()
+
+
+def test_replayed_seeds_take_the_pooled_training_seeds_in_turn(tmp_path):
+    """bench/replay.py's seed i trains its baseline and arms under the i-th training seed of the
+    pooled tables: here the demo task's table (training seed 0) and a made-up seed 1 under which
+    every curve is 10 higher."""
+    first = json.loads(replay.TABLE.read_text())
+    shifted = [{**r, "params": {"seed": 1, **r["params"]}, "final": r["final"] + 10,
+                "curve": {step: value + 10 for step, value in r["curve"].items()}}
+               for r in first["rows"] if r["params"]["warmup_steps"] == 0]
+    (tmp_path / "seeds.json").write_text(json.dumps({
+        **first, "training_seed": None, "grid": {"seed": [1], **first["grid"], "warmup_steps": [0]},
+        "points": len(shifted), "grid_points": len(shifted), "rows": shifted}))
+    tables = [str(replay.TABLE), str(tmp_path / "seeds.json")]
+    results = [replay.one_seed((i, 6, ["asha4_pause"], 1, tables, False, "default", 0.0)) for i in range(3)]
+    assert [r["training_seed"] for r in results] == [0, 1, 0]
+    assert [r["none"]["best"] > 10 for r in results] == [False, True, False]
+    assert [r["asha4_pause"]["best"] > 10 for r in results] == [False, True, False]
+    lines = replay.summarise(results, ["asha4_pause"])
+    assert "| arm | training seed 0 | training seed 1 |" in lines
