@@ -579,15 +579,30 @@ def test_readme_conditional_example_is_valid(workdir):
     load_tune_config(config, workdir)
 
 
-def test_readme_pause_example_pauses_on_the_default_studys_steps(workdir):
+def readme_example_tuning(marker: str, workdir):
+    """The resolved tuning of the README's YAML example after `<!-- marker -->`, on the tiny
+    study with the default study's 40 steps."""
     text = (REPO / "README.md").read_text()
-    block = text.split("<!-- pause-example -->")[1].split("```yaml")[1].split("```")[0]
+    block = text.split(f"<!-- {marker} -->")[1].split("```yaml")[1].split("```")[0]
     config = tiny_config()
     config["tuning"].update(yaml.safe_load(textwrap.dedent(block))["tuning"])
     config["tuning"]["fixed_training_params"]["max_steps"] = 40  # the default study's
-    tuning = load_tune_config(config, workdir).tuning
+    return load_tune_config(config, workdir).tuning
+
+
+def test_readme_pause_example_pauses_on_the_default_studys_steps(workdir):
+    tuning = readme_example_tuning("pause-example", workdir)
     assert (tuning.report_every_steps, tuning.resume_pruned, tuning.budget) == (10, 4, {"trained_steps": 960})
     assert tuning.budget["trained_steps"] == 24 * 40
+
+
+def test_readme_later_rung_example_pauses_with_its_first_rung_at_step_20(workdir):
+    from snaketune.strategy import make_pruner, reduction_factor
+
+    tuning = readme_example_tuning("later-rung-example", workdir)
+    pruner = make_pruner(tuning)
+    assert (pruner._min_resource, pruner._reduction_factor) == (20, 2)
+    assert reduction_factor(tuning.pruner, tuning.pruner_kwargs, tuning.resume_pruned) == 2  # pausing, eta 2
 
 
 def test_enqueued_value_must_satisfy_its_condition_and_grid_refuses_enqueue(workdir):
