@@ -435,8 +435,7 @@ def load_model(source: dict, model_cfg: ModelParams, device_map=None, quantizati
     if quantization and quantization.get("q_lora"):
         kwargs["quantization_config"] = qlora_config(quantization, dtype)
         device_map = device_map or {"": torch.cuda.current_device()}
-    if source.get("kind") == "reference" and model_cfg.model_revision:
-        kwargs["revision"] = model_cfg.model_revision
+    kwargs.update(hub_revision(model_cfg, source["path"]))  # a model saved in the study is a local path
     model = AutoModelForCausalLM.from_pretrained(
         source["path"],
         dtype=dtype if dtype == "auto" else getattr(torch, dtype),
@@ -484,7 +483,7 @@ def load_tokenizer(source: dict, model_cfg: ModelParams):
     """The tokenizer for `source`, with a pad token (batches need one) and the configured max length."""
     from transformers import AutoTokenizer
 
-    revision = {"revision": model_cfg.model_revision} if source.get("kind") == "reference" and model_cfg.model_revision else {}
+    revision = hub_revision(model_cfg, source["tokenizer_path"])
     tokenizer = AutoTokenizer.from_pretrained(
         source["tokenizer_path"], trust_remote_code=bool(model_cfg.trust_remote_code),
         **revision, **model_cfg.tokenizer_kwargs)
