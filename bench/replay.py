@@ -110,6 +110,18 @@ ARMS.update({
     # (bench/RESULTS.md, the real-workflow confirmation's seed 1).
     "asha2_r20_pause": {"pruner": "successive_halving", "report_every_steps": 10, "resume_pruned": 2,
                         "pruner_kwargs": {"min_resource": 20, "reduction_factor": 2}},
+    # More first rungs after step 10 (the shipped asha4_pause's), for the replay across training
+    # seeds: at step 20 with η 3 or 4, at step 30 with η 2, and every 5 steps with the first at 15.
+    "asha3_r20_pause": {"pruner": "successive_halving", "report_every_steps": 10, "resume_pruned": 3,
+                        "pruner_kwargs": {"min_resource": 20, "reduction_factor": 3}},
+    "asha4_r20_pause": {"pruner": "successive_halving", "report_every_steps": 10, "resume_pruned": 4,
+                        "pruner_kwargs": {"min_resource": 20, "reduction_factor": 4}},
+    "asha2_r30_pause": {"pruner": "successive_halving", "report_every_steps": 10, "resume_pruned": 2,
+                        "pruner_kwargs": {"min_resource": 30, "reduction_factor": 2}},
+    "asha2_r15_pause": {"pruner": "successive_halving", "report_every_steps": 5, "resume_pruned": 2,
+                        "pruner_kwargs": {"min_resource": 15, "reduction_factor": 2}},
+    "p75_w20_s3_pause": {"pruner": "percentile", "report_every_steps": 10, "resume_pruned": 4,
+                         "pruner_kwargs": {"percentile": 75.0, "n_startup_trials": 3, "n_warmup_steps": 20}},
     # The same with Optuna's min_resource "auto" (1% of the first completed trial's steps: step 1),
     # what `pruner: successive_halving` ran before its first rung became the first report.
     "asha4_auto_pause": {"pruner": "successive_halving", "report_every_steps": 10, "resume_pruned": 4,

@@ -333,6 +333,33 @@ def test_random_initial_weights_are_built_as_the_trials_load_the_model(workdir, 
     assert model.config.intermediate_size == intermediate
 
 
+# A model_kwargs key that is neither a config attribute, a loading option nor a model argument made
+# every trial fail in from_pretrained ("__init__() got an unexpected keyword argument"): refused at
+# parse time, by path. The accepted ones are loaded as a trial loads them.
+@pytest.mark.parametrize("model_kwargs,problem", [
+    ({"disable_dropout": True}, "model.model_kwargs.disable_dropout: not an attribute of the model's config "
+                                "(LlamaConfig), a loading option of from_pretrained, or an argument of LlamaForCausalLM"),
+    ({"attn_implementaton": "eager"}, "did you mean 'attn_implementation'?"),  # a typo
+    ({"use_flash_attention_2": True}, "model.model_kwargs.use_flash_attention_2"),  # gone from transformers 5
+    ({"intermediate_size": 16, "num_layers": 1}, "model.model_kwargs.num_layers"),  # one bad key among good
+    ({"intermediate_size": 16}, None),  # a config attribute
+    ({"low_cpu_mem_usage": True, "subfolder": ""}, None),  # loading options (one deprecated, ignored)
+    ({"use_cache": False, "ignore_mismatched_sizes": True}, None),
+])
+def test_a_model_kwargs_key_from_pretrained_would_refuse_is_refused_by_path(workdir, model_kwargs, problem):
+    from snaketune.model import load_model, prepare_model
+
+    config = tiny_config()
+    config["model"]["model_kwargs"] = model_kwargs
+    if problem:
+        found = problems_of(config, workdir)
+        assert any(problem in p for p in found), found
+        assert not any("intermediate_size" in p for p in found), found
+        return
+    tune = load_tune_config(config, workdir)
+    load_model(prepare_model(tune.model, workdir / "model" / "source.json"), tune.model)  # as a trial loads it
+
+
 # -- parameters that would be accepted and do nothing (issue 14, kind B) ---------------------------
 
 @pytest.mark.parametrize("name,value,fragment", [

@@ -14,12 +14,14 @@ the model from. Three cases:
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import json
 import os
 from dataclasses import replace
 from pathlib import Path
 
 from snaketune.data import looks_like_local_path
+from snaketune.errors import closest
 from snaketune.layout import write_json
 from snaketune.records import Record, section
 
@@ -220,7 +222,7 @@ def library_problems(model: ModelParams, lora_configs: list, lora_path: str,
         source = read_source(prepared)
         if source.get("gguf_file") == model.gguf_file:  # converted already: a plain HF folder
             model = replace(model, model_name=source["path"], gguf_file=None)
-    wants_config = bool(lora_configs or model.freeze_layers or answer_tokens)
+    wants_config = bool(lora_configs or model.freeze_layers or answer_tokens or model.model_kwargs)
     if model.gguf_file and (wants_config or (needs_chat_template and not model.tokenizer_name)):
         # One read of the GGUF metadata gives both the config and the chat template (seconds).
         from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
@@ -230,6 +232,7 @@ def library_problems(model: ModelParams, lora_configs: list, lora_path: str,
     if problem:  # the checks that need the config are not made; the chat template's still is
         problems.append(problem)
     elif wants_config:
+        problems += _model_kwargs_problems(model, config)
         if lora_configs or model.freeze_layers:
             problems += _lora_target_problems(model, config, lora_configs, lora_path)
         positions = position_limit(config)
@@ -297,6 +300,59 @@ def _read_config(model: ModelParams, gguf: dict | None):
     except Exception as error:
         return None, (f"model.model_name: transformers cannot read the model's config: "
                       f"{type(error).__name__}: {error}")
+
+
+def _from_pretrained_options() -> frozenset[str]:
+    """The keyword arguments AutoModelForCausalLM.from_pretrained consumes itself (loading options
+    such as device_map, low_cpu_mem_usage, subfolder): the identifier-like string constants of its
+    code and of PreTrainedModel.from_pretrained's, with their parameters' names. Written here because
+    transformers keeps no list of them (it pops each by name from **kwargs); read from its compiled
+    code, the list follows the installed release. Names the code uses for other things (e.g. "auto")
+    are in it too: a key it lets through is one the check cannot judge, never a false refusal."""
+    from transformers import AutoModelForCausalLM, PreTrainedModel
+
+    names: set[str] = set()
+    for method in (AutoModelForCausalLM.from_pretrained, PreTrainedModel.from_pretrained):
+        names |= set(inspect.signature(method).parameters)
+        codes = [method.__func__.__code__]
+        while codes:
+            code = codes.pop()
+            for const in code.co_consts:
+                if isinstance(const, str) and const.isidentifier():
+                    names.add(const)
+                elif isinstance(const, (tuple, frozenset)):  # `for name in ["mirror", ...]`
+                    names |= {c for c in const if isinstance(c, str) and c.isidentifier()}
+                elif inspect.iscode(const):  # nested functions and comprehensions
+                    codes.append(const)
+    return frozenset(names)
+
+
+def _model_kwargs_problems(model: ModelParams, config) -> list[str]:
+    """model.model_kwargs keys that every trial's from_pretrained would refuse with "__init__() got
+    an unexpected keyword argument": from_pretrained sets the keys that are attributes of the
+    model's config, consumes its loading options, and passes the rest to the model class's
+    __init__, which (for transformers' own causal LMs) takes none. Unjudged, and so accepted: a
+    model class transformers does not know (trust_remote_code) or one whose __init__ takes **kwargs."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    try:
+        model_class = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+    except (KeyError, ValueError):
+        return []
+    parameters = inspect.signature(model_class.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return []
+    known = _from_pretrained_options() | set(parameters)
+    problems = []
+    for key in model.model_kwargs:
+        if not hasattr(config, key) and key not in known:
+            candidates = known | {k for k in config.to_dict() if not k.startswith("_")}
+            problems.append(
+                f"model.model_kwargs.{key}: not an attribute of the model's config ({type(config).__name__}), "
+                f"a loading option of from_pretrained, or an argument of {model_class.__name__}: every trial's "
+                f"from_pretrained would fail with an unexpected keyword argument{closest(key, candidates)}. "
+                "Remove it (model_kwargs go to AutoModelForCausalLM.from_pretrained as they are)")
+    return problems
 
 
 def _lora_target_problems(model: ModelParams, config, lora_configs: list, lora_path: str) -> list[str]:
