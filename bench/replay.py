@@ -89,43 +89,41 @@ for _pct in (25, 50, 75):
                 "pruner": "percentile", "report_every_steps": 10,
                 "pruner_kwargs": {"percentile": float(_pct), "n_startup_trials": _startup,
                                   "n_warmup_steps": _warmup}}
+
+
+def asha(min_resource, reduction_factor: int, resume_pruned: bool | int, every: int = 10) -> dict:
+    """A successive_halving arm: its first rung, η, tuning.resume_pruned (False: kill) and how often
+    the trial reports."""
+    return {"pruner": "successive_halving", "report_every_steps": every, "resume_pruned": resume_pruned,
+            "pruner_kwargs": {"min_resource": min_resource, "reduction_factor": reduction_factor}}
+
+
 ARMS.update({
     # Successive halving that kills (snaketune's successive_halving pauses unless told not to).
-    "asha4": {"pruner": "successive_halving", "report_every_steps": 10, "resume_pruned": False,
-              "pruner_kwargs": {"min_resource": 10, "reduction_factor": 4}},
-    "asha2": {"pruner": "successive_halving", "report_every_steps": 10, "resume_pruned": False,
-              "pruner_kwargs": {"min_resource": 10, "reduction_factor": 2}},
-    "asha2_r20": {"pruner": "successive_halving", "report_every_steps": 10, "resume_pruned": False,
-                  "pruner_kwargs": {"min_resource": 20, "reduction_factor": 2}},
+    "asha4": asha(10, 4, False),
+    "asha2": asha(10, 2, False),
+    "asha2_r20": asha(20, 2, False),
     "hyperband": {"pruner": "hyperband", "report_every_steps": 5,
                   "pruner_kwargs": {"min_resource": 5, "max_resource": 40, "reduction_factor": 3}},
     # Pause instead of kill (tuning.resume_pruned: η): a paused trial resumes from its checkpoint
     # once it is among the best 1/η of its step's values. asha4_pause is what `pruner:
     # successive_halving` alone runs on the default study (report every quarter of 40 steps).
-    "asha2_pause": {"pruner": "successive_halving", "report_every_steps": 10, "resume_pruned": 2,
-                    "pruner_kwargs": {"min_resource": 10, "reduction_factor": 2}},
-    "asha4_pause": {"pruner": "successive_halving", "report_every_steps": 10, "resume_pruned": 4,
-                    "pruner_kwargs": {"min_resource": 10, "reduction_factor": 4}},
+    "asha2_pause": asha(10, 2, 2),
+    "asha4_pause": asha(10, 4, 4),
     # A later first rung, pausing the worse half at step 20: the candidate for slow starters
     # (bench/RESULTS.md, the real-workflow confirmation's seed 1).
-    "asha2_r20_pause": {"pruner": "successive_halving", "report_every_steps": 10, "resume_pruned": 2,
-                        "pruner_kwargs": {"min_resource": 20, "reduction_factor": 2}},
+    "asha2_r20_pause": asha(20, 2, 2),
     # More first rungs after step 10 (the shipped asha4_pause's), for the replay across training
     # seeds: at step 20 with η 3 or 4, at step 30 with η 2, and every 5 steps with the first at 15.
-    "asha3_r20_pause": {"pruner": "successive_halving", "report_every_steps": 10, "resume_pruned": 3,
-                        "pruner_kwargs": {"min_resource": 20, "reduction_factor": 3}},
-    "asha4_r20_pause": {"pruner": "successive_halving", "report_every_steps": 10, "resume_pruned": 4,
-                        "pruner_kwargs": {"min_resource": 20, "reduction_factor": 4}},
-    "asha2_r30_pause": {"pruner": "successive_halving", "report_every_steps": 10, "resume_pruned": 2,
-                        "pruner_kwargs": {"min_resource": 30, "reduction_factor": 2}},
-    "asha2_r15_pause": {"pruner": "successive_halving", "report_every_steps": 5, "resume_pruned": 2,
-                        "pruner_kwargs": {"min_resource": 15, "reduction_factor": 2}},
+    "asha3_r20_pause": asha(20, 3, 3),
+    "asha4_r20_pause": asha(20, 4, 4),
+    "asha2_r30_pause": asha(30, 2, 2),
+    "asha2_r15_pause": asha(15, 2, 2, every=5),
     "p75_w20_s3_pause": {"pruner": "percentile", "report_every_steps": 10, "resume_pruned": 4,
                          "pruner_kwargs": {"percentile": 75.0, "n_startup_trials": 3, "n_warmup_steps": 20}},
     # The same with Optuna's min_resource "auto" (1% of the first completed trial's steps: step 1),
     # what `pruner: successive_halving` ran before its first rung became the first report.
-    "asha4_auto_pause": {"pruner": "successive_halving", "report_every_steps": 10, "resume_pruned": 4,
-                         "pruner_kwargs": {"min_resource": "auto", "reduction_factor": 4}},
+    "asha4_auto_pause": asha("auto", 4, 4),
     "p25_w10_s3_pause": {"pruner": "percentile", "report_every_steps": 10, "resume_pruned": 4,
                          "pruner_kwargs": {"percentile": 25.0, "n_startup_trials": 3, "n_warmup_steps": 10}},
 })
