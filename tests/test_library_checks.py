@@ -339,7 +339,9 @@ def test_random_initial_weights_are_built_as_the_trials_load_the_model(workdir, 
 @pytest.mark.parametrize("model_kwargs,problem", [
     ({"disable_dropout": True}, "model.model_kwargs.disable_dropout: not an attribute of the model's config "
                                 "(LlamaConfig), a loading option of from_pretrained, or an argument of LlamaForCausalLM"),
-    ({"attn_implementaton": "eager"}, "did you mean 'attn_implementation'?"),  # a typo
+    ({"attn_implementaton": "eager"},  # a typo of an option snaketune sets from a field
+     "(did you mean 'attn_implementation'? set model.attn_implementation instead)"),
+    ({"tie_word_embedding": False}, "(did you mean 'tie_word_embeddings'?)"),  # a typo of a config attribute
     ({"use_flash_attention_2": True}, "model.model_kwargs.use_flash_attention_2"),  # gone from transformers 5
     ({"intermediate_size": 16, "num_layers": 1}, "model.model_kwargs.num_layers"),  # one bad key among good
     ({"intermediate_size": 16}, None),  # a config attribute
@@ -355,9 +357,31 @@ def test_a_model_kwargs_key_from_pretrained_would_refuse_is_refused_by_path(work
         found = problems_of(config, workdir)
         assert any(problem in p for p in found), found
         assert not any("intermediate_size" in p for p in found), found
+        assert "did you mean" not in found[0] or "did you mean" in problem, found  # no far-fetched guess
         return
     tune = load_tune_config(config, workdir)
     load_model(prepare_model(tune.model, workdir / "model" / "source.json"), tune.model)  # as a trial loads it
+
+
+def test_model_kwargs_of_a_remote_code_model_or_a_text_config_are_judged_as_transformers_would(workdir):
+    """A model built by remote code takes arguments transformers' own class does not: not judged.
+    A composite model's text attribute must go under text_config: the refusal says so."""
+    from types import SimpleNamespace
+
+    from transformers import AutoConfig, Gemma3Config
+
+    from snaketune.model import _model_kwargs_problems
+
+    remote = AutoConfig.from_pretrained(TINY_MODEL)
+    remote.auto_map = {"AutoModelForCausalLM": "modeling_x.MyLlama"}  # what its config.json would say
+    mine = {"my_flag": True}
+    assert _model_kwargs_problems(SimpleNamespace(model_kwargs=mine, trust_remote_code=True), remote) == []
+    assert "model.model_kwargs.my_flag" in _model_kwargs_problems(
+        SimpleNamespace(model_kwargs=mine, trust_remote_code=False), remote)[0]
+    composite = SimpleNamespace(model_kwargs={"sliding_window": 512, "text_config": {"sliding_window": 512}},
+                                trust_remote_code=False)
+    [problem] = _model_kwargs_problems(composite, Gemma3Config())
+    assert problem.startswith("model.model_kwargs.sliding_window: ") and "give it as text_config" in problem
 
 
 # -- parameters that would be accepted and do nothing (issue 14, kind B) ---------------------------

@@ -19,10 +19,16 @@ class SnaketuneError(Exception):
     """A problem snaketune found and explains (a bad config, an impossible lease, unusable data)."""
 
 
-def closest(name: str, candidates) -> str:
+def closest_match(name: str, candidates, cutoff: float = 0.6) -> str | None:
+    """The closest of `candidates` to `name` (difflib's ratio at least `cutoff`), or None."""
+    match = difflib.get_close_matches(name, sorted(candidates), n=1, cutoff=cutoff)
+    return match[0] if match else None
+
+
+def closest(name: str, candidates, cutoff: float = 0.6) -> str:
     """' (did you mean X?)' for the closest of `candidates` to `name`, or ''."""
-    match = difflib.get_close_matches(name, sorted(candidates), n=1, cutoff=0.6)
-    return f" (did you mean '{match[0]}'?)" if match else ""
+    match = closest_match(name, candidates, cutoff)
+    return f" (did you mean '{match}'?)" if match else ""
 
 
 # Less free space than this where a failed write went means the disk is the likely cause.

@@ -21,7 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from snaketune.data import looks_like_local_path
-from snaketune.errors import closest
+from snaketune.errors import closest, closest_match
 from snaketune.layout import write_json
 from snaketune.records import Record, section
 
@@ -302,29 +302,53 @@ def _read_config(model: ModelParams, gguf: dict | None):
                       f"{type(error).__name__}: {error}")
 
 
-def _from_pretrained_options() -> frozenset[str]:
-    """The keyword arguments AutoModelForCausalLM.from_pretrained consumes itself (loading options
-    such as device_map, low_cpu_mem_usage, subfolder): the identifier-like string constants of its
-    code and of PreTrainedModel.from_pretrained's, with their parameters' names. Written here because
-    transformers keeps no list of them (it pops each by name from **kwargs); read from its compiled
-    code, the list follows the installed release. Names the code uses for other things (e.g. "auto")
-    are in it too: a key it lets through is one the check cannot judge, never a false refusal."""
-    from transformers import AutoModelForCausalLM, PreTrainedModel
+# How alike a model_kwargs key and a known name must be for the refusal to call it a typo (difflib's
+# ratio): names share words (disable_dropout, disable_mmap), and a wrong guess misleads.
+TYPO = 0.8
 
+
+def _from_pretrained_options() -> frozenset[str]:
+    """The keyword arguments AutoModelForCausalLM.from_pretrained consumes before the model's
+    __init__ (loading options: device_map, low_cpu_mem_usage, subfolder, ...): its parameters, the
+    names its code (and PreTrainedModel.from_pretrained's, and the config reader's) takes out of a
+    dict by `.pop("name")` or `.get("name")`, and the names of a constant tuple (its list of ignored
+    old options). Written here because transformers keeps no list of them (it pops each by name from
+    **kwargs); read from its compiled code, the list follows the installed release. Empty when that
+    code has no such calls (a future Python or transformers): the check then judges nothing."""
+    import dis
+
+    from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
+
+    methods = (AutoModelForCausalLM.from_pretrained, PreTrainedModel.from_pretrained,
+               PretrainedConfig.get_config_dict, PretrainedConfig._get_config_dict)
     names: set[str] = set()
-    for method in (AutoModelForCausalLM.from_pretrained, PreTrainedModel.from_pretrained):
-        names |= set(inspect.signature(method).parameters)
+    for method in methods:
         codes = [method.__func__.__code__]
         while codes:
             code = codes.pop()
-            for const in code.co_consts:
-                if isinstance(const, str) and const.isidentifier():
-                    names.add(const)
-                elif isinstance(const, (tuple, frozenset)):  # `for name in ["mirror", ...]`
-                    names |= {c for c in const if isinstance(c, str) and c.isidentifier()}
-                elif inspect.iscode(const):  # nested functions and comprehensions
-                    codes.append(const)
-    return frozenset(names)
+            instructions = list(dis.get_instructions(code))
+            for i, instruction in enumerate(instructions):
+                if instruction.opname in ("LOAD_METHOD", "LOAD_ATTR") and instruction.argval in ("pop", "get"):
+                    argument = next((nxt for nxt in instructions[i + 1:i + 3] if nxt.opname != "PUSH_NULL"), None)
+                    if argument is not None and argument.opname == "LOAD_CONST" and isinstance(argument.argval, str):
+                        names.add(argument.argval)
+                elif (instruction.opname == "LOAD_CONST" and isinstance(instruction.argval, tuple) and instruction.argval
+                      and all(isinstance(c, str) and c.isidentifier() for c in instruction.argval)):
+                    names |= set(instruction.argval)  # `for name in ["mirror", "_fast_init", ...]: kwargs.pop(name)`
+            codes += [const for const in code.co_consts if inspect.iscode(const)]  # nested code
+    if not names:
+        return frozenset()
+    return frozenset(names | set(from_pretrained_parameters()))
+
+
+def from_pretrained_parameters() -> list[str]:
+    """The keyword parameters AutoModelForCausalLM.from_pretrained documents by name (its signature's
+    and PreTrainedModel.from_pretrained's): the loading options a hint may point at."""
+    from transformers import AutoModelForCausalLM, PreTrainedModel
+
+    return [name for method in (AutoModelForCausalLM.from_pretrained, PreTrainedModel.from_pretrained)
+            for name, p in inspect.signature(method).parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY
+            or (p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD and p.default is not inspect.Parameter.empty)]
 
 
 def _model_kwargs_problems(model: ModelParams, config) -> list[str]:
@@ -332,26 +356,43 @@ def _model_kwargs_problems(model: ModelParams, config) -> list[str]:
     an unexpected keyword argument": from_pretrained sets the keys that are attributes of the
     model's config, consumes its loading options, and passes the rest to the model class's
     __init__, which (for transformers' own causal LMs) takes none. Unjudged, and so accepted: a
-    model class transformers does not know (trust_remote_code) or one whose __init__ takes **kwargs."""
+    model built by remote code (trust_remote_code with an auto_map), a model class transformers
+    does not know, one whose __init__ takes **kwargs, and any key when the loading options cannot
+    be read (_from_pretrained_options)."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
+    if model.trust_remote_code and "AutoModelForCausalLM" in (getattr(config, "auto_map", None) or {}):
+        return []
     try:
         model_class = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
     except (KeyError, ValueError):
         return []
     parameters = inspect.signature(model_class.__init__).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+    options = _from_pretrained_options()
+    if not options or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         return []
-    known = _from_pretrained_options() | set(parameters)
+    arguments = {name for name in parameters if name not in ("self", "config")}
+    known = options | arguments
+    # What a misspelt key may have meant: a config attribute, a model argument or a documented
+    # loading option, none of those snaketune sets from a field of its own (SET_BY_SNAKETUNE).
+    meant = ({k for k in config.to_dict() if not k.startswith("_")} | arguments
+             | set(from_pretrained_parameters())) - set(SET_BY_SNAKETUNE)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
     problems = []
     for key in model.model_kwargs:
-        if not hasattr(config, key) and key not in known:
-            candidates = known | {k for k in config.to_dict() if not k.startswith("_")}
-            problems.append(
-                f"model.model_kwargs.{key}: not an attribute of the model's config ({type(config).__name__}), "
-                f"a loading option of from_pretrained, or an argument of {model_class.__name__}: every trial's "
-                f"from_pretrained would fail with an unexpected keyword argument{closest(key, candidates)}. "
-                "Remove it (model_kwargs go to AutoModelForCausalLM.from_pretrained as they are)")
+        if hasattr(config, key) or key in known:
+            continue
+        if text is not config and hasattr(text, key):
+            hint = f" (it is an attribute of the text model's config: give it as text_config: {{{key}: ...}})"
+        elif field := closest_match(key, SET_BY_SNAKETUNE, TYPO):
+            hint = f" (did you mean {field!r}? set {SET_BY_SNAKETUNE[field]} instead)"
+        else:
+            hint = closest(key, meant, TYPO)
+        problems.append(
+            f"model.model_kwargs.{key}: not an attribute of the model's config ({type(config).__name__}), "
+            f"a loading option of from_pretrained, or an argument of {model_class.__name__}: every trial's "
+            f"from_pretrained would fail with an unexpected keyword argument{hint}. "
+            "Remove it (model_kwargs go to AutoModelForCausalLM.from_pretrained as they are)")
     return problems
 
 
