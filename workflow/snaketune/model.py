@@ -13,6 +13,7 @@ the model from. Three cases:
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import inspect
 import json
@@ -307,6 +308,7 @@ def _read_config(model: ModelParams, gguf: dict | None):
 TYPO = 0.8
 
 
+@functools.cache  # the installed transformers' code does not change within a process
 def _from_pretrained_options() -> frozenset[str]:
     """The keyword arguments AutoModelForCausalLM.from_pretrained consumes before the model's
     __init__ (loading options: device_map, low_cpu_mem_usage, subfolder, ...): its parameters, the
@@ -338,17 +340,18 @@ def _from_pretrained_options() -> frozenset[str]:
             codes += [const for const in code.co_consts if inspect.iscode(const)]  # nested code
     if not names:
         return frozenset()
-    return frozenset(names | set(from_pretrained_parameters()))
+    return frozenset(names | set(_from_pretrained_parameters()))
 
 
-def from_pretrained_parameters() -> list[str]:
+@functools.cache
+def _from_pretrained_parameters() -> tuple[str, ...]:
     """The keyword parameters AutoModelForCausalLM.from_pretrained documents by name (its signature's
     and PreTrainedModel.from_pretrained's): the loading options a hint may point at."""
     from transformers import AutoModelForCausalLM, PreTrainedModel
 
-    return [name for method in (AutoModelForCausalLM.from_pretrained, PreTrainedModel.from_pretrained)
+    return tuple(name for method in (AutoModelForCausalLM.from_pretrained, PreTrainedModel.from_pretrained)
             for name, p in inspect.signature(method).parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY
-            or (p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD and p.default is not inspect.Parameter.empty)]
+            or (p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD and p.default is not inspect.Parameter.empty))
 
 
 def _model_kwargs_problems(model: ModelParams, config) -> list[str]:
@@ -376,7 +379,7 @@ def _model_kwargs_problems(model: ModelParams, config) -> list[str]:
     # What a misspelt key may have meant: a config attribute, a model argument or a documented
     # loading option, none of those snaketune sets from a field of its own (SET_BY_SNAKETUNE).
     meant = ({k for k in config.to_dict() if not k.startswith("_")} | arguments
-             | set(from_pretrained_parameters())) - set(SET_BY_SNAKETUNE)
+             | set(_from_pretrained_parameters())) - set(SET_BY_SNAKETUNE)
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     problems = []
     for key in model.model_kwargs:
