@@ -14,7 +14,7 @@ every asked arm is kept there, with the same settings, is not run again: at hour
 cores, the confirmation spans sessions, and the studies in bench/out/ may not outlive one. The
 RESULTS section is built from the kept rows of the seeds asked for.
 
-    python bench/pruning.py [--seeds 1 2 3] [--n-trials 24] [--arms asha4_pause] [--model tiny] [--cores 2]
+    python bench/pruning.py [--seeds 1 2 3] [--n-trials 24] [--arms asha2_r20_pause] [--model tiny] [--cores 2]
                             [--parallel 1] [--pruned-slots 1] [--extend-from 12] [--report-only]
 
 `--extend-from 12` starts a larger baseline from copies of the 12-trial studies instead of from
@@ -134,7 +134,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--n-trials", type=int, default=24, help="the unpruned baseline's trials")
     parser.add_argument("--model", choices=["smollm2", "tiny"], default="smollm2")
-    parser.add_argument("--arms", nargs="+", choices=sorted(ARMS), default=["asha4_pause"])
+    parser.add_argument("--arms", nargs="+", choices=sorted(ARMS), default=["asha2_r20_pause"])
     parser.add_argument("--cores", type=int, default=2, help="per study")
     parser.add_argument("--baseline-cores", type=int, help="the unpruned baseline's cores (default: --cores), "
                         "e.g. 1 while another study shares the machine")

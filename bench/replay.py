@@ -107,13 +107,13 @@ ARMS.update({
                   "pruner_kwargs": {"min_resource": 5, "max_resource": 40, "reduction_factor": 3}},
     # Pause instead of kill (tuning.resume_pruned: η): a paused trial resumes from its checkpoint
     # once it is among the best 1/η of its step's values. asha4_pause is what `pruner:
-    # successive_halving` alone runs on the default study (report every quarter of 40 steps).
+    # successive_halving` alone ran until the replay across training seeds (bench/RESULTS.md).
     "asha2_pause": asha(10, 2, 2),
     "asha4_pause": asha(10, 4, 4),
-    # A later first rung, pausing the worse half at step 20: the candidate for slow starters
-    # (bench/RESULTS.md, the real-workflow confirmation's seed 1).
+    # A later first rung, pausing the worse half at step 20: what `pruner: successive_halving` alone
+    # runs on the default study (report every quarter of 40 steps, first rung at half, η 2).
     "asha2_r20_pause": asha(20, 2, 2),
-    # More first rungs after step 10 (the shipped asha4_pause's), for the replay across training
+    # More first rungs after step 10 (asha4_pause's), for the replay across training
     # seeds: at step 20 with η 3 or 4, at step 30 with η 2, and every 5 steps with the first at 15.
     "asha3_r20_pause": asha(20, 3, 3),
     "asha4_r20_pause": asha(20, 4, 4),

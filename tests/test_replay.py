@@ -175,40 +175,42 @@ def test_the_default_percentile_pruner_stops_the_worst_quarter_and_keeps_a_slow_
     assert stopped(pruner="median", pruner_kwargs={"n_startup_trials": 3})[1e-1] == 2
 
 
-def test_the_shipped_successive_halving_pauses_a_slow_starter_and_resumes_it_once_eight_trials_reported(tmp_path):
-    """`pruner: successive_halving` as shipped (no pruner_kwargs, no report_every_steps: its first
-    rung at the first report, a quarter of max_steps; η 4; pausing), on eight hand-made curves run
-    in this order. At the first rung a trial goes on only if it is the best there until 8 trials
-    have reported (Optuna promotes the best n // η, at least 1); a paused trial is resumed once it is
-    among the best n // η of every value at its step (strategy.promotions)."""
+def test_the_shipped_successive_halving_lets_a_slow_starter_through_and_resumes_a_paused_would_be_best(tmp_path):
+    """`pruner: successive_halving` as shipped (no pruner_kwargs, no report_every_steps: a report
+    every quarter of max_steps, the first rung at half of it, step 4 of 8; η 2; pausing), on six
+    hand-made curves run in this order. At the rung a trial goes on only if it is among the best
+    n // η of the values there (at least the best); a paused trial is resumed once it is among the
+    best n // η of every value at its step (strategy.promotions)."""
     curves = {1e-5: [3.0, 2.0, 1.0, 0.5],   # the first: goes on
-              2e-5: [2.5, 1.8, 1.2, 0.8],   # best at step 2 so far: goes on
-              5e-5: [2.6, 1.5, 0.9, 0.4],   # second at step 2, would finish best: paused
-              1e-4: [4.0, 3.5, 3.0, 2.5],
-              2e-4: [2.7, 2.6, 2.5, 2.4],
-              5e-4: [3.5, 3.2, 3.1, 3.0],
-              1e-3: [3.8, 3.6, 3.4, 3.2],
-              2e-3: [3.9, 3.7, 3.5, 3.3]}   # the eighth value at step 2: the best 2 are 2.5 and 2.6
-    eight = curve_table(tmp_path, curves)
+              2e-5: [2.5, 1.8, 1.2, 0.8],   # best at step 4 so far: goes on
+              5e-5: [3.5, 1.7, 0.9, 0.4],   # worst at step 2, best at step 4: goes on
+              1e-4: [4.0, 3.5, 3.0, 2.5],   # paused
+              2e-4: [2.7, 1.95, 1.5, 0.3],  # third of five at step 4: paused, would finish best
+              5e-4: [3.5, 3.2, 3.1, 3.0]}   # paused; the sixth value at step 4: the best 3 end at 1.95
+    six = curve_table(tmp_path, curves)
     shipped = shipped_tuning(tmp_path, curves, pruner="successive_halving")
     assert not shipped.resume_pruned  # no pausing with a grid
 
-    killed = replay.replay_study(shipped, eight)
+    killed = replay.replay_study(shipped, six)
     stopped = {t["point"]["learning_rate"]: t["stopped_at"] for t in killed.trials}
-    assert stopped == {1e-5: None, 2e-5: None, 5e-5: 2, 1e-4: 2, 2e-4: 2, 5e-4: 2, 1e-3: 2, 2e-3: 2}
-    assert killed.best == 0.5 and killed.stopped_the_best()  # 5e-5 would have finished at 0.4
-    assert killed.compute == 8 + 8 + 6 * 2
+    assert stopped == {1e-5: None, 2e-5: None, 5e-5: None, 1e-4: 4, 2e-4: 4, 5e-4: 4}
+    assert killed.best == 0.4 and killed.stopped_the_best()  # 2e-4 would have finished at 0.3
+    assert killed.compute == 3 * 8 + 3 * 4
+    # Optuna's η 4 with the first rung at the first report (snaketune's earlier default) stops the
+    # slow starter at step 2, where it was the worst of three.
+    early = dataclasses.replace(shipped, pruner_kwargs={"min_resource": 2, "reduction_factor": 4})
+    assert {t["point"]["learning_rate"]: t["stopped_at"] for t in replay.replay_study(early, six).trials}[5e-5] == 2
 
-    # Pausing, as the shipped default does without a grid (η 4; the replay's grid gives a resumed
-    # trial no slot of its own): after the eighth report at step 2, 5e-5 (2.6) is among the best
-    # 8 // 4 = 2 there and resumes from step 2 to the end, the only steps it trains again.
-    paused = replay.replay_study(dataclasses.replace(shipped, resume_pruned=4), eight)
+    # Pausing, as the shipped default does without a grid (η 2; the replay's grid gives a resumed
+    # trial no slot of its own): after the sixth report at step 4, 2e-4 (1.95) is among the best
+    # 6 // 2 = 3 there and resumes from step 4 to the end, the only steps it trains again.
+    paused = replay.replay_study(dataclasses.replace(shipped, resume_pruned=2), six)
     attempts = [(t["point"]["learning_rate"], t["resumed_from"], t["stopped_at"]) for t in paused.trials]
-    assert [a for a in attempts if a[1] == 0] == [(lr, 0, None if lr in (1e-5, 2e-5) else 2) for lr in curves]
-    assert [a for a in attempts if a[1] != 0] == [(5e-5, 2, None)]
-    assert paused.best == 0.4 and not paused.stopped_the_best()
-    assert paused.compute == killed.compute + 6
-    assert paused.compute_to_reach(0.4) == paused.compute  # resumed last: not due before the eighth report
+    assert [a for a in attempts if a[1] == 0] == [(lr, 0, stopped[lr]) for lr in curves]
+    assert [a for a in attempts if a[1] != 0] == [(2e-4, 4, None)]
+    assert paused.best == 0.3 and not paused.stopped_the_best()
+    assert paused.compute == killed.compute + 4
+    assert paused.compute_to_reach(0.3) == paused.compute  # resumed last: not due before the sixth report
 
 
 def test_the_shipped_hyperband_judges_a_trial_within_its_bracket_and_pausing_resumes_the_would_be_best(tmp_path):

@@ -344,11 +344,21 @@ def test_a_budget_is_one_positive_amount_in_a_known_unit(workdir, budget, fragme
 @pytest.mark.parametrize("tuning, slots, said", [
     # Unpruned 40-step trials: 960 steps pay for 24 of them.
     ({"budget": {"trained_steps": 960}}, 24, "pays for at most 24 trials of 40 steps each"),
-    # Pruned at the first report (every quarter: 10 steps) at the least: 96 slots, the budget decides.
-    ({"budget": {"trained_steps": 960}, "pruner": "successive_halving"}, 96,
-     "pays for at most 96 trials of 10 steps or more"),
+    # Paused at the first rung (step 20 of 40) or resumed there at the least: 48 slots, the budget decides.
+    ({"budget": {"trained_steps": 960}, "pruner": "successive_halving"}, 48,
+     "pays for at most 48 trials of 20 steps or more"),
+    # Rungs at steps 10 and 20 (η 2): a trial resumed at step 20 trains 20, one stopped at 10 trains 10.
+    ({"budget": {"trained_steps": 960}, "pruner": "successive_halving",
+      "pruner_kwargs": {"min_resource": 10}}, 96, "pays for at most 96 trials of 10 steps or more"),
+    # Rungs at steps 15 and 30 with reports every 5: stopped at 15, or resumed at 30 with 10 to go.
+    ({"budget": {"trained_steps": 960}, "pruner": "successive_halving", "report_every_steps": 5,
+      "pruner_kwargs": {"min_resource": 15}}, 96, "pays for at most 96 trials of 10 steps or more"),
+    # Killed (percentile does not pause unless asked) at the first report, step 15, at the least.
     ({"budget": {"trained_steps": 100}, "pruner": "percentile", "report_every_steps": 15}, 7,
      "pays for at most 7 trials of 15 steps or more"),
+    # Pausing too: a trial resumed after the report at step 30 trains 10 more.
+    ({"budget": {"trained_steps": 100}, "pruner": "percentile", "report_every_steps": 15, "resume_pruned": True},
+     10, "pays for at most 10 trials of 10 steps or more"),
     # n_trials written: a cap of the user's, whatever the budget.
     ({"budget": {"trained_steps": 960}, "n_trials": 5}, 5, None),
 ])
@@ -423,7 +433,7 @@ def test_a_pruner_without_report_every_steps_is_asked_every_quarter_of_max_steps
 
 
 @pytest.mark.parametrize("settings, eta, notice", [
-    ({"pruner": "successive_halving"}, 4, True),  # ASHA's promotions, on unless turned off
+    ({"pruner": "successive_halving"}, 2, True),  # ASHA's promotions, on unless turned off; η 2 (measured)
     ({"pruner": "successive_halving", "pruner_kwargs": {"reduction_factor": 3}}, 3, True),
     ({"pruner": "successive_halving", "resume_pruned": False}, None, False),
     ({"pruner": "hyperband", "resume_pruned": True}, 3, False),  # HyperbandPruner's own η
@@ -592,17 +602,17 @@ def readme_example_tuning(marker: str, workdir):
 
 def test_readme_pause_example_pauses_on_the_default_studys_steps(workdir):
     tuning = readme_example_tuning("pause-example", workdir)
-    assert (tuning.report_every_steps, tuning.resume_pruned, tuning.budget) == (10, 4, {"trained_steps": 960})
+    assert (tuning.report_every_steps, tuning.resume_pruned, tuning.budget) == (10, 2, {"trained_steps": 960})
     assert tuning.budget["trained_steps"] == 24 * 40
 
 
-def test_readme_later_rung_example_pauses_with_its_first_rung_at_step_20(workdir):
+def test_readme_earlier_rung_example_pauses_with_its_first_rung_at_step_10(workdir):
     from snaketune.strategy import make_pruner, reduction_factor
 
-    tuning = readme_example_tuning("later-rung-example", workdir)
+    tuning = readme_example_tuning("earlier-rung-example", workdir)
     pruner = make_pruner(tuning)
-    assert (pruner._min_resource, pruner._reduction_factor) == (20, 2)
-    assert reduction_factor(tuning.pruner, tuning.pruner_kwargs, tuning.resume_pruned) == 2  # pausing, eta 2
+    assert (pruner._min_resource, pruner._reduction_factor) == (10, 4)
+    assert reduction_factor(tuning.pruner, tuning.pruner_kwargs, tuning.resume_pruned) == 4  # pausing, eta 4
 
 
 def test_enqueued_value_must_satisfy_its_condition_and_grid_refuses_enqueue(workdir):
@@ -685,19 +695,38 @@ def test_a_range_that_steps_exactly_to_high_is_kept_without_a_notice(workdir):
     assert tune.tuning.space[0]["high"] == 2.0 and tune.notices == []
 
 
-def test_successive_halving_alone_is_the_measured_asha4_pause_arm(workdir):
+def test_successive_halving_alone_is_the_measured_asha2_r20_pause_arm(workdir):
     """`pruner: successive_halving` with nothing else on the default study's 40 steps runs what the
-    replay measured best (bench/replay.py's asha4_pause): a report every 10 steps, the first rung at
-    the first report, η 4, pruned trials paused."""
+    replay across training seeds chose by the rule written before it ran (bench/RESULTS.md:
+    bench/replay.py's asha2_r20_pause): a report every 10 steps, the first rung at step 20 (the
+    first report at or after half of max_steps), η 2, pruned trials paused."""
     config = tiny_config(pruner="successive_halving")
     config["tuning"]["fixed_training_params"]["max_steps"] = 40
     tuning = load_tune_config(config, workdir).tuning
     pruner = strategy.make_pruner(tuning)
-    assert (tuning.report_every_steps, tuning.resume_pruned) == (10, 4)
-    assert (pruner._min_resource, pruner._reduction_factor) == (10, 4)  # noqa: SLF001: Optuna keeps no public copy
+    assert (tuning.report_every_steps, tuning.resume_pruned) == (10, 2)
+    assert (pruner._min_resource, pruner._reduction_factor) == (20, 2)  # noqa: SLF001: Optuna keeps no public copy
     sys.path.insert(0, str(REPO / "bench"))
     import replay
 
-    arm = replay.ARMS["asha4_pause"]
-    assert arm["pruner_kwargs"] == {"min_resource": 10, "reduction_factor": 4}
-    assert (arm["report_every_steps"], arm["resume_pruned"]) == (10, 4)
+    arm = replay.ARMS["asha2_r20_pause"]
+    assert arm["pruner_kwargs"] == {"min_resource": 20, "reduction_factor": 2}
+    assert (arm["report_every_steps"], arm["resume_pruned"]) == (10, 2)
+
+
+@pytest.mark.parametrize("every, max_steps, rung", [
+    (10, 40, 20),   # the default study: half of 40
+    (5, 40, 20),
+    (15, 40, 30),   # the first report at or after step 20
+    (7, 40, 21),
+    (1, 9, 5),      # half of an odd max_steps rounds up to a report
+    (10, -1, 20),   # epochs (max_steps -1): the second report
+    (10, None, 20),
+])
+def test_successive_halvings_first_rung_is_the_first_report_from_half_the_trial(every, max_steps, rung):
+    assert strategy.first_rung(every, max_steps) == rung
+    assert strategy.pruner_arguments("successive_halving", {}, every, max_steps) == {
+        "reduction_factor": 2, "min_resource": rung}
+    # What the user writes wins.
+    assert strategy.pruner_arguments("successive_halving", {"min_resource": 3, "reduction_factor": 4}, every,
+                                     max_steps) == {"min_resource": 3, "reduction_factor": 4}

@@ -549,10 +549,10 @@ MAX_BUDGET_SLOTS = 1000
 
 def _slots_for_budget(tuning: dict, problems: list[str], notices: list[str]) -> int | None:
     """n_trials for a study with a compute budget and no n_trials: as many slots as the budget
-    pays for when every trial spends the least it can (its first report when a pruner can stop it
-    there, else max_steps), so the budget, not a default count, decides. None, with a problem, when
-    that is not known before the trials run (tokens, device hours, steps that are not a fixed
-    max_steps) or is more slots than MAX_BUDGET_SLOTS."""
+    pays for when every trial spends the least it can (strategy.least_steps), so the budget, not a
+    default count, decides. None, with a problem, when that is not known before the trials run
+    (tokens, device hours, steps that are not a fixed max_steps) or is more slots than
+    MAX_BUDGET_SLOTS."""
     (unit, amount), = tuning["budget"].items()
     cap = "set tuning.n_trials as the cap on trial slots (e.g. n_trials: 100; the slots the budget does not reach finish as SKIPPED)"
     if unit != "trained_steps":
@@ -565,11 +565,10 @@ def _slots_for_budget(tuning: dict, problems: list[str], notices: list[str]) -> 
                         "tuning.fixed_training_params.max_steps, so how many trials the budget "
                         f"(trained_steps={amount}) pays for is unknown: {cap}")
         return None
-    least, why = max_steps, f"{max_steps} steps each"
-    if tuning["pruner"] not in ("none", "wilcoxon") and tuning["report_every_steps"]:
-        # A trial stopped at its first report, or resumed after its last, trains that many steps.
-        least = min(max_steps, tuning["report_every_steps"])
-        why = f"{least} steps or more (a pruned trial's first report)"
+    least = strategy.least_steps(tuning["pruner"], tuning["pruner_kwargs"], tuning["report_every_steps"],
+                                 max_steps, pausing=bool(tuning["resume_pruned"]))
+    why = f"{max_steps} steps each" if least == max_steps else \
+        f"{least} steps or more (stopped where the pruner first judges a trial, or resumed after the last)"
     slots = -(-amount // least)
     if slots > MAX_BUDGET_SLOTS:
         problems.append(f"tuning.n_trials: not given; the budget (trained_steps={amount}) pays for up to "

@@ -36,7 +36,11 @@ PRUNERS = {
 # bench/RESULTS.md): Optuna's PercentilePruner has no default percentile; 75 stops only trials in
 # the worst quarter at a step, and lost the eventual best in none of 200 replayed studies where 25
 # (the best quarter must be kept) lost it in half.
-PRUNER_DEFAULTS = {"percentile": {"percentile": 75.0, "n_startup_trials": 3}}
+# successive_halving halves (η 2, Optuna's default is 4): with its first rung at half the trial
+# (first_rung), it was the one rule of six that gained at every training seed of the replay, and
+# stopped the would-be best in none of 200 studies where η 4 at the first report stopped it in 20%.
+PRUNER_DEFAULTS = {"percentile": {"percentile": 75.0, "n_startup_trials": 3},
+                   "successive_halving": {"reduction_factor": 2}}
 # Arguments snaketune sets itself (from tuning.seed and the search space).
 MANAGED_SAMPLER_ARGS = {"seed": "set tuning.seed", "search_space": "the grid comes from the tunable parameters"}
 
@@ -111,37 +115,81 @@ def make_sampler(tuning: TuningParams, slot: int) -> optuna.samplers.BaseSampler
     return _construct(cls, kwargs)
 
 
-def pruner_arguments(name: str, kwargs: dict, report_every_steps: int | None = None) -> dict:
-    """tuning.pruner_kwargs over snaketune's measured defaults for pruner `name`. successive_halving's
-    first rung is the first report (min_resource = tuning.report_every_steps): Optuna's "auto"
-    (1% of the first completed trial's steps: step 1 of 40) decides two rungs on the first report
-    and stopped the would-be best in 43% of 200 replayed studies, against 4% (bench/RESULTS.md)."""
+def _fixed_steps(max_steps) -> int | None:
+    """max_steps when it is a fixed whole number of steps, else None (epochs, a tuned max_steps)."""
+    if not isinstance(max_steps, int) or isinstance(max_steps, bool) or max_steps < 1:
+        return None
+    return max_steps
+
+
+def first_rung(report_every_steps: int, max_steps=None) -> int:
+    """The step of successive_halving's first rung when pruner_kwargs leave min_resource out: the
+    first report at or after half of max_steps (step 20 of 40 when reporting every 10), or the
+    second report when the trial's steps are not a fixed number. Measured (bench/RESULTS.md): on
+    the demo task the best learning rates start slow and have caught up by half-way; a first rung
+    at the first report (a quarter) paused them and lost the real seed 1's best, and Optuna's
+    "auto" (1% of the first completed trial's steps) stopped the would-be best in 43% of 200
+    replayed studies."""
+    steps = _fixed_steps(max_steps)
+    if steps is None:
+        return 2 * report_every_steps
+    return report_every_steps * max(1, -(-steps // (2 * report_every_steps)))
+
+
+def pruner_arguments(name: str, kwargs: dict, report_every_steps: int | None = None, max_steps=None) -> dict:
+    """tuning.pruner_kwargs over snaketune's measured defaults (PRUNER_DEFAULTS) for pruner `name`;
+    successive_halving's min_resource defaults to first_rung(report_every_steps, max_steps), the
+    trial's fixed max_steps (an int) or None."""
     defaults = dict(PRUNER_DEFAULTS.get(name, {}))
     if name == "successive_halving" and report_every_steps:
-        defaults["min_resource"] = report_every_steps
+        defaults["min_resource"] = first_rung(report_every_steps, max_steps)
     return {**defaults, **kwargs}
+
+
+def least_steps(pruner: str, pruner_kwargs: dict, report_every_steps: int | None, max_steps: int,
+                pausing: bool) -> int:
+    """The fewest steps one trial slot of a study with a fixed max_steps can train: stopped where
+    its pruner can first stop it, or, `pausing` (tuning.resume_pruned), resumed from where it can
+    last be paused (it trains the rest); max_steps when nothing stops trials (no pruner, no reports, or wilcoxon, which judges after
+    training). A trial is judged at its reports before its last step (train.ReportAndPrune), and
+    successive_halving only at the first report at or after each rung (min_resource × η^k)."""
+    stops = list(range(report_every_steps, max_steps, report_every_steps)) if report_every_steps else []
+    if pruner in ("none", "wilcoxon") or not stops:
+        return max_steps
+    if pruner == "successive_halving":
+        arguments = pruner_arguments(pruner, pruner_kwargs, report_every_steps, max_steps)
+        rung, eta = arguments.get("min_resource"), arguments.get("reduction_factor", 4)
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in (rung, eta)) and rung >= 1 and eta >= 2:
+            judged = set()
+            while rung < max_steps:  # Optuna judges the first report at or after each rung's step
+                judged.update([s for s in stops if s >= rung][:1])
+                rung *= eta
+            stops = sorted(judged) or [max_steps]
+    if stops[0] >= max_steps:
+        return max_steps
+    return min(stops[0], max_steps - stops[-1]) if pausing else stops[0]
 
 
 def default_report_every_steps(max_steps) -> int | None:
     """How often a pruner is asked when report_every_steps is not given: every quarter of the
     trial's steps (the replay found later first reports lose less and earlier ones save little:
     bench/RESULTS.md); None when the steps are not a fixed number (epochs, a tuned max_steps)."""
-    if not isinstance(max_steps, int) or isinstance(max_steps, bool) or max_steps < 1:
-        return None
-    return max(1, max_steps // 4)
+    steps = _fixed_steps(max_steps)
+    return None if steps is None else max(1, steps // 4)
 
 
 def reduction_factor(pruner: str, pruner_kwargs: dict, resume_pruned: bool | int) -> int | None:
     """η of tuning.resume_pruned (true, false or an integer; config._pause_settings fills in its
     default): None (pruned trials stay stopped), its own value when it is an integer, or for `true`
-    the pruner's reduction_factor (successive_halving and hyperband, with Optuna's defaults 4 and 3)
+    the pruner's reduction_factor (successive_halving's default 2, hyperband's Optuna default 3)
     and 4 for any other pruner."""
     if resume_pruned is False or pruner == "none":
         return None
     if resume_pruned is True:
         cls = getattr(optuna.pruners, PRUNERS[pruner])
         default = inspect.signature(cls).parameters.get("reduction_factor")
-        return int(pruner_kwargs.get("reduction_factor", default.default if default else 4))
+        given = {**PRUNER_DEFAULTS.get(pruner, {}), **pruner_kwargs}
+        return int(given.get("reduction_factor", default.default if default else 4))
     return int(resume_pruned)
 
 
@@ -189,7 +237,8 @@ def make_pruner(tuning: TuningParams) -> optuna.pruners.BasePruner:
     if class_name is None:
         return optuna.pruners.NopPruner()
     return _construct(getattr(optuna.pruners, class_name),
-                      pruner_arguments(tuning.pruner, tuning.pruner_kwargs, tuning.report_every_steps))
+                      pruner_arguments(tuning.pruner, tuning.pruner_kwargs, tuning.report_every_steps,
+                                       tuning.training_args.get("max_steps")))
 
 
 def _check_kwargs(cls, kwargs: dict, path: str, managed: dict) -> list[str]:
