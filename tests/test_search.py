@@ -353,6 +353,10 @@ def test_a_budget_is_one_positive_amount_in_a_known_unit(workdir, budget, fragme
     # Rungs at steps 15 and 30 with reports every 5: stopped at 15, or resumed at 30 with 10 to go.
     ({"budget": {"trained_steps": 960}, "pruner": "successive_halving", "report_every_steps": 5,
       "pruner_kwargs": {"min_resource": 15}}, 96, "pays for at most 96 trials of 10 steps or more"),
+    # min_early_stopping_rate 1 moves the rungs up one: step 20 (10 × 2), then 40, the end.
+    ({"budget": {"trained_steps": 960}, "pruner": "successive_halving",
+      "pruner_kwargs": {"min_resource": 10, "min_early_stopping_rate": 1}}, 48,
+     "pays for at most 48 trials of 20 steps or more"),
     # Killed (percentile does not pause unless asked) at the first report, step 15, at the least.
     ({"budget": {"trained_steps": 100}, "pruner": "percentile", "report_every_steps": 15}, 7,
      "pays for at most 7 trials of 15 steps or more"),

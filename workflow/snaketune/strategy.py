@@ -150,16 +150,20 @@ def least_steps(pruner: str, pruner_kwargs: dict, report_every_steps: int | None
                 pausing: bool) -> int:
     """The fewest steps one trial slot of a study with a fixed max_steps can train: stopped where
     its pruner can first stop it, or, `pausing` (tuning.resume_pruned), resumed from where it can
-    last be paused (it trains the rest); max_steps when nothing stops trials (no pruner, no reports, or wilcoxon, which judges after
-    training). A trial is judged at its reports before its last step (train.ReportAndPrune), and
-    successive_halving only at the first report at or after each rung (min_resource × η^k)."""
+    last be paused (it trains the rest); max_steps when nothing stops trials (no pruner, no
+    reports, or wilcoxon, which judges after training). A trial is judged at its reports before its
+    last step (train.ReportAndPrune), and successive_halving only at the first report at or after
+    each rung (min_resource × η^(min_early_stopping_rate + k), Optuna's rung steps)."""
     stops = list(range(report_every_steps, max_steps, report_every_steps)) if report_every_steps else []
     if pruner in ("none", "wilcoxon") or not stops:
         return max_steps
     if pruner == "successive_halving":
         arguments = pruner_arguments(pruner, pruner_kwargs, report_every_steps, max_steps)
         rung, eta = arguments.get("min_resource"), arguments.get("reduction_factor", 4)
-        if all(isinstance(v, int) and not isinstance(v, bool) for v in (rung, eta)) and rung >= 1 and eta >= 2:
+        rate = arguments.get("min_early_stopping_rate", 0)
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in (rung, eta, rate)) \
+                and rung >= 1 and eta >= 2 and rate >= 0:
+            rung *= eta ** rate
             judged = set()
             while rung < max_steps:  # Optuna judges the first report at or after each rung's step
                 judged.update([s for s in stops if s >= rung][:1])
