@@ -718,6 +718,57 @@ def test_successive_halving_alone_is_the_measured_asha2_r20_pause_arm(workdir):
     assert (arm["report_every_steps"], arm["resume_pruned"]) == (10, 2)
 
 
+@pytest.mark.parametrize("pruner, kwargs, every, max_steps, pausing, least", [
+    ("successive_halving", {}, 10, 40, True, 20),          # the one rung, step 20: stopped there or resumed there
+    ("successive_halving", {}, 12, 50, True, 14),          # rung at 36: a resumed trial trains 14
+    # Rungs off the report grid: 15, 30, 60 are judged at 20, 30, 60; paused at 20, resumed, paused at 30.
+    ("successive_halving", {"min_resource": 15}, 10, 100, True, 10),
+    ("successive_halving", {"min_resource": 10}, 7, 60, True, 7),   # judged at 14, 21, 42
+    ("successive_halving", {"min_resource": 15}, 10, 100, False, 20),  # killed: the first judgement
+    ("successive_halving", {"min_resource": "auto"}, 10, 40, True, 10),  # any report
+    ("percentile", {"n_warmup_steps": 20}, 10, 40, False, 20),
+    ("percentile", {}, 15, 40, True, 10),                  # resumed after step 30
+    ("median", {}, 10, 40, False, 10),
+    ("none", {}, 10, 40, True, 40),
+    ("wilcoxon", {}, 10, 40, False, 40),
+])
+def test_least_steps_is_the_fewest_a_trial_can_train(pruner, kwargs, every, max_steps, pausing, least):
+    assert strategy.least_steps(pruner, kwargs, every, max_steps, pausing) == least
+
+
+@pytest.mark.parametrize("tuning, path", [
+    ({"report_every_steps": 40}, "tuning.report_every_steps"),   # no report before the last step
+    ({"report_every_steps": 50, "pruner": "percentile"}, "tuning.report_every_steps"),
+    ({"pruner_kwargs": {"min_early_stopping_rate": 1}}, "tuning.pruner_kwargs"),  # rung 20 x 2 = 40: the end
+    ({"pruner_kwargs": {"min_resource": 40}}, "tuning.pruner_kwargs"),
+    ({"pruner": "percentile", "pruner_kwargs": {"n_warmup_steps": 40}}, "tuning.pruner_kwargs"),
+])
+def test_a_pruner_that_could_never_stop_a_trial_is_refused_by_path(workdir, tuning, path):
+    config = tiny_config(**{"pruner": "successive_halving", **tuning})
+    config["tuning"]["fixed_training_params"]["max_steps"] = 40
+    found = problems(workdir, config)
+    assert any(p.startswith(path + ":") and "never stops" in p for p in found), found
+
+
+@pytest.mark.parametrize("tuning", [
+    {"pruner_kwargs": {"min_resource": 10, "min_early_stopping_rate": 1}},  # rung 20
+    {"report_every_steps": 30},  # first rung at step 30
+    {"pruner": "percentile", "pruner_kwargs": {"n_warmup_steps": 30}},
+])
+def test_a_pruner_that_can_stop_a_trial_before_its_end_is_accepted(workdir, tuning):
+    config = tiny_config(**{"pruner": "successive_halving", **tuning})
+    config["tuning"]["fixed_training_params"]["max_steps"] = 40
+    load_tune_config(config, workdir)  # no ConfigError
+
+
+def test_successive_halvings_first_rung_follows_the_trials_max_steps(workdir):
+    """max_steps 50, a report every 12: the first report from step 25 is 36 (2 x 12 would be 24)."""
+    config = tiny_config(pruner="successive_halving", report_every_steps=12)
+    config["tuning"]["fixed_training_params"]["max_steps"] = 50
+    pruner = strategy.make_pruner(load_tune_config(config, workdir).tuning)
+    assert (pruner._min_resource, pruner._reduction_factor) == (36, 2)  # noqa: SLF001: Optuna keeps no public copy
+
+
 @pytest.mark.parametrize("every, max_steps, rung", [
     (10, 40, 20),   # the default study: half of 40
     (5, 40, 20),

@@ -536,10 +536,31 @@ def _study_settings(tuning: dict, search_space: list[space.Parameter], metric_na
                 tuning["report_every_steps"] = every
                 notices.append(f"tuning.report_every_steps: not given; the pruner is asked every {every} "
                                "steps (a quarter of max_steps)")
+    _pruner_reach(tuning, problems)
     if tuning.get("n_trials") is None and grid_size is None and tuning["budget"] \
             and not any(p.startswith("tuning.budget") for p in problems):
         n_trials = _slots_for_budget(tuning, problems, notices) or n_trials
     return n_trials
+
+
+def _pruner_reach(tuning: dict, problems: list[str]) -> None:
+    """Refuses a pruner that could never stop a trial of a fixed max_steps: no report before the
+    last step, or pruner_kwargs that put its first judgement at or after it."""
+    max_steps = tuning["fixed_training_params"].get("max_steps")
+    every = tuning["report_every_steps"]
+    if tuning["pruner"] in ("none", "wilcoxon") or not every or strategy.default_report_every_steps(max_steps) is None \
+            or any(p.startswith(("tuning.pruner", "tuning.report_every_steps")) for p in problems) \
+            or strategy.judged_steps(tuning["pruner"], tuning["pruner_kwargs"], every, max_steps):
+        return
+    if every >= max_steps:
+        problems.append(f"tuning.report_every_steps: {every}, but the trials train {max_steps} steps "
+                        f"(tuning.fixed_training_params.max_steps), so no report comes before the end and "
+                        f"the {tuning['pruner']} pruner never stops a trial: report more often (e.g. every "
+                        f"{max(1, max_steps // 4)} steps) or set pruner: none")
+    else:
+        problems.append(f"tuning.pruner_kwargs: {tuning['pruner']} with these arguments first judges a trial "
+                        f"at or after its last step ({max_steps}), so it never stops one: lower min_resource, "
+                        "n_warmup_steps or min_early_stopping_rate, or leave them out")
 
 
 # The most trial slots a budget stands for when n_trials is not written: Snakemake creates a job
@@ -565,10 +586,12 @@ def _slots_for_budget(tuning: dict, problems: list[str], notices: list[str]) -> 
                         "tuning.fixed_training_params.max_steps, so how many trials the budget "
                         f"(trained_steps={amount}) pays for is unknown: {cap}")
         return None
+    pausing = bool(tuning["resume_pruned"])
     least = strategy.least_steps(tuning["pruner"], tuning["pruner_kwargs"], tuning["report_every_steps"],
-                                 max_steps, pausing=bool(tuning["resume_pruned"]))
-    why = f"{max_steps} steps each" if least == max_steps else \
-        f"{least} steps or more (stopped where the pruner first judges a trial, or resumed after the last)"
+                                 max_steps, pausing)
+    why = f"{max_steps} steps each" if least == max_steps else (
+        f"{least} steps or more (a pruned trial stopped where the pruner first judges it"
+        + (", or a resumed one trained up to its next judgement or the end)" if pausing else ")"))
     slots = -(-amount // least)
     if slots > MAX_BUDGET_SLOTS:
         problems.append(f"tuning.n_trials: not given; the budget (trained_steps={amount}) pays for up to "
