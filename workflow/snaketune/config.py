@@ -558,9 +558,11 @@ def _pruner_reach(tuning: dict, problems: list[str]) -> None:
                         f"the {tuning['pruner']} pruner never stops a trial: report more often (e.g. every "
                         f"{max(1, max_steps // 4)} steps) or set pruner: none")
     else:
+        knobs = ("min_resource or min_early_stopping_rate" if tuning["pruner"] == "successive_halving"
+                 else "n_warmup_steps")
         problems.append(f"tuning.pruner_kwargs: {tuning['pruner']} with these arguments first judges a trial "
-                        f"at or after its last step ({max_steps}), so it never stops one: lower min_resource, "
-                        "n_warmup_steps or min_early_stopping_rate, or leave them out")
+                        f"at or after its last step ({max_steps}), so it never stops one: lower {knobs}, "
+                        "or leave it out")
 
 
 # The most trial slots a budget stands for when n_trials is not written: Snakemake creates a job
