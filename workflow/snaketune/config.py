@@ -548,7 +548,7 @@ def _pruner_reach(tuning: dict, problems: list[str]) -> None:
     last step, or pruner_kwargs that put its first judgement at or after it."""
     max_steps = tuning["fixed_training_params"].get("max_steps")
     every = tuning["report_every_steps"]
-    if tuning["pruner"] in ("none", "wilcoxon") or not every or strategy.default_report_every_steps(max_steps) is None \
+    if tuning["pruner"] in ("none", "wilcoxon") or not every or strategy.fixed_steps(max_steps) is None \
             or any(p.startswith(("tuning.pruner", "tuning.report_every_steps")) for p in problems) \
             or strategy.judged_steps(tuning["pruner"], tuning["pruner_kwargs"], every, max_steps):
         return
@@ -556,7 +556,7 @@ def _pruner_reach(tuning: dict, problems: list[str]) -> None:
         problems.append(f"tuning.report_every_steps: {every}, but the trials train {max_steps} steps "
                         f"(tuning.fixed_training_params.max_steps), so no report comes before the end and "
                         f"the {tuning['pruner']} pruner never stops a trial: report more often (e.g. every "
-                        f"{max(1, max_steps // 4)} steps) or set pruner: none")
+                        f"{strategy.default_report_every_steps(max_steps)} steps) or set pruner: none")
     else:
         knobs = ("min_resource or min_early_stopping_rate" if tuning["pruner"] == "successive_halving"
                  else "n_warmup_steps")
@@ -583,7 +583,7 @@ def _slots_for_budget(tuning: dict, problems: list[str], notices: list[str]) -> 
                         f"known only as they run: {cap}")
         return None
     max_steps = tuning["fixed_training_params"].get("max_steps")
-    if strategy.default_report_every_steps(max_steps) is None:  # not a fixed whole number of steps
+    if strategy.fixed_steps(max_steps) is None:
         problems.append("tuning.n_trials: not given, and the trials' length is not a fixed "
                         "tuning.fixed_training_params.max_steps, so how many trials the budget "
                         f"(trained_steps={amount}) pays for is unknown: {cap}")

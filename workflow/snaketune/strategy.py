@@ -118,7 +118,7 @@ def make_sampler(tuning: TuningParams, slot: int) -> optuna.samplers.BaseSampler
     return _construct(cls, kwargs)
 
 
-def _fixed_steps(max_steps) -> int | None:
+def fixed_steps(max_steps) -> int | None:
     """max_steps when it is a fixed whole number of steps, else None (epochs, a tuned max_steps)."""
     return max_steps if _is_int(max_steps) and max_steps >= 1 else None
 
@@ -131,7 +131,7 @@ def first_rung(report_every_steps: int, max_steps=None) -> int:
     at the first report (a quarter) paused them and lost the real seed 1's best, and Optuna's
     "auto" (1% of the first completed trial's steps) stopped the would-be best in 43% of 200
     replayed studies."""
-    steps = _fixed_steps(max_steps)
+    steps = fixed_steps(max_steps)
     if steps is None:
         return 2 * report_every_steps
     return report_every_steps * max(1, -(-steps // (2 * report_every_steps)))
@@ -152,8 +152,8 @@ def judged_steps(pruner: str, pruner_kwargs: dict, report_every_steps: int | Non
     superset where Optuna's rules are not followed here (interval_steps, hyperband's brackets).
     At reports before the last step (train.ReportAndPrune); from n_warmup_steps on (median,
     percentile, threshold); successive_halving only at the first report at or after each rung step,
-    min_resource × η^(min_early_stopping_rate + k). None for no pruner, or wilcoxon, which judges
-    after training."""
+    min_resource × η^(min_early_stopping_rate + k). Empty for no pruner, no reports, or wilcoxon,
+    which judges after training."""
     if pruner in ("none", "wilcoxon") or not report_every_steps:
         return []
     stops = list(range(report_every_steps, max_steps, report_every_steps))
@@ -162,7 +162,7 @@ def judged_steps(pruner: str, pruner_kwargs: dict, report_every_steps: int | Non
     if pruner in ("median", "percentile", "threshold") and _is_int(warmup):
         stops = [s for s in stops if s >= warmup]
     if pruner == "successive_halving":
-        rung, eta = arguments.get("min_resource"), arguments.get("reduction_factor", 4)
+        rung, eta = arguments.get("min_resource"), arguments["reduction_factor"]  # PRUNER_DEFAULTS has η
         rate = arguments.get("min_early_stopping_rate", 0)
         if all(_is_int(v) for v in (rung, eta, rate)) and rung >= 1 and eta >= 2 and rate >= 0:
             rung *= eta ** rate
@@ -196,7 +196,7 @@ def default_report_every_steps(max_steps) -> int | None:
     """How often a pruner is asked when report_every_steps is not given: every quarter of the
     trial's steps (the replay found later first reports lose less and earlier ones save little:
     bench/RESULTS.md); None when the steps are not a fixed number (epochs, a tuned max_steps)."""
-    steps = _fixed_steps(max_steps)
+    steps = fixed_steps(max_steps)
     return None if steps is None else max(1, steps // 4)
 
 
@@ -210,8 +210,8 @@ def reduction_factor(pruner: str, pruner_kwargs: dict, resume_pruned: bool | int
     if resume_pruned is True:
         cls = getattr(optuna.pruners, PRUNERS[pruner])
         default = inspect.signature(cls).parameters.get("reduction_factor")
-        given = {**PRUNER_DEFAULTS.get(pruner, {}), **pruner_kwargs}
-        return int(given.get("reduction_factor", default.default if default else 4))
+        return int(pruner_arguments(pruner, pruner_kwargs).get("reduction_factor",
+                                                               default.default if default else 4))
     return int(resume_pruned)
 
 
