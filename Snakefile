@@ -5,6 +5,7 @@
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/prepare.smk"
+include: "workflow/rules/preflight.smk"
 include: "workflow/rules/trials.smk"
 include: "workflow/rules/results.smk"
 include: "workflow/rules/report.smk"

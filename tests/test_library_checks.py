@@ -92,32 +92,8 @@ def test_a_choice_sftconfig_refuses_is_named_with_the_tunable_parameter(workdir)
                 "SFTConfig refuses lr_scheduler_type='sometimes'", "is not a valid SchedulerType")
 
 
-def test_a_bound_peft_refuses_is_named_with_the_tunable_parameter(workdir):
-    config = tiny_config(tunable_peft_params={"lora_dropout": {"type": "uniform", "low": 0.0, "high": 1.5}})
-    the_problem(config, workdir, "tuning.tunable_peft_params.lora_dropout",
-                "dropout probability has to be between 0 and 1, but got 1.5")
-
-
-# -- LoRA target modules, checked on the model built on the meta device ----------------------------
-
-@pytest.mark.parametrize("group,name,value,path", [
-    # issue input: Falcon/GPT-NeoX names on a Llama
-    ("fixed", "lora_target_modules", ["query_key_value", "dense"], "tuning.fixed_peft_params.lora_target_modules"),
-    ("fixed", "lora_target_modules", "c_attn", "tuning.fixed_peft_params.lora_target_modules"),
-    ("tunable", "lora_target_modules", {"type": "categorical", "choices": ["all-linear", "Wqkv"]},
-     "tuning.tunable_peft_params.lora_target_modules"),
-])
-def test_lora_target_modules_the_model_lacks_are_refused_listing_its_linear_modules(workdir, group, name, value, path):
-    config = tiny_config(**{f"{group}_peft_params": {name: value}})
-    problem = the_problem(config, workdir, path, "PEFT cannot apply LoRA to this model (llama)",
-                          "not found in the base model")
-    assert "its linear modules are down_proj, gate_proj, k_proj, lm_head, o_proj, q_proj, up_proj, v_proj" in problem
-
-
-def test_lora_target_modules_the_model_has_are_accepted(workdir):
-    config = tiny_config(fixed_peft_params={"lora_target_modules": ["q_proj", "v_proj"]},
-                         tunable_peft_params={"lora_r": {"type": "categorical", "choices": [2, 4]}})
-    assert load_tune_config(config, workdir).tuning.use_peft
+# LoRA targets, dropout bounds, model_kwargs and freeze_layers are the preflight's: PEFT and
+# from_pretrained judge them on a shrunken copy of the model (tests/test_preflight.py).
 
 
 # -- the model: weights, config, chat template ------------------------------------------------------
@@ -260,24 +236,6 @@ def hub_model(**fields) -> dict:
 
 @pytest.mark.parametrize("fields,refused", [
     ({}, False),
-    ({"model_revision": "main"}, False),
-    ({"model_revision": CACHED_REVISION}, True),
-    ({"model_revision": "1" * 40}, True),  # the same revision by its commit
-    ({"model_kwargs": {"num_hidden_layers": 1}}, True),  # a config attribute from_pretrained applies
-    ({"model_kwargs": {"low_cpu_mem_usage": True}}, False),  # a loading option, not a config attribute
-    ({"model_kwargs": {"local_files_only": True}}, False),  # one the check passes itself: the user's wins
-])
-def test_the_models_config_is_read_at_its_revision_and_with_its_model_kwargs(workdir, monkeypatch, fields, refused):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    config = hub_model(freeze_layers=["model.layers.1"], **fields)
-    if refused:
-        the_problem(config, workdir, "model.freeze_layers", "no module named 'model.layers.1'")
-    else:
-        assert load_tune_config(config, workdir).model.freeze_layers == ["model.layers.1"]
-
-
-@pytest.mark.parametrize("fields,refused", [
-    ({}, False),
     ({"model_revision": CACHED_REVISION}, True),
     ({"model_revision": CACHED_REVISION, "tokenizer_kwargs": {"local_files_only": True}}, True),
     ({"model_revision": "main", "tokenizer_kwargs": {"local_files_only": True}}, False),
@@ -331,57 +289,6 @@ def test_random_initial_weights_are_built_as_the_trials_load_the_model(workdir, 
     assert (saved["num_hidden_layers"], saved["intermediate_size"]) == (layers, intermediate)
     model = load_model(source, tune.model)  # what a trial does: the saved weights fit
     assert model.config.intermediate_size == intermediate
-
-
-# A model_kwargs key that is neither a config attribute, a loading option nor a model argument made
-# every trial fail in from_pretrained ("__init__() got an unexpected keyword argument"): refused at
-# parse time, by path. The accepted ones are loaded as a trial loads them.
-@pytest.mark.parametrize("model_kwargs,problem", [
-    ({"disable_dropout": True}, "model.model_kwargs.disable_dropout: not an attribute of the model's config "
-                                "(LlamaConfig), a loading option of from_pretrained, or an argument of LlamaForCausalLM"),
-    ({"attn_implementaton": "eager"},  # a typo of an option snaketune sets from a field
-     "(did you mean 'attn_implementation'? set model.attn_implementation instead)"),
-    ({"tie_word_embedding": False}, "(did you mean 'tie_word_embeddings'?)"),  # a typo of a config attribute
-    ({"use_flash_attention_2": True}, "model.model_kwargs.use_flash_attention_2"),  # gone from transformers 5
-    ({"intermediate_size": 16, "num_layers": 1}, "model.model_kwargs.num_layers"),  # one bad key among good
-    ({"intermediate_size": 16}, None),  # a config attribute
-    ({"low_cpu_mem_usage": True, "subfolder": ""}, None),  # loading options (one deprecated, ignored)
-    ({"use_cache": False, "ignore_mismatched_sizes": True}, None),
-])
-def test_a_model_kwargs_key_from_pretrained_would_refuse_is_refused_by_path(workdir, model_kwargs, problem):
-    from snaketune.model import load_model, prepare_model
-
-    config = tiny_config()
-    config["model"]["model_kwargs"] = model_kwargs
-    if problem:
-        found = problems_of(config, workdir)
-        assert any(problem in p for p in found), found
-        assert not any("intermediate_size" in p for p in found), found
-        assert "did you mean" not in found[0] or "did you mean" in problem, found  # no far-fetched guess
-        return
-    tune = load_tune_config(config, workdir)
-    load_model(prepare_model(tune.model, workdir / "model" / "source.json"), tune.model)  # as a trial loads it
-
-
-def test_model_kwargs_of_a_remote_code_model_or_a_text_config_are_judged_as_transformers_would(workdir):
-    """A model built by remote code takes arguments transformers' own class does not: not judged.
-    A composite model's text attribute must go under text_config: the refusal says so."""
-    from types import SimpleNamespace
-
-    from transformers import AutoConfig, Gemma3Config
-
-    from snaketune.model import _model_kwargs_problems
-
-    remote = AutoConfig.from_pretrained(TINY_MODEL)
-    remote.auto_map = {"AutoModelForCausalLM": "modeling_x.MyLlama"}  # what its config.json would say
-    mine = {"my_flag": True}
-    assert _model_kwargs_problems(SimpleNamespace(model_kwargs=mine, trust_remote_code=True), remote) == []
-    assert "model.model_kwargs.my_flag" in _model_kwargs_problems(
-        SimpleNamespace(model_kwargs=mine, trust_remote_code=False), remote)[0]
-    composite = SimpleNamespace(model_kwargs={"sliding_window": 512, "text_config": {"sliding_window": 512}},
-                                trust_remote_code=False)
-    [problem] = _model_kwargs_problems(composite, Gemma3Config())
-    assert problem.startswith("model.model_kwargs.sliding_window: ") and "give it as text_config" in problem
 
 
 # -- parameters that would be accepted and do nothing (issue 14, kind B) ---------------------------

@@ -102,6 +102,19 @@ def prepared_data_from(wildcards):
     return prepared_from()["data"]
 
 
+def preflight_fingerprint(wildcards):
+    """What the preflight's result depends on (rule preflight's params): a changed one re-runs it."""
+    from snaketune.preflight import fingerprint
+
+    return fingerprint(TUNE)
+
+
+def preflight_input():
+    """The preflight's record, as trials and the baseline take it: ancient, so that a preflight
+    run again (a changed fixed argument) re-runs no trial that ran; it still comes first."""
+    return ancient(str(LAYOUT.preflight_record))
+
+
 def budget_settings() -> str:
     """What decides whether a slot starts or is skipped, as rule budget's params (JSON)."""
     return json.dumps({"budget": TUNING.budget, "timeout_minutes": TUNING.timeout_minutes}, sort_keys=True)

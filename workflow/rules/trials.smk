@@ -40,6 +40,7 @@ rule baseline:
     input:
         model=str(LAYOUT.model_source),
         data=str(LAYOUT.data_summary),
+        preflight=preflight_input(),
     output:
         str(LAYOUT.baseline.metrics),
     log:
@@ -57,6 +58,7 @@ rule trial:
     input:
         model=str(LAYOUT.model_source),
         data=str(LAYOUT.data_summary),
+        preflight=preflight_input(),
         budget=budget_input,
     output:
         str(TRIAL.metrics),

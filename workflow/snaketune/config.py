@@ -80,6 +80,9 @@ class TuningParams(Record):
     use_peft: bool  # LoRA on: fixed_training_params.use_peft, or LoRA parameters given (names._use_peft)
     gpu: DeviceSettings
     on_divergence: str  # "fail" or "prune"
+    # where each fixed argument was written: {(group, target field): YAML path}, group "training"
+    # (training_args) or "peft" (lora_args); a library's complaint is reported under these
+    argument_paths: dict
 
     @property
     def layout(self) -> StudyLayout:
@@ -311,9 +314,6 @@ def _resolve(cfg: dict, base: Path, validated: bool, problems: list[str],
     notices += model_notices
     for target, value in moved.items():  # Oumi's model.compile / enable_liger_kernel: SFTConfig's
         params.training_args.setdefault(target, value)
-    if moved.get("use_liger_kernel") and not _importable("liger_kernel"):
-        problems.append("model.enable_liger_kernel: the liger-kernel package is not installed: "
-                        "pip install liger-kernel, or remove enable_liger_kernel")
     model_section = collect(model.resolve_section(cfg["model"], tuning["seed"], base))
     data_section = DataParams(**{split: collect(data.resolve_entries(cfg["data"][split]["datasets"],
                                                                      f"data.{split}.datasets", base))
@@ -365,42 +365,51 @@ def _resolve(cfg: dict, base: Path, validated: bool, problems: list[str],
             use_peft=params.use_peft,
             gpu=devices,
             on_divergence=tuning["on_divergence"],
+            argument_paths={**_argument_paths(tuning, params),
+                            **{("training", target): f"model.{key}" for key, target in model.MOVED_MODEL_FIELDS.items()
+                               if target in moved}},
         ),
     )
     if not validated and not problems:
-        problems.extend(_library_problems(resolved, tuning))
+        problems.extend(_library_problems(resolved))
     return resolved
 
 
-def _library_problems(resolved: TuningConfig, tuning: dict) -> list[str]:
-    """What TRL, PEFT, transformers and the hub will say, asked at parse time (seconds) of a config
-    whose every section is sound: the trial arguments at each corner of the space, the model's
-    weights, LoRA targets and chat template, the hub ids of model and data."""
-    from snaketune import train
+def _library_problems(resolved: TuningConfig) -> list[str]:
+    """What Optuna, TRL, PEFT, transformers and the hub will say, asked at parse time (seconds) of
+    a config whose every section is sound: the sampler and pruner over the space (their warnings
+    become notices), the trial arguments at each corner of the space, the model's weights and chat
+    template, the hub ids of model and data. The rest (the model, PEFT, the trainer, a step) is
+    the preflight rule's (snaketune.preflight)."""
+    from snaketune import preflight
 
-    fixed_paths = {}
-    for group, key, target_of in (("training", "fixed_training_params", names.training_target),
-                                  ("peft", "fixed_peft_params", names.peft_target)):
-        for name in tuning[key]:
-            target = target_of(name)[0]
-            args = resolved.tuning.training_args if group == "training" else resolved.tuning.lora_args
-            if target in args:
-                fixed_paths[(group, target)] = f"tuning.{key}.{name}"
-    problems, lora_configs = train.argument_problems(resolved.tuning, resolved.max_length,
-                                                     fixed_paths)
+    problems, notices = preflight.search_problems(resolved.tuning)
+    resolved.notices.extend(notices)
     if problems:
         return problems
-    lora_path = fixed_paths.get(("peft", "target_modules")) or next(
-        (f"tuning.tunable_peft_params.{p['name']}" for p in resolved.tuning.space
-         if p["target"] == "target_modules"), "tuning.fixed_peft_params.lora_target_modules")
-    problems = model.library_problems(resolved.model, lora_configs, lora_path,
-                                      needs_chat_template=data.needs_chat_template(resolved.data),
+    problems = preflight.argument_problems(resolved.tuning, resolved.max_length, resolved.tuning.argument_paths)
+    if problems:
+        return problems
+    problems = model.library_problems(resolved.model, needs_chat_template=data.needs_chat_template(resolved.data),
                                       prepared=resolved.tuning.layout.model_source,
                                       answer_tokens=resolved.generation.max_new_tokens
                                       if resolved.uses_generation else None)
     if resolved.uses_generation:
         problems += generation.library_problems(resolved.generation)
     return problems + data.hub_problems(resolved.data)
+
+
+def _argument_paths(tuning: dict, params: names.Parameters) -> dict:
+    """{(group, target field): the YAML path of the fixed parameter that set it} (TuningParams.argument_paths)."""
+    paths = {}
+    for group, key, target_of, args in (
+            ("training", "fixed_training_params", names.training_target, params.training_args),
+            ("peft", "fixed_peft_params", names.peft_target, params.lora_args)):
+        for name in tuning[key] if isinstance(tuning[key], dict) else {}:
+            target = target_of(name, check_fields=False)[0]
+            if target in args:
+                paths[(group, target)] = f"tuning.{key}.{name}"
+    return paths
 
 
 # Oumi TuningParams fields about Oumi's own logging: accepted, with a notice of what is done instead.
@@ -428,12 +437,6 @@ def _oumi_metric_names(tuning: dict) -> list[str]:
                 for i, entry in enumerate(entries) if isinstance(entry, str)]
     tuning["custom_eval_metrics"] = [entry for entry in entries if not isinstance(entry, str)]
     return problems
-
-
-def _importable(module: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(module) is not None
 
 
 def _oumi_tuning_fields(tuning: dict, problems: list[str]) -> list[str]:

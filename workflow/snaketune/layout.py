@@ -178,8 +178,18 @@ class StudyLayout:
         """Written last by prepare_data; the tokenized sets live beside it (`tokenized/`)."""
         return self.output_dir / "data" / "summary.json"
 
+    @property
+    def preflight_record(self) -> Path:
+        """Written last by rule preflight: every configuration of the covering set built and
+        stepped (snaketune.preflight); trials and the baseline start only once it exists."""
+        return self.output_dir / "preflight.json"
+
     def rule_log(self, rule: str) -> Path:
         return self.output_dir / "logs" / f"{rule}.log"
+
+    def rule_benchmark(self, rule: str) -> Path:
+        """Snakemake's `benchmark:` file of a once-per-study rule: its wall time, memory and CPU."""
+        return self.output_dir / "logs" / f"{rule}.benchmark.tsv"
 
     def trial(self, slot: int | str) -> TrialFiles:
         """Slot `slot`'s files; `trial("{i}")` gives the rule's wildcard paths."""

@@ -13,16 +13,13 @@ the model from. Three cases:
 
 from __future__ import annotations
 
-import functools
 import importlib.util
-import inspect
 import json
 import os
 from dataclasses import replace
 from pathlib import Path
 
 from snaketune.data import looks_like_local_path
-from snaketune.errors import closest, closest_match
 from snaketune.layout import write_json
 from snaketune.records import Record, section
 
@@ -178,18 +175,16 @@ def fingerprint(model: ModelParams) -> dict:
 WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")
 
 
-def library_problems(model: ModelParams, lora_configs: list, lora_path: str,
-                     needs_chat_template: bool, prepared: Path | None = None,
+def library_problems(model: ModelParams, needs_chat_template: bool, prepared: Path | None = None,
                      answer_tokens: int | None = None) -> list[str]:
-    """What transformers and PEFT will say about the model, found at parse time without loading
-    weights: a hub id that cannot be reached (nor is cached), a local directory that is not a
-    model or has no weights while `load_pretrained_weights` is true, LoRA target modules the model
-    does not have (checked on the model built on the meta device, from its config, against each
-    (LoraConfig, YAML path of the tunable parameter varied or None) in `lora_configs`; target
-    modules reported under `lora_path`), and a tokenizer without the chat
-    template chat rows need (`needs_chat_template`), and `answer_tokens` (generation.max_new_tokens,
-    when answers are generated) that fill the model's positions alone (position_limit).
-    Returns 'yaml.path: what is wrong' lines.
+    """What transformers will say about the model, found at parse time without loading weights: a
+    hub id that cannot be reached (nor is cached), a local directory that is not a model or has no
+    weights while `load_pretrained_weights` is true, a tokenizer without the chat template chat
+    rows need (`needs_chat_template`), and `answer_tokens` (generation.max_new_tokens, when answers
+    are generated) that fill the model's positions alone (position_limit).
+    Returns 'yaml.path: what is wrong' lines. What from_pretrained makes of model_kwargs and
+    freeze_layers, and what PEFT makes of the LoRA targets, the preflight asks them
+    (snaketune.preflight), on a shrunken copy of the model.
     Takes seconds: a GGUF file's metadata is read, not its tensors, and not even that when the
     study's prepared model (`prepared`, its source.json) was converted from the same file."""
     from snaketune import hub
@@ -223,7 +218,7 @@ def library_problems(model: ModelParams, lora_configs: list, lora_path: str,
         source = read_source(prepared)
         if source.get("gguf_file") == model.gguf_file:  # converted already: a plain HF folder
             model = replace(model, model_name=source["path"], gguf_file=None)
-    wants_config = bool(lora_configs or model.freeze_layers or answer_tokens or model.model_kwargs)
+    wants_config = bool(answer_tokens)
     if model.gguf_file and (wants_config or (needs_chat_template and not model.tokenizer_name)):
         # One read of the GGUF metadata gives both the config and the chat template (seconds).
         from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
@@ -233,9 +228,7 @@ def library_problems(model: ModelParams, lora_configs: list, lora_path: str,
     if problem:  # the checks that need the config are not made; the chat template's still is
         problems.append(problem)
     elif wants_config:
-        problems += _model_kwargs_problems(model, config)
-        if lora_configs or model.freeze_layers:
-            problems += _lora_target_problems(model, config, lora_configs, lora_path)
+        # By hand: transformers' generate does not refuse answers that pass the model's positions.
         positions = position_limit(config)
         if answer_tokens and positions is not None and answer_tokens >= positions:
             problems.append(f"generation.max_new_tokens: {answer_tokens} tokens, but the model has {positions} "
@@ -246,7 +239,7 @@ def library_problems(model: ModelParams, lora_configs: list, lora_path: str,
     return problems
 
 
-def _cached_hub_id(name: str, revision: str | None = None) -> bool:
+def cached_hub_id(name: str, revision: str | None = None) -> bool:
     """A hub id with a copy (of `revision`) in the cache: read the copy (an unreachable hub would
     make transformers retry for minutes before falling back to it)."""
     from snaketune import hub
@@ -296,146 +289,11 @@ def _read_config(model: ModelParams, gguf: dict | None):
             # (PretrainedConfig.from_dict): those that are config attributes are set.
             config.update({k: v for k, v in model.model_kwargs.items() if hasattr(config, k)})
             return config, None
-        cached = _cached_hub_id(model.model_name, hub_revision(model, model.model_name).get("revision"))
+        cached = cached_hub_id(model.model_name, hub_revision(model, model.model_name).get("revision"))
         return read_model_config(model, local_files_only=cached), None
     except Exception as error:
         return None, (f"model.model_name: transformers cannot read the model's config: "
                       f"{type(error).__name__}: {error}")
-
-
-# How alike a model_kwargs key and a known name must be for the refusal to call it a typo (difflib's
-# ratio): names share words (disable_dropout, disable_mmap), and a wrong guess misleads.
-TYPO = 0.8
-
-
-@functools.cache  # the installed transformers' code does not change within a process
-def _from_pretrained_options() -> frozenset[str]:
-    """The keyword arguments AutoModelForCausalLM.from_pretrained consumes before the model's
-    __init__ (loading options: device_map, low_cpu_mem_usage, subfolder, ...): its parameters, the
-    names its code (and PreTrainedModel.from_pretrained's, and the config reader's) takes out of a
-    dict by `.pop("name")` or `.get("name")`, and the names of a constant tuple (its list of ignored
-    old options). Written here because transformers keeps no list of them (it pops each by name from
-    **kwargs); read from its compiled code, the list follows the installed release. Empty when that
-    code has no such calls (a future Python or transformers): the check then judges nothing."""
-    import dis
-
-    from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
-
-    methods = (AutoModelForCausalLM.from_pretrained, PreTrainedModel.from_pretrained,
-               PretrainedConfig.get_config_dict, PretrainedConfig._get_config_dict)
-    names: set[str] = set()
-    for method in methods:
-        codes = [method.__func__.__code__]
-        while codes:
-            code = codes.pop()
-            instructions = list(dis.get_instructions(code))
-            for i, instruction in enumerate(instructions):
-                if instruction.opname in ("LOAD_METHOD", "LOAD_ATTR") and instruction.argval in ("pop", "get"):
-                    argument = next((nxt for nxt in instructions[i + 1:i + 3] if nxt.opname != "PUSH_NULL"), None)
-                    if argument is not None and argument.opname == "LOAD_CONST" and isinstance(argument.argval, str):
-                        names.add(argument.argval)
-                elif (instruction.opname == "LOAD_CONST" and isinstance(instruction.argval, tuple) and instruction.argval
-                      and all(isinstance(c, str) and c.isidentifier() for c in instruction.argval)):
-                    names |= set(instruction.argval)  # `for name in ["mirror", "_fast_init", ...]: kwargs.pop(name)`
-            codes += [const for const in code.co_consts if inspect.iscode(const)]  # nested code
-    if not names:
-        return frozenset()
-    return frozenset(names | set(_from_pretrained_parameters()))
-
-
-@functools.cache
-def _from_pretrained_parameters() -> tuple[str, ...]:
-    """The keyword parameters AutoModelForCausalLM.from_pretrained documents by name (its signature's
-    and PreTrainedModel.from_pretrained's): the loading options a hint may point at."""
-    from transformers import AutoModelForCausalLM, PreTrainedModel
-
-    return tuple(name for method in (AutoModelForCausalLM.from_pretrained, PreTrainedModel.from_pretrained)
-            for name, p in inspect.signature(method).parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY
-            or (p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD and p.default is not inspect.Parameter.empty))
-
-
-def _model_kwargs_problems(model: ModelParams, config) -> list[str]:
-    """model.model_kwargs keys that every trial's from_pretrained would refuse with "__init__() got
-    an unexpected keyword argument": from_pretrained sets the keys that are attributes of the
-    model's config, consumes its loading options, and passes the rest to the model class's
-    __init__, which (for transformers' own causal LMs) takes none. Unjudged, and so accepted: a
-    model built by remote code (trust_remote_code with an auto_map), a model class transformers
-    does not know, one whose __init__ takes **kwargs, and any key when the loading options cannot
-    be read (_from_pretrained_options)."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
-
-    if model.trust_remote_code and "AutoModelForCausalLM" in (getattr(config, "auto_map", None) or {}):
-        return []
-    try:
-        model_class = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
-    except (KeyError, ValueError):
-        return []
-    parameters = inspect.signature(model_class.__init__).parameters
-    options = _from_pretrained_options()
-    if not options or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        return []
-    arguments = {name for name in parameters if name not in ("self", "config")}
-    known = options | arguments
-    # What a misspelt key may have meant: a config attribute, a model argument or a documented
-    # loading option, none of those snaketune sets from a field of its own (SET_BY_SNAKETUNE).
-    meant = ({k for k in config.to_dict() if not k.startswith("_")} | arguments
-             | set(_from_pretrained_parameters())) - set(SET_BY_SNAKETUNE)
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    problems = []
-    for key in model.model_kwargs:
-        if hasattr(config, key) or key in known:
-            continue
-        if text is not config and hasattr(text, key):
-            hint = f" (it is an attribute of the text model's config: give it as text_config: {{{key}: ...}})"
-        elif field := closest_match(key, SET_BY_SNAKETUNE, TYPO):
-            hint = f" (did you mean {field!r}? set {SET_BY_SNAKETUNE[field]} instead)"
-        else:
-            hint = closest(key, meant, TYPO)
-        problems.append(
-            f"model.model_kwargs.{key}: not an attribute of the model's config ({type(config).__name__}), "
-            f"a loading option of from_pretrained, or an argument of {model_class.__name__}: every trial's "
-            f"from_pretrained would fail with an unexpected keyword argument{hint}. "
-            "Remove it (model_kwargs go to AutoModelForCausalLM.from_pretrained as they are)")
-    return problems
-
-
-def _lora_target_problems(model: ModelParams, config, lora_configs: list, lora_path: str) -> list[str]:
-    import warnings
-
-    import torch
-    from peft import get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    trust = bool(model.trust_remote_code)
-    problems = []
-    if model.freeze_layers:
-        with torch.device("meta"), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            meta_model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust)
-        try:
-            freeze_layers(meta_model, model.freeze_layers)
-        except ValueError as error:
-            shallow = [path for path, _ in meta_model.named_modules() if path and path.count(".") <= 2]
-            problems.append(f"{error}; its modules include {', '.join(shallow[:8])}, ...")
-    for lora, varied in lora_configs:
-        with torch.device("meta"), warnings.catch_warnings():  # shapes only: no memory, no weights
-            warnings.simplefilter("ignore")
-            meta_model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust)
-            try:
-                get_peft_model(meta_model, lora)
-            except Exception as error:
-                message = f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"
-                if "target" not in message.lower():  # another value PEFT refuses for this model
-                    where = varied or "tuning.fixed_peft_params"
-                    problems.append(f"{where}: PEFT cannot apply LoRA to this model: {message}")
-                    continue
-                # PEFT's "Target modules ... not found in the base model": say which there are.
-                linear = sorted({name.rsplit(".", 1)[-1] for name, module in meta_model.named_modules()
-                                 if isinstance(module, torch.nn.Linear) and name})
-                problems.append(f"{lora_path}: PEFT cannot apply LoRA to this model ({config.model_type}): "
-                                f"{message}; its linear modules are {', '.join(linear)} "
-                                "(or write 'all-linear')")
-    return list(dict.fromkeys(problems))
 
 
 def _chat_template_problems(model: ModelParams, gguf: dict | None, trust: bool) -> list[str]:
@@ -451,7 +309,7 @@ def _chat_template_problems(model: ModelParams, gguf: dict | None, trust: bool) 
             name = getattr(model, key)
             revision = hub_revision(model, name)
             template = AutoTokenizer.from_pretrained(  # as load_tokenizer loads it
-                name, **{"trust_remote_code": trust, "local_files_only": _cached_hub_id(name, revision.get("revision")),
+                name, **{"trust_remote_code": trust, "local_files_only": cached_hub_id(name, revision.get("revision")),
                          **model.tokenizer_kwargs, **revision}).chat_template
         except Exception as error:
             return [f"model.{key}: transformers cannot load the tokenizer: {type(error).__name__}: {error}"]

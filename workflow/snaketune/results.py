@@ -152,11 +152,17 @@ def aggregate_after_failure(tuning: TuningParams) -> None:
         print(f"\nsnaketune: could not write the table of the failed run: {describe_error(error)}")
 
 
-ONCE_PER_STUDY_RULES = ("prepare_model", "prepare_data", "baseline", "aggregate", "report")
+ONCE_PER_STUDY_RULES = ("prepare_model", "prepare_data", "preflight", "baseline", "aggregate", "report")
 
 
 def _report_failure(tuning: TuningParams) -> None:
     layout = tuning.layout
+    # Its record is written only when every configuration passed (the log keeps older runs' text).
+    refused = None if layout.preflight_record.exists() else _preflight_problems(layout.rule_log("preflight"))
+    if refused:  # no trial was created: nothing to tabulate, and running again as it is fails again
+        print(f"\nsnaketune: {refused}\nFix these values in the config, then run the same command: the "
+              "preflight runs again, then the trials.")
+        return
     # The profiles keep Snakemake's job blocks (and with them its error blocks) quiet: a rule that
     # failed in this run is named here, with its error and its log.
     for rule in ONCE_PER_STUDY_RULES:
@@ -217,6 +223,26 @@ NO_COMPLETED_TRIAL = (
     "(tuning.tunable_training_params.learning_rate), add warmup (warmup_ratio) or clip gradients "
     "(max_grad_norm); if they were pruned, loosen tuning.pruner_kwargs. Then tune again in a new "
     "tuning.output_dir (a study's search space cannot change).")
+
+
+def _preflight_problems(log: Path) -> str | None:
+    """The preflight's refusal (its problem list, whole) if rule preflight failed in this run on
+    values the libraries refuse (preflight.PreflightError), else None."""
+    if not _written_this_run(log):
+        return None
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return None
+    at = text.rfind("\nPreflight: ")
+    return text[at + 1:].strip() if at >= 0 else None
+
+
+def _written_this_run(log: Path) -> bool:
+    try:
+        return log.stat().st_mtime >= float(os.environ.get(studies.RUN_STARTED_ENV, 0))
+    except OSError:
+        return False
 
 
 def _rule_error(log: Path) -> str | None:

@@ -286,10 +286,6 @@ def check(name: str, kwargs: dict, pruner: str, pruner_kwargs: dict, space: list
                 f"expected one of {', '.join(SAMPLERS)}"]
     cls = _sampler_class(name)
     problems += _check_kwargs(cls, kwargs, "tuning.sampler_kwargs", MANAGED_SAMPLER_ARGS)
-    categorical = [p["name"] for p in space if p["type"] == "categorical"]
-    if name == "CmaEsSampler" and categorical:
-        problems.append(f"tuning.tuner_sampler: CmaEsSampler cannot sample categorical parameters "
-                        f"({', '.join(categorical)}); use TPESampler or GPSampler, or make them int/float")
     if name == "GridSampler":
         try:
             grid(space)

@@ -9,6 +9,7 @@ only exists for a finished trial.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import signal
@@ -155,16 +156,23 @@ def trial_summary(frozen, metrics: list[str], trial_dir: Path) -> dict:
     }
 
 
-def build_training_args(tuning: TuningParams, max_length: int, tuned: dict, trial_dir: Path):
+def build_training_args(tuning: TuningParams, max_length: int, tuned: dict, trial_dir: Path,
+                        overrides: dict | None = None):
     """SFTConfig from fixed + sampled training parameters, with what snaketune must set itself
-    (`max_length`: `TuningConfig.max_length`, which the data was cut to)."""
+    (`max_length`: `TuningConfig.max_length`, which the data was cut to). `overrides` win over
+    everything (the preflight's one step: snaketune.preflight.STEP_OVERRIDES)."""
     import torch
     from trl import SFTConfig
 
-    from snaketune.names import OUMI_TRAINING_DEFAULTS, oumi_value
+    from snaketune.names import OUMI_TRAINING_DEFAULTS, PREPARED_DATA_FIELDS, oumi_value
 
     tuned = {k: oumi_value(k, v) for k, v in tuned.items()}  # a sampled choice as Oumi translates it
-    user = {k: v for k, v in {**tuning.training_args, **tuned}.items() if k != "trainer_type"}
+    # TRL reads the dataset-preparation fields only while it prepares rows, which prepare_data has
+    # done (names.PREPARED_DATA_FIELDS: only values asking for what it does are accepted). Passed
+    # on, TRL would check them against prepared rows: assistant_only_loss=True refuses them as
+    # "not conversational", though every assistant turn already carries the loss.
+    user = {k: v for k, v in {**tuning.training_args, **tuned}.items()
+            if k != "trainer_type" and k not in PREPARED_DATA_FIELDS}
     defaults = {
         **OUMI_TRAINING_DEFAULTS,
         "seed": tuning.seed,
@@ -186,8 +194,16 @@ def build_training_args(tuning: TuningParams, max_length: int, tuned: dict, tria
         user["dataloader_num_workers"] = min(2, 8, int(torch.get_num_threads() * 0.25))
     if not user.get("dataloader_num_workers"):
         user.pop("dataloader_prefetch_factor", None)  # transformers refuses it without workers
+    arguments = {**defaults, **user, **(overrides or {})}
+    if "activation_checkpointing" in {f.name for f in dataclasses.fields(SFTConfig)}:
+        # transformers 5.2x renamed gradient_checkpointing(_kwargs), Oumi's and TRL's name, to
+        # activation_checkpointing(_kwargs) (the old name warns that it goes in v6): the same setting.
+        for old, new in (("gradient_checkpointing", "activation_checkpointing"),
+                         ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs")):
+            if old in arguments:
+                arguments.setdefault(new, arguments.pop(old))
     return SFTConfig(
-        **{**defaults, **user},
+        **arguments,
         output_dir=str(trial_dir),
         # prepare_data tokenized the rows once for the whole study (input_ids + labels).
         dataset_kwargs={"skip_prepare_dataset": True},
@@ -206,177 +222,53 @@ def build_lora_config(lora_args: dict, tuned_peft: dict):
     return LoraConfig(**kwargs)
 
 
-# -- parse-time checks: what TRL and PEFT will say about the values, before any job ---------------
+def build_trainer(tune: TuningConfig, params: dict, trial_dir: Path, model_source: dict, train_dataset,
+                  eval_dataset, callbacks: list = (), overrides: dict | None = None):
+    """The `SFTTrainer` of one configuration, and its tokenizer, built as every trial builds them:
+    `SFTConfig` from the fixed and sampled (`params`, {name: value}) training arguments, the model
+    `model_source` (a prepare_model source.json dict) names loaded with the model: section's options,
+    `LoraConfig` when LoRA is on, the prepared rows. A checkpoint of the last step is always saved
+    (SaveLastStep). `overrides` are SFTConfig arguments that win (the preflight's single step).
+    Raises what TRL, PEFT and transformers raise for values they refuse."""
+    from transformers import TrainerCallback
+    from trl import SFTTrainer
 
+    from snaketune import model as models
 
-def argument_problems(tuning: TuningParams, max_length: int, fixed_paths: dict[tuple[str, str], str]
-                      ) -> tuple[list[str], list]:
-    """Build `SFTConfig` (and `LoraConfig` when LoRA is on) from the fixed parameters and at each
-    corner of the search space (`space.corners`: every choice, every bound), as a trial would, and
-    check each value against its field's type. Returns (problems as 'yaml.path: what is wrong', the
-    distinct LoraConfigs built, each with the YAML path of the tunable parameter varied to build it
-    or None, for the model's check that LoRA applies).
+    class SaveLastStep(TrainerCallback):
+        """Always checkpoint the final step: the best model and resumes start from it."""
 
-    `fixed_paths` maps (group, target field) to the fixed parameter's YAML path. The library's own
-    complaint is reported under the path of the value that caused it: a tunable parameter's when
-    only some of its values fail, else the fixed parameters the message names.
-    """
-    import tempfile
-    import warnings
-    from dataclasses import replace
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step >= state.max_steps:
+                control.should_save = True
 
-    from peft import LoraConfig
-    from trl import SFTConfig
-
-    from snaketune.names import oumi_value
-
-    problems, lora_configs = [], []
-    scratch = Path(tempfile.gettempdir()) / "snaketune-argument-check"  # never created
-    for (group, target), path in fixed_paths.items():
-        value = (tuning.training_args if group == "training" else tuning.lora_args).get(target)
-        if (target, value) == ("dataloader_num_workers", "auto"):  # Oumi's value: a number per trial
-            continue
-        problem = type_problem(SFTConfig if group == "training" else LoraConfig, target, value)
-        if problem:
-            problems.append(f"{path}: {problem}")
-    for param in tuning.space:
-        cls = SFTConfig if param["group"] == "training" else LoraConfig
-        for i, value in enumerate(search_space.edge_values(param)):
-            problem = type_problem(cls, param["target"], oumi_value(param["target"], value))
-            if problem:
-                where = f".choices[{i}]" if param["type"] == "categorical" else (".low", ".high")[i]
-                problems.append(f"tuning.tunable_{param['group']}_params.{param['name']}{where}: "
-                                f"{problem}")
-    if problems:  # a value of the wrong type makes the libraries' own messages misleading
-        return problems, lora_configs
-
-    said = set()
-
-    def build(group: str, fixed: dict, training: dict, peft: dict):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            if group == "training":
-                return build_training_args(replace(tuning, training_args=fixed), max_length, training, scratch)
-            return build_lora_config(fixed, peft)
-
-    def culprits(group: str, fixed: dict, training: dict, peft: dict) -> list[str]:
-        """The fixed parameters without any one of which the arguments build."""
-        found = []
-        for target in fixed:
-            try:
-                build(group, {k: v for k, v in fixed.items() if k != target}, training, peft)
-            except Exception:
-                continue
-            found.append(fixed_paths.get((group, target), f"tuning.fixed_{group}_params"))
-        return found or [f"tuning.fixed_{group}_params"]
-
-    def refused(group: str, param, value, values: dict) -> None:
-        fixed = tuning.training_args if group == "training" else tuning.lora_args
-        training, peft = search_space.split_by_group(tuning.space, values)
-        try:
-            built = build(group, fixed, training, peft)
-        except Exception as error:  # ValueError, TypeError, ImportError: the library's complaint
-            message = "; ".join(line.strip() for line in f"{type(error).__name__}: {error}".splitlines()
-                                if line.strip())
-            library = "SFTConfig" if group == "training" else "LoraConfig"
-            if param is None:
-                named = culprits(group, fixed, training, peft)
-                line = f"{', '.join(named)}: {library} refuses these values: {message}"
-            else:
-                line = (f"tuning.tunable_{group}_params.{param['name']}: {library} refuses "
-                        f"{param['name']}={value!r} (with {values}): {message}")
-            if message not in said:
-                said.add(message)
-                problems.append(line)
-            return
-        if group == "peft" and built not in [config for config, _ in lora_configs]:
-            where = None if param is None else f"tuning.tunable_peft_params.{param['name']}"
-            lora_configs.append((built, where))
-
-    for param, value, values in search_space.corners(tuning.space):
-        varied = None if param is None else param["group"]
-        if varied in (None, "training"):
-            refused("training", param, value, values)
-        if tuning.use_peft and varied in (None, "peft"):
-            refused("peft", param, value, values)
-    return problems, lora_configs
-
-
-def type_problem(cls, field: str, value) -> str | None:
-    """Why `value` does not fit dataclass `cls`'s `field` by type (an integer field given 3.0 or
-    '4', a flag given 'true'), or None. Only what a type can say: the library checks the rest."""
-    import typing
-
-    hint = typing.get_type_hints(cls).get(field)
-    if hint is None or _fits(hint, value):
-        return None
-    wanted = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
-              list: "a list", dict: "a mapping"}
-    names = [wanted.get(typing.get_origin(a) or a) for a in _alternatives(hint)]
-    expected = " or ".join(dict.fromkeys(n for n in names if n)) or str(hint)
-    return f"{value!r} ({type(value).__name__}) does not fit {cls.__name__}.{field}, which takes {expected}"
-
-
-def _alternatives(hint) -> list:
-    import types
-    import typing
-
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return [a for arg in typing.get_args(hint) for a in _alternatives(arg)]
-    return [hint]
-
-
-def _fits(hint, value) -> bool:
-    import enum
-    import typing
-
-    for option in _alternatives(hint):
-        origin = typing.get_origin(option) or option
-        if option is typing.Any or (option is type(None) and value is None):
-            return True
-        if origin is typing.Literal:
-            if value in typing.get_args(option) or isinstance(value, str):  # the library checks strings
-                return True
-        elif origin is bool:
-            if isinstance(value, bool):
-                return True
-        elif origin is int:
-            if isinstance(value, int) and not isinstance(value, bool):
-                return True
-        elif origin is float:
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                return True
-        elif origin in (list, tuple):
-            if isinstance(value, (list, tuple)):
-                return True
-        elif isinstance(origin, type) and issubclass(origin, enum.Enum):
-            if isinstance(value, (str, origin)):
-                return True
-        elif isinstance(origin, type):
-            if isinstance(value, origin):
-                return True
-        else:  # a type this check does not know: the library has the last word
-            return True
-    return False
+    tuning = tune.tuning
+    tuned_training, tuned_peft = search_space.split_by_group(tuning.space, params)
+    args = build_training_args(tuning, tune.max_length, tuned_training, trial_dir, overrides)
+    tokenizer = models.load_tokenizer(model_source, tune.model)
+    # Quantisation options are fixed (config.py refuses to tune them) and apply to loading.
+    model = models.load_model(model_source, tune.model, quantization=tuning.quantization)
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        peft_config=build_lora_config(tuning.lora_args, tuned_peft) if tuning.use_peft else None,
+        callbacks=[*callbacks, SaveLastStep()],
+    )
+    return trainer, tokenizer
 
 
 def train_and_evaluate(tune: TuningConfig, params: dict, trial_dir: Path, model_source: dict, data_dir,
                        trial=None, resume_from: str | None = None) -> tuple[dict, str | None]:
     """Train and evaluate one configuration: (metrics produced, why it diverged or None)."""
     from transformers import TrainerCallback
-    from trl import SFTTrainer
 
     from snaketune import data as datasets_
-    from snaketune import model as models
 
     tuning = tune.tuning
-    tuned_training, tuned_peft = search_space.split_by_group(tuning.space, params)
-    args = build_training_args(tuning, tune.max_length, tuned_training, trial_dir)
-    tokenizer = models.load_tokenizer(model_source, tune.model)
-    # Quantisation options are fixed (config.py refuses to tune them) and apply to loading.
-    model = models.load_model(model_source, tune.model, quantization=tuning.quantization)
     prepared = datasets_.load_prepared(data_dir)
-
     files = TrialFiles(trial_dir)
 
     class LossCurve(TrainerCallback):
@@ -446,23 +338,10 @@ def train_and_evaluate(tune: TuningConfig, params: dict, trial_dir: Path, model_
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):
             self.step, self.metrics = state.global_step, dict(metrics or {})
 
-    class SaveLastStep(TrainerCallback):
-        """Always checkpoint the final step: the best model and resumes start from it."""
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step >= state.max_steps:
-                control.should_save = True
-
     divergence, pruning, last_evaluation = StopOnDivergence(), ReportAndPrune(), LastEvaluation()
-    trainer = SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=prepared["train"],
-        eval_dataset=prepared["validation"],
-        processing_class=tokenizer,
-        peft_config=build_lora_config(tuning.lora_args, tuned_peft) if tuning.use_peft else None,
-        callbacks=[LossCurve(), divergence, pruning, last_evaluation, SaveLastStep()],
-    )
+    trainer, tokenizer = build_trainer(tune, params, trial_dir, model_source, prepared["train"],
+                                       prepared["validation"],
+                                       callbacks=[LossCurve(), divergence, pruning, last_evaluation])
     train_output = trainer.train(resume_from_checkpoint=resume_from)
     name_base_model_in_card(trial_dir, tune.model.model_name)
     write_loss_curve(trainer.state.log_history, files.loss_curve_csv)

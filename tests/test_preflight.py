@@ -1,0 +1,331 @@
+"""The preflight (snaketune.preflight): every configuration the search can draw is built and stepped
+by TRL, PEFT, transformers and Optuna before any trial, and a value they refuse is named by its YAML
+path. The inputs of issue 32 (from public bug reports) and more of each kind.
+
+The stepped checks run `preflight.run` on a tiny random Llama and data prepared once for the module
+(seconds per configuration); two real Snakemake runs show a refusal stops the run before any trial
+exists, and that chat rows with assistant_only_loss train.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+from workflow_helpers import load_study, run_snakemake, tiny_config, write_config, write_reverse_words
+
+from snaketune import data, preflight
+from snaketune import model as models
+from snaketune.config import ConfigError, load_tune_config
+
+_COUNTER = itertools.count()
+
+
+def configured(workdir, data_file="data.jsonl", model=None, **sections) -> dict:
+    """tiny_config with each `tuning` section in `sections` merged in (dicts update, others set)."""
+    config = tiny_config(data_file)
+    config["tuning"]["output_dir"] = f"out_{next(_COUNTER)}"
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(config["tuning"].get(key), dict):
+            config["tuning"][key].update(value)
+        else:
+            config["tuning"][key] = value
+    config["model"].update(model or {})
+    return config
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """A workdir with Alpaca rows, and its prepared models and data by model section (each
+    prepared once for the module, as rules prepare_model and prepare_data do)."""
+    workdir = tmp_path_factory.mktemp("preflight")
+    write_reverse_words(workdir / "data.jsonl")
+    return workdir, {}
+
+
+def stepped(prepared, model: dict | None = None, **sections) -> dict | list[str]:
+    """The preflight's record for tiny_config with `model` and the tuning `sections` merged in, or
+    its problems when it refuses the config."""
+    workdir, done = prepared
+    tune = load_tune_config(configured(workdir, model=model, **sections), workdir)
+    key = json.dumps(tune.definition, sort_keys=True)
+    if key not in done:
+        layout = tune.tuning.layout
+        models.prepare_model(tune.model, layout.model_source)
+        source = models.read_source(layout.model_source)
+        data.prepare_data(tune.data, models.load_tokenizer(source, tune.model), tune.max_length,
+                          layout.data_summary)
+        done[key] = source, layout.data_summary.parent
+    source, data_dir = done[key]
+    try:
+        return preflight.run(tune, source, data_dir, workdir / f"preflight_{next(_COUNTER)}.json")
+    except preflight.PreflightError as error:
+        return error.problems
+
+
+def the_problem(problems, path: str, *fragments: str) -> str:
+    assert isinstance(problems, list), f"accepted: {problems}"
+    [problem] = [p for p in problems if p.startswith(f"{path}: ")] or [None]
+    assert problem is not None, f"{path} not named in {problems}"
+    for fragment in fragments:
+        assert fragment in problem, problem
+    return problem
+
+
+LORA = {"use_peft": True}
+
+# Each: the tuning sections, the YAML path the refusal names, words of the library's own message.
+REFUSED = {
+    # refused too late: a value whose preconditions live in another object
+    "cosine_with_min_lr without lr_scheduler_kwargs (ms-swift#8172)": (
+        {"fixed_training_params": {"lr_scheduler_type": "cosine_with_min_lr"}},
+        "tuning.fixed_training_params.lr_scheduler_type", "min_lr"),
+    "a tunable scheduler choice that needs kwargs": (
+        {"tunable_training_params": {"lr_scheduler_type": {"type": "categorical",
+                                                           "choices": ["linear", "cosine_with_min_lr"]}}},
+        "tuning.tunable_training_params.lr_scheduler_type.choices[1]", "min_lr"),
+    "warmup_stable_decay without its decay steps": (
+        {"fixed_training_params": {"lr_scheduler_type": "warmup_stable_decay"}},
+        "tuning.fixed_training_params.lr_scheduler_type", "num_decay_steps"),
+    "an optimizer whose package is not installed": (
+        {"fixed_training_params": {"optimizer": "adamw_bnb_8bit"}},
+        "tuning.fixed_training_params.optimizer", "bitsandbytes"),
+    "GaLore without its package": (
+        {"fixed_training_params": {"optim": "galore_adamw"}},
+        "tuning.fixed_training_params.optim", "galore"),
+    # accepted but inert: a setting the library itself warns does nothing here
+    "EVA initialisation, which needs a pass over data no trial makes": (
+        {"fixed_training_params": LORA, "fixed_peft_params": {"init_lora_weights": "eva"}},
+        "tuning.fixed_peft_params.init_lora_weights", "eva", "plain LoRA"),
+    # part of a list value does nothing
+    "a LoRA target list with a name that matches nothing": (
+        {"fixed_training_params": LORA, "fixed_peft_params": {"lora_target_modules": ["q_proj", "typo_proj"]}},
+        "tuning.fixed_peft_params.lora_target_modules", "'typo_proj'", "v_proj"),
+    "a LoRA target list with a name cut short": (
+        {"fixed_training_params": LORA, "fixed_peft_params": {"lora_target_modules": ["q_proj", "v_proj", "gate"]}},
+        "tuning.fixed_peft_params.lora_target_modules", "'gate'", "gate_proj"),
+    "LoRA targets none of which the model has": (
+        {"fixed_training_params": LORA, "fixed_peft_params": {"lora_target_modules": ["c_attn"]}},
+        "tuning.fixed_peft_params.lora_target_modules", "c_attn"),
+    "a tunable LoRA target choice the model lacks": (
+        {"fixed_training_params": LORA, "tunable_peft_params": {"lora_target_modules": {
+            "type": "categorical", "choices": ["all-linear", "Wqkv"]}}},
+        "tuning.tunable_peft_params.lora_target_modules.choices[1]", "Wqkv"),
+    "a LoRA dropout bound the layers refuse": (
+        {"fixed_training_params": LORA, "tunable_peft_params": {"lora_dropout": {
+            "type": "uniform", "low": 0.0, "high": 1.5}}},
+        "tuning.tunable_peft_params.lora_dropout.high", "dropout probability has to be between 0 and 1"),
+    # what from_pretrained refuses (was read from transformers' bytecode by hand)
+    "a model_kwargs key from_pretrained refuses": (
+        {"model": {"model_kwargs": {"disable_dropout": True}}},
+        "model.model_kwargs.disable_dropout", "disable_dropout"),
+    "a typo of a loading option snaketune sets": (
+        {"model": {"model_kwargs": {"attn_implementaton": "eager"}}},
+        "model.model_kwargs.attn_implementaton", "attn_implementaton"),
+    "one bad model_kwargs key among good ones": (
+        {"model": {"model_kwargs": {"intermediate_size": 16, "num_layers": 1}}},
+        "model.model_kwargs.num_layers", "num_layers"),
+    "a layer to freeze the model does not have": (
+        {"model": {"freeze_layers": ["model.layers.7"]}},
+        "model.freeze_layers", "no module named 'model.layers.7'"),
+}
+
+
+@pytest.mark.parametrize("case", REFUSED)
+def test_a_value_the_libraries_refuse_is_named_by_its_path_before_any_trial(prepared, case):
+    sections, path, *fragments = REFUSED[case]
+    the_problem(stepped(prepared, **sections), path, *fragments)
+
+
+@pytest.mark.parametrize("model_kwargs,refused", [
+    ({}, False),
+    ({"num_hidden_layers": 1}, True),  # a config attribute from_pretrained applies: one layer left
+])
+def test_the_model_is_loaded_as_a_trial_loads_it(prepared, model_kwargs, refused):
+    found = stepped(prepared, model={"freeze_layers": ["model.layers.1"], "model_kwargs": model_kwargs})
+    if refused:
+        the_problem(found, "model.freeze_layers", "no module named 'model.layers.1'")
+    else:
+        assert isinstance(found, dict), found
+
+
+ACCEPTED = {
+    "the base config": {},
+    "completion_only_loss, which the prepared rows already do": {"fixed_training_params": {"completion_only_loss": True}},
+    "LoRA targets every one of which the model has": {
+        "fixed_training_params": LORA, "fixed_peft_params": {"lora_target_modules": ["q_proj", "v_proj"]}},
+    "a scheduler with the kwargs it needs": {
+        "fixed_training_params": {"lr_scheduler_type": "cosine_with_min_lr",
+                                  "lr_scheduler_kwargs": {"min_lr_rate": 0.1}}},
+    "gradient checkpointing, a field transformers renamed": {
+        "fixed_training_params": {"gradient_checkpointing": True}},
+    "model_kwargs from_pretrained takes (a config attribute, loading options)": {
+        "model": {"model_kwargs": {"intermediate_size": 16, "low_cpu_mem_usage": True, "use_cache": False,
+                                   "ignore_mismatched_sizes": True}}},
+    "a layer to freeze, by its path in a deep model": {"model": {"freeze_layers": ["model.layers.1"]}},
+}
+
+
+@pytest.mark.parametrize("case", ACCEPTED)
+def test_a_configuration_the_libraries_take_passes_without_notices(prepared, case):
+    record = stepped(prepared, **ACCEPTED[case])
+    assert isinstance(record, dict), record
+    assert record["notices"] == []
+    assert record["configurations"][0]["varied"] is None
+
+
+def test_the_covering_set_holds_every_choice_bound_and_enqueued_trial_once(tmp_path):
+    write_reverse_words(tmp_path / "data.jsonl")
+    tune = load_tune_config(configured(
+        tmp_path, tunable_training_params={"lr_scheduler_type": {"type": "categorical", "choices": ["linear", "cosine"]}},
+        enqueue_trials=[{"learning_rate": 0.01, "lr_scheduler_type": "cosine"}]), tmp_path)
+    points = preflight.configurations(tune.tuning)
+    assert [p.varied for p in points] == [
+        None, "tuning.tunable_training_params.learning_rate.high",
+        "tuning.tunable_training_params.lr_scheduler_type.choices[1]", "tuning.enqueue_trials[0]"]
+    assert points[0].values == {"learning_rate": 1e-4, "lr_scheduler_type": "linear"}
+
+
+# -- the sampler over the space, at parse time ------------------------------------------------------
+
+
+def parse_problems(tmp_path, **sections) -> list[str]:
+    write_reverse_words(tmp_path / "data.jsonl")
+    with pytest.raises(ConfigError) as error:
+        load_tune_config(configured(tmp_path, **sections), tmp_path)
+    return error.value.problems
+
+
+@pytest.mark.parametrize("spec", [
+    {"type": "loguniform", "low": 1e-5, "high": 1e-2},  # optuna#6651
+    {"type": "uniform", "low": 1e-5, "high": 1e-2},
+    {"type": "float", "low": 1e-5, "high": 1e-2, "log": True},
+])
+def test_a_sampler_that_needs_a_finite_space_refuses_a_continuous_parameter_at_parse_time(tmp_path, spec):
+    problems = parse_problems(tmp_path, tuner_sampler="BruteForceSampler",
+                              tunable_training_params={"learning_rate": spec})
+    the_problem(problems, "tuning.tuner_sampler", "tuning.tunable_training_params.learning_rate",
+                "step must be given")
+
+
+def test_a_sampler_with_what_it_needs_is_accepted(tmp_path):
+    write_reverse_words(tmp_path / "data.jsonl")
+    load_tune_config(configured(tmp_path, tuner_sampler="BruteForceSampler", tunable_training_params={
+        "learning_rate": {"type": "uniform", "low": 1e-3, "high": 1e-2, "step": 1e-3}}), tmp_path)
+
+
+def test_a_sampler_falling_back_for_a_parameter_is_a_notice_naming_it(tmp_path):
+    write_reverse_words(tmp_path / "data.jsonl")
+    tune = load_tune_config(configured(tmp_path, tuner_sampler="CmaEsSampler", tunable_training_params={
+        "lr_scheduler_type": {"type": "categorical", "choices": ["linear", "cosine"]}}), tmp_path)
+    [notice] = [n for n in tune.notices if "CmaEsSampler warns" in n]
+    assert notice.startswith("tuning.tunable_training_params.lr_scheduler_type: ")
+    assert "RandomSampler" in notice
+
+
+# -- naming the culprit (no training: a stand-in stepper) -----------------------------------------
+
+
+class FakeStepper:
+    """Fails every configuration with lr_scheduler_type set (unless it is left out), and warns for
+    init_lora_weights 'eva'; records what it was asked."""
+
+    def __init__(self, tune):
+        self.tune, self.asked = tune, []
+
+    def __call__(self, values, without=None):
+        self.asked.append((dict(values), without))
+        tuning = preflight._without(self.tune, without).tuning
+        scheduler = {**tuning.training_args, **values}.get("lr_scheduler_type")
+        warnings = ["UserWarning: `init_lora_weights` is 'eva' but `eva_config` is not specified."] \
+            if tuning.lora_args.get("init_lora_weights") == "eva" else []
+        if scheduler == "cosine_with_min_lr":
+            return preflight.Outcome(error="ValueError: One of min_lr or min_lr_rate should be set", stage="step",
+                                     warnings=warnings)
+        return preflight.Outcome(warnings=warnings)
+
+
+def test_a_fixed_value_is_found_by_leaving_each_out_and_said_once(tmp_path):
+    write_reverse_words(tmp_path / "data.jsonl")
+    tune = load_tune_config(configured(tmp_path, fixed_training_params={
+        "lr_scheduler_type": "cosine_with_min_lr", "warmup_steps": 1, "weight_decay": 0.1}), tmp_path)
+    stepper = FakeStepper(tune)
+    problems, notices = preflight.judge(tune, preflight.configurations(tune.tuning), stepper)
+    [problem] = problems
+    assert problem.startswith("tuning.fixed_training_params.lr_scheduler_type: ")
+    assert "min_lr" in problem and notices == []
+    # Two points, then each fixed value left out at most once.
+    assert len(stepper.asked) <= 2 + len(tune.tuning.argument_paths)
+
+
+def test_a_value_only_some_points_draw_is_named_by_its_choice(tmp_path):
+    write_reverse_words(tmp_path / "data.jsonl")
+    tune = load_tune_config(configured(tmp_path, tunable_training_params={"lr_scheduler_type": {
+        "type": "categorical", "choices": ["linear", "cosine_with_min_lr"]}}), tmp_path)
+    problems, _ = preflight.judge(tune, preflight.configurations(tune.tuning), FakeStepper(tune))
+    assert [p.split(": ")[0] for p in problems] == ["tuning.tunable_training_params.lr_scheduler_type.choices[1]"]
+
+
+def test_a_refused_warning_is_named_by_the_value_that_raises_it(tmp_path):
+    write_reverse_words(tmp_path / "data.jsonl")
+    tune = load_tune_config(configured(tmp_path, fixed_training_params=LORA,
+                                       fixed_peft_params={"init_lora_weights": "eva", "lora_alpha": 8}), tmp_path)
+    problems, notices = preflight.judge(tune, preflight.configurations(tune.tuning), FakeStepper(tune))
+    assert [p.split(": ")[0] for p in problems] == ["tuning.fixed_peft_params.init_lora_weights"]
+
+
+def test_every_ignored_warning_says_why():
+    assert all(reason.strip() for reason in preflight.IGNORED_WARNINGS.values())
+    assert preflight._judged(["FutureWarning: `is_gradient_checkpointing` is deprecated"]) == ([], [])
+    assert preflight._judged(["UserWarning: this flag has no effect here"]) == (
+        ["UserWarning: this flag has no effect here"], [])
+
+
+def test_the_shrunken_model_keeps_the_architecture_depth_and_vocabulary():
+    from transformers import AutoConfig
+
+    big = AutoConfig.for_model("llama", hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                               num_attention_heads=9, num_key_value_heads=3, vocab_size=49152)
+    small = preflight.shrink_config(big)
+    assert type(small) is type(big) and small.vocab_size == 49152
+    # As deep (freeze_layers and layers_to_transform name layers by index), narrower.
+    assert (small.num_hidden_layers, small.num_attention_heads, small.num_key_value_heads) == (30, 4, 2)
+    assert small.hidden_size == 4 * preflight.SHRUNK_HEAD_DIM and small.intermediate_size == 2 * small.hidden_size
+    assert big.num_hidden_layers == 30  # the original is untouched
+
+
+# -- real Snakemake runs ----------------------------------------------------------------------------
+
+
+def test_a_refused_configuration_stops_the_run_before_any_trial(tmp_path):
+    write_reverse_words(tmp_path / "data.jsonl")
+    config = tiny_config()
+    config["tuning"]["fixed_training_params"]["lr_scheduler_type"] = "cosine_with_min_lr"
+    write_config(tmp_path, config)
+    result = run_snakemake(tmp_path, check=False)
+    assert result.returncode != 0
+    out = result.stdout + result.stderr
+    assert "tuning.fixed_training_params.lr_scheduler_type: " in out and "min_lr" in out
+    assert "Run the same command again" not in out
+    output_dir = tmp_path / "tuning_output"
+    assert not list(output_dir.glob("trial_*"))
+    journal = output_dir / "study.journal"
+    assert not journal.exists() or load_study(output_dir).trials == []
+
+
+def test_chat_rows_with_assistant_only_loss_train(tmp_path):
+    """huggingface/trl#4879: TRL refused the prepared rows as 'not conversational'; the loss is on
+    the assistant turns already (prepare_data), so the field asks for what is done and must train."""
+    rows = [{"messages": [{"role": "user", "content": f"Say {w}."}, {"role": "assistant", "content": w},
+                          {"role": "user", "content": "Again."}, {"role": "assistant", "content": w}]}
+            for w in ("alpha", "beta", "gamma", "delta", "omega") * 4]
+    (tmp_path / "chat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = tiny_config("chat.jsonl", n_trials=1)
+    config["tuning"]["fixed_training_params"]["assistant_only_loss"] = True
+    write_config(tmp_path, config)
+    run_snakemake(tmp_path)
+    output_dir = tmp_path / "tuning_output"
+    [trial] = load_study(output_dir).trials
+    assert trial.state.name == "COMPLETE"
+    assert json.loads((output_dir / "preflight.json").read_text())["notices"] == []

@@ -1,0 +1,775 @@
+"""The preflight: every configuration the search can draw, built and stepped by the libraries
+themselves before any trial is created.
+
+A configuration can pass every check of its own section and still fail in a trial, because its
+preconditions live in another library object: a scheduler's kwargs, the optional package behind
+an optimizer name, a sampler's need for a finite space, LoRA target names the model lacks. Rather
+than re-implement each precondition, the preflight builds what a trial builds, with the trial's own
+code (`train.build_trainer`), and takes one real step:
+
+- `search_problems` (at parse time, milliseconds to a second): the study's sampler and pruner
+  (`strategy.make_sampler`, `make_pruner`) in an in-memory study over the search space, asked for
+  the enqueued configurations and then for trials past the sampler's start-up ones, each
+  parameter suggested, intermediate values reported and the pruner asked.
+- `run` (rule preflight, after prepare_model and prepare_data, before any trial and the baseline):
+  for each configuration of the covering set (`configurations`: the base point, each categorical
+  choice, each numeric bound, each enqueued trial), the trial's `SFTConfig` and `LoraConfig`, the
+  model loaded through the trial's `from_pretrained` (with model_kwargs) from a shrunken random
+  copy (`shrink_config`: the same architecture class, config and depth, narrow layers), the PEFT
+  model, the `SFTTrainer` over the prepared rows, its optimizer and LR scheduler through the
+  Trainer's own creation path, one optimizer step and its checkpoint, one evaluation, and with a
+  generation metric one generation: on CPU, in seconds.
+
+A failure names the YAML path of the value that causes it: a tunable parameter's bound or choice
+when only configurations with it fail, else the fixed parameters without which the base
+configuration builds (found by leaving each out in turn), and quotes the library. Warnings the
+libraries raise meanwhile are refusals (REFUSED_WARNINGS: the value would do nothing, or something
+else than written), deliberately ignored (IGNORED_WARNINGS, each with its reason), or notices
+naming the YAML path. Each item of a list of LoRA target modules must match a module.
+
+Not covered, because a CPU step cannot show it: bf16/fp16/tf32 kernels and mixed precision,
+flash attention and other GPU attention kernels (the step uses sdpa), QLoRA's 4/8-bit loading,
+device placement, several GPUs, memory, and lm-eval tasks and custom metric functions (they run
+after training, on the user's code).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import random
+import re
+import shutil
+import tempfile
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from snaketune import space as search_space
+from snaketune.errors import SnaketuneError
+
+if TYPE_CHECKING:
+    from snaketune.config import TuningConfig, TuningParams
+
+# The one step: an optimizer step (with the configuration's gradient accumulation) and the last
+# step's checkpoint; the evaluation, generation and everything else are the trial's own settings.
+STEP_OVERRIDES = {"max_steps": 1, "disable_tqdm": True}
+# Validation rows the step's evaluation reads (the trial reads them all).
+EVALUATION_ROWS = 8
+# The shrunken copy of the model: its layers with this many key-value heads of SHRUNK_HEAD_DIM,
+# so that a step takes a fraction of a second whatever the model's width.
+SHRUNK_KV_HEADS = 2
+SHRUNK_HEAD_DIM = 16
+# Trials an in-memory study asks its sampler for, past the sampler's own start-up trials (which
+# sample at random and would never reach the code that fails), at most.
+SAMPLER_ASKS_PAST_STARTUP = 2
+SAMPLER_ASKS_MAX = 25
+
+# Library loggers whose warnings the preflight hears (Python warnings are heard from anywhere).
+LIBRARY_LOGGERS = ("transformers", "peft", "trl", "accelerate", "optuna")
+
+# Warnings that say nothing about a value the user wrote, and why each is ignored. Kept in this
+# one place: any other warning raised while a configuration is built and stepped becomes a notice
+# naming its YAML path, or (REFUSED_WARNINGS) a refusal.
+IGNORED_WARNINGS = {
+    r"max_steps is given, it will override any value given in num_train_epochs":
+        "the preflight's single step sets max_steps (STEP_OVERRIDES); a trial's own overlap of "
+        "max_steps and epochs is said at parse time (names._inert_epochs)",
+    r"ExperimentalWarning|is experimental \(supported from v":
+        "Optuna flags samplers and arguments as experimental: they work as documented",
+    r"No label_names provided for model class":
+        "the prepared rows carry `labels`, which the Trainer finds by name",
+    r"The model is already on multiple devices|Trainer.tokenizer is now deprecated":
+        "about the Trainer's own attributes, not a value of the config",
+    r"Setting `pad_token_id` to `eos_token_id`|pad_token_id.*generation":
+        "generation pads with the tokenizer's pad token, which load_tokenizer always sets",
+    r"torch_dtype.*deprecated|`torch_dtype` is deprecated":
+        "about transformers' own argument names, which snaketune passes (dtype)",
+    r"Could not find a config file in .* will assume that the vocabulary was not modified|"
+    r"Unable to fetch remote file due to the following error|Could not locate the .* inside":
+        "the shrunken copy is saved without a hub link: nothing of the user's model",
+    r"generation flags are not valid and may be ignored|The following generation flags":
+        "the shrunken model's generation config has transformers' defaults; the trial's are read "
+        "from generation: (GenerationParams.generate_kwargs)",
+    r"padding_side|A decoder-only architecture is being used, but right-padding was detected":
+        "generation pads on the left (generation.evaluate_generation sets it per batch)",
+    r"You are using a per_device_train_batch_size of 1 with padding-free training":
+        "TRL's advice on speed, not a value it ignores",
+    r"use_cache=True.*is incompatible with gradient checkpointing":
+        "transformers turns the cache off itself while training with gradient checkpointing, as "
+        "the user asked",
+    r"`is_gradient_checkpointing` is deprecated":
+        "PEFT reads transformers' old attribute name itself; nothing the user wrote",
+    r"Was asked to gather along dimension 0":
+        "a single-device step; said by torch's DataParallel",
+}
+# Warnings that mean an accepted value would do nothing here, or do something else than written:
+# the value is refused by its YAML path, with the library's words and what to do.
+REFUSED_WARNINGS = {
+    r"`init_lora_weights` is 'eva'|lora with eva initialization|eva.*initialize_lora_eva_weights":
+        "this LoRA initialisation needs a pass over training data (or a conversion) that a trial "
+        "never makes, so the adapter would start as plain LoRA: use another init_lora_weights "
+        "(true, gaussian, pissa, olora)",
+    r"has no effect|will be ignored|is ignored|will not be used|does nothing":
+        "the library says it does nothing here: remove it, or change it as the library says",
+}
+
+
+class PreflightError(SnaketuneError, ValueError):
+    """Configurations the libraries refuse; `problems` lists each as 'yaml.path: what is wrong'."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        listing = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"Preflight: {len(problems)} problem(s); no trial was started:\n{listing}")
+
+
+@dataclass
+class Configuration:
+    """One point of the covering set: its {parameter name: value} and where it comes from (the
+    YAML path of the value it varies: `...learning_rate.high`, `tuning.enqueue_trials[0]`; None for
+    the base point, every parameter at its first choice or low bound)."""
+
+    values: dict
+    varied: str | None = None
+
+
+@dataclass
+class Outcome:
+    """What building and stepping one configuration gave: the library's error ('Type: message'),
+    the stage it came at, the warnings heard, and the LoRA target names no module matched."""
+
+    error: str | None = None
+    stage: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    unmatched_targets: list[str] = field(default_factory=list)
+    target_modules: list[str] = field(default_factory=list)  # the model's linear module names
+
+
+# -- the covering set -----------------------------------------------------------------------------
+
+
+def configurations(tuning: TuningParams) -> list[Configuration]:
+    """The covering set of the search space, each point once: the base point, each categorical
+    choice and each numeric bound one parameter at a time (space.corners), each enqueued trial."""
+    found: list[Configuration] = []
+    seen = []
+    for param, value, values in search_space.corners(tuning.space):
+        varied = None if param is None else _value_path(param, value)
+        if values not in seen:
+            seen.append(values)
+            found.append(Configuration(values, varied))
+    for i, values in enumerate(tuning.enqueue_trials):
+        point = {**found[0].values, **values} if found else dict(values)
+        point = {k: v for k, v in point.items() if k in {p["name"] for p in tuning.space}}
+        if point not in seen:
+            seen.append(point)
+            found.append(Configuration(point, f"tuning.enqueue_trials[{i}]"))
+    return found
+
+
+def _value_path(param: dict, value) -> str:
+    """The YAML path of a tunable parameter's bound or choice."""
+    base = f"tuning.tunable_{param['group']}_params.{param['name']}"
+    if param["type"] == "categorical":
+        return f"{base}.choices[{list(param['choices']).index(value)}]"
+    return f"{base}.{'low' if value == param['low'] else 'high'}"
+
+
+# -- the trial arguments (parse time) -------------------------------------------------------------
+
+
+def argument_problems(tuning: TuningParams, max_length: int, fixed_paths: dict[tuple[str, str], str]) -> list[str]:
+    """Build `SFTConfig` (and `LoraConfig` when LoRA is on) from the fixed parameters and at each
+    corner of the search space (`space.corners`: every choice, every bound), as a trial would, and
+    check each value against its field's type: parse time's share of the preflight (no model, no
+    data, a second). Returns problems as 'yaml.path: what is wrong'.
+
+    `fixed_paths` maps (group, target field) to the fixed parameter's YAML path. The library's own
+    complaint is reported under the path of the value that caused it: a tunable parameter's when
+    only some of its values fail, else the fixed parameters the message names.
+    """
+    from peft import LoraConfig
+    from trl import SFTConfig
+
+    from snaketune import train
+    from snaketune.names import oumi_value
+
+    problems = []
+    scratch = Path(tempfile.gettempdir()) / "snaketune-argument-check"  # never created
+    for (group, target), path in fixed_paths.items():
+        value = (tuning.training_args if group == "training" else tuning.lora_args).get(target)
+        if (target, value) == ("dataloader_num_workers", "auto"):  # Oumi's value: a number per trial
+            continue
+        problem = type_problem(SFTConfig if group == "training" else LoraConfig, target, value)
+        if problem:
+            problems.append(f"{path}: {problem}")
+    for param in tuning.space:
+        cls = SFTConfig if param["group"] == "training" else LoraConfig
+        for i, value in enumerate(search_space.edge_values(param)):
+            problem = type_problem(cls, param["target"], oumi_value(param["target"], value))
+            if problem:
+                where = f".choices[{i}]" if param["type"] == "categorical" else (".low", ".high")[i]
+                problems.append(f"tuning.tunable_{param['group']}_params.{param['name']}{where}: "
+                                f"{problem}")
+    if problems:  # a value of the wrong type makes the libraries' own messages misleading
+        return problems
+
+    said = set()
+
+    def build(group: str, fixed: dict, training: dict, peft: dict):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if group == "training":
+                return train.build_training_args(replace(tuning, training_args=fixed), max_length, training, scratch)
+            return train.build_lora_config(fixed, peft)
+
+    def culprits(group: str, fixed: dict, training: dict, peft: dict) -> list[str]:
+        """The fixed parameters without any one of which the arguments build."""
+        found = []
+        for target in fixed:
+            try:
+                build(group, {k: v for k, v in fixed.items() if k != target}, training, peft)
+            except Exception:
+                continue
+            found.append(fixed_paths.get((group, target), f"tuning.fixed_{group}_params"))
+        return found or [f"tuning.fixed_{group}_params"]
+
+    def refused(group: str, param, value, values: dict) -> None:
+        fixed = tuning.training_args if group == "training" else tuning.lora_args
+        training, peft = search_space.split_by_group(tuning.space, values)
+        try:
+            build(group, fixed, training, peft)
+        except Exception as error:  # ValueError, TypeError, ImportError: the library's complaint
+            message = "; ".join(line.strip() for line in f"{type(error).__name__}: {error}".splitlines()
+                                if line.strip())
+            library = "SFTConfig" if group == "training" else "LoraConfig"
+            if param is None:
+                named = culprits(group, fixed, training, peft)
+                line = f"{', '.join(named)}: {library} refuses these values: {message}"
+            else:
+                line = (f"tuning.tunable_{group}_params.{param['name']}: {library} refuses "
+                        f"{param['name']}={value!r} (with {values}): {message}")
+            if message not in said:
+                said.add(message)
+                problems.append(line)
+
+    for param, value, values in search_space.corners(tuning.space):
+        varied = None if param is None else param["group"]
+        if varied in (None, "training"):
+            refused("training", param, value, values)
+        if tuning.use_peft and varied in (None, "peft"):
+            refused("peft", param, value, values)
+    return problems
+
+
+def type_problem(cls, field: str, value) -> str | None:
+    """By hand, because dataclasses do not check types and TRL, PEFT and transformers take a wrong
+    one until deep in a trial (`range(3.0)`): why `value` does not fit dataclass `cls`'s `field` by type (an integer field given 3.0 or
+    '4', a flag given 'true'), or None. Only what a type can say: the library checks the rest."""
+    import typing
+
+    hint = typing.get_type_hints(cls).get(field)
+    if hint is None or _fits(hint, value):
+        return None
+    wanted = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+              list: "a list", dict: "a mapping"}
+    names = [wanted.get(typing.get_origin(a) or a) for a in _alternatives(hint)]
+    expected = " or ".join(dict.fromkeys(n for n in names if n)) or str(hint)
+    return f"{value!r} ({type(value).__name__}) does not fit {cls.__name__}.{field}, which takes {expected}"
+
+
+def _alternatives(hint) -> list:
+    import types
+    import typing
+
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return [a for arg in typing.get_args(hint) for a in _alternatives(arg)]
+    return [hint]
+
+
+def _fits(hint, value) -> bool:
+    import enum
+    import typing
+
+    for option in _alternatives(hint):
+        origin = typing.get_origin(option) or option
+        if option is typing.Any or (option is type(None) and value is None):
+            return True
+        if origin is typing.Literal:
+            if value in typing.get_args(option) or isinstance(value, str):  # the library checks strings
+                return True
+        elif origin is bool:
+            if isinstance(value, bool):
+                return True
+        elif origin is int:
+            if isinstance(value, int) and not isinstance(value, bool):
+                return True
+        elif origin is float:
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return True
+        elif origin in (list, tuple):
+            if isinstance(value, (list, tuple)):
+                return True
+        elif isinstance(origin, type) and issubclass(origin, enum.Enum):
+            if isinstance(value, (str, origin)):
+                return True
+        elif isinstance(origin, type):
+            if isinstance(value, origin):
+                return True
+        else:  # a type this check does not know: the library has the last word
+            return True
+    return False
+
+
+# -- the sampler and pruner (parse time) ----------------------------------------------------------
+
+
+def search_problems(tuning: TuningParams) -> tuple[list[str], list[str]]:
+    """Ask the study's own sampler and pruner (built as every trial builds them) for trials over
+    the space in an in-memory study: the enqueued configurations first, then trials past the
+    sampler's start-up trials (its `n_startup_trials`, Optuna's 10 when it has one), each with
+    made-up values told, intermediate values reported and the pruner asked. Returns (problems,
+    notices) as 'yaml.path: ...' lines: a sampler that cannot sample a parameter is refused under
+    tuning.tuner_sampler, naming the parameter; its warnings are notices."""
+    import optuna
+
+    problems, notices = [], []
+    rng = random.Random(tuning.seed)
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "A new study created in memory"
+    optuna.logging.disable_default_handler()  # its warnings are said once, as notices
+    try:
+        with _heard() as heard:
+            _ask_and_tell(tuning, rng, problems)
+    finally:
+        optuna.logging.enable_default_handler()
+        optuna.logging.set_verbosity(verbosity)
+    if problems:
+        return problems, notices
+    paths = {p["name"]: f"tuning.tunable_{p['group']}_params.{p['name']}" for p in tuning.space}
+    said = set()
+    for message in sum(_judged(heard), []):  # a sampler falls back, it does not ignore: notices
+        named = re.search(r"parameter `([^`]+)`", message)
+        where = paths.get(named.group(1)) if named else None
+        key = (where, re.sub(r"Trial#\d+", "", message))
+        if key not in said:
+            said.add(key)
+            notices.append(f"{where or 'tuning.tuner_sampler'}: {tuning.sampler} warns: "
+                           f"{re.sub(r' in Trial#[0-9]+', '', message)}")
+    return problems, notices
+
+
+def _ask_and_tell(tuning: TuningParams, rng: random.Random, problems: list[str]) -> None:
+    """search_problems' in-memory study; a parameter the sampler cannot sample is appended to
+    `problems` and ends it."""
+    import optuna
+
+    from snaketune import strategy
+
+    try:
+        sampler = strategy.make_sampler(tuning, 0)
+        study = optuna.create_study(sampler=sampler, pruner=strategy.make_pruner(tuning),
+                                    directions=list(tuning.directions))
+    except Exception as error:  # checked by strategy.check already; a combination it missed
+        problems.append(f"tuning.tuner_sampler: Optuna cannot build the study's {tuning.sampler} with "
+                        f"tuning.sampler_kwargs and the {tuning.pruner} pruner: {_message(error)}")
+        return
+    for values in tuning.enqueue_trials:
+        study.enqueue_trial(values)
+    startup = tuning.sampler_kwargs.get("n_startup_trials",
+                                        getattr(sampler, "_n_startup_trials", 0)) or 0
+    asks = min(SAMPLER_ASKS_MAX, len(tuning.enqueue_trials) + int(startup) + SAMPLER_ASKS_PAST_STARTUP)
+    if tuning.sampler == "GridSampler":
+        asks = min(asks, len(strategy.grid_points(tuning.space)))
+    for _ in range(asks):
+        trial = study.ask()
+        values = {}
+        for param in tuning.space:
+            if not search_space.is_active(param, values):
+                continue
+            try:
+                values.update(search_space.suggest(trial, [param]))
+            except Exception as error:
+                problems.append(
+                    f"tuning.tuner_sampler: {tuning.sampler} cannot sample "
+                    f"tuning.tunable_{param['group']}_params.{param['name']} ({param['type']}"
+                    f"{', log' if param.get('log') else ''}): Optuna says {_message(error)}: "
+                    "give the parameter what the sampler needs (a step, or categorical choices), "
+                    "or use a sampler that takes it (TPESampler, RandomSampler)")
+                return
+        if tuning.pruner not in ("none", "wilcoxon") and len(tuning.metrics) == 1 and tuning.report_every_steps:
+            try:
+                for step in (tuning.report_every_steps, 2 * tuning.report_every_steps):
+                    trial.report(rng.random(), step)
+                    trial.should_prune()
+            except Exception as error:
+                problems.append(f"tuning.pruner_kwargs: the {tuning.pruner} pruner fails when a trial asks it "
+                                f"whether to stop: Optuna says {_message(error)}: change pruner_kwargs as it says")
+                return
+        study.tell(trial, [rng.random() for _ in tuning.metrics] if len(tuning.metrics) > 1
+                   else rng.random())
+
+
+# -- the step (rule preflight) --------------------------------------------------------------------
+
+
+def run(tune: TuningConfig, model_source: dict, data_dir: str | Path, record_path: str | Path,
+        threads: int = 1) -> dict:
+    """Build and step every configuration of the covering set (see the module's docstring) and
+    write `record_path` (rule preflight's output, JSON: configurations, seconds, notices, the
+    warnings ignored and why) last.
+
+    `model_source` is the prepared model's source.json (model.read_source), `data_dir` the folder of
+    prepare_data's summary. Raises PreflightError, naming each refused value by its YAML path, and
+    writes nothing, when a configuration fails or a library warns that a value would do nothing.
+    """
+    import torch
+
+    from snaketune import data as datasets_
+
+    started = time.time()
+    torch.set_num_threads(max(1, threads))
+    prepared = datasets_.load_prepared(data_dir)
+    train_rows = prepared["train"]
+    eval_rows = prepared["validation"].select(range(min(EVALUATION_ROWS, len(prepared["validation"]))))
+    points = configurations(tune.tuning)
+    scratch = Path(tempfile.mkdtemp(prefix="snaketune-preflight-"))
+    try:
+        tune = step_config(tune)
+        small_source = shrunken_model(tune, model_source, scratch / "model")
+        stepper = _Stepper(tune, small_source, train_rows, eval_rows, scratch)
+        problems, notices = judge(tune, points, stepper)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    if problems:
+        raise PreflightError(problems)
+    heard = dict.fromkeys(w for outcome in stepper.outcomes.values() for w in outcome.warnings)
+    ignored = [{"warning": w, "why": reason} for w in heard for pattern, reason in IGNORED_WARNINGS.items()
+               if re.search(pattern, w, re.IGNORECASE)]
+    record = {"configurations": [{"values": p.values, "varied": p.varied} for p in points],
+              "seconds": round(time.time() - started, 2), "notices": notices, "ignored_warnings": ignored,
+              "not_covered": "bf16/fp16/tf32 kernels, GPU attention kernels, QLoRA loading, device "
+                             "placement, several GPUs, memory, lm-eval tasks, custom metrics"}
+    from snaketune.layout import write_json
+
+    write_json(record_path, record)
+    return record
+
+
+class _Stepper:
+    """Builds and steps one configuration (with fixed arguments left out, for finding culprits)."""
+
+    def __init__(self, tune, small_source, train_rows, eval_rows, scratch: Path):
+        self.tune, self.small_source, self.scratch = tune, small_source, scratch
+        self.train_rows, self.eval_rows = train_rows, eval_rows
+        self.outcomes: dict[str, Outcome] = {}  # each configuration is stepped once
+
+    def __call__(self, values: dict, without: tuple[str, str] | None = None) -> Outcome:
+        """Step the configuration `values`, with the fixed argument `without` ((group, target), or
+        ("model_kwargs", key)) left out."""
+        key = json.dumps([values, without], sort_keys=True, default=str)
+        if key not in self.outcomes:
+            out_dir = self.scratch / f"configuration_{len(self.outcomes)}"
+            try:
+                self.outcomes[key] = step(_without(self.tune, without), values, self.small_source,
+                                          self.train_rows, self.eval_rows, out_dir)
+            finally:
+                shutil.rmtree(out_dir, ignore_errors=True)
+        return self.outcomes[key]
+
+
+def _without(tune: TuningConfig, without: tuple[str, str] | None) -> TuningConfig:
+    if without is None:
+        return tune
+    group, key = without
+    tuning = tune.tuning
+    if group == "training":
+        return replace(tune, tuning=replace(tuning, training_args={k: v for k, v in tuning.training_args.items() if k != key}))
+    if group == "peft":
+        return replace(tune, tuning=replace(tuning, lora_args={k: v for k, v in tuning.lora_args.items() if k != key}))
+    return replace(tune, model=replace(tune.model, model_kwargs={k: v for k, v in tune.model.model_kwargs.items() if k != key}))
+
+
+def step(tune: TuningConfig, values: dict, small_source: dict, train_rows, eval_rows, out_dir: Path) -> Outcome:
+    """Build configuration `values` as a trial builds it (train.build_trainer) on the shrunken
+    model `small_source`, take one optimizer step (and save its checkpoint), evaluate `eval_rows`
+    once and, with a generation metric, generate one answer. Never raises: what failed, and at
+    which stage, is in the Outcome, with every warning heard."""
+    import torch
+
+    from snaketune import generation, scoring, train
+
+    outcome = Outcome()
+    stage = "building the trainer (SFTConfig, LoraConfig, model, PEFT model, SFTTrainer)"
+    with _heard() as heard:
+        try:
+            trainer, tokenizer = train.build_trainer(tune, values, out_dir, small_source, train_rows, eval_rows,
+                                                     overrides=STEP_OVERRIDES)
+            outcome.unmatched_targets, outcome.target_modules = _unmatched_targets(trainer.model, tune)
+            stage = "one training step (the optimizer and LR scheduler created by the Trainer)"
+            trainer.train()
+            stage = "one evaluation"
+            trainer.evaluate()
+            if tune.uses_generation:
+                stage = "one generation"
+                params = replace(tune.generation, num_samples=1, max_new_tokens=min(4, tune.generation.max_new_tokens))
+                objective = next(m for m in tune.tuning.metrics if m in scoring.GENERATION_METRICS)
+                with torch.no_grad():
+                    generation.evaluate_generation(trainer.model, tokenizer, eval_rows, params, seed=tune.tuning.seed,
+                                                   objective=objective, out_path=out_dir / "generations.jsonl")
+        except Exception as error:  # the library's complaint: the caller names the value
+            outcome.error, outcome.stage = _one_line(error), stage
+    outcome.warnings = heard
+    return outcome
+
+
+def judge(tune: TuningConfig, points: list[Configuration], stepper) -> tuple[list[str], list[str]]:
+    """Step every configuration of `points` (the base point first) with `stepper` and turn what
+    went wrong into (problems, notices), each 'yaml.path: ...': a failure or refused warning of
+    the base point under the fixed parameters without which it goes away (`_culprits`), one that
+    only a varied point shows under that point's value. Each library message is said once."""
+    problems, notices, said = [], [], set()
+    base_outcome = None
+    for point in points:
+        outcome = stepper(point.values)
+        if point.varied is None:
+            base_outcome = outcome
+        refused, noticed = _judged(outcome.warnings)
+        for kind, messages in (("error", [outcome.error] if outcome.error else []), ("refused", refused),
+                               ("notice", noticed)):
+            for message in messages:
+                if message in said:
+                    continue
+                if point.varied is not None and base_outcome is not None and _shows(base_outcome, message):
+                    continue  # the base point's, said under its culprits already
+                said.add(message)
+                where = point.varied or ", ".join(_culprits(tune, point, stepper, message))
+                if kind == "refused" and any(p.startswith(f"{where}: ") for p in problems):
+                    continue  # one refusal a value: another warning of the same cause adds nothing
+                line = _describe(kind, message, outcome, point)
+                (notices if kind == "notice" else problems).append(f"{where}: {line}")
+        if outcome.unmatched_targets and not outcome.error:
+            key = ("targets", tuple(outcome.unmatched_targets))
+            if key not in said:
+                said.add(key)
+                problems.append(f"{_target_path(tune, point)}: {', '.join(map(repr, outcome.unmatched_targets))} "
+                                "match no module of the model, so LoRA is not applied there (PEFT only refuses "
+                                "a list none of whose names match): its linear modules are "
+                                f"{', '.join(outcome.target_modules)}; remove the names that match nothing")
+    return problems, notices
+
+
+def _shows(outcome: Outcome, message: str) -> bool:
+    return message == outcome.error or message in outcome.warnings
+
+
+def _describe(kind: str, message: str, outcome: Outcome, point: Configuration) -> str:
+    values = f" (with {point.values})" if point.values and point.varied else ""
+    if kind == "error":
+        return (f"every trial with this value would fail at {outcome.stage}{values}: {message}. "
+                "Change the value as the message says (or remove it); no trial was started")
+    if kind == "refused":
+        return f"{message} ({_refusal_reason(message)})"
+    return f"the libraries warn: {message}"
+
+
+def _refusal_reason(message: str) -> str:
+    return next(reason for pattern, reason in REFUSED_WARNINGS.items() if re.search(pattern, message, re.IGNORECASE))
+
+
+def _culprits(tune: TuningConfig, point: Configuration, stepper, message: str) -> list[str]:
+    """The YAML paths of the fixed parameters (training and PEFT arguments, model_kwargs keys)
+    without any one of which `message` (an error or a warning) goes away from the base point;
+    the fixed sections' paths when none alone does (several together, or the model)."""
+    named = re.match(r"\w+: ((model|tuning|data|generation)\.[\w.\[\]]+): ", message)
+    if named:  # snaketune's own code named the field (model.freeze_layers)
+        return [named.group(1)]
+    tuning = tune.tuning
+    candidates = [(key, path) for key, path in tuning.argument_paths.items()
+                  if key[1] in (tuning.training_args if key[0] == "training" else tuning.lora_args)]
+    candidates += [(("model_kwargs", key), f"model.model_kwargs.{key}") for key in tune.model.model_kwargs]
+    # Fields the message names first: most often one of them, and then one step finds it.
+    candidates.sort(key=lambda item: item[0][1] not in message and item[1].rsplit(".", 1)[-1] not in message)
+    found = []
+    for without, path in candidates:
+        if not _shows(stepper(point.values, without), message):
+            found.append(path)
+            if without[1] in message or path.rsplit(".", 1)[-1] in message:
+                break  # the field the library names: enough (each other step costs a second)
+    if found:
+        return found
+    sections = ["tuning.fixed_training_params"] + (["tuning.fixed_peft_params"] if tuning.use_peft else [])
+    return sections + (["model"] if "model" in message.lower() else [])
+
+
+def _target_path(tune: TuningConfig, point: Configuration) -> str:
+    for param in tune.tuning.space:
+        if param["target"] == "target_modules" and param["name"] in point.values:
+            return point.varied or f"tuning.tunable_peft_params.{param['name']}"
+    return tune.tuning.argument_paths.get(("peft", "target_modules"), "tuning.fixed_peft_params.lora_target_modules")
+
+
+def _unmatched_targets(model, tune: TuningConfig) -> tuple[list[str], list[str]]:
+    """The names in the LoRA config's target_modules list that match no module PEFT adapted
+    (PEFT refuses a list only when none matches), and the model's linear module names."""
+    import torch
+
+    config = getattr(model, "peft_config", {}).get("default") if hasattr(model, "peft_config") else None
+    targets = getattr(config, "target_modules", None)
+    if not isinstance(targets, (list, set, tuple)) or not targets:
+        return [], []
+    adapted = list(getattr(model, "targeted_module_names", []) or [])
+    unmatched = [name for name in sorted(targets)
+                 if not any(path == name or path.endswith("." + name) for path in adapted)]
+    linear = sorted({path.rsplit(".", 1)[-1] for path, module in model.named_modules()
+                     if isinstance(module, torch.nn.Linear) and path and "lora_" not in path})
+    return unmatched, linear
+
+
+# -- warnings -------------------------------------------------------------------------------------
+
+
+class _Heard(logging.Handler):
+    def __init__(self, sink: list[str]):
+        super().__init__(logging.WARNING)
+        self.sink = sink
+
+    def emit(self, record):
+        self.sink.append(record.getMessage())
+
+
+@contextmanager
+def _heard():
+    """Collects the Python warnings and the library loggers' warnings raised inside, as one-line
+    messages (each once). transformers says some warnings once per process (`warning_once`): its
+    cache is cleared first, so every configuration hears its own."""
+    heard: list[str] = []
+    handler = _Heard(heard)
+    loggers = [logging.getLogger(name) for name in LIBRARY_LOGGERS]
+    try:
+        logging.Logger.warning_once.cache_clear()  # transformers' per-process "once"
+    except AttributeError:
+        pass
+    for logger in loggers:
+        logger.addHandler(handler)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield heard
+        finally:
+            for logger in loggers:
+                logger.removeHandler(handler)
+            heard.extend(f"{w.category.__name__}: {w.message}" for w in caught)
+            unique = list(dict.fromkeys(" ".join(str(m).split())[:600] for m in heard))
+            heard[:] = unique
+
+
+def _judged(messages: list[str]) -> tuple[list[str], list[str]]:
+    """(refused, noticed) of `messages`; the IGNORED_WARNINGS are dropped."""
+    refused, noticed = [], []
+    for message in messages:
+        if any(re.search(pattern, message, re.IGNORECASE) for pattern in IGNORED_WARNINGS):
+            continue
+        (refused if any(re.search(p, message, re.IGNORECASE) for p in REFUSED_WARNINGS) else noticed).append(message)
+    return refused, noticed
+
+
+def _message(error: BaseException) -> str:
+    """The library's message in one line, without its closing full stop (a sentence follows)."""
+    return _one_line(error).rstrip(". ")
+
+
+def _one_line(error: BaseException) -> str:
+    text = "; ".join(line.strip() for line in f"{type(error).__name__}: {error}".splitlines() if line.strip())
+    return text[:800]
+
+
+# -- the shrunken model ---------------------------------------------------------------------------
+
+
+def shrink_config(config):
+    """A copy of a transformers model config with the same architecture class, settings and depth
+    but narrow layers: SHRUNK_KV_HEADS key-value heads (their grouping kept, at most 2 query heads
+    per key-value head) of SHRUNK_HEAD_DIM, and feed-forward widths of twice the new hidden size.
+    The depth is kept because values name layers by index (freeze_layers: model.layers.20, PEFT's
+    layers_to_transform); the vocabulary and positions are kept (the real tokenizer's ids, the
+    real prompt lengths). A config without these attributes keeps the values it has."""
+    small = copy.deepcopy(config)
+    text = small.get_text_config() if hasattr(small, "get_text_config") else small
+    heads = getattr(text, "num_attention_heads", None)
+    kv = getattr(text, "num_key_value_heads", None) or heads
+    if isinstance(heads, int) and isinstance(kv, int) and kv and heads % kv == 0:
+        new_kv = min(kv, SHRUNK_KV_HEADS)
+        new_heads = new_kv * min(heads // kv, 2)
+        text.num_attention_heads = new_heads
+        if getattr(text, "num_key_value_heads", None):
+            text.num_key_value_heads = new_kv
+        if hasattr(text, "head_dim"):
+            text.head_dim = SHRUNK_HEAD_DIM
+        if isinstance(getattr(text, "hidden_size", None), int):
+            text.hidden_size = new_heads * SHRUNK_HEAD_DIM
+            for width in ("intermediate_size", "moe_intermediate_size", "shared_expert_intermediate_size"):
+                if isinstance(getattr(text, width, None), int):
+                    setattr(text, width, 2 * text.hidden_size)
+    return small
+
+
+def shrunken_model(tune: TuningConfig, model_source: dict, out_dir: Path) -> dict:
+    """Save a random model of the prepared model's architecture, narrowed (shrink_config; the full
+    config when the narrow one cannot be built), to `out_dir`; returns a source dict for
+    train.build_trainer ({path, tokenizer_path, kind}) with the real tokenizer. Its config is read
+    as a trial's from_pretrained reads it (model.read_model_config: revision, model_kwargs)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from snaketune import model as models
+
+    trust = bool(tune.model.trust_remote_code)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        name = model_source["path"]
+        config = models.read_model_config(replace(tune.model, model_name=name), local_files_only=models.cached_hub_id(
+            name, models.hub_revision(tune.model, name).get("revision")))
+        small = shrink_config(config)
+        # The model_kwargs that are config attributes win, as the trial's from_pretrained sets them.
+        small.update({k: v for k, v in tune.model.model_kwargs.items() if hasattr(small, k)})
+        last_error = None
+        for candidate in (small, config):
+            torch.manual_seed(0)
+            try:
+                model = AutoModelForCausalLM.from_config(candidate, trust_remote_code=trust, dtype=torch.float32)
+                model(input_ids=torch.tensor([[1, 2]]))
+                break
+            except Exception as error:  # the next, larger candidate
+                last_error = error
+        else:
+            raise RuntimeError(f"preflight: transformers cannot build the model from its config: {_one_line(last_error)}")
+        model.save_pretrained(out_dir)
+    return {**model_source, "path": str(out_dir), "kind": "preflight"}
+
+
+def step_config(tune: TuningConfig) -> TuningConfig:
+    """The config the step runs with: the trial's, less what only a GPU runs (QLoRA's quantised
+    loading; a GPU attention kernel, replaced by sdpa)."""
+    model = tune.model
+    if model.attn_implementation and model.attn_implementation not in ("eager", "sdpa"):
+        model = replace(model, attn_implementation="sdpa")
+    return replace(tune, model=model, tuning=replace(tune.tuning, quantization={}))
+
+
+def fingerprint(tune: TuningConfig) -> str:
+    """What the preflight's result depends on, as rule preflight's params (JSON): a change re-runs
+    it, and a re-run or a grown study (only n_trials changed) does not."""
+    tuning = tune.tuning
+    return json.dumps({
+        "definition": tune.definition,
+        "training": tuning.training_args, "peft": tuning.lora_args, "use_peft": tuning.use_peft,
+        "space": [dict(p) for p in tuning.space], "enqueued": tuning.enqueue_trials,
+        "generation": dict(tune.generation) if tune.uses_generation else None,
+        "model_kwargs": tune.model.model_kwargs,
+    }, sort_keys=True, default=str)
