@@ -98,6 +98,9 @@ REFUSED = {
     "EVA initialisation, which needs a pass over data no trial makes": (
         {"fixed_training_params": LORA, "fixed_peft_params": {"init_lora_weights": "eva"}},
         "tuning.fixed_peft_params.init_lora_weights", "eva", "plain LoRA"),
+    "a LoftQ config PEFT ignores without LoftQ initialisation": (
+        {"fixed_training_params": LORA, "fixed_peft_params": {"loftq_config": {"loftq_bits": 4}}},
+        "tuning.fixed_peft_params.loftq_config", "will be ignored"),
     # part of a list value does nothing
     "a LoRA target list with a name that matches nothing": (
         {"fixed_training_params": LORA, "fixed_peft_params": {"lora_target_modules": ["q_proj", "typo_proj"]}},
@@ -105,6 +108,9 @@ REFUSED = {
     "a LoRA target list with a name cut short": (
         {"fixed_training_params": LORA, "fixed_peft_params": {"lora_target_modules": ["q_proj", "v_proj", "gate"]}},
         "tuning.fixed_peft_params.lora_target_modules", "'gate'", "gate_proj"),
+    "modules to save with a name that matches nothing": (
+        {"fixed_training_params": LORA, "fixed_peft_params": {"lora_modules_to_save": ["lm_head", "embed_tokenz"]}},
+        "tuning.fixed_peft_params.lora_modules_to_save", "'embed_tokenz'"),
     "LoRA targets none of which the model has": (
         {"fixed_training_params": LORA, "fixed_peft_params": {"lora_target_modules": ["c_attn"]}},
         "tuning.fixed_peft_params.lora_target_modules", "c_attn"),
@@ -164,6 +170,7 @@ ACCEPTED = {
         "model": {"model_kwargs": {"intermediate_size": 16, "low_cpu_mem_usage": True, "use_cache": False,
                                    "ignore_mismatched_sizes": True}}},
     "a layer to freeze, by its path in a deep model": {"model": {"freeze_layers": ["model.layers.1"]}},
+    "fp16, a GPU's mixed precision the CPU step leaves out": {"fixed_training_params": {"fp16": True}},
 }
 
 
@@ -173,6 +180,17 @@ def test_a_configuration_the_libraries_take_passes_without_notices(prepared, cas
     assert isinstance(record, dict), record
     assert record["notices"] == []
     assert record["configurations"][0]["varied"] is None
+
+
+@pytest.mark.parametrize("name,value", [
+    ("loss_type", "chunked_nll"),  # TRL: a deprecated alias of nll, going in v2
+    ("pad_token", "<|im_end|>"),  # TRL: set the tokenizer's pad token instead, going in v2
+])
+def test_a_value_the_library_deprecates_is_a_notice_naming_its_path(prepared, name, value):
+    record = stepped(prepared, fixed_training_params={name: value})
+    assert isinstance(record, dict), record
+    [notice] = record["notices"]
+    assert notice.startswith(f"tuning.fixed_training_params.{name}: ") and "deprecated" in notice
 
 
 def test_the_covering_set_holds_every_choice_bound_and_enqueued_trial_once(tmp_path):

@@ -149,8 +149,9 @@ def test_objective_not_produced_fails_the_trial_listing_metrics(workdir):
 @pytest.mark.parametrize("change,named", [
     (lambda c: c["tuning"]["fixed_training_params"].update(load_best_model_at_end=True, save_strategy="epoch"),
      "tuning.fixed_training_params.load_best_model_at_end: SFTConfig refuses"),
-    (lambda c: c["tuning"].update(fixed_peft_params={"lora_target_modules": ["query_key_value", "dense"]}),
-     "tuning.fixed_peft_params.lora_target_modules: PEFT cannot apply LoRA"),
+    # (LoRA targets the model lacks are the preflight's, after the model is prepared: test_preflight.py)
+    (lambda c: c["tuning"].update(tuner_sampler="BruteForceSampler"),
+     "tuning.tuner_sampler: BruteForceSampler cannot sample tuning.tunable_training_params.learning_rate"),
     (lambda c: c["tuning"].update(evaluation_metrics=["eval_accuracy"]),
      "tuning.evaluation_metrics[0]: 'eval_accuracy' is not produced by SFT evaluation"),
     (lambda c: c["model"].update(load_pretrained_weights=True), "model.model_name: "),

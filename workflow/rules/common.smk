@@ -103,7 +103,7 @@ def prepared_data_from(wildcards):
 
 
 def preflight_fingerprint(wildcards):
-    """What the preflight's result depends on (rule preflight's params): a changed one re-runs it."""
+    """What the preflight's result depends on, as its rule's params: a changed one re-runs it."""
     from snaketune.preflight import fingerprint
 
     return fingerprint(TUNE)

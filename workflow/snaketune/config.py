@@ -22,7 +22,7 @@ from jsonschema import Draft202012Validator, validators
 
 from snaketune import data, generation, gpu, lm_harness, metrics, model, names, resources, scoring, space, strategy
 from snaketune.data import DataParams
-from snaketune.errors import SnaketuneError, closest
+from snaketune.errors import ProblemsError, closest
 from snaketune.gpu import DeviceSettings
 from snaketune.layout import StudyLayout
 from snaketune.metrics import CustomMetric
@@ -36,13 +36,10 @@ TUNER_TYPES = ("OPTUNA",)
 YAML11_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
 
 
-class ConfigError(SnaketuneError, ValueError):
+class ConfigError(ProblemsError):
     """A tune.yaml with problems; `problems` lists each as 'yaml.path: what is wrong'."""
 
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        listing = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(f"Invalid tune config ({len(problems)} problem(s)):\n{listing}")
+    heading = "Invalid tune config ({count} problem(s))"
 
 
 @section

@@ -19,6 +19,18 @@ class SnaketuneError(Exception):
     """A problem snaketune found and explains (a bad config, an impossible lease, unusable data)."""
 
 
+class ProblemsError(SnaketuneError, ValueError):
+    """Problems found all at once; `problems` lists each as 'yaml.path: what is wrong', under
+    the subclass's `heading` ('{count}' is their number)."""
+
+    heading = "{count} problem(s)"
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        listing = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{self.heading.format(count=len(problems))}:\n{listing}")
+
+
 def closest_match(name: str, candidates, cutoff: float = 0.6) -> str | None:
     """The closest of `candidates` to `name` (difflib's ratio at least `cutoff`), or None."""
     match = difflib.get_close_matches(name, sorted(candidates), n=1, cutoff=cutoff)

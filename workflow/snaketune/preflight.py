@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from snaketune import space as search_space
-from snaketune.errors import SnaketuneError
+from snaketune.errors import ProblemsError
 
 if TYPE_CHECKING:
     from snaketune.config import TuningConfig, TuningParams
@@ -58,8 +58,11 @@ if TYPE_CHECKING:
 # The one step: an optimizer step (with the configuration's gradient accumulation) and the last
 # step's checkpoint; the evaluation, generation and everything else are the trial's own settings.
 STEP_OVERRIDES = {"max_steps": 1, "disable_tqdm": True}
+# Without a GPU the step runs in float32: mixed precision and TF32 are a GPU's (not covered, README).
+CPU_STEP_OVERRIDES = {"fp16": False, "bf16": False, "tf32": None, "fp16_full_eval": False,
+                      "bf16_full_eval": False, "use_cpu": True}
 # Validation rows the step's evaluation reads (the trial reads them all).
-EVALUATION_ROWS = 8
+EVALUATION_ROWS = 4
 # The shrunken copy of the model: its layers with this many key-value heads of SHRUNK_HEAD_DIM,
 # so that a step takes a fraction of a second whatever the model's width.
 SHRUNK_KV_HEADS = 2
@@ -119,13 +122,10 @@ REFUSED_WARNINGS = {
 }
 
 
-class PreflightError(SnaketuneError, ValueError):
+class PreflightError(ProblemsError):
     """Configurations the libraries refuse; `problems` lists each as 'yaml.path: what is wrong'."""
 
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        listing = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(f"Preflight: {len(problems)} problem(s); no trial was started:\n{listing}")
+    heading = "Preflight: {count} problem(s); no trial was started"
 
 
 @dataclass
@@ -141,13 +141,14 @@ class Configuration:
 @dataclass
 class Outcome:
     """What building and stepping one configuration gave: the library's error ('Type: message'),
-    the stage it came at, the warnings heard, and the LoRA target names no module matched."""
+    the stage it came at, the warnings heard, and the names of LoRA list fields no module matched."""
 
     error: str | None = None
     stage: str | None = None
     warnings: list[str] = field(default_factory=list)
-    unmatched_targets: list[str] = field(default_factory=list)
-    target_modules: list[str] = field(default_factory=list)  # the model's linear module names
+    # {LoraConfig list field: its names that match no module} (target_modules, modules_to_save)
+    unmatched: dict = field(default_factory=dict)
+    linear_modules: list[str] = field(default_factory=list)  # the model's linear module names
 
 
 # -- the covering set -----------------------------------------------------------------------------
@@ -508,9 +509,10 @@ def step(tune: TuningConfig, values: dict, small_source: dict, train_rows, eval_
     stage = "building the trainer (SFTConfig, LoraConfig, model, PEFT model, SFTTrainer)"
     with _heard() as heard:
         try:
+            overrides = {**STEP_OVERRIDES, **({} if torch.cuda.is_available() else CPU_STEP_OVERRIDES)}
             trainer, tokenizer = train.build_trainer(tune, values, out_dir, small_source, train_rows, eval_rows,
-                                                     overrides=STEP_OVERRIDES)
-            outcome.unmatched_targets, outcome.target_modules = _unmatched_targets(trainer.model, tune)
+                                                     overrides=overrides)
+            outcome.unmatched, outcome.linear_modules = _unmatched_names(trainer.model)
             stage = "one training step (the optimizer and LR scheduler created by the Trainer)"
             trainer.train()
             stage = "one evaluation"
@@ -553,14 +555,14 @@ def judge(tune: TuningConfig, points: list[Configuration], stepper) -> tuple[lis
                     continue  # one refusal a value: another warning of the same cause adds nothing
                 line = _describe(kind, message, outcome, point)
                 (notices if kind == "notice" else problems).append(f"{where}: {line}")
-        if outcome.unmatched_targets and not outcome.error:
-            key = ("targets", tuple(outcome.unmatched_targets))
-            if key not in said:
+        for target, names in outcome.unmatched.items():
+            key = ("unmatched", target, tuple(names))
+            if names and not outcome.error and key not in said:
                 said.add(key)
-                problems.append(f"{_target_path(tune, point)}: {', '.join(map(repr, outcome.unmatched_targets))} "
-                                "match no module of the model, so LoRA is not applied there (PEFT only refuses "
-                                "a list none of whose names match): its linear modules are "
-                                f"{', '.join(outcome.target_modules)}; remove the names that match nothing")
+                problems.append(f"{_list_path(tune, point, target)}: {', '.join(map(repr, names))} match no module "
+                                "of the model, so they do nothing (PEFT refuses a list only when none of its names "
+                                f"match): its linear modules are {', '.join(outcome.linear_modules)}; remove or "
+                                "correct the names that match nothing")
     return problems, notices
 
 
@@ -607,28 +609,39 @@ def _culprits(tune: TuningConfig, point: Configuration, stepper, message: str) -
     return sections + (["model"] if "model" in message.lower() else [])
 
 
-def _target_path(tune: TuningConfig, point: Configuration) -> str:
+def _list_path(tune: TuningConfig, point: Configuration, target: str) -> str:
+    """The YAML path of the LoraConfig list field `target` in configuration `point`."""
     for param in tune.tuning.space:
-        if param["target"] == "target_modules" and param["name"] in point.values:
+        if param["target"] == target and param["name"] in point.values:
             return point.varied or f"tuning.tunable_peft_params.{param['name']}"
-    return tune.tuning.argument_paths.get(("peft", "target_modules"), "tuning.fixed_peft_params.lora_target_modules")
+    return tune.tuning.argument_paths.get(("peft", target), f"tuning.fixed_peft_params.{target}")
 
 
-def _unmatched_targets(model, tune: TuningConfig) -> tuple[list[str], list[str]]:
-    """The names in the LoRA config's target_modules list that match no module PEFT adapted
-    (PEFT refuses a list only when none matches), and the model's linear module names."""
+# LoraConfig fields listing module names each of which should match a module: PEFT refuses
+# target_modules only when none matches, and modules_to_save never.
+NAME_LIST_FIELDS = ("target_modules", "modules_to_save")
+
+
+def _unmatched_names(model) -> tuple[dict, list[str]]:
+    """({field: its names no module path ends with}, the model's linear module names) for the
+    PEFT model's NAME_LIST_FIELDS; ({}, []) for a model without LoRA."""
     import torch
 
-    config = getattr(model, "peft_config", {}).get("default") if hasattr(model, "peft_config") else None
-    targets = getattr(config, "target_modules", None)
-    if not isinstance(targets, (list, set, tuple)) or not targets:
-        return [], []
+    config = (getattr(model, "peft_config", None) or {}).get("default")
+    if config is None:
+        return {}, []
+    paths = [path for path, _ in model.get_base_model().named_modules() if path]
     adapted = list(getattr(model, "targeted_module_names", []) or [])
-    unmatched = [name for name in sorted(targets)
-                 if not any(path == name or path.endswith("." + name) for path in adapted)]
-    linear = sorted({path.rsplit(".", 1)[-1] for path, module in model.named_modules()
+    unmatched = {}
+    for target in NAME_LIST_FIELDS:
+        names = getattr(config, target, None)
+        if isinstance(names, (list, set, tuple)):
+            among = adapted if target == "target_modules" else paths
+            unmatched[target] = [name for name in sorted(names)
+                                 if not any(p == name or p.endswith("." + name) for p in among)]
+    linear = sorted({path.rsplit(".", 1)[-1] for path, module in model.get_base_model().named_modules()
                      if isinstance(module, torch.nn.Linear) and path and "lora_" not in path})
-    return unmatched, linear
+    return unmatched, [name for name in linear if name != "base_layer"]
 
 
 # -- warnings -------------------------------------------------------------------------------------
