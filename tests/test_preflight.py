@@ -199,10 +199,23 @@ def test_the_covering_set_holds_every_choice_bound_and_enqueued_trial_once(tmp_p
         tmp_path, tunable_training_params={"lr_scheduler_type": {"type": "categorical", "choices": ["linear", "cosine"]}},
         enqueue_trials=[{"learning_rate": 0.01, "lr_scheduler_type": "cosine"}]), tmp_path)
     points = preflight.configurations(tune.tuning)
-    assert [p.varied for p in points] == [
-        None, "tuning.tunable_training_params.learning_rate.high",
-        "tuning.tunable_training_params.lr_scheduler_type.choices[1]", "tuning.enqueue_trials[0]"]
-    assert points[0].values == {"learning_rate": 1e-4, "lr_scheduler_type": "linear"}
+    # Two points reach both bounds and both choices; the enqueued trial is a third.
+    assert [p.values for p in points] == [{"learning_rate": 1e-4, "lr_scheduler_type": "linear"},
+                                          {"learning_rate": 0.1, "lr_scheduler_type": "cosine"},
+                                          {"learning_rate": 0.01, "lr_scheduler_type": "cosine"}]
+    assert [p.varied for p in points] == [None, None, "tuning.enqueue_trials[0]"]
+    assert [path for path, _ in points[1].changes] == [
+        "tuning.tunable_training_params.learning_rate.high", "tuning.tunable_training_params.lr_scheduler_type.choices[1]"]
+
+
+def test_the_covering_set_reaches_a_conditional_parameters_values_under_its_parent(tmp_path):
+    write_reverse_words(tmp_path / "data.jsonl")
+    tune = load_tune_config(configured(tmp_path, tunable_training_params={
+        "lr_scheduler_type": {"type": "categorical", "choices": ["linear", "cosine", "constant"]},
+        "warmup_steps": {"type": "int", "low": 0, "high": 2, "condition": {"lr_scheduler_type": ["cosine"]}}}),
+        tmp_path)
+    reached = {(name, value) for point in preflight.configurations(tune.tuning) for name, value in point.values.items()}
+    assert {("warmup_steps", 0), ("warmup_steps", 2), ("lr_scheduler_type", "constant")} <= reached
 
 
 # -- the sampler over the space, at parse time ------------------------------------------------------
@@ -274,7 +287,8 @@ def test_a_fixed_value_is_found_by_leaving_each_out_and_said_once(tmp_path):
     assert problem.startswith("tuning.fixed_training_params.lr_scheduler_type: ")
     assert "min_lr" in problem and notices == []
     # Two points, then each fixed value left out at most once.
-    assert len(stepper.asked) <= 2 + len(tune.tuning.argument_paths)
+    distinct = {json.dumps(asked, sort_keys=True, default=str) for asked in stepper.asked}
+    assert len(distinct) <= 2 + len(tune.tuning.argument_paths)
 
 
 def test_a_value_only_some_points_draw_is_named_by_its_choice(tmp_path):
@@ -300,17 +314,32 @@ def test_every_ignored_warning_says_why():
         ["UserWarning: this flag has no effect here"], [])
 
 
-def test_the_shrunken_model_keeps_the_architecture_depth_and_vocabulary():
+def test_the_shrunken_model_keeps_the_architecture_and_vocabulary():
     from transformers import AutoConfig
 
     big = AutoConfig.for_model("llama", hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
                                num_attention_heads=9, num_key_value_heads=3, vocab_size=49152)
     small = preflight.shrink_config(big)
     assert type(small) is type(big) and small.vocab_size == 49152
-    # As deep (freeze_layers and layers_to_transform name layers by index), narrower.
-    assert (small.num_hidden_layers, small.num_attention_heads, small.num_key_value_heads) == (30, 4, 2)
+    assert (small.num_hidden_layers, small.num_attention_heads, small.num_key_value_heads) == (2, 4, 2)
     assert small.hidden_size == 4 * preflight.SHRUNK_HEAD_DIM and small.intermediate_size == 2 * small.hidden_size
     assert big.num_hidden_layers == 30  # the original is untouched
+    # As deep when values name layers by index (freeze_layers, layers_to_transform), as narrow.
+    deep = preflight.shrink_config(big, keep_depth=True)
+    assert (deep.num_hidden_layers, deep.hidden_size) == (30, small.hidden_size)
+
+
+@pytest.mark.parametrize("model,peft,keeps", [
+    ({}, {"lora_target_modules": ["q_proj", "v_proj"]}, False),
+    ({}, {"lora_target_modules": "all-linear"}, False),
+    ({"freeze_layers": ["model.layers.20"]}, {}, True),
+    ({}, {"layers_to_transform": [20, 21]}, True),
+    ({}, {"lora_target_modules": r".*layers\.2[0-9]\..*q_proj"}, True),  # a regular expression
+])
+def test_the_copy_keeps_every_layer_when_a_value_names_layers(tmp_path, model, peft, keeps):
+    write_reverse_words(tmp_path / "data.jsonl")
+    config = configured(tmp_path, model=model, fixed_training_params=LORA, fixed_peft_params=peft)
+    assert preflight.names_layers(load_tune_config(config, tmp_path)) is keeps
 
 
 # -- real Snakemake runs ----------------------------------------------------------------------------

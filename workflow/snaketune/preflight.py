@@ -15,7 +15,8 @@ code (`train.build_trainer`), and takes one real step:
   for each configuration of the covering set (`configurations`: the base point, each categorical
   choice, each numeric bound, each enqueued trial), the trial's `SFTConfig` and `LoraConfig`, the
   model loaded through the trial's `from_pretrained` (with model_kwargs) from a shrunken random
-  copy (`shrink_config`: the same architecture class, config and depth, narrow layers), the PEFT
+  copy (`shrink_config`: the same architecture class and config, two narrow layers, or every
+  layer when a value names layers), the PEFT
   model, the `SFTTrainer` over the prepared rows, its optimizer and LR scheduler through the
   Trainer's own creation path, one optimizer step and its checkpoint, one evaluation, and with a
   generation metric one generation: on CPU, in seconds.
@@ -36,6 +37,7 @@ after training, on the user's code).
 from __future__ import annotations
 
 import copy
+import gc
 import json
 import logging
 import random
@@ -63,8 +65,10 @@ CPU_STEP_OVERRIDES = {"fp16": False, "bf16": False, "tf32": None, "fp16_full_eva
                       "bf16_full_eval": False, "use_cpu": True}
 # Validation rows the step's evaluation reads (the trial reads them all).
 EVALUATION_ROWS = 4
-# The shrunken copy of the model: its layers with this many key-value heads of SHRUNK_HEAD_DIM,
-# so that a step takes a fraction of a second whatever the model's width.
+# The shrunken copy of the model: this many layers (all of them when a value names layers:
+# names_layers), with this many key-value heads of SHRUNK_HEAD_DIM, so that a step takes a
+# fraction of a second whatever the model's size.
+SHRUNK_LAYERS = 2
 SHRUNK_KV_HEADS = 2
 SHRUNK_HEAD_DIM = 16
 # Trials an in-memory study asks its sampler for, past the sampler's own start-up trials (which
@@ -130,12 +134,15 @@ class PreflightError(ProblemsError):
 
 @dataclass
 class Configuration:
-    """One point of the covering set: its {parameter name: value} and where it comes from (the
-    YAML path of the value it varies: `...learning_rate.high`, `tuning.enqueue_trials[0]`; None for
-    the base point, every parameter at its first choice or low bound)."""
+    """One point of the covering set: its {parameter name: value}, the tunable values in it that
+    differ from the base point (`changes`, each as (YAML path of the value, {name: value} of the
+    point that varies it alone)), and where it comes from when that is one value (`varied`:
+    `...learning_rate.high`, `tuning.enqueue_trials[0]`; None for the base point, every parameter
+    at its first choice or low bound, and for a point that varies several at once)."""
 
     values: dict
     varied: str | None = None
+    changes: list = field(default_factory=list)
 
 
 @dataclass
@@ -155,21 +162,44 @@ class Outcome:
 
 
 def configurations(tuning: TuningParams) -> list[Configuration]:
-    """The covering set of the search space, each point once: the base point, each categorical
-    choice and each numeric bound one parameter at a time (space.corners), each enqueued trial."""
+    """The covering set of the search space, each point once: every categorical choice and every
+    numeric bound reached with as few points as the parameter with the most edge values needs
+    (point k takes each parameter's k-th edge value, space.edge_values, cycling), then, one
+    parameter at a time (space.corners), any edge value those points miss (a conditional
+    parameter's, under its parent's value), then each enqueued trial. Point 0 is the base point.
+    A point that fails is taken apart one value at a time (judge), so only a failure costs more."""
+    corners = search_space.corners(tuning.space)
+    alone = {(param["name"], repr(value)): (_value_path(param, value), values)
+             for param, value, values in corners[1:]}
+    base = corners[0][2]
+    width = max([len(search_space.edge_values(p)) for p in tuning.space] + [1])
     found: list[Configuration] = []
     seen = []
-    for param, value, values in search_space.corners(tuning.space):
-        varied = None if param is None else _value_path(param, value)
-        if values not in seen:
-            seen.append(values)
-            found.append(Configuration(values, varied))
+
+    def add(values: dict, varied: str | None = None) -> None:
+        if values in seen:
+            return
+        seen.append(values)
+        changes = [alone[(name, repr(value))] for name, value in values.items()
+                   if value != base.get(name) and (name, repr(value)) in alone]
+        if varied is None and len(changes) == 1:
+            varied = changes[0][0]
+        found.append(Configuration(values, varied, changes))
+
+    for k in range(width):
+        values = {}
+        for param in tuning.space:
+            if search_space.is_active(param, values):
+                edges = search_space.edge_values(param)
+                values[param["name"]] = edges[k % len(edges)]
+        add(values)
+    reached = {(name, repr(value)) for point in found for name, value in point.values.items()}
+    for param, value, values in corners[1:]:
+        if (param["name"], repr(value)) not in reached:
+            add(values, _value_path(param, value))
+    names = {p["name"] for p in tuning.space}
     for i, values in enumerate(tuning.enqueue_trials):
-        point = {**found[0].values, **values} if found else dict(values)
-        point = {k: v for k, v in point.items() if k in {p["name"] for p in tuning.space}}
-        if point not in seen:
-            seen.append(point)
-            found.append(Configuration(point, f"tuning.enqueue_trials[{i}]"))
+        add({k: v for k, v in {**base, **values}.items() if k in names}, f"tuning.enqueue_trials[{i}]")
     return found
 
 
@@ -435,6 +465,9 @@ def run(tune: TuningConfig, model_source: dict, data_dir: str | Path, record_pat
 
     started = time.time()
     torch.set_num_threads(max(1, threads))
+    # The libraries' objects imported so far live to the end: out of the garbage collector's sight,
+    # the collection accelerate runs after every configuration's training takes a tenth of the time.
+    gc.freeze()
     prepared = datasets_.load_prepared(data_dir)
     train_rows = prepared["train"]
     eval_rows = prepared["validation"].select(range(min(EVALUATION_ROWS, len(prepared["validation"]))))
@@ -469,6 +502,7 @@ class _Stepper:
         self.tune, self.small_source, self.scratch = tune, small_source, scratch
         self.train_rows, self.eval_rows = train_rows, eval_rows
         self.outcomes: dict[str, Outcome] = {}  # each configuration is stepped once
+        self.loaded: dict[str, tuple] = {}  # the model and tokenizer, loaded once per model_kwargs
 
     def __call__(self, values: dict, without: tuple[str, str] | None = None) -> Outcome:
         """Step the configuration `values`, with the fixed argument `without` ((group, target), or
@@ -478,7 +512,7 @@ class _Stepper:
             out_dir = self.scratch / f"configuration_{len(self.outcomes)}"
             try:
                 self.outcomes[key] = step(_without(self.tune, without), values, self.small_source,
-                                          self.train_rows, self.eval_rows, out_dir)
+                                          self.train_rows, self.eval_rows, out_dir, self.loaded)
             finally:
                 shutil.rmtree(out_dir, ignore_errors=True)
         return self.outcomes[key]
@@ -496,22 +530,32 @@ def _without(tune: TuningConfig, without: tuple[str, str] | None) -> TuningConfi
     return replace(tune, model=replace(tune.model, model_kwargs={k: v for k, v in tune.model.model_kwargs.items() if k != key}))
 
 
-def step(tune: TuningConfig, values: dict, small_source: dict, train_rows, eval_rows, out_dir: Path) -> Outcome:
+def step(tune: TuningConfig, values: dict, small_source: dict, train_rows, eval_rows, out_dir: Path,
+         loaded: dict | None = None) -> Outcome:
     """Build configuration `values` as a trial builds it (train.build_trainer) on the shrunken
     model `small_source`, take one optimizer step (and save its checkpoint), evaluate `eval_rows`
-    once and, with a generation metric, generate one answer. Never raises: what failed, and at
-    which stage, is in the Outcome, with every warning heard."""
+    once and, with a generation metric, generate one answer. `loaded` keeps the model and
+    tokenizer as the trial's load_model and load_tokenizer give them, by model_kwargs, and each
+    configuration steps a copy. Never raises: what failed, and at which stage, is in the Outcome,
+    with every warning heard."""
     import torch
 
     from snaketune import generation, scoring, train
+    from snaketune import model as models
 
     outcome = Outcome()
     stage = "building the trainer (SFTConfig, LoraConfig, model, PEFT model, SFTTrainer)"
     with _heard() as heard:
         try:
             overrides = {**STEP_OVERRIDES, **({} if torch.cuda.is_available() else CPU_STEP_OVERRIDES)}
+            loaded = {} if loaded is None else loaded
+            key = json.dumps(tune.model.model_kwargs, sort_keys=True, default=str)
+            if key not in loaded:
+                loaded[key] = (models.load_model(small_source, tune.model),
+                               models.load_tokenizer(small_source, tune.model))
+            model, tokenizer = loaded[key]
             trainer, tokenizer = train.build_trainer(tune, values, out_dir, small_source, train_rows, eval_rows,
-                                                     overrides=overrides)
+                                                     overrides=overrides, loaded=(copy.deepcopy(model), tokenizer))
             outcome.unmatched, outcome.linear_modules = _unmatched_names(trainer.model)
             stage = "one training step (the optimizer and LR scheduler created by the Trainer)"
             trainer.train()
@@ -534,23 +578,23 @@ def judge(tune: TuningConfig, points: list[Configuration], stepper) -> tuple[lis
     """Step every configuration of `points` (the base point first) with `stepper` and turn what
     went wrong into (problems, notices), each 'yaml.path: ...': a failure or refused warning of
     the base point under the fixed parameters without which it goes away (`_culprits`), one that
-    only a varied point shows under that point's value. Each library message is said once."""
+    only another point shows under the value that shows it alone (`_values_behind`). Each library
+    message is said once."""
     problems, notices, said = [], [], set()
-    base_outcome = None
+    base_outcome = stepper(points[0].values)
     for point in points:
         outcome = stepper(point.values)
-        if point.varied is None:
-            base_outcome = outcome
         refused, noticed = _judged(outcome.warnings)
         for kind, messages in (("error", [outcome.error] if outcome.error else []), ("refused", refused),
                                ("notice", noticed)):
             for message in messages:
                 if message in said:
                     continue
-                if point.varied is not None and base_outcome is not None and _shows(base_outcome, message):
+                if point is not points[0] and _shows(base_outcome, message):
                     continue  # the base point's, said under its culprits already
                 said.add(message)
-                where = point.varied or ", ".join(_culprits(tune, point, stepper, message))
+                where = point.varied or ", ".join(_culprits(tune, point, stepper, message)
+                                                  if not point.changes else _values_behind(point, stepper, message))
                 if kind == "refused" and any(p.startswith(f"{where}: ") for p in problems):
                     continue  # one refusal a value: another warning of the same cause adds nothing
                 line = _describe(kind, message, outcome, point)
@@ -566,15 +610,22 @@ def judge(tune: TuningConfig, points: list[Configuration], stepper) -> tuple[lis
     return problems, notices
 
 
+def _values_behind(point: Configuration, stepper, message: str) -> list[str]:
+    """The YAML paths of the tunable values of `point` (which varies several at once) that show
+    `message` when each is varied alone; all of them when none alone does (they fail together)."""
+    found = [path for path, values in point.changes if _shows(stepper(values), message)]
+    return found or [f"{' and '.join(path for path, _ in point.changes)} (together)"]
+
+
 def _shows(outcome: Outcome, message: str) -> bool:
     return message == outcome.error or message in outcome.warnings
 
 
 def _describe(kind: str, message: str, outcome: Outcome, point: Configuration) -> str:
-    values = f" (with {point.values})" if point.values and point.varied else ""
+    values = f" (with {point.values})" if point.varied or point.changes else ""
     if kind == "error":
         return (f"every trial with this value would fail at {outcome.stage}{values}: {message}. "
-                "Change the value as the message says (or remove it); no trial was started")
+                "Change the value as the message says, or remove it")
     if kind == "refused":
         return f"{message} ({_refusal_reason(message)})"
     return f"the libraries warn: {message}"
@@ -613,7 +664,8 @@ def _list_path(tune: TuningConfig, point: Configuration, target: str) -> str:
     """The YAML path of the LoraConfig list field `target` in configuration `point`."""
     for param in tune.tuning.space:
         if param["target"] == target and param["name"] in point.values:
-            return point.varied or f"tuning.tunable_peft_params.{param['name']}"
+            path = f"tuning.tunable_peft_params.{param['name']}"
+            return point.varied or next((p for p, _ in point.changes if p.startswith(path + ".")), path)
     return tune.tuning.argument_paths.get(("peft", target), f"tuning.fixed_peft_params.{target}")
 
 
@@ -705,15 +757,22 @@ def _one_line(error: BaseException) -> str:
 # -- the shrunken model ---------------------------------------------------------------------------
 
 
-def shrink_config(config):
-    """A copy of a transformers model config with the same architecture class, settings and depth
-    but narrow layers: SHRUNK_KV_HEADS key-value heads (their grouping kept, at most 2 query heads
-    per key-value head) of SHRUNK_HEAD_DIM, and feed-forward widths of twice the new hidden size.
-    The depth is kept because values name layers by index (freeze_layers: model.layers.20, PEFT's
-    layers_to_transform); the vocabulary and positions are kept (the real tokenizer's ids, the
-    real prompt lengths). A config without these attributes keeps the values it has."""
+def shrink_config(config, keep_depth: bool = False):
+    """A copy of a transformers model config with the same architecture class and settings but
+    SHRUNK_LAYERS layers at most (unless `keep_depth`: when values name layers by index or
+    pattern, names_layers) and narrow ones: SHRUNK_KV_HEADS key-value heads (their grouping
+    kept, at most 2 query heads per key-value head) of SHRUNK_HEAD_DIM, and feed-forward widths of
+    twice the new hidden size. Per-layer lists (layer_types) are cut with the depth. The
+    vocabulary and positions are kept (the real tokenizer's ids, the real prompt lengths). A config
+    without these attributes keeps the values it has."""
     small = copy.deepcopy(config)
     text = small.get_text_config() if hasattr(small, "get_text_config") else small
+    depth = getattr(text, "num_hidden_layers", None)
+    if not keep_depth and isinstance(depth, int) and depth > SHRUNK_LAYERS:
+        text.num_hidden_layers = SHRUNK_LAYERS
+        for name, value in list(vars(text).items()):
+            if isinstance(value, list) and len(value) == depth:
+                setattr(text, name, value[:SHRUNK_LAYERS])
     heads = getattr(text, "num_attention_heads", None)
     kv = getattr(text, "num_key_value_heads", None) or heads
     if isinstance(heads, int) and isinstance(kv, int) and kv and heads % kv == 0:
@@ -748,7 +807,7 @@ def shrunken_model(tune: TuningConfig, model_source: dict, out_dir: Path) -> dic
         name = model_source["path"]
         config = models.read_model_config(replace(tune.model, model_name=name), local_files_only=models.cached_hub_id(
             name, models.hub_revision(tune.model, name).get("revision")))
-        small = shrink_config(config)
+        small = shrink_config(config, keep_depth=names_layers(tune))
         # The model_kwargs that are config attributes win, as the trial's from_pretrained sets them.
         small.update({k: v for k, v in tune.model.model_kwargs.items() if hasattr(small, k)})
         last_error = None
@@ -764,6 +823,24 @@ def shrunken_model(tune: TuningConfig, model_source: dict, out_dir: Path) -> dic
             raise RuntimeError(f"preflight: transformers cannot build the model from its config: {_one_line(last_error)}")
         model.save_pretrained(out_dir)
     return {**model_source, "path": str(out_dir), "kind": "preflight"}
+
+
+# LoraConfig fields that can name layers by index or by a pattern over module paths.
+LAYER_NAMING_FIELDS = ("layers_to_transform", "layers_pattern", "rank_pattern", "alpha_pattern", "exclude_modules")
+
+
+def names_layers(tune: TuningConfig) -> bool:
+    """Whether a value may name the model's layers by index or pattern (model.freeze_layers, the
+    LAYER_NAMING_FIELDS, target_modules written as a regular expression): then the shrunken copy
+    keeps every layer, so that each name finds what it would find in the trial's model."""
+    tuning = tune.tuning
+    values = [(k, v) for k, v in tuning.lora_args.items()]
+    values += [(p["target"], choice) for p in tuning.space if p["group"] == "peft"
+               for choice in search_space.edge_values(p)]
+    return bool(tune.model.freeze_layers) or any(
+        (key in LAYER_NAMING_FIELDS and value not in (None, {}, [], ""))
+        or (key == "target_modules" and isinstance(value, str) and value != "all-linear")
+        for key, value in values)
 
 
 def step_config(tune: TuningConfig) -> TuningConfig:

@@ -223,12 +223,14 @@ def build_lora_config(lora_args: dict, tuned_peft: dict):
 
 
 def build_trainer(tune: TuningConfig, params: dict, trial_dir: Path, model_source: dict, train_dataset,
-                  eval_dataset, callbacks: list = (), overrides: dict | None = None):
+                  eval_dataset, callbacks: list = (), overrides: dict | None = None, loaded=None):
     """The `SFTTrainer` of one configuration, and its tokenizer, built as every trial builds them:
     `SFTConfig` from the fixed and sampled (`params`, {name: value}) training arguments, the model
     `model_source` (a prepare_model source.json dict) names loaded with the model: section's options,
     `LoraConfig` when LoRA is on, the prepared rows. A checkpoint of the last step is always saved
-    (SaveLastStep). `overrides` are SFTConfig arguments that win (the preflight's single step).
+    (SaveLastStep). `overrides` are SFTConfig arguments that win (the preflight's single step);
+    `loaded`, (model, tokenizer) as load_model and load_tokenizer gave them, is used instead of
+    loading again (the preflight loads once for many configurations).
     Raises what TRL, PEFT and transformers raise for values they refuse."""
     from transformers import TrainerCallback
     from trl import SFTTrainer
@@ -245,9 +247,12 @@ def build_trainer(tune: TuningConfig, params: dict, trial_dir: Path, model_sourc
     tuning = tune.tuning
     tuned_training, tuned_peft = search_space.split_by_group(tuning.space, params)
     args = build_training_args(tuning, tune.max_length, tuned_training, trial_dir, overrides)
-    tokenizer = models.load_tokenizer(model_source, tune.model)
-    # Quantisation options are fixed (config.py refuses to tune them) and apply to loading.
-    model = models.load_model(model_source, tune.model, quantization=tuning.quantization)
+    if loaded is not None:
+        model, tokenizer = loaded
+    else:
+        tokenizer = models.load_tokenizer(model_source, tune.model)
+        # Quantisation options are fixed (config.py refuses to tune them) and apply to loading.
+        model = models.load_model(model_source, tune.model, quantization=tuning.quantization)
     trainer = SFTTrainer(
         model=model,
         args=args,
