@@ -26,12 +26,13 @@ when only configurations with it fail, else the fixed parameters without which t
 configuration builds (found by leaving each out in turn), and quotes the library. Warnings the
 libraries raise meanwhile are refusals (REFUSED_WARNINGS: the value would do nothing, or something
 else than written), deliberately ignored (IGNORED_WARNINGS, each with its reason), or notices
-naming the YAML path. Each item of a list of LoRA target modules must match a module.
+naming the YAML path. Each name of a LoRA module list (target_modules, modules_to_save,
+exclude_modules) must match a module.
 
 Not covered, because a CPU step cannot show it: bf16/fp16/tf32 kernels and mixed precision,
 flash attention and other GPU attention kernels (the step uses sdpa), QLoRA's 4/8-bit loading,
-device placement, several GPUs, memory, and lm-eval tasks and custom metric functions (they run
-after training, on the user's code).
+torch.compile, activation offloading, device placement, several GPUs, memory; nor lm-eval tasks
+and custom metric functions (they run after training, on the user's code).
 """
 
 from __future__ import annotations
@@ -60,9 +61,11 @@ if TYPE_CHECKING:
 # The one step: an optimizer step (with the configuration's gradient accumulation) and the last
 # step's checkpoint; the evaluation, generation and everything else are the trial's own settings.
 STEP_OVERRIDES = {"max_steps": 1, "disable_tqdm": True}
-# Without a GPU the step runs in float32: mixed precision and TF32 are a GPU's (not covered, README).
+# Without a GPU the step runs in float32 and eagerly: mixed precision, TF32, activation offloading
+# (CUDA streams) and torch.compile are a GPU trial's, not covered here (README).
 CPU_STEP_OVERRIDES = {"fp16": False, "bf16": False, "tf32": None, "fp16_full_eval": False,
-                      "bf16_full_eval": False, "use_cpu": True}
+                      "bf16_full_eval": False, "use_cpu": True, "activation_offloading": False,
+                      "torch_compile": False}
 # Validation rows the step's evaluation reads (the trial reads them all).
 EVALUATION_ROWS = 4
 # The shrunken copy of the model: this many layers (all of them when a value names layers:
@@ -463,6 +466,9 @@ def run(tune: TuningConfig, model_source: dict, data_dir: str | Path, record_pat
 
     from snaketune import data as datasets_
 
+    import peft  # noqa: F401 (imported before gc.freeze: see there)
+    import trl  # noqa: F401
+
     started = time.time()
     torch.set_num_threads(max(1, threads))
     # The libraries' objects imported so far live to the end: out of the garbage collector's sight,
@@ -487,8 +493,9 @@ def run(tune: TuningConfig, model_source: dict, data_dir: str | Path, record_pat
                if re.search(pattern, w, re.IGNORECASE)]
     record = {"configurations": [{"values": p.values, "varied": p.varied} for p in points],
               "seconds": round(time.time() - started, 2), "notices": notices, "ignored_warnings": ignored,
-              "not_covered": "bf16/fp16/tf32 kernels, GPU attention kernels, QLoRA loading, device "
-                             "placement, several GPUs, memory, lm-eval tasks, custom metrics"}
+              "not_covered": "bf16/fp16/tf32 kernels, GPU attention kernels, QLoRA loading, torch.compile, "
+                             "activation offloading, device placement, several GPUs, memory, lm-eval tasks, "
+                             "custom metrics"}
     from snaketune.layout import write_json
 
     write_json(record_path, record)
@@ -670,8 +677,8 @@ def _list_path(tune: TuningConfig, point: Configuration, target: str) -> str:
 
 
 # LoraConfig fields listing module names each of which should match a module: PEFT refuses
-# target_modules only when none matches, and modules_to_save never.
-NAME_LIST_FIELDS = ("target_modules", "modules_to_save")
+# target_modules only when none matches, and modules_to_save and exclude_modules never.
+NAME_LIST_FIELDS = ("target_modules", "modules_to_save", "exclude_modules")
 
 
 def _unmatched_names(model) -> tuple[dict, list[str]]:
