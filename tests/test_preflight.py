@@ -85,6 +85,13 @@ REFUSED = {
         {"tunable_training_params": {"lr_scheduler_type": {"type": "categorical",
                                                            "choices": ["linear", "cosine_with_min_lr"]}}},
         "tuning.tunable_training_params.lr_scheduler_type.choices[1]", "min_lr"),
+    "a tunable scheduler's first choice that needs kwargs": (
+        {"tunable_training_params": {"lr_scheduler_type": {"type": "categorical",
+                                                           "choices": ["cosine_with_min_lr", "linear"]}}},
+        "tuning.tunable_training_params.lr_scheduler_type.choices[0]", "min_lr"),
+    "a metric for the best checkpoint evaluation never produces": (
+        {"report_every_steps": 1, "fixed_training_params": {"metric_for_best_model": "eval_accuracy"}},
+        "tuning.fixed_training_params.metric_for_best_model", "eval_accuracy"),
     "warmup_stable_decay without its decay steps": (
         {"fixed_training_params": {"lr_scheduler_type": "warmup_stable_decay"}},
         "tuning.fixed_training_params.lr_scheduler_type", "num_decay_steps"),
@@ -307,11 +314,24 @@ def test_a_refused_warning_is_named_by_the_value_that_raises_it(tmp_path):
     assert [p.split(": ")[0] for p in problems] == ["tuning.fixed_peft_params.init_lora_weights"]
 
 
+def test_the_failure_message_shows_this_runs_refusal_not_an_older_one(tmp_path, monkeypatch):
+    from snaketune import results
+
+    monkeypatch.setenv("SNAKETUNE_RUN_STARTED", "0")
+    log = tmp_path / "preflight.log"
+    refusal = "Preflight: 1 problem(s); no trial was started:\n  - tuning.x: refused"
+    log.write_text(f"older lines\n{refusal}\n")
+    assert results._preflight_problems(log) == refusal
+    log.write_text(f"older lines\n{refusal}\nTraceback (most recent call last):\nRuntimeError: out of memory\n")
+    assert results._preflight_problems(log) is None  # this run failed otherwise: its own error is said
+
+
 def test_every_ignored_warning_says_why():
     assert all(reason.strip() for reason in preflight.IGNORED_WARNINGS.values())
     assert preflight._judged(["FutureWarning: `is_gradient_checkpointing` is deprecated"]) == ([], [])
-    assert preflight._judged(["UserWarning: this flag has no effect here"]) == (
-        ["UserWarning: this flag has no effect here"], [])
+    assert preflight._judged(["UserWarning: `flag` has no effect here"]) == (["UserWarning: `flag` has no effect here"], [])
+    # a warning that names no field is not taken for a refusal of one
+    assert preflight._judged(["UserWarning: the cache is ignored"]) == ([], ["UserWarning: the cache is ignored"])
 
 
 def test_the_shrunken_model_keeps_the_architecture_and_vocabulary():

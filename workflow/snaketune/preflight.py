@@ -60,12 +60,14 @@ if TYPE_CHECKING:
 
 # The one step: an optimizer step (with the configuration's gradient accumulation) and the last
 # step's checkpoint; the evaluation, generation and everything else are the trial's own settings.
-STEP_OVERRIDES = {"max_steps": 1, "disable_tqdm": True}
+STEP_OVERRIDES = {"max_steps": 1, "disable_tqdm": True,
+                  # no side effects of the user's: no tracker run, no push of a random model
+                  "report_to": "none", "push_to_hub": False}
 # Without a GPU the step runs in float32 and eagerly: mixed precision, TF32, activation offloading
 # (CUDA streams) and torch.compile are a GPU trial's, not covered here (README).
 CPU_STEP_OVERRIDES = {"fp16": False, "bf16": False, "tf32": None, "fp16_full_eval": False,
                       "bf16_full_eval": False, "use_cpu": True, "activation_offloading": False,
-                      "torch_compile": False}
+                      "torch_compile": False, "torch_compile_mode": None, "torch_compile_backend": None}
 # Validation rows the step's evaluation reads (the trial reads them all).
 EVALUATION_ROWS = 4
 # The shrunken copy of the model: this many layers (all of them when a value names layers:
@@ -91,42 +93,26 @@ IGNORED_WARNINGS = {
         "max_steps and epochs is said at parse time (names._inert_epochs)",
     r"ExperimentalWarning|is experimental \(supported from v":
         "Optuna flags samplers and arguments as experimental: they work as documented",
-    r"No label_names provided for model class":
-        "the prepared rows carry `labels`, which the Trainer finds by name",
-    r"The model is already on multiple devices|Trainer.tokenizer is now deprecated":
-        "about the Trainer's own attributes, not a value of the config",
-    r"Setting `pad_token_id` to `eos_token_id`|pad_token_id.*generation":
-        "generation pads with the tokenizer's pad token, which load_tokenizer always sets",
-    r"torch_dtype.*deprecated|`torch_dtype` is deprecated":
-        "about transformers' own argument names, which snaketune passes (dtype)",
-    r"Could not find a config file in .* will assume that the vocabulary was not modified|"
-    r"Unable to fetch remote file due to the following error|Could not locate the .* inside":
-        "the shrunken copy is saved without a hub link: nothing of the user's model",
-    r"generation flags are not valid and may be ignored|The following generation flags":
-        "the shrunken model's generation config has transformers' defaults; the trial's are read "
-        "from generation: (GenerationParams.generate_kwargs)",
-    r"padding_side|A decoder-only architecture is being used, but right-padding was detected":
-        "generation pads on the left (generation.evaluate_generation sets it per batch)",
-    r"You are using a per_device_train_batch_size of 1 with padding-free training":
-        "TRL's advice on speed, not a value it ignores",
-    r"use_cache=True.*is incompatible with gradient checkpointing":
-        "transformers turns the cache off itself while training with gradient checkpointing, as "
-        "the user asked",
     r"`is_gradient_checkpointing` is deprecated":
-        "PEFT reads transformers' old attribute name itself; nothing the user wrote",
-    r"Was asked to gather along dimension 0":
-        "a single-device step; said by torch's DataParallel",
+        "PEFT reads transformers' old attribute name itself (seen with peft 0.21, transformers 5.25); "
+        "nothing the user wrote",
+    r"A decoder-only architecture is being used, but right-padding was detected":
+        "generation pads on the left (generation.evaluate_generation sets it per batch)",
 }
 # Warnings that mean an accepted value would do nothing here, or do something else than written:
-# the value is refused by its YAML path, with the library's words and what to do.
+# the value is refused by its YAML path, with the library's words and what to do. Only messages
+# that name a field (`name`) and say so: a broader pattern would refuse what the step itself did.
 REFUSED_WARNINGS = {
     r"`init_lora_weights` is 'eva'|lora with eva initialization|eva.*initialize_lora_eva_weights":
         "this LoRA initialisation needs a pass over training data (or a conversion) that a trial "
         "never makes, so the adapter would start as plain LoRA: use another init_lora_weights "
         "(true, gaussian, pissa, olora)",
-    r"has no effect|will be ignored|is ignored|will not be used|does nothing":
+    r"`\w+`[^.]*(has no effect|will be ignored|is ignored|will not be used|does nothing)":
         "the library says it does nothing here: remove it, or change it as the library says",
 }
+# An error that says it needs a GPU, met by a step without one, is not the value's fault: said in a
+# notice (not checked here), not refused.
+NEEDS_GPU = r"\bcuda\b|\bgpu\b|triton|nvidia"
 
 
 class PreflightError(ProblemsError):
@@ -462,12 +448,11 @@ def run(tune: TuningConfig, model_source: dict, data_dir: str | Path, record_pat
     prepare_data's summary. Raises PreflightError, naming each refused value by its YAML path, and
     writes nothing, when a configuration fails or a library warns that a value would do nothing.
     """
+    import peft  # noqa: F401 (imported before gc.freeze: see there)
     import torch
+    import trl  # noqa: F401
 
     from snaketune import data as datasets_
-
-    import peft  # noqa: F401 (imported before gc.freeze: see there)
-    import trl  # noqa: F401
 
     started = time.time()
     torch.set_num_threads(max(1, threads))
@@ -555,6 +540,9 @@ def step(tune: TuningConfig, values: dict, small_source: dict, train_rows, eval_
     with _heard() as heard:
         try:
             overrides = {**STEP_OVERRIDES, **({} if torch.cuda.is_available() else CPU_STEP_OVERRIDES)}
+            if tune.tuning.report_every_steps or tune.tuning.training_args.get("eval_strategy", "no") != "no":
+                # The trial evaluates while it trains: so does the step (metric_for_best_model, ...).
+                overrides["eval_steps"] = 1
             loaded = {} if loaded is None else loaded
             key = json.dumps(tune.model.model_kwargs, sort_keys=True, default=str)
             if key not in loaded:
@@ -562,12 +550,14 @@ def step(tune: TuningConfig, values: dict, small_source: dict, train_rows, eval_
                                models.load_tokenizer(small_source, tune.model))
             model, tokenizer = loaded[key]
             trainer, tokenizer = train.build_trainer(tune, values, out_dir, small_source, train_rows, eval_rows,
-                                                     overrides=overrides, loaded=(copy.deepcopy(model), tokenizer))
+                                                     overrides=overrides,
+                                                     loaded=(copy.deepcopy(model), copy.deepcopy(tokenizer)))
             outcome.unmatched, outcome.linear_modules = _unmatched_names(trainer.model)
             stage = "one training step (the optimizer and LR scheduler created by the Trainer)"
             trainer.train()
             stage = "one evaluation"
-            trainer.evaluate()
+            if not any("eval_loss" in entry for entry in trainer.state.log_history):
+                trainer.evaluate()
             if tune.uses_generation:
                 stage = "one generation"
                 params = replace(tune.generation, num_samples=1, max_new_tokens=min(4, tune.generation.max_new_tokens))
@@ -592,12 +582,14 @@ def judge(tune: TuningConfig, points: list[Configuration], stepper) -> tuple[lis
     for point in points:
         outcome = stepper(point.values)
         refused, noticed = _judged(outcome.warnings)
-        for kind, messages in (("error", [outcome.error] if outcome.error else []), ("refused", refused),
-                               ("notice", noticed)):
+        error = [outcome.error] if outcome.error else []
+        if error and not _has_gpu() and re.search(NEEDS_GPU, outcome.error, re.IGNORECASE):
+            error, noticed = [], [f"not checked without a GPU ({outcome.stage}): {outcome.error}", *noticed]
+        for kind, messages in (("error", error), ("refused", refused), ("notice", noticed)):
             for message in messages:
                 if message in said:
                     continue
-                if point is not points[0] and _shows(base_outcome, message):
+                if point is not points[0] and (_shows(base_outcome, message) or message.startswith("not checked")):
                     continue  # the base point's, said under its culprits already
                 said.add(message)
                 where = point.varied or ", ".join(_culprits(tune, point, stepper, message)
@@ -615,6 +607,12 @@ def judge(tune: TuningConfig, points: list[Configuration], stepper) -> tuple[lis
                                 f"match): its linear modules are {', '.join(outcome.linear_modules)}; remove or "
                                 "correct the names that match nothing")
     return problems, notices
+
+
+def _has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _values_behind(point: Configuration, stepper, message: str) -> list[str]:
@@ -643,13 +641,23 @@ def _refusal_reason(message: str) -> str:
 
 
 def _culprits(tune: TuningConfig, point: Configuration, stepper, message: str) -> list[str]:
-    """The YAML paths of the fixed parameters (training and PEFT arguments, model_kwargs keys)
-    without any one of which `message` (an error or a warning) goes away from the base point;
-    the fixed sections' paths when none alone does (several together, or the model)."""
+    """The YAML paths of what makes the base point show `message` (an error or a warning): a
+    tunable parameter's first choice or low bound when moving it alone makes the message go, else
+    the fixed parameters (training and PEFT arguments, model_kwargs keys) without any one of which
+    it goes; the fixed sections' paths when none alone does (several together, or the model)."""
     named = re.match(r"\w+: ((model|tuning|data|generation)\.[\w.\[\]]+): ", message)
     if named:  # snaketune's own code named the field (model.freeze_layers)
         return [named.group(1)]
     tuning = tune.tuning
+    # A tunable parameter's first choice or low bound: the message goes when only it moves.
+    first = [_value_path(param, point.values[param["name"]]) for param, value, values
+             in search_space.corners(tuning.space)[1:]
+             if value != point.values.get(param["name"]) and param["name"] in point.values
+             and {k: v for k, v in values.items() if k != param["name"]} == {
+                 k: v for k, v in point.values.items() if k != param["name"]}
+             and not _shows(stepper(values), message)]
+    if first:
+        return list(dict.fromkeys(first))
     candidates = [(key, path) for key, path in tuning.argument_paths.items()
                   if key[1] in (tuning.training_args if key[0] == "training" else tuning.lora_args)]
     candidates += [(("model_kwargs", key), f"model.model_kwargs.{key}") for key in tune.model.model_kwargs]
@@ -764,14 +772,15 @@ def _one_line(error: BaseException) -> str:
 # -- the shrunken model ---------------------------------------------------------------------------
 
 
-def shrink_config(config, keep_depth: bool = False):
+def shrink_config(config, keep_depth: bool = False, keep_width: bool = False):
     """A copy of a transformers model config with the same architecture class and settings but
     SHRUNK_LAYERS layers at most (unless `keep_depth`: when values name layers by index or
     pattern, names_layers) and narrow ones: SHRUNK_KV_HEADS key-value heads (their grouping
     kept, at most 2 query heads per key-value head) of SHRUNK_HEAD_DIM, and feed-forward widths of
     twice the new hidden size. Per-layer lists (layer_types) are cut with the depth. The
     vocabulary and positions are kept (the real tokenizer's ids, the real prompt lengths). A config
-    without these attributes keeps the values it has."""
+    without these attributes keeps the values it has; `keep_width` keeps the widths (a config the
+    narrow shape does not fit)."""
     small = copy.deepcopy(config)
     text = small.get_text_config() if hasattr(small, "get_text_config") else small
     depth = getattr(text, "num_hidden_layers", None)
@@ -782,7 +791,7 @@ def shrink_config(config, keep_depth: bool = False):
                 setattr(text, name, value[:SHRUNK_LAYERS])
     heads = getattr(text, "num_attention_heads", None)
     kv = getattr(text, "num_key_value_heads", None) or heads
-    if isinstance(heads, int) and isinstance(kv, int) and kv and heads % kv == 0:
+    if not keep_width and isinstance(heads, int) and isinstance(kv, int) and kv and heads % kv == 0:
         new_kv = min(kv, SHRUNK_KV_HEADS)
         new_heads = new_kv * min(heads // kv, 2)
         text.num_attention_heads = new_heads
@@ -817,8 +826,9 @@ def shrunken_model(tune: TuningConfig, model_source: dict, out_dir: Path) -> dic
         small = shrink_config(config, keep_depth=names_layers(tune))
         # The model_kwargs that are config attributes win, as the trial's from_pretrained sets them.
         small.update({k: v for k, v in tune.model.model_kwargs.items() if hasattr(small, k)})
+        shallow = shrink_config(config, keep_depth=names_layers(tune), keep_width=True)
         last_error = None
-        for candidate in (small, config):
+        for candidate in (small, shallow, config):
             torch.manual_seed(0)
             try:
                 model = AutoModelForCausalLM.from_config(candidate, trust_remote_code=trust, dtype=torch.float32)
@@ -833,7 +843,8 @@ def shrunken_model(tune: TuningConfig, model_source: dict, out_dir: Path) -> dic
 
 
 # LoraConfig fields that can name layers by index or by a pattern over module paths.
-LAYER_NAMING_FIELDS = ("layers_to_transform", "layers_pattern", "rank_pattern", "alpha_pattern", "exclude_modules")
+LAYER_NAMING_FIELDS = ("layers_to_transform", "layers_pattern", "rank_pattern", "alpha_pattern", "exclude_modules",
+                       "layer_replication", "target_parameters")
 
 
 def names_layers(tune: TuningConfig) -> bool:
@@ -847,6 +858,8 @@ def names_layers(tune: TuningConfig) -> bool:
     return bool(tune.model.freeze_layers) or any(
         (key in LAYER_NAMING_FIELDS and value not in (None, {}, [], ""))
         or (key == "target_modules" and isinstance(value, str) and value != "all-linear")
+        or (key == "target_modules" and isinstance(value, (list, tuple))
+            and any(re.search(r"\.\d+\.", str(name)) for name in value))  # model.layers.20.self_attn.q_proj
         for key, value in values)
 
 
@@ -864,9 +877,23 @@ def fingerprint(tune: TuningConfig) -> str:
     it, and a re-run or a grown study (only n_trials changed) does not."""
     tuning = tune.tuning
     return json.dumps({
+        # a library upgrade may read a value differently: the preflight runs again
+        "versions": {p: _version(p) for p in ("torch", "transformers", "trl", "peft", "optuna", "snaketune")},
+        "report_every_steps": tuning.report_every_steps, "seed": tuning.seed,
         "definition": tune.definition,
         "training": tuning.training_args, "peft": tuning.lora_args, "use_peft": tuning.use_peft,
         "space": [dict(p) for p in tuning.space], "enqueued": tuning.enqueue_trials,
         "generation": dict(tune.generation) if tune.uses_generation else None,
         "model_kwargs": tune.model.model_kwargs,
     }, sort_keys=True, default=str)
+
+
+def _version(package: str) -> str | None:
+    """The installed version of `package`; None when it is not installed (snaketune run from a
+    source checkout)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None

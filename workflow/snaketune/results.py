@@ -235,7 +235,11 @@ def _preflight_problems(log: Path) -> str | None:
     except OSError:
         return None
     at = text.rfind("\nPreflight: ")
-    return text[at + 1:].strip() if at >= 0 else None
+    block = text[at + 1:].strip().splitlines() if at >= 0 else []
+    # The log's end, or an older run's refusal (the log is appended to) before another failure.
+    if not block or not all(line.startswith("  - ") for line in block[1:]):
+        return None
+    return "\n".join(block)
 
 
 def _written_this_run(log: Path) -> bool:
