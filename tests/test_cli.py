@@ -147,6 +147,62 @@ def test_tune_refuses_a_missing_config(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
+# Answers before Snakemake: the config is checked in-process, and a refused one writes nothing
+
+
+def test_a_refused_config_is_answered_before_snakemake_starts_and_writes_nothing(tmp_path):
+    write_reverse_words(tmp_path / "data.jsonl")
+    config = tiny_config()
+    config["tunning"] = config.pop("tuning")  # a top-level typo
+    write_config(tmp_path, config)
+    result = run_cli(tmp_path, "tune", "-c", "tune.yaml", check=False)
+    assert result.returncode == 1
+    assert "tunning: unknown key (did you mean 'tuning'?)" in result.stderr
+    assert "snaketune: snakemake" not in result.stderr  # refused before Snakemake was started
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "tuning_output").exists()  # no output_dir, run.lock or tune.merged.yaml
+
+
+@pytest.mark.parametrize("text, where, what", [
+    ("model:\n\tmodel_name: x\n", "tune.yaml:2:1:", "not tabs"),
+    ("model:\n  model_name: [x\n", "tune.yaml:3:1:", "expected ',' or ']'"),
+    ("model:\n  a: 1\n b: 2\n", "tune.yaml:3:2:", "line 1, column 1"),
+    ("tuning:\n  n_trials: 3\n  study_name: 'x\n", "tune.yaml:", "quoted scalar"),
+])
+def test_yaml_that_does_not_parse_is_named_by_file_line_and_column(tmp_path, text, where, what):
+    (tmp_path / "tune.yaml").write_text(text)
+    for command in ("check", "tune"):
+        result = run_cli(tmp_path, command, "-c", "tune.yaml", check=False)
+        assert result.returncode == 1, result.stderr
+        assert where in result.stderr and what in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+    assert not (tmp_path / "tuning_output").exists()
+
+
+def test_check_accepts_a_config_and_writes_nothing(tmp_path):
+    write_reverse_words(tmp_path / "data.jsonl")
+    write_config(tmp_path, tiny_config(n_trials=5))
+    result = run_cli(tmp_path, "check", "-c", "tune.yaml", "tuning.study_name=checked")
+    assert "tune.yaml is accepted: study 'checked'" in result.stdout
+    assert "5 trial(s) over 1 parameter(s) (learning_rate)" in result.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.jsonl", "tune.yaml"]
+    refused = run_cli(tmp_path, "check", "-c", "tune.yaml", "tuning.n_trials=0", check=False)
+    assert refused.returncode == 1 and "tuning.n_trials" in refused.stderr
+
+
+def test_a_run_snaketune_checked_is_not_checked_again_by_snakemake(tmp_path):
+    """Notices are printed once: by `snaketune tune`'s check, not again by Snakemake's parse
+    (which trusts the token for exactly the config text it is given)."""
+    write_reverse_words(tmp_path / "data.jsonl")
+    config = tiny_config()
+    config["data"]["test"] = {"datasets": [{"dataset_name": "data.jsonl", "split": "train"}]}
+    write_config(tmp_path, config)
+    result = run_cli(tmp_path, "tune", "-c", "tune.yaml", "--dry-run", "--cores", "1")
+    assert result.stderr.count("notice: data.test: unused") == 1, result.stderr
+    assert re.search(r"^trial\s+3$", result.stdout, re.M), result.stdout
+
+
+# ---------------------------------------------------------------------------------------------
 # One tiny study run through the CLI, shared by the tests below
 
 
@@ -192,6 +248,21 @@ def test_the_console_shows_each_trial_start_and_end_in_short_lines(study_dir):
     # The summary prints the best trial once, beside its folder, and says where the report is.
     assert console.count(f"best trial {study.best_trial.number} (trial_{study.best_trial.user_attrs['slot']}/)") == 1
     assert "`snaketune report " in console
+
+
+def test_a_refused_rerun_leaves_the_config_the_study_ran_with(study_dir):
+    """A change the study cannot take (max_steps, once trials finished) is refused before
+    anything is written: tune.merged.yaml and `export --as-config` still say what the study ran."""
+    workdir, _ = study_dir
+    merged = StudyLayout(workdir / "tuning_output").merged_config
+    before = merged.read_text()
+    refused = run_cli(workdir, "tune", "-c", "tune.yaml", "tuning.n_trials=3", "tuning.study_name=cli",
+                      "tuning.fixed_training_params.max_steps=20", check=False)
+    assert refused.returncode == 1 and "max_steps" in refused.stderr, refused.stderr
+    assert "snaketune: snakemake" not in refused.stderr
+    assert merged.read_text() == before
+    exported = yaml.safe_load(run_cli(workdir, "export", "tuning_output", "--as-config").stdout)
+    assert exported["training"]["max_steps"] == 3
 
 
 def test_status_of_a_finished_study(study_dir):

@@ -3,7 +3,6 @@ import functools
 import json
 import os
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -18,32 +17,30 @@ if (REPO_DIR / "workflow" / "snaketune").is_dir():
 
 from snakemake.exceptions import WorkflowError
 
-from snaketune.config import ConfigError, load_tune_config, load_yaml, read_default_tune_yaml
+from snaketune.check import accepted_config, checked_already, notice_line
+from snaketune.config import ConfigError, load_yaml, read_default_tune_yaml
 from snaketune.layout import write_text
 from snaketune.progress import ConsoleProgress
-from snaketune.study import StudyInUse, definition_conflicts, hold_study, restore_told_trials
+from snaketune.study import StudyInUse, hold_study, restore_told_trials
 
 
 # Snakemake deep-merges --configfile over a `configfile:` directive's dict, so a default tune
 # config there would leak its parameters into the user's. Load the default only when none is given.
 if not config:
     config.update(read_default_tune_yaml(REPO_DIR))
+# Jobs re-parse this file; the main process has validated the config in full already, and so has
+# `snaketune tune` when it started this run (it printed the notices too).
+CHECKED = not workflow.is_main_process or checked_already(workflow.configfiles, os.getcwd())
 try:  # relative paths in a tune config resolve against the working directory
-    if workflow.is_main_process:  # Snakemake read them keeping the last of a key given twice
+    if not CHECKED:  # Snakemake read them keeping the last of a key given twice
         for configfile in workflow.configfiles:
             load_yaml(configfile)
-    # Jobs re-parse this file; the main process has validated the config in full already.
-    TUNE = load_tune_config(config, base_dir=os.getcwd(), validated=not workflow.is_main_process)
-    # An existing study is only ever continued with the same search space and objectives.
-    conflicts = definition_conflicts(TUNE.tuning, TUNE.definition) if workflow.is_main_process else []
-    if conflicts:
-        raise ConfigError(conflicts)
+    TUNE = accepted_config(config, base_dir=os.getcwd(), validated=CHECKED)
 except ConfigError as error:
     sys.exit(str(error))
-if workflow.is_main_process:
-    for notice in TUNE.notices:  # wrapped: a terminal shows each line whole
-        print(textwrap.fill(f"snaketune: notice: {notice}", width=140, subsequent_indent="    ",
-                            break_on_hyphens=False, break_long_words=False), file=sys.stderr)
+if not CHECKED:
+    for notice in TUNE.notices:
+        print(notice_line(notice), file=sys.stderr)
 
 TUNING = TUNE.tuning
 

@@ -2,6 +2,7 @@
 
     snaketune tune -c tune.yaml [--cores N] [--gpus M] [--profile slurm] [--dry-run] [key=value ...]
                                 [--key VALUE ...]   (oumi tune's override syntax, e.g. --tuning.n_trials 5)
+    snaketune check -c tune.yaml [key=value ...]
     snaketune status <output_dir> [--watch [SECONDS]]
     snaketune best <output_dir>
     snaketune export <output_dir> [--format csv|json|yaml] [--as-config] [-o FILE]
@@ -117,25 +118,60 @@ def snakemake_command(configfile: Path, cores: str | None, gpus: int | None, pro
     return command + extra
 
 
-def cmd_tune(args) -> int:
-    if not Path(args.config).is_file():
-        raise CliError(f"no such config file: {args.config}")
+def read_config(path: str, overrides: list[str]) -> tuple[dict, str]:
+    """The tune.yaml at `path` with the command line's overrides applied, and the text of it
+    Snakemake is given (a header naming the file and overrides, then the YAML). Raises CliError
+    for a missing file, ConfigError for YAML that does not parse (file:line:column)."""
+    if not Path(path).is_file():
+        raise CliError(f"no such config file: {path}")
     from snaketune.config import load_yaml
 
-    config = load_yaml(args.config) or {}
-    merged = apply_overrides(config, args.overrides)
-    header = f"# {args.config}" + (f" with overrides: {' '.join(args.overrides)}" if args.overrides else "")
-    text = header + "\n" + yaml.safe_dump(merged, sort_keys=False)
+    merged = apply_overrides(load_yaml(path) or {}, overrides)
+    header = f"# {path}" + (f" with overrides: {' '.join(overrides)}" if overrides else "")
+    return merged, header + "\n" + yaml.safe_dump(merged, sort_keys=False)
+
+
+def check_config(merged: dict):
+    """The accepted config (check.accepted_config, against the working directory), its notices
+    printed; raises ConfigError (printed by main, exit 1) before anything is written."""
+    from snaketune.check import accepted_config, notice_line
+
+    resolved = accepted_config(merged, base_dir=Path.cwd())
+    for notice in resolved.notices:
+        print(notice_line(notice), file=sys.stderr)
+    return resolved
+
+
+def cmd_check(args) -> int:
+    merged, _ = read_config(args.config, args.overrides)
+    resolved = check_config(merged)
+    tuning = resolved.tuning
+    from snaketune.summary import shown
+
+    parameters = ", ".join(p["name"] for p in tuning.space) or "none"
+    print(f"snaketune: {args.config} is accepted: study {tuning.study_name!r} in {shown(tuning.layout.output_dir)}, "
+          f"{tuning.n_trials} trial(s) over {len(tuning.space)} parameter(s) ({parameters}), "
+          f"{' and '.join(f'{m} ({d})' for m, d in zip(tuning.metrics, tuning.directions))}. "
+          "When the run starts, its preflight builds and steps each edge of the search space "
+          "before the first trial.")
+    return 0
+
+
+def cmd_tune(args) -> int:
+    merged, text = read_config(args.config, args.overrides)
+    # Everything the config can be refused for is asked here, in-process, before output_dir is
+    # created or tune.merged.yaml rewritten: a refused run leaves the study as it was.
+    resolved = check_config(merged)
+    from snaketune.check import CHECKED_ENV, check_token
+
+    os.environ[CHECKED_ENV] = check_token(text, Path.cwd())  # Snakemake's parse need not ask again
     if args.dry_run:  # a dry run writes nothing under the output directory
         handle = tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="snaketune-", delete=False)
         handle.write(text)
         handle.close()
         configfile = Path(handle.name)
     else:  # kept beside the results: what the study ran with (`status` and `export` read it)
-        layout = StudyLayout((merged.get("tuning") or {}).get("output_dir") or "tuning_output")
-        unusable = layout.unusable_because()
-        if unusable:
-            raise CliError(f"tuning.output_dir: {unusable}")
+        layout = resolved.tuning.layout
         from snaketune.study import StudyInUse, in_use_message, release_stale_snakemake_locks, run_holder
 
         holder = run_holder(layout)  # its jobs read tune.merged.yaml: never overwrite it under them
@@ -415,6 +451,15 @@ def build_parser() -> argparse.ArgumentParser:
                       help="config overrides, e.g. tuning.n_trials=20 or, as in oumi tune, "
                            "--tuning.n_trials 20 (values read as YAML)")
     tune.set_defaults(func=cmd_tune)
+
+    check = commands.add_parser("check", help="check a tune.yaml in seconds, run nothing",
+                                description="Check a tune.yaml as `tune` does before it starts Snakemake "
+                                            "(schema, search space, sampler and pruner, trial arguments, "
+                                            "model, data files, an existing study's definition); write "
+                                            "nothing. Exit status 1 with every problem listed.")
+    check.add_argument("-c", "--config", required=True, help="the tune.yaml")
+    check.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, as for tune")
+    check.set_defaults(func=cmd_check)
 
     for name, func, help_ in (("status", cmd_status, "progress of a study, running or done"),
                               ("best", cmd_best, "the best trial(s) and the best model"),

@@ -173,14 +173,29 @@ def load_yaml(path: str | Path):
     lines (Snakemake's own reading of a --configfile keeps the last silently)."""
     with open(path) as f:
         loader = _StrictLoader(f)
-    loader.duplicates = []
-    try:
-        data = loader.get_single_data()
-    finally:
-        loader.dispose()
+        loader.duplicates = []
+        try:
+            data = loader.get_single_data()
+        except yaml.MarkedYAMLError as error:
+            raise ConfigError([_syntax_problem(path, error)]) from None
+        finally:
+            loader.dispose()
     if loader.duplicates:
         raise ConfigError(loader.duplicates)
     return data
+
+
+def _syntax_problem(path: str | Path, error: yaml.MarkedYAMLError) -> str:
+    """'FILE:LINE:COLUMN: what' (1-based) for YAML that does not parse, as compilers write it, with
+    where the construct it was reading began (PyYAML's context) and a hint for a tab."""
+    mark, context = error.problem_mark, error.context_mark
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+    what = error.problem or "not YAML"
+    if error.context and context and (not mark or context.line != mark.line):
+        what += f" ({error.context} at line {context.line + 1}, column {context.column + 1})"
+    if "'\\t'" in what:
+        what += "; YAML indents with spaces, not tabs: replace the tab with spaces"
+    return f"{where}: {what}"
 
 
 def read_tune_yaml(path: str | Path) -> dict:

@@ -1,0 +1,71 @@
+"""The checks a run passes before anything is written: the config, then the study it continues.
+
+One owner for "is this config accepted?", asked in two places: `snaketune tune`/`check` ask it
+in-process, in about a second for a schema or search-space error (Snakemake's own start-up takes
+9-12 s), before `output_dir` is created or `tune.merged.yaml` written; and the Snakefile asks it at
+parse time, for a user who runs `snakemake` directly. So that a run started by `snaketune tune`
+does not pay for the same checks twice, the CLI hands Snakemake a token (`CHECKED_ENV`) naming the
+exact config text and working directory it accepted; the Snakefile then skips the checks that
+import the ML libraries, as its jobs already do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import textwrap
+from pathlib import Path
+
+from snaketune.config import ConfigError, TuningConfig, load_tune_config
+
+# Set by `snaketune tune` for the Snakemake it starts: check_token() of the config it accepted.
+CHECKED_ENV = "SNAKETUNE_CHECKED"
+
+
+def accepted_config(raw: dict, base_dir: str | Path | None = None, validated: bool = False) -> TuningConfig:
+    """The resolved config of `raw` (a parsed tune.yaml), checked in full: every section
+    (config.load_tune_config; relative paths against `base_dir`, by default the working
+    directory), then, when `output_dir` already holds a study, that the config continues it (same
+    search space and objectives; study.definition_conflicts). Reads, never writes: a refused config
+    leaves no trace in `output_dir`.
+
+    `validated=True`: the config was accepted already (a job of the run, or a run `snaketune tune`
+    checked): only resolve it. Raises ConfigError listing every problem.
+    """
+    resolved = load_tune_config(raw, base_dir=base_dir, validated=validated)
+    if validated:
+        return resolved
+    from snaketune.study import definition_conflicts  # imports optuna; only once the sections pass
+
+    conflicts = definition_conflicts(resolved.tuning, resolved.definition)
+    if conflicts:
+        raise ConfigError(conflicts)
+    return resolved
+
+
+def check_token(config_text: str, base_dir: str | Path) -> str:
+    """The token (hex digest) of a config's exact text as read from a `--configfile` and the
+    directory its relative paths resolve against: equal tokens, the same accepted config."""
+    digest = hashlib.sha256(config_text.encode())
+    digest.update(b"\0" + str(Path(base_dir).resolve()).encode())
+    return digest.hexdigest()
+
+
+def checked_already(configfiles: list[str | Path], base_dir: str | Path) -> bool:
+    """Whether `snaketune tune` accepted exactly this config (one --configfile, read from
+    `base_dir`) before starting Snakemake: its token is in the environment."""
+    token = os.environ.get(CHECKED_ENV)
+    if not token or len(configfiles) != 1:
+        return False
+    try:
+        text = Path(configfiles[0]).read_text()
+    except OSError:
+        return False
+    return token == check_token(text, base_dir)
+
+
+def notice_line(notice: str) -> str:
+    """A notice as the console shows it: 'snaketune: notice: ...', wrapped at 140 columns so that a
+    terminal shows each line whole."""
+    return textwrap.fill(f"snaketune: notice: {notice}", width=140, subsequent_indent="    ",
+                         break_on_hyphens=False, break_long_words=False)
