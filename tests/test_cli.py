@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import pandas as pd
@@ -130,6 +131,47 @@ def test_status_counts_the_slots_the_run_created_when_n_trials_is_not_written(tm
 def test_status_without_a_journal_says_so(tmp_path, capsys):
     assert cli.main(["status", str(tmp_path)]) == 1
     assert "no journal at" in capsys.readouterr().err
+
+
+def test_status_of_a_study_still_preparing_says_which_step(tmp_path, capsys):
+    from snaketune.study import hold_study
+
+    layout = StudyLayout(tmp_path / "tuning_output")
+    layout.output_dir.mkdir()
+    layout.merged_config.write_text("tuning: {}\n")  # what `snaketune tune` writes first
+    assert cli.main(["status", str(layout.output_dir)]) == 0
+    stopped = capsys.readouterr().out
+    assert "no trial yet, and no run is on it: the last run stopped at preparing the model" in stopped
+    assert "snaketune tune -c" in stopped
+    fd = hold_study(layout)  # a run on it, past the model, writing the data
+    try:
+        layout.model_source.parent.mkdir()
+        layout.model_source.write_text("{}")
+        assert cli.main(["status", str(layout.output_dir)]) == 0
+        assert "no trial yet; preparing the data (reading and tokenizing" in capsys.readouterr().out
+        layout.data_summary.parent.mkdir(parents=True, exist_ok=True)
+        layout.data_summary.write_text("{}")
+        assert cli.main(["status", str(layout.output_dir)]) == 0
+        assert "the preflight (building and stepping" in capsys.readouterr().out
+    finally:
+        os.close(fd)
+
+
+def test_a_dry_run_summary_tells_each_slots_fate(tmp_path):
+    from snaketune.summary import dry_run_summary
+
+    layout = StudyLayout(tmp_path / "tuning_output")
+    make_journal_with_every_state(layout.output_dir)  # slots 0-4: complete, complete, fail, pruned, running
+    for slot in (0, 1, 3):
+        layout.trial(slot).metrics.write_text("{}")
+    checkpoint = layout.trial(4).checkpoint(2)
+    checkpoint.mkdir()
+    (checkpoint / "trainer_state.json").write_text("{}")
+    text = dry_run_summary(layout, 7, "snaketune")
+    assert text.splitlines()[0].endswith(": 3 finished (kept), 1 to resume from their last checkpoint, "
+                                         "1 to run again with their parameters, 2 new")
+    assert "to resume from their last checkpoint: trial_4 (checkpoint-2)" in text
+    assert "to run again with their parameters: trial_2 (trial 2, FAIL)" in text
 
 
 def test_dry_run_lists_the_overridden_budget_and_writes_nothing(tmp_path):
@@ -263,6 +305,13 @@ def test_a_refused_rerun_leaves_the_config_the_study_ran_with(study_dir):
     assert merged.read_text() == before
     exported = yaml.safe_load(run_cli(workdir, "export", "tuning_output", "--as-config").stdout)
     assert exported["training"]["max_steps"] == 3
+
+
+def test_a_dry_run_of_a_grown_study_ends_with_what_its_slots_would_do(study_dir):
+    workdir, _ = study_dir
+    result = run_cli(workdir, "tune", "-c", "tune.yaml", "--dry-run", "tuning.n_trials=5", "tuning.study_name=cli")
+    summary = result.stdout.rstrip().splitlines()[-1]
+    assert summary == "snaketune: of 5 trial slot(s) in tuning_output: 3 finished (kept), 2 new", result.stdout
 
 
 def test_status_of_a_finished_study(study_dir):

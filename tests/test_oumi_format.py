@@ -325,6 +325,35 @@ def test_oumi_dataset_class_with_a_dataset_path_reads_the_file(workdir):
     assert any("dataset_name: 'text_sft' (an Oumi dataset class) is not used" in n for n in tune.notices)
 
 
+@pytest.mark.parametrize("rows", [
+    [{"instruction": "Sum?", "input": "1 2", "output": "3"}],                        # Alpaca
+    [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}],
+    [{"prompt": "2+2?", "completion": "4"}],
+    [{"text": "plain text, read from its 'text' column"}],
+])
+def test_oumis_deprecated_target_col_is_said_unused_whatever_the_rows(workdir, rows):
+    """Oumi's SmolLM recipe (a branch) writes `target_col: prompt` on instruction rows; Oumi
+    deprecates the field and its datasets do not read it: a notice, not a refusal."""
+    (workdir / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows * 10))
+    config = tiny_config("rows.jsonl")
+    config["data"]["train"]["target_col"] = "prompt"
+    tune = load_tune_config(config, workdir)
+    assert any(n.startswith("data.train.target_col: unused ('prompt')") for n in tune.notices), tune.notices
+
+
+@pytest.mark.parametrize("name", ["debug_sft", "debug_pretraining", "text_sft", "PromptResponseDataset"])
+def test_an_oumi_registered_dataset_name_is_refused_as_such_not_as_a_hub_id(workdir, name):
+    from snaketune.config import ConfigError
+
+    config = tiny_config()
+    config["data"]["train"]["datasets"][0].update(dataset_name=name, dataset_kwargs={"dataset_size": 10})
+    with pytest.raises(ConfigError) as info:
+        load_tune_config(config, workdir)
+    (problem,) = [p for p in info.value.problems if p.startswith("data.train.datasets[0].dataset_name")]
+    assert f"{name!r} is a dataset class registered in Oumi" in problem and "point dataset_name at" in problem
+    assert "hub" not in problem.split("not a file or a hub dataset")[0]
+
+
 def test_sample_count_and_shuffle_take_the_rows_oumi_would(workdir):
     from snaketune.data import load_rows
 

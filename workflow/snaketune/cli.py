@@ -200,10 +200,15 @@ def cmd_tune(args) -> int:
     echoed = ["snakemake", *(shown(arg) if arg == str(configfile) else arg for arg in command[3:])]
     print("snaketune: " + " ".join(echoed), file=sys.stderr, flush=True)
     try:
-        return subprocess.call(command)
+        status = subprocess.call(command)
     finally:
         if args.dry_run:
             os.unlink(configfile)
+    if args.dry_run and status == 0:  # under Snakemake's job list: what the jobs would do
+        from snaketune.summary import dry_run_summary
+
+        print(dry_run_summary(resolved.tuning.layout, resolved.tuning.n_trials, resolved.tuning.study_name))
+    return status
 
 
 # ---------------------------------------------------------------------------------------------
@@ -238,21 +243,28 @@ def objective_names(study, config: dict | None) -> list[str]:
 
 
 def cmd_status(args) -> int:
-    from snaketune.study import SLOTS_ATTR, load_study
-    from snaketune.summary import status_table
+    from snaketune.study import SLOTS_ATTR, load_study, run_holder
+    from snaketune.summary import preparing_status, status_table
 
     output_dir = Path(args.output_dir)
+    layout = StudyLayout(output_dir)
     config = find_tune_config(output_dir, args.config)
     tuning = (config or {}).get("tuning") or {}
-    while True:
+
+    def status_text() -> str:
+        if not layout.journal.exists() and (layout.merged_config.exists() or layout.run_lock.exists()):
+            # A run began it and no trial has asked the journal yet: say which step it is at.
+            return preparing_status(layout, running=run_holder(layout) is not None)
         study = load_study(output_dir, args.study_name)
         # n_trials as written in a config given with -c, else the slots the last run created (or,
         # in a study from before they were recorded, as its kept config writes it).
         n_trials = ((tuning.get("n_trials") if args.config else None) or study.user_attrs.get(SLOTS_ATTR)
                     or tuning.get("n_trials"))
-        text = status_table(study, StudyLayout(output_dir), n_trials=n_trials,
-                            max_steps=_fixed_max_steps(config),
+        return status_table(study, layout, n_trials=n_trials, max_steps=_fixed_max_steps(config),
                             metrics=objective_names(study, config))
+
+    while True:
+        text = status_text()
         if args.watch is None:
             print(text)
             return 0

@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 from jsonschema import Draft202012Validator, validators
 
-from snaketune import data, generation, gpu, lm_harness, metrics, model, names, resources, scoring, space, strategy
+from snaketune import data, data_check, generation, gpu, lm_harness, metrics, model, names, resources, scoring, space, strategy
 from snaketune.data import DataParams
 from snaketune.errors import ProblemsError, closest
 from snaketune.gpu import DeviceSettings
@@ -336,6 +336,8 @@ def _resolve(cfg: dict, base: Path, validated: bool, problems: list[str],
         notices.extend(said)
     if uses_generation and not validated:  # reads the files' first rows: once, in the main process
         problems.extend(data.generation_problems(data_section.validation))
+    if not validated and not problems:  # reads the local files' rows: once, in the main process
+        problems.extend(data_check.file_problems(data_section))
     if cfg["data"].get("test"):
         notices.append("data.test: unused: trials are evaluated on data.validation")
     if cfg.get("fsdp"):

@@ -101,6 +101,26 @@ UNUSED_DATASET_FIELDS = {
     "transform_num_workers": "rows are tokenized once per study by the prepare_data rule",
     "trust_remote_code": "datasets runs no dataset scripts (datasets 4 and later)",
 }
+# Oumi's registered dataset classes whose name is no hub id (its registry, oumi/datasets), and
+# what each gives Oumi: the name alone names no rows snaketune could read. Those that read a file
+# named in dataset_path (text_sft, PromptResponseDataset, ...) read that file here too.
+OUMI_REGISTERED_DATASETS = {
+    "debug_sft": "a few generated chat rows for Oumi's own tests",
+    "debug_pretraining": "generated plain-text rows for Oumi's own tests",
+    "debug_dpo": "generated preference rows for Oumi's own tests",
+    "debug_kto": "generated preference rows for Oumi's own tests",
+    "debug_classfication": "generated classification rows for Oumi's own tests",
+    "text_sft": "chat rows read from the file in dataset_path",
+    "text_sft_jsonl": "chat rows read from the file in dataset_path",
+    "PromptResponseDataset": "prompt/response rows read from dataset_path",
+    "HuggingFaceDataset": "a hub dataset named in dataset_kwargs",
+    "vision_language_jsonl": "image and text rows, which snaketune does not train on",
+    "vl_sft": "image and text rows, which snaketune does not train on",
+    "hf_vision": "image and text rows, which snaketune does not train on",
+    "coco_captions": "image and text rows, which snaketune does not train on",
+    "mnist_sft": "image rows, which snaketune does not train on",
+    "vision_dpo_jsonl": "image preference rows, which snaketune does not train on",
+}
 # Oumi's collators: the completion-only one is what snaketune does (the loss on the answers).
 SAME_AS_SNAKETUNE_COLLATORS = ("text_completions_only_with_padding",)
 
@@ -118,9 +138,10 @@ def split_fields(split_cfg: dict, path: str) -> tuple[list[str], list[str]]:
         if split_cfg.get(key):
             problems.append(f"{path}.{key}: true is not supported: {what}; remove {key}")
     target_col = split_cfg.get("target_col")
-    if target_col and target_col != "text":
-        problems.append(f"{path}.target_col: plain-text rows are read from their 'text' column; name the "
-                        f"column text (not {target_col!r})")
+    if target_col and target_col != "text":  # deprecated in Oumi (data_params.py): used by no dataset there
+        notices.append(f"{path}.target_col: unused ({target_col!r}): rows are read by their columns "
+                       "(prompt/completion, Alpaca, messages, or a plain-text row's 'text' column); "
+                       "Oumi deprecates target_col too")
     for key, why in UNUSED_SPLIT_FIELDS.items():
         if split_cfg.get(key) not in (None, {}, False):
             notices.append(f"{path}.{key}: unused: {why}")
@@ -157,6 +178,12 @@ def resolve_entries(entries: list[dict], path: str, base: Path) -> tuple[list[Da
         for key in (*UNUSED_DATASET_FIELDS, "dataset_path", "dataset_kwargs", "mixture_proportion"):
             entry.pop(key, None)
         name, split = entry["dataset_name"], entry["split"].replace(" ", "")
+        if name in OUMI_REGISTERED_DATASETS and not (base / name).exists():
+            problems.append(f"{here}.dataset_name: {name!r} is a dataset class registered in Oumi "
+                            f"({OUMI_REGISTERED_DATASETS[name]}), not a file or a hub dataset: snaketune "
+                            "reads rows from a local json, jsonl, csv or parquet file or a hub dataset id; "
+                            "point dataset_name at one")
+            continue
         if not SPLIT_PATTERN.match(split):
             problems.append(f"{here}.split: {entry['split']!r} is not a split; write e.g. 'train', "
                             "'train[90%:]', 'train[:10%]' or 'train[:200]'")
@@ -343,14 +370,14 @@ def check_local_file(path: Path, role: str, split: str = "train") -> _Scan | Non
     suffix = path.suffix.lower()
     if suffix in (".json", ".jsonl"):
         scan = _scan_json(path, role)
-        keep = _split_rows(split, scan.rows)
+        keep = split_rows(split, scan.rows)
         problem = _kinds_problem(scan, keep)
         if problem and problem[0] is None:  # only rows `split` leaves out are wrong: look in it only
             scan = _scan_json(path, role, keep)
             problem = _kinds_problem(scan, keep)
         if problem:
             _, row, line, fmt, fallback = problem
-            raise DataError(f"data.{role}: {path} {_where(row, line)}, "
+            raise DataError(f"data.{role}: {path} {where_in_file(row, line)}, "
                             f"{_reread_problem(path, scan, row, line, fmt) or fallback}")
         return scan
     if suffix == ".csv":
@@ -439,7 +466,7 @@ def _scan_document(data: bytes, path: Path, role: str, keep: range | None) -> _S
     return scan
 
 
-def _split_rows(split: str, total: int | None) -> range | None:
+def split_rows(split: str, total: int | None) -> range | None:
     """The rows (0-based, in file order) a split such as `train[10%:]` selects from `total`; None
     when not known."""
     if total is None:
@@ -455,7 +482,7 @@ def _split_rows(split: str, total: int | None) -> range | None:
     return range(part.from_, part.to)
 
 
-def _where(row: int, line: int | None) -> str:
+def where_in_file(row: int, line: int | None) -> str:
     return f"line {line} (row {row}, counting from 0)" if line is not None else f"row {row} (counting from 0)"
 
 
@@ -509,7 +536,7 @@ def _reread_problem(path: Path, scan: _Scan, row: int, line: int | None, fmt: st
         value = json.loads(path.read_bytes().decode("utf-8"))[row]
     try:
         row_to_chat({column: value.get(column) for column in scan.columns}, fmt)
-    except _BadValue as e:
+    except BadValue as e:
         return str(e)
     return None
 
@@ -528,8 +555,8 @@ def _mixed_column(scan: _Scan) -> str | None:
     if not found:
         return None
     _, column, (row_a, line_a, what_a), (row_b, line_b, what_b) = min(found)
-    return (f"column {column!r} holds {what_a} on {_where(row_a, line_a)} but {what_b} on "
-            f"{_where(row_b, line_b)}")
+    return (f"column {column!r} holds {what_a} on {where_in_file(row_a, line_a)} but {what_b} on "
+            f"{where_in_file(row_b, line_b)}")
 
 
 def _check_csv(path: Path, role: str) -> None:
@@ -589,7 +616,7 @@ def detect_format(columns: list[str]) -> str:
     )
 
 
-class _BadValue(Exception):
+class BadValue(Exception):
     """A row's value of the wrong type: the column and what is wrong with it."""
 
     def __init__(self, column: str, problem: str):
@@ -609,29 +636,29 @@ def _text(row: dict, column: str, optional: bool = False) -> str:
         return str(value)
     if kind == "null" and optional:
         return ""
-    raise _BadValue(column, f" is {_describe(value)}; expected text (a string; a number is taken as "
+    raise BadValue(column, f" is {_describe(value)}; expected text (a string; a number is taken as "
                             "its text)")
 
 
 def _turns(value, column: str, allow_empty: bool = False) -> list[dict]:
     """A list of chat turns, each {role: one of ROLES, content: a string}."""
     if not isinstance(value, list):
-        raise _BadValue(column, f" is {_describe(value)}; expected a list of turns, each "
+        raise BadValue(column, f" is {_describe(value)}; expected a list of turns, each "
                                 '{"role": ..., "content": ...}')
     if not value and not allow_empty:
-        raise _BadValue(column, " is an empty list; expected at least one turn")
+        raise BadValue(column, " is an empty list; expected at least one turn")
     turns = []
     for i, turn in enumerate(value):
         if not isinstance(turn, dict):
-            raise _BadValue(column, f": turn {i} is {_describe(turn)}; expected an object "
+            raise BadValue(column, f": turn {i} is {_describe(turn)}; expected an object "
                                     '{"role": ..., "content": ...}')
         role, content = turn.get("role"), turn.get("content")
         if not isinstance(role, str) or role not in ROLES:
             found = repr(role) if isinstance(role, str) else _describe(role)
-            raise _BadValue(column, f": turn {i} 'role' is {found}; expected one of "
+            raise BadValue(column, f": turn {i} 'role' is {found}; expected one of "
                                     f"{', '.join(repr(r) for r in ROLES)}")
         if not isinstance(content, str):
-            raise _BadValue(column, f": turn {i} ({role}) 'content' is {_describe(content)}; expected "
+            raise BadValue(column, f": turn {i} ({role}) 'content' is {_describe(content)}; expected "
                                     "a string")
         turns.append({"role": role, "content": content})
     return turns
@@ -639,7 +666,7 @@ def _turns(value, column: str, allow_empty: bool = False) -> list[dict]:
 
 def row_to_chat(row: dict, fmt: str) -> dict:
     """One row of format `fmt` as {messages, loss_turns, plain_text} (see the module docstring);
-    raises _BadValue for a value of the wrong type."""
+    raises BadValue for a value of the wrong type."""
     if fmt == "alpaca":
         prompt = _text(row, "instruction")
         extra = _text(row, "input", optional=True)
@@ -653,7 +680,7 @@ def row_to_chat(row: dict, fmt: str) -> dict:
         if isinstance(prompt, list) or isinstance(completion, list):  # TRL's conversational form
             for column, value, other in (("prompt", prompt, "completion"), ("completion", completion, "prompt")):
                 if not isinstance(value, list):
-                    raise _BadValue(column, f" is {_describe(value)}, but column {other!r} is a list of "
+                    raise BadValue(column, f" is {_describe(value)}, but column {other!r} is a list of "
                                             "turns; expected both text or both lists of turns")
             prompt_turns = _turns(prompt, "prompt", allow_empty=True)
             completion_turns = _turns(completion, "completion")
@@ -687,7 +714,7 @@ def normalize_rows(dataset, entry: DatasetParams, role: str):
     def to_chat(row, index):
         try:
             return row_to_chat(row, fmt)
-        except _BadValue as e:
+        except BadValue as e:
             raise DataError(f"data.{role}: {_row_place(entry, index, first_row)}, {e}") from None
 
     return dataset.map(to_chat, with_indices=True, remove_columns=dataset.column_names,
@@ -703,7 +730,7 @@ def _first_row(dataset, split: str) -> int | None:
         total = dataset.info.splits[split.split("[", 1)[0]].num_examples
     except Exception:
         return None
-    rows = _split_rows(split, total)
+    rows = split_rows(split, total)
     return rows.start if rows is not None else None
 
 
@@ -715,7 +742,7 @@ def _row_place(entry: DatasetParams, index: int, first_row: int | None) -> str:
         return f"{name} row {index} of split {entry.split!r} (counting from 0)"
     row = first_row + index
     line = _line_of_row(Path(entry.dataset_name), row) if entry.local and Path(entry.dataset_name).is_file() else None
-    return f"{name} {_where(row, line)}"
+    return f"{name} {where_in_file(row, line)}"
 
 
 # ----------------------------------------------------------------------------------------------

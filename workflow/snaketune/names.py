@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from functools import cache
+from pathlib import Path
 
 from snaketune import space
 from snaketune.errors import closest
@@ -227,16 +228,48 @@ OUMI_ONLY_PEFT_NAMES = {"peft_method": ("lora", "LORA"),
 
 @cache
 def sft_config_fields() -> frozenset[str]:
-    from trl import SFTConfig  # slow import (~3 s): only when a config is validated
-
-    return frozenset(f.name for f in dataclasses.fields(SFTConfig) if f.init)
+    """The init fields of TRL's SFTConfig (TrainingArguments' and TRL's own)."""
+    return _library_fields("trl", "SFTConfig", ("trl", "transformers"))
 
 
 @cache
 def lora_config_fields() -> frozenset[str]:
-    from peft import LoraConfig
+    """The init fields of PEFT's LoraConfig."""
+    return _library_fields("peft", "LoraConfig", ("peft",))
 
-    return frozenset(f.name for f in dataclasses.fields(LoraConfig) if f.init)
+
+def _library_fields(module: str, name: str, packages: tuple[str, ...]) -> frozenset[str]:
+    """The init fields of the dataclass `module.name`, read from the class once per version of
+    `packages` and kept in the user's cache (`~/.cache/snaketune`): importing TRL takes seconds, and a
+    config's unknown name should be answered in about one. A cache that cannot be read or written
+    is skipped (the class is asked)."""
+    import importlib
+    import json
+    import os
+    from importlib import metadata
+
+    try:
+        versions = "-".join(f"{p}{metadata.version(p)}" for p in packages)
+    except metadata.PackageNotFoundError:
+        versions = None
+    cache_dir = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "snaketune"
+    cached = cache_dir / f"fields-{name}-{versions}.json"
+    if versions:
+        try:
+            return frozenset(json.loads(cached.read_text()))
+        except (OSError, ValueError):
+            pass
+    cls = getattr(importlib.import_module(module), name)
+    fields = frozenset(f.name for f in dataclasses.fields(cls) if f.init)
+    if versions:
+        try:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            partial = cached.with_suffix(f".{os.getpid()}.tmp")
+            partial.write_text(json.dumps(sorted(fields)))
+            partial.replace(cached)  # whole or absent: another process may read it meanwhile
+        except OSError:
+            pass
+    return fields
 
 
 def training_target(name: str, check_fields: bool = True) -> tuple[str | None, str | None]:

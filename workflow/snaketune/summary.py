@@ -311,3 +311,62 @@ def print_summary(layout: StudyLayout, study_name: str, metrics: list[str]) -> N
     the best record."""
     if layout.best_record(len(metrics)).exists():
         print("\n" + summary_table(layout, study_name, metrics), flush=True)
+
+
+# The once-per-study steps before the first trial, in order: (what marks one done, what it does).
+PREPARING_STEPS = (
+    ("model_source", "prepare_model", "preparing the model (converting and saving it once for every trial)"),
+    ("data_summary", "prepare_data", "preparing the data (reading and tokenizing the rows once)"),
+    ("preflight_record", "preflight", "the preflight (building and stepping each edge of the search space)"),
+)
+
+
+def preparing_status(layout: StudyLayout, running: bool) -> str:
+    """What a study without a journal yet is doing: the first of its preparing steps (PREPARING_STEPS)
+    whose output is missing, and whether a run is on it (`running`: the run lock is held). For
+    `snaketune status` before the first trial has asked the journal for its parameters."""
+    for attribute, rule, what in PREPARING_STEPS:
+        if not getattr(layout, attribute).exists():
+            break
+    else:
+        rule, what = "trial", "starting the first trial"
+    log = layout.rule_log(rule) if rule != "trial" else None
+    if running:
+        return (f"study in {shown(layout.output_dir)}: no trial yet; {what} (rule {rule})"
+                + (f"; its log: {shown(log)}" if log is not None and log.exists() else ""))
+    return (f"study in {shown(layout.output_dir)}: no trial yet, and no run is on it: the last run stopped "
+            f"at {what} (rule {rule})" + (f"; see {shown(log)}" if log is not None and log.exists() else "")
+            + "; run `snaketune tune -c <your tune.yaml>` again to go on")
+
+
+def dry_run_summary(layout: StudyLayout, n_trials: int, study_name: str) -> str:
+    """What a run would do with each of the `n_trials` slots, told from the trial folders and the
+    journal (read-only), for the end of `snaketune tune --dry-run`: 'of N slot(s): F finished
+    (kept), R to resume from a checkpoint, A to run again with their parameters, S skipped, W new'.
+    A slot's fate is decided when its job claims it (study.claim_trial); this is what that claim
+    will find, as of now."""
+    study = studies.load_study(layout.output_dir, study_name, missing_ok=True)
+    by_slot = {t.user_attrs["slot"]: t for t in latest_attempts(study) if "slot" in t.user_attrs} if study else {}
+    skipped = studies.skipped_slots(study) if study else {}
+    groups: dict[str, list[str]] = {"finished (kept)": [], "to resume from their last checkpoint": [],
+                                    "to run again with their parameters": [], "skipped": [], "new": []}
+    for slot in range(n_trials):
+        files = layout.trial(slot)
+        trial = by_slot.get(slot)
+        if files.metrics.exists():
+            groups["finished (kept)"].append(f"trial_{slot}")
+        elif slot in skipped:
+            groups["skipped"].append(f"trial_{slot} ({skipped[slot]})")
+        elif trial is not None and files.last_checkpoint():
+            groups["to resume from their last checkpoint"].append(
+                f"trial_{slot} ({Path(files.last_checkpoint()).name})")
+        elif trial is not None:
+            groups["to run again with their parameters"].append(f"trial_{slot} (trial {trial.number}, {trial.state.name})")
+        else:
+            groups["new"].append(f"trial_{slot}")
+    counts = ", ".join(f"{len(slots)} {what}" for what, slots in groups.items() if slots)
+    lines = [f"snaketune: of {n_trials} trial slot(s) in {shown(layout.output_dir)}: {counts}"]
+    for what, slots in groups.items():
+        if slots and what != "finished (kept)" and what != "new":
+            lines.append(f"  {what}: {', '.join(slots)}")
+    return "\n".join(lines)
