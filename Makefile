@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CORES ?= 2
 
-.PHONY: setup demo test lint
+.PHONY: setup demo test lint docs docs-serve
 
 setup: $(VENV)/.installed
 
@@ -30,3 +30,10 @@ test: setup
 
 lint: setup
 	$(BIN)/snakemake --lint
+
+# The manual (docs/, mkdocs.yml): built into site/; --strict fails on a broken link or anchor.
+docs: setup
+	$(BIN)/mkdocs build --strict
+
+docs-serve: setup
+	$(BIN)/mkdocs serve

@@ -1,4 +1,4 @@
-"""The README's picture of the report: `snaketune report` of a study, one plot chosen, in Chromium.
+"""The manual's picture of the report (docs/img/report.png): `snaketune report` of a study, in Chromium.
 
     python docs/screenshot.py tuning_output [--plot "Learning curves"] [-o docs/img/report.png]
 

@@ -294,14 +294,14 @@ def test_wilcoxon_prunes_a_trial_worse_row_by_row_before_it_answers_every_row(wi
 
 
 def readme_example(marker: str, workdir):
-    """The README's YAML block after `<!-- marker -->`, over the tiny config, resolved."""
+    """The manual's YAML block after `<!-- marker -->`, over the tiny config, resolved."""
     import textwrap
 
     import yaml
 
-    from workflow_helpers import REPO
+    from workflow_helpers import manual_text
 
-    text = (REPO / "README.md").read_text()
+    text = manual_text()
     block = yaml.safe_load(textwrap.dedent(text.split(f"<!-- {marker} -->")[1].split("```yaml")[1].split("```")[0]))
     config = tiny_config()
     config["tuning"].update(block.pop("tuning"))

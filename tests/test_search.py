@@ -13,7 +13,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from workflow_helpers import REPO, load_study, run_snakemake, tiny_config, write_config, write_reverse_words
+from workflow_helpers import REPO, load_study, manual_text, run_snakemake, tiny_config, write_config, write_reverse_words
 
 sys.path.insert(0, str(REPO / "workflow"))
 from snaketune import space as search_space  # noqa: E402
@@ -587,7 +587,7 @@ def test_bad_condition_names_the_field(workdir):
 
 
 def test_readme_conditional_example_is_valid(workdir):
-    text = (REPO / "README.md").read_text()
+    text = manual_text()
     block = text.split("<!-- conditional-example -->")[1].split("```yaml")[1].split("```")[0]
     config = tiny_config()
     config["tuning"].update(yaml.safe_load(block)["tuning"])
@@ -595,9 +595,9 @@ def test_readme_conditional_example_is_valid(workdir):
 
 
 def readme_example_tuning(marker: str, workdir):
-    """The resolved tuning of the README's YAML example after `<!-- marker -->`, on the tiny
+    """The resolved tuning of the manual's YAML example after `<!-- marker -->`, on the tiny
     study with the default study's 40 steps."""
-    text = (REPO / "README.md").read_text()
+    text = manual_text()
     block = text.split(f"<!-- {marker} -->")[1].split("```yaml")[1].split("```")[0]
     config = tiny_config()
     config["tuning"].update(yaml.safe_load(textwrap.dedent(block))["tuning"])

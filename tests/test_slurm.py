@@ -92,7 +92,7 @@ def test_a_study_runs_as_slurm_jobs_and_a_cancelled_trial_is_rerun(slurm_cluster
     canceller = threading.Thread(target=cancel_when_training,
                                  args=(out, 1, cancelled, time.time() + 600), daemon=True)
     canceller.start()
-    # As the README writes it: no --cores (a cluster run has none; the profile sizes each rule).
+    # As the manual writes it (docs/gpus-slurm.md): no --cores (a cluster run has none; the profile sizes each rule).
     first = run_snakemake(workdir, *slurm_args, "--retries", "0", cores=None, check=False)
     canceller.join(timeout=5)
     assert cancelled.get("job"), f"no running trial_1 job to cancel:\n{first.stderr[-4000:]}"

@@ -15,6 +15,12 @@ REPO = Path(__file__).resolve().parent.parent
 TINY_MODEL = REPO / "tests" / "assets" / "tiny-llama"
 
 
+def manual_text() -> str:
+    """The README and every page of the manual (docs/*.md), one after the other: where tests find
+    the YAML examples they check (after an `<!-- example-name -->` marker)."""
+    return "\n".join(path.read_text() for path in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))])
+
+
 def write_reverse_words(path: Path, rows: int = 40, seed: int = 0) -> Path:
     """Alpaca rows: reverse a short made-up word (short sequences, a learnable task)."""
     rng = random.Random(seed)
