@@ -4,6 +4,7 @@ These fail when a library renames or drops a field the table maps to (transforme
 `warmup_ratio`, for one), instead of every trial failing at SFTConfig(...) time.
 """
 
+import json
 import inspect
 
 import pytest
@@ -102,3 +103,19 @@ def test_training_target_problems(name, message):
 def test_peft_target_problems(name, message):
     target, problem = names.peft_target(name)
     assert target is None and problem.startswith(message)
+
+
+def test_library_field_names_are_read_once_per_version_and_a_bad_cache_is_passed_over(tmp_path, monkeypatch):
+    """An unknown training or PEFT name is answered without importing TRL: the fields of
+    SFTConfig/LoraConfig are kept per library version in the user's cache."""
+    from snaketune import names
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    fields = names._library_fields("peft", "LoraConfig", ("peft",))
+    assert {"r", "lora_alpha", "target_modules"} <= fields
+    (cached,) = (tmp_path / "snaketune").glob("fields-LoraConfig-peft*.json")
+    cached.write_text('["r", "only_from_the_cache"]')
+    assert names._library_fields("peft", "LoraConfig", ("peft",)) == {"r", "only_from_the_cache"}
+    cached.write_text('["r", "cut sh')  # a damaged cache: the class is asked again, the cache rewritten
+    assert names._library_fields("peft", "LoraConfig", ("peft",)) == fields
+    assert json.loads(cached.read_text()) == sorted(fields)
