@@ -41,7 +41,7 @@ def test_killed_run_resumes_from_checkpoint_with_same_params(workdir):
         assert run.poll() is None, (workdir / "killed_run.log").read_text()
         time.sleep(0.5)
     time.sleep(1)
-    os.killpg(run.pid, signal.SIGKILL)  # Snakemake and its trial job, mid-training
+    kill_session(run.pid)  # snaketune, Snakemake and its trial job, mid-training
     run.wait()
     killed_at = time.time()
     assert not StudyLayout(out).trial(0).metrics.exists()
@@ -69,6 +69,25 @@ def test_killed_run_resumes_from_checkpoint_with_same_params(workdir):
     curve = [json.loads(line) for line in StudyLayout(out).trial(0).loss_curve.read_text().splitlines()]
     resumed_steps = [entry["step"] for entry in curve if "loss" in entry and entry["time"] > killed_at]
     assert resumed_steps == list(range(resumed_step + 1, 31))
+
+
+def kill_session(session: int) -> None:
+    """SIGKILL to every process of `session` at once, as a power cut ends them: each process
+    group in it, `snaketune tune`'s last (Snakemake runs in a group of its own, which snaketune
+    would otherwise stop with SIGINT as it dies: cli.run_snakemake)."""
+    groups = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):  # not a process, or ended meanwhile
+            continue
+        if int(fields[3]) == session:
+            groups.add(int(fields[2]))
+    for group in sorted(groups, key=lambda group: group == session):
+        try:
+            os.killpg(group, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def _fake_snakemake_lock(workdir: Path, name: str, paths: list[Path]) -> Path:
