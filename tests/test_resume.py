@@ -15,7 +15,7 @@ import pytest
 from optuna.trial import TrialState
 
 from snaketune.layout import StudyLayout
-from workflow_helpers import load_study, run_cli, tiny_config, write_config, write_reverse_words
+from workflow_helpers import load_study, run_cli, run_snakemake, tiny_config, write_config, write_reverse_words
 
 
 @pytest.fixture
@@ -41,7 +41,7 @@ def test_killed_run_resumes_from_checkpoint_with_same_params(workdir):
         assert run.poll() is None, (workdir / "killed_run.log").read_text()
         time.sleep(0.5)
     time.sleep(1)
-    os.killpg(run.pid, signal.SIGKILL)  # Snakemake and its trial job, mid-training
+    kill_session(run.pid)  # snaketune, Snakemake and its trial job, mid-training
     run.wait()
     killed_at = time.time()
     assert not StudyLayout(out).trial(0).metrics.exists()
@@ -69,6 +69,25 @@ def test_killed_run_resumes_from_checkpoint_with_same_params(workdir):
     curve = [json.loads(line) for line in StudyLayout(out).trial(0).loss_curve.read_text().splitlines()]
     resumed_steps = [entry["step"] for entry in curve if "loss" in entry and entry["time"] > killed_at]
     assert resumed_steps == list(range(resumed_step + 1, 31))
+
+
+def kill_session(session: int) -> None:
+    """SIGKILL to every process of `session` at once, as a power cut ends them: each process
+    group in it, `snaketune tune`'s last (Snakemake runs in a group of its own, which snaketune
+    would otherwise stop with SIGINT as it dies: cli.run_snakemake)."""
+    groups = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):  # not a process, or ended meanwhile
+            continue
+        if int(fields[3]) == session:
+            groups.add(int(fields[2]))
+    for group in sorted(groups, key=lambda group: group == session):
+        try:
+            os.killpg(group, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def _fake_snakemake_lock(workdir: Path, name: str, paths: list[Path]) -> Path:
@@ -116,3 +135,58 @@ def test_only_the_killed_runs_own_snakemake_locks_are_released(tmp_path, monkeyp
     finally:
         os.close(trials)
     assert fresh.exists()
+
+
+# A custom metric runs after training (the final checkpoint saved) and evaluation, before the trial
+# tells its result: the place to kill a trial's process outright, once, keeping what it evaluated.
+KILLED_BEFORE_TELL = """
+import json
+import os
+import signal
+
+
+def once(*, trial_dir, metrics, **kwargs):
+    marker = trial_dir / "killed_before_tell.json"
+    if not marker.exists():
+        marker.write_text(json.dumps({k: v for k, v in metrics.items() if isinstance(v, (int, float))}))
+        os.kill(os.getpid(), signal.SIGKILL)
+    return 0.0
+"""
+
+
+@pytest.mark.parametrize("length", [{"max_steps": 10}, {"num_train_epochs": 1.5}],
+                         ids=["max_steps", "epochs"])
+def test_a_trial_killed_after_its_final_checkpoint_is_evaluated_not_trained_further(workdir, length):
+    """Issue 33: a trial killed after saving its last step's checkpoint but before telling its
+    result resumed and trained one step more than its rivals (transformers' Trainer, resumed at
+    global_step == max_steps part-way through an epoch, runs that epoch's next batch before it
+    checks max_steps). 32 rows in batches of 4 are 8 steps an epoch: 10 steps, and 1.5 epochs
+    (12 steps), both end part-way through one. The re-run evaluates the checkpoint as it is."""
+    (workdir / "killed_before_tell.py").write_text(KILLED_BEFORE_TELL)
+    config = tiny_config(n_trials=1, custom_eval_metrics=[{"name": "killed", "function": "killed_before_tell.once"}])
+    fixed = config["tuning"]["fixed_training_params"]
+    del fixed["max_steps"]
+    fixed.update(length)
+    write_config(workdir, config)
+    files = StudyLayout(workdir / "tuning_output").trial(0)
+
+    killed = run_snakemake(workdir, check=False)
+    assert killed.returncode != 0
+    first_evaluation = json.loads((files.dir / "killed_before_tell.json").read_text())
+    final = Path(files.last_checkpoint())
+    last_step = json.loads((final / "trainer_state.json").read_text())["max_steps"]
+    assert final.name == f"checkpoint-{last_step}" and last_step == length.get("max_steps", 12)
+
+    run_snakemake(workdir)
+    first, retry = load_study(workdir / "tuning_output").trials
+    assert first.state == TrialState.FAIL and retry.state == TrialState.COMPLETE
+    assert retry.user_attrs["resumed_from"] == str(final)
+    assert [p.name for p in files.dir.glob("checkpoint-*")] == [final.name]  # no checkpoint past it
+    state = json.loads((final / "trainer_state.json").read_text())
+    assert state["global_step"] == state["max_steps"] == last_step
+    metrics = retry.user_attrs["metrics"]
+    assert metrics["trained_steps"] == 0
+    # The result is the evaluation of the checkpoint the killed attempt evaluated (the same weights).
+    assert retry.value == pytest.approx(first_evaluation["eval_loss"], rel=1e-5)
+    assert metrics["epoch"] == pytest.approx(first_evaluation["epoch"])
+    assert metrics["train_loss"] == pytest.approx(first_evaluation["train_loss"], rel=1e-5)

@@ -21,6 +21,8 @@ import argparse
 import copy
 import json
 import os
+import shlex
+import signal
 import subprocess
 import sys
 import tempfile
@@ -200,15 +202,141 @@ def cmd_tune(args) -> int:
     echoed = ["snakemake", *(shown(arg) if arg == str(configfile) else arg for arg in command[3:])]
     print("snaketune: " + " ".join(echoed), file=sys.stderr, flush=True)
     try:
-        status = subprocess.call(command)
+        status = run_snakemake(command)
     finally:
         if args.dry_run:
             os.unlink(configfile)
+    if stopped_by(status) and not args.dry_run:
+        print(f"snaketune: the run is stopped; to continue the study, run the same command again "
+              f"({shlex.join(['snaketune', *sys.argv[1:]])}): the interrupted trials run again with "
+              "their parameters (from their last checkpoint), finished ones are kept", file=sys.stderr)
     if args.dry_run and status == 0:  # under Snakemake's job list: what the jobs would do
         from snaketune.summary import dry_run_summary
 
         print(dry_run_summary(resolved.tuning.layout, resolved.tuning.n_trials, resolved.tuning.study_name))
     return status
+
+
+# ---------------------------------------------------------------------------------------------
+# running snakemake
+
+# What stops a run: Ctrl-C, `kill`, a closed terminal.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# Seconds a stopping run is given to end by itself (each trial tells the journal it was
+# interrupted, Snakemake writes the table and removes its lock) before it gets SIGTERM, and then
+# SIGKILL (the next run releases the lock a killed one leaves).
+STOP_GRACE_S = 60.0
+KILL_GRACE_S = 30.0
+
+
+def run_snakemake(command: list[str], cwd: str | Path | None = None, grace_s: float = STOP_GRACE_S,
+                  kill_after_s: float = KILL_GRACE_S) -> int:
+    """Run `command` (snakemake) and return its exit status; or, when SIGINT, SIGTERM or SIGHUP
+    reached this process (STOP_SIGNALS), stop the run, wait until every process of it has ended,
+    and return 128 + that signal's number (130 for Ctrl-C).
+
+    Snakemake runs in a process group of its own, its jobs with it, and a stop signal is passed on
+    to that group as SIGINT once, however it came: a terminal's Ctrl-C reaches only this process
+    (the terminal's foreground group), as does a `kill` of it alone. Left in the terminal's group,
+    Snakemake and its trials would get a Ctrl-C directly but not a signal sent to this process
+    alone, and passing that on too would hit them twice (a second SIGINT cuts Snakemake's
+    cleanup short). On SIGINT Snakemake starts no job and waits for its running ones; each trial
+    tells the journal it was interrupted and exits. A run not ended `grace_s` seconds later gets
+    SIGTERM, and `kill_after_s` seconds after that SIGKILL; each further stop signal (Ctrl-C
+    again) takes the next step at once. Should this process be killed outright, Snakemake gets
+    SIGINT from the kernel (Linux) and starts no new job.
+    """
+    received: list[int] = []
+    previous = {signum: signal.signal(signum, lambda signum, frame: received.append(signum))
+                for signum in STOP_SIGNALS}
+    try:
+        process = subprocess.Popen(command, cwd=cwd, process_group=0, preexec_fn=_interrupt_when_parent_dies())
+        steps = [(signal.SIGINT, grace_s), (signal.SIGTERM, kill_after_s), (signal.SIGKILL, kill_after_s)]
+        sent, sent_at, handled = 0, 0.0, 0
+        while True:
+            try:
+                status = process.wait(timeout=0.2)
+            except subprocess.TimeoutExpired:
+                status = None
+            if not received:
+                if status is not None:
+                    return status
+                continue
+            # Stopping: done when Snakemake and every process of its group have ended.
+            if status is not None:
+                if not _group_alive(process.pid):
+                    return 128 + received[0]
+                time.sleep(0.2)
+            waited = time.monotonic() - sent_at
+            overdue = sent > 0 and waited > steps[sent - 1][1]
+            if sent == len(steps):
+                if overdue:  # SIGKILL did not end them (a process stuck in the kernel)
+                    print(f"snaketune: processes of the run's group {process.pid} did not end after "
+                          "SIGKILL", file=sys.stderr)
+                    return 128 + received[0]
+                continue
+            if len(received) > handled or overdue:
+                handled = len(received)
+                step = steps[sent][0]
+                print(_stopping_message(received[0], step, waited if overdue else None),
+                      file=sys.stderr, flush=True)
+                try:
+                    os.killpg(process.pid, step)
+                except ProcessLookupError:  # the run has just ended
+                    pass
+                sent, sent_at = sent + 1, time.monotonic()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _stopping_message(received: int, step: int, waited: float | None) -> str:
+    """A line for each step of stopping a run: `step` sent on `received`, or after `waited` s."""
+    name = "Ctrl-C" if received == signal.SIGINT else signal.Signals(received).name
+    if step == signal.SIGINT:
+        return f"snaketune: {name}: stopping the run; its trials record where they were (Ctrl-C again to hurry it)"
+    why = f"not stopped after {waited:.0f}s" if waited is not None else f"{name} again"
+    action = "terminating" if step == signal.SIGTERM else "killing"
+    return f"snaketune: {why}: {action} the run ({signal.Signals(step).name})"
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of process group `pgid` is still there."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # one is, though not ours to signal
+        return True
+    return True
+
+
+def _interrupt_when_parent_dies():
+    """A `preexec_fn` that asks the kernel for SIGINT to Snakemake when this process dies
+    (PR_SET_PDEATHSIG, Linux), or None elsewhere. libc is loaded here, in this process: the child
+    only calls it, between fork and exec."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    return lambda: prctl(1, signal.SIGINT)  # 1: PR_SET_PDEATHSIG
+
+
+def stopped_by(status: int) -> signal.Signals | None:
+    """The stop signal a `run_snakemake` status says stopped the run (128 + its number), or None."""
+    return next((signum for signum in STOP_SIGNALS if status == 128 + signum), None)
+
+
+def exit_as_killed_by(signum: int) -> None:
+    """End this process by `signum`'s default action: a calling shell sees it killed by the
+    signal ($? 130 for SIGINT) and stops too, as for any program killed by Ctrl-C (CPython does
+    the same for an unhandled KeyboardInterrupt); `exit(130)` would let a shell loop go on."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+    sys.exit(128 + signum)  # were the signal blocked
 
 
 # ---------------------------------------------------------------------------------------------
@@ -431,7 +559,9 @@ def cmd_report(args) -> int:
         command = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--configfile", handle.name,
                    "--cores", "1", "--quiet", "rules", "host", "progress", "--report", str(target),
                    *args.snakemake_args]
-        status = subprocess.call(command, cwd=ran_in)
+        status = run_snakemake(command, cwd=ran_in)
+    if stopped_by(status):
+        return status
     if status == 0:
         print(f"snaketune: wrote {target} (open it in a browser; it needs no network)", file=sys.stderr)
     else:
@@ -527,7 +657,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.snakemake_args = snakemake_args
     try:
-        return args.func(args)
+        status = args.func(args)
+        if stopped_by(status):  # a run stopped by a signal ends as if killed by it
+            exit_as_killed_by(stopped_by(status))
+        return status
+    except KeyboardInterrupt:  # Ctrl-C outside a run (reading a journal, checking a config)
+        print("snaketune: interrupted", file=sys.stderr)
+        exit_as_killed_by(signal.SIGINT)
     except CliError as error:
         print(f"snaketune: {error}", file=sys.stderr)
         return 2

@@ -168,17 +168,55 @@ def summary_table(layout: StudyLayout, study_name: str, metrics: list[str],
         answers = f" ({shown(layout.baseline.generations)})" if layout.baseline.generations.exists() else ""
         lines.append(f"  the base model, untrained{rows}: {scored}{answers}")
     lines.append(f"\nresults: {shown(layout.results_csv)}")
-    lines.append(report_line(layout))
+    lines.append(report_line(layout, study))
     return "\n".join(lines)
 
 
-def report_line(layout: StudyLayout) -> str:
-    """Where the study's report is, or the command that writes it."""
+def report_line(layout: StudyLayout, study: optuna.Study) -> str:
+    """Where the study's report is when it shows the study as it is now; else that it is out of
+    date (report_out_of_date) or missing, and the command that writes it."""
     report = layout.snakemake_report
-    if report.exists():
-        return f"report: {shown(report)} (plots: {shown(layout.report_dir)}/)"
-    return (f"report: plots in {shown(layout.report_dir)}/; `snaketune report {shown(layout.output_dir)}` "
-            f"writes all of it as one page, {shown(report)}")
+    command = f"`snaketune report {shown(layout.output_dir)}`"
+    if not report.exists():
+        return (f"report: plots in {shown(layout.report_dir)}/; {command} writes all of it as one page, "
+                f"{shown(report)}")
+    stale = report_out_of_date(layout, study)
+    if stale:
+        return (f"report: {shown(report)} is out of date ({stale}); {command} rewrites it "
+                f"(plots: {shown(layout.report_dir)}/)")
+    return f"report: {shown(report)} (plots: {shown(layout.report_dir)}/)"
+
+
+def report_out_of_date(layout: StudyLayout, study: optuna.Study) -> str | None:
+    """What changed after the study's `report.html` was written, in words, or None when nothing
+    did (or there is no report).
+
+    `snakemake --report` copies what it shows (trials_results.csv, the plots and pages of
+    `report/`) into the page, so the page is current while it is newer than every trial's end in
+    the journal (the truth about trials: a trial told since is missing from it, even before its
+    run rewrites the table) and than each of those files. Modification times and the journal's
+    datetimes are both this machine's clock.
+    """
+    try:
+        written = layout.snakemake_report.stat().st_mtime
+    except OSError:
+        return None
+    finished = sorted(t.number for t in study.get_trials(deepcopy=False)
+                      if t.datetime_complete is not None and t.datetime_complete.timestamp() > written)
+    if finished:
+        return f"written before trial{'s' if len(finished) > 1 else ''} {', '.join(map(str, finished))} finished"
+
+    def newer(path: Path) -> bool:
+        try:
+            return path.stat().st_mtime > written
+        except OSError:  # not written (yet), or gone: nothing newer
+            return False
+
+    if newer(layout.results_csv):
+        return f"{layout.results_csv.name} rewritten since"
+    if any(newer(path) for path in layout.report_dir.glob("*")):
+        return f"the plots and pages in {shown(layout.report_dir)}/ redrawn since"
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,7 +295,7 @@ def status_table(study: optuna.Study, layout: StudyLayout, n_trials: int | None 
     running = running_table(study, layout, max_steps)
     if running:
         lines += ["running", running]
-    lines.append(report_line(layout))
+    lines.append(report_line(layout, study))
     return "\n".join(lines)
 
 

@@ -32,6 +32,11 @@ if TYPE_CHECKING:
 LOSS_CURVE_FIELDS = ("step", "epoch", "loss", "grad_norm", "learning_rate", "eval_loss")
 
 
+class NothingLeftToTrain(Exception):
+    """The checkpoint a trial resumes from is at the Trainer's last step (`global_step ==
+    max_steps`): its model is the trial's final one (train_and_evaluate's RefuseTrainingPastTheEnd)."""
+
+
 def run_trial(tune: TuningConfig, slot: int, trial_dir: str | Path, model_source: dict, data_dir: str | Path,
               threads: int = 1, user_attrs: dict | None = None, before_training=None) -> dict:
     """Run slot `slot` of the study; returns what metrics.json holds.
@@ -343,19 +348,52 @@ def train_and_evaluate(tune: TuningConfig, params: dict, trial_dir: Path, model_
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):
             self.step, self.metrics = state.global_step, dict(metrics or {})
 
+    class RefuseTrainingPastTheEnd(TrainerCallback):
+        """Stops `Trainer.train` before its first step when the checkpoint it resumed from leaves
+        no step to train (raises NothingLeftToTrain).
+
+        transformers' Trainer checks max_steps only after a step (DefaultFlowCallback.on_step_end):
+        resumed at `global_step == max_steps` part-way through an epoch (10 steps of 8-step epochs,
+        or 1.5 epochs), it skips the epoch's trained batches and trains the next one, a step past
+        the end (`global_step 11, max_steps 10`); resumed at an epoch's end it trains none. No
+        control flag is read before that step, so the callback raises, once the Trainer has loaded
+        the checkpoint's weights and state and computed this run's max_steps (from max_steps, or
+        from the epochs, the data and the batch size). A checkpoint past max_steps (saved under a
+        longer max_steps or more epochs) is not this configuration's: ValueError.
+        """
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if state.global_step > state.max_steps:
+                raise ValueError(
+                    f"{resume_from}, the checkpoint this trial resumes from, is at step {state.global_step}, "
+                    f"past the trial's last step {state.max_steps} (tuning.fixed_training_params changed "
+                    "since it was saved): delete it to train these parameters from step 0")
+            if state.global_step == state.max_steps:
+                raise NothingLeftToTrain(state.global_step)
+
     divergence, pruning, last_evaluation = StopOnDivergence(), ReportAndPrune(), LastEvaluation()
     trainer, tokenizer = build_trainer(tune, params, trial_dir, model_source, prepared["train"],
                                        prepared["validation"],
-                                       callbacks=[LossCurve(), divergence, pruning, last_evaluation])
-    train_output = trainer.train(resume_from_checkpoint=resume_from)
+                                       callbacks=[LossCurve(), divergence, pruning, last_evaluation,
+                                                  RefuseTrainingPastTheEnd()])
+    try:
+        train_output_metrics = trainer.train(resume_from_checkpoint=resume_from).metrics
+    except NothingLeftToTrain:
+        # The checkpoint is the trial's final model (an attempt killed before it told its result
+        # saved it): the Trainer has loaded it, and it is evaluated as it is, as outside training.
+        trainer.is_in_train = False
+        train_loss = logged_train_loss(trainer.state.log_history)
+        train_output_metrics = {"epoch": trainer.state.epoch,
+                                **({"train_loss": train_loss} if train_loss is not None else {})}
     name_base_model_in_card(trial_dir, tune.model.model_name)
     write_loss_curve(trainer.state.log_history, files.loss_curve_csv)
     # What this attempt spent, for tuning.budget: the steps since the checkpoint it resumed from
     # (earlier attempts counted theirs), and tokens (TRL counts them from 0 in each Trainer).
     tokens = [entry["num_tokens"] for entry in trainer.state.log_history if "num_tokens" in entry]
     start = checkpoint_step(resume_from) if resume_from else 0
-    trained = {**train_output.metrics, "trained_steps": trainer.state.global_step - start,
-               **({"trained_tokens": int(tokens[-1])} if tokens else {})}
+    steps = trainer.state.global_step - start
+    trained = {**train_output_metrics, "trained_steps": steps,
+               **({"trained_tokens": int(tokens[-1]) if steps else 0} if tokens else {})}
     if divergence.reason or pruning.reason:
         return trained, divergence.reason or pruning.reason
     if last_evaluation.step == trainer.state.global_step:
@@ -382,6 +420,19 @@ def train_and_evaluate(tune: TuningConfig, params: dict, trial_dir: Path, model_
             tuning.custom_eval_metrics, model=trainer.model, tokenizer=tokenizer,
             eval_dataset=prepared["validation"], trial_dir=trial_dir, metrics=produced))
     return produced, None
+
+
+def logged_train_loss(log_history: list[dict]) -> float | None:
+    """The mean training loss over every step in `log_history` (Trainer's `state.log_history`:
+    entries with `step` and, every logging_steps, the mean `loss` since the last one), each logged
+    value weighted by the steps it covers: Trainer's `train_loss` of a run that trained them all.
+    None when no loss was logged."""
+    total, last = 0.0, 0
+    for entry in log_history:
+        if "loss" in entry and entry.get("step", 0) > last:
+            total += entry["loss"] * (entry["step"] - last)
+            last = entry["step"]
+    return total / last if last else None
 
 
 def name_base_model_in_card(trial_dir: Path, model_name: str) -> None:
