@@ -61,9 +61,9 @@ def alpaca_jsonl(tmp_path) -> Path:
 # workers (pytest-xdist --dist loadscope) in collection order, so a long module collected late (the
 # SLURM study) would run alone at the end while the other worker idles; longest first keeps both
 # busy to the end. Within a module the order is kept (test_readme runs the README in order).
-LONGEST_FIRST = ("test_slurm.py", "test_failures.py", "test_nothing_lost.py", "test_workflow.py",
-                 "test_search.py", "test_wheel.py", "test_resume.py", "test_readme.py", "test_gpu.py",
-                 "test_oumi_format.py", "test_cli.py", "test_report.py")
+LONGEST_FIRST = ("test_slurm.py", "test_readme.py", "test_failures.py", "test_nothing_lost.py",
+                 "test_workflow.py", "test_search.py", "test_wheel.py", "test_resume.py", "test_preflight.py",
+                 "test_gpu.py", "test_oumi_format.py", "test_cli.py", "test_report.py", "test_interrupt.py")
 
 
 def pytest_collection_modifyitems(items):
