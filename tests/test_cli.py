@@ -221,6 +221,34 @@ def test_yaml_that_does_not_parse_is_named_by_file_line_and_column(tmp_path, tex
     assert not (tmp_path / "tuning_output").exists()
 
 
+@pytest.mark.parametrize("mistake", ["typo", "range", "columns", "unknown_name"])
+def test_a_mistake_no_ml_library_judges_is_answered_without_importing_one(tmp_path, mistake):
+    """The seconds of an answer are the imports: a schema, search-space, data-column or unknown-name
+    mistake is refused before torch, TRL, PEFT or transformers is imported (bench/config_answer.py
+    times it). Unknown names are judged from SFTConfig's and LoraConfig's fields kept per version."""
+    write_reverse_words(tmp_path / "data.jsonl")
+    (tmp_path / "qa.csv").write_text("question,answer\n" + "".join(f"q{i},a{i}\n" for i in range(20)))
+    config = tiny_config("qa.csv" if mistake == "columns" else "data.jsonl")
+    if mistake == "typo":
+        config["tunning"] = config.pop("tuning")
+    elif mistake == "range":
+        config["tuning"]["tunable_training_params"]["learning_rate"].update(low=1e-2, high=1e-4)
+    elif mistake == "unknown_name":
+        config["tuning"]["tunable_training_params"]["learning_rat"] = (
+            config["tuning"]["tunable_training_params"].pop("learning_rate"))
+    write_config(tmp_path, config)
+    run_cli(tmp_path, "check", "-c", "tune.yaml", check=False)  # the first run fills the fields cache
+    probe = ("import sys; from snaketune import cli; status = cli.main(['check', '-c', 'tune.yaml']); "
+             "print(status, sorted(m for m in ('torch', 'trl', 'peft', 'transformers') if m in sys.modules))")
+    env = {**os.environ, "PYTHONPATH": str(cli.SNAKEFILE.parent / "workflow")}
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.stdout.split("\n")[-2] == "1 []", result.stdout + result.stderr
+    assert "Invalid tune config" in result.stderr
+
+
 def test_check_accepts_a_config_and_writes_nothing(tmp_path):
     write_reverse_words(tmp_path / "data.jsonl")
     write_config(tmp_path, tiny_config(n_trials=5))

@@ -258,8 +258,8 @@ def load_tune_config(raw: dict, base_dir: str | Path | None = None, validated: b
     # The semantic checks assume the schema's shape. Past a shape problem they still run, so that
     # a typo'd key and a bad bound show up together; they stop at the first part they cannot read,
     # and say nothing about a path the schema already reported.
-    try:
-        _resolve(cfg, base, validated, problems, given_generation, directions_given)
+    try:  # not asking the libraries (seconds of imports): the shape problems come first
+        _resolve(cfg, base, validated, problems, given_generation, directions_given, full_checks=False)
     except Exception:
         pass
     reported = [p.split(": ", 1)[0] for p in shape_problems]
@@ -284,12 +284,15 @@ def load_gpu_settings(raw: dict, base_dir: str | Path | None = None) -> DeviceSe
 
 
 def _resolve(cfg: dict, base: Path, validated: bool, problems: list[str],
-             given_generation: set[str] = frozenset(), directions_given: bool = True) -> TuningConfig:
+             given_generation: set[str] = frozenset(), directions_given: bool = True,
+             full_checks: bool = True) -> TuningConfig:
     """The resolved config of a schema-filled `cfg`, each concept checking its own section in turn;
     their problems are appended to `problems` as they are found (so a check that fails on a shape
     the schema refused leaves those found before it). `given_generation`: the keys the user wrote
     under `generation:` (before the schema filled its defaults); `directions_given`: whether the
-    user wrote tuning.evaluation_direction (else scores of answers are maximized)."""
+    user wrote tuning.evaluation_direction (else scores of answers are maximized); `full_checks`:
+    once every section is sound, read the local data files' rows (data_check) and ask TRL, PEFT,
+    transformers and the hub (`_library_problems`), which take a second and seconds."""
 
     def collect(result):
         value, found = result
@@ -336,7 +339,7 @@ def _resolve(cfg: dict, base: Path, validated: bool, problems: list[str],
         notices.extend(said)
     if uses_generation and not validated:  # reads the files' first rows: once, in the main process
         problems.extend(data.generation_problems(data_section.validation))
-    if not validated and not problems:  # reads the local files' rows: once, in the main process
+    if not validated and not problems and full_checks:  # reads the local files' rows: once, in the main process
         problems.extend(data_check.file_problems(data_section))
     if cfg["data"].get("test"):
         notices.append("data.test: unused: trials are evaluated on data.validation")
@@ -384,7 +387,7 @@ def _resolve(cfg: dict, base: Path, validated: bool, problems: list[str],
                                if target in moved}},
         ),
     )
-    if not validated and not problems:
+    if not validated and not problems and full_checks:
         problems.extend(_library_problems(resolved))
     return resolved
 
