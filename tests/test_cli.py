@@ -143,6 +143,14 @@ def test_status_of_a_study_still_preparing_says_which_step(tmp_path, capsys):
     stopped = capsys.readouterr().out
     assert "no trial yet, and no run is on it: the last run stopped at preparing the model" in stopped
     assert "snaketune tune -c" in stopped
+    from snaketune.study import hold_launch
+
+    launch = hold_launch(layout)  # `snaketune tune` started it; Snakemake has no run lock yet
+    try:
+        assert cli.main(["status", str(layout.output_dir)]) == 0
+        assert "no trial yet; preparing the model" in capsys.readouterr().out
+    finally:
+        os.close(launch)
     fd = hold_study(layout)  # a run on it, past the model, writing the data
     try:
         layout.model_source.parent.mkdir()

@@ -80,3 +80,38 @@ def test_the_cli_refuses_a_question_answer_csv_in_a_second_naming_the_renames(tm
     assert "data.train.datasets[0].dataset_name" in result.stderr
     assert "rename question→prompt, answer→completion" in result.stderr
     assert "snaketune: snakemake" not in result.stderr and not (tmp_path / "tuning_output").exists()
+
+
+@pytest.mark.parametrize("turns,hint", [
+    ([{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}],
+     "these are ShareGPT turns: rename each turn's from→role, value→content and its role values "
+     "human→user, gpt→assistant"),
+    ([{"role": "human", "content": "hi"}, {"role": "gpt", "content": "yo"}],
+     "these are ShareGPT roles: write human→user, gpt→assistant"),
+])
+def test_sharegpt_turns_are_named_with_the_renames(tmp_path, turns, hint):
+    path = write_lines(tmp_path / "chat.jsonl", [{"messages": turns}])
+    (found,) = problems(path)
+    assert "line 1 (row 0, counting from 0), column 'messages': turn 0 'role'" in found and hint in found
+
+
+def test_a_split_that_selects_no_row_is_refused_saying_what_to_do(tmp_path):
+    path = tmp_path / "qa.csv"
+    path.write_text("prompt,completion\nWhat is 2+2?,4\n")
+    assert problems(path, "train[75%:]") == [
+        f"{PLACE}: {path} has 1 row(s), and split 'train[75%:]' selects none of them: add rows, or give "
+        "this split a file of its own (split: 'train')"]
+    assert problems(path, "train[:75%]") == []
+
+
+def test_a_spreadsheets_byte_order_mark_is_not_part_of_the_first_column(tmp_path):
+    path = tmp_path / "excel.csv"
+    path.write_bytes("\ufeffprompt,completion\r\nWhat is 2+2?,4\r\nCapital of France?,Paris\r\n".encode())
+    assert problems(path) == []
+    assert load_rows_count(path) == 2  # and `datasets` reads it so too
+
+
+def load_rows_count(path) -> int:
+    from snaketune.data import load_rows
+
+    return len(load_rows([entry(path)], "train"))

@@ -189,9 +189,9 @@ def test_a_changed_definition_is_refused_and_a_grown_budget_runs_only_the_new_sl
     changed["tuning"]["fixed_training_params"]["max_steps"] = 6
     message = refused(changed, "--dry-run")
     assert "Building DAG" not in message
-    assert "  - data: study 'snaketune'" in message and "different data (changed: train, validation)" in message
-    assert ("  - tuning.fixed_training_params: study 'snaketune'" in message
-            and "different fixed training parameters (changed: max_steps)" in message)
+    assert "  - data: study 'snaketune'" in message and "other data (changed: train, validation)" in message
+    assert ("  - tuning.fixed_training_params.max_steps: study 'snaketune'" in message
+            and "ran with max_steps: 3 (now 6): set it back to 3 to continue it" in message)
     assert "set a new tuning.output_dir" in message
     write_reverse_words(workdir / "data.jsonl")  # the data as it was
 
@@ -211,9 +211,9 @@ def test_a_changed_definition_is_refused_and_a_grown_budget_runs_only_the_new_sl
     other_tokenizer = tiny_config(n_trials=2)
     other_tokenizer["model"]["tokenizer_name"] = str(TINY_MODEL)
     message = conflicts(other_tokenizer)
-    assert "  - model: study 'snaketune'" in message and "different model (changed: tokenizer_name)" in message
+    assert "  - model: study 'snaketune'" in message and "other model (changed: tokenizer_name)" in message
     message = conflicts(tiny_config(n_trials=2, fixed_peft_params={"lora_r": 4}))
-    assert "tuning.fixed_peft_params: study 'snaketune'" in message
+    assert "tuning.fixed_peft_params.lora_r: study 'snaketune'" in message and "(now 4)" in message
     message = conflicts(tiny_config(n_trials=2, evaluation_metrics=["eval_mean_token_accuracy"],
                                     evaluation_direction=["maximize"]))
     assert "tuning.evaluation_metrics" in message

@@ -174,11 +174,15 @@ def cmd_tune(args) -> int:
         configfile = Path(handle.name)
     else:  # kept beside the results: what the study ran with (`status` and `export` read it)
         layout = resolved.tuning.layout
-        from snaketune.study import StudyInUse, in_use_message, release_stale_snakemake_locks, run_holder
+        from snaketune.study import (StudyInUse, in_use_message, launch_alive, release_stale_snakemake_locks,
+                                     run_holder)
 
         holder = run_holder(layout)  # its jobs read tune.merged.yaml: never overwrite it under them
         if holder:
             raise CliError(in_use_message(layout, holder))
+        if launch_alive(layout):  # one starting: Snakemake has not taken the run lock yet
+            raise CliError(f"another `snaketune tune` of the study in {layout.output_dir} is starting; "
+                           "wait for it (`snaketune status` follows it), or stop it first")
         # A run killed outright (SIGKILL, a power cut, the OOM killer) left Snakemake's lock, which
         # plain snakemake clears only with --unlock: nothing of the study runs, so release it here.
         try:
@@ -195,6 +199,9 @@ def cmd_tune(args) -> int:
         layout.run_lock.touch()  # the folder is the study's from now on (see unusable_because)
         configfile = layout.merged_config
         configfile.write_text(text)
+        from snaketune.study import hold_launch
+
+        launch = hold_launch(layout)  # `status` sees the run from now on, before Snakemake's lock
     command = snakemake_command(configfile, args.cores, args.gpus, args.profile, args.dry_run,
                                 args.snakemake_args)
     from snaketune.summary import shown
@@ -206,10 +213,13 @@ def cmd_tune(args) -> int:
     finally:
         if args.dry_run:
             os.unlink(configfile)
+        else:
+            os.close(launch)
     if stopped_by(status) and not args.dry_run:
         print(f"snaketune: the run is stopped; to continue the study, run the same command again "
               f"({shlex.join(['snaketune', *sys.argv[1:]])}): the interrupted trials run again with "
-              "their parameters (from their last checkpoint), finished ones are kept", file=sys.stderr)
+              "their parameters (from their last complete checkpoint, where they saved one), finished "
+              "ones are kept", file=sys.stderr)
     if args.dry_run and status == 0:  # under Snakemake's job list: what the jobs would do
         from snaketune.summary import dry_run_summary
 
@@ -371,7 +381,7 @@ def objective_names(study, config: dict | None) -> list[str]:
 
 
 def cmd_status(args) -> int:
-    from snaketune.study import SLOTS_ATTR, load_study, run_holder
+    from snaketune.study import SLOTS_ATTR, launch_alive, load_study, run_holder
     from snaketune.summary import preparing_status, status_table
 
     output_dir = Path(args.output_dir)
@@ -382,7 +392,7 @@ def cmd_status(args) -> int:
     def status_text() -> str:
         if not layout.journal.exists() and (layout.merged_config.exists() or layout.run_lock.exists()):
             # A run began it and no trial has asked the journal yet: say which step it is at.
-            return preparing_status(layout, running=run_holder(layout) is not None)
+            return preparing_status(layout, running=run_holder(layout) is not None or launch_alive(layout))
         study = load_study(output_dir, args.study_name)
         # n_trials as written in a config given with -c, else the slots the last run created (or,
         # in a study from before they were recorded, as its kept config writes it).

@@ -894,7 +894,7 @@ def first_row_columns(entry: DatasetParams) -> list[str] | None:
             rows = json.loads(path.read_text()) if path.stat().st_size < (64 << 20) else None
             return list(rows[0]) if isinstance(rows, list) and rows and isinstance(rows[0], dict) else None
         if suffix == ".csv":
-            with open(path, newline="") as f:
+            with open(path, newline="", encoding="utf-8-sig") as f:  # a byte-order mark is no column's
                 return next(csv.reader(f), None)
         if suffix == ".parquet":
             import pyarrow.parquet as pq

@@ -81,7 +81,14 @@ def _file_problem(entry: DatasetParams, split: str) -> str | None:
     whole = path.stat().st_size <= SMALL_FILE_BYTES
     try:
         if whole and path.suffix.lower() in (".json", ".jsonl"):
-            data.check_local_file(path, split, entry.split)  # the JSON itself, as prepare_data reads it
+            try:
+                data.check_local_file(path, split, entry.split)  # the JSON itself, as prepare_data reads it
+            except DataError as error:
+                message = str(error).removeprefix(f"data.{split}: ")
+                if "column 'messages'" in message:  # the rows parse: ShareGPT's turns are a rename away
+                    rows = _rows(path, 100)
+                    message += next(filter(None, (_sharegpt_hint(row, "messages") for _, row in rows)), "")
+                return message
         rows = _rows(path, None if whole else FIRST_ROWS)
     except DataError as error:
         return str(error).removeprefix(f"data.{split}: ")
@@ -100,6 +107,9 @@ def _file_problem(entry: DatasetParams, split: str) -> str | None:
                 "optional input, output), chat (messages: a list of {role, content} turns), plain "
                 "text (text)")
     selected = data.split_rows(entry.split, len(rows)) if whole else None
+    if selected is not None and len(selected) == 0:  # `datasets`: "corresponds to no data!"
+        return (f"{path} has {len(rows)} row(s), and split {entry.split!r} selects none of them: add rows, "
+                "or give this split a file of its own (split: 'train')")
     for row_number, (line, row) in enumerate(rows):
         if selected is not None and row_number not in selected:
             continue
@@ -109,8 +119,30 @@ def _file_problem(entry: DatasetParams, split: str) -> str | None:
             what = str(error)
             if path.suffix.lower() == ".csv":
                 what = what.replace(" is null (or missing);", " is an empty cell;")
-            return f"{path} {data.where_in_file(row_number, line)}, {what}"
+            return f"{path} {data.where_in_file(row_number, line)}, {what}{_sharegpt_hint(row, fmt)}"
     return None
+
+
+# ShareGPT's turns ({"from": "human", "value": ...}) and roles, as the chat format writes them.
+SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
+
+
+def _sharegpt_hint(row: dict, fmt: str) -> str:
+    """'; these are ShareGPT turns: rename ...' when a chat row's turns are written as ShareGPT
+    writes them (`from`/`value`, or roles `human`/`gpt`); '' otherwise."""
+    turns = row.get("messages") if fmt == "messages" else None
+    if not isinstance(turns, list):
+        return ""
+    keys = {key for turn in turns if isinstance(turn, dict) for key in turn}
+    roles = {turn.get("role", turn.get("from")) for turn in turns if isinstance(turn, dict)}
+    renames = [f"{a}→{b}" for a, b in (("from", "role"), ("value", "content")) if a in keys]
+    renamed_roles = [f"{a}→{b}" for a, b in SHAREGPT_ROLES.items() if a in roles and a != b]
+    if renames:
+        hint = "; these are ShareGPT turns: rename each turn's " + ", ".join(renames)
+        return hint + (" and its role values " + ", ".join(renamed_roles) if renamed_roles else "")
+    if renamed_roles:
+        return "; these are ShareGPT roles: write " + ", ".join(renamed_roles)
+    return ""
 
 
 def _rows(path: Path, limit: int | None) -> list[tuple[int | None, dict]]:
@@ -119,7 +151,7 @@ def _rows(path: Path, limit: int | None) -> list[tuple[int | None, dict]]:
     suffix = path.suffix.lower()
     rows: list[tuple[int | None, dict]] = []
     if suffix == ".csv":
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # a spreadsheet's byte-order mark, as pandas
             reader = csv.DictReader(f)
             while limit is None or len(rows) < limit:
                 line = reader.line_num + 1

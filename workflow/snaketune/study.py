@@ -217,6 +217,21 @@ def run_holder(layout: StudyLayout) -> str | None:
     return _holder_text(layout) if _lock_is_free(layout.run_lock, fcntl.LOCK_SH) is False else None
 
 
+def hold_launch(layout: StudyLayout) -> int:
+    """`snaketune tune`'s mark that it runs the study: a shared flock on the config it kept
+    (tune.merged.yaml), from writing it to the command's end, so that `status` knows a run is on
+    the study before Snakemake's `onstart` takes the run lock (Snakemake builds its DAG first: 10 s
+    or more). Returns the descriptor, which must stay open; the kernel drops the lock with it."""
+    fd = os.open(layout.merged_config, os.O_RDONLY)
+    _flock(fd, fcntl.LOCK_SH, layout.merged_config)
+    return fd
+
+
+def launch_alive(layout: StudyLayout) -> bool:
+    """Whether a `snaketune tune` of the study is alive (hold_launch)."""
+    return _lock_is_free(layout.merged_config, fcntl.LOCK_EX) is False
+
+
 def _lock_is_free(path: Path, operation: int) -> bool | None:
     """Whether `operation` (an flock) on `path` could be taken now; None where the file system has
     no flock (then nobody can tell whether a holder is alive)."""
@@ -589,7 +604,7 @@ def definition_conflicts(tuning: TuningParams, definition: dict | None = None) -
     wanted = _as_stored(study_definition(tuning, definition))
     if stored == wanted:
         return []
-    hint = (f"study {tuning.study_name!r} in {path} was run with a different {{what}}; "
+    hint = (f"study {tuning.study_name!r} in {path} was run with other {{what}}; "
             "to tune a new one, set a new tuning.output_dir (its trial files live there too; "
             "the existing study is kept as it is)")
     problems = []
@@ -605,7 +620,20 @@ def definition_conflicts(tuning: TuningParams, definition: dict | None = None) -
         if finished and part in stored and part in wanted and stored[part] != wanted[part]:
             old, new = stored[part], wanted[part]
             changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-            problems.append(f"{where}: " + hint.format(what=f"{words} (changed: {', '.join(changed)})"))
+            if part not in ("training", "peft"):
+                problems.append(f"{where}: " + hint.format(what=f"{words} (changed: {', '.join(changed)})"))
+                continue
+            # A fixed argument: named by the YAML path that set it, with the value the study ran with.
+            group = "training" if part == "training" else "peft"
+            for key in changed:
+                yaml_path = tuning.argument_paths.get((group, key), f"{where}.{key}")
+                name = yaml_path.rsplit(".", 1)[-1]
+                ran = f"{name}: {json.dumps(old[key])}" if key in old else f"no {name}"
+                back = f"set it back to {json.dumps(old[key])}" if key in old else "remove it"
+                problems.append(f"{yaml_path}: study "
+                                f"{tuning.study_name!r} in {path} ran with {ran} (now {json.dumps(new.get(key))}): "
+                                f"{back} to continue it, or set a new tuning.output_dir to tune a new study "
+                                "(the existing one is kept as it is)")
     return problems
 
 
