@@ -50,9 +50,10 @@ os.environ["HF_HOME"] = str(_hf_home())
 
 @pytest.fixture
 def alpaca_jsonl(tmp_path) -> Path:
-    """`tmp_path/train.jsonl`: four Alpaca-format rows, a local dataset a config can point at."""
+    """`tmp_path/train.jsonl`: twenty Alpaca-format rows, a local dataset a config can point at (a
+    split of 10% of it selects rows, as one of 4 rows would not)."""
     path = tmp_path / "train.jsonl"
-    rows = [{"instruction": f"Add {i} and {i}.", "input": "", "output": str(2 * i)} for i in range(4)]
+    rows = [{"instruction": f"Add {i} and {i}.", "input": "", "output": str(2 * i)} for i in range(20)]
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
 
