@@ -174,8 +174,8 @@ def cmd_tune(args) -> int:
         configfile = Path(handle.name)
     else:  # kept beside the results: what the study ran with (`status` and `export` read it)
         layout = resolved.tuning.layout
-        from snaketune.study import (StudyInUse, in_use_message, launch_alive, release_stale_snakemake_locks,
-                                     run_holder)
+        from snaketune.study import (StudyInUse, hold_launch, in_use_message, launch_alive,
+                                     release_stale_snakemake_locks, run_holder)
 
         holder = run_holder(layout)  # its jobs read tune.merged.yaml: never overwrite it under them
         if holder:
@@ -199,8 +199,6 @@ def cmd_tune(args) -> int:
         layout.run_lock.touch()  # the folder is the study's from now on (see unusable_because)
         configfile = layout.merged_config
         configfile.write_text(text)
-        from snaketune.study import hold_launch
-
         launch = hold_launch(layout)  # `status` sees the run from now on, before Snakemake's lock
     command = snakemake_command(configfile, args.cores, args.gpus, args.profile, args.dry_run,
                                 args.snakemake_args)

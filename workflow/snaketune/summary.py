@@ -361,7 +361,8 @@ PREPARING_STEPS = (
 
 def preparing_status(layout: StudyLayout, running: bool) -> str:
     """What a study without a journal yet is doing: the first of its preparing steps (PREPARING_STEPS)
-    whose output is missing, and whether a run is on it (`running`: the run lock is held). For
+    whose output is missing, and whether a run is on it (`running`: the run lock or a `snaketune
+    tune`'s hold on tune.merged.yaml is held, study.run_holder / launch_alive). For
     `snaketune status` before the first trial has asked the journal for its parameters."""
     for attribute, rule, what in PREPARING_STEPS:
         if not getattr(layout, attribute).exists():
@@ -391,13 +392,13 @@ def dry_run_summary(layout: StudyLayout, n_trials: int, study_name: str) -> str:
     for slot in range(n_trials):
         files = layout.trial(slot)
         trial = by_slot.get(slot)
+        checkpoint = files.last_checkpoint() if trial is not None else None
         if files.metrics.exists():
             groups["finished (kept)"].append(f"trial_{slot}")
         elif slot in skipped:
             groups["skipped"].append(f"trial_{slot} ({skipped[slot]})")
-        elif trial is not None and files.last_checkpoint():
-            groups["to resume from their last checkpoint"].append(
-                f"trial_{slot} ({Path(files.last_checkpoint()).name})")
+        elif checkpoint:
+            groups["to resume from their last checkpoint"].append(f"trial_{slot} ({Path(checkpoint).name})")
         elif trial is not None:
             groups["to run again with their parameters"].append(f"trial_{slot} (trial {trial.number}, {trial.state.name})")
         else:
