@@ -1,7 +1,7 @@
 """Replay bench: Optuna samplers and pruners against the learning-curve table, hundreds of seeds in minutes.
 
 A replayed study is the default study (config/tune.yaml) with an arm's pruner settings. Its trials
-are asked exactly as a trial job asks them (`snaketune.study.claim_trial`'s first attempt):
+are asked exactly as a trial job asks them (`snaketune.scheduler.claim_trial`'s first attempt):
 `create_trial` with the slot's fixed parameters (`strategy.slot_params`), the slot's sampler
 (`strategy.make_sampler`, seeded by slot), `space.suggest`. The sampled point is
 snapped to the nearest point of the table's grid (the learning rate in log space), and the trial
@@ -9,7 +9,7 @@ then reports that point's recorded eval_loss at every `report_every_steps` step 
 pruner (`snaketune.strategy.make_pruner`), stopping where it says, as `train.ReportAndPrune` does.
 A trial's cost is its trained steps. Several trials run side by side with `--workers`: the clock is
 trained steps, and a new slot starts when a worker is free, while the compute the study has
-committed (finished trials' steps, running trials' max_steps: `study.spent_compute`'s rule) is under
+committed (finished trials' steps, running trials' max_steps: `scheduler.committed_compute`'s rule) is under
 the budget.
 
 Arms: the unpruned study of `--n-trials` trials is the baseline of each seed. Every pruned arm gets
@@ -63,7 +63,7 @@ from snaketune import space as search_space
 from snaketune import strategy
 from snaketune.config import TuningParams, load_tune_config, read_default_tune_yaml
 from snaketune.layout import StudyLayout
-from snaketune.study import create_trial, enqueued_pending
+from snaketune.scheduler import create_trial, enqueued_pending
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
@@ -452,7 +452,7 @@ def replay_study(tuning: TuningParams, table: Table, workers: int = 1,
 
     def start(now: float) -> None:
         nonlocal next_slot
-        committed = finished + sum(r.planned() for r in running.values())  # study.spent_compute's rule
+        committed = finished + sum(r.planned() for r in running.values())  # scheduler.committed_compute's rule
         if committed >= budget:
             return
         due = promotion() if promote else None

@@ -17,7 +17,7 @@ from optuna.storages.journal import JournalFileBackend
 
 from snaketune import report, summary
 from snaketune.layout import StudyLayout
-from snaketune.study import open_storage
+from snaketune.storage import open_storage
 from workflow_helpers import (make_journal_with_every_state, run_cli, run_snakemake, tiny_config,
                               write_config, write_reverse_words)
 
