@@ -63,7 +63,7 @@ from snaketune import space as search_space
 from snaketune import strategy
 from snaketune.config import TuningParams, load_tune_config, read_default_tune_yaml
 from snaketune.layout import StudyLayout
-from snaketune.scheduler import create_trial, enqueued_pending
+from snaketune.scheduler import RESUME, SlotSettings, StudyState, create_trial, decide_slot
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
@@ -659,8 +659,8 @@ def validate(output_dir: Path, overrides: dict | None = None) -> list[str]:
     after that report, and must say "prune" exactly where the real trial was pruned. Sampler: every
     first attempt whose parameters the sampler chose (not enqueued, not a grid study) is proposed
     again by the slot's sampler on the study as it stood when the trial was created. Promotions
-    (tuning.resume_pruned): every first attempt resumes the paused trial that strategy.promotions
-    puts first on the study as it stood before it, or none when none is due. (The workflow passes
+    (tuning.resume_pruned): every first attempt resumes the paused trial that the workflow's
+    decision (scheduler.decide_slot) resumes on the study as it stood before it, or none. (The workflow passes
     over a paused trial whose checkpoint was deleted, and reads the study a moment before it
     creates the trial: a report landing in between, from a trial running beside it, can differ.)
     `overrides` (tuning keys) replay it with other settings than it ran with: a check of the check.
@@ -681,10 +681,11 @@ def validate(output_dir: Path, overrides: dict | None = None) -> list[str]:
     for i, op in enumerate(logs):
         attrs = op.get("user_attrs") or {}
         if op["op_code"] == CREATE_TRIAL and study is not None and tuning.resume_pruned and attrs.get("attempt") == 1:
-            # A slot's first attempt resumes the first due paused trial, as the study stood before it.
-            trials = storage.get_all_trials(study_id, deepcopy=False)
-            due = strategy.promotions(trials, tuning.resume_pruned, tuning.directions[0])
-            expected = due[0].number if due and not enqueued_pending(trials, tuning.enqueue_trials) else None
+            # A slot's first attempt resumes the first due paused trial, as the study stood before
+            # it: the workflow's decision (scheduler.decide_slot), every checkpoint taken as kept.
+            state = StudyState(storage.get_all_trials(study_id, deepcopy=False), paused_checkpoint=lambda t: "kept")
+            decision = decide_slot(attrs["slot"], state, SlotSettings.of(tuning, attrs["slot"]))
+            expected = decision.trial.number if decision.kind == RESUME else None
             promotions += 1
             if attrs.get("promoted_from") != expected:
                 problems.append(f"trial {created} (slot {attrs.get('slot')}): the replay would resume "
