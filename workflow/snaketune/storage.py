@@ -5,7 +5,9 @@ always the file journal `<output_dir>/study.journal` (Optuna's `JournalStorage` 
 `JournalFile`, this module's backend); every process of the study (trial jobs, readers, the CLI)
 opens it through here. A database (PostgreSQL through Optuna's `RDBStorage`, `tuning.storage`) is
 another `StudyStorage`: it says where the study is, whether anything was stored there yet, and
-opens an Optuna `BaseStorage`; `study_storage` is where it would be chosen.
+opens an Optuna `BaseStorage`; `study_storage` is where it would be chosen. The study's run, trial
+and claim locks (snaketune.locks) are files in output_dir whatever the storage; where no file
+system is shared, a database storage would have to hold them itself (e.g. advisory locks).
 
 The journal backend implements Optuna's public `BaseJournalBackend` (`read_logs`, `append_logs`):
 reading is Optuna's own `JournalFileBackend`; appending is under Optuna's `JournalFileOpenLock`
