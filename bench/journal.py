@@ -1,7 +1,7 @@
 """Journal benchmark: ask and tell latency on the study journal, and the time to load a study.
 
 For journals holding 100, 1,000 and 5,000 finished trials, P processes (1, 4, 16) each open the
-study the way a trial job does (snaketune.study.open_storage: JournalFileBackend +
+study the way a trial job does (snaketune.storage.open_storage: JournalFileBackend +
 JournalFileOpenLock) and time ask() and tell() pairs. Reports median and p99 of ask+tell per
 process count, and the load time (a fresh process replaying the whole log). Appends to
 bench/RESULTS.md.
@@ -27,7 +27,7 @@ def fill(journal: str, n: int) -> None:
     """A journal with n completed trials of a 3-parameter space, written in bulk."""
     import optuna
 
-    from snaketune.study import open_storage
+    from snaketune.storage import open_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name=STUDY, storage=open_storage(journal), load_if_exists=True)
@@ -42,7 +42,7 @@ def fill(journal: str, n: int) -> None:
 def worker(journal: str, rounds: int, start, queue) -> None:
     import optuna
 
-    from snaketune.study import open_storage
+    from snaketune.storage import open_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     t0 = time.perf_counter()

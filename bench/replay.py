@@ -1,7 +1,7 @@
 """Replay bench: Optuna samplers and pruners against the learning-curve table, hundreds of seeds in minutes.
 
 A replayed study is the default study (config/tune.yaml) with an arm's pruner settings. Its trials
-are asked exactly as a trial job asks them (`snaketune.study.claim_trial`'s first attempt):
+are asked exactly as a trial job asks them (`snaketune.scheduler.claim_trial`'s first attempt):
 `create_trial` with the slot's fixed parameters (`strategy.slot_params`), the slot's sampler
 (`strategy.make_sampler`, seeded by slot), `space.suggest`. The sampled point is
 snapped to the nearest point of the table's grid (the learning rate in log space), and the trial
@@ -9,7 +9,7 @@ then reports that point's recorded eval_loss at every `report_every_steps` step 
 pruner (`snaketune.strategy.make_pruner`), stopping where it says, as `train.ReportAndPrune` does.
 A trial's cost is its trained steps. Several trials run side by side with `--workers`: the clock is
 trained steps, and a new slot starts when a worker is free, while the compute the study has
-committed (finished trials' steps, running trials' max_steps: `study.spent_compute`'s rule) is under
+committed (finished trials' steps, running trials' max_steps: `scheduler.committed_compute`'s rule) is under
 the budget.
 
 Arms: the unpruned study of `--n-trials` trials is the baseline of each seed. Every pruned arm gets
@@ -63,7 +63,7 @@ from snaketune import space as search_space
 from snaketune import strategy
 from snaketune.config import TuningParams, load_tune_config, read_default_tune_yaml
 from snaketune.layout import StudyLayout
-from snaketune.study import create_trial, enqueued_pending
+from snaketune.scheduler import RESUME, SlotSettings, StudyState, create_trial, decide_slot
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
@@ -452,7 +452,7 @@ def replay_study(tuning: TuningParams, table: Table, workers: int = 1,
 
     def start(now: float) -> None:
         nonlocal next_slot
-        committed = finished + sum(r.planned() for r in running.values())  # study.spent_compute's rule
+        committed = finished + sum(r.planned() for r in running.values())  # scheduler.committed_compute's rule
         if committed >= budget:
             return
         due = promotion() if promote else None
@@ -659,8 +659,8 @@ def validate(output_dir: Path, overrides: dict | None = None) -> list[str]:
     after that report, and must say "prune" exactly where the real trial was pruned. Sampler: every
     first attempt whose parameters the sampler chose (not enqueued, not a grid study) is proposed
     again by the slot's sampler on the study as it stood when the trial was created. Promotions
-    (tuning.resume_pruned): every first attempt resumes the paused trial that strategy.promotions
-    puts first on the study as it stood before it, or none when none is due. (The workflow passes
+    (tuning.resume_pruned): every first attempt resumes the paused trial that the workflow's
+    decision (scheduler.decide_slot) resumes on the study as it stood before it, or none. (The workflow passes
     over a paused trial whose checkpoint was deleted, and reads the study a moment before it
     creates the trial: a report landing in between, from a trial running beside it, can differ.)
     `overrides` (tuning keys) replay it with other settings than it ran with: a check of the check.
@@ -681,10 +681,11 @@ def validate(output_dir: Path, overrides: dict | None = None) -> list[str]:
     for i, op in enumerate(logs):
         attrs = op.get("user_attrs") or {}
         if op["op_code"] == CREATE_TRIAL and study is not None and tuning.resume_pruned and attrs.get("attempt") == 1:
-            # A slot's first attempt resumes the first due paused trial, as the study stood before it.
-            trials = storage.get_all_trials(study_id, deepcopy=False)
-            due = strategy.promotions(trials, tuning.resume_pruned, tuning.directions[0])
-            expected = due[0].number if due and not enqueued_pending(trials, tuning.enqueue_trials) else None
+            # A slot's first attempt resumes the first due paused trial, as the study stood before
+            # it: the workflow's decision (scheduler.decide_slot), every checkpoint taken as kept.
+            state = StudyState(storage.get_all_trials(study_id, deepcopy=False), paused_checkpoint=lambda t: "kept")
+            decision = decide_slot(attrs["slot"], state, SlotSettings.of(tuning, attrs["slot"]))
+            expected = decision.trial.number if decision.kind == RESUME else None
             promotions += 1
             if attrs.get("promoted_from") != expected:
                 problems.append(f"trial {created} (slot {attrs.get('slot')}): the replay would resume "

@@ -6,7 +6,7 @@ import rule_setup  # noqa: E402,F401 (first: in a source checkout it puts the pa
 from snaketune import gpu  # noqa: E402
 from snaketune.config import load_gpu_settings  # noqa: E402
 from snaketune.layout import StudyLayout, TrialFiles  # noqa: E402
-from snaketune.study import hold_trial_share  # noqa: E402
+from snaketune.locks import hold_trial_share  # noqa: E402
 
 # The device(s) first: CUDA_VISIBLE_DEVICES must be set before anything initialises CUDA.
 # A wait for a free GPU is reported on Snakemake's console (the log is not redirected yet).

@@ -134,7 +134,7 @@ def test_status_without_a_journal_says_so(tmp_path, capsys):
 
 
 def test_status_of_a_study_still_preparing_says_which_step(tmp_path, capsys):
-    from snaketune.study import hold_study
+    from snaketune.locks import hold_study
 
     layout = StudyLayout(tmp_path / "tuning_output")
     layout.output_dir.mkdir()
@@ -143,7 +143,7 @@ def test_status_of_a_study_still_preparing_says_which_step(tmp_path, capsys):
     stopped = capsys.readouterr().out
     assert "no trial yet, and no run is on it: the last run stopped at preparing the model" in stopped
     assert "snaketune tune -c" in stopped
-    from snaketune.study import hold_launch
+    from snaketune.locks import hold_launch
 
     launch = hold_launch(layout)  # `snaketune tune` started it; Snakemake has no run lock yet
     try:

@@ -111,7 +111,7 @@ def _hammer(journal: str, worker: int, rounds: int, queue) -> None:
     import optuna
 
     sys.path.insert(0, str(REPO / "workflow"))
-    from snaketune.study import open_storage
+    from snaketune.storage import open_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name="hammer", storage=open_storage(journal), load_if_exists=True,
@@ -141,7 +141,7 @@ def test_sixteen_processes_ask_and_tell_one_journal(tmp_path):
     import optuna
 
     sys.path.insert(0, str(REPO / "workflow"))
-    from snaketune.study import open_storage
+    from snaketune.storage import open_storage
 
     study = optuna.load_study(study_name="hammer", storage=open_storage(journal))
     assert len(study.trials) == 80
@@ -151,7 +151,8 @@ def test_sixteen_processes_ask_and_tell_one_journal(tmp_path):
 
 def test_stale_journal_lock_left_by_a_kill_is_recovered(tmp_path):
     sys.path.insert(0, str(REPO / "workflow"))
-    from snaketune.study import LOCK_GRACE_SECONDS, open_study
+    from snaketune.storage import LOCK_GRACE_SECONDS
+    from snaketune.study import open_study
 
     tuning = resolved_tuning(tmp_path, output_dir=str(tmp_path / "out"), study_name="s", seed=0,
                              tuner_sampler="RandomSampler")

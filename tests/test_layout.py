@@ -8,6 +8,7 @@ import optuna
 import pytest
 
 from snaketune import study as studies
+from snaketune.storage import open_storage
 from snaketune.layout import StudyLayout, TrialFiles, read_loss_curve, write_json
 from workflow_helpers import resolved_tuning
 
@@ -63,7 +64,7 @@ def test_write_json_leaves_no_partial_file(tmp_path):
 
 
 def _journal_with(output_dir, *names):
-    storage = studies.open_storage(str(StudyLayout(output_dir).journal))
+    storage = open_storage(str(StudyLayout(output_dir).journal))
     for name in names:
         optuna.create_study(study_name=name, storage=storage)
 

@@ -17,6 +17,8 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
+from snaketune import locks
+from snaketune import storage
 from snaketune import study as studies
 from snaketune.layout import StudyLayout
 from workflow_helpers import (REPO, load_study, resolved_tuning, run_snakemake, tiny_config, write_config,
@@ -48,7 +50,7 @@ def test_a_journal_cut_at_every_byte_of_its_last_record_keeps_every_trial_and_gr
     for cut in range(last + 1, len(whole)):  # every partial last record, up to "lost its newline"
         journal.write_bytes(whole[:cut])
         side.unlink(missing_ok=True)
-        studies._TORN_SAID.clear()
+        storage._TORN_SAID.clear()
         assert _completed(tuning.output_dir) == {0: 3.0}  # a reader tolerates the tail...
         study = studies.open_study(tuning)  # ...and the next write repairs it
         study.tell(study.ask(), 1.0)
@@ -67,7 +69,7 @@ def test_a_torn_tail_is_said_once_per_process(tmp_path, capsys):
     studies.open_study(tuning)
     with open(tuning.layout.journal, "ab") as f:
         f.write(b'{"op_code":6,"worker_id":"cut-short')
-    studies._TORN_SAID.clear()
+    storage._TORN_SAID.clear()
     for _ in range(3):
         studies.load_study(tuning.output_dir)
     assert capsys.readouterr().err.count("cut short") == 1
@@ -153,8 +155,8 @@ def test_a_second_invocation_on_a_running_study_is_refused_and_the_first_finishe
     assert "Nothing to be done" in again.stdout + again.stderr
 
 
-HOLD = ("import sys, time; sys.path.insert(0, sys.argv[1]); from snaketune import study, layout;"
-        "study.{what}(layout.StudyLayout(sys.argv[2])); print('held', flush=True); time.sleep(60)")
+HOLD = ("import sys, time; sys.path.insert(0, sys.argv[1]); from snaketune import locks, layout;"
+        "locks.{what}(layout.StudyLayout(sys.argv[2])); print('held', flush=True); time.sleep(60)")
 
 
 def _holder(what: str, output_dir) -> subprocess.Popen:
@@ -169,12 +171,12 @@ def test_a_trial_job_left_running_by_a_killed_run_keeps_the_study_taken(tmp_path
     layout = StudyLayout(tmp_path / "out")
     layout.output_dir.mkdir()
     orphan = _holder("hold_trial_share", layout.output_dir)  # its snakemake is gone, it is not
-    with pytest.raises(studies.StudyInUse, match="trial jobs of an earlier run"):
-        studies.hold_study(layout)
-    assert studies.run_holder(layout) is None  # the run lock itself was free, and is again
+    with pytest.raises(locks.StudyInUse, match="trial jobs of an earlier run"):
+        locks.hold_study(layout)
+    assert locks.run_holder(layout) is None  # the run lock itself was free, and is again
     orphan.kill()
     orphan.wait()
-    os.close(studies.hold_study(layout))
+    os.close(locks.hold_study(layout))
 
 
 def test_a_refused_snaketune_tune_leaves_the_running_studys_config_alone(workdir):
@@ -203,22 +205,22 @@ def test_a_file_system_without_flock_runs_unguarded_and_says_so(tmp_path, monkey
 
     monkeypatch.setattr(fcntl, "flock", no_flock)
     layout = StudyLayout(tmp_path / "out")
-    os.close(studies.hold_study(layout))
+    os.close(locks.hold_study(layout))
     assert "has no flock" in capsys.readouterr().err
 
 
 def test_the_run_lock_is_dropped_when_its_holder_dies(tmp_path):
     layout = StudyLayout(tmp_path / "out")
-    code = ("import sys, time; sys.path.insert(0, sys.argv[1]); from snaketune import study, layout;"
-            "study.hold_study(layout.StudyLayout(sys.argv[2])); print('held', flush=True); time.sleep(60)")
+    code = ("import sys, time; sys.path.insert(0, sys.argv[1]); from snaketune import locks, layout;"
+            "locks.hold_study(layout.StudyLayout(sys.argv[2])); print('held', flush=True); time.sleep(60)")
     holder = subprocess.Popen([sys.executable, "-c", code, str(REPO / "workflow"), str(layout.output_dir)],
                               stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
-    with pytest.raises(studies.StudyInUse, match=f"pid {holder.pid}"):
-        studies.hold_study(layout)
+    with pytest.raises(locks.StudyInUse, match=f"pid {holder.pid}"):
+        locks.hold_study(layout)
     holder.kill()  # SIGKILL: no clean-up runs, the kernel drops the flock
     holder.wait()
-    fd = studies.hold_study(layout)
+    fd = locks.hold_study(layout)
     assert json.loads(layout.run_lock.read_text())["pid"] == os.getpid()
     os.close(fd)
     shutil.rmtree(layout.output_dir)

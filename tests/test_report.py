@@ -17,7 +17,7 @@ from optuna.storages.journal import JournalFileBackend
 
 from snaketune import report, summary
 from snaketune.layout import StudyLayout
-from snaketune.study import open_storage
+from snaketune.storage import JournalFile, open_storage
 from workflow_helpers import (make_journal_with_every_state, run_cli, run_snakemake, tiny_config,
                               write_config, write_reverse_words)
 
@@ -219,7 +219,7 @@ def test_dashboard_writes_wait_for_the_trials_lock(tmp_path):
     ours = open_storage(path)
     study_id = ours.create_new_study([], "s")
     dashboard = JournalStorage(JournalFileBackend(path))  # what optuna-dashboard builds on POSIX
-    lock = ours._backend._lock
+    lock = JournalFile(path).lock  # the lock a trial job's appends take
     lock.acquire()
     done = threading.Event()
 

@@ -103,7 +103,7 @@ def test_only_the_killed_runs_own_snakemake_locks_are_released(tmp_path, monkeyp
     study's lock in the same directory, and a lock file made anew since, stay."""
     import fcntl
 
-    from snaketune.study import StudyInUse, hold_study, release_stale_snakemake_locks
+    from snaketune.locks import StudyInUse, hold_study, release_stale_snakemake_locks
 
     monkeypatch.chdir(tmp_path)
     layout = StudyLayout(tmp_path / "tuning_output")

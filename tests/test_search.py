@@ -18,11 +18,13 @@ from workflow_helpers import REPO, load_study, manual_text, run_snakemake, tiny_
 sys.path.insert(0, str(REPO / "workflow"))
 from snaketune import space as search_space  # noqa: E402
 from snaketune import strategy  # noqa: E402
+from snaketune import scheduler  # noqa: E402
 from snaketune import study as studies  # noqa: E402
 from snaketune.config import ConfigError, load_tune_config  # noqa: E402
 from snaketune.layout import StudyLayout, read_loss_curve  # noqa: E402
 from snaketune.results import results_table  # noqa: E402
-from snaketune.study import SlotSkipped, claim_trial, open_study, skip_slot, spent_compute  # noqa: E402
+from snaketune.scheduler import SlotSkipped, claim_trial, spent_compute  # noqa: E402
+from snaketune.study import open_study, skip_slot  # noqa: E402
 
 
 @pytest.fixture
@@ -178,7 +180,7 @@ def test_a_retry_keeps_its_enqueued_configuration_even_if_the_claim_was_cut_shor
     tuning = tune["tuning"]
     study = open_study(tuning, 1)
     # A first attempt killed between its creation and taking its enqueued configuration.
-    studies.create_trial(study, {}, tuning.space, {"slot": 1, "attempt": 1})
+    scheduler.create_trial(study, {}, tuning.space, {"slot": 1, "attempt": 1})
     trial, _ = claim_trial(open_study(tuning, 1), 1, tuning)
     assert trial.params["learning_rate"] == 0.0123 and trial.user_attrs["enqueued"] is True
     assert trial.user_attrs["retry_of"] == 0

@@ -132,7 +132,7 @@ def make_journal_with_every_state(output_dir: Path, study_name: str = "snaketune
 
     sys.path.insert(0, str(REPO / "workflow"))
     from snaketune.layout import StudyLayout
-    from snaketune.study import open_storage
+    from snaketune.storage import open_storage
 
     layout = StudyLayout(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

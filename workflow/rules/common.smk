@@ -21,7 +21,8 @@ from snaketune.check import accepted_config, checked_already, notice_line
 from snaketune.config import ConfigError, load_yaml, read_default_tune_yaml
 from snaketune.layout import write_text
 from snaketune.progress import ConsoleProgress
-from snaketune.study import StudyInUse, hold_study, restore_told_trials
+from snaketune.locks import StudyInUse, hold_study
+from snaketune.study import restore_told_trials
 
 
 # Snakemake deep-merges --configfile over a `configfile:` directive's dict, so a default tune

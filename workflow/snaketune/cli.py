@@ -174,7 +174,7 @@ def cmd_tune(args) -> int:
         configfile = Path(handle.name)
     else:  # kept beside the results: what the study ran with (`status` and `export` read it)
         layout = resolved.tuning.layout
-        from snaketune.study import (StudyInUse, hold_launch, in_use_message, launch_alive,
+        from snaketune.locks import (StudyInUse, hold_launch, in_use_message, launch_alive,
                                      release_stale_snakemake_locks, run_holder)
 
         holder = run_holder(layout)  # its jobs read tune.merged.yaml: never overwrite it under them
@@ -379,7 +379,8 @@ def objective_names(study, config: dict | None) -> list[str]:
 
 
 def cmd_status(args) -> int:
-    from snaketune.study import SLOTS_ATTR, launch_alive, load_study, run_holder
+    from snaketune.locks import launch_alive, run_holder
+    from snaketune.study import SLOTS_ATTR, load_study
     from snaketune.summary import preparing_status, status_table
 
     output_dir = Path(args.output_dir)
@@ -432,7 +433,8 @@ def best_records(output_dir: Path, study_name: str | None = None) -> dict:
     for path in (layout.best_trial, layout.best_trials):
         if path.exists():
             return _here(json.loads(path.read_text()), layout)
-    from snaketune.study import best_trials, load_study, trial_dir
+    from snaketune.layout import trial_dir
+    from snaketune.study import best_trials, load_study
 
     study = load_study(output_dir, study_name)
     names = objective_names(study, find_tune_config(output_dir, None))
@@ -556,7 +558,7 @@ def cmd_report(args) -> int:
     # The study's folder as given here, wherever it ran from; Snakemake runs where the study last
     # ran (its relative data paths and its .snakemake records are there).
     config.setdefault("tuning", {})["output_dir"] = str(output_dir.resolve())
-    from snaketune.study import last_run
+    from snaketune.locks import last_run
 
     ran_in = last_run(layout).get("cwd")
     ran_in = ran_in if ran_in and Path(ran_in).is_dir() else None

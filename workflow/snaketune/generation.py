@@ -246,7 +246,7 @@ def evaluate_generation(model, tokenizer, rows, params: GenerationParams, *, see
         torch.manual_seed(params.seed if params.seed is not None else seed)
 
     if prune and trial is not None:
-        from snaketune.study import ROW_REPORTS_ATTR
+        from snaketune.layout import ROW_REPORTS_ATTR
 
         trial.set_user_attr(ROW_REPORTS_ATTR, True)
     was_training = model.training

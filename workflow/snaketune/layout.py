@@ -141,17 +141,17 @@ class StudyLayout:
 
     @property
     def run_lock(self) -> Path:
-        """The study's run lock (study.hold_study): held by the run in progress, names it."""
+        """The study's run lock (locks.hold_study): held by the run in progress, names it."""
         return self.output_dir / "run.lock"
 
     @property
     def trials_lock(self) -> Path:
-        """Held shared by each running trial job (study.hold_trial_share)."""
+        """Held shared by each running trial job (locks.hold_trial_share)."""
         return self.output_dir / "trials.lock"
 
     @property
     def claim_lock(self) -> Path:
-        """Held by a trial job while it checks the budget and creates its trial (study.claim_trial)."""
+        """Held by a trial job while it checks the budget and creates its trial (scheduler.claim_trial)."""
         return self.output_dir / "claim.lock"
 
     @property
@@ -287,6 +287,26 @@ class StudyLayout:
         """The trial slot directories that exist, in slot order."""
         found = [p for p in self.output_dir.glob("trial_*") if p.name[len("trial_"):].isdigit()]
         return sorted(found, key=lambda p: int(p.name[len("trial_"):]))
+
+
+def trial_dir(trial, layout: StudyLayout | None = None) -> Path | None:
+    """The folder of `trial` (an Optuna FrozenTrial or Trial: its user_attrs are read) in the study
+    at `layout`, wherever the study now lives (a moved or copied study): its slot's folder. A trial
+    made outside a slot: the folder it recorded (relative to output_dir). Without `layout`: the
+    folder as recorded."""
+    slot = trial.user_attrs.get("slot")
+    if layout is not None and slot is not None:
+        return layout.trial(slot).dir
+    recorded = trial.user_attrs.get("trial_dir")
+    if not recorded:
+        return None
+    return layout.output_dir / recorded if layout is not None else Path(recorded)
+
+
+# A trial's user attribute: its intermediate values are per-row scores of its generated answers,
+# by validation row (generation.evaluate_generation, for the wilcoxon pruner), not a training curve
+# (study.step_reports). Here, low, because the trial job writes it and the study's readers read it.
+ROW_REPORTS_ATTR = "reported_rows"
 
 
 def write_text(path: str | Path, text: str) -> None:

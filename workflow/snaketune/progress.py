@@ -25,7 +25,7 @@ from pathlib import Path
 from optuna.trial import FrozenTrial, TrialState
 
 from snaketune import study as studies
-from snaketune.layout import StudyLayout, TrialFiles
+from snaketune.layout import StudyLayout, TrialFiles, trial_dir
 from snaketune.summary import clip, fmt, fmt_seconds, running_table, shown, trial_folder
 
 STATUS_EVERY_ENV = "SNAKETUNE_STATUS_EVERY"
@@ -56,7 +56,7 @@ def end_line(trial: FrozenTrial, layout: StudyLayout, metrics: list[str], best: 
     last reported value and step; a failed trial's reason, cut to fit."""
     took = trial.duration.total_seconds() if trial.duration is not None else None
     # A failure names the trial's log (Snakemake's own error block is quiet: see the profiles).
-    folder = studies.trial_dir(trial, layout)
+    folder = trial_dir(trial, layout)
     failed = trial.state not in (TrialState.COMPLETE, TrialState.PRUNED) and folder is not None
     where = f"{folder.name}/{TrialFiles(folder).log.relative_to(folder)}" if failed else trial_folder(trial, layout)
     head = f"snaketune: trial {trial.number} {trial.state.name} in {fmt_seconds(took)} ({where})"
@@ -182,7 +182,7 @@ class ConsoleProgress:
 
     def _sampled(self, trial: FrozenTrial) -> bool:
         """A trial's parameters are all sampled once its job wrote params.json (train.run_trial)."""
-        folder = studies.trial_dir(trial, self.layout)
+        folder = trial_dir(trial, self.layout)
         if folder is None:
             return True
         try:

@@ -21,7 +21,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from snaketune import study as studies
-from snaketune.layout import StudyLayout, TrialFiles, read_loss_curve
+from snaketune.layout import StudyLayout, TrialFiles, read_loss_curve, trial_dir
 from snaketune.summary import fmt, fmt_seconds, ranked, trial_folder
 
 # (kind, title, needs one figure per objective)
@@ -74,7 +74,7 @@ def learning_curves(study: optuna.Study, layout: StudyLayout | None = None
                                                    for t in trials if studies.step_reports(t)}
     curves = {}
     for trial in trials:
-        folder = studies.trial_dir(trial, layout)
+        folder = trial_dir(trial, layout)
         rows = read_loss_curve(TrialFiles(folder).loss_curve, key="loss") if folder else []
         if rows:
             curves[trial.number] = [(row["step"], float(row["loss"])) for row in rows]

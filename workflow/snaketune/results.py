@@ -18,6 +18,7 @@ from snaketune import study as studies
 from snaketune import summary
 from snaketune.errors import describe_error
 from snaketune.layout import StudyLayout, TrialFiles, write_csv, write_json
+from snaketune.layout import trial_dir as folder_of
 
 if TYPE_CHECKING:
     from snaketune.config import TuningParams
@@ -60,7 +61,7 @@ def results_table(study: optuna.Study, metrics: list[str], layout: StudyLayout):
         row["fail_reason"] = trial.user_attrs.get("fail_reason")
         if "promoted_from" in trial.user_attrs:  # tuning.resume_pruned: the paused trial it resumed
             row["promoted_from"] = trial.user_attrs["promoted_from"]
-        folder = studies.trial_dir(trial, layout)
+        folder = folder_of(trial, layout)
         row["trial_dir"] = str(folder) if folder else None
         rows.append({k: v for k, v in row.items() if not k.startswith(("user_attrs_", "values_"))})
     present = {row["slot"] for row in rows}
@@ -81,7 +82,7 @@ def results_table(study: optuna.Study, metrics: list[str], layout: StudyLayout):
 
 def trial_record(trial: optuna.trial.FrozenTrial, metrics: list[str], layout: StudyLayout) -> dict:
     """A trial as best_trial(s).json holds it; its folder and checkpoint in `layout`."""
-    folder = studies.trial_dir(trial, layout)
+    folder = folder_of(trial, layout)
     trial_dir = str(folder) if folder else None
     return {
         "number": trial.number,

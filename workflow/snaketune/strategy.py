@@ -237,7 +237,7 @@ def promotions(trials: list[FrozenTrial], reduction_factor: int, direction: str 
     resumes yet (`promoted_from`). It is due when its value at the step it stopped at is among the
     best 1/`reduction_factor` of every value any trial reported at that step; the latest steps
     first, then the best value. `trials` are the study's trials (FrozenTrial: state, user_attrs,
-    intermediate_values); `direction` is the objective's. Shared by study.claim_trial and the
+    intermediate_values); `direction` is the objective's. Shared by scheduler.decide_slot and the
     replay bench (bench/replay.py), so what was measured is what runs.
     """
     resumed = {t.user_attrs.get("promoted_from") for t in trials}

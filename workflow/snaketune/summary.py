@@ -16,7 +16,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from snaketune import study as studies
-from snaketune.layout import StudyLayout, TrialFiles, read_loss_curve
+from snaketune.layout import StudyLayout, TrialFiles, read_loss_curve, trial_dir
 from snaketune.study import best_trials, latest_attempts
 
 STATES = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.FAIL, TrialState.PRUNED,
@@ -234,7 +234,7 @@ def running_progress(trial: FrozenTrial, layout: StudyLayout, max_steps: int | N
     """Step, loss, max_steps and ETA of a running trial of the study at `layout`, from its live
     loss curve."""
     info = {"step": None, "loss": None, "max_steps": max_steps, "eta": None}
-    folder = studies.trial_dir(trial, layout)
+    folder = trial_dir(trial, layout)
     if folder is None:
         return info
     files = TrialFiles(folder)
@@ -316,7 +316,7 @@ def running_table(study: optuna.Study, layout: StudyLayout, max_steps: int | Non
 def trial_folder(trial: FrozenTrial, layout: StudyLayout | None = None) -> str:
     """The trial's folder as a person finds it under output_dir: `trial_2/` (without `layout`,
     as the trial recorded it)."""
-    folder = studies.trial_dir(trial, layout)
+    folder = trial_dir(trial, layout)
     return f"{folder.name}/" if folder is not None else "-"
 
 
@@ -382,7 +382,7 @@ def dry_run_summary(layout: StudyLayout, n_trials: int, study_name: str) -> str:
     """What a run would do with each of the `n_trials` slots, told from the trial folders and the
     journal (read-only), for the end of `snaketune tune --dry-run`: 'of N slot(s): F finished
     (kept), R to resume from a checkpoint, A to run again with their parameters, S skipped, W new'.
-    A slot's fate is decided when its job claims it (study.claim_trial); this is what that claim
+    A slot's fate is decided when its job claims it (scheduler.claim_trial); this is what that claim
     will find, as of now."""
     study = studies.load_study(layout.output_dir, study_name, missing_ok=True)
     by_slot = {t.user_attrs["slot"]: t for t in latest_attempts(study) if "slot" in t.user_attrs} if study else {}

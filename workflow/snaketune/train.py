@@ -22,6 +22,7 @@ from snaketune import generation, lm_harness
 from snaketune import metrics as custom_metrics
 from snaketune import scoring
 from snaketune import space as search_space
+from snaketune import scheduler
 from snaketune import study as studies
 from snaketune.errors import describe_error
 from snaketune.layout import TrialFiles, checkpoint_step, write_json
@@ -58,8 +59,8 @@ def run_trial(tune: TuningConfig, slot: int, trial_dir: str | Path, model_source
         # No trial is asked for: nothing is told, and the slot runs once the cause is fixed.
         raise studies.RepeatedFailure(f"trial_{slot} not started: {repeated}")
     try:
-        trial, finished = studies.claim_trial(study, slot, tuning)
-    except studies.SlotSkipped as skipped:  # not a failure: the job succeeds, the CSV says so
+        trial, finished = scheduler.claim_trial(study, slot, tuning)
+    except scheduler.SlotSkipped as skipped:  # not a failure: the job succeeds, the CSV says so
         studies.skip_slot(study, slot, str(skipped))
         result = {"trial_number": None, "slot": slot, "state": "SKIPPED", "reason": str(skipped)}
         write_json(files.metrics, result)
@@ -79,7 +80,7 @@ def run_trial(tune: TuningConfig, slot: int, trial_dir: str | Path, model_source
     try:
         params = search_space.suggest(trial, tuning.space)
         # Its own last checkpoint; else, for a paused trial this slot resumes, the paused one's.
-        resume_from = resumable_checkpoint(trial_dir, params) or studies.resumed_checkpoint(trial, tuning.layout)
+        resume_from = resumable_checkpoint(trial_dir, params) or scheduler.resumed_checkpoint(trial, tuning.layout)
         if resume_from is None and trial.user_attrs.get("paused_checkpoint"):
             # Deleted since the slot claimed it: the same parameters from step 0, counted whole.
             print(f"snaketune: trial {trial.number}: the checkpoint of paused trial "
