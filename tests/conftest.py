@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+import workflow_helpers
+
 WORKFLOW_DIR = Path(__file__).resolve().parent.parent / "workflow"
 if str(WORKFLOW_DIR) not in sys.path:
     sys.path.insert(0, str(WORKFLOW_DIR))
@@ -65,6 +67,16 @@ def alpaca_jsonl(tmp_path) -> Path:
 LONGEST_FIRST = ("test_slurm.py", "test_readme.py", "test_failures.py", "test_nothing_lost.py",
                  "test_workflow.py", "test_search.py", "test_wheel.py", "test_resume.py", "test_preflight.py",
                  "test_gpu.py", "test_oumi_format.py", "test_cli.py", "test_report.py", "test_interrupt.py")
+
+
+LAYERS = frozenset({"workflow", "system"})
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """Tell the workflow helpers the running test's layer before its fixtures (a module-scoped study
+    starts in its first test's setup), so that starting a study from an unmarked test fails."""
+    workflow_helpers.RUNNING_TEST_MARKERS = frozenset(mark.name for mark in item.iter_markers()) & LAYERS
 
 
 def pytest_collection_modifyitems(items):

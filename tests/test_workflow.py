@@ -13,6 +13,8 @@ from optuna.trial import TrialState
 from snaketune.layout import StudyLayout, TrialFiles
 from workflow_helpers import REPO, load_study, run_snakemake, tiny_config, write_config, write_reverse_words
 
+pytestmark = pytest.mark.workflow
+
 
 @pytest.fixture
 def workdir(tmp_path):
