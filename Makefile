@@ -1,11 +1,12 @@
 # Two commands for a newcomer: `make demo` (set up, then run the default study on CPU) and
-# `make test` (set up, then run the test suite). Both create .venv on first use.
+# `make test` (set up, then run the test suite). Both create .venv on first use. `make check` is
+# the inner loop: the unit tests alone (no Snakemake run; docs/contributing.md names the layers).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 CORES ?= 2
 
-.PHONY: setup demo test lint docs docs-serve
+.PHONY: setup demo test check lint docs docs-serve
 
 setup: $(VENV)/.installed
 
@@ -27,6 +28,10 @@ demo: setup
 # once). Most of a workflow test is single-threaded Python start-up, so two run well on 2 cores.
 test: setup
 	$(BIN)/python -m pytest -q -n auto --dist loadscope --durations=30
+
+# The unit layer: every test marked neither `workflow` nor `system` (pyproject.toml), minutes.
+check: setup
+	$(BIN)/python -m pytest -q -n auto --dist loadscope --durations=10 -m "not workflow and not system"
 
 lint: setup
 	$(BIN)/snakemake --lint

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+import workflow_helpers
+
 WORKFLOW_DIR = Path(__file__).resolve().parent.parent / "workflow"
 if str(WORKFLOW_DIR) not in sys.path:
     sys.path.insert(0, str(WORKFLOW_DIR))
@@ -58,15 +60,26 @@ def alpaca_jsonl(tmp_path) -> Path:
     return path
 
 
-# The modules whose tests run whole studies, longest first. `make test` hands whole modules to its
-# workers (pytest-xdist --dist loadscope) in collection order, so a long module collected late (the
-# SLURM study) would run alone at the end while the other worker idles; longest first keeps both
-# busy to the end. Within a module the order is kept (test_readme runs the README in order).
-LONGEST_FIRST = ("test_slurm.py", "test_readme.py", "test_failures.py", "test_nothing_lost.py",
-                 "test_workflow.py", "test_search.py", "test_wheel.py", "test_resume.py", "test_preflight.py",
-                 "test_gpu.py", "test_oumi_format.py", "test_cli.py", "test_report.py", "test_interrupt.py")
+# The modules whose tests run whole studies, longest first (by their time in a full run, 2 cores).
+# `make test` hands whole modules to its workers (pytest-xdist --dist loadscope) in collection
+# order, so a long module collected late would run alone at the end while the other worker idles;
+# longest first keeps both busy to the end. A module with workflow or system tests that is not
+# listed comes after these, before the unit modules. Within a module the order is kept
+# (test_readme runs the README in order).
+LONGEST_FIRST = ("test_slurm.py", "test_nothing_lost.py", "test_workflow.py", "test_search.py", "test_failures.py",
+                 "test_generation.py", "test_readme.py", "test_resume.py", "test_preflight.py", "test_interrupt.py",
+                 "test_gpu.py", "test_report.py", "test_wheel.py", "test_cli.py", "test_oumi_format.py")
+LAYERS = frozenset({"workflow", "system"})
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """Tell the workflow helpers the running test's layer before its fixtures (a module-scoped study
+    starts in its first test's setup), so that starting a study from an unmarked test fails."""
+    workflow_helpers.RUNNING_TEST_MARKERS = frozenset(mark.name for mark in item.iter_markers()) & LAYERS
 
 
 def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+    slow = {item.path.name for item in items if any(m.name in LAYERS for m in item.iter_markers())}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank) + (item.path.name not in slow)))

@@ -182,6 +182,7 @@ def test_a_dry_run_summary_tells_each_slots_fate(tmp_path):
     assert "to run again with their parameters: trial_2 (trial 2, FAIL)" in text
 
 
+@pytest.mark.workflow
 def test_dry_run_lists_the_overridden_budget_and_writes_nothing(tmp_path):
     write_reverse_words(tmp_path / "data.jsonl")
     write_config(tmp_path, tiny_config())
@@ -191,6 +192,7 @@ def test_dry_run_lists_the_overridden_budget_and_writes_nothing(tmp_path):
     assert not (tmp_path / "tuning_output").exists()
 
 
+@pytest.mark.workflow
 def test_tune_refuses_a_missing_config(tmp_path):
     result = run_cli(tmp_path, "tune", "-c", "nope.yaml", check=False)
     assert result.returncode == 2 and "no such config file: nope.yaml" in result.stderr
@@ -200,6 +202,7 @@ def test_tune_refuses_a_missing_config(tmp_path):
 # Answers before Snakemake: the config is checked in-process, and a refused one writes nothing
 
 
+@pytest.mark.workflow
 def test_a_refused_config_is_answered_before_snakemake_starts_and_writes_nothing(tmp_path):
     write_reverse_words(tmp_path / "data.jsonl")
     config = tiny_config()
@@ -213,6 +216,7 @@ def test_a_refused_config_is_answered_before_snakemake_starts_and_writes_nothing
     assert not (tmp_path / "tuning_output").exists()  # no output_dir, run.lock or tune.merged.yaml
 
 
+@pytest.mark.workflow
 @pytest.mark.parametrize("text, where, what", [
     ("model:\n\tmodel_name: x\n", "tune.yaml:2:1:", "not tabs"),
     ("model:\n  model_name: [x\n", "tune.yaml:3:1:", "expected ',' or ']'"),
@@ -229,6 +233,7 @@ def test_yaml_that_does_not_parse_is_named_by_file_line_and_column(tmp_path, tex
     assert not (tmp_path / "tuning_output").exists()
 
 
+@pytest.mark.workflow
 @pytest.mark.parametrize("mistake", ["typo", "range", "columns", "unknown_name"])
 def test_a_mistake_no_ml_library_judges_is_answered_without_importing_one(tmp_path, mistake):
     """The seconds of an answer are the imports: a schema, search-space, data-column or unknown-name
@@ -257,6 +262,7 @@ def test_a_mistake_no_ml_library_judges_is_answered_without_importing_one(tmp_pa
     assert "Invalid tune config" in result.stderr
 
 
+@pytest.mark.workflow
 def test_check_accepts_a_config_and_writes_nothing(tmp_path):
     write_reverse_words(tmp_path / "data.jsonl")
     write_config(tmp_path, tiny_config(n_trials=5))
@@ -268,6 +274,7 @@ def test_check_accepts_a_config_and_writes_nothing(tmp_path):
     assert refused.returncode == 1 and "tuning.n_trials" in refused.stderr
 
 
+@pytest.mark.workflow
 def test_a_run_snaketune_checked_is_not_checked_again_by_snakemake(tmp_path):
     """Notices are printed once: by `snaketune tune`'s check, not again by Snakemake's parse
     (which trusts the token for exactly the config text it is given)."""
@@ -294,6 +301,7 @@ def study_dir(tmp_path_factory):
     return workdir, result
 
 
+@pytest.mark.workflow
 def test_tune_runs_the_study_with_the_override(study_dir):
     workdir, result = study_dir
     out = workdir / "tuning_output"
@@ -305,6 +313,7 @@ def test_tune_runs_the_study_with_the_override(study_dir):
     assert "snaketune: study 'cli'" in result.stdout + result.stderr
 
 
+@pytest.mark.workflow
 def test_the_console_shows_each_trial_start_and_end_in_short_lines(study_dir):
     """What a run shows: a line when each trial starts (its folder and parameters) and when it
     ends (state, time, objective), in lines a terminal shows whole; Snakemake's job blocks quiet."""
@@ -328,6 +337,7 @@ def test_the_console_shows_each_trial_start_and_end_in_short_lines(study_dir):
     assert "`snaketune report " in console
 
 
+@pytest.mark.workflow
 def test_a_refused_rerun_leaves_the_config_the_study_ran_with(study_dir):
     """A change the study cannot take (max_steps, once trials finished) is refused before
     anything is written: tune.merged.yaml and `export --as-config` still say what the study ran."""
@@ -343,6 +353,7 @@ def test_a_refused_rerun_leaves_the_config_the_study_ran_with(study_dir):
     assert exported["training"]["max_steps"] == 3
 
 
+@pytest.mark.workflow
 def test_a_dry_run_of_a_grown_study_ends_with_what_its_slots_would_do(study_dir):
     workdir, _ = study_dir
     result = run_cli(workdir, "tune", "-c", "tune.yaml", "--dry-run", "tuning.n_trials=5", "tuning.study_name=cli")
@@ -350,6 +361,7 @@ def test_a_dry_run_of_a_grown_study_ends_with_what_its_slots_would_do(study_dir)
     assert summary == "snaketune: of 5 trial slot(s) in tuning_output: 3 finished (kept), 2 new", result.stdout
 
 
+@pytest.mark.workflow
 def test_status_of_a_finished_study(study_dir):
     workdir, _ = study_dir
     text = run_cli(workdir, "status", "tuning_output").stdout
@@ -358,6 +370,7 @@ def test_status_of_a_finished_study(study_dir):
     assert "best so far: eval_loss=" in text
 
 
+@pytest.mark.workflow
 def test_best_prints_the_best_trial_and_model(study_dir):
     workdir, _ = study_dir
     best = json.loads(StudyLayout(workdir / "tuning_output").best_trial.read_text())
@@ -367,6 +380,7 @@ def test_best_prints_the_best_trial_and_model(study_dir):
     assert f"best model: {best['best_model']}" in text
 
 
+@pytest.mark.workflow
 def test_export_as_config_fills_in_the_best_parameters(study_dir):
     workdir, _ = study_dir
     best = json.loads(StudyLayout(workdir / "tuning_output").best_trial.read_text())
@@ -378,6 +392,7 @@ def test_export_as_config_fills_in_the_best_parameters(study_dir):
     assert "tuning" not in config and set(config) >= {"model", "data", "training"}
 
 
+@pytest.mark.workflow
 @pytest.mark.parametrize("fmt", ["csv", "json", "yaml"])
 def test_export_results(study_dir, fmt):
     workdir, _ = study_dir
@@ -431,6 +446,7 @@ def test_oumis_dotted_options_are_overrides(argv, expected):
     assert cli.dotted_options(argv) == expected
 
 
+@pytest.mark.workflow
 def test_oumis_override_syntax_sets_the_config_of_a_dry_run(tmp_path):
     write_reverse_words(tmp_path / "data.jsonl")
     write_config(tmp_path, tiny_config(n_trials=3))

@@ -72,6 +72,7 @@ def test_of_a_large_file_the_first_rows_are_judged(tmp_path, monkeypatch):
     assert "line 6 (row 5" in problems(path)[0]
 
 
+@pytest.mark.workflow
 def test_the_cli_refuses_a_question_answer_csv_in_a_second_naming_the_renames(tmp_path):
     (tmp_path / "qa.csv").write_text("question,answer\n" + "".join(f"q{i},a{i}\n" for i in range(20)))
     write_config(tmp_path, tiny_config("qa.csv"))

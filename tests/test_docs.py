@@ -7,7 +7,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from workflow_helpers import REPO
+
+pytestmark = pytest.mark.system
 
 
 def test_the_manual_builds_strict_with_the_readme_as_its_landing_page(tmp_path):

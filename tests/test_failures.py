@@ -38,6 +38,7 @@ def mtimes(out, slots):
             for p in StudyLayout(out).trial(slot).dir.rglob("*") if p.is_file()}
 
 
+@pytest.mark.workflow
 def test_failed_trial_keeps_others_then_reruns_with_same_params(workdir):
     (workdir / "flaky_metric.py").write_text(FLAKY_METRIC)
     write_config(workdir, tiny_config(custom_eval_metrics=[{"name": "flaky", "function": "flaky_metric.flaky"}]))
@@ -87,6 +88,7 @@ def diverging_config(**tuning):
     return config
 
 
+@pytest.mark.workflow
 @pytest.mark.parametrize("on_divergence, state", [("fail", TrialState.FAIL), ("prune", TrialState.PRUNED)])
 def test_divergence_is_a_result_not_a_crash(workdir, on_divergence, state):
     write_config(workdir, diverging_config(on_divergence=on_divergence))
@@ -167,6 +169,7 @@ def test_stale_journal_lock_left_by_a_kill_is_recovered(tmp_path):
     assert study.trials[0].value == 1.0
 
 
+@pytest.mark.workflow
 def test_a_changed_definition_is_refused_and_a_grown_budget_runs_only_the_new_slot(workdir):
     """One finished study, then every change that would mix two studies in one journal (each refused
     before any job, naming the field and leaving the journal as it was), then a grown n_trials with a
@@ -234,6 +237,7 @@ def test_a_changed_definition_is_refused_and_a_grown_budget_runs_only_the_new_sl
     assert [t.user_attrs["slot"] for t in load_study(out).trials] == [0, 1]
 
 
+@pytest.mark.workflow
 def test_prepared_data_and_model_are_made_again_when_what_they_are_made_from_changes(workdir):
     write_config(workdir, tiny_config())
     summary = StudyLayout(workdir / "tuning_output").data_summary

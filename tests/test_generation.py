@@ -243,6 +243,7 @@ def wilcoxon_study(tmp_path_factory):
     return workdir / "tuning_output", run
 
 
+@pytest.mark.workflow
 def test_a_study_optimises_exact_match_and_keeps_every_answer(wilcoxon_study):
     out, run = wilcoxon_study
     layout = StudyLayout(out)
@@ -273,6 +274,7 @@ def test_a_study_optimises_exact_match_and_keeps_every_answer(wilcoxon_study):
         "generations.jsonl)" in run.stdout
 
 
+@pytest.mark.workflow
 def test_wilcoxon_prunes_a_trial_worse_row_by_row_before_it_answers_every_row(wilcoxon_study):
     out, run = wilcoxon_study
     layout = StudyLayout(out)
@@ -351,6 +353,7 @@ def test_the_shipped_word_problems_are_what_the_script_writes(tmp_path):
         assert (tmp_path / f"{split}.jsonl").read_text() == (REPO / "config" / "word_problems" / f"{split}.jsonl").read_text()
 
 
+@pytest.mark.workflow
 def test_the_word_problems_study_runs_on_answer_accuracy(tmp_path):
     """config/word_problems.yaml, as shipped but on the tiny model and a few steps: each trial and
     the base model answer the same GSM8K-format questions, scored by math_answer."""
@@ -465,6 +468,7 @@ def test_lm_eval_scores_a_lora_model_as_it_is_in_memory(tmp_path):
         lm_harness.evaluate(model, tokenizer, settings, ["lm_eval:yes_task/accuracy"], seed=1)
 
 
+@pytest.mark.workflow
 def test_a_study_tunes_on_an_lm_eval_task(tmp_path):
     write_constant_answer(tmp_path / "data.jsonl")
     write_yes_task(tmp_path / "tasks")

@@ -222,6 +222,7 @@ def workdir(tmp_path):
     return tmp_path
 
 
+@pytest.mark.workflow
 def test_two_gpus_two_trials_at_a_time_never_sharing_a_device(workdir):
     write_config(workdir, tiny_config(n_trials=4, gpu_devices=["0", "1"],
                                       gpu_lease_dir=str(workdir / "leases")))
@@ -240,6 +241,7 @@ def test_two_gpus_two_trials_at_a_time_never_sharing_a_device(workdir):
         assert trial.user_attrs["gpu_lease"]["files"]
 
 
+@pytest.mark.workflow
 def test_two_trials_per_gpu_run_four_trials_in_two_waves_on_one_gpu(workdir):
     write_config(workdir, tiny_config(n_trials=4, gpu_devices=["0"], trials_per_gpu=2,
                                       gpu_lease_dir=str(workdir / "leases")))
@@ -253,6 +255,7 @@ def test_two_trials_per_gpu_run_four_trials_in_two_waves_on_one_gpu(workdir):
     assert ordered[2]["start"] >= first_ends[0] and ordered[3]["start"] >= first_ends[1]
 
 
+@pytest.mark.workflow
 def test_two_gpus_per_trial_is_one_data_parallel_trial(workdir):
     """gpus_per_trial 2 on two fake devices: torchrun, 2 ranks (gloo on CPU); rank 0 alone talks
     to the journal, so the study has one trial and both ranks trained its parameters."""

@@ -17,6 +17,8 @@ from optuna.trial import TrialState
 from snaketune.layout import StudyLayout
 from workflow_helpers import REPO, load_study, run_cli, tiny_config, write_config, write_reverse_words
 
+pytestmark = pytest.mark.workflow
+
 
 def run_processes(session: int, workdir: Path) -> list[str]:
     """The processes still running of the run started as session `session` in `workdir`: in that

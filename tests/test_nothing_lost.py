@@ -75,6 +75,7 @@ def test_a_torn_tail_is_said_once_per_process(tmp_path, capsys):
     assert capsys.readouterr().err.count("cut short") == 1
 
 
+@pytest.mark.workflow
 def test_a_run_after_a_torn_tell_restores_the_trial_and_grows(workdir):
     write_config(workdir, tiny_config(n_trials=2))
     run_snakemake(workdir)
@@ -117,6 +118,7 @@ def slow(**kwargs):
 """
 
 
+@pytest.mark.workflow
 def test_a_second_invocation_on_a_running_study_is_refused_and_the_first_finishes(tmp_path):
     first_dir, second_dir = tmp_path / "first", tmp_path / "second"
     out = tmp_path / "study"
@@ -167,6 +169,7 @@ def _holder(what: str, output_dir) -> subprocess.Popen:
     return process
 
 
+@pytest.mark.workflow
 def test_a_trial_job_left_running_by_a_killed_run_keeps_the_study_taken(tmp_path):
     layout = StudyLayout(tmp_path / "out")
     layout.output_dir.mkdir()
@@ -179,6 +182,7 @@ def test_a_trial_job_left_running_by_a_killed_run_keeps_the_study_taken(tmp_path
     os.close(locks.hold_study(layout))
 
 
+@pytest.mark.workflow
 def test_a_refused_snaketune_tune_leaves_the_running_studys_config_alone(workdir):
     write_config(workdir, tiny_config(n_trials=3))
     layout = StudyLayout(workdir / "tuning_output")
@@ -209,6 +213,7 @@ def test_a_file_system_without_flock_runs_unguarded_and_says_so(tmp_path, monkey
     assert "has no flock" in capsys.readouterr().err
 
 
+@pytest.mark.workflow
 def test_the_run_lock_is_dropped_when_its_holder_dies(tmp_path):
     layout = StudyLayout(tmp_path / "out")
     code = ("import sys, time; sys.path.insert(0, sys.argv[1]); from snaketune import locks, layout;"
@@ -235,6 +240,7 @@ def _refusal(workdir, config) -> str:
     return refused.stdout + refused.stderr
 
 
+@pytest.mark.workflow
 def test_a_folder_holding_other_files_is_refused_as_output_dir_and_left_as_it_was(workdir):
     folder = workdir / "mine"
     (folder / "best_model").mkdir(parents=True)
@@ -273,6 +279,7 @@ def test_an_empty_folder_a_new_one_and_a_study_are_accepted(tmp_path):
     load_tune_config(tiny_config(output_dir="study"), tmp_path)
 
 
+@pytest.mark.workflow
 def test_snaketune_tune_refuses_a_foreign_folder_before_writing_into_it(workdir):
     (workdir / "mine").mkdir()
     (workdir / "mine" / "notes.txt").write_text("mine")
@@ -288,6 +295,7 @@ def test_snaketune_tune_refuses_a_foreign_folder_before_writing_into_it(workdir)
 
 # -- 6. a moved or copied study ----------------------------------------------------------------------
 
+@pytest.mark.workflow
 def test_a_moved_study_grows_and_a_copied_one_builds_its_best_model_from_its_own_trials(workdir):
     write_config(workdir, tiny_config(n_trials=1, output_dir="study_a"))
     run_snakemake(workdir)
@@ -317,6 +325,7 @@ def test_a_moved_study_grows_and_a_copied_one_builds_its_best_model_from_its_own
 
 # -- 4. the best model survives a re-run that cannot rebuild it --------------------------------------
 
+@pytest.mark.workflow
 def test_a_rerun_keeps_the_best_model_until_it_has_a_new_one(workdir):
     write_config(workdir, tiny_config(n_trials=2))
     run_snakemake(workdir)
@@ -368,6 +377,7 @@ def faulty(*, trial_dir, **kwargs):
 """
 
 
+@pytest.mark.workflow
 def test_the_end_of_a_failed_run_counts_killed_and_full_disk_trials_truly(workdir):
     (workdir / "faulty_metric.py").write_text(FAULTY_METRIC)
     write_config(workdir, tiny_config(n_trials=3, custom_eval_metrics=[{"name": "faulty", "function": "faulty_metric.faulty"}]))
@@ -409,6 +419,7 @@ def test_the_failure_handler_never_raises_and_keeps_the_previous_table(tmp_path,
 
 # -- 8. every trial diverged ---------------------------------------------------------------------
 
+@pytest.mark.workflow
 def test_a_study_where_every_trial_diverged_keeps_its_table_and_says_what_to_change(workdir):
     config = tiny_config(n_trials=2, tuner_sampler="RandomSampler")
     config["tuning"]["tunable_training_params"] = {"learning_rate": {"type": "categorical", "choices": [1e4, 2e4]}}

@@ -101,6 +101,7 @@ def test_oumis_smollm_recipe_loads_as_written_with_oumis_semantics(workdir):
     assert "tuning.fixed_training_params.num_train_epochs: has no effect" in notices
 
 
+@pytest.mark.workflow
 def test_oumis_smollm_recipe_runs_two_short_trials_training_the_full_model(workdir):
     path = workdir / "tune.yaml"
     path.write_text(yaml.safe_dump(recipe_with_local_ids(workdir), sort_keys=False))

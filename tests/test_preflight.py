@@ -365,6 +365,7 @@ def test_the_copy_keeps_every_layer_when_a_value_names_layers(tmp_path, model, p
 # -- real Snakemake runs ----------------------------------------------------------------------------
 
 
+@pytest.mark.workflow
 def test_a_refused_configuration_stops_the_run_before_any_trial(tmp_path):
     write_reverse_words(tmp_path / "data.jsonl")
     config = tiny_config()
@@ -381,6 +382,7 @@ def test_a_refused_configuration_stops_the_run_before_any_trial(tmp_path):
     assert not journal.exists() or load_study(output_dir).trials == []
 
 
+@pytest.mark.workflow
 def test_chat_rows_with_assistant_only_loss_train(tmp_path):
     """huggingface/trl#4879: TRL refused the prepared rows as 'not conversational'; the loss is on
     the assistant turns already (prepare_data), so the field asks for what is done and must train."""

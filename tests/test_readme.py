@@ -239,6 +239,7 @@ def fresh_dirs() -> dict[str, Path]:
     return {}
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("block", BLOCKS, ids=str)
 def test_readme_block(block, sandbox, fresh_dirs, tmp_path):
     env = environment()
@@ -297,6 +298,7 @@ def test_readme_block(block, sandbox, fresh_dirs, tmp_path):
                                         f"{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
 
 
+@pytest.mark.system
 def test_the_readme_commands_left_what_they_promise(sandbox):
     """After every block ran: the report pages, the exported config and table, the study."""
     import yaml
@@ -311,6 +313,7 @@ def test_the_readme_commands_left_what_they_promise(sandbox):
     assert len(load_study(out).trials) == 3 and "my_tune.yaml" in (out / "tune.merged.yaml").read_text()
 
 
+@pytest.mark.system
 def test_the_readme_quickstart_left_what_it_promises(fresh_dirs):
     """After the README's quickstart: the study of its tune.yaml, the best model, best.yaml."""
     import pandas as pd

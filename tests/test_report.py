@@ -37,6 +37,7 @@ def multi_objective_study(tmp_path_factory):
     return workdir
 
 
+@pytest.mark.workflow
 def test_report_rule_writes_every_plot(multi_objective_study):
     out = multi_objective_study / "tuning_output"
     files = report.plot_files(METRICS)
@@ -56,6 +57,7 @@ def test_report_rule_writes_every_plot(multi_objective_study):
     assert "Pareto-optimal trials" in (out / "report" / "best_trial.html").read_text()
 
 
+@pytest.mark.workflow
 def test_snakemake_report_builds_one_self_contained_page(multi_objective_study):
     run_snakemake(multi_objective_study, "--report", "report.html")
     page = (multi_objective_study / "report.html").read_text()
@@ -82,6 +84,7 @@ def distinct_colours(png: bytes) -> int:
     return len(Image.open(io.BytesIO(png)).convert("RGB").getcolors(maxcolors=1 << 20) or [])
 
 
+@pytest.mark.system
 def test_the_report_and_its_pages_render_in_a_headless_browser(multi_objective_study):
     """`snaketune report` (as the README says), then every page in a real Chromium: no console
     errors, every plot drawn (an image of the plot, or plotly's SVG traces), not a blank area."""
@@ -244,6 +247,7 @@ def test_plot_files_for_one_objective():
         "report/parallel_coordinate.png", "report/slice.png", "report/learning_curves.png"]
 
 
+@pytest.mark.workflow
 def test_a_report_made_before_the_study_grew_is_named_out_of_date_with_the_command_that_rewrites_it(tmp_path):
     """Issue 33: after a study grew (n_trials 1 -> 2, run again), the end summary pointed at the
     report.html written before the new trial existed as if it were current."""

@@ -24,6 +24,7 @@ def workdir(tmp_path):
     return tmp_path
 
 
+@pytest.mark.workflow
 def test_killed_run_resumes_from_checkpoint_with_same_params(workdir):
     """After SIGKILL of the whole run, `snaketune tune` with the same arguments resumes: it releases
     the lock the dead run left (plain snakemake needs `--unlock`, then `--rerun-incomplete`, as the
@@ -154,6 +155,7 @@ def once(*, trial_dir, metrics, **kwargs):
 """
 
 
+@pytest.mark.workflow
 @pytest.mark.parametrize("length", [{"max_steps": 10}, {"num_train_epochs": 1.5}],
                          ids=["max_steps", "epochs"])
 def test_a_trial_killed_after_its_final_checkpoint_is_evaluated_not_trained_further(workdir, length):

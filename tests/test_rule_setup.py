@@ -7,6 +7,10 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
+pytestmark = pytest.mark.workflow  # starts Snakemake (on a one-rule Snakefile)
+
 
 def test_snakemake_sets_thread_variables_for_a_script_job_from_its_threads(tmp_path):
     (tmp_path / "Snakefile").write_text(textwrap.dedent("""

@@ -86,6 +86,7 @@ def test_every_sampler_runs_a_three_trial_study_on_the_journal(workdir, sampler)
             assert search_space.check_value(param, trial.params[param["name"]]) is None
 
 
+@pytest.mark.workflow
 def test_grid_covers_its_grid_exactly_once_in_a_real_run(workdir):
     config = tiny_config(tuner_sampler="GridSampler")
     del config["tuning"]["n_trials"]  # defaults to the grid's size
@@ -102,6 +103,7 @@ def test_grid_covers_its_grid_exactly_once_in_a_real_run(workdir):
     assert all(t.state == TrialState.COMPLETE for t in trials)
 
 
+@pytest.mark.workflow
 def test_pruned_trials_pause_and_a_later_slot_resumes_one_from_its_checkpoints_step(workdir):
     """Successive halving (η 2, asked every 2 of 8 steps) in trial jobs that share the journal:
     pruned trials keep their checkpoint, and a slot that starts when one of them is among the best
@@ -269,6 +271,7 @@ def test_a_budget_check_and_the_trial_it_starts_are_one_step_across_processes(wo
         claim_trial(open_study(tuning, 1), 1, tuning)
 
 
+@pytest.mark.workflow
 def test_skipped_slots_across_parallel_jobs_and_a_raised_budget_runs_only_them(workdir):
     """tuning.budget over trial jobs side by side: 3-step trials and 6 steps, so the two trials that
     start together train whichever slots they are (each sees the other's committed steps), and the

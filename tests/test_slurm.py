@@ -23,6 +23,8 @@ from optuna.trial import TrialState
 from snaketune.layout import StudyLayout
 from workflow_helpers import REPO, load_study, run_snakemake, tiny_config, write_config, write_reverse_words
 
+pytestmark = pytest.mark.system
+
 START_CLUSTER = REPO / "tests" / "slurm" / "start_cluster.sh"
 PROFILE = REPO / "workflow" / "profiles" / "slurm" / "profile.yaml"
 

@@ -24,6 +24,8 @@ import pytest
 
 from workflow_helpers import REPO, tiny_config, write_config, write_reverse_words
 
+pytestmark = pytest.mark.system
+
 TORCH = "torch==2.13.0"  # the pinned CPU build (a bare `torch` would pull a multi-GB CUDA one)
 BUNDLE = "snaketune/_workflow/"
 # What the wheel must carry besides the modules: every file of these kinds in the repository.

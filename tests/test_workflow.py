@@ -13,6 +13,8 @@ from optuna.trial import TrialState
 from snaketune.layout import StudyLayout, TrialFiles
 from workflow_helpers import REPO, load_study, run_snakemake, tiny_config, write_config, write_reverse_words
 
+pytestmark = pytest.mark.workflow
+
 
 @pytest.fixture
 def workdir(tmp_path):
@@ -31,13 +33,33 @@ def assert_trial_files(trial_dir):
     return metrics
 
 
-def test_single_objective_study(workdir):
-    config = tiny_config()
+# Custom metrics that give no finite value (issue input: a NaN non-objective metric vanished from
+# metrics.json, the CSV and the journal; two more of the kind: infinity, and a dict's NaN key).
+NAN_METRICS = ("def nothing_to_score(**kwargs):\n    return float('nan')\n"
+               "def unbounded(**kwargs):\n    return float('inf')\n"
+               "def several(**kwargs):\n    return {'several': 1.0, 'ratio': float('nan')}\n")
+
+
+@pytest.fixture(scope="module")
+def single_objective_study(tmp_path_factory):
+    """(workdir, config, Snakemake's result) of one finished study that the single-objective tests
+    share: 3 trials, a tunable batch size, and the custom metrics of NAN_METRICS."""
+    workdir = tmp_path_factory.mktemp("single_objective")
+    write_reverse_words(workdir / "data.jsonl")
+    (workdir / "nan_metrics.py").write_text(NAN_METRICS)
+    config = tiny_config(custom_eval_metrics=[
+        {"name": "exact", "function": "nan_metrics.nothing_to_score"},
+        {"name": "perplexity_bound", "function": "nan_metrics.unbounded"},
+        {"name": "several", "function": "nan_metrics.several"}])
     config["tuning"]["tunable_training_params"]["per_device_train_batch_size"] = {
         "type": "categorical", "choices": [2, 4]}
     del config["tuning"]["fixed_training_params"]["per_device_train_batch_size"]
     write_config(workdir, config)
-    result = run_snakemake(workdir)
+    return workdir, config, run_snakemake(workdir)
+
+
+def test_single_objective_study(single_objective_study):
+    workdir, config, result = single_objective_study
     out = workdir / "tuning_output"
 
     table = pd.read_csv(StudyLayout(out).results_csv)
@@ -279,20 +301,9 @@ def test_rows_are_cut_to_the_configured_max_length_when_tokenized(workdir, where
     assert max(len(ids) for ids in tokenized["train"]["input_ids"]) == 41
 
 
-def test_a_metric_without_a_finite_value_is_recorded_as_missing_with_why(workdir):
-    # Issue input: a custom metric returning NaN for a non-objective metric vanished from
-    # metrics.json, the CSV and the journal. Two more of the kind: infinity, and a dict's NaN key.
-    (workdir / "nan_metrics.py").write_text(
-        "def nothing_to_score(**kwargs):\n    return float('nan')\n"
-        "def unbounded(**kwargs):\n    return float('inf')\n"
-        "def several(**kwargs):\n    return {'several': 1.0, 'ratio': float('nan')}\n")
-    config = tiny_config(n_trials=1, custom_eval_metrics=[
-        {"name": "exact", "function": "nan_metrics.nothing_to_score"},
-        {"name": "perplexity_bound", "function": "nan_metrics.unbounded"},
-        {"name": "several", "function": "nan_metrics.several"}])
-    write_config(workdir, config)
-    run_snakemake(workdir)
-    out = workdir / "tuning_output"
+def test_a_metric_without_a_finite_value_is_recorded_as_missing_with_why(single_objective_study):
+    # The custom metrics of NAN_METRICS, in the shared single-objective study.
+    out = single_objective_study[0] / "tuning_output"
     expected = {"exact": "nan is not a finite number (custom metric nan_metrics.nothing_to_score returned it)",
                 "perplexity_bound": "inf is not a finite number (custom metric nan_metrics.unbounded returned it)",
                 "ratio": "nan is not a finite number"}

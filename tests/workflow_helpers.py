@@ -14,6 +14,18 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 TINY_MODEL = REPO / "tests" / "assets" / "tiny-llama"
 
+# The layer markers (`workflow`, `system`) of the test now running, set by conftest.py before its
+# fixtures run; None outside pytest (bench/ scripts use these helpers too).
+RUNNING_TEST_MARKERS: frozenset[str] | None = None
+
+
+def require_a_layer(what: str) -> None:
+    """Raise AssertionError where the running test is marked neither `workflow` nor `system`: a
+    study started from an unmarked test would put minutes into `make check`, the unit layer."""
+    if RUNNING_TEST_MARKERS is not None and not RUNNING_TEST_MARKERS:
+        raise AssertionError(f"{what} from a unit test: mark the test (or its module) with "
+                             "pytest.mark.workflow, or pytest.mark.system where it needs more than the package")
+
 
 def manual_text() -> str:
     """The README and every page of the manual (docs/*.md), one after the other: where tests find
@@ -92,6 +104,7 @@ def run_snakemake(workdir: Path, *args: str, configfile: str | None = "tune.yaml
                   check: bool = True) -> subprocess.CompletedProcess:
     """`snakemake -s <repo>/Snakefile --configfile tune.yaml --cores N ...` in `workdir` (no
     `--cores` with cores=None, as on a cluster)."""
+    require_a_layer("snakemake started")
     command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
     if cores is not None:
         command += ["--cores", str(cores)]
@@ -114,6 +127,7 @@ def load_study(output_dir: Path, study_name: str = "snaketune"):
 
 def run_cli(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     """`snaketune <args>` (the package's CLI, as installed) in `workdir`."""
+    require_a_layer(f"snaketune {args[0] if args else ''} started")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "workflow"), os.environ.get("PYTHONPATH")]))}
     command = [sys.executable, "-m", "snaketune.cli", *args]
