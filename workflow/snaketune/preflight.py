@@ -883,7 +883,7 @@ def fingerprint(tune: TuningConfig) -> str:
         "definition": tune.definition,
         "training": tuning.training_args, "peft": tuning.lora_args, "use_peft": tuning.use_peft,
         "space": [dict(p) for p in tuning.space], "enqueued": tuning.enqueue_trials,
-        "generation": dict(tune.generation) if tune.uses_generation else None,
+        "generation": tune.generation.as_dict() if tune.uses_generation else None,
         "model_kwargs": tune.model.model_kwargs,
     }, sort_keys=True, default=str)
 
