@@ -816,12 +816,13 @@ def shrunken_model(tune: TuningConfig, model_source: dict, out_dir: Path) -> dic
     from transformers import AutoModelForCausalLM
 
     from snaketune import model as models
+    from snaketune.library_checks import cached_hub_id
 
     trust = bool(tune.model.trust_remote_code)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         name = model_source["path"]
-        config = models.read_model_config(replace(tune.model, model_name=name), local_files_only=models.cached_hub_id(
+        config = models.read_model_config(replace(tune.model, model_name=name), local_files_only=cached_hub_id(
             name, models.hub_revision(tune.model, name).get("revision")))
         small = shrink_config(config, keep_depth=names_layers(tune))
         # The model_kwargs that are config attributes win, as the trial's from_pretrained sets them.
