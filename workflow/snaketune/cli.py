@@ -368,8 +368,19 @@ def _fixed_max_steps(config: dict | None) -> int | None:
     return value if isinstance(value, int) and value > 0 else None
 
 
+def _objective_names(study, config: dict | None) -> list[str]:
+    """The objectives' names as the tune config names them (a study made without snaketune's
+    names, or from before they were set, has only Optuna's), else study.objective_names."""
+    from snaketune.study import objective_names
+
+    metrics = ((config or {}).get("tuning") or {}).get("evaluation_metrics")
+    if metrics:
+        return [metrics] if isinstance(metrics, str) else list(metrics)
+    return objective_names(study)
+
+
 def cmd_status(args) -> int:
-    from snaketune.study import SLOTS_ATTR, launch_alive, load_study, objective_names, run_holder
+    from snaketune.study import SLOTS_ATTR, launch_alive, load_study, run_holder
     from snaketune.summary import preparing_status, status_table
 
     output_dir = Path(args.output_dir)
@@ -387,7 +398,7 @@ def cmd_status(args) -> int:
         n_trials = ((tuning.get("n_trials") if args.config else None) or study.user_attrs.get(SLOTS_ATTR)
                     or tuning.get("n_trials"))
         return status_table(study, layout, n_trials=n_trials, max_steps=_fixed_max_steps(config),
-                            metrics=objective_names(study))
+                            metrics=_objective_names(study, config))
 
     while True:
         text = status_text()
@@ -423,10 +434,10 @@ def best_records(output_dir: Path, study_name: str | None = None) -> dict:
         if path.exists():
             return _here(json.loads(path.read_text()), layout)
     from snaketune.results import trial_record
-    from snaketune.study import best_trials, load_study, objective_names
+    from snaketune.study import best_trials, load_study
 
     study = load_study(output_dir, study_name)
-    names = objective_names(study)
+    names = _objective_names(study, find_tune_config(output_dir, None))
     records = [trial_record(t, names, layout) for t in best_trials(study)]
     if not records:
         raise CliError(f"no trial of the study in {output_dir} has completed yet")
@@ -477,10 +488,10 @@ def results_rows(output_dir: Path, study_name: str | None):
     if csv.exists():
         return pd.read_csv(csv)
     from snaketune.results import results_table
-    from snaketune.study import load_study, objective_names
+    from snaketune.study import load_study
 
     study = load_study(output_dir, study_name)
-    return results_table(study, objective_names(study), StudyLayout(output_dir))
+    return results_table(study, _objective_names(study, find_tune_config(output_dir, None)), StudyLayout(output_dir))
 
 
 def cmd_export(args) -> int:
