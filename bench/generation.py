@@ -77,7 +77,7 @@ def main() -> None:
     lm.eval()
     validation = data.load_prepared(layout.data_summary.parent)["validation"]
     rows = [validation[i] for i in range(min(args.rows, len(validation)))]
-    params = generation.GenerationParams(**{**dict(tune.generation), "max_new_tokens": args.max_new_tokens,
+    params = generation.GenerationParams(**{**tune.generation.as_dict(), "max_new_tokens": args.max_new_tokens,
                                             "batch_size": args.batch_size, "num_samples": None})
     out_path = args.workdir / "generations.jsonl"
 

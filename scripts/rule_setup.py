@@ -1,6 +1,8 @@
 """Shared first lines of every rule script: find the package, send output to the rule's log,
-and read the validated tune config."""
+read the validated tune config, and lease the job's device(s)."""
 
+import contextlib
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -29,3 +31,22 @@ def start(snakemake):
 
     # Jobs run in the workflow's working directory, where relative config paths resolve.
     return load_tune_config(snakemake.config, base_dir=os.getcwd(), validated=True)
+
+
+@contextlib.contextmanager
+def leased_devices(snakemake, files, gpus: int | None = None):
+    """Lease the job's device(s) for the block: yields (gpu.DeviceSettings, gpu.trial_devices' lease).
+
+    `files` is the job's `layout.TrialFiles` (the lease is recorded in its devices.json);
+    `gpus` overrides tuning.gpus_per_trial (the baseline takes one). Call it before `start`, so that
+    CUDA_VISIBLE_DEVICES is set before anything initialises CUDA, and a wait for a free GPU is
+    reported on Snakemake's console (the log is not redirected yet)."""
+    from snaketune import gpu
+    from snaketune.config import load_gpu_settings
+
+    settings = load_gpu_settings(snakemake.config, base_dir=os.getcwd())
+    if gpus is not None:
+        settings = dataclasses.replace(settings, gpus_per_trial=gpus)
+    with gpu.trial_devices(settings, files.devices, holder={"trial_dir": str(files.dir.resolve())},
+                           log=lambda message: print(message, file=sys.stderr, flush=True)) as devices:
+        yield settings, devices

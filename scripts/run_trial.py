@@ -3,21 +3,15 @@ import sys
 from pathlib import Path
 
 import rule_setup  # noqa: E402,F401 (first: in a source checkout it puts the package on sys.path)
-from snaketune import gpu  # noqa: E402
-from snaketune.config import load_gpu_settings  # noqa: E402
 from snaketune.layout import StudyLayout, TrialFiles  # noqa: E402
 from snaketune.locks import hold_trial_share  # noqa: E402
 
-# The device(s) first: CUDA_VISIBLE_DEVICES must be set before anything initialises CUDA.
-# A wait for a free GPU is reported on Snakemake's console (the log is not redirected yet).
 files = TrialFiles(Path(snakemake.output[0]).parent)  # noqa: F821
 trial_dir = files.dir
 slot = int(snakemake.wildcards.i)  # noqa: F821
 # Held until this job ends, even should its snakemake die first: no new run takes the study meanwhile.
 TRIALS_LOCK = hold_trial_share(StudyLayout(trial_dir.parent))
-settings = load_gpu_settings(snakemake.config, base_dir=os.getcwd())  # noqa: F821
-with gpu.trial_devices(settings, files.devices, holder={"trial_dir": str(trial_dir.resolve())},
-                       log=lambda message: print(message, file=sys.stderr, flush=True)) as devices:
+with rule_setup.leased_devices(snakemake, files) as (settings, devices):  # noqa: F821
     tune = rule_setup.start(snakemake)  # noqa: F821
     from snaketune.model import read_source
     from snaketune.train import run_trial

@@ -8,6 +8,8 @@ import pytest
 import yaml
 
 from snaketune.config import ConfigError, load_tune_config
+from snaketune.data import DatasetParams
+from snaketune.metrics import CustomMetric
 from workflow_helpers import TINY_MODEL
 
 # The Quick Start tune.yaml of the seed document (Oumi's `oumi tune` guide), verbatim but for the
@@ -134,41 +136,41 @@ def test_pyyaml_reads_the_seeds_bounds_as_strings():
 
 
 def test_seed_example_is_accepted(seed, tmp_path):
-    tune = load_tune_config(seed, tmp_path)["tuning"]
-    assert tune["space"] == [{"name": "learning_rate", "group": "training", "target": "learning_rate",
+    tune = load_tune_config(seed, tmp_path).tuning
+    assert tune.space == [{"name": "learning_rate", "group": "training", "target": "learning_rate",
                               "type": "float", "low": 1e-5, "high": 1e-2, "step": None, "log": True}]
-    low = tune["space"][0]["low"]
+    low = tune.space[0]["low"]
     assert type(low) is float and low == 1e-5
     # trainer_type configures Oumi, not the trainer: checked, not passed to SFTConfig.
-    assert tune["training_args"] == {"per_device_train_batch_size": 1, "max_steps": 1000}
-    assert tune["metrics"] == ["eval_loss"] and tune["directions"] == ["minimize"]
-    assert tune["n_trials"] == 10 and tune["sampler"] == "TPESampler"
-    assert tune["use_peft"] is False and tune["lora_args"] == {} and tune["quantization"] == {}
+    assert tune.training_args == {"per_device_train_batch_size": 1, "max_steps": 1000}
+    assert tune.metrics == ["eval_loss"] and tune.directions == ["minimize"]
+    assert tune.n_trials == 10 and tune.sampler == "TPESampler"
+    assert tune.use_peft is False and tune.lora_args == {} and tune.quantization == {}
 
 
 def test_seed_model_section_is_kept(seed, tmp_path):
-    model = load_tune_config(seed, tmp_path)["model"]
-    assert model["model_name"] == "HuggingFaceTB/SmolLM2-135M-Instruct"  # a hub id, untouched
-    assert model["model_max_length"] == 2048
-    assert model["torch_dtype_str"] == "bfloat16"
+    model = load_tune_config(seed, tmp_path).model
+    assert model.model_name == "HuggingFaceTB/SmolLM2-135M-Instruct"  # a hub id, untouched
+    assert model.model_max_length == 2048
+    assert model.torch_dtype_str == "bfloat16"
 
 
 def test_relative_dataset_paths_resolve_against_base_dir(seed, tmp_path, monkeypatch):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)  # base_dir, not the working directory, is what counts
-    data = load_tune_config(seed, tmp_path)["data"]
-    assert data["train"] == [{"dataset_name": str(tmp_path / "train.jsonl"), "split": "train[90%:]",
-                              "subset": None, "local": True, "sample_count": None, "shuffle": None,
-                              "seed": None}]
-    assert data["validation"][0]["dataset_name"] == str(tmp_path / "train.jsonl")
-    assert data["validation"][0]["split"] == "train[:10%]"
+    data = load_tune_config(seed, tmp_path).data
+    assert data.train == [DatasetParams(dataset_name=str(tmp_path / "train.jsonl"), split="train[90%:]",
+                                        subset=None, local=True, sample_count=None, shuffle=None,
+                                        seed=None)]
+    assert data.validation[0].dataset_name == str(tmp_path / "train.jsonl")
+    assert data.validation[0].split == "train[:10%]"
 
 
 def test_hub_dataset_ids_are_left_to_the_hub(seed, tmp_path):
     seed["data"]["validation"]["datasets"][0]["dataset_name"] = "yahma/alpaca-cleaned"
-    entry = load_tune_config(seed, tmp_path)["data"]["validation"][0]
-    assert entry["dataset_name"] == "yahma/alpaca-cleaned" and entry["local"] is False
+    entry = load_tune_config(seed, tmp_path).data.validation[0]
+    assert entry.dataset_name == "yahma/alpaca-cleaned" and entry.local is False
 
 
 def test_defaults_are_filled(alpaca_jsonl, tmp_path):
@@ -182,25 +184,25 @@ tuning:
     learning_rate: {type: loguniform, low: 1e-5, high: 1e-3}
 """)
     resolved = load_tune_config(raw, tmp_path)
-    tune = resolved["tuning"]
-    assert tune["output_dir"] == str(tmp_path / "tuning_output")
-    assert tune["study_name"] == "snaketune"
-    assert tune["seed"] == 42
-    assert tune["sampler"] == "TPESampler"
-    assert tune["n_trials"] == 10
-    assert tune["metrics"] == ["eval_loss"] and tune["directions"] == ["minimize"]
-    assert tune["custom_eval_metrics"] == []
-    assert resolved["data"]["train"][0]["split"] == "train"
-    assert resolved["model"]["torch_dtype_str"] == "float32"
-    assert resolved["model"]["seed"] == 42
+    tune = resolved.tuning
+    assert tune.output_dir == str(tmp_path / "tuning_output")
+    assert tune.study_name == "snaketune"
+    assert tune.seed == 42
+    assert tune.sampler == "TPESampler"
+    assert tune.n_trials == 10
+    assert tune.metrics == ["eval_loss"] and tune.directions == ["minimize"]
+    assert tune.custom_eval_metrics == []
+    assert resolved.data.train[0].split == "train"
+    assert resolved.model.torch_dtype_str == "float32"
+    assert resolved.model.seed == 42
 
 
 def test_output_dir_resolves_against_base_dir(seed, tmp_path):
     seed["tuning"]["output_dir"] = "runs/lr_sweep"
     seed["tuning"]["study_name"] = "lr_sweep"
-    tune = load_tune_config(seed, tmp_path)["tuning"]
-    assert tune["output_dir"] == str(tmp_path / "runs" / "lr_sweep")
-    assert tune["study_name"] == "lr_sweep"
+    tune = load_tune_config(seed, tmp_path).tuning
+    assert tune.output_dir == str(tmp_path / "runs" / "lr_sweep")
+    assert tune.study_name == "lr_sweep"
 
 
 def test_every_seed_snippet_together_is_accepted_once_eval_accuracy_is_defined(alpaca_jsonl, tmp_path):
@@ -215,9 +217,9 @@ def test_every_seed_snippet_together_is_accepted_once_eval_accuracy_is_defined(a
                  "did you mean 'eval_mean_token_accuracy'?", "tuning.custom_eval_metrics")
     raw["tuning"]["custom_eval_metrics"].append(
         {"name": "eval_accuracy", "function": "seed_metrics_module.compute_custom_metric"})
-    tune = load_tune_config(raw, tmp_path)["tuning"]
+    tune = load_tune_config(raw, tmp_path).tuning
 
-    targets = {p["name"]: p["target"] for p in tune["space"]}
+    targets = {p["name"]: p["target"] for p in tune.space}
     assert targets == {
         "learning_rate": "learning_rate", "optimizer": "optim",
         "gradient_accumulation_steps": "gradient_accumulation_steps",
@@ -226,16 +228,16 @@ def test_every_seed_snippet_together_is_accepted_once_eval_accuracy_is_defined(a
         "num_train_epochs": "num_train_epochs", "weight_decay": "weight_decay",
         "lora_r": "r", "lora_alpha": "lora_alpha", "lora_dropout": "lora_dropout",
     }
-    groups = {p["name"]: p["group"] for p in tune["space"]}
+    groups = {p["name"]: p["group"] for p in tune.space}
     assert {n for n, g in groups.items() if g == "peft"} == {"lora_r", "lora_alpha", "lora_dropout"}
-    assert tune["lora_args"] == {"target_modules": ["q_proj", "v_proj"]}
-    assert tune["quantization"] == {"q_lora": False}
-    assert tune["use_peft"] is True
-    assert tune["metrics"] == ["eval_loss", "eval_accuracy", "custom_metric"]
-    assert tune["directions"] == ["minimize", "maximize", "maximize"]
-    assert tune["custom_eval_metrics"][0] == {
-        "name": "custom_metric", "function": "seed_metrics_module.compute_custom_metric"}
-    assert tune["sampler"] == "RandomSampler"
+    assert tune.lora_args == {"target_modules": ["q_proj", "v_proj"]}
+    assert tune.quantization == {"q_lora": False}
+    assert tune.use_peft is True
+    assert tune.metrics == ["eval_loss", "eval_accuracy", "custom_metric"]
+    assert tune.directions == ["minimize", "maximize", "maximize"]
+    assert tune.custom_eval_metrics[0] == CustomMetric(
+        name="custom_metric", function="seed_metrics_module.compute_custom_metric")
+    assert tune.sampler == "RandomSampler"
 
 
 def test_oumi_names_map_to_hugging_face_names(seed, tmp_path):
@@ -245,11 +247,11 @@ def test_oumi_names_map_to_hugging_face_names(seed, tmp_path):
     fixed(seed, "lora_r", 8, group="peft")
     fixed(seed, "lora_target_modules", ["q_proj"], group="peft")
     fixed(seed, "lora_bias", "none", group="peft")
-    tune = load_tune_config(seed, tmp_path)["tuning"]
-    assert [p["target"] for p in tune["space"] if p["name"] == "optimizer"] == ["optim"]
-    assert tune["training_args"]["gradient_checkpointing"] is True
-    assert tune["training_args"]["max_length"] == 512
-    assert tune["lora_args"] == {"r": 8, "target_modules": ["q_proj"], "bias": "none"}
+    tune = load_tune_config(seed, tmp_path).tuning
+    assert [p["target"] for p in tune.space if p["name"] == "optimizer"] == ["optim"]
+    assert tune.training_args["gradient_checkpointing"] is True
+    assert tune.training_args["max_length"] == 512
+    assert tune.lora_args == {"r": 8, "target_modules": ["q_proj"], "bias": "none"}
 
 
 def test_any_sft_config_field_is_accepted(seed, tmp_path):
@@ -257,27 +259,27 @@ def test_any_sft_config_field_is_accepted(seed, tmp_path):
     tunable(seed, "gradient_accumulation_steps", {"type": "int", "low": 1, "high": 4})
     fixed(seed, "logging_nan_inf_filter", False)
     fixed(seed, "eval_strategy", "steps")
-    tune = load_tune_config(seed, tmp_path)["tuning"]
-    assert {p["name"]: p["target"] for p in tune["space"]} == {
+    tune = load_tune_config(seed, tmp_path).tuning
+    assert {p["name"]: p["target"] for p in tune.space} == {
         "learning_rate": "learning_rate", "lr_scheduler_type": "lr_scheduler_type",
         "gradient_accumulation_steps": "gradient_accumulation_steps"}
-    assert tune["training_args"]["logging_nan_inf_filter"] is False
-    assert tune["training_args"]["eval_strategy"] == "steps"
+    assert tune.training_args["logging_nan_inf_filter"] is False
+    assert tune.training_args["eval_strategy"] == "steps"
 
 
 def test_peft_is_on_only_when_a_peft_param_is_given(seed, tmp_path):
-    assert load_tune_config(seed, tmp_path)["tuning"]["use_peft"] is False
+    assert load_tune_config(seed, tmp_path).tuning.use_peft is False
     tunable(seed, "lora_r", {"type": "categorical", "choices": [4, 8]}, group="peft")
-    assert load_tune_config(seed, tmp_path)["tuning"]["use_peft"] is True
+    assert load_tune_config(seed, tmp_path).tuning.use_peft is True
     del seed["tuning"]["tunable_peft_params"]
     fixed(seed, "lora_alpha", 16, group="peft")
-    assert load_tune_config(seed, tmp_path)["tuning"]["use_peft"] is True
+    assert load_tune_config(seed, tmp_path).tuning.use_peft is True
 
 
 def test_empty_param_sections_are_empty(seed, tmp_path):
     seed["tuning"]["fixed_peft_params"] = None  # `fixed_peft_params:` with nothing under it
     seed["tuning"]["tunable_peft_params"] = None
-    assert load_tune_config(seed, tmp_path)["tuning"]["use_peft"] is False
+    assert load_tune_config(seed, tmp_path).tuning.use_peft is False
 
 
 def test_numeric_strings_become_numbers_everywhere_in_a_spec(seed, tmp_path):
@@ -287,7 +289,7 @@ weight_decay: {type: float, low: 1E-4, high: 1.0e-1, log: true}
 """)
     assert raw["warmup_ratio"]["high"] == "3e-1" and raw["weight_decay"]["low"] == "1E-4"
     seed["tuning"]["tunable_training_params"].update(raw)
-    space = {p["name"]: p for p in load_tune_config(seed, tmp_path)["tuning"]["space"]}
+    space = {p["name"]: p for p in load_tune_config(seed, tmp_path).tuning.space}
     assert space["warmup_ratio"]["high"] == 0.3 and space["warmup_ratio"]["step"] == 0.05
     assert space["weight_decay"]["low"] == 1e-4 and space["weight_decay"]["log"] is True
     assert type(space["warmup_ratio"]["low"]) is float  # an int bound of a float parameter
@@ -297,9 +299,9 @@ def test_custom_metric_importable_from_base_dir(seed, tmp_path):
     (tmp_path / "cfg_ok_metrics.py").write_text("def token_count(**kwargs):\n    return 1.0\n")
     seed["tuning"]["custom_eval_metrics"] = [{"name": "tokens", "function": "cfg_ok_metrics.token_count"}]
     seed["tuning"]["evaluation_metrics"] = ["eval_loss", "tokens"]
-    tune = load_tune_config(seed, tmp_path)["tuning"]
-    assert tune["custom_eval_metrics"] == [{"name": "tokens", "function": "cfg_ok_metrics.token_count"}]
-    assert tune["directions"] == ["minimize", "minimize"]  # one direction applies to every metric
+    tune = load_tune_config(seed, tmp_path).tuning
+    assert tune.custom_eval_metrics == [CustomMetric(name="tokens", function="cfg_ok_metrics.token_count")]
+    assert tune.directions == ["minimize", "minimize"]  # one direction applies to every metric
 
 
 def test_loaded_config_is_not_mutated(seed, tmp_path):
@@ -366,7 +368,7 @@ def test_int_bounds_must_be_integers(seed, tmp_path, bound, value):
 
 def test_int_bounds_written_as_whole_floats_are_integers(seed, tmp_path):
     tunable(seed, "gradient_accumulation_steps", {"type": "int", "low": 1.0, "high": 8.0})
-    param = load_tune_config(seed, tmp_path)["tuning"]["space"][1]
+    param = load_tune_config(seed, tmp_path).tuning.space[1]
     assert (param["low"], param["high"]) == (1, 8) and type(param["low"]) is int
 
 
@@ -574,14 +576,14 @@ def test_metrics_and_directions_lengths_must_match(seed, tmp_path):
 def test_a_single_direction_applies_to_every_metric(seed, tmp_path, direction):
     seed["tuning"]["evaluation_metrics"] = ["eval_mean_token_accuracy", "eval_entropy", "eval_num_tokens"]
     seed["tuning"]["evaluation_direction"] = direction
-    tune = load_tune_config(seed, tmp_path)["tuning"]
-    assert tune["directions"] == ["maximize", "maximize", "maximize"]
-    assert tune["metrics"] == ["eval_mean_token_accuracy", "eval_entropy", "eval_num_tokens"]
+    tune = load_tune_config(seed, tmp_path).tuning
+    assert tune.directions == ["maximize", "maximize", "maximize"]
+    assert tune.metrics == ["eval_mean_token_accuracy", "eval_entropy", "eval_num_tokens"]
 
 
 def test_a_single_metric_name_is_a_list_of_one(seed, tmp_path):
     seed["tuning"]["evaluation_metrics"] = "eval_loss"
-    assert load_tune_config(seed, tmp_path)["tuning"]["metrics"] == ["eval_loss"]
+    assert load_tune_config(seed, tmp_path).tuning.metrics == ["eval_loss"]
 
 
 @pytest.mark.parametrize("direction", ["max", "maximise", "MINIMIZE", "descending"])
@@ -615,7 +617,7 @@ def test_unknown_sampler(seed, tmp_path, sampler, suggestion):
 
 def test_random_sampler_is_accepted(seed, tmp_path):
     seed["tuning"]["tuner_sampler"] = "RandomSampler"
-    assert load_tune_config(seed, tmp_path)["tuning"]["sampler"] == "RandomSampler"
+    assert load_tune_config(seed, tmp_path).tuning.sampler == "RandomSampler"
 
 
 @pytest.mark.parametrize("tuner", ["RAY", "HYPEROPT"])
@@ -714,8 +716,8 @@ def test_malformed_split(seed, tmp_path, split):
                                    "train[10%:20%]", "train[ :10% ]"])
 def test_well_formed_split(seed, tmp_path, split):
     seed["data"]["validation"]["datasets"][0]["split"] = split
-    resolved = load_tune_config(seed, tmp_path)["data"]["validation"][0]
-    assert resolved["split"] == split.replace(" ", "")
+    resolved = load_tune_config(seed, tmp_path).data.validation[0]
+    assert resolved.split == split.replace(" ", "")
 
 
 def test_missing_local_model_directory(seed, tmp_path):
@@ -727,13 +729,13 @@ def test_local_model_directory_resolves_against_base_dir(seed, tmp_path):
     shutil.copytree(TINY_MODEL, tmp_path / "models" / "tiny")
     seed["model"]["load_pretrained_weights"] = False
     seed["model"]["model_name"] = "models/tiny"
-    assert load_tune_config(seed, tmp_path)["model"]["model_name"] == str(tmp_path / "models" / "tiny")
+    assert load_tune_config(seed, tmp_path).model.model_name == str(tmp_path / "models" / "tiny")
 
 
 @pytest.mark.parametrize("dtype,resolved", [("bf16", "bfloat16"), ("fp32", "float32"), ("auto", "auto")])
 def test_dtype_aliases(seed, tmp_path, dtype, resolved):
     seed["model"]["torch_dtype_str"] = dtype
-    assert load_tune_config(seed, tmp_path)["model"]["torch_dtype_str"] == resolved
+    assert load_tune_config(seed, tmp_path).model.torch_dtype_str == resolved
 
 
 def test_unknown_dtype(seed, tmp_path):
@@ -937,19 +939,19 @@ def test_each_concept_checks_its_section_alone(alpaca_jsonl, tmp_path):
     entries, problems = data.resolve_entries(
         [{"dataset_name": "train.jsonl", "split": "train[ :2]"}, {"dataset_name": "gone.jsonl", "split": "x["}],
         "data.train.datasets", tmp_path)
-    assert entries == [{"dataset_name": str(alpaca_jsonl), "split": "train[:2]", "subset": None, "local": True,
-                        "sample_count": None, "shuffle": None, "seed": None}]
+    assert entries == [data.DatasetParams(dataset_name=str(alpaca_jsonl), split="train[:2]", subset=None, local=True,
+                                          sample_count=None, shuffle=None, seed=None)]
     assert [p.split(": ")[0] for p in problems] == ["data.train.datasets[1].split",
                                                     "data.train.datasets[1].dataset_name"]
     assert metrics.resolve_objectives(["eval_loss", "eval_f1"], ["minimize"]) == (
         ["eval_loss", "eval_f1"], ["minimize", "minimize"], [])
     settings, problems = gpu.resolve_settings(
         {"trials_per_gpu": 1, "gpus_per_trial": 2, "gpu_devices": [0], "gpu_lease_dir": "leases"}, tmp_path)
-    assert settings["devices"] == ["0"] and settings["lease_dir"] == str(tmp_path / "leases")
+    assert settings.devices == ["0"] and settings.lease_dir == str(tmp_path / "leases")
     assert problems == ["tuning.gpus_per_trial: 2 GPUs per trial, but tuning.gpu_devices lists only 1"]
     section, problems = model.resolve_section(
         {"model_name": "./missing", "torch_dtype_str": "bf16", "gguf_file": None}, 7, tmp_path)
-    assert section["torch_dtype_str"] == "bfloat16" and section["seed"] == 7
+    assert section.torch_dtype_str == "bfloat16" and section.seed == 7
     assert problems == [f"model.model_name: local path {tmp_path / 'missing'} does not exist"]
 
 
@@ -1009,15 +1011,14 @@ def test_the_resolved_config_is_typed_and_frozen(alpaca_jsonl, tmp_path):
             setattr(section, field, None)
 
 
-def test_a_section_reads_as_a_mapping_of_its_fields_only(seed, tmp_path):
+def test_a_section_is_read_by_attribute_and_written_as_a_dict_of_its_fields(seed, tmp_path):
     tune = load_tune_config(seed, tmp_path)
-    assert list(tune) == ["model", "data", "tuning", "generation", "lm_eval", "notices"]
-    assert dict(tune.model)["model_max_length"] == tune.model.model_max_length == 2048
-    assert tune.tuning["metrics"] is tune.tuning.metrics
-    with pytest.raises(KeyError):
-        tune.tuning["tuner_sampler"]  # the YAML's name; resolved, it is `sampler`
-    with pytest.raises(KeyError):
-        tune.tuning["layout"]  # a property, not a field
+    assert list(tune.as_dict()) == ["model", "data", "tuning", "generation", "lm_eval", "notices"]
+    assert tune.model.as_dict()["model_max_length"] == tune.model.model_max_length == 2048
+    assert tune.tuning.as_dict()["metrics"] is tune.tuning.metrics
+    assert "layout" not in tune.tuning.as_dict()  # a property, not a field
+    with pytest.raises(TypeError):
+        tune.tuning["metrics"]  # no mapping view: fields are attributes
 
 
 def test_every_process_resolves_the_same_config_from_the_yaml(seed, tmp_path):

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from snaketune.data import DataError, DataParams, DatasetParams, load_rows, normalize_rows, prepare_data, tokenize_row
+from snaketune.data import DataParams, DatasetParams, load_rows, normalize_rows, prepare_data, tokenize_row
+from snaketune.row_formats import DataError
 
 TINY_MODEL = Path(__file__).resolve().parent / "assets" / "tiny-llama"
 NUMBER_AS_TEXT = "expected text (a string; a number is taken as its text)"

@@ -4,8 +4,8 @@ import pytest
 
 from snaketune import errors, gpu
 from snaketune.config import ConfigError
-from snaketune.data import DataError
 from snaketune.metrics import MissingObjectiveError
+from snaketune.row_formats import DataError
 
 
 def test_closest():

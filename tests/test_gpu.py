@@ -197,8 +197,8 @@ def test_gpu_settings_are_validated_with_the_field_named(alpaca_jsonl):
     config = tiny_config(str(alpaca_jsonl), gpu_devices=[0, "0"])
     with pytest.raises(ConfigError, match=r"tuning\.gpu_devices: names a device twice"):
         load_tune_config(config)
-    resolved = load_tune_config(tiny_config(str(alpaca_jsonl)))["tuning"]["gpu"]
-    assert resolved == {"trials_per_gpu": 1, "gpus_per_trial": 1, "devices": None, "lease_dir": None}
+    resolved = load_tune_config(tiny_config(str(alpaca_jsonl))).tuning.gpu
+    assert resolved == gpu.DeviceSettings(trials_per_gpu=1, gpus_per_trial=1, devices=None, lease_dir=None)
     assert load_gpu_settings(tiny_config(str(alpaca_jsonl))) == resolved
 
 

@@ -57,13 +57,13 @@ GRID_SPACE = {
 
 def run_slots(tune: dict, n: int, order=None) -> list:
     """Claim, suggest and tell n slots in the real journal, as trial jobs do (without training)."""
-    tuning = tune["tuning"]
+    tuning = tune.tuning
     for slot in order or range(n):
         study = open_study(tuning, slot)
         trial, _ = claim_trial(study, slot, tuning)
-        values = search_space.suggest(trial, tuning["space"])
+        values = search_space.suggest(trial, tuning.space)
         score = sum(float(v) for v in values.values() if isinstance(v, (int, float)))
-        study.tell(trial, [score] * len(tuning["metrics"]))
+        study.tell(trial, [score] * len(tuning.metrics))
     return open_study(tuning).trials
 
 
@@ -82,7 +82,7 @@ def test_every_sampler_runs_a_three_trial_study_on_the_journal(workdir, sampler)
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
     for trial in trials:
         assert set(trial.params) == set(space)
-        for param in tune["tuning"]["space"]:
+        for param in tune.tuning.space:
             assert search_space.check_value(param, trial.params[param["name"]]) is None
 
 
@@ -179,7 +179,7 @@ def test_enqueued_trials_go_to_the_first_slots_to_start_whichever_they_are(workd
 
 def test_a_retry_keeps_its_enqueued_configuration_even_if_the_claim_was_cut_short(workdir):
     tune = resolved(workdir, n_trials=2, enqueue_trials=[{"learning_rate": 0.0123}])
-    tuning = tune["tuning"]
+    tuning = tune.tuning
     study = open_study(tuning, 1)
     # A first attempt killed between its creation and taking its enqueued configuration.
     scheduler.create_trial(study, {}, tuning.space, {"slot": 1, "attempt": 1})
@@ -204,19 +204,19 @@ def test_conditional_parameter_appears_only_where_its_condition_holds(workdir):
     for trial in trials:
         assert ("adam_beta2" in trial.params) == (trial.params["optimizer"] == "adamw_torch")
     assert {t.params["optimizer"] for t in trials} == {"adamw_torch", "sgd"}
-    training, peft = search_space.split_by_group(tune["tuning"]["space"], trials[0].params)
+    training, peft = search_space.split_by_group(tune.tuning.space, trials[0].params)
     assert peft["lora_alpha"] == trials[0].params["lora_alpha"] * trials[0].params["lora_r"]
 
 
 def test_time_budget_skips_slots_not_started(workdir):
     tune = resolved(workdir, n_trials=3, timeout_minutes=0.001)
-    tuning = tune["tuning"]
+    tuning = tune.tuning
     run_slots(tune, 1)
     time.sleep(0.2)
     with pytest.raises(SlotSkipped, match="time budget") as skipped:
         claim_trial(open_study(tuning, 1), 1, tuning)
     skip_slot(open_study(tuning), 1, str(skipped.value))
-    table = results_table(open_study(tuning), tuning["metrics"], tuning.layout)
+    table = results_table(open_study(tuning), tuning.metrics, tuning.layout)
     assert list(table["state"]) == ["COMPLETE", "SKIPPED"]
     assert "time budget" in table["fail_reason"].iloc[1]
 
@@ -224,14 +224,14 @@ def test_time_budget_skips_slots_not_started(workdir):
 def _claim(tuning, slot):
     study = open_study(tuning, slot)
     trial, _ = claim_trial(study, slot, tuning)
-    search_space.suggest(trial, tuning["space"])
+    search_space.suggest(trial, tuning.space)
     return study, trial
 
 
 def test_compute_budget_counts_every_process_and_skips_the_slots_past_it(workdir):
     """tuning.budget in trained steps: a finished trial counts what it trained, a running one
     (another process) the max_steps it was started for, a failed one its loss curve."""
-    tuning = resolved(workdir, n_trials=5, budget={"trained_steps": 7})["tuning"]
+    tuning = resolved(workdir, n_trials=5, budget={"trained_steps": 7}).tuning
     study, trial = _claim(tuning, 0)
     trial.set_user_attr("metrics", {"trained_steps": 3, "eval_loss": 1.0})
     study.tell(trial, 1.0)
@@ -246,7 +246,7 @@ def test_compute_budget_counts_every_process_and_skips_the_slots_past_it(workdir
     with pytest.raises(SlotSkipped, match=r"compute budget \(trained_steps=7\) was spent \(7\)") as skipped:
         claim_trial(open_study(tuning, 3), 3, tuning)
     skip_slot(open_study(tuning), 3, str(skipped.value))
-    table = results_table(open_study(tuning), tuning["metrics"], tuning.layout)
+    table = results_table(open_study(tuning), tuning.metrics, tuning.layout)
     assert list(table["state"]) == ["COMPLETE", "RUNNING", "FAIL", "SKIPPED"]
 
 
@@ -256,7 +256,7 @@ def test_a_budget_check_and_the_trial_it_starts_are_one_step_across_processes(wo
     import fcntl
     import threading
 
-    tuning = resolved(workdir, n_trials=2, budget={"trained_steps": 3})["tuning"]
+    tuning = resolved(workdir, n_trials=2, budget={"trained_steps": 3}).tuning
     open_study(tuning)
     claimed = []
     with open(tuning.layout.claim_lock, "w") as held:
@@ -306,7 +306,7 @@ def test_compute_budget_counts_each_attempt_of_a_resumed_slot_once(workdir):
     attempt that resumed from its checkpoint only the steps after it (not the whole run again)."""
     config = tiny_config(n_trials=2, budget={"trained_steps": 100})
     config["tuning"]["fixed_training_params"]["max_steps"] = 40
-    tuning = load_tune_config(config, workdir)["tuning"]
+    tuning = load_tune_config(config, workdir).tuning
     study, first = _claim(tuning, 0)
     files = tuning.layout.trial(0)
     files.logs.mkdir(parents=True, exist_ok=True)
@@ -324,7 +324,7 @@ def test_compute_budget_counts_each_attempt_of_a_resumed_slot_once(workdir):
 
 
 def test_compute_budget_in_tokens_and_device_hours(workdir):
-    tuning = resolved(workdir, n_trials=3, budget={"trained_tokens": 500})["tuning"]
+    tuning = resolved(workdir, n_trials=3, budget={"trained_tokens": 500}).tuning
     study, trial = _claim(tuning, 0)
     trial.set_user_attr("metrics", {"trained_steps": 3, "trained_tokens": 500})
     trial.set_user_attr("wall_seconds", 1800.0)
@@ -501,7 +501,7 @@ def test_promotions_take_later_steps_first_and_skip_resumed_or_diverged_trials()
 def test_a_slot_resumes_the_due_paused_trial_whose_checkpoint_is_there_and_its_retry_does_too(workdir):
     tune = resolved(workdir, n_trials=6, pruner="successive_halving", report_every_steps=2,
                     pruner_kwargs={"min_resource": 2, "reduction_factor": 2})
-    tuning = tune["tuning"]
+    tuning = tune.tuning
     study = open_study(tuning, 0)
     for slot, (state, curve) in enumerate([(TrialState.COMPLETE, {2: 1.0, 4: 0.5}),
                                            (TrialState.PRUNED, {2: 2.0}), (TrialState.PRUNED, {2: 3.0}),
@@ -544,7 +544,7 @@ def test_enqueued_configurations_run_before_any_paused_trial_is_resumed(workdir)
     tune = resolved(workdir, n_trials=6, pruner="successive_halving", report_every_steps=2,
                     pruner_kwargs={"min_resource": 2, "reduction_factor": 2},
                     enqueue_trials=[{"learning_rate": rate} for rate in rates])
-    tuning = tune["tuning"]
+    tuning = tune.tuning
     study = open_study(tuning, 0)
     for slot, value in enumerate([1.0, 2.0, 3.0, 4.0]):
         trial, _ = claim_trial(open_study(tuning, slot), slot, tuning)
@@ -642,10 +642,10 @@ def test_enqueued_value_must_satisfy_its_condition_and_grid_refuses_enqueue(work
 
 
 def test_a_diverged_trial_is_finished_for_its_slot(workdir):
-    tuning = resolved(workdir, n_trials=1)["tuning"]
+    tuning = resolved(workdir, n_trials=1).tuning
     study = open_study(tuning)
     trial, _ = claim_trial(study, 0, tuning)
-    search_space.suggest(trial, tuning["space"])
+    search_space.suggest(trial, tuning.space)
     trial.set_user_attr("fail_reason", "diverged: loss is nan at step 3")
     study.tell(trial, state=TrialState.FAIL)
     again, finished = claim_trial(open_study(tuning), 0, tuning)
@@ -656,7 +656,7 @@ def test_a_job_killed_as_it_claims_leaves_no_orphan_trial(workdir, monkeypatch):
     """The slot is written with the trial, not after it: a kill in between cannot lose the slot."""
     import optuna
 
-    tuning = resolved(workdir, n_trials=1)["tuning"]
+    tuning = resolved(workdir, n_trials=1).tuning
 
     def killed(*args, **kwargs):  # the job dies at its first write after creating the trial
         raise KeyboardInterrupt
@@ -664,11 +664,11 @@ def test_a_job_killed_as_it_claims_leaves_no_orphan_trial(workdir, monkeypatch):
     with monkeypatch.context() as patched:
         patched.setattr(optuna.trial.Trial, "set_user_attr", killed)
         first, _ = claim_trial(open_study(tuning), 0, tuning)
-        params = search_space.suggest(first, tuning["space"])
+        params = search_space.suggest(first, tuning.space)
     again, finished = claim_trial(open_study(tuning), 0, tuning)
     assert finished is None
     assert again.user_attrs == {"slot": 0, "attempt": 2, "retry_of": first.number}
-    assert search_space.suggest(again, tuning["space"]) == params  # the same parameters, re-run
+    assert search_space.suggest(again, tuning.space) == params  # the same parameters, re-run
     states = {t.number: t.state for t in open_study(tuning).trials}
     assert states == {first.number: TrialState.FAIL, again.number: TrialState.RUNNING}
 

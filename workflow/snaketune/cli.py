@@ -368,14 +368,15 @@ def _fixed_max_steps(config: dict | None) -> int | None:
     return value if isinstance(value, int) and value > 0 else None
 
 
-def objective_names(study, config: dict | None) -> list[str]:
-    """The objectives' names: as the tune config names them, else as the study does."""
-    from snaketune.study import objective_names as study_objective_names
+def _objective_names(study, config: dict | None) -> list[str]:
+    """The objectives' names as the tune config names them (a study made without snaketune's
+    names, or from before they were set, has only Optuna's), else study.objective_names."""
+    from snaketune.study import objective_names
 
     metrics = ((config or {}).get("tuning") or {}).get("evaluation_metrics")
     if metrics:
         return [metrics] if isinstance(metrics, str) else list(metrics)
-    return study_objective_names(study)
+    return objective_names(study)
 
 
 def cmd_status(args) -> int:
@@ -398,7 +399,7 @@ def cmd_status(args) -> int:
         n_trials = ((tuning.get("n_trials") if args.config else None) or study.user_attrs.get(SLOTS_ATTR)
                     or tuning.get("n_trials"))
         return status_table(study, layout, n_trials=n_trials, max_steps=_fixed_max_steps(config),
-                            metrics=objective_names(study, config))
+                            metrics=_objective_names(study, config))
 
     while True:
         text = status_text()
@@ -433,14 +434,12 @@ def best_records(output_dir: Path, study_name: str | None = None) -> dict:
     for path in (layout.best_trial, layout.best_trials):
         if path.exists():
             return _here(json.loads(path.read_text()), layout)
-    from snaketune.layout import trial_dir
+    from snaketune.results import trial_record
     from snaketune.study import best_trials, load_study
 
     study = load_study(output_dir, study_name)
-    names = objective_names(study, find_tune_config(output_dir, None))
-    records = [{"number": t.number, "slot": t.user_attrs.get("slot"), "values": dict(zip(names, t.values)),
-                "params": t.params, "metrics": t.user_attrs.get("metrics", {}),
-                "trial_dir": str(trial_dir(t, layout))} for t in best_trials(study)]
+    names = _objective_names(study, find_tune_config(output_dir, None))
+    records = [trial_record(t, names, layout) for t in best_trials(study)]
     if not records:
         raise CliError(f"no trial of the study in {output_dir} has completed yet")
     return records[0] if len(records) == 1 else {"trials": records}
@@ -493,7 +492,7 @@ def results_rows(output_dir: Path, study_name: str | None):
     from snaketune.study import load_study
 
     study = load_study(output_dir, study_name)
-    return results_table(study, objective_names(study, find_tune_config(output_dir, None)), StudyLayout(output_dir))
+    return results_table(study, _objective_names(study, find_tune_config(output_dir, None)), StudyLayout(output_dir))
 
 
 def cmd_export(args) -> int:

@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 from jsonschema import Draft202012Validator, validators
 
-from snaketune import data, data_check, generation, gpu, lm_harness, metrics, model, names, resources, scoring, space, strategy
+from snaketune import data, data_check, generation, gpu, library_checks, lm_harness, metrics, model, names, resources, scoring, space, strategy
 from snaketune.data import DataParams
 from snaketune.errors import ProblemsError, closest
 from snaketune.gpu import DeviceSettings
@@ -304,7 +304,7 @@ def _resolve(cfg: dict, base: Path, validated: bool, problems: list[str],
     problems.extend(params.problems)
     notices = list(params.notices) + _oumi_tuning_fields(tuning, problems)
     if not validated:  # imports torch
-        problems.extend(model.qlora_problems(params.quantization))
+        problems.extend(library_checks.qlora_problems(params.quantization))
     custom = collect(metrics.resolve_custom(tuning["custom_eval_metrics"], base,
                                             import_modules=not validated))
     notices.extend(_answer_directions(tuning, directions_given))
@@ -338,7 +338,7 @@ def _resolve(cfg: dict, base: Path, validated: bool, problems: list[str],
         problems.extend(found)
         notices.extend(said)
     if uses_generation and not validated:  # reads the files' first rows: once, in the main process
-        problems.extend(data.generation_problems(data_section.validation))
+        problems.extend(data_check.generation_problems(data_section.validation))
     if not validated and not problems and full_checks:  # reads the local files' rows: once, in the main process
         problems.extend(data_check.file_problems(data_section))
     if cfg["data"].get("test"):
@@ -407,13 +407,13 @@ def _library_problems(resolved: TuningConfig) -> list[str]:
     problems = preflight.argument_problems(resolved.tuning, resolved.max_length, resolved.tuning.argument_paths)
     if problems:
         return problems
-    problems = model.library_problems(resolved.model, needs_chat_template=data.needs_chat_template(resolved.data),
-                                      prepared=resolved.tuning.layout.model_source,
-                                      answer_tokens=resolved.generation.max_new_tokens
-                                      if resolved.uses_generation else None)
+    problems = library_checks.model_problems(resolved.model, needs_chat_template=data_check.needs_chat_template(resolved.data),
+                                             prepared=resolved.tuning.layout.model_source,
+                                             answer_tokens=resolved.generation.max_new_tokens
+                                             if resolved.uses_generation else None)
     if resolved.uses_generation:
-        problems += generation.library_problems(resolved.generation)
-    return problems + data.hub_problems(resolved.data)
+        problems += library_checks.generation_config_problems(resolved.generation)
+    return problems + data_check.hub_problems(resolved.data)
 
 
 def _argument_paths(tuning: dict, params: names.Parameters) -> dict:

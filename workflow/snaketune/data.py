@@ -3,11 +3,10 @@
 The `prepare_data` rule runs this once; every trial loads the tokenized result from disk and hands
 it to TRL with `skip_prepare_dataset`, so no trial tokenizes again.
 
-Before `datasets` reads a local json/jsonl/csv/parquet file, `check_local_file` reads it once
-(streaming, line by line for JSON Lines) so that bad JSON, an empty file, or a column whose JSON
-type `datasets` would coerce (a later chunk's object silently cast to the string of its JSON) is
-reported by file, line and column. Each row is then checked by type for its format
-(`normalize_rows`): a number where text is expected becomes its text, any other wrong type
+Before `datasets` reads a local json/jsonl/csv/parquet file, `data_files.check_local_file` reads
+it once, so that bad JSON, an empty file or a column of mixed JSON types is reported by file, line
+and column. Each row is then checked by type for its format (`normalize_rows`, with
+snaketune.row_formats): a number where text is expected becomes its text, any other wrong type
 (a list, an object, null) is refused naming the split, the file, the row (counted from 0 in file
 order) and the column.
 
@@ -29,32 +28,19 @@ At parse time, `resolve_entries` checks a config's dataset entries (split, local
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 from pathlib import Path
 
-from snaketune.errors import SnaketuneError
+from snaketune.data_files import check_local_file, error_text, line_of_row, mixed_column, split_rows, where_in_file
 from snaketune.layout import write_json
 from snaketune.records import Record, section
+from snaketune.row_formats import BadValue, DataError, detect_format, row_to_chat
 
 # The local files `datasets` reads, by suffix, and the builder that reads each.
 DATA_FILE_SUFFIXES = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 # `train`, `validation[:10%]`, `train[90%:]`, `train[10:200]`, `train[10%:20%]`
 SPLIT_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+(\[(-?\d+%?)?:(-?\d+%?)?\])?$")
-
-ROW_FORMATS = {
-    "alpaca": ("instruction", "output"),  # + optional "input"
-    "messages": ("messages",),
-    "prompt_completion": ("prompt", "completion"),
-    "text": ("text",),
-}
-# The roles a chat turn may have.
-ROLES = ("system", "user", "assistant", "tool")
-
-
-class DataError(SnaketuneError, ValueError):
-    """Data that cannot be loaded or used; the message names the split (`data.train`, ...)."""
 
 
 @section
@@ -239,11 +225,11 @@ def load_one(entry: DatasetParams, role: str):
                 "machine. Download the dataset elsewhere and point dataset_name at the local file "
                 "or folder (json, jsonl, csv or parquet)."
             ) from e
-        mixed = _mixed_column(scan) if scan is not None else None
+        mixed = mixed_column(scan) if scan is not None else None
         if mixed:
             raise DataError(f"data.{role}: cannot load {name}: {mixed}; `datasets` needs one type per "
-                            f"column ({_error_text(e)})") from e
-        raise DataError(f"data.{role}: cannot load {name!r} split {split!r}: {_error_text(e)}") from e
+                            f"column ({error_text(e)})") from e
+        raise DataError(f"data.{role}: cannot load {name!r} split {split!r}: {error_text(e)}") from e
 
 
 def _looks_offline(error: Exception) -> bool:
@@ -254,447 +240,8 @@ def _looks_offline(error: Exception) -> bool:
                                          "couldn't reach", "max retries"))
 
 
-def _error_text(error: BaseException) -> str:
-    """`Type: message` of the error `datasets` raised, on one line, with the error it wraps
-    (DatasetGenerationError only says "An error occurred while generating the dataset")."""
-    parts, seen = [], set()
-    while error is not None and id(error) not in seen and len(parts) < 3:
-        seen.add(id(error))
-        parts.append(" ".join(f"{type(error).__name__}: {error}".split()))
-        error = error.__cause__
-    return "; caused by ".join(parts)
-
-
 # ----------------------------------------------------------------------------------------------
-# Local files, read before `datasets` does.
-
-# A value's JSON type, as messages name it.
-_KIND_WORDS = {"string": "a string", "number": "a number", "boolean": "a boolean", "list": "a list",
-               "object": "an object", "null": "null (or missing)", "other": "a value of another type"}
-_TEXT = frozenset({"string", "number"})  # a number is taken as its text
-_TURN_FIELDS = {"[]": frozenset({"object"}), "[].role": frozenset({"string"}),
-                "[].content": frozenset({"string"})}
-# The JSON types each format accepts, by column and by the fields of a column's turns.
-_ALLOWED_KINDS = {
-    "alpaca": {"instruction": _TEXT, "input": _TEXT | {"null"}, "output": _TEXT},
-    "messages": {"messages": frozenset({"list"}),
-                 **{f"messages{k}": v for k, v in _TURN_FIELDS.items()}},
-    "prompt_completion": {"prompt": _TEXT | {"list"}, "completion": _TEXT | {"list"},
-                          **{f"{c}{k}": v for c in ("prompt", "completion")
-                             for k, v in _TURN_FIELDS.items()}},
-    "text": {"text": _TEXT},
-}
-_TURN_COLUMNS = ("messages", "prompt", "completion")
-
-
-def _kind(value) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, list):
-        return "list"
-    if isinstance(value, dict):
-        return "object"
-    return "other"
-
-
-def _describe(value) -> str:
-    """What a value is, for a message: its type and, for a scalar, the value (never a whole list
-    or object)."""
-    kind = _kind(value)
-    if kind == "string":
-        shown = value if len(value) <= 40 else value[:37] + "..."
-        return f"a string ({shown!r})"
-    if kind in ("number", "boolean"):
-        return f"{_KIND_WORDS[kind]} ({json.dumps(value)})"
-    if kind == "list":
-        return f"a list of {len(value)} item{'s' if len(value) != 1 else ''}"
-    if kind == "object":
-        keys = list(value)
-        shown = ", ".join(repr(str(k)) for k in keys[:5]) + (", ..." if len(keys) > 5 else "")
-        return f"an object with keys {shown}" if keys else "an empty object"
-    if kind == "other":
-        return f"a value of type {type(value).__name__}"
-    return _KIND_WORDS[kind]
-
-
-class _Scan:
-    """What reading a local JSON file found: its rows, its columns (the union of the rows' keys,
-    as `datasets` makes them), and where each JSON type first appears in each column and in the
-    role/content of the turns of a turn column (`messages[].content`): {path: {kind: (row, line,
-    description)}}; `line` is None in a file holding one JSON document."""
-
-    def __init__(self, json_lines: bool):
-        self.json_lines = json_lines
-        self.rows = 0
-        self.columns: dict[str, None] = {}
-        self.kinds: dict[str, dict[str, tuple]] = {}
-
-    def add(self, row: dict, line: int | None, keep: range | None) -> None:
-        index = self.rows
-        self.rows += 1
-        for column in row:
-            if column not in self.columns:
-                self.columns[column] = None
-        if keep is not None and index not in keep:
-            return
-        for column, value in row.items():
-            self._note(column, value, index, line)
-            if column in _TURN_COLUMNS and isinstance(value, list):
-                for turn in value:
-                    self._note(f"{column}[]", turn, index, line)
-                    if isinstance(turn, dict):
-                        self._note(f"{column}[].role", turn.get("role"), index, line)
-                        self._note(f"{column}[].content", turn.get("content"), index, line)
-
-    def _note(self, path: str, value, row: int, line: int | None) -> None:
-        seen = self.kinds.get(path)
-        if seen is None:
-            seen = self.kinds[path] = {}
-        kind = _kind(value)
-        if kind not in seen:
-            seen[kind] = (row, line, _describe(value))
-
-
-def check_local_file(path: Path, role: str, split: str = "train") -> _Scan | None:
-    """Read a local data file before `datasets` does and raise DataError for what it would fail on
-    with a vague message, or silently coerce: bad JSON (by line and column), an
-    empty file, a csv without rows, an empty parquet file, and a value whose JSON type its column's
-    format refuses (in the rows `split` selects). Returns the JSON file's scan (None for csv and
-    parquet). JSON Lines are streamed; a file holding one JSON document is parsed whole."""
-    suffix = path.suffix.lower()
-    if suffix in (".json", ".jsonl"):
-        scan = _scan_json(path, role)
-        keep = split_rows(split, scan.rows)
-        problem = _kinds_problem(scan, keep)
-        if problem and problem[0] is None:  # only rows `split` leaves out are wrong: look in it only
-            scan = _scan_json(path, role, keep)
-            problem = _kinds_problem(scan, keep)
-        if problem:
-            _, row, line, fmt, fallback = problem
-            raise DataError(f"data.{role}: {path} {where_in_file(row, line)}, "
-                            f"{_reread_problem(path, scan, row, line, fmt) or fallback}")
-        return scan
-    if suffix == ".csv":
-        _check_csv(path, role)
-    elif suffix == ".parquet":
-        _check_parquet(path, role)
-    return None
-
-
-def _empty(path: Path, role: str) -> DataError:
-    return DataError(f"data.{role}: {path} is empty: it has no rows")
-
-
-def _scan_json(path: Path, role: str, keep: range | None = None) -> _Scan:
-    """Parse a .json/.jsonl file: one JSON object per line (JSON Lines, which `datasets` reads in
-    either suffix; streamed) or one JSON document (a list of row objects; parsed whole). The form
-    is told by the first non-blank line: a line that is a JSON object on its own starts JSON Lines."""
-    with open(path, "rb") as f:
-        for first_line, raw in enumerate(f, 1):
-            if raw.strip():
-                break
-        else:
-            raise _empty(path, role)
-        text = _decode(raw, path, role, first_line)
-        try:
-            json_lines = isinstance(json.loads(text), dict)
-        except json.JSONDecodeError:
-            json_lines = False
-        if not json_lines:  # a document (or bad JSON on the first line: the document's error says where)
-            f.seek(0)
-            return _scan_document(f.read(), path, role, keep)
-        scan = _Scan(json_lines=True)
-        scan.add(json.loads(text), first_line, keep)
-        for number, raw in enumerate(f, first_line + 1):
-            if not raw.strip():
-                continue
-            text = _decode(raw, path, role, number)
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise DataError(f"data.{role}: {path} line {number} column {e.colno}: not valid "
-                                f"JSON: {e.msg}") from None
-            if not isinstance(row, dict):
-                raise DataError(f"data.{role}: {path} line {number} is {_describe(row)}; expected one "
-                                "JSON object (a row) per line")
-            scan.add(row, number, keep)
-    return scan
-
-
-def _decode(raw: bytes, path: Path, role: str, line: int) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"data.{role}: {path} line {line} is not UTF-8 text ({e.reason} at byte "
-                        f"{e.start + 1} of the line)") from None
-
-
-def _scan_document(data: bytes, path: Path, role: str, keep: range | None) -> _Scan:
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise DataError(f"data.{role}: {path} line {line} is not UTF-8 text ({e.reason})") from None
-    del data
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        hint = (" (a .json file holds one JSON document, a list of row objects, or one JSON object "
-                "per line)" if e.msg == "Extra data" else "")
-        raise DataError(f"data.{role}: {path} line {e.lineno} column {e.colno}: not valid JSON: "
-                        f"{e.msg}{hint}") from None
-    scan = _Scan(json_lines=False)
-    if isinstance(value, dict):  # `datasets` reads an object as columns or one row: leave it to it
-        scan.rows = None
-        return scan
-    if not isinstance(value, list):
-        raise DataError(f"data.{role}: {path} holds {_describe(value)}; expected a list of row objects "
-                        "or one JSON object per line")
-    if not value:
-        raise DataError(f"data.{role}: {path} has no rows: it holds an empty list")
-    for index, row in enumerate(value):
-        if not isinstance(row, dict):
-            raise DataError(f"data.{role}: {path} row {index} (counting from 0) is {_describe(row)}; "
-                            "expected an object (a row)")
-        scan.add(row, None, keep)
-    return scan
-
-
-def split_rows(split: str, total: int | None) -> range | None:
-    """The rows (0-based, in file order) a split such as `train[10%:]` selects from `total`; None
-    when not known."""
-    if total is None:
-        return None
-    if "[" not in split:
-        return range(total)
-    from datasets import ReadInstruction
-
-    try:
-        (part,) = ReadInstruction.from_spec(split).to_absolute({split.split("[", 1)[0]: total})
-    except Exception:  # `datasets` reports a bad split when it loads
-        return None
-    return range(part.from_, part.to)
-
-
-def where_in_file(row: int, line: int | None) -> str:
-    return f"line {line} (row {row}, counting from 0)" if line is not None else f"row {row} (counting from 0)"
-
-
-def _expected(allowed: frozenset) -> str:
-    if allowed == _TEXT or allowed == _TEXT | {"null"}:
-        return "text (a string; a number is taken as its text)"
-    if allowed == _TEXT | {"list"}:
-        return "text (a string) or a list of turns"
-    if allowed == {"list"}:
-        return 'a list of turns, each {"role": ..., "content": ...}'
-    if allowed == {"object"}:
-        return 'an object {"role": ..., "content": ...}'
-    return " or ".join(_KIND_WORDS[k] for k in sorted(allowed))
-
-
-def _kinds_problem(scan: _Scan, keep: range | None) -> tuple | None:
-    """The first value (by row) whose JSON type its column's format refuses, as (True if it lies
-    in `keep` else None, row, line, format, 'column ...: what; expected what'); None when every type
-    is accepted."""
-    try:
-        fmt = detect_format(list(scan.columns))
-    except DataError:
-        return None  # normalize_rows names the columns
-    found = []
-    for path, allowed in _ALLOWED_KINDS[fmt].items():
-        for kind, (row, line, description) in scan.kinds.get(path, {}).items():
-            if kind not in allowed:
-                found.append((row, line, path, description, allowed))
-    if not found:
-        return None
-    row, line, path, description, allowed = min(found, key=lambda f: f[0])
-    column, _, field = path.partition("[]")
-    what = (f"column {column!r}: a turn's {field.lstrip('.')!r} is" if field
-            else f"column {column!r}: a turn is" if path.endswith("[]") else f"column {column!r} is")
-    inside = keep is None or row in keep or None
-    return inside, row, line, fmt, f"{what} {description}; expected {_expected(allowed)}"
-
-
-def _reread_problem(path: Path, scan: _Scan, row: int, line: int | None, fmt: str) -> str | None:
-    """What the row check says of row `row` (read again: this runs only for a bad file), so a value
-    of the wrong type reads the same whether found here or in `normalize_rows`."""
-    if scan.json_lines:
-        with open(path, "rb") as f:
-            for number, raw in enumerate(f, 1):
-                if number == line:
-                    value = json.loads(raw.decode("utf-8"))
-                    break
-            else:
-                return None
-    else:
-        value = json.loads(path.read_bytes().decode("utf-8"))[row]
-    try:
-        row_to_chat({column: value.get(column) for column in scan.columns}, fmt)
-    except BadValue as e:
-        return str(e)
-    return None
-
-
-def _mixed_column(scan: _Scan) -> str | None:
-    """'column X holds a ... on line A and a ... on line B' for the column whose values first take
-    a second JSON type (null aside); `datasets` may fail to cast one chunk of the file to another's
-    column types. None when every column keeps one type."""
-    found = []
-    for path, kinds in scan.kinds.items():
-        if "[" in path:
-            continue
-        firsts = sorted(where for kind, where in kinds.items() if kind != "null")
-        if len(firsts) > 1:
-            found.append((firsts[1][0], path, firsts[0], firsts[1]))
-    if not found:
-        return None
-    _, column, (row_a, line_a, what_a), (row_b, line_b, what_b) = min(found)
-    return (f"column {column!r} holds {what_a} on {where_in_file(row_a, line_a)} but {what_b} on "
-            f"{where_in_file(row_b, line_b)}")
-
-
-def _check_csv(path: Path, role: str) -> None:
-    import csv
-
-    with open(path, newline="", encoding="utf-8", errors="replace") as f:
-        records = (record for record in csv.reader(f) if record)  # pandas skips blank lines too
-        header = next(records, None)
-        if header is None:
-            raise _empty(path, role)
-        if next(records, None) is None:
-            raise DataError(f"data.{role}: {path} has no rows: it holds only the header line "
-                            f"({','.join(header)})")
-
-
-def _check_parquet(path: Path, role: str) -> None:
-    import pyarrow.parquet as pq
-
-    try:
-        rows = pq.read_metadata(path).num_rows
-    except Exception as e:
-        if path.stat().st_size == 0:
-            raise _empty(path, role) from None
-        raise DataError(f"data.{role}: {path} is not a readable parquet file ({_error_text(e)})") from e
-    if rows == 0:
-        raise DataError(f"data.{role}: {path} has no rows")
-
-
-def _line_of_row(path: Path, row: int) -> int | None:
-    """The line of a JSON Lines file holding row `row` (counting from 0; blank lines hold none);
-    None for another file."""
-    if path.suffix.lower() not in (".json", ".jsonl"):
-        return None
-    with open(path, "rb") as f:
-        count = -1
-        for number, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            if count == -1 and not raw.lstrip().startswith(b"{"):
-                return None  # a JSON document
-            count += 1
-            if count == row:
-                return number
-    return None
-
-
-# ----------------------------------------------------------------------------------------------
-# Rows: format, types, chat turns.
-
-def detect_format(columns: list[str]) -> str:
-    for fmt, needed in ROW_FORMATS.items():
-        if all(c in columns for c in needed):
-            return fmt
-    raise DataError(
-        f"unrecognised rows with columns {sorted(columns)}; expected Alpaca (instruction, input, "
-        "output), chat (messages), prompt/completion, or plain text (text)"
-    )
-
-
-class BadValue(Exception):
-    """A row's value of the wrong type: the column and what is wrong with it."""
-
-    def __init__(self, column: str, problem: str):
-        super().__init__(f"column {column!r}{problem}")
-
-
-def _text(row: dict, column: str, optional: bool = False) -> str:
-    """A text column's value: a string, or a number as its text (math answers are often numbers;
-    a whole float, which `datasets` makes of an int in a column that also holds 2.5, as an int)."""
-    value = row.get(column)
-    kind = _kind(value)
-    if kind == "string":
-        return value
-    if kind == "number":
-        if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-            return str(int(value))
-        return str(value)
-    if kind == "null" and optional:
-        return ""
-    raise BadValue(column, f" is {_describe(value)}; expected text (a string; a number is taken as "
-                            "its text)")
-
-
-def _turns(value, column: str, allow_empty: bool = False) -> list[dict]:
-    """A list of chat turns, each {role: one of ROLES, content: a string}."""
-    if not isinstance(value, list):
-        raise BadValue(column, f" is {_describe(value)}; expected a list of turns, each "
-                                '{"role": ..., "content": ...}')
-    if not value and not allow_empty:
-        raise BadValue(column, " is an empty list; expected at least one turn")
-    turns = []
-    for i, turn in enumerate(value):
-        if not isinstance(turn, dict):
-            raise BadValue(column, f": turn {i} is {_describe(turn)}; expected an object "
-                                    '{"role": ..., "content": ...}')
-        role, content = turn.get("role"), turn.get("content")
-        if not isinstance(role, str) or role not in ROLES:
-            found = repr(role) if isinstance(role, str) else _describe(role)
-            raise BadValue(column, f": turn {i} 'role' is {found}; expected one of "
-                                    f"{', '.join(repr(r) for r in ROLES)}")
-        if not isinstance(content, str):
-            raise BadValue(column, f": turn {i} ({role}) 'content' is {_describe(content)}; expected "
-                                    "a string")
-        turns.append({"role": role, "content": content})
-    return turns
-
-
-def row_to_chat(row: dict, fmt: str) -> dict:
-    """One row of format `fmt` as {messages, loss_turns, plain_text} (see the module docstring);
-    raises BadValue for a value of the wrong type."""
-    if fmt == "alpaca":
-        prompt = _text(row, "instruction")
-        extra = _text(row, "input", optional=True)
-        if extra:
-            prompt = f"{prompt}\n\n{extra}"
-        return {"messages": [{"role": "user", "content": prompt},
-                             {"role": "assistant", "content": _text(row, "output")}],
-                "loss_turns": [False, True], "plain_text": None}
-    if fmt == "prompt_completion":
-        prompt, completion = row.get("prompt"), row.get("completion")
-        if isinstance(prompt, list) or isinstance(completion, list):  # TRL's conversational form
-            for column, value, other in (("prompt", prompt, "completion"), ("completion", completion, "prompt")):
-                if not isinstance(value, list):
-                    raise BadValue(column, f" is {_describe(value)}, but column {other!r} is a list of "
-                                            "turns; expected both text or both lists of turns")
-            prompt_turns = _turns(prompt, "prompt", allow_empty=True)
-            completion_turns = _turns(completion, "completion")
-            return {"messages": prompt_turns + completion_turns,
-                    "loss_turns": [False] * len(prompt_turns) + [True] * len(completion_turns),
-                    "plain_text": None}
-        return {"messages": [{"role": "user", "content": _text(row, "prompt")},
-                             {"role": "assistant", "content": _text(row, "completion")}],
-                "loss_turns": [False, True], "plain_text": None}
-    if fmt == "messages":
-        turns = _turns(row.get("messages"), "messages")
-        return {"messages": turns, "loss_turns": [t["role"] == "assistant" for t in turns],
-                "plain_text": None}
-    return {"messages": [], "loss_turns": [], "plain_text": _text(row, "text")}
+# Rows: each as chat turns (row_formats), a wrong value named by file, line and column.
 
 
 def normalize_rows(dataset, entry: DatasetParams, role: str):
@@ -741,7 +288,7 @@ def _row_place(entry: DatasetParams, index: int, first_row: int | None) -> str:
     if first_row is None:
         return f"{name} row {index} of split {entry.split!r} (counting from 0)"
     row = first_row + index
-    line = _line_of_row(Path(entry.dataset_name), row) if entry.local and Path(entry.dataset_name).is_file() else None
+    line = line_of_row(Path(entry.dataset_name), row) if entry.local and Path(entry.dataset_name).is_file() else None
     return f"{name} {where_in_file(row, line)}"
 
 
@@ -858,84 +405,6 @@ def load_prepared(data_dir: str | Path):
     from datasets import load_from_disk
 
     return load_from_disk(str(tokenized_dir(data_dir)))
-
-
-# -- parse-time checks that read a little of the data ----------------------------------------------
-
-
-def needs_chat_template(data_cfg: DataParams) -> bool:
-    """Whether some rows are chat or instruction rows, formatted with the tokenizer's chat template.
-    Reads the first row of each local file (cheap); a hub dataset's rows are not known before it is
-    loaded, and count as not needing one (prepare_data says so, once, if they do)."""
-    for entry in [*data_cfg.train, *data_cfg.validation]:
-        columns = first_row_columns(entry)
-        if columns is not None and not set(columns) >= set(ROW_FORMATS["text"]):
-            return True
-    return False
-
-
-def first_row_columns(entry: DatasetParams) -> list[str] | None:
-    """The columns of a local file's first row (json, jsonl, csv, parquet), or None when they
-    cannot be read cheaply (a hub dataset, a folder, a malformed file: prepare_data reports it)."""
-    import csv
-    import json
-
-    path = Path(entry.dataset_name)
-    if not (entry.local and path.is_file()):
-        return None
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".jsonl" or suffix == ".json":
-            with open(path) as f:
-                head = f.read(1 << 16).lstrip()
-            if head.startswith("{"):  # JSON Lines (or one object)
-                row = json.loads(head.splitlines()[0])
-                return list(row) if isinstance(row, dict) else None
-            rows = json.loads(path.read_text()) if path.stat().st_size < (64 << 20) else None
-            return list(rows[0]) if isinstance(rows, list) and rows and isinstance(rows[0], dict) else None
-        if suffix == ".csv":
-            with open(path, newline="", encoding="utf-8-sig") as f:  # a byte-order mark is no column's
-                return next(csv.reader(f), None)
-        if suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            return list(pq.read_schema(path).names)
-    except (OSError, ValueError, UnicodeDecodeError):
-        return None
-    return None
-
-
-def generation_problems(validation: list[DatasetParams]) -> list[str]:
-    """'data.validation.datasets[i]: ...' for each local validation file of plain-text rows, which
-    have no prompt to answer and no reference answer for a generation metric to score."""
-    problems = []
-    for i, entry in enumerate(validation):
-        columns = first_row_columns(entry)
-        try:
-            fmt = detect_format(columns) if columns is not None else None
-        except DataError:
-            continue  # prepare_data reports unrecognised rows
-        if fmt == "text":
-            problems.append(f"data.validation.datasets[{i}]: plain-text rows ('text') have no prompt to answer "
-                            "nor a reference answer, which a generation metric in tuning.evaluation_metrics "
-                            "scores: give validation rows with answers (Alpaca instruction/input/output, chat "
-                            "messages, or prompt/completion)")
-    return problems
-
-
-def hub_problems(data_cfg: DataParams) -> list[str]:
-    """'data.<split>.datasets[i].dataset_name: ...' for each hub dataset that can neither be
-    reached nor found in the local cache (snaketune.hub)."""
-    from snaketune import hub
-
-    problems = []
-    for split in ("train", "validation"):
-        for i, entry in enumerate(getattr(data_cfg, split)):
-            if not entry.local:
-                problem = hub.problem(entry.dataset_name, "dataset")
-                if problem:
-                    problems.append(f"data.{split}.datasets[{i}].dataset_name: {problem}")
-    return problems
 
 
 def fingerprint(data_cfg: DataParams) -> dict:

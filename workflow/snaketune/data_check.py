@@ -2,15 +2,18 @@
 refused before any job runs (seconds, where the rule comes after the model's preparation):
 
 - the file itself: bad JSON by line and column, an empty file, a column of mixed JSON types
-  (data.check_local_file, the same scan prepare_data makes);
-- the rows' format, told by their columns (data.detect_format); columns of no known format get
-  the renames that would make one ("rename question→prompt, answer→completion");
-- each row's values by the same rules prepare_data applies (data.row_to_chat): an empty cell, a
-  list where text is expected, a chat turn without a role, named by file, line and column.
+  (data_files.check_local_file, the same scan prepare_data makes);
+- the rows' format, told by their columns (row_formats.detect_format); columns of no known format
+  get the renames that would make one ("rename question→prompt, answer→completion");
+- each row's values by the same rules prepare_data applies (row_formats.row_to_chat): an empty
+  cell, a list where text is expected, a chat turn without a role, named by file, line and column.
 
 A small file (SMALL_FILE_BYTES) is read whole, and only the rows its `split` selects are judged; of
-a larger one the first FIRST_ROWS rows (prepare_data still reads every row). Hub datasets are
-checked when prepare_data loads them.
+a larger one the first FIRST_ROWS rows (prepare_data still reads every row). Hub datasets' rows are
+checked when prepare_data loads them; here only that the hub or its cache has them (`hub_problems`).
+Cheaper checks read each local file's first row only: whether the rows need the tokenizer's chat
+template (`needs_chat_template`), and whether validation rows have answers to score
+(`generation_problems`).
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ import csv
 import json
 from pathlib import Path
 
-from snaketune import data
-from snaketune.data import DataError, DataParams, DatasetParams
+from snaketune.data import DataParams, DatasetParams
+from snaketune.data_files import check_local_file, split_rows, where_in_file
+from snaketune.row_formats import ROW_FORMATS, BadValue, DataError, detect_format, row_to_chat
 
 SMALL_FILE_BYTES = 16 << 20
 FIRST_ROWS = 1000
@@ -60,7 +64,7 @@ def rename_hint(columns: list[str]) -> str | None:
     best = None
     for fmt in FORMAT_NAMES:
         renames, used = [], set()
-        for needed in data.ROW_FORMATS[fmt]:
+        for needed in ROW_FORMATS[fmt]:
             if needed in columns:
                 continue
             found = next((c for c in SYNONYMS.get(needed, ()) if c in columns and c not in used), None)
@@ -82,7 +86,7 @@ def _file_problem(entry: DatasetParams, split: str) -> str | None:
     try:
         if whole and path.suffix.lower() in (".json", ".jsonl"):
             try:
-                data.check_local_file(path, split, entry.split)  # the JSON itself, as prepare_data reads it
+                check_local_file(path, split, entry.split)  # the JSON itself, as prepare_data reads it
             except DataError as error:
                 message = str(error).removeprefix(f"data.{split}: ")
                 if "column 'messages'" in message:  # the rows parse: ShareGPT's turns are a rename away
@@ -98,7 +102,7 @@ def _file_problem(entry: DatasetParams, split: str) -> str | None:
         return None  # an empty file: check_local_file said so for JSON; datasets says it for the rest
     columns = list(dict.fromkeys(column for _, row in rows[:100] for column in row))
     try:
-        fmt = data.detect_format(columns)
+        fmt = detect_format(columns)
     except DataError:
         hint = rename_hint(columns)
         return (f"{path} has columns {', '.join(columns)}, which are no row format snaketune reads"
@@ -106,7 +110,7 @@ def _file_problem(entry: DatasetParams, split: str) -> str | None:
                 + "; the formats: prompt/completion (prompt, completion), Alpaca (instruction, "
                 "optional input, output), chat (messages: a list of {role, content} turns), plain "
                 "text (text)")
-    selected = data.split_rows(entry.split, len(rows)) if whole else None
+    selected = split_rows(entry.split, len(rows)) if whole else None
     if selected is not None and len(selected) == 0:  # `datasets`: "corresponds to no data!"
         return (f"{path} has {len(rows)} row(s), and split {entry.split!r} selects none of them: add rows, "
                 "or give this split a file of its own (split: 'train')")
@@ -114,12 +118,12 @@ def _file_problem(entry: DatasetParams, split: str) -> str | None:
         if selected is not None and row_number not in selected:
             continue
         try:
-            data.row_to_chat(row, fmt)
-        except data.BadValue as error:
+            row_to_chat(row, fmt)
+        except BadValue as error:
             what = str(error)
             if path.suffix.lower() == ".csv":
                 what = what.replace(" is null (or missing);", " is an empty cell;")
-            return f"{path} {data.where_in_file(row_number, line)}, {what}{_sharegpt_hint(row, fmt)}"
+            return f"{path} {where_in_file(row_number, line)}, {what}{_sharegpt_hint(row, fmt)}"
     return None
 
 
@@ -189,3 +193,78 @@ def _rows(path: Path, limit: int | None) -> list[tuple[int | None, dict]]:
             return []  # a large JSON document: parsed whole only by prepare_data
         document = json.load(f)
     return [(None, row) for row in document if isinstance(row, dict)] if isinstance(document, list) else []
+
+
+# -- parse-time checks that read a little of the data ----------------------------------------------
+
+
+def needs_chat_template(data_cfg: DataParams) -> bool:
+    """Whether some rows are chat or instruction rows, formatted with the tokenizer's chat template.
+    Reads the first row of each local file (cheap); a hub dataset's rows are not known before it is
+    loaded, and count as not needing one (prepare_data says so, once, if they do)."""
+    for entry in [*data_cfg.train, *data_cfg.validation]:
+        columns = first_row_columns(entry)
+        if columns is not None and not set(columns) >= set(ROW_FORMATS["text"]):
+            return True
+    return False
+
+
+def first_row_columns(entry: DatasetParams) -> list[str] | None:
+    """The columns of a local file's first row (json, jsonl, csv, parquet), or None when they
+    cannot be read cheaply (a hub dataset, a folder, a malformed file: prepare_data reports it)."""
+    path = Path(entry.dataset_name)
+    if not (entry.local and path.is_file()):
+        return None
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".jsonl" or suffix == ".json":
+            with open(path) as f:
+                head = f.read(1 << 16).lstrip()
+            if head.startswith("{"):  # JSON Lines (or one object)
+                row = json.loads(head.splitlines()[0])
+                return list(row) if isinstance(row, dict) else None
+            rows = json.loads(path.read_text()) if path.stat().st_size < (64 << 20) else None
+            return list(rows[0]) if isinstance(rows, list) and rows and isinstance(rows[0], dict) else None
+        if suffix == ".csv":
+            with open(path, newline="", encoding="utf-8-sig") as f:  # a byte-order mark is no column's
+                return next(csv.reader(f), None)
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            return list(pq.read_schema(path).names)
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return None
+
+
+def generation_problems(validation: list[DatasetParams]) -> list[str]:
+    """'data.validation.datasets[i]: ...' for each local validation file of plain-text rows, which
+    have no prompt to answer and no reference answer for a generation metric to score."""
+    problems = []
+    for i, entry in enumerate(validation):
+        columns = first_row_columns(entry)
+        try:
+            fmt = detect_format(columns) if columns is not None else None
+        except DataError:
+            continue  # prepare_data reports unrecognised rows
+        if fmt == "text":
+            problems.append(f"data.validation.datasets[{i}]: plain-text rows ('text') have no prompt to answer "
+                            "nor a reference answer, which a generation metric in tuning.evaluation_metrics "
+                            "scores: give validation rows with answers (Alpaca instruction/input/output, chat "
+                            "messages, or prompt/completion)")
+    return problems
+
+
+def hub_problems(data_cfg: DataParams) -> list[str]:
+    """'data.<split>.datasets[i].dataset_name: ...' for each hub dataset that can neither be
+    reached nor found in the local cache (snaketune.hub)."""
+    from snaketune import hub
+
+    problems = []
+    for split in ("train", "validation"):
+        for i, entry in enumerate(getattr(data_cfg, split)):
+            if not entry.local:
+                problem = hub.problem(entry.dataset_name, "dataset")
+                if problem:
+                    problems.append(f"data.{split}.datasets[{i}].dataset_name: {problem}")
+    return problems

@@ -3,7 +3,7 @@ and an error's description that names a full disk.
 
 Every error snaketune raises on purpose derives from `SnaketuneError`, so a caller (the CLI, the
 Snakefile) can tell a problem the user can fix from a bug. Each concept keeps its own subclass
-beside its code (`config.ConfigError`, `gpu.LeaseError`, `data.DataError`, ...), also deriving from
+beside its code (`config.ConfigError`, `gpu.LeaseError`, `row_formats.DataError`, ...), also deriving from
 the builtin it always was (ValueError, RuntimeError) so existing `except` clauses still hold.
 """
 

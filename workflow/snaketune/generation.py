@@ -114,22 +114,6 @@ def resolve_section(raw: dict, uses_generation: bool, given: set[str]) -> tuple[
     return params, problems, notices
 
 
-def library_problems(params: GenerationParams) -> list[str]:
-    """What transformers says about the settings (GenerationConfig.validate, strict), at parse time."""
-    import warnings
-
-    from transformers import GenerationConfig
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            GenerationConfig(**params.generate_kwargs()).validate(strict=True)
-    except ValueError as error:
-        message = " ".join(str(error).split())
-        return [f"generation: transformers' GenerationConfig refuses these settings: {message}"]
-    return []
-
-
 def evaluate_base_model(tune, model_source: dict, data_dir: str | Path, out_dir: str | Path) -> dict:
     """The untrained model's generation metrics on the rows the trials answer, and its lm-eval
     metrics (rule baseline): what tuning gained is the best trial's against these. Writes
@@ -191,7 +175,7 @@ def prompt_token_limit(model, max_new_tokens: int) -> int | None:
     a context to its max_length less max_gen_toks. None when the config names no limit. A prompt
     past it would fail in the trial (absolute position embeddings have no row for it) or be
     answered past what the model was trained on (rotary ones). Raises ValueError when
-    max_new_tokens alone fills the positions (checked at parse time too: model.library_problems)."""
+    max_new_tokens alone fills the positions (checked at parse time too: library_checks.model_problems)."""
     positions = position_limit(model.config)
     if positions is None:
         return None

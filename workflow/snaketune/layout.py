@@ -121,9 +121,22 @@ class TrialFiles:
         return self.dir / f"checkpoint-{step}"
 
 
+# Trainer's TrainerState as saved in each checkpoint, written last.
+TRAINER_STATE = "trainer_state.json"
+
+
 def is_complete_checkpoint(path: str | Path) -> bool:
     """Whether a `checkpoint-<step>/` folder was saved whole: Trainer writes trainer_state.json last."""
-    return (Path(path) / "trainer_state.json").is_file()
+    return (Path(path) / TRAINER_STATE).is_file()
+
+
+def read_trainer_state(checkpoint: str | Path) -> dict:
+    """A checkpoint's trainer_state.json (global_step, max_steps, log_history, ...), or {} when it
+    cannot be read."""
+    try:
+        return json.loads((Path(checkpoint) / TRAINER_STATE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-from dataclasses import replace
 from pathlib import Path
 
 from snaketune.data import looks_like_local_path
@@ -146,19 +145,6 @@ def model_notices(raw_model: dict) -> tuple[list[str], dict]:
     return notices, moved
 
 
-def qlora_problems(quantization: dict) -> list[str]:
-    """QLoRA (bitsandbytes) needs CUDA: a problem when `q_lora` is on and none is visible.
-    Imports torch, so a job of an already validated run skips it."""
-    if not quantization.get("q_lora"):
-        return []
-    import torch
-
-    if torch.cuda.is_available():
-        return []
-    return ["tuning.fixed_peft_params.q_lora: QLoRA (4-bit bitsandbytes) needs a CUDA GPU and none "
-            "is visible here; set q_lora: false to train plain LoRA"]
-
-
 def fingerprint(model: ModelParams) -> dict:
     """What the prepared model and its tokenizer depend on, and what a trial loads it with: part of
     the study's definition, and the prepare_model rule's params (a change re-prepares it)."""
@@ -169,82 +155,6 @@ def fingerprint(model: ModelParams) -> dict:
     if not model.load_pretrained_weights:
         found["seed"] = model.seed  # random initial weights come from it
     return found
-
-
-# Files whose presence means a local model directory has weights transformers can load.
-WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")
-
-
-def library_problems(model: ModelParams, needs_chat_template: bool, prepared: Path | None = None,
-                     answer_tokens: int | None = None) -> list[str]:
-    """What transformers will say about the model, found at parse time without loading weights: a
-    hub id that cannot be reached (nor is cached), a local directory that is not a model or has no
-    weights while `load_pretrained_weights` is true, a tokenizer without the chat template chat
-    rows need (`needs_chat_template`), and `answer_tokens` (generation.max_new_tokens, when answers
-    are generated) that fill the model's positions alone (position_limit).
-    Returns 'yaml.path: what is wrong' lines. What from_pretrained makes of model_kwargs and
-    freeze_layers, and what PEFT makes of the LoRA targets, the preflight asks them
-    (snaketune.preflight), on a shrunken copy of the model.
-    Takes seconds: a GGUF file's metadata is read, not its tensors, and not even that when the
-    study's prepared model (`prepared`, its source.json) was converted from the same file."""
-    from snaketune import hub
-
-    problems = []
-    names = {"model_name": model.model_name, "tokenizer_name": model.tokenizer_name}
-    for key, name in names.items():
-        if not name or (key == "model_name" and model.gguf_file):
-            continue
-        if Path(name).is_dir():
-            if not (Path(name) / "config.json").is_file() and key == "model_name":
-                problems.append(f"model.model_name: {name} has no config.json: it is not a Hugging "
-                                "Face model directory (one save_pretrained wrote)")
-        elif not Path(name).exists():
-            problem = hub.problem(name, "model", model.model_revision)
-            if problem:
-                # The repository is there but not at that revision: the revision is what to fix.
-                wrong = "model_revision" if model.model_revision and not hub.problem(name, "model") else key
-                problems.append(f"model.{wrong}: {problem}")
-    if problems:
-        return problems
-    if model.load_pretrained_weights and not model.gguf_file and Path(model.model_name).is_dir():
-        if not any(next(Path(model.model_name).glob(pattern), None) for pattern in WEIGHT_FILES):
-            problems.append(f"model.model_name: {model.model_name} has no weights ("
-                            f"{' or '.join(WEIGHT_FILES)}); set model.load_pretrained_weights: false "
-                            "to train from random weights, or point model_name at a directory with "
-                            "the model's weights")
-    trust = bool(model.trust_remote_code)
-    gguf = None
-    if model.gguf_file and prepared is not None and prepared.is_file():
-        source = read_source(prepared)
-        if source.get("gguf_file") == model.gguf_file:  # converted already: a plain HF folder
-            model = replace(model, model_name=source["path"], gguf_file=None)
-    wants_config = bool(answer_tokens)
-    if model.gguf_file and (wants_config or (needs_chat_template and not model.tokenizer_name)):
-        # One read of the GGUF metadata gives both the config and the chat template (seconds).
-        from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
-
-        gguf = load_gguf_checkpoint(model.gguf_file, return_tensors=False)
-    config, problem = _read_config(model, gguf) if wants_config else (None, None)
-    if problem:  # the checks that need the config are not made; the chat template's still is
-        problems.append(problem)
-    elif wants_config:
-        # By hand: transformers' generate does not refuse answers that pass the model's positions.
-        positions = position_limit(config)
-        if answer_tokens and positions is not None and answer_tokens >= positions:
-            problems.append(f"generation.max_new_tokens: {answer_tokens} tokens, but the model has {positions} "
-                            "positions for a prompt and its answer together: lower it (a prompt longer than "
-                            "the positions less max_new_tokens is cut from the left)")
-    if needs_chat_template:
-        problems += _chat_template_problems(model, gguf, trust)
-    return problems
-
-
-def cached_hub_id(name: str, revision: str | None = None) -> bool:
-    """A hub id with a copy (of `revision`) in the cache: read the copy (an unreachable hub would
-    make transformers retry for minutes before falling back to it)."""
-    from snaketune import hub
-
-    return not Path(name).exists() and hub.in_cache(name, "model", revision)
 
 
 # The names transformers configs give the positions a sequence may take, most common first (as
@@ -275,50 +185,6 @@ def read_model_config(model: ModelParams, local_files_only: bool = False):
                              **model.model_kwargs, **hub_revision(model, model.model_name)},
         return_unused_kwargs=True)
     return config
-
-
-def _read_config(model: ModelParams, gguf: dict | None):
-    """(the model's transformers config, None), read without its weights (from the GGUF metadata
-    `gguf` when given), or (None, the problem); as a trial loads it (read_model_config)."""
-    from transformers import AutoConfig
-
-    try:
-        if gguf is not None:
-            config = AutoConfig.for_model(**gguf["config"])
-            # What from_pretrained does with its kwargs when the converted model is loaded
-            # (PretrainedConfig.from_dict): those that are config attributes are set.
-            config.update({k: v for k, v in model.model_kwargs.items() if hasattr(config, k)})
-            return config, None
-        cached = cached_hub_id(model.model_name, hub_revision(model, model.model_name).get("revision"))
-        return read_model_config(model, local_files_only=cached), None
-    except Exception as error:
-        return None, (f"model.model_name: transformers cannot read the model's config: "
-                      f"{type(error).__name__}: {error}")
-
-
-def _chat_template_problems(model: ModelParams, gguf: dict | None, trust: bool) -> list[str]:
-    from transformers import AutoTokenizer
-
-    if model.chat_template:  # model.chat_template is the one used
-        return []
-    key = "tokenizer_name" if model.tokenizer_name else "model_name"
-    if gguf is not None and not model.tokenizer_name:
-        template = gguf.get("tokenizer_config", {}).get("chat_template")
-    else:
-        try:
-            name = getattr(model, key)
-            revision = hub_revision(model, name)
-            template = AutoTokenizer.from_pretrained(  # as load_tokenizer loads it
-                name, **{"trust_remote_code": trust, "local_files_only": cached_hub_id(name, revision.get("revision")),
-                         **model.tokenizer_kwargs, **revision}).chat_template
-        except Exception as error:
-            return [f"model.{key}: transformers cannot load the tokenizer: {type(error).__name__}: {error}"]
-    if template:
-        return []
-    where = model.gguf_file if gguf is not None and not model.tokenizer_name else getattr(model, key)
-    return [f"model.{key}: the tokenizer of {where} has no chat template, which chat and "
-            "instruction rows (messages, Alpaca, prompt/completion) need to be formatted: use an "
-            "instruct model's tokenizer (model.tokenizer_name), or plain-text rows ({\"text\": ...})"]
 
 
 # -- preparing and loading ------------------------------------------------------------------------

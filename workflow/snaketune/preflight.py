@@ -816,12 +816,13 @@ def shrunken_model(tune: TuningConfig, model_source: dict, out_dir: Path) -> dic
     from transformers import AutoModelForCausalLM
 
     from snaketune import model as models
+    from snaketune.library_checks import cached_hub_id
 
     trust = bool(tune.model.trust_remote_code)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         name = model_source["path"]
-        config = models.read_model_config(replace(tune.model, model_name=name), local_files_only=models.cached_hub_id(
+        config = models.read_model_config(replace(tune.model, model_name=name), local_files_only=cached_hub_id(
             name, models.hub_revision(tune.model, name).get("revision")))
         small = shrink_config(config, keep_depth=names_layers(tune))
         # The model_kwargs that are config attributes win, as the trial's from_pretrained sets them.
@@ -883,7 +884,7 @@ def fingerprint(tune: TuningConfig) -> str:
         "definition": tune.definition,
         "training": tuning.training_args, "peft": tuning.lora_args, "use_peft": tuning.use_peft,
         "space": [dict(p) for p in tuning.space], "enqueued": tuning.enqueue_trials,
-        "generation": dict(tune.generation) if tune.uses_generation else None,
+        "generation": tune.generation.as_dict() if tune.uses_generation else None,
         "model_kwargs": tune.model.model_kwargs,
     }, sort_keys=True, default=str)
 

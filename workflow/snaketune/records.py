@@ -1,38 +1,30 @@
-"""The base of the resolved config's sections: frozen dataclasses that also read as mappings.
+"""The base of the resolved config's sections: frozen dataclasses read by attribute.
 
 Each concept owns its section's type (`model.ModelParams`, `data.DataParams`, `gpu.DeviceSettings`,
 `metrics.CustomMetric`, `config.TuningParams`, ...); code reads fields as attributes
-(`tune.tuning.metrics`). A section is also a read-only mapping over its fields, so `dict(section)`
-is its JSON form and it compares equal to the plain dict with the same items (the resolved config
-was a dict before it was typed, and its tests compare it to dicts).
+(`tune.tuning.metrics`); two sections are equal when their fields are. `as_dict()` is a section's
+JSON form (its fields, one level deep).
 
-Written here because dataclasses have no mapping view of their own, and `dataclasses.asdict`
-copies (it would rebuild every `space.Parameter`, and with it the parameter's distribution).
+Written here because `dataclasses.asdict` copies recursively (it would rebuild every
+`space.Parameter`, and with it the parameter's distribution).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 
 # Every section: fields are set once (frozen); lists and dicts inside are not copied, and are
 # treated as read-only by convention (list-valued fields stay lists, so they equal the YAML's lists).
-section = dataclasses.dataclass(frozen=True, eq=False)
+section = dataclasses.dataclass(frozen=True)
 
 
-class Record(Mapping):
-    """A read-only mapping over a frozen dataclass's fields, in declaration order."""
+class Record:
+    """The base of a frozen dataclass section: built from a mapping, written back as a dict."""
 
-    def __getitem__(self, key: str):
-        if key not in self.__dataclass_fields__:
-            raise KeyError(key)
-        return getattr(self, key)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.__dataclass_fields__)
-
-    def __len__(self) -> int:
-        return len(self.__dataclass_fields__)
+    def as_dict(self) -> dict:
+        """{field name: value} in declaration order; values are the fields themselves, not copies."""
+        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
 
     @classmethod
     def from_fields(cls, values: Mapping):

@@ -7,7 +7,6 @@ work during a run, after it, and on a study another machine is running.
 from __future__ import annotations
 
 import datetime
-import json
 import math
 import re
 from pathlib import Path
@@ -16,7 +15,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from snaketune import study as studies
-from snaketune.layout import StudyLayout, TrialFiles, read_loss_curve, trial_dir
+from snaketune.layout import StudyLayout, TrialFiles, read_loss_curve, read_trainer_state, trial_dir
 from snaketune.study import best_trials, latest_attempts
 
 STATES = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.FAIL, TrialState.PRUNED,
@@ -260,12 +259,7 @@ def running_progress(trial: FrozenTrial, layout: StudyLayout, max_steps: int | N
 def _max_steps_from_state(files: TrialFiles) -> int | None:
     """max_steps from the newest checkpoint's trainer_state.json (written with each checkpoint)."""
     checkpoint = files.last_checkpoint()
-    if checkpoint is None:
-        return None
-    try:
-        return json.loads((Path(checkpoint) / "trainer_state.json").read_text()).get("max_steps")
-    except (OSError, json.JSONDecodeError):
-        return None
+    return read_trainer_state(checkpoint).get("max_steps") if checkpoint else None
 
 
 def status_table(study: optuna.Study, layout: StudyLayout, n_trials: int | None = None,
