@@ -263,6 +263,36 @@ def test_a_mistake_no_ml_library_judges_is_answered_without_importing_one(tmp_pa
 
 
 @pytest.mark.workflow
+def test_a_config_accepted_before_is_checked_again_without_importing_the_libraries(tmp_path):
+    """A re-run (how failed trials are re-run) checks the config again: the answers TRL, PEFT and
+    transformers gave to the same arguments and tokenizer files are kept in the user's cache, so
+    they are not imported to ask again. A changed value is asked; a refusal is never kept."""
+    import subprocess
+    import sys
+
+    write_reverse_words(tmp_path / "data.jsonl")
+    config = tiny_config("data.jsonl")
+    env = {**os.environ, "PYTHONPATH": str(cli.SNAKEFILE.parent / "workflow"), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    probe = ("import sys; from snaketune import cli; status = cli.main(['check', '-c', 'tune.yaml']); "
+             "print(status, sorted(m for m in ('torch', 'trl', 'peft', 'transformers') if m in sys.modules))")
+
+    def check(**fixed) -> str:
+        config["tuning"]["fixed_training_params"].update(fixed)
+        write_config(tmp_path, config)
+        result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True)
+        return result.stdout.split("\n")[-2]
+
+    asked = "0 ['peft', 'torch', 'transformers', 'trl']"
+    assert check() == asked
+    assert check() == "0 []"
+    assert check(weight_decay=0.1) == asked  # another value: asked again
+    assert check() == "0 []"
+    refused = "1 ['peft', 'torch', 'transformers', 'trl']"
+    assert check(lr_scheduler_type="no_such_schedule") == refused
+    assert check() == refused  # a refusal is asked every time
+
+
+@pytest.mark.workflow
 def test_check_accepts_a_config_and_writes_nothing(tmp_path):
     write_reverse_words(tmp_path / "data.jsonl")
     write_config(tmp_path, tiny_config(n_trials=5))

@@ -126,14 +126,16 @@ def _read_config(model: ModelParams, gguf: dict | None):
 
 
 def _chat_template_problems(model: ModelParams, gguf: dict | None, trust: bool) -> list[str]:
-    from transformers import AutoTokenizer
-
     if model.chat_template:  # model.chat_template is the one used
         return []
     key = "tokenizer_name" if model.tokenizer_name else "model_name"
     if gguf is not None and not model.tokenizer_name:
         template = gguf.get("tokenizer_config", {}).get("chat_template")
+    elif _had_chat_template(model, key):
+        return []
     else:
+        from transformers import AutoTokenizer  # imports torch: only when a tokenizer is loaded
+
         try:
             name = getattr(model, key)
             revision = hub_revision(model, name)
@@ -143,11 +145,32 @@ def _chat_template_problems(model: ModelParams, gguf: dict | None, trust: bool) 
         except Exception as error:
             return [f"model.{key}: transformers cannot load the tokenizer: {type(error).__name__}: {error}"]
     if template:
+        _had_chat_template(model, key, remember=True)
         return []
     where = model.gguf_file if gguf is not None and not model.tokenizer_name else getattr(model, key)
     return [f"model.{key}: the tokenizer of {where} has no chat template, which chat and "
             "instruction rows (messages, Alpaca, prompt/completion) need to be formatted: use an "
             "instruct model's tokenizer (model.tokenizer_name), or plain-text rows ({\"text\": ...})"]
+
+
+def _had_chat_template(model: ModelParams, key: str, remember: bool = False) -> bool:
+    """Whether transformers found a chat template in this local tokenizer directory before, with
+    these files (names, sizes, modification times), kwargs and transformers version (user_cache):
+    loading a tokenizer imports transformers and torch, ~5 s of a re-run's check. Only a template
+    found is kept; with `remember`, keep it. A hub id is always asked."""
+    from snaketune import user_cache
+
+    folder = Path(getattr(model, key))
+    found = user_cache.versions(("transformers", "tokenizers"))
+    if not found or not folder.is_dir():
+        return False
+    files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file())
+    question = {"folder": str(folder.resolve()), "files": files, "kwargs": model.tokenizer_kwargs,
+                "trust_remote_code": bool(model.trust_remote_code)}
+    entry = f"chat-templates/{found}-{user_cache.digest(question)}.json"
+    if remember:
+        user_cache.write(entry, True)
+    return user_cache.read(entry) is True
 
 
 def generation_config_problems(params: GenerationParams) -> list[str]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from functools import cache
-from pathlib import Path
 
 from snaketune import space
 from snaketune.errors import closest
@@ -240,35 +239,20 @@ def lora_config_fields() -> frozenset[str]:
 
 def _library_fields(module: str, name: str, packages: tuple[str, ...]) -> frozenset[str]:
     """The init fields of the dataclass `module.name`, read from the class once per version of
-    `packages` and kept in the user's cache (`~/.cache/snaketune`): importing TRL takes seconds, and a
-    config's unknown name should be answered in about one. A cache that cannot be read or written
-    is skipped (the class is asked)."""
+    `packages` and kept in the user's cache (user_cache): importing TRL takes seconds, and a
+    config's unknown name should be answered in about one."""
     import importlib
-    import json
-    import os
-    from importlib import metadata
 
-    try:
-        versions = "-".join(f"{p}{metadata.version(p)}" for p in packages)
-    except metadata.PackageNotFoundError:
-        versions = None
-    cache_dir = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "snaketune"
-    cached = cache_dir / f"fields-{name}-{versions}.json"
-    if versions:
-        try:
-            return frozenset(json.loads(cached.read_text()))
-        except (OSError, ValueError):
-            pass
+    from snaketune import user_cache
+
+    found = user_cache.versions(packages)
+    entry = f"fields-{name}-{found}.json"
+    if found and isinstance(cached := user_cache.read(entry), list):
+        return frozenset(cached)
     cls = getattr(importlib.import_module(module), name)
     fields = frozenset(f.name for f in dataclasses.fields(cls) if f.init)
-    if versions:
-        try:
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            partial = cached.with_suffix(f".{os.getpid()}.tmp")
-            partial.write_text(json.dumps(sorted(fields)))
-            partial.replace(cached)  # whole or absent: another process may read it meanwhile
-        except OSError:
-            pass
+    if found:
+        user_cache.write(entry, sorted(fields))
     return fields
 
 

@@ -39,8 +39,10 @@ from __future__ import annotations
 
 import copy
 import gc
+import hashlib
 import json
 import logging
+import os
 import random
 import re
 import shutil
@@ -53,6 +55,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from snaketune import space as search_space
+from snaketune import user_cache
 from snaketune.errors import ProblemsError
 
 if TYPE_CHECKING:
@@ -203,7 +206,39 @@ def _value_path(param: dict, value) -> str:
 # -- the trial arguments (parse time) -------------------------------------------------------------
 
 
+# What an accepted set of trial arguments was judged by besides its values: the libraries, the code
+# that builds their objects, and the machine facts build_training_args reads (CUDA, CPU threads).
+ARGUMENT_JUDGES = ("torch", "transformers", "trl", "peft")
+_ARGUMENT_CODE = ("preflight.py", "train.py", "names.py", "space.py")
+
+
 def argument_problems(tuning: TuningParams, max_length: int, fixed_paths: dict[tuple[str, str], str]) -> list[str]:
+    """`judge_arguments`, skipped when the same arguments were accepted before by the same library
+    versions and code on a machine like this one (the user's cache, `user_cache`). Importing TRL and
+    PEFT to ask takes ~8 s of a ~10 s check, and every re-run of the command (the way failed trials
+    are re-run) asks again. Only an acceptance is kept, and rule preflight judges every
+    configuration again before any trial, so a stale entry can only delay an answer, never change it.
+    Returns problems as 'yaml.path: what is wrong'."""
+    found = user_cache.versions(ARGUMENT_JUDGES)
+    code = Path(__file__).parent
+    question = {
+        "training": tuning.training_args, "peft": tuning.lora_args, "use_peft": tuning.use_peft,
+        "space": [dict(p) for p in tuning.space], "seed": tuning.seed,
+        "report_every_steps": tuning.report_every_steps, "max_length": max_length,
+        "fixed_paths": sorted([list(k), v] for k, v in fixed_paths.items()),
+        "code": [hashlib.sha256((code / name).read_bytes()).hexdigest() for name in _ARGUMENT_CODE],
+        "cuda": os.path.exists("/proc/driver/nvidia/version"), "cpus": os.cpu_count(),
+    }
+    entry = f"accepted-arguments/{found}-{user_cache.digest(question)}.json"
+    if found and user_cache.read(entry) is True:
+        return []
+    problems = judge_arguments(tuning, max_length, fixed_paths)
+    if found and not problems:
+        user_cache.write(entry, True)
+    return problems
+
+
+def judge_arguments(tuning: TuningParams, max_length: int, fixed_paths: dict[tuple[str, str], str]) -> list[str]:
     """Build `SFTConfig` (and `LoraConfig` when LoRA is on) from the fixed parameters and at each
     corner of the search space (`space.corners`: every choice, every bound), as a trial would, and
     check each value against its field's type: parse time's share of the preflight (no model, no
