@@ -198,7 +198,7 @@ def test_log_scale_with_a_step_is_an_error(alpaca_jsonl, tmp_path, spec):
 def test_int_log_scale_with_step_one_is_fine(alpaca_jsonl, tmp_path):
     tuning = {"tunable_training_params": {"max_steps": {"type": "int", "low": 1, "high": 64,
                                                         "log": True, "step": 1}}}
-    param = load_tune_config(base_config(tuning), tmp_path)["tuning"]["space"][0]
+    param = load_tune_config(base_config(tuning), tmp_path).tuning.space[0]
     assert space.distribution(param) == IntDistribution(1, 64, log=True, step=1)
 
 
