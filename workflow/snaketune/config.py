@@ -404,7 +404,7 @@ def _library_problems(resolved: TuningConfig) -> list[str]:
     resolved.notices.extend(notices)
     if problems:
         return problems
-    problems = preflight.argument_problems(resolved.tuning, resolved.max_length, resolved.tuning.argument_paths)
+    problems = library_checks.argument_problems(resolved.tuning, resolved.max_length, resolved.tuning.argument_paths)
     if problems:
         return problems
     problems = library_checks.model_problems(resolved.model, needs_chat_template=data_check.needs_chat_template(resolved.data),

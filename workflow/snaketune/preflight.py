@@ -7,7 +7,8 @@ an optimizer name, a sampler's need for a finite space, LoRA target names the mo
 than re-implement each precondition, the preflight builds what a trial builds, with the trial's own
 code (`train.build_trainer`), and takes one real step:
 
-- `search_problems` (at parse time, milliseconds to a second): the study's sampler and pruner
+- `search_problems` (at parse time, milliseconds to a second; the trial arguments' share of parse
+  time is `library_checks.argument_problems`): the study's sampler and pruner
   (`strategy.make_sampler`, `make_pruner`) in an in-memory study over the search space, asked for
   the enqueued configurations and then for trials past the sampler's start-up ones, each
   parameter suggested, intermediate values reported and the pruner asked.
@@ -33,16 +34,18 @@ Not covered, because a CPU step cannot show it: bf16/fp16/tf32 kernels and mixed
 flash attention and other GPU attention kernels (the step uses sdpa), QLoRA's 4/8-bit loading,
 torch.compile, activation offloading, device placement, several GPUs, memory; nor lm-eval tasks
 and custom metric functions (they run after training, on the user's code).
+
+One module past 500 lines on purpose: the covering set, the step, the judging of what the libraries
+raise and warn (the warning tables below) and the search for the value at fault are one procedure;
+split, each part would reach into the others' private helpers.
 """
 
 from __future__ import annotations
 
 import copy
 import gc
-import hashlib
 import json
 import logging
-import os
 import random
 import re
 import shutil
@@ -55,7 +58,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from snaketune import space as search_space
-from snaketune import user_cache
 from snaketune.errors import ProblemsError
 
 if TYPE_CHECKING:
@@ -201,184 +203,6 @@ def _value_path(param: dict, value) -> str:
     if param["type"] == "categorical":
         return f"{base}.choices[{list(param['choices']).index(value)}]"
     return f"{base}.{'low' if value == param['low'] else 'high'}"
-
-
-# -- the trial arguments (parse time) -------------------------------------------------------------
-
-
-# What an accepted set of trial arguments was judged by besides its values: the libraries, the code
-# that builds their objects, and the machine facts build_training_args reads (CUDA, CPU threads).
-ARGUMENT_JUDGES = ("torch", "transformers", "trl", "peft")
-_ARGUMENT_CODE = ("preflight.py", "train.py", "names.py", "space.py")
-
-
-def argument_problems(tuning: TuningParams, max_length: int, fixed_paths: dict[tuple[str, str], str]) -> list[str]:
-    """`judge_arguments`, skipped when the same arguments were accepted before by the same library
-    versions and code on a machine like this one (the user's cache, `user_cache`). Importing TRL and
-    PEFT to ask takes ~8 s of a ~10 s check, and every re-run of the command (the way failed trials
-    are re-run) asks again. Only an acceptance is kept, and rule preflight judges every
-    configuration again before any trial, so a stale entry can only delay an answer, never change it.
-    Returns problems as 'yaml.path: what is wrong'."""
-    found = user_cache.versions(ARGUMENT_JUDGES)
-    code = Path(__file__).parent
-    question = {
-        "training": tuning.training_args, "peft": tuning.lora_args, "use_peft": tuning.use_peft,
-        "space": [dict(p) for p in tuning.space], "seed": tuning.seed,
-        "report_every_steps": tuning.report_every_steps, "max_length": max_length,
-        "fixed_paths": sorted([list(k), v] for k, v in fixed_paths.items()),
-        "code": [hashlib.sha256((code / name).read_bytes()).hexdigest() for name in _ARGUMENT_CODE],
-        "cuda": os.path.exists("/proc/driver/nvidia/version"), "cpus": os.cpu_count(),
-    }
-    entry = f"accepted-arguments/{found}-{user_cache.digest(question)}.json"
-    if found and user_cache.read(entry) is True:
-        return []
-    problems = judge_arguments(tuning, max_length, fixed_paths)
-    if found and not problems:
-        user_cache.write(entry, True)
-    return problems
-
-
-def judge_arguments(tuning: TuningParams, max_length: int, fixed_paths: dict[tuple[str, str], str]) -> list[str]:
-    """Build `SFTConfig` (and `LoraConfig` when LoRA is on) from the fixed parameters and at each
-    corner of the search space (`space.corners`: every choice, every bound), as a trial would, and
-    check each value against its field's type: parse time's share of the preflight (no model, no
-    data, a second). Returns problems as 'yaml.path: what is wrong'.
-
-    `fixed_paths` maps (group, target field) to the fixed parameter's YAML path. The library's own
-    complaint is reported under the path of the value that caused it: a tunable parameter's when
-    only some of its values fail, else the fixed parameters the message names.
-    """
-    from peft import LoraConfig
-    from trl import SFTConfig
-
-    from snaketune import train
-    from snaketune.names import oumi_value
-
-    problems = []
-    scratch = Path(tempfile.gettempdir()) / "snaketune-argument-check"  # never created
-    for (group, target), path in fixed_paths.items():
-        value = (tuning.training_args if group == "training" else tuning.lora_args).get(target)
-        if (target, value) == ("dataloader_num_workers", "auto"):  # Oumi's value: a number per trial
-            continue
-        problem = type_problem(SFTConfig if group == "training" else LoraConfig, target, value)
-        if problem:
-            problems.append(f"{path}: {problem}")
-    for param in tuning.space:
-        cls = SFTConfig if param["group"] == "training" else LoraConfig
-        for i, value in enumerate(search_space.edge_values(param)):
-            problem = type_problem(cls, param["target"], oumi_value(param["target"], value))
-            if problem:
-                where = f".choices[{i}]" if param["type"] == "categorical" else (".low", ".high")[i]
-                problems.append(f"tuning.tunable_{param['group']}_params.{param['name']}{where}: "
-                                f"{problem}")
-    if problems:  # a value of the wrong type makes the libraries' own messages misleading
-        return problems
-
-    said = set()
-
-    def build(group: str, fixed: dict, training: dict, peft: dict):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            if group == "training":
-                return train.build_training_args(replace(tuning, training_args=fixed), max_length, training, scratch)
-            return train.build_lora_config(fixed, peft)
-
-    def culprits(group: str, fixed: dict, training: dict, peft: dict) -> list[str]:
-        """The fixed parameters without any one of which the arguments build."""
-        found = []
-        for target in fixed:
-            try:
-                build(group, {k: v for k, v in fixed.items() if k != target}, training, peft)
-            except Exception:
-                continue
-            found.append(fixed_paths.get((group, target), f"tuning.fixed_{group}_params"))
-        return found or [f"tuning.fixed_{group}_params"]
-
-    def refused(group: str, param, value, values: dict) -> None:
-        fixed = tuning.training_args if group == "training" else tuning.lora_args
-        training, peft = search_space.split_by_group(tuning.space, values)
-        try:
-            build(group, fixed, training, peft)
-        except Exception as error:  # ValueError, TypeError, ImportError: the library's complaint
-            message = "; ".join(line.strip() for line in f"{type(error).__name__}: {error}".splitlines()
-                                if line.strip())
-            library = "SFTConfig" if group == "training" else "LoraConfig"
-            if param is None:
-                named = culprits(group, fixed, training, peft)
-                line = f"{', '.join(named)}: {library} refuses these values: {message}"
-            else:
-                line = (f"tuning.tunable_{group}_params.{param['name']}: {library} refuses "
-                        f"{param['name']}={value!r} (with {values}): {message}")
-            if message not in said:
-                said.add(message)
-                problems.append(line)
-
-    for param, value, values in search_space.corners(tuning.space):
-        varied = None if param is None else param["group"]
-        if varied in (None, "training"):
-            refused("training", param, value, values)
-        if tuning.use_peft and varied in (None, "peft"):
-            refused("peft", param, value, values)
-    return problems
-
-
-def type_problem(cls, field: str, value) -> str | None:
-    """By hand, because dataclasses do not check types and TRL, PEFT and transformers take a wrong
-    one until deep in a trial (`range(3.0)`): why `value` does not fit dataclass `cls`'s `field` by type (an integer field given 3.0 or
-    '4', a flag given 'true'), or None. Only what a type can say: the library checks the rest."""
-    import typing
-
-    hint = typing.get_type_hints(cls).get(field)
-    if hint is None or _fits(hint, value):
-        return None
-    wanted = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
-              list: "a list", dict: "a mapping"}
-    names = [wanted.get(typing.get_origin(a) or a) for a in _alternatives(hint)]
-    expected = " or ".join(dict.fromkeys(n for n in names if n)) or str(hint)
-    return f"{value!r} ({type(value).__name__}) does not fit {cls.__name__}.{field}, which takes {expected}"
-
-
-def _alternatives(hint) -> list:
-    import types
-    import typing
-
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return [a for arg in typing.get_args(hint) for a in _alternatives(arg)]
-    return [hint]
-
-
-def _fits(hint, value) -> bool:
-    import enum
-    import typing
-
-    for option in _alternatives(hint):
-        origin = typing.get_origin(option) or option
-        if option is typing.Any or (option is type(None) and value is None):
-            return True
-        if origin is typing.Literal:
-            if value in typing.get_args(option) or isinstance(value, str):  # the library checks strings
-                return True
-        elif origin is bool:
-            if isinstance(value, bool):
-                return True
-        elif origin is int:
-            if isinstance(value, int) and not isinstance(value, bool):
-                return True
-        elif origin is float:
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                return True
-        elif origin in (list, tuple):
-            if isinstance(value, (list, tuple)):
-                return True
-        elif isinstance(origin, type) and issubclass(origin, enum.Enum):
-            if isinstance(value, (str, origin)):
-                return True
-        elif isinstance(origin, type):
-            if isinstance(value, origin):
-                return True
-        else:  # a type this check does not know: the library has the last word
-            return True
-    return False
 
 
 # -- the sampler and pruner (parse time) ----------------------------------------------------------
