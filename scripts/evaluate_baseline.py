@@ -5,7 +5,7 @@ from pathlib import Path
 
 import rule_setup  # noqa: E402,F401 (first: in a source checkout it puts the package on sys.path)
 from snaketune import gpu  # noqa: E402
-from snaketune.config import load_gpu_settings  # noqa: E402
+from snaketune.validate import load_gpu_settings  # noqa: E402
 from snaketune.layout import TrialFiles  # noqa: E402
 
 # The device first, as a trial leases it: CUDA_VISIBLE_DEVICES must be set before CUDA starts.

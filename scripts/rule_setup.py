@@ -25,7 +25,7 @@ def start(snakemake):
     # shell(), which sets them (and GOTO/VECLIB/NUMEXPR) from the rule's `threads:`
     # (snakemake/shell.py, 9.27.1), so trials side by side do not oversubscribe the cores.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from snaketune.config import load_tune_config
+    from snaketune.validate import load_tune_config
 
     # Jobs run in the workflow's working directory, where relative config paths resolve.
     return load_tune_config(snakemake.config, base_dir=os.getcwd(), validated=True)
