@@ -25,7 +25,7 @@ from pathlib import Path
 
 from common import REPO, append_results, run_snakemake
 
-from snaketune.config import load_tune_config, read_default_tune_yaml
+from snaketune.validate import load_tune_config, read_default_tune_yaml
 from snaketune.layout import StudyLayout
 
 

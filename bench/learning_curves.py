@@ -43,7 +43,7 @@ from pathlib import Path
 import yaml
 from common import REPO, machine
 
-from snaketune.config import read_default_tune_yaml
+from snaketune.validate import read_default_tune_yaml
 
 # The default study's search space (config/tune.yaml), which the grid spans.
 _DEFAULT_TUNING = read_default_tune_yaml(REPO)["tuning"]

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from common import REPO, TINY_MODEL, append_results, job_wall_seconds, run_snakemake
 
-from snaketune.config import read_default_tune_yaml
+from snaketune.validate import read_default_tune_yaml
 
 LEARNING_RATES = [3e-4, 1e-3, 3e-3, 1e-4, 2e-3, 5e-4, 7e-4, 1.5e-3]
 

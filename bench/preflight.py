@@ -22,7 +22,7 @@ from pathlib import Path
 
 from common import REPO, append_results, job_wall_seconds, run_snakemake
 
-from snaketune.config import read_default_tune_yaml
+from snaketune.validate import read_default_tune_yaml
 from snaketune.layout import StudyLayout
 
 OUT = REPO / "bench" / "out" / "preflight"

@@ -41,7 +41,7 @@ from common import REPO, TINY_MODEL, append_results, machine, run_snakemake
 from replay import ARMS as REPLAY_ARMS
 from replay import WITHIN, StudyResult
 
-from snaketune.config import read_default_tune_yaml
+from snaketune.validate import read_default_tune_yaml
 
 BASELINE = {"pruner": "none"}
 # The pruned arms are replay.py's (one list of pruner settings for the replay and the real runs):

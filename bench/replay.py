@@ -61,7 +61,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from snaketune import space as search_space
 from snaketune import strategy
-from snaketune.config import TuningParams, load_tune_config, read_default_tune_yaml
+from snaketune.config import TuningParams
+from snaketune.validate import load_tune_config, read_default_tune_yaml
 from snaketune.layout import StudyLayout
 from snaketune.scheduler import RESUME, SlotSettings, StudyState, create_trial, decide_slot
 

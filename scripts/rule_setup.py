@@ -27,7 +27,7 @@ def start(snakemake):
     # shell(), which sets them (and GOTO/VECLIB/NUMEXPR) from the rule's `threads:`
     # (snakemake/shell.py, 9.27.1), so trials side by side do not oversubscribe the cores.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from snaketune.config import load_tune_config
+    from snaketune.validate import load_tune_config
 
     # Jobs run in the workflow's working directory, where relative config paths resolve.
     return load_tune_config(snakemake.config, base_dir=os.getcwd(), validated=True)
@@ -42,7 +42,7 @@ def leased_devices(snakemake, files, gpus: int | None = None):
     CUDA_VISIBLE_DEVICES is set before anything initialises CUDA, and a wait for a free GPU is
     reported on Snakemake's console (the log is not redirected yet)."""
     from snaketune import gpu
-    from snaketune.config import load_gpu_settings
+    from snaketune.validate import load_gpu_settings
 
     settings = load_gpu_settings(snakemake.config, base_dir=os.getcwd())
     if gpus is not None:

@@ -115,7 +115,7 @@ def test_status_counts_every_state_and_shows_running_progress(tmp_path, capsys):
 def test_status_counts_the_slots_the_run_created_when_n_trials_is_not_written(tmp_path, capsys, tuning, slots):
     """`N of M trial(s)`: M as the run resolved n_trials (a budget's slots, the default), which
     the YAML alone does not say; status is given no config here, as a user types it."""
-    from snaketune.config import load_tune_config
+    from snaketune.validate import load_tune_config
     from snaketune.study import open_study
 
     config = tiny_config(**{"fixed_training_params": {"max_steps": 10}, **tuning})

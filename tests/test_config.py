@@ -7,9 +7,10 @@ import sys
 import pytest
 import yaml
 
-from snaketune.config import ConfigError, load_tune_config
+from snaketune.config import ConfigError
 from snaketune.data import DatasetParams
 from snaketune.metrics import CustomMetric
+from snaketune.validate import load_tune_config
 from workflow_helpers import TINY_MODEL
 
 # The Quick Start tune.yaml of the seed document (Oumi's `oumi tune` guide), verbatim but for the
@@ -945,12 +946,14 @@ def test_each_concept_checks_its_section_alone(alpaca_jsonl, tmp_path):
                                                     "data.train.datasets[1].dataset_name"]
     assert metrics.resolve_objectives(["eval_loss", "eval_f1"], ["minimize"]) == (
         ["eval_loss", "eval_f1"], ["minimize", "minimize"], [])
-    settings, problems = gpu.resolve_settings(
-        {"trials_per_gpu": 1, "gpus_per_trial": 2, "gpu_devices": [0], "gpu_lease_dir": "leases"}, tmp_path)
+    settings, problems, _ = gpu.resolve_section(
+        {"tuning": {"trials_per_gpu": 1, "gpus_per_trial": 2, "gpu_devices": [0], "gpu_lease_dir": "leases"}},
+        tmp_path, {}, False)
     assert settings.devices == ["0"] and settings.lease_dir == str(tmp_path / "leases")
     assert problems == ["tuning.gpus_per_trial: 2 GPUs per trial, but tuning.gpu_devices lists only 1"]
-    section, problems = model.resolve_section(
-        {"model_name": "./missing", "torch_dtype_str": "bf16", "gguf_file": None}, 7, tmp_path)
+    section, problems, _ = model.resolve_section(
+        {"model": {"model_name": "./missing", "torch_dtype_str": "bf16", "gguf_file": None}, "tuning": {"seed": 7}},
+        tmp_path, {}, False)
     assert section.torch_dtype_str == "bfloat16" and section.seed == 7
     assert problems == [f"model.model_name: local path {tmp_path / 'missing'} does not exist"]
 
@@ -1061,7 +1064,7 @@ DUPLICATED = {
 
 @pytest.mark.parametrize("case", DUPLICATED)
 def test_a_key_given_twice_is_refused_naming_both_lines(tmp_path, case):
-    from snaketune.config import read_tune_yaml
+    from snaketune.validate import read_tune_yaml
 
     text, fragment = DUPLICATED[case]
     path = tmp_path / "tune.yaml"

@@ -4,7 +4,6 @@ as prepare_data (every wrong-type case of test_data is asked of both)."""
 
 from __future__ import annotations
 
-import json
 
 import pytest
 

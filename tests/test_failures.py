@@ -205,7 +205,8 @@ def test_a_changed_definition_is_refused_and_a_grown_budget_runs_only_the_new_sl
     assert "search space" in message and "learning_rate" in message and "tuning.output_dir" in message
 
     # The other parts of the definition, asked as the Snakefile asks (a snakemake start each is 7 s).
-    from snaketune.config import ConfigError, load_tune_config
+    from snaketune.config import ConfigError
+    from snaketune.validate import load_tune_config
     from snaketune.study import definition_conflicts
 
     def conflicts(config) -> str:

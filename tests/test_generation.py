@@ -17,7 +17,8 @@ from workflow_helpers import (
 )
 
 from snaketune import generation
-from snaketune.config import ConfigError, load_tune_config
+from snaketune.config import ConfigError
+from snaketune.validate import load_tune_config
 from snaketune.layout import StudyLayout, read_loss_curve
 
 

@@ -15,7 +15,8 @@ from itertools import combinations
 import pytest
 
 from snaketune import gpu
-from snaketune.config import ConfigError, load_gpu_settings, load_tune_config
+from snaketune.config import ConfigError
+from snaketune.validate import load_gpu_settings, load_tune_config
 from snaketune.layout import StudyLayout
 from workflow_helpers import REPO, load_study, run_snakemake, tiny_config, write_config, write_reverse_words
 

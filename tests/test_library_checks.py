@@ -9,7 +9,8 @@ import sys
 import pytest
 
 from conftest import CACHED_DATASET_ID, CACHED_MODEL_ID, CACHED_REVISION
-from snaketune.config import ConfigError, load_tune_config
+from snaketune.config import ConfigError
+from snaketune.validate import load_tune_config
 from workflow_helpers import TINY_MODEL, tiny_config, write_reverse_words
 
 

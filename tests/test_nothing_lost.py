@@ -255,7 +255,8 @@ def test_a_folder_holding_other_files_is_refused_as_output_dir_and_left_as_it_wa
 
 @pytest.mark.parametrize("where", ["/", "/tmp", "~", "~/.."])
 def test_system_folders_and_home_are_refused_as_output_dir(tmp_path, where):
-    from snaketune.config import ConfigError, load_tune_config
+    from snaketune.config import ConfigError
+    from snaketune.validate import load_tune_config
 
     write_reverse_words(tmp_path / "data.jsonl")
     with pytest.raises(ConfigError) as refused:
@@ -264,7 +265,7 @@ def test_system_folders_and_home_are_refused_as_output_dir(tmp_path, where):
 
 
 def test_an_empty_folder_a_new_one_and_a_study_are_accepted(tmp_path):
-    from snaketune.config import load_tune_config
+    from snaketune.validate import load_tune_config
 
     write_reverse_words(tmp_path / "data.jsonl")
     (tmp_path / "empty").mkdir()

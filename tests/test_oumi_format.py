@@ -6,7 +6,7 @@ import sys
 import pytest
 import yaml
 
-from snaketune.config import load_tune_config
+from snaketune.validate import load_tune_config
 from workflow_helpers import TINY_MODEL, run_cli, tiny_config, write_reverse_words
 
 # Oumi's SmolLM tuning recipe, verbatim (oumi-ai/oumi d8ed07778,

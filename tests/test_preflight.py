@@ -17,7 +17,8 @@ from workflow_helpers import load_study, run_snakemake, tiny_config, write_confi
 
 from snaketune import data, preflight
 from snaketune import model as models
-from snaketune.config import ConfigError, load_tune_config
+from snaketune.config import ConfigError
+from snaketune.validate import load_tune_config
 
 _COUNTER = itertools.count()
 

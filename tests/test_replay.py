@@ -18,7 +18,7 @@ from workflow_helpers import REPO, resolved_tuning, tiny_config, write_reverse_w
 
 sys.path.insert(0, str(REPO / "bench"))
 import replay  # noqa: E402
-from snaketune.config import load_tune_config  # noqa: E402
+from snaketune.validate import load_tune_config  # noqa: E402
 
 # Four learning rates; the fastest starter (1e-1) finishes worst, the slowest (1e-4) best.
 CURVES = {

@@ -20,7 +20,8 @@ from snaketune import space as search_space  # noqa: E402
 from snaketune import strategy  # noqa: E402
 from snaketune import scheduler  # noqa: E402
 from snaketune import study as studies  # noqa: E402
-from snaketune.config import ConfigError, load_tune_config  # noqa: E402
+from snaketune.config import ConfigError  # noqa: E402
+from snaketune.validate import load_tune_config  # noqa: E402
 from snaketune.layout import StudyLayout, read_loss_curve  # noqa: E402
 from snaketune.results import results_table  # noqa: E402
 from snaketune.scheduler import SlotSkipped, claim_trial, spent_compute  # noqa: E402

@@ -9,7 +9,8 @@ import yaml
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from snaketune import names, space
-from snaketune.config import ConfigError, load_tune_config
+from snaketune.config import ConfigError
+from snaketune.validate import load_tune_config
 
 N_TRIALS = 30
 

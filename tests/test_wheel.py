@@ -87,7 +87,7 @@ def test_wheel_carries_the_workflow_files(wheel):
 
 
 def test_installed_package_finds_its_files_and_the_default_config(venv, tmp_path):
-    code = ("import json; from snaketune import resources; from snaketune.config import read_default_tune_yaml;"
+    code = ("import json; from snaketune import resources; from snaketune.validate import read_default_tune_yaml;"
             "raw = read_default_tune_yaml();"
             "print(json.dumps([str(resources.snakefile()), str(resources.schema_path()), "
             "[d['dataset_name'] for s in raw['data'].values() for d in s['datasets']]]))")

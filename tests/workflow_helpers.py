@@ -88,7 +88,7 @@ def resolved_tuning(workdir: Path, **tuning):
     """The resolved `tuning` section (config.TuningParams) of `tiny_config(**tuning)`, its data
     written to `workdir`, for tests that open a study without running the workflow."""
     sys.path.insert(0, str(REPO / "workflow"))
-    from snaketune.config import load_tune_config
+    from snaketune.validate import load_tune_config
 
     write_reverse_words(workdir / "data.jsonl")
     return load_tune_config(tiny_config(**tuning), workdir).tuning

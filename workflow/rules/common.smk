@@ -18,7 +18,8 @@ if (REPO_DIR / "workflow" / "snaketune").is_dir():
 from snakemake.exceptions import WorkflowError
 
 from snaketune.check import accepted_config, checked_already, notice_line
-from snaketune.config import ConfigError, load_yaml, read_default_tune_yaml
+from snaketune.config import ConfigError
+from snaketune.validate import load_yaml, read_default_tune_yaml
 from snaketune.layout import write_text
 from snaketune.progress import ConsoleProgress
 from snaketune.locks import StudyInUse, hold_study

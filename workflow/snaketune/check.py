@@ -16,7 +16,8 @@ import os
 import textwrap
 from pathlib import Path
 
-from snaketune.config import ConfigError, TuningConfig, load_tune_config
+from snaketune.config import ConfigError, TuningConfig
+from snaketune.validate import load_tune_config
 
 # Set by `snaketune tune` for the Snakemake it starts: check_token() of the config it accepted.
 CHECKED_ENV = "SNAKETUNE_CHECKED"
@@ -24,7 +25,7 @@ CHECKED_ENV = "SNAKETUNE_CHECKED"
 
 def accepted_config(raw: dict, base_dir: str | Path | None = None, validated: bool = False) -> TuningConfig:
     """The resolved config of `raw` (a parsed tune.yaml), checked in full: every section
-    (config.load_tune_config; relative paths against `base_dir`, by default the working
+    (validate.load_tune_config; relative paths against `base_dir`, by default the working
     directory), then, when `output_dir` already holds a study, that the config continues it (same
     search space and objectives; study.definition_conflicts). Reads, never writes: a refused config
     leaves no trace in `output_dir`.

@@ -126,7 +126,7 @@ def read_config(path: str, overrides: list[str]) -> tuple[dict, str]:
     for a missing file, ConfigError for YAML that does not parse (file:line:column)."""
     if not Path(path).is_file():
         raise CliError(f"no such config file: {path}")
-    from snaketune.config import load_yaml
+    from snaketune.validate import load_yaml
 
     merged = apply_overrides(load_yaml(path) or {}, overrides)
     header = f"# {path}" + (f" with overrides: {' '.join(overrides)}" if overrides else "")

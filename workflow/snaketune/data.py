@@ -111,6 +111,24 @@ OUMI_REGISTERED_DATASETS = {
 SAME_AS_SNAKETUNE_COLLATORS = ("text_completions_only_with_padding",)
 
 
+def resolve_section(cfg: dict, base: Path, written: dict, ask: bool) -> tuple[DataParams, list[str], list[str]]:
+    """The `data:` section of a schema-filled config: (the train and validation datasets, problems,
+    notices), each as 'yaml.path: what'; the shape every section resolver has (`written` and `ask`
+    are unused: the rows are read later, by data_check, once every section is sound). Relative
+    local paths resolve against `base`."""
+    problems, notices, splits = [], [], {}
+    for split in ("train", "validation"):
+        splits[split], found = resolve_entries(cfg["data"][split]["datasets"], f"data.{split}.datasets", base)
+        problems.extend(found)
+    for split in ("train", "validation"):
+        found, said = split_fields(cfg["data"][split], f"data.{split}")
+        problems.extend(found)
+        notices.extend(said)
+    if cfg["data"].get("test"):
+        notices.append("data.test: unused: trials are evaluated on data.validation")
+    return DataParams(**splits), problems, notices
+
+
 def split_fields(split_cfg: dict, path: str) -> tuple[list[str], list[str]]:
     """Oumi's DatasetSplitParams fields of one split (`path`, e.g. data.train): (problems, notices)."""
     problems, notices = [], []

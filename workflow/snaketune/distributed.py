@@ -58,7 +58,7 @@ def rank_main(spec_path: str) -> None:
     import torch.distributed as dist
 
     from snaketune import train
-    from snaketune.config import load_tune_config
+    from snaketune.validate import load_tune_config
 
     spec = json.loads(Path(spec_path).read_text())
     tune = load_tune_config(spec["config"], base_dir=spec["base_dir"], validated=True)

@@ -80,10 +80,15 @@ class GenerationParams(Record):
         return settings
 
 
-def resolve_section(raw: dict, uses_generation: bool, given: set[str]) -> tuple[GenerationParams, list[str], list[str]]:
-    """`generation:` of a schema-filled config: (settings, problems, notices), each as 'yaml.path:
-    what'. `uses_generation`: a generation metric is an objective; without one the section is
-    unused, which a notice says when the user wrote some of it (`given`: the keys written)."""
+def resolve_section(cfg: dict, base: Path, written: dict, ask: bool) -> tuple[GenerationParams, list[str], list[str]]:
+    """`generation:` of a schema-filled config `cfg`: (settings, problems, notices), each as
+    'yaml.path: what'; the shape every section resolver has (`base` and `ask` are unused: the
+    library is asked later, by library_problems). Without a generation metric among
+    tuning.evaluation_metrics the section is unused, which a notice says when the user wrote some of
+    it (the keys under `generation:` in `written`, the config before the schema's defaults)."""
+    raw = cfg["generation"]
+    uses_generation = any(name in scoring.GENERATION_METRICS for name in cfg["tuning"]["evaluation_metrics"])
+    given = set(written["generation"]) if isinstance(written.get("generation"), dict) else set()
     problems, notices = [], []
     for key, neutral in UNSUPPORTED.items():
         if key in raw and raw[key] != neutral and raw[key] is not None:

@@ -49,7 +49,7 @@ from snaketune.records import Record, section
 
 DEFAULT_LEASE_DIR = "/tmp/snaketune-gpu-leases"
 LEASE_DIR_ENV = "SNAKETUNE_GPU_LEASE_DIR"
-# The keys of `tuning:` that are device settings (validated and resolved by `resolve_settings`).
+# The keys of `tuning:` that are device settings (validated and resolved by `resolve_section`).
 SETTING_KEYS = ("trials_per_gpu", "gpus_per_trial", "gpu_devices", "gpu_lease_dir")
 
 
@@ -68,9 +68,12 @@ class DeviceSettings(Record):
     lease_dir: str | None  # tuning.gpu_lease_dir (absolute); None: $SNAKETUNE_GPU_LEASE_DIR or /tmp
 
 
-def resolve_settings(tuning: dict, base: Path) -> tuple[DeviceSettings, list[str]]:
-    """The device settings of a schema-filled `tuning:` section (the schema checked the types and
-    minimums): (settings, problems). A relative `gpu_lease_dir` resolves against `base`."""
+def resolve_section(cfg: dict, base: Path, written: dict, ask: bool) -> tuple[DeviceSettings, list[str], list[str]]:
+    """The device settings of a schema-filled config's `tuning:` section (the schema checked the
+    types and minimums): (settings, problems, notices), the shape every section resolver has
+    (`written` and `ask` are unused: nothing is asked here). A relative `gpu_lease_dir` resolves
+    against `base`."""
+    tuning = cfg["tuning"]
     problems = []
     devices = tuning["gpu_devices"]
     if devices is not None:
@@ -87,7 +90,7 @@ def resolve_settings(tuning: dict, base: Path) -> tuple[DeviceSettings, list[str
         devices=devices,
         lease_dir=None if directory is None else str((base / Path(directory).expanduser()).resolve()),
     )
-    return settings, problems
+    return settings, problems, []
 
 
 # -- which devices exist ------------------------------------------------------------------------

@@ -17,15 +17,12 @@ import tempfile
 import warnings
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from snaketune import space as search_space
 from snaketune import user_cache
+from snaketune.config import TuningParams
 from snaketune.generation import GenerationParams
 from snaketune.model import ModelParams, hub_revision, position_limit, read_model_config, read_source
-
-if TYPE_CHECKING:
-    from snaketune.config import TuningParams
 
 
 def qlora_problems(quantization: dict) -> list[str]:
@@ -169,8 +166,6 @@ def _had_chat_template(model: ModelParams, key: str, remember: bool = False) -> 
     these files (names, sizes, modification times), kwargs and transformers version (user_cache):
     loading a tokenizer imports transformers and torch, ~5 s of a re-run's check. Only a template
     found is kept; with `remember`, keep it. A hub id is always asked."""
-    from snaketune import user_cache
-
     folder = Path(getattr(model, key))
     found = user_cache.versions(("transformers", "tokenizers"))
     if not found or not folder.is_dir():

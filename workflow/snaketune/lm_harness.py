@@ -52,11 +52,13 @@ def split_name(name: str) -> tuple[str, str]:
     return task, metric
 
 
-def resolve_section(raw: dict, metric_names: list[str], base: Path, check_tasks: bool
-                    ) -> tuple[LmEvalParams, list[str], list[str]]:
-    """`lm_eval:` of a schema-filled config and the lm_eval objectives among `metric_names`:
-    (settings, problems, notices), each as 'yaml.path: what'. `check_tasks` asks lm-eval whether
-    it knows each task (seconds: it indexes its task folder); a job of a validated run skips it."""
+def resolve_section(cfg: dict, base: Path, written: dict, ask: bool) -> tuple[LmEvalParams, list[str], list[str]]:
+    """`lm_eval:` of a schema-filled config `cfg` and the lm_eval objectives among its
+    tuning.evaluation_metrics: (settings, problems, notices), each as 'yaml.path: what'; the shape
+    every section resolver has (`written` is unused). `ask`: ask lm-eval whether it knows each
+    task (seconds: it indexes its task folder); a job of a validated run skips it. A relative
+    include_path resolves against `base`."""
+    raw, metric_names, check_tasks = cfg["lm_eval"], cfg["tuning"]["evaluation_metrics"], ask
     problems, notices = [], []
     include = raw.get("include_path")
     include_path = str((base / Path(include).expanduser()).resolve()) if include else None

@@ -85,10 +85,12 @@ def resolve_objectives(metrics: list[str], directions: list[str],
     return list(metrics), list(directions), problems
 
 
-def resolve_custom(entries: list[dict], base: Path, import_modules: bool = True) -> tuple[list[CustomMetric], list[str]]:
-    """`tuning.custom_eval_metrics` (name, function; the schema checked the shape): (entries,
-    problems). Puts `base` (the working directory) on `sys.path`, where custom metric modules live,
-    and imports every function unless `import_modules` is False (a job of a validated run)."""
+def resolve_section(cfg: dict, base: Path, written: dict, ask: bool) -> tuple[list[CustomMetric], list[str], list[str]]:
+    """`tuning.custom_eval_metrics` of a schema-filled config (name, function; the schema checked
+    the shape): (entries, problems, notices), the shape every section resolver has (`written` is
+    unused). Puts `base` (the working directory) on `sys.path`, where custom metric modules live,
+    and imports every function when `ask` (not in a job of a validated run)."""
+    entries = cfg["tuning"]["custom_eval_metrics"]
     if str(base) not in sys.path:
         sys.path.insert(0, str(base))
     seen, custom, problems = set(), [], []
@@ -104,11 +106,11 @@ def resolve_custom(entries: list[dict], base: Path, import_modules: bool = True)
                             "tuning.evaluation_metrics alone, with a generation: section if needed); give "
                             "your own metric another name")
         seen.add(entry["name"])
-        problem = import_problem(entry["function"]) if import_modules else None
+        problem = import_problem(entry["function"]) if ask else None
         if problem:
             problems.append(f"{path}.function: {problem}")
         custom.append(CustomMetric.from_fields(entry))
-    return custom, problems
+    return custom, problems, []
 
 
 def import_problem(dotted: str) -> str | None:

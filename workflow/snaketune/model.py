@@ -73,20 +73,26 @@ REFUSED_MODEL_FIELDS = {
 
 
 # -- parse-time checks (no torch or transformers import here: the Snakefile runs them) -----------
-def resolve_section(model: dict, seed: int, base: Path) -> tuple[ModelParams, list[str]]:
-    """Check and resolve the `model:` section (schema-filled): (model, problems).
+def resolve_section(cfg: dict, base: Path, written: dict, ask: bool) -> tuple[ModelParams, list[str], list[str]]:
+    """The `model:` section of a schema-filled config `cfg`: (model, problems, notices), each as
+    'yaml.path: what'. The shape every section resolver has (`written`, the config as the user
+    wrote it, and `ask`, whether a library may be asked, are unused here: nothing is asked).
 
     The dtype alias becomes torch's name; an existing local `model_name`/`tokenizer_name` and
     `gguf_file` become absolute paths (relative ones resolve against `base`); `seed` (tuning.seed)
-    is added, for random initial weights. A name that can only be a local path must exist.
+    is added, for random initial weights. A name that can only be a local path must exist. Oumi's
+    fields with no meaning here are said in notices.
     """
-    model = dict(model)
+    model = dict(cfg["model"])
+    seed = cfg["tuning"]["seed"]
     problems = []
+    notices = [f"model.{key}: unused: {why}" for key, why in IGNORED_MODEL_FIELDS.items()
+               if model.get(key) not in (None, {}, False)]
     for key, instead in REFUSED_MODEL_FIELDS.items():
         if model.pop(key, None):
             problems.append(f"model.{key}: {instead}")
     for key in (*IGNORED_MODEL_FIELDS, *MOVED_MODEL_FIELDS):
-        model.pop(key, None)  # said by model_notices; moved ones are training arguments
+        model.pop(key, None)  # said in a notice; moved ones are training arguments (moved_training_args)
     model["tokenizer_kwargs"] = model.get("tokenizer_kwargs") or {}
     model["model_kwargs"] = model.get("model_kwargs") or {}
     for field, set_here in (("model_kwargs", SET_BY_SNAKETUNE), ("tokenizer_kwargs", TOKENIZER_SET_BY_SNAKETUNE)):
@@ -127,7 +133,7 @@ def resolve_section(model: dict, seed: int, base: Path) -> tuple[ModelParams, li
         problems.append(f"model.model_revision: {model['model_revision']!r} would do nothing: a revision "
                         "is of a hub id, and the model and its tokenizer are read from local files here; "
                         f"remove it, or point {hub_field} at the hub id")
-    return ModelParams.from_fields(model), problems
+    return ModelParams.from_fields(model), problems, notices
 
 
 def hub_revision(model: ModelParams, name: str) -> dict:
@@ -136,13 +142,10 @@ def hub_revision(model: ModelParams, name: str) -> dict:
     return {"revision": model.model_revision} if model.model_revision and not Path(name).exists() else {}
 
 
-def model_notices(raw_model: dict) -> tuple[list[str], dict]:
-    """Notices for Oumi ModelParams fields with no meaning here, and the training arguments the
-    moved ones become ({"torch_compile": ..., "use_liger_kernel": ...})."""
-    notices = [f"model.{key}: unused: {why}" for key, why in IGNORED_MODEL_FIELDS.items()
-               if raw_model.get(key) not in (None, {}, False)]
-    moved = {target: raw_model[key] for key, target in MOVED_MODEL_FIELDS.items() if key in raw_model}
-    return notices, moved
+def moved_training_args(raw_model: dict) -> dict:
+    """The training arguments Oumi's model fields that are SFTConfig's here become
+    ({"torch_compile": ..., "use_liger_kernel": ...}), from a schema-filled `model:` section."""
+    return {target: raw_model[key] for key, target in MOVED_MODEL_FIELDS.items() if key in raw_model}
 
 
 def fingerprint(model: ModelParams) -> dict:

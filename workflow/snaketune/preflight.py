@@ -55,13 +55,11 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from snaketune import space as search_space
+from snaketune.config import TuningConfig, TuningParams
 from snaketune.errors import ProblemsError
 
-if TYPE_CHECKING:
-    from snaketune.config import TuningConfig, TuningParams
 
 # The one step: an optimizer step (with the configuration's gradient accumulation) and the last
 # step's checkpoint; the evaluation, generation and everything else are the trial's own settings.

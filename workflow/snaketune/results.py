@@ -9,20 +9,18 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import optuna
 from optuna.trial import TrialState
 
 from snaketune import study as studies
 from snaketune import summary
+from snaketune.config import TuningParams
 from snaketune.errors import describe_error
 from snaketune.layout import StudyLayout, TrialFiles, write_csv, write_json
 from snaketune.layout import trial_dir as folder_of
+from snaketune.model import ModelParams
 
-if TYPE_CHECKING:
-    from snaketune.config import TuningParams
-    from snaketune.model import ModelParams
 
 OPTUNA_COLUMNS = ("number", "values", "datetime_start", "datetime_complete", "duration", "params",
                   "user_attrs", "state")

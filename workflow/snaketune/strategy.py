@@ -4,6 +4,11 @@ Both are Optuna's own classes, named in tune.yaml and built with `sampler_kwargs
 `pruner_kwargs`. Every trial process builds the same sampler and pruner with the same arguments
 (only the seed differs by slot), so the hooks Optuna runs on the shared journal agree. Pruners
 compare a trial with the other processes' trials through that journal.
+
+The pruner and budget rules of a config are here too (`resolve_settings`: the default
+report_every_steps, whether pruned trials pause and resume, whether a pruner can reach a trial
+before its end, how many slots a budget pays for), so one module owns what a pruner and a budget
+mean; the checker (snaketune.validate) calls it. That is why this module is a little over 500 lines.
 """
 
 from __future__ import annotations
@@ -11,15 +16,14 @@ from __future__ import annotations
 import inspect
 import itertools
 import warnings
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from snaketune import lm_harness, scoring
+from snaketune.config import TuningParams
 from snaketune.errors import closest
-
-if TYPE_CHECKING:
-    from snaketune.config import TuningParams
 
 SAMPLERS = ("TPESampler", "RandomSampler", "GPSampler", "CmaEsSampler", "NSGAIISampler",
             "NSGAIIISampler", "QMCSampler", "GridSampler", "BruteForceSampler")
@@ -177,7 +181,7 @@ def judged_steps(pruner: str, pruner_kwargs: dict, report_every_steps: int | Non
 def least_steps(pruner: str, pruner_kwargs: dict, report_every_steps: int | None, max_steps: int,
                 pausing: bool) -> int:
     """The fewest steps one trial of a study with a fixed max_steps can train, a lower bound for a
-    budget's slot count (config._slots_for_budget): stopped at the first step its pruner judges it
+    budget's slot count (_slots_for_budget): stopped at the first step its pruner judges it
     (judged_steps), or, `pausing` (tuning.resume_pruned), resumed at one such step and stopped at
     the next, or trained to the end; max_steps when nothing stops trials."""
     stops = judged_steps(pruner, pruner_kwargs, report_every_steps, max_steps)
@@ -201,7 +205,7 @@ def default_report_every_steps(max_steps) -> int | None:
 
 
 def reduction_factor(pruner: str, pruner_kwargs: dict, resume_pruned: bool | int) -> int | None:
-    """η of tuning.resume_pruned (true, false or an integer; config._pause_settings fills in its
+    """η of tuning.resume_pruned (true, false or an integer; _pause_settings fills in its
     default): None (pruned trials stay stopped), its own value when it is an integer, or for `true`
     the pruner's reduction_factor (successive_halving's default 2, hyperband's Optuna default 3)
     and 4 for any other pruner."""
@@ -320,3 +324,193 @@ def check(name: str, kwargs: dict, pruner: str, pruner_kwargs: dict, space: list
     elif pruner_kwargs:
         problems.append("tuning.pruner_kwargs: given, but tuning.pruner is none")
     return problems
+
+
+# -- the study settings of a config (parse time) ---------------------------------------------------
+TUNER_TYPES = ("OPTUNA",)
+
+# The most trial slots a budget stands for when n_trials is not written: Snakemake creates a job
+# for every slot before the first one runs.
+MAX_BUDGET_SLOTS = 1000
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    """What the sampler, pruner and budget rules derive from a `tuning:` section, each once (the
+    checker passes them on to config.TuningParams; the section itself is never rewritten)."""
+
+    n_trials: int  # tuning.n_trials; not given: 10, the grid's size, or the slots a budget pays for
+    report_every_steps: int | None  # as given, or a quarter of a fixed max_steps for a pruner
+    resume_pruned: int | None  # η (reduction_factor); None: pruned trials stay stopped
+
+
+def resolve_settings(tuning: dict, search_space: list, metric_names: list[str], custom_names: list[str]
+                     ) -> tuple[StudySettings, list[str], list[str]]:
+    """The tuner, sampler, pruner, pausing and budget of a schema-filled `tuning:` section over the
+    resolved `search_space` and objectives (`metric_names`, `custom_names` the custom metrics'):
+    (settings, problems, notices), each as 'yaml.path: what'. n_trials defaults to 10, the grid's
+    size, or with a compute budget the slots it pays for (_slots_for_budget). A pruner without
+    report_every_steps reports every quarter of a fixed max_steps (default_report_every_steps),
+    said in a notice."""
+    problems, notices = [], []
+    if str(tuning["tuner_type"]).upper() not in TUNER_TYPES:
+        problems.append(f"tuning.tuner_type: unknown tuner type {tuning['tuner_type']!r}; "
+                        "snaketune supports OPTUNA")
+    problems.extend(check(tuning["tuner_sampler"], tuning["sampler_kwargs"], tuning["pruner"],
+                          tuning["pruner_kwargs"], search_space, len(metric_names)))
+    n_trials = tuning.get("n_trials")
+    grid_size = None
+    if tuning["tuner_sampler"] == "GridSampler" and not any("GridSampler" in p for p in problems):
+        grid_size = len(grid_points(search_space))
+    if n_trials is None:
+        n_trials = grid_size or 10
+    elif n_trials < 1:
+        problems.append(f"tuning.n_trials: must be at least 1, got {n_trials}")
+    elif grid_size is not None and n_trials > grid_size:
+        problems.append(f"tuning.n_trials: {n_trials} trials, but the grid has only {grid_size} "
+                        "points (leave n_trials out to run the whole grid)")
+    eta = _pause_settings(tuning, problems, notices)
+    every = _report_every_steps(tuning, metric_names, custom_names, problems, notices)
+    _pruner_reach(tuning, every, problems)
+    if tuning.get("n_trials") is None and grid_size is None and tuning["budget"] \
+            and not any(p.startswith("tuning.budget") for p in problems):
+        n_trials = _slots_for_budget(tuning, every, eta, problems, notices) or n_trials
+    return StudySettings(n_trials=n_trials, report_every_steps=every, resume_pruned=eta), problems, notices
+
+
+def _report_every_steps(tuning: dict, metric_names: list[str], custom_names: list[str],
+                        problems: list[str], notices: list[str]) -> int | None:
+    """tuning.report_every_steps, or its default for a pruner (a quarter of a fixed max_steps);
+    refuses a pruner whose first objective is computed only after training (appending to
+    `problems`, saying what is done instead in `notices`)."""
+    every = tuning["report_every_steps"]
+    first = metric_names[0] if metric_names else None
+    if tuning["pruner"] == "wilcoxon":
+        # Its steps are validation rows (generation.evaluate_generation), not training steps.
+        if first not in scoring.GENERATION_METRICS:
+            problems.append(f"tuning.pruner: wilcoxon compares trials row by row on per-example scores, "
+                            f"which only the generation metrics give ({', '.join(scoring.GENERATION_METRICS)}); "
+                            f"tuning.evaluation_metrics[0] is {first!r}: make a generation metric the first "
+                            "objective, or use another pruner (successive_halving, percentile)")
+        elif every:
+            notices.append("tuning.report_every_steps: evaluations during training go to the loss curve only; "
+                           "the wilcoxon pruner is asked on the per-row scores of the generation after training")
+        return every
+    if tuning["pruner"] == "none" and not every:
+        return every
+    kind = ("a custom metric" if first in set(custom_names)
+            else "a generation metric" if first in scoring.GENERATION_METRICS
+            else "an lm-eval metric" if first and lm_harness.is_lm_eval_metric(first) else None)
+    if kind and tuning["pruner"] != "none":
+        problems.append(f"tuning.evaluation_metrics[0]: {first!r} is {kind}, computed once after "
+                        "training; a pruner needs a metric the evaluation produces at every report "
+                        "(eval_loss, eval_mean_token_accuracy)"
+                        + ("; or prune on its per-row scores with pruner: wilcoxon"
+                           if kind == "a generation metric" else ""))
+    elif kind:  # no pruner: the evaluations are learning curves, the objective is computed after
+        notices.append(f"tuning.report_every_steps: the evaluations every {every} "
+                       f"steps are recorded in each trial's loss curve only (eval_loss in logs/loss_curve.csv); "
+                       f"the trial's value, {first!r}, is {kind}, computed once after training")
+    if tuning["pruner"] != "none" and not every:
+        every = default_report_every_steps(tuning["fixed_training_params"].get("max_steps"))
+        if every is None:
+            problems.append("tuning.report_every_steps: a pruner needs intermediate values: set "
+                            "report_every_steps (e.g. a quarter of the trial's steps)")
+        else:
+            notices.append(f"tuning.report_every_steps: not given; the pruner is asked every {every} "
+                           "steps (a quarter of max_steps)")
+    return every
+
+
+def _pruner_reach(tuning: dict, every: int | None, problems: list[str]) -> None:
+    """Refuses a pruner that could never stop a trial of a fixed max_steps (reporting `every`
+    steps): no report before the last step, or pruner_kwargs that put its first judgement at or
+    after it."""
+    max_steps = tuning["fixed_training_params"].get("max_steps")
+    if tuning["pruner"] in ("none", "wilcoxon") or not every or fixed_steps(max_steps) is None \
+            or any(p.startswith(("tuning.pruner", "tuning.report_every_steps")) for p in problems) \
+            or judged_steps(tuning["pruner"], tuning["pruner_kwargs"], every, max_steps):
+        return
+    if every >= max_steps:
+        problems.append(f"tuning.report_every_steps: {every}, but the trials train {max_steps} steps "
+                        f"(tuning.fixed_training_params.max_steps), so no report comes before the end and "
+                        f"the {tuning['pruner']} pruner never stops a trial: report more often (e.g. every "
+                        f"{default_report_every_steps(max_steps)} steps) or set pruner: none")
+    else:
+        knobs = ("min_resource or min_early_stopping_rate" if tuning["pruner"] == "successive_halving"
+                 else "n_warmup_steps")
+        problems.append(f"tuning.pruner_kwargs: {tuning['pruner']} with these arguments first judges a trial "
+                        f"at or after its last step ({max_steps}), so it never stops one: lower {knobs}, "
+                        "or leave it out")
+
+
+def _slots_for_budget(tuning: dict, every: int | None, eta: int | None, problems: list[str],
+                      notices: list[str]) -> int | None:
+    """n_trials for a study with a compute budget and no n_trials: as many slots as the budget
+    pays for when every trial spends the least it can (least_steps, reporting `every` steps,
+    pausing when `eta`), so the budget, not a default count, decides. None, with a problem, when
+    that is not known before the trials run (tokens, device hours, steps that are not a fixed
+    max_steps) or is more slots than MAX_BUDGET_SLOTS."""
+    (unit, amount), = tuning["budget"].items()
+    cap = "set tuning.n_trials as the cap on trial slots (e.g. n_trials: 100; the slots the budget does not reach finish as SKIPPED)"
+    if unit != "trained_steps":
+        problems.append(f"tuning.n_trials: not given, and how many trials a budget in {unit} pays for is "
+                        f"known only as they run: {cap}")
+        return None
+    max_steps = tuning["fixed_training_params"].get("max_steps")
+    if fixed_steps(max_steps) is None:
+        problems.append("tuning.n_trials: not given, and the trials' length is not a fixed "
+                        "tuning.fixed_training_params.max_steps, so how many trials the budget "
+                        f"(trained_steps={amount}) pays for is unknown: {cap}")
+        return None
+    pausing = bool(eta)
+    least = least_steps(tuning["pruner"], tuning["pruner_kwargs"], every, max_steps, pausing)
+    why = f"{max_steps} steps each" if least == max_steps else (
+        f"{least} steps or more (a pruned trial stopped where the pruner first judges it"
+        + (", or a resumed one trained up to its next judgement or the end)" if pausing else ")"))
+    slots = -(-amount // least)
+    if slots > MAX_BUDGET_SLOTS:
+        problems.append(f"tuning.n_trials: not given; the budget (trained_steps={amount}) pays for up to "
+                        f"{slots} trials of {why}, more than the {MAX_BUDGET_SLOTS} slots snaketune creates "
+                        "unasked: set tuning.n_trials as the cap")
+        return None
+    notices.append(f"tuning.n_trials: not given; the budget (trained_steps={amount}) pays for at most {slots} "
+                   f"trials of {why}, so there are {slots} trial slots and the budget decides how many run "
+                   "(the others finish as SKIPPED)")
+    return slots
+
+
+def _pause_settings(tuning: dict, problems: list[str], notices: list[str]) -> int | None:
+    """η of tuning.resume_pruned (reduction_factor; its default: successive halving pauses unless
+    each grid point has its slot), or None: pruned trials stay stopped. Appends to `problems` a
+    pausing the pruner or sampler cannot do."""
+    given = tuning["resume_pruned"]
+    pausing = given not in (None, False)
+    if pausing and tuning["pruner"] == "none":
+        problems.append("tuning.resume_pruned: pauses pruned trials, but tuning.pruner is none: set a "
+                        "pruner (successive_halving pauses by default) or remove resume_pruned")
+    elif pausing and tuning["pruner"] == "wilcoxon":
+        problems.append("tuning.resume_pruned: the wilcoxon pruner stops a trial while it generates, after "
+                        "its training is done: there is nothing to resume; remove resume_pruned")
+    elif pausing and tuning["tuner_sampler"] == "GridSampler":
+        problems.append("tuning.resume_pruned: GridSampler runs each grid point in a slot of its own, and "
+                        "a resumed trial takes a slot: set resume_pruned: false, or use BruteForceSampler")
+    if any(p.startswith(("tuning.pruner", "tuning.resume_pruned")) for p in problems):
+        return None
+    wanted = given
+    if given is None:
+        wanted = tuning["pruner"] == "successive_halving" and tuning["tuner_sampler"] != "GridSampler"
+    factor = tuning["pruner_kwargs"].get("reduction_factor")
+    if wanted is True and factor is not None and not _is_int(factor):
+        problems.append(f"tuning.pruner_kwargs.reduction_factor: {factor!r}: pausing resumes the best 1/η of "
+                        "a step's values, η this reduction factor: give a whole number (e.g. 4), or set "
+                        "tuning.resume_pruned to one, or to false")
+        return None
+    eta = reduction_factor(tuning["pruner"], tuning["pruner_kwargs"], wanted)
+    if given is None and eta:
+        notices.append(f"tuning.resume_pruned: not given; {tuning['pruner']} pauses a pruned trial, and a "
+                       f"slot that starts later resumes it from its checkpoint once its value is among the "
+                       f"best 1/{eta} reported at its step. A resumed trial takes one of the n_trials slots: "
+                       "give the study a budget and let n_trials be a cap (set resume_pruned: false to stop "
+                       "pruned trials for good)")
+    return eta or None

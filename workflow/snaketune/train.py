@@ -16,7 +16,6 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from snaketune import generation, lm_harness
 from snaketune import metrics as custom_metrics
@@ -24,11 +23,10 @@ from snaketune import scoring
 from snaketune import space as search_space
 from snaketune import scheduler
 from snaketune import study as studies
+from snaketune.config import TuningConfig, TuningParams
 from snaketune.errors import describe_error
 from snaketune.layout import TrialFiles, checkpoint_step, write_json
 
-if TYPE_CHECKING:
-    from snaketune.config import TuningConfig, TuningParams
 
 LOSS_CURVE_FIELDS = ("step", "epoch", "loss", "grad_norm", "learning_rate", "eval_loss")
 
