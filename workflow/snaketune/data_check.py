@@ -22,6 +22,7 @@ import csv
 import json
 from pathlib import Path
 
+from snaketune import hub
 from snaketune.data import DataParams, DatasetParams
 from snaketune.data_files import check_local_file, split_rows, where_in_file
 from snaketune.row_formats import ROW_FORMATS, BadValue, DataError, detect_format, row_to_chat
@@ -258,7 +259,6 @@ def generation_problems(validation: list[DatasetParams]) -> list[str]:
 def hub_problems(data_cfg: DataParams) -> list[str]:
     """'data.<split>.datasets[i].dataset_name: ...' for each hub dataset that can neither be
     reached nor found in the local cache (snaketune.hub)."""
-    from snaketune import hub
 
     problems = []
     for split in ("train", "validation"):

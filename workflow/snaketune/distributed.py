@@ -17,7 +17,9 @@ import sys
 from pathlib import Path
 
 import snaketune
+from snaketune import train
 from snaketune.layout import write_json
+from snaketune.validate import load_tune_config
 
 # The directory that holds the `snaketune` package (a checkout's workflow/, or site-packages):
 # the ranks import the package from where this process did.
@@ -56,9 +58,6 @@ def rank_main(spec_path: str) -> None:
     """One torchrun rank of a data-parallel trial (see `launch_data_parallel`)."""
     import torch
     import torch.distributed as dist
-
-    from snaketune import train
-    from snaketune.validate import load_tune_config
 
     spec = json.loads(Path(spec_path).read_text())
     tune = load_tune_config(spec["config"], base_dir=spec["base_dir"], validated=True)

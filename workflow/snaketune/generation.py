@@ -27,7 +27,9 @@ import sys
 import time
 from pathlib import Path
 
-from snaketune import scoring
+from snaketune import data, lm_harness, model, scoring
+from snaketune.errors import describe_error
+from snaketune.layout import ROW_REPORTS_ATTR, TrialFiles, write_json
 from snaketune.model import position_limit
 from snaketune.records import Record, section
 
@@ -67,7 +69,6 @@ class GenerationParams(Record):
         if self.stop_strings:
             kwargs["stop_strings"] = list(self.stop_strings)
         return kwargs
-
 
     def result_settings(self) -> dict:
         """What changes the answers (and so the metrics): the study's definition records it, so a
@@ -127,15 +128,12 @@ def evaluate_base_model(tune, model_source: dict, data_dir: str | Path, out_dir:
     than raised: the study's results do not wait on this comparison (delete the folder to retry).
     `tune` is the resolved config (config.TuningConfig), `model_source` the prepared model's
     source.json dict."""
-    from snaketune.layout import TrialFiles, write_json
 
     files = TrialFiles(Path(out_dir))
     files.dir.mkdir(parents=True, exist_ok=True)
     try:
         produced = _score_base_model(tune, model_source, data_dir, files)
     except Exception as error:  # noqa: BLE001 (a comparison only: it must not keep the study's results back)
-        from snaketune.errors import describe_error
-
         produced = {"error": describe_error(error)[:2000]}
         print(f"snaketune: the base model could not be scored: {produced['error']}", file=sys.stderr)
     write_json(files.metrics, produced)
@@ -144,8 +142,6 @@ def evaluate_base_model(tune, model_source: dict, data_dir: str | Path, out_dir:
 
 def _score_base_model(tune, model_source: dict, data_dir, files) -> dict:
     import torch
-
-    from snaketune import data, model
 
     tokenizer = model.load_tokenizer(model_source, tune.model)
     lm = model.load_model(model_source, tune.model, quantization=tune.tuning.quantization)
@@ -158,8 +154,6 @@ def _score_base_model(tune, model_source: dict, data_dir, files) -> dict:
         produced, _ = evaluate_generation(lm, tokenizer, rows, tune.generation, seed=tune.tuning.seed,
                                           objective=objective, out_path=files.generations)
     if tune.uses_lm_eval:
-        from snaketune import lm_harness
-
         produced.update(lm_harness.evaluate(lm, tokenizer, tune.lm_eval, tune.tuning.metrics, tune.tuning.seed))
     return produced
 
@@ -235,8 +229,6 @@ def evaluate_generation(model, tokenizer, rows, params: GenerationParams, *, see
         torch.manual_seed(params.seed if params.seed is not None else seed)
 
     if prune and trial is not None:
-        from snaketune.layout import ROW_REPORTS_ATTR
-
         trial.set_user_attr(ROW_REPORTS_ATTR, True)
     was_training = model.training
     model.eval()

@@ -18,11 +18,12 @@ import warnings
 from dataclasses import replace
 from pathlib import Path
 
+from snaketune import hub, train, user_cache
 from snaketune import space as search_space
-from snaketune import user_cache
 from snaketune.config import TuningParams
 from snaketune.generation import GenerationParams
 from snaketune.model import ModelParams, hub_revision, position_limit, read_model_config, read_source
+from snaketune.names import oumi_value
 
 
 def qlora_problems(quantization: dict) -> list[str]:
@@ -54,7 +55,6 @@ def model_problems(model: ModelParams, needs_chat_template: bool, prepared: Path
     (snaketune.preflight), on a shrunken copy of the model.
     Takes seconds: a GGUF file's metadata is read, not its tensors, and not even that when the
     study's prepared model (`prepared`, its source.json) was converted from the same file."""
-    from snaketune import hub
 
     problems = []
     names = {"model_name": model.model_name, "tokenizer_name": model.tokenizer_name}
@@ -109,7 +109,6 @@ def model_problems(model: ModelParams, needs_chat_template: bool, prepared: Path
 def cached_hub_id(name: str, revision: str | None = None) -> bool:
     """A hub id with a copy (of `revision`) in the cache: read the copy (an unreachable hub would
     make transformers retry for minutes before falling back to it)."""
-    from snaketune import hub
 
     return not Path(name).exists() and hub.in_cache(name, "model", revision)
 
@@ -223,9 +222,6 @@ def judge_arguments(tuning: TuningParams, max_length: int, fixed_paths: dict[tup
     """
     from peft import LoraConfig
     from trl import SFTConfig
-
-    from snaketune import train
-    from snaketune.names import oumi_value
 
     problems = []
     scratch = Path(tempfile.gettempdir()) / "snaketune-argument-check"  # never created

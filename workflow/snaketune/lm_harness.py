@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+from snaketune.errors import closest
 from snaketune.records import Record, section
 
 PREFIX = "lm_eval:"
@@ -83,8 +84,6 @@ def resolve_section(cfg: dict, base: Path, written: dict, ask: bool) -> tuple[Lm
     if check_tasks and tasks and not problems:
         from lm_eval.tasks import TaskManager
 
-        from snaketune.errors import closest
-
         index = TaskManager(include_path=include_path).task_index  # {task, group or tag name: its YAML}
         for task, i in tasks.items():
             if task not in index:
@@ -105,7 +104,6 @@ def metric_problem(task: str, metric: str, entry) -> str | None:
     `metric_list` under each filter of `filter_list` ("none" without one). None when it is one of
     them, or when the YAML lists none (a group, a Python task, the output type's defaults): then
     `evaluate` says it after training."""
-    from snaketune.errors import closest
 
     config = getattr(entry, "cfg", None) or {}
     listed = [m.get("metric") for m in config.get("metric_list") or [] if isinstance(m, dict)]

@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from functools import cache
 
-from snaketune import space
+from snaketune import space, user_cache
 from snaketune.errors import closest
 
 # Oumi TrainingParams name -> SFTConfig field.
@@ -242,8 +242,6 @@ def _library_fields(module: str, name: str, packages: tuple[str, ...]) -> frozen
     `packages` and kept in the user's cache (user_cache): importing TRL takes seconds, and a
     config's unknown name should be answered in about one."""
     import importlib
-
-    from snaketune import user_cache
 
     found = user_cache.versions(packages)
     entry = f"fields-{name}-{found}.json"

@@ -56,10 +56,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from snaketune import data as datasets_
+from snaketune import generation, scoring, strategy, train
+from snaketune import model as models
 from snaketune import space as search_space
 from snaketune.config import TuningConfig, TuningParams
 from snaketune.errors import ProblemsError
-
+from snaketune.layout import write_json
+from snaketune.library_checks import cached_hub_id
 
 # The one step: an optimizer step (with the configuration's gradient accumulation) and the last
 # step's checkpoint; the evaluation, generation and everything else are the trial's own settings.
@@ -246,8 +250,6 @@ def _ask_and_tell(tuning: TuningParams, rng: random.Random, problems: list[str])
     `problems` and ends it."""
     import optuna
 
-    from snaketune import strategy
-
     try:
         sampler = strategy.make_sampler(tuning, 0)
         study = optuna.create_study(sampler=sampler, pruner=strategy.make_pruner(tuning),
@@ -309,8 +311,6 @@ def run(tune: TuningConfig, model_source: dict, data_dir: str | Path, record_pat
     import torch
     import trl  # noqa: F401
 
-    from snaketune import data as datasets_
-
     started = time.time()
     torch.set_num_threads(max(1, threads))
     # The libraries' objects imported so far live to the end: out of the garbage collector's sight,
@@ -338,7 +338,6 @@ def run(tune: TuningConfig, model_source: dict, data_dir: str | Path, record_pat
               "not_covered": "bf16/fp16/tf32 kernels, GPU attention kernels, QLoRA loading, torch.compile, "
                              "activation offloading, device placement, several GPUs, memory, lm-eval tasks, "
                              "custom metrics"}
-    from snaketune.layout import write_json
 
     write_json(record_path, record)
     return record
@@ -388,9 +387,6 @@ def step(tune: TuningConfig, values: dict, small_source: dict, train_rows, eval_
     configuration steps a copy. Never raises: what failed, and at which stage, is in the Outcome,
     with every warning heard."""
     import torch
-
-    from snaketune import generation, scoring, train
-    from snaketune import model as models
 
     outcome = Outcome()
     stage = "building the trainer (SFTConfig, LoraConfig, model, PEFT model, SFTTrainer)"
@@ -671,9 +667,6 @@ def shrunken_model(tune: TuningConfig, model_source: dict, out_dir: Path) -> dic
     as a trial's from_pretrained reads it (model.read_model_config: revision, model_kwargs)."""
     import torch
     from transformers import AutoModelForCausalLM
-
-    from snaketune import model as models
-    from snaketune.library_checks import cached_hub_id
 
     trust = bool(tune.model.trust_remote_code)
     with warnings.catch_warnings():

@@ -13,6 +13,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from snaketune import model as models
 from snaketune import study as studies
 from snaketune import summary
 from snaketune.config import TuningParams
@@ -20,7 +21,6 @@ from snaketune.errors import describe_error
 from snaketune.layout import StudyLayout, TrialFiles, write_csv, write_json
 from snaketune.layout import trial_dir as folder_of
 from snaketune.model import ModelParams
-
 
 OPTUNA_COLUMNS = ("number", "values", "datetime_start", "datetime_complete", "duration", "params",
                   "user_attrs", "state")
@@ -266,7 +266,6 @@ def save_best_model(model_cfg: ModelParams, model_source: dict, checkpoint: str 
     Written beside `target` first, then swapped in by two renames: until the new model is whole,
     the previous one stays where it was (the folder is not a Snakemake output, which Snakemake
     would delete before the job; its record file is, flagged `update`)."""
-    from snaketune import model as models
 
     if checkpoint is None:  # the previous best model stays: it is replaced only once a new one is written
         raise FileNotFoundError(

@@ -28,20 +28,24 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from snaketune import space as search_space
 from snaketune import strategy
-from snaketune.layout import StudyLayout, TrialFiles, checkpoint_step, is_complete_checkpoint, read_loss_curve, trial_dir
+from snaketune.config import TuningParams
+from snaketune.layout import (
+    StudyLayout,
+    TrialFiles,
+    checkpoint_step,
+    is_complete_checkpoint,
+    read_loss_curve,
+    trial_dir,
+)
 from snaketune.locks import claiming
 from snaketune.storage import storage_of
 from snaketune.study import RUN_STARTED_ENV, STARTED_ATTR, is_finished, skip_slot, skipped_slots
-
-if TYPE_CHECKING:
-    from snaketune.config import TuningParams
 
 FINISHED, NEW, RESUME, RETRY, SKIP = "finished", "new", "resume", "retry", "skip"
 # Why a slot is tried again (SlotDecision.reason of a retry).

@@ -16,19 +16,16 @@ import re
 import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from snaketune import strategy
+from snaketune.config import TuningParams
 from snaketune.errors import SnaketuneError
 from snaketune.layout import ROW_REPORTS_ATTR, StudyLayout
 from snaketune.storage import storage_of, study_storage
-
-if TYPE_CHECKING:
-    from snaketune.config import TuningParams
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 

@@ -17,16 +17,16 @@ import sys
 import time
 from pathlib import Path
 
-from snaketune import generation, lm_harness
+from snaketune import data as datasets_
+from snaketune import generation, lm_harness, scheduler, scoring
 from snaketune import metrics as custom_metrics
-from snaketune import scoring
+from snaketune import model as models
 from snaketune import space as search_space
-from snaketune import scheduler
 from snaketune import study as studies
 from snaketune.config import TuningConfig, TuningParams
 from snaketune.errors import describe_error
 from snaketune.layout import TrialFiles, checkpoint_step, write_json
-
+from snaketune.names import OUMI_TRAINING_DEFAULTS, PREPARED_DATA_FIELDS, oumi_value
 
 LOSS_CURVE_FIELDS = ("step", "epoch", "loss", "grad_norm", "learning_rate", "eval_loss")
 
@@ -168,8 +168,6 @@ def build_training_args(tuning: TuningParams, max_length: int, tuned: dict, tria
     import torch
     from trl import SFTConfig
 
-    from snaketune.names import OUMI_TRAINING_DEFAULTS, PREPARED_DATA_FIELDS, oumi_value
-
     tuned = {k: oumi_value(k, v) for k, v in tuned.items()}  # a sampled choice as Oumi translates it
     # TRL reads the dataset-preparation fields only while it prepares rows, which prepare_data has
     # done (names.PREPARED_DATA_FIELDS: only values asking for what it does are accepted). Passed
@@ -218,8 +216,6 @@ def build_lora_config(lora_args: dict, tuned_peft: dict):
     """LoraConfig from the fixed (tuning.lora_args) and sampled PEFT arguments."""
     from peft import LoraConfig
 
-    from snaketune.names import oumi_value
-
     kwargs = {**lora_args, **{k: oumi_value(k, v) for k, v in tuned_peft.items()}}
     kwargs.pop("peft_method", None)
     kwargs.setdefault("task_type", "CAUSAL_LM")
@@ -238,8 +234,6 @@ def build_trainer(tune: TuningConfig, params: dict, trial_dir: Path, model_sourc
     Raises what TRL, PEFT and transformers raise for values they refuse."""
     from transformers import TrainerCallback
     from trl import SFTTrainer
-
-    from snaketune import model as models
 
     class SaveLastStep(TrainerCallback):
         """Always checkpoint the final step: the best model and resumes start from it."""
@@ -273,8 +267,6 @@ def train_and_evaluate(tune: TuningConfig, params: dict, trial_dir: Path, model_
                        trial=None, resume_from: str | None = None) -> tuple[dict, str | None]:
     """Train and evaluate one configuration: (metrics produced, why it diverged or None)."""
     from transformers import TrainerCallback
-
-    from snaketune import data as datasets_
 
     tuning = tune.tuning
     prepared = datasets_.load_prepared(data_dir)
