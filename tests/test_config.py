@@ -138,9 +138,9 @@ def test_pyyaml_reads_the_seeds_bounds_as_strings():
 
 def test_seed_example_is_accepted(seed, tmp_path):
     tune = load_tune_config(seed, tmp_path).tuning
-    assert tune.space == [{"name": "learning_rate", "group": "training", "target": "learning_rate",
-                              "type": "float", "low": 1e-5, "high": 1e-2, "step": None, "log": True}]
-    low = tune.space[0]["low"]
+    assert [p.as_dict() for p in tune.space] == [{"name": "learning_rate", "group": "training", "target": "learning_rate",
+                                                 "type": "float", "low": 1e-5, "high": 1e-2, "step": None, "log": True}]
+    low = tune.space[0].low
     assert type(low) is float and low == 1e-5
     # trainer_type configures Oumi, not the trainer: checked, not passed to SFTConfig.
     assert tune.training_args == {"per_device_train_batch_size": 1, "max_steps": 1000}
@@ -220,7 +220,7 @@ def test_every_seed_snippet_together_is_accepted_once_eval_accuracy_is_defined(a
         {"name": "eval_accuracy", "function": "seed_metrics_module.compute_custom_metric"})
     tune = load_tune_config(raw, tmp_path).tuning
 
-    targets = {p["name"]: p["target"] for p in tune.space}
+    targets = {p.name: p.target for p in tune.space}
     assert targets == {
         "learning_rate": "learning_rate", "optimizer": "optim",
         "gradient_accumulation_steps": "gradient_accumulation_steps",
@@ -229,7 +229,7 @@ def test_every_seed_snippet_together_is_accepted_once_eval_accuracy_is_defined(a
         "num_train_epochs": "num_train_epochs", "weight_decay": "weight_decay",
         "lora_r": "r", "lora_alpha": "lora_alpha", "lora_dropout": "lora_dropout",
     }
-    groups = {p["name"]: p["group"] for p in tune.space}
+    groups = {p.name: p.group for p in tune.space}
     assert {n for n, g in groups.items() if g == "peft"} == {"lora_r", "lora_alpha", "lora_dropout"}
     assert tune.lora_args == {"target_modules": ["q_proj", "v_proj"]}
     assert tune.quantization == {"q_lora": False}
@@ -249,7 +249,7 @@ def test_oumi_names_map_to_hugging_face_names(seed, tmp_path):
     fixed(seed, "lora_target_modules", ["q_proj"], group="peft")
     fixed(seed, "lora_bias", "none", group="peft")
     tune = load_tune_config(seed, tmp_path).tuning
-    assert [p["target"] for p in tune.space if p["name"] == "optimizer"] == ["optim"]
+    assert [p.target for p in tune.space if p.name == "optimizer"] == ["optim"]
     assert tune.training_args["gradient_checkpointing"] is True
     assert tune.training_args["max_length"] == 512
     assert tune.lora_args == {"r": 8, "target_modules": ["q_proj"], "bias": "none"}
@@ -261,7 +261,7 @@ def test_any_sft_config_field_is_accepted(seed, tmp_path):
     fixed(seed, "logging_nan_inf_filter", False)
     fixed(seed, "eval_strategy", "steps")
     tune = load_tune_config(seed, tmp_path).tuning
-    assert {p["name"]: p["target"] for p in tune.space} == {
+    assert {p.name: p.target for p in tune.space} == {
         "learning_rate": "learning_rate", "lr_scheduler_type": "lr_scheduler_type",
         "gradient_accumulation_steps": "gradient_accumulation_steps"}
     assert tune.training_args["logging_nan_inf_filter"] is False
@@ -290,10 +290,10 @@ weight_decay: {type: float, low: 1E-4, high: 1.0e-1, log: true}
 """)
     assert raw["warmup_ratio"]["high"] == "3e-1" and raw["weight_decay"]["low"] == "1E-4"
     seed["tuning"]["tunable_training_params"].update(raw)
-    space = {p["name"]: p for p in load_tune_config(seed, tmp_path).tuning.space}
-    assert space["warmup_ratio"]["high"] == 0.3 and space["warmup_ratio"]["step"] == 0.05
-    assert space["weight_decay"]["low"] == 1e-4 and space["weight_decay"]["log"] is True
-    assert type(space["warmup_ratio"]["low"]) is float  # an int bound of a float parameter
+    space = {p.name: p for p in load_tune_config(seed, tmp_path).tuning.space}
+    assert space["warmup_ratio"].high == 0.3 and space["warmup_ratio"].step == 0.05
+    assert space["weight_decay"].low == 1e-4 and space["weight_decay"].log is True
+    assert type(space["warmup_ratio"].low) is float  # an int bound of a float parameter
 
 
 def test_custom_metric_importable_from_base_dir(seed, tmp_path):
@@ -370,7 +370,7 @@ def test_int_bounds_must_be_integers(seed, tmp_path, bound, value):
 def test_int_bounds_written_as_whole_floats_are_integers(seed, tmp_path):
     tunable(seed, "gradient_accumulation_steps", {"type": "int", "low": 1.0, "high": 8.0})
     param = load_tune_config(seed, tmp_path).tuning.space[1]
-    assert (param["low"], param["high"]) == (1, 8) and type(param["low"]) is int
+    assert (param.low, param.high) == (1, 8) and type(param.low) is int
 
 
 @pytest.mark.parametrize("value", ["abc", True, [1], None])
@@ -520,7 +520,7 @@ def test_a_parameter_both_fixed_and_tunable_is_tuned_as_in_oumi(seed, tmp_path, 
     tune = load_tune_config(seed, tmp_path)
     target = {"optimizer": "optim", "warmup_ratio": "warmup_steps"}.get(tunable_name, tunable_name)
     assert target not in tune.tuning.training_args
-    assert [p["target"] for p in tune.tuning.space if p["name"] == tunable_name] == [target]
+    assert [p.target for p in tune.tuning.space if p.name == tunable_name] == [target]
     assert (f"tuning.fixed_training_params.{fixed_name}: unused: tuning.tunable_training_params."
             f"{tunable_name} is tuned, and the tuned value wins (as in oumi tune)") in tune.notices
 
@@ -1007,7 +1007,7 @@ def test_the_resolved_config_is_typed_and_frozen(alpaca_jsonl, tmp_path):
     # Each parameter holds its Optuna distribution, built once at parse time.
     for param in tune.tuning.space:
         assert isinstance(param, space.Parameter)
-        assert space.distributions(tune.tuning.space)[param["name"]] is param.distribution
+        assert space.distributions(tune.tuning.space)[param.name] is param.distribution
     for section, field in ((tune, "model"), (tune.model, "seed"), (tune.tuning, "metrics"),
                            (tune.tuning.gpu, "devices"), (tune.data.train[0], "split")):
         with pytest.raises(dataclasses.FrozenInstanceError):

@@ -92,7 +92,7 @@ def recipe_with_local_ids(workdir) -> dict:
 def test_oumis_smollm_recipe_loads_as_written_with_oumis_semantics(workdir):
     tune = load_tune_config(recipe_with_local_ids(workdir), workdir)
     assert tune.tuning.use_peft is False  # q_lora: false alone: a full fine-tune, as in Oumi
-    assert [p["name"] for p in tune.tuning.space] == ["optimizer", "learning_rate", "warmup_ratio",
+    assert [p.name for p in tune.tuning.space] == ["optimizer", "learning_rate", "warmup_ratio",
                                                       "gradient_accumulation_steps"]
     assert "optim" not in tune.tuning.training_args  # the tuned optimizer wins over the fixed one
     notices = "\n".join(tune.notices)

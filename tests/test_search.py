@@ -84,7 +84,7 @@ def test_every_sampler_runs_a_three_trial_study_on_the_journal(workdir, sampler)
     for trial in trials:
         assert set(trial.params) == set(space)
         for param in tune.tuning.space:
-            assert search_space.check_value(param, trial.params[param["name"]]) is None
+            assert search_space.check_value(param, trial.params[param.name]) is None
 
 
 @pytest.mark.workflow
@@ -688,7 +688,7 @@ def test_a_stepped_range_is_truncated_as_optuna_samples_it(workdir, name, spec, 
     config["tuning"]["tunable_training_params"] = {name: spec}
     tune = load_tune_config(config, workdir)
     param, = tune.tuning.space
-    assert param["high"] == high == param.distribution.high
+    assert param.high == high == param.distribution.high
     assert strategy.grid(tune.tuning.space) == {name: grid} and tune.tuning.n_trials == len(grid)
     assert tune.notices == [f"tuning.tunable_training_params.{name}: high {spec['high']} is not low + a multiple "
                             f"of step {spec['step']}; Optuna samples up to {high}, which is the high used"]
@@ -703,7 +703,7 @@ def test_a_range_that_steps_exactly_to_high_is_kept_without_a_notice(workdir):
     config["tuning"]["tunable_training_params"] = {
         "max_grad_norm": {"type": "uniform", "low": 0.5, "high": 2.0, "step": 0.5}}
     tune = load_tune_config(config, workdir)
-    assert tune.tuning.space[0]["high"] == 2.0 and tune.notices == []
+    assert tune.tuning.space[0].high == 2.0 and tune.notices == []
 
 
 def test_successive_halving_alone_is_the_measured_asha2_r20_pause_arm(workdir):

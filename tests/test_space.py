@@ -62,7 +62,7 @@ def resolved_space() -> list[dict]:
 
 @pytest.fixture
 def by_name(resolved_space) -> dict:
-    return {param["name"]: param for param in resolved_space}
+    return {param.name: param for param in resolved_space}
 
 
 @pytest.fixture
@@ -87,22 +87,22 @@ def on_grid(value: float, low: float, step: float) -> bool:
 
 
 def test_resolved_entries(by_name):
-    assert by_name["learning_rate"] == {
+    assert by_name["learning_rate"].as_dict() == {
         "name": "learning_rate", "group": "training", "target": "learning_rate",
         "type": "float", "low": 1e-5, "high": 1e-2, "step": None, "log": True}
-    assert by_name["lr_scheduler_type"]["choices"] == ["linear", 3, 0.5, True, None]
-    assert by_name["gradient_accumulation_steps"] == {
+    assert by_name["lr_scheduler_type"].choices == ("linear", 3, 0.5, True, None)
+    assert by_name["gradient_accumulation_steps"].as_dict() == {
         "name": "gradient_accumulation_steps", "group": "training",
         "target": "gradient_accumulation_steps", "type": "int", "low": 1, "high": 8, "step": 1,
         "log": False}
-    assert (by_name["per_device_train_batch_size"]["step"], by_name["max_steps"]["log"]) == (3, True)
-    assert by_name["warmup_ratio"]["type"] == "float" and by_name["warmup_ratio"]["step"] == 0.05
-    assert by_name["lora_r"]["target"] == "r" and by_name["lora_r"]["group"] == "peft"
+    assert (by_name["per_device_train_batch_size"].step, by_name["max_steps"].log) == (3, True)
+    assert by_name["warmup_ratio"].type == "float" and by_name["warmup_ratio"].step == 0.05
+    assert by_name["lora_r"].target == "r" and by_name["lora_r"].group == "peft"
 
 
 def test_distributions_match_the_entries(resolved_space):
     d = space.distributions(resolved_space)
-    assert list(d) == [param["name"] for param in resolved_space]
+    assert list(d) == [param.name for param in resolved_space]
     assert d["learning_rate"] == FloatDistribution(1e-5, 1e-2, log=True)
     assert d["lr_scheduler_type"] == CategoricalDistribution(["linear", 3, 0.5, True, None])
     assert d["gradient_accumulation_steps"] == IntDistribution(1, 8)
@@ -122,23 +122,23 @@ def test_suggested_values_stay_in_bounds_on_the_grid_with_the_right_type(sampled
         assert set(row) == set(by_name)
         for name, value in row.items():
             param = by_name[name]
-            if param["type"] == "categorical":
-                assert same_choice(value, param["choices"]), (name, value)
+            if param.type == "categorical":
+                assert same_choice(value, param.choices), (name, value)
                 continue
-            if param["type"] == "int":
+            if param.type == "int":
                 assert type(value) is int, (name, value)
             else:
                 assert type(value) is float, (name, value)
-            assert param["low"] <= value <= param["high"], (name, value)
-            if param["step"] is not None:
-                assert on_grid(value, param["low"], param["step"]), (name, value)
+            assert param.low <= value <= param.high, (name, value)
+            if param.step is not None:
+                assert on_grid(value, param.low, param.step), (name, value)
 
 
 def test_sampling_covers_the_space(sampled, by_name):
     _, values = sampled
     for name in ("lr_scheduler_type", "lora_r"):
         seen = [row[name] for row in values]
-        for choice in by_name[name]["choices"]:
+        for choice in by_name[name].choices:
             assert any(type(v) is type(choice) and v == choice for v in seen), (name, choice, seen)
     # The log scale reaches the lowest decade; a uniform draw over [1e-5, 1e-2] almost never does.
     assert min(row["learning_rate"] for row in values) < 1e-4
@@ -176,8 +176,8 @@ def test_tpe_sampler_suggests_from_the_same_space(resolved_space, by_name):
         trial = study.ask()
         row = space.suggest(trial, resolved_space)
         study.tell(trial, float(i))
-        assert by_name["max_steps"]["low"] <= row["max_steps"] <= by_name["max_steps"]["high"]
-        assert same_choice(row["lr_scheduler_type"], by_name["lr_scheduler_type"]["choices"])
+        assert by_name["max_steps"].low <= row["max_steps"] <= by_name["max_steps"].high
+        assert same_choice(row["lr_scheduler_type"], by_name["lr_scheduler_type"].choices)
 
 
 # -- invalid steps on a log scale -----------------------------------------------------------------
@@ -200,7 +200,7 @@ def test_int_log_scale_with_step_one_is_fine(alpaca_jsonl, tmp_path):
     tuning = {"tunable_training_params": {"max_steps": {"type": "int", "low": 1, "high": 64,
                                                         "log": True, "step": 1}}}
     param = load_tune_config(base_config(tuning), tmp_path).tuning.space[0]
-    assert space.distribution(param) == IntDistribution(1, 64, log=True, step=1)
+    assert param.distribution == IntDistribution(1, 64, log=True, step=1)
 
 
 def test_int_step_must_be_whole(alpaca_jsonl, tmp_path):
@@ -214,17 +214,21 @@ def test_int_step_must_be_whole(alpaca_jsonl, tmp_path):
 
 # -- a resolved parameter holds its distribution ----------------------------------------------------
 
-def test_a_resolved_parameter_holds_its_distribution_and_stays_a_plain_dict(resolved_space):
+def test_a_resolved_parameter_holds_its_distribution_and_is_written_as_a_plain_dict(resolved_space):
     import copy
+    import dataclasses
     import json
     import pickle
 
     for param in resolved_space:
-        assert space.distribution(param) is param.distribution  # built once, at parse time
-        assert json.loads(json.dumps(param)) == param  # the journal's study definition is unchanged
-        assert space.distribution(json.loads(json.dumps(param))) == param.distribution
+        assert space.distributions([param])[param.name] is param.distribution  # built once, at parse time
+        written = json.loads(json.dumps(param.as_dict()))  # the journal's study definition
+        assert space.Parameter.from_dict(written) == param
+        assert space.Parameter.from_dict(written).distribution == param.distribution
         for again in (copy.deepcopy(param), pickle.loads(pickle.dumps(param))):
             assert again == param and again.distribution == param.distribution
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            param.low = 0  # the distribution it holds is built from these fields once
 
 
 def test_optuna_has_the_last_word_on_a_parameter(monkeypatch):

@@ -150,7 +150,7 @@ def cmd_check(args) -> int:
     tuning = resolved.tuning
     from snaketune.summary import shown
 
-    parameters = ", ".join(p["name"] for p in tuning.space) or "none"
+    parameters = ", ".join(p.name for p in tuning.space) or "none"
     print(f"snaketune: {args.config} is accepted: study {tuning.study_name!r} in {shown(tuning.layout.output_dir)}, "
           f"{tuning.n_trials} trial(s) over {len(tuning.space)} parameter(s) ({parameters}), "
           f"{' and '.join(f'{m} ({d})' for m, d in zip(tuning.metrics, tuning.directions))}. "

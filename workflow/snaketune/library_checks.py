@@ -195,7 +195,7 @@ def argument_problems(tuning: TuningParams, max_length: int, fixed_paths: dict[t
     code = Path(__file__).parent
     question = {
         "training": tuning.training_args, "peft": tuning.lora_args, "use_peft": tuning.use_peft,
-        "space": [dict(p) for p in tuning.space], "seed": tuning.seed,
+        "space": [p.as_dict() for p in tuning.space], "seed": tuning.seed,
         "report_every_steps": tuning.report_every_steps, "max_length": max_length,
         "fixed_paths": sorted([list(k), v] for k, v in fixed_paths.items()),
         "code": [hashlib.sha256((code / name).read_bytes()).hexdigest() for name in _ARGUMENT_CODE],
@@ -233,12 +233,12 @@ def judge_arguments(tuning: TuningParams, max_length: int, fixed_paths: dict[tup
         if problem:
             problems.append(f"{path}: {problem}")
     for param in tuning.space:
-        cls = SFTConfig if param["group"] == "training" else LoraConfig
+        cls = SFTConfig if param.group == "training" else LoraConfig
         for i, value in enumerate(search_space.edge_values(param)):
-            problem = type_problem(cls, param["target"], oumi_value(param["target"], value))
+            problem = type_problem(cls, param.target, oumi_value(param.target, value))
             if problem:
-                where = f".choices[{i}]" if param["type"] == "categorical" else (".low", ".high")[i]
-                problems.append(f"tuning.tunable_{param['group']}_params.{param['name']}{where}: "
+                where = f".choices[{i}]" if param.type == "categorical" else (".low", ".high")[i]
+                problems.append(f"tuning.tunable_{param.group}_params.{param.name}{where}: "
                                 f"{problem}")
     if problems:  # a value of the wrong type makes the libraries' own messages misleading
         return problems
@@ -276,14 +276,14 @@ def judge_arguments(tuning: TuningParams, max_length: int, fixed_paths: dict[tup
                 named = culprits(group, fixed, training, peft)
                 line = f"{', '.join(named)}: {library} refuses these values: {message}"
             else:
-                line = (f"tuning.tunable_{group}_params.{param['name']}: {library} refuses "
-                        f"{param['name']}={value!r} (with {values}): {message}")
+                line = (f"tuning.tunable_{group}_params.{param.name}: {library} refuses "
+                        f"{param.name}={value!r} (with {values}): {message}")
             if message not in said:
                 said.add(message)
                 problems.append(line)
 
     for param, value, values in search_space.corners(tuning.space):
-        varied = None if param is None else param["group"]
+        varied = None if param is None else param.group
         if varied in (None, "training"):
             refused("training", param, value, values)
         if tuning.use_peft and varied in (None, "peft"):

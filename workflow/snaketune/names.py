@@ -423,7 +423,7 @@ def _use_peft(tuning: dict, out: Parameters) -> bool:
     """
     fixed = tuning["fixed_training_params"] if isinstance(tuning["fixed_training_params"], dict) else {}
     switch = fixed.get("use_peft")
-    lora_given = bool(out.lora_args or any(p["group"] == "peft" for p in out.space)
+    lora_given = bool(out.lora_args or any(p.group == "peft" for p in out.space)
                       or out.quantization.get("q_lora"))
     if switch is None and lora_given:
         out.notices.append(
@@ -432,7 +432,7 @@ def _use_peft(tuning: dict, out: Parameters) -> bool:
             "use_peft: true to say so, or use_peft: false for a full fine-tune")
         return True
     if switch is False:
-        if any(p["group"] == "peft" for p in out.space):  # tuning what does nothing: refused
+        if any(p.group == "peft" for p in out.space):  # tuning what does nothing: refused
             out.problems.append("tuning.tunable_peft_params: use_peft is false, so the full model is "
                                 "trained and these would be tuned for nothing: remove them, or set "
                                 "use_peft: true for LoRA")

@@ -165,7 +165,7 @@ def configurations(tuning: TuningParams) -> list[Configuration]:
     parameter's, under its parent's value), then each enqueued trial. Point 0 is the base point.
     A point that fails is taken apart one value at a time (judge), so only a failure costs more."""
     corners = search_space.corners(tuning.space)
-    alone = {(param["name"], repr(value)): (_value_path(param, value), values)
+    alone = {(param.name, repr(value)): (_value_path(param, value), values)
              for param, value, values in corners[1:]}
     base = corners[0][2]
     width = max([len(search_space.edge_values(p)) for p in tuning.space] + [1])
@@ -187,13 +187,13 @@ def configurations(tuning: TuningParams) -> list[Configuration]:
         for param in tuning.space:
             if search_space.is_active(param, values):
                 edges = search_space.edge_values(param)
-                values[param["name"]] = edges[k % len(edges)]
+                values[param.name] = edges[k % len(edges)]
         add(values)
     reached = {(name, repr(value)) for point in found for name, value in point.values.items()}
     for param, value, values in corners[1:]:
-        if (param["name"], repr(value)) not in reached:
+        if (param.name, repr(value)) not in reached:
             add(values, _value_path(param, value))
-    names = {p["name"] for p in tuning.space}
+    names = {p.name for p in tuning.space}
     for i, values in enumerate(tuning.enqueue_trials):
         add({k: v for k, v in {**base, **values}.items() if k in names}, f"tuning.enqueue_trials[{i}]")
     return found
@@ -201,10 +201,10 @@ def configurations(tuning: TuningParams) -> list[Configuration]:
 
 def _value_path(param: dict, value) -> str:
     """The YAML path of a tunable parameter's bound or choice."""
-    base = f"tuning.tunable_{param['group']}_params.{param['name']}"
-    if param["type"] == "categorical":
-        return f"{base}.choices[{list(param['choices']).index(value)}]"
-    return f"{base}.{'low' if value == param['low'] else 'high'}"
+    base = f"tuning.tunable_{param.group}_params.{param.name}"
+    if param.type == "categorical":
+        return f"{base}.choices[{list(param.choices).index(value)}]"
+    return f"{base}.{'low' if value == param.low else 'high'}"
 
 
 # -- the sampler and pruner (parse time) ----------------------------------------------------------
@@ -232,7 +232,7 @@ def search_problems(tuning: TuningParams) -> tuple[list[str], list[str]]:
         optuna.logging.set_verbosity(verbosity)
     if problems:
         return problems, notices
-    paths = {p["name"]: f"tuning.tunable_{p['group']}_params.{p['name']}" for p in tuning.space}
+    paths = {p.name: f"tuning.tunable_{p.group}_params.{p.name}" for p in tuning.space}
     said = set()
     for message in sum(_judged(heard), []):  # a sampler falls back, it does not ignore: notices
         named = re.search(r"parameter `([^`]+)`", message)
@@ -276,8 +276,8 @@ def _ask_and_tell(tuning: TuningParams, rng: random.Random, problems: list[str])
             except Exception as error:
                 problems.append(
                     f"tuning.tuner_sampler: {tuning.sampler} cannot sample "
-                    f"tuning.tunable_{param['group']}_params.{param['name']} ({param['type']}"
-                    f"{', log' if param.get('log') else ''}): Optuna says {_message(error)}: "
+                    f"tuning.tunable_{param.group}_params.{param.name} ({param.type}"
+                    f"{', log' if param.log else ''}): Optuna says {_message(error)}: "
                     "give the parameter what the sampler needs (a step, or categorical choices), "
                     "or use a sampler that takes it (TPESampler, RandomSampler)")
                 return
@@ -503,11 +503,11 @@ def _culprits(tune: TuningConfig, point: Configuration, stepper, message: str) -
         return [named.group(1)]
     tuning = tune.tuning
     # A tunable parameter's first choice or low bound: the message goes when only it moves.
-    first = [_value_path(param, point.values[param["name"]]) for param, value, values
+    first = [_value_path(param, point.values[param.name]) for param, value, values
              in search_space.corners(tuning.space)[1:]
-             if value != point.values.get(param["name"]) and param["name"] in point.values
-             and {k: v for k, v in values.items() if k != param["name"]} == {
-                 k: v for k, v in point.values.items() if k != param["name"]}
+             if value != point.values.get(param.name) and param.name in point.values
+             and {k: v for k, v in values.items() if k != param.name} == {
+                 k: v for k, v in point.values.items() if k != param.name}
              and not _shows(stepper(values), message)]
     if first:
         return list(dict.fromkeys(first))
@@ -531,8 +531,8 @@ def _culprits(tune: TuningConfig, point: Configuration, stepper, message: str) -
 def _list_path(tune: TuningConfig, point: Configuration, target: str) -> str:
     """The YAML path of the LoraConfig list field `target` in configuration `point`."""
     for param in tune.tuning.space:
-        if param["target"] == target and param["name"] in point.values:
-            path = f"tuning.tunable_peft_params.{param['name']}"
+        if param.target == target and param.name in point.values:
+            path = f"tuning.tunable_peft_params.{param.name}"
             return point.varied or next((p for p, _ in point.changes if p.startswith(path + ".")), path)
     return tune.tuning.argument_paths.get(("peft", target), f"tuning.fixed_peft_params.{target}")
 
@@ -704,7 +704,7 @@ def names_layers(tune: TuningConfig) -> bool:
     keeps every layer, so that each name finds what it would find in the trial's model."""
     tuning = tune.tuning
     values = [(k, v) for k, v in tuning.lora_args.items()]
-    values += [(p["target"], choice) for p in tuning.space if p["group"] == "peft"
+    values += [(p.target, choice) for p in tuning.space if p.group == "peft"
                for choice in search_space.edge_values(p)]
     return bool(tune.model.freeze_layers) or any(
         (key in LAYER_NAMING_FIELDS and value not in (None, {}, [], ""))
@@ -733,7 +733,7 @@ def fingerprint(tune: TuningConfig) -> str:
         "report_every_steps": tuning.report_every_steps, "seed": tuning.seed,
         "definition": tune.definition,
         "training": tuning.training_args, "peft": tuning.lora_args, "use_peft": tuning.use_peft,
-        "space": [dict(p) for p in tuning.space], "enqueued": tuning.enqueue_trials,
+        "space": [p.as_dict() for p in tuning.space], "enqueued": tuning.enqueue_trials,
         "generation": tune.generation.as_dict() if tune.uses_generation else None,
         "model_kwargs": tune.model.model_kwargs,
     }, sort_keys=True, default=str)

@@ -64,15 +64,15 @@ def grid(space: list[dict]) -> dict[str, list]:
     """Every value of every parameter, for GridSampler. Raises ValueError for a continuous one."""
     values = {}
     for param in space:
-        if param["type"] == "categorical":
-            values[param["name"]] = list(param["choices"])
-        elif param["type"] == "int" and not param["log"]:
-            values[param["name"]] = list(range(param["low"], param["high"] + 1, param["step"]))
-        elif param["type"] == "float" and param["step"] and not param["log"]:
-            count = int(round((param["high"] - param["low"]) / param["step"])) + 1
-            values[param["name"]] = [round(param["low"] + i * param["step"], 12) for i in range(count)]
+        if param.type == "categorical":
+            values[param.name] = list(param.choices)
+        elif param.type == "int" and not param.log:
+            values[param.name] = list(range(param.low, param.high + 1, param.step))
+        elif param.type == "float" and param.step and not param.log:
+            count = int(round((param.high - param.low) / param.step)) + 1
+            values[param.name] = [round(param.low + i * param.step, 12) for i in range(count)]
         else:
-            raise ValueError(param["name"])
+            raise ValueError(param.name)
     return values
 
 
@@ -296,7 +296,7 @@ def check(name: str, kwargs: dict, pruner: str, pruner_kwargs: dict, space: list
         except ValueError as e:
             problems.append(f"tuning.tuner_sampler: GridSampler needs a finite grid, but {e} is "
                             "continuous; give it a step (int, or float with step) or make it categorical")
-        if any(p.get("condition") for p in space):
+        if any(p.condition for p in space):
             problems.append("tuning.tuner_sampler: GridSampler cannot run conditional parameters; "
                             "use BruteForceSampler")
     if not problems:

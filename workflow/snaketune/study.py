@@ -212,7 +212,7 @@ def study_definition(tuning: TuningParams, definition: dict | None = None) -> di
     """What a study's trials share, so that their results compare: the search space and the
     objectives, and (`definition`, from `TuningConfig.definition`) the model, the data, the fixed
     training and PEFT arguments. Stored in the journal by the first trial."""
-    space = {p["name"]: {k: v for k, v in p.items() if k != "name"} for p in tuning.space}
+    space = {p.name: {k: v for k, v in p.as_dict().items() if k != "name"} for p in tuning.space}
     return {"space": space, "metrics": tuning.metrics, "directions": tuning.directions, **(definition or {})}
 
 
