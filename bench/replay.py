@@ -425,7 +425,7 @@ def replay_study(tuning: TuningParams, table: Table, workers: int = 1,
         raise ValueError("the replay minimizes one objective (the table's eval_loss)")
     study = optuna.create_study(storage=optuna.storages.InMemoryStorage(), study_name=tuning.study_name,
                                 directions=tuning.directions, pruner=pruner or strategy.make_pruner(tuning))
-    budget = (tuning.budget or {}).get("trained_steps", math.inf)
+    budget = tuning.budget.amount if tuning.budget and tuning.budget.unit == "trained_steps" else math.inf
     every = tuning.report_every_steps
     max_steps = table.max_steps
     report_steps = sorted({*(range(every, max_steps + 1, every) if every else []), max_steps})

@@ -13,6 +13,7 @@ from optuna.trial import FrozenTrial, TrialState
 from workflow_helpers import REPO
 
 sys.path.insert(0, str(REPO / "workflow"))
+from snaketune.config import Budget  # noqa: E402
 from snaketune.scheduler import (FAILED, FINISHED, INTERRUPTED, NEW, RESUME, RETRAIN, RETRY,  # noqa: E402
                                  SKIP, SlotSettings, StudyState, committed_compute, decide_slot,
                                  enqueued_config)
@@ -169,8 +170,8 @@ def test_a_running_trial_commits_its_max_steps_so_a_slot_beside_it_is_skipped():
               trial(1, TrialState.RUNNING, slot=1, attempt=1, resumed_from="trial_1/checkpoint-10")]
     spent = committed_compute(trials, "trained_steps", planned_steps=40)
     assert spent == 12 + 30
-    assert decide_slot(2, StudyState(trials, spent=spent), settings(budget={"trained_steps": 43})).kind == NEW
-    decision = decide_slot(2, StudyState(trials, spent=spent), settings(budget={"trained_steps": 42}))
+    assert decide_slot(2, StudyState(trials, spent=spent), settings(budget=Budget("trained_steps", 43))).kind == NEW
+    decision = decide_slot(2, StudyState(trials, spent=spent), settings(budget=Budget("trained_steps", 42)))
     assert decision.kind == SKIP
     assert decision.reason == ("skipped: the study's compute budget (trained_steps=42) was spent (42) "
                                "before this slot started")

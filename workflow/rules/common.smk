@@ -116,7 +116,7 @@ def preflight_input():
 
 def budget_settings() -> str:
     """What decides whether a slot starts or is skipped, as rule budget's params (JSON)."""
-    return json.dumps({"budget": TUNING.budget, "timeout_minutes": TUNING.timeout_minutes}, sort_keys=True)
+    return json.dumps({"budget": TUNING.budget and TUNING.budget.as_dict(), "timeout_minutes": TUNING.timeout_minutes}, sort_keys=True)
 
 
 def budget_input(wildcards):

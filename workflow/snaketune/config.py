@@ -32,6 +32,23 @@ class ConfigError(ProblemsError):
     heading = "Invalid tune config ({count} problem(s))"
 
 
+# The units a compute budget (tuning.budget) is counted in.
+BUDGET_UNITS = ("trained_steps", "trained_tokens", "gpu_hours")
+
+
+@section
+class Budget(Record):
+    """tuning.budget, `{unit: amount}` in the YAML: the compute the study may spend, `amount` in
+    `unit` (one of BUDGET_UNITS: optimizer steps trained, tokens trained, or device hours)."""
+
+    unit: str
+    amount: float
+
+    def as_dict(self) -> dict:
+        """The YAML's form, `{unit: amount}`."""
+        return {self.unit: self.amount}
+
+
 @section
 class TuningParams(Record):
     """The resolved `tuning:` section: the study, its search space and the trials' fixed arguments.
@@ -56,7 +73,7 @@ class TuningParams(Record):
     enqueue_trials: list[dict]  # configurations evaluated first, {parameter name: value}
     timeout_minutes: float | None
     # {"trained_steps": N} | {"trained_tokens": N} | {"gpu_hours": H}: compute the study may spend
-    budget: dict | None
+    budget: Budget | None  # None: no compute budget
     metrics: list[str]  # the objectives, in order
     directions: list[str]  # "minimize" or "maximize", one per objective
     custom_eval_metrics: list[CustomMetric]

@@ -34,7 +34,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from snaketune import space as search_space
 from snaketune import strategy
-from snaketune.config import TuningParams
+from snaketune.config import Budget, TuningParams
 from snaketune.layout import (
     StudyLayout,
     TrialFiles,
@@ -50,7 +50,6 @@ from snaketune.study import RUN_STARTED_ENV, STARTED_ATTR, is_finished, skip_slo
 FINISHED, NEW, RESUME, RETRY, SKIP = "finished", "new", "resume", "retry", "skip"
 # Why a slot is tried again (SlotDecision.reason of a retry).
 INTERRUPTED, FAILED, RETRAIN = "interrupted", "failed", "retrain"
-BUDGET_UNITS = ("trained_steps", "trained_tokens", "gpu_hours")
 
 
 class SlotSkipped(Exception):
@@ -68,7 +67,7 @@ class SlotSettings:
     resume_pruned: int | None = None  # η of tuning.resume_pruned: None, paused trials stay stopped
     enqueue_trials: Sequence[dict] = ()  # tuning.enqueue_trials, in the order they run
     timeout_minutes: float | None = None
-    budget: dict | None = None  # tuning.budget: {unit: amount}, one of BUDGET_UNITS
+    budget: Budget | None = None  # tuning.budget
 
     @classmethod
     def of(cls, tuning: TuningParams, slot: int) -> SlotSettings:
@@ -142,7 +141,7 @@ def _first_attempt(slot: int, state: StudyState, settings: SlotSettings) -> Slot
                             f"{settings.timeout_minutes}) was spent {elapsed - settings.timeout_minutes:.1f} "
                             "min before this slot started")
     if settings.budget:
-        (unit, amount), = settings.budget.items()
+        unit, amount = settings.budget.unit, settings.budget.amount
         if state.spent >= amount:
             return SlotDecision(SKIP, reason=f"skipped: the study's compute budget ({unit}={amount:g}) was "
                                 f"spent ({state.spent:.4g}) before this slot started")
@@ -206,7 +205,7 @@ def enqueued_config(trials: Sequence[FrozenTrial], trial_number: int, enqueue_tr
 def committed_compute(trials: Sequence[FrozenTrial], unit: str, planned_steps=None, devices: int = 1,
                       loss_curve: Callable[[FrozenTrial], list[dict]] = lambda trial: [],
                       now: datetime.datetime | None = None) -> float:
-    """The compute `trials` spent or committed, in `unit` (one of BUDGET_UNITS), every attempt
+    """The compute `trials` spent or committed, in `unit` (one of config.BUDGET_UNITS), every attempt
     included (a failed one spent it too).
 
     A finished trial counts what it recorded (`metrics.trained_steps`/`trained_tokens`: what that
@@ -283,7 +282,7 @@ def study_state(study: optuna.Study, tuning: TuningParams, budget: bool = False)
     # The clock of this invocation (set by the Snakefile's main process and passed to its jobs),
     # so growing n_trials later runs the new slots; the study's own start is the fallback.
     started = float(os.environ.get(RUN_STARTED_ENV) or study.user_attrs.get(STARTED_ATTR, time.time()))
-    spent = spent_compute(study, tuning, next(iter(tuning.budget))) if budget and tuning.budget else 0.0
+    spent = spent_compute(study, tuning, tuning.budget.unit) if budget and tuning.budget else 0.0
     layout = tuning.layout
     return StudyState(study.get_trials(deepcopy=False), time.time(), started, spent,
                       has_checkpoint=lambda slot: layout.trial(slot).last_checkpoint() is not None,

@@ -32,7 +32,7 @@ from jsonschema import Draft202012Validator, validators
 
 from snaketune import (data, data_check, generation, gpu, library_checks, lm_harness, metrics, model, names, preflight,
                        resources, scoring, space, strategy)
-from snaketune.config import ConfigError, TuningConfig, TuningParams
+from snaketune.config import Budget, ConfigError, TuningConfig, TuningParams
 from snaketune.errors import closest
 from snaketune.gpu import DeviceSettings
 
@@ -285,7 +285,7 @@ def _resolve_tuning(cfg: dict, written: dict, base: Path, validated: bool, probl
         resume_pruned=settings.resume_pruned,
         enqueue_trials=enqueued,
         timeout_minutes=tuning["timeout_minutes"],
-        budget=tuning["budget"],
+        budget=Budget(*next(iter(tuning["budget"].items()))) if tuning["budget"] else None,
         metrics=metric_names,
         directions=directions,
         custom_eval_metrics=custom,
