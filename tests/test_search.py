@@ -614,7 +614,7 @@ def readme_example_tuning(marker: str, workdir):
 def test_readme_pause_example_pauses_on_the_default_studys_steps(workdir):
     tuning = readme_example_tuning("pause-example", workdir)
     assert (tuning.report_every_steps, tuning.resume_pruned, tuning.budget.as_dict()) == (10, 2, {"trained_steps": 960})
-    assert tuning.budget["trained_steps"] == 24 * 40
+    assert tuning.budget.amount == 24 * 40
 
 
 def test_readme_earlier_rung_example_pauses_with_its_first_rung_at_step_10(workdir):
