@@ -369,14 +369,10 @@ def _fixed_max_steps(config: dict | None) -> int | None:
 
 
 def _objective_names(study, config: dict | None) -> list[str]:
-    """The objectives' names as the tune config names them (a study made without snaketune's
-    names, or from before they were set, has only Optuna's), else study.objective_names."""
+    """study.objective_names, with the names the tune config found beside the study gives."""
     from snaketune.study import objective_names
 
-    metrics = ((config or {}).get("tuning") or {}).get("evaluation_metrics")
-    if metrics:
-        return [metrics] if isinstance(metrics, str) else list(metrics)
-    return objective_names(study)
+    return objective_names(study, ((config or {}).get("tuning") or {}).get("evaluation_metrics"))
 
 
 def cmd_status(args) -> int:

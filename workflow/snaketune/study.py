@@ -159,9 +159,12 @@ def step_reports(trial: FrozenTrial) -> dict[int, float]:
     return {} if trial.user_attrs.get(ROW_REPORTS_ATTR) else trial.intermediate_values
 
 
-def objective_names(study: optuna.Study) -> list[str]:
-    """The objectives' names: set on the study when it was created (older journals: from the
-    study's definition), else Optuna's generic names."""
+def objective_names(study: optuna.Study, configured: list[str] | str | None = None) -> list[str]:
+    """The objectives' names: `configured` when given (a tune config's tuning.evaluation_metrics:
+    a study made without snaketune's names has only Optuna's), else those set on the study when it
+    was created (older journals: from the study's definition), else Optuna's generic names."""
+    if configured:
+        return [configured] if isinstance(configured, str) else list(configured)
     if study.metric_names:
         return list(study.metric_names)
     definition = study.user_attrs.get(DEFINITION_ATTR) or {}
