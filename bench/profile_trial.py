@@ -34,7 +34,7 @@ if "run_trial" in " ".join(sys.argv):
 # (label, function in the profile) in the order a trial runs them; "imports" is every module load.
 PHASES = [
     ("config (rule_setup.start)", "rule_setup.py", "start"),
-    ("journal: open study, claim trial", "study.py", "claim_trial"),
+    ("journal: open study, claim trial", "scheduler.py", "claim_trial"),
     ("tokenizer load", "model.py", "load_tokenizer"),
     ("model load", "model.py", "load_model"),
     ("prepared data load", "data.py", "load_prepared"),

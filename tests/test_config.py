@@ -1,4 +1,4 @@
-"""snaketune.config: a tune.yaml is validated at parse time, every problem named by its YAML path."""
+"""snaketune.validate: a tune.yaml is validated at parse time, every problem named by its YAML path."""
 
 import copy
 import shutil

@@ -4,7 +4,7 @@ folder holds, the tokenizer's chat template, the answers' length against the mod
 the generation settings (GenerationConfig), that QLoRA has a CUDA GPU, and the trial arguments
 (`SFTConfig`, `LoraConfig`) at every corner of the search space (`argument_problems`).
 
-The resolved config's checker (snaketune.config) calls them once every section is sound; what the
+The config's checker (snaketune.validate) calls them once every section is sound; what the
 model, PEFT and the trainer make of the values the preflight asks them (snaketune.preflight). Each
 returns 'yaml.path: what is wrong' lines.
 """

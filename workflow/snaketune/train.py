@@ -249,7 +249,7 @@ def build_trainer(tune: TuningConfig, params: dict, trial_dir: Path, model_sourc
         model, tokenizer = loaded
     else:
         tokenizer = models.load_tokenizer(model_source, tune.model)
-        # Quantisation options are fixed (config.py refuses to tune them) and apply to loading.
+        # Quantisation options are fixed (validate.py refuses to tune them) and apply to loading.
         model = models.load_model(model_source, tune.model, quantization=tuning.quantization)
     trainer = SFTTrainer(
         model=model,
