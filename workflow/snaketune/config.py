@@ -12,6 +12,7 @@ types from a tune.yaml is `snaketune.validate`, on top.
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 from snaketune import data, lm_harness, model, names, scoring
 from snaketune.data import DataParams
@@ -55,7 +56,9 @@ class TuningParams(Record):
 
     Names follow Optuna and Hugging Face where the YAML's differ (`sampler` is tuning.tuner_sampler,
     `metrics` tuning.evaluation_metrics; `training_args` and `lora_args` are SFTConfig and
-    LoraConfig arguments by their field names).
+    LoraConfig arguments by their field names). The fields left as dicts are keyword arguments
+    passed to a library's constructor as they are (sampler_kwargs, pruner_kwargs, training_args,
+    lora_args, quantization), or maps keyed by name (argument_paths).
     """
 
     n_trials: int  # the trial budget: slots trial_0 .. trial_<n-1>
@@ -63,30 +66,29 @@ class TuningParams(Record):
     seed: int
     output_dir: str  # absolute
     sampler: str  # an optuna.samplers class name
-    sampler_kwargs: dict
+    sampler_kwargs: dict[str, Any]  # the sampler class's keyword arguments
     pruner: str  # a key of strategy.PRUNERS ("none": no pruning)
-    pruner_kwargs: dict
+    pruner_kwargs: dict[str, Any]  # the pruner class's, each absent key at its default (strategy.PRUNER_DEFAULTS)
     report_every_steps: int | None  # evaluate (and report to the pruner) every N steps
     # η of tuning.resume_pruned (strategy.reduction_factor): a slot resumes a pruned trial whose
     # value is among the best 1/η at its step (strategy.promotions); None: pruned trials stay stopped
     resume_pruned: int | None
-    enqueue_trials: list[dict]  # configurations evaluated first, {parameter name: value}
+    enqueue_trials: list[dict[str, Any]]  # configurations evaluated first, {parameter name: value}
     timeout_minutes: float | None
-    # {"trained_steps": N} | {"trained_tokens": N} | {"gpu_hours": H}: compute the study may spend
-    budget: Budget | None  # None: no compute budget
+    budget: Budget | None  # the compute the study may spend; None: no compute budget
     metrics: list[str]  # the objectives, in order
     directions: list[str]  # "minimize" or "maximize", one per objective
     custom_eval_metrics: list[CustomMetric]
     space: list[Parameter]  # parents before the parameters conditioned on them
-    training_args: dict  # fixed SFTConfig arguments
-    lora_args: dict  # fixed LoraConfig arguments
-    quantization: dict  # QLoRA options (q_lora, q_lora_bits, bnb_4bit_*), applied at model load
+    training_args: dict[str, Any]  # fixed SFTConfig arguments
+    lora_args: dict[str, Any]  # fixed LoraConfig arguments
+    quantization: dict[str, Any]  # QLoRA options (q_lora, q_lora_bits, bnb_4bit_*), applied at model load
     use_peft: bool  # LoRA on: fixed_training_params.use_peft, or LoRA parameters given (names._use_peft)
     gpu: DeviceSettings
     on_divergence: str  # "fail" or "prune"
     # where each fixed argument was written: {(group, target field): YAML path}, group "training"
     # (training_args) or "peft" (lora_args); a library's complaint is reported under these
-    argument_paths: dict
+    argument_paths: dict[tuple[str, str], str]
 
     @property
     def layout(self) -> StudyLayout:
