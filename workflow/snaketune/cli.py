@@ -13,6 +13,10 @@
 run was killed); `report` runs `snakemake --report` with the config the study ran with; everything
 else reads the study's journal and result files, so it works during a run as well as after it. `path` prints where the
 workflow files are, for running snakemake directly: `snakemake -s "$(snaketune path)" ...`.
+
+Over 500 lines because it is the whole command line: the parser and one short function per command
+(`cmd_*`), each a thin layer over the package's readers and checks (summary, results, study,
+validate); the run's signal handling (`run_snakemake`) is what a `tune` needs and nothing else uses.
 """
 
 from __future__ import annotations
