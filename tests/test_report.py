@@ -248,25 +248,26 @@ def test_plot_files_for_one_objective():
 
 
 @pytest.mark.workflow
-def test_a_report_made_before_the_study_grew_is_named_out_of_date_with_the_command_that_rewrites_it(tmp_path):
-    """Issue 33: after a study grew (n_trials 1 -> 2, run again), the end summary pointed at the
-    report.html written before the new trial existed as if it were current."""
-    write_reverse_words(tmp_path / "data.jsonl")
-    write_config(tmp_path, tiny_config(n_trials=1))
-    run_cli(tmp_path, "tune", "-c", "tune.yaml", "--cores", "2")
-    run_cli(tmp_path, "report", "tuning_output")
-    report_page = StudyLayout(tmp_path / "tuning_output").snakemake_report
+def test_a_report_made_before_the_study_grew_is_named_out_of_date_with_the_command_that_rewrites_it(
+        multi_objective_study, tmp_path):
+    """Issue 33: after a study grew (n_trials 2 -> 3, run again), the end summary pointed at the
+    report.html written before the new trial existed as if it were current. On a copy of the
+    shared study (a copied study grows from its own trials), so the other tests keep their 2."""
+    workdir = tmp_path / "study"
+    shutil.copytree(multi_objective_study, workdir, symlinks=True)
+    run_cli(workdir, "report", "tuning_output")
+    report_page = StudyLayout(workdir / "tuning_output").snakemake_report
     current = "report: tuning_output/report.html (plots: tuning_output/report/)"
-    assert current in run_cli(tmp_path, "status", "tuning_output").stdout
+    assert current in run_cli(workdir, "status", "tuning_output").stdout
 
-    grown = run_cli(tmp_path, "tune", "-c", "tune.yaml", "--cores", "2", "tuning.n_trials=2")
-    stale = ("report: tuning_output/report.html is out of date (written before trial 1 finished); "
+    grown = run_cli(workdir, "tune", "-c", "tune.yaml", "--cores", "2", "tuning.n_trials=3")
+    stale = ("report: tuning_output/report.html is out of date (written before trial 2 finished); "
              "`snaketune report tuning_output` rewrites it")
     assert stale in grown.stdout and current not in grown.stdout
-    assert stale in run_cli(tmp_path, "status", "tuning_output").stdout
+    assert stale in run_cli(workdir, "status", "tuning_output").stdout
     written = report_page.stat().st_mtime
 
-    run_cli(tmp_path, "report", "tuning_output")
+    run_cli(workdir, "report", "tuning_output")
     assert report_page.stat().st_mtime > written
-    status = run_cli(tmp_path, "status", "tuning_output").stdout
+    status = run_cli(workdir, "status", "tuning_output").stdout
     assert current in status and "out of date" not in status
