@@ -50,54 +50,71 @@ def start_tune(workdir: Path) -> subprocess.Popen:
         return subprocess.Popen(command, cwd=workdir, env=env, stdout=out, stderr=err, start_new_session=True)
 
 
-def wait_until_training(run: subprocess.Popen, trial_dir: Path, timeout: float = 600) -> None:
+def loss_lines(trial_dir: Path) -> int:
+    """How many training-loss rows the trial's live loss curve holds (its attempts append to it)."""
     curve = trial_dir / "logs" / "loss_curve.jsonl"
+    return sum('"loss"' in line for line in curve.read_text().splitlines()) if curve.exists() else 0
+
+
+def wait_until_training(run: subprocess.Popen, trial_dir: Path, after: int = 0, timeout: float = 600) -> None:
+    """Wait until the trial has logged a training loss beyond the `after` rows already there."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         assert run.poll() is None, (trial_dir.parent.parent / "run.err").read_text()[-5000:]
-        if curve.exists() and any('"loss"' in line for line in curve.read_text().splitlines()):
+        if loss_lines(trial_dir) > after:
             return
         time.sleep(0.5)
     raise AssertionError("the trial did not start training")
 
 
-@pytest.mark.parametrize("to", ["group", "snaketune"])
-def test_ctrl_c_stops_the_whole_run_and_the_same_command_continues_it(tmp_path, to):
-    """SIGINT to the foreground process group (a terminal's Ctrl-C), or to the snaketune process
-    alone (`kill -INT`): the trial in training stops and records it; snaketune waits for the run
-    to end, says how to continue, prints no traceback and ends killed by SIGINT (what a shell
-    reports as exit status 130, and what makes a calling script stop too)."""
+def test_ctrl_c_stops_the_whole_run_and_the_same_command_continues_it(tmp_path):
+    """SIGINT to the foreground process group (a terminal's Ctrl-C), then, to the same command run
+    again, SIGINT to the snaketune process alone (`kill -INT`): each time the trial in training stops
+    and records it; snaketune waits for the run to end, says how to continue, prints no traceback and
+    ends killed by SIGINT (what a shell reports as exit status 130, and what makes a calling script
+    stop too). The same command continues the study each time: the interrupted trial runs again with
+    its parameters (and is interrupted again, the first time); the third run finishes it. (One study
+    for both ways of sending Ctrl-C, once a parametrized test of two studies.)"""
     write_reverse_words(tmp_path / "data.jsonl")
     config = tiny_config(n_trials=1)
     config["tuning"]["fixed_training_params"].update(max_steps=150)  # seconds of training
     write_config(tmp_path, config)
     trial_dir = StudyLayout(tmp_path / "tuning_output").trial(0).dir
-    run = start_tune(tmp_path)
-    try:
-        wait_until_training(run, trial_dir)
-        if to == "group":
-            os.killpg(run.pid, signal.SIGINT)
-        else:
-            os.kill(run.pid, signal.SIGINT)
-        status = run.wait(timeout=300)
-    finally:
-        left = run_processes(run.pid, tmp_path)
-        for line in left:  # a failed test leaves nothing training
-            os.kill(int(line.split()[0]), signal.SIGKILL)
-    stderr = (tmp_path / "run.err").read_text()
-    assert status == -signal.SIGINT, stderr[-5000:]
-    assert left == []
-    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
-    assert "snaketune: Ctrl-C: stopping the run" in stderr
-    assert ("the run is stopped; to continue the study, run the same command again "
-            "(snaketune tune -c tune.yaml --cores 2): the interrupted trials run again with their "
-            "parameters") in stderr
-    (interrupted,) = load_study(tmp_path / "tuning_output").trials
-    assert interrupted.state == TrialState.FAIL and interrupted.user_attrs["fail_reason"] == "interrupted"
-    assert not list((tmp_path / ".snakemake" / "locks").glob("*"))  # Snakemake ended as it does
+    attempts = []
+    for to in ("group", "snaketune"):
+        logged = loss_lines(trial_dir)
+        run = start_tune(tmp_path)
+        try:
+            wait_until_training(run, trial_dir, after=logged)
+            if to == "group":
+                os.killpg(run.pid, signal.SIGINT)
+            else:
+                os.kill(run.pid, signal.SIGINT)
+            status = run.wait(timeout=300)
+        finally:
+            left = run_processes(run.pid, tmp_path)
+            for line in left:  # a failed test leaves nothing training
+                os.kill(int(line.split()[0]), signal.SIGKILL)
+        stderr = (tmp_path / "run.err").read_text()
+        assert status == -signal.SIGINT, (to, stderr[-5000:])
+        assert left == [], to
+        assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, to
+        assert "snaketune: Ctrl-C: stopping the run" in stderr, to
+        assert ("the run is stopped; to continue the study, run the same command again "
+                "(snaketune tune -c tune.yaml --cores 2): the interrupted trials run again with their "
+                "parameters") in stderr, to
+        trials = load_study(tmp_path / "tuning_output").trials
+        assert [(t.number, t.state) for t in trials[:-1]] == [(t.number, t.state) for t in attempts], to
+        interrupted = trials[-1]  # this run's one attempt
+        assert interrupted.state == TrialState.FAIL and interrupted.user_attrs["fail_reason"] == "interrupted", to
+        if attempts:  # the same command continued the study: the interrupted trial again, its parameters
+            assert interrupted.params == attempts[0].params and interrupted.user_attrs["retry_of"] == attempts[-1].number
+        assert not list((tmp_path / ".snakemake" / "locks").glob("*")), to  # Snakemake ended as it does
+        attempts.append(interrupted)
 
     run_cli(tmp_path, "tune", "-c", "tune.yaml", "--cores", "2")
-    first, retry = load_study(tmp_path / "tuning_output").trials
+    *earlier, retry = load_study(tmp_path / "tuning_output").trials
+    assert [t.number for t in earlier] == [t.number for t in attempts]
     assert retry.state == TrialState.COMPLETE and retry.params == interrupted.params
     assert json.loads((trial_dir / "metrics.json").read_text())["state"] == "COMPLETE"
 
