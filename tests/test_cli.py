@@ -183,16 +183,6 @@ def test_a_dry_run_summary_tells_each_slots_fate(tmp_path):
 
 
 @pytest.mark.workflow
-def test_dry_run_lists_the_overridden_budget_and_writes_nothing(tmp_path):
-    write_reverse_words(tmp_path / "data.jsonl")
-    write_config(tmp_path, tiny_config())
-    result = run_cli(tmp_path, "tune", "-c", "tune.yaml", "--dry-run", "--cores", "1", "tuning.n_trials=5")
-    assert re.search(r"^trial\s+5$", result.stdout, re.M), result.stdout
-    assert "--workflow-profile" in result.stderr  # the default profile
-    assert not (tmp_path / "tuning_output").exists()
-
-
-@pytest.mark.workflow
 def test_tune_refuses_a_missing_config(tmp_path):
     result = run_cli(tmp_path, "tune", "-c", "nope.yaml", check=False)
     assert result.returncode == 2 and "no such config file: nope.yaml" in result.stderr
@@ -305,16 +295,19 @@ def test_check_accepts_a_config_and_writes_nothing(tmp_path):
 
 
 @pytest.mark.workflow
-def test_a_run_snaketune_checked_is_not_checked_again_by_snakemake(tmp_path):
-    """Notices are printed once: by `snaketune tune`'s check, not again by Snakemake's parse
-    (which trusts the token for exactly the config text it is given)."""
+def test_a_dry_run_lists_the_overridden_budget_writes_nothing_and_checks_once(tmp_path):
+    """A dry run plans the overridden n_trials with the default profile and writes nothing; its
+    notices are printed once: by `snaketune tune`'s check, not again by Snakemake's parse (which
+    trusts the token for exactly the config text it is given)."""
     write_reverse_words(tmp_path / "data.jsonl")
     config = tiny_config()
     config["data"]["test"] = {"datasets": [{"dataset_name": "data.jsonl", "split": "train"}]}
     write_config(tmp_path, config)
-    result = run_cli(tmp_path, "tune", "-c", "tune.yaml", "--dry-run", "--cores", "1")
+    result = run_cli(tmp_path, "tune", "-c", "tune.yaml", "--dry-run", "--cores", "1", "tuning.n_trials=5")
+    assert re.search(r"^trial\s+5$", result.stdout, re.M), result.stdout
+    assert "--workflow-profile" in result.stderr  # the default profile
+    assert not (tmp_path / "tuning_output").exists()
     assert result.stderr.count("notice: data.test: unused") == 1, result.stderr
-    assert re.search(r"^trial\s+3$", result.stdout, re.M), result.stdout
 
 
 # ---------------------------------------------------------------------------------------------
@@ -326,7 +319,7 @@ def study_dir(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("cli_study")
     write_reverse_words(workdir / "data.jsonl")
     write_config(workdir, tiny_config(n_trials=4))
-    result = run_cli(workdir, "tune", "-c", "tune.yaml", "--cores", "2", "--gpus", "2", "tuning.n_trials=3",
+    result = run_cli(workdir, "tune", "-c", "tune.yaml", "--cores", "2", "--gpus", "2", "tuning.n_trials=2",
                      "tuning.study_name=cli")
     return workdir, result
 
@@ -335,10 +328,10 @@ def study_dir(tmp_path_factory):
 def test_tune_runs_the_study_with_the_override(study_dir):
     workdir, result = study_dir
     out = workdir / "tuning_output"
-    assert len(pd.read_csv(StudyLayout(out).results_csv)) == 3  # tuning.n_trials=3 beat the file's 4
-    assert len(load_study(out, "cli").trials) == 3
+    assert len(pd.read_csv(StudyLayout(out).results_csv)) == 2  # tuning.n_trials=2 beat the file's 4
+    assert len(load_study(out, "cli").trials) == 2
     merged = yaml.safe_load((StudyLayout(out).merged_config).read_text())
-    assert merged["tuning"]["n_trials"] == 3
+    assert merged["tuning"]["n_trials"] == 2
     assert (out / "report" / "optimization_history.png").stat().st_size > 0
     assert "snaketune: study 'cli'" in result.stdout + result.stderr
 
@@ -350,7 +343,7 @@ def test_the_console_shows_each_trial_start_and_end_in_short_lines(study_dir):
     workdir, result = study_dir
     console = result.stdout + result.stderr
     study = load_study(workdir / "tuning_output", "cli")
-    assert len(study.trials) == 3
+    assert len(study.trials) == 2
     for trial in study.trials:
         folder = f"trial_{trial.user_attrs['slot']}/"
         started = f"snaketune: trial {trial.number} started in {folder}: learning_rate={trial.params['learning_rate']:.4g}"
@@ -374,7 +367,7 @@ def test_a_refused_rerun_leaves_the_config_the_study_ran_with(study_dir):
     workdir, _ = study_dir
     merged = StudyLayout(workdir / "tuning_output").merged_config
     before = merged.read_text()
-    refused = run_cli(workdir, "tune", "-c", "tune.yaml", "tuning.n_trials=3", "tuning.study_name=cli",
+    refused = run_cli(workdir, "tune", "-c", "tune.yaml", "tuning.n_trials=2", "tuning.study_name=cli",
                       "tuning.fixed_training_params.max_steps=20", check=False)
     assert refused.returncode == 1 and "max_steps" in refused.stderr, refused.stderr
     assert "snaketune: snakemake" not in refused.stderr
@@ -388,15 +381,15 @@ def test_a_dry_run_of_a_grown_study_ends_with_what_its_slots_would_do(study_dir)
     workdir, _ = study_dir
     result = run_cli(workdir, "tune", "-c", "tune.yaml", "--dry-run", "tuning.n_trials=5", "tuning.study_name=cli")
     summary = result.stdout.rstrip().splitlines()[-1]
-    assert summary == "snaketune: of 5 trial slot(s) in tuning_output: 3 finished (kept), 2 new", result.stdout
+    assert summary == "snaketune: of 5 trial slot(s) in tuning_output: 2 finished (kept), 3 new", result.stdout
 
 
 @pytest.mark.workflow
 def test_status_of_a_finished_study(study_dir):
     workdir, _ = study_dir
     text = run_cli(workdir, "status", "tuning_output").stdout
-    assert "3 of 3 trial(s) started" in text
-    assert text.splitlines()[3].split() == ["3", "0", "0", "0"]
+    assert "2 of 2 trial(s) started" in text
+    assert text.splitlines()[3].split() == ["2", "0", "0", "0"]
     assert "best so far: eval_loss=" in text
 
 
