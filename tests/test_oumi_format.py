@@ -105,8 +105,11 @@ def test_oumis_smollm_recipe_loads_as_written_with_oumis_semantics(workdir):
 def test_oumis_smollm_recipe_runs_two_short_trials_training_the_full_model(workdir):
     path = workdir / "tune.yaml"
     path.write_text(yaml.safe_dump(recipe_with_local_ids(workdir), sort_keys=False))
+    # The two trials' metrics.json as the targets: what is asserted is the trials (the table, the
+    # report and the best model of a full fine-tune are the tiny studies' of test_workflow.py).
     run_cli(workdir, "tune", "-c", "tune.yaml", "--cores", "2", "tuning.fixed_training_params.max_steps=2",
-            "model.torch_dtype_str=float32")
+            "model.torch_dtype_str=float32", "--", *(str(workdir / "tuning_output" / f"trial_{slot}" / "metrics.json")
+                                                     for slot in (0, 1)))
     out = workdir / "tuning_output"
     for slot in (0, 1):
         metrics = json.loads((out / f"trial_{slot}" / "metrics.json").read_text())
