@@ -366,12 +366,32 @@ def test_the_copy_keeps_every_layer_when_a_value_names_layers(tmp_path, model, p
 # -- real Snakemake runs ----------------------------------------------------------------------------
 
 
+CHAT_ROWS = [{"messages": [{"role": "user", "content": f"Say {w}."}, {"role": "assistant", "content": w},
+                            {"role": "user", "content": "Again."}, {"role": "assistant", "content": w}]}
+             for w in ("alpha", "beta", "gamma", "delta", "omega") * 4]
+
+
+def chat_config(**fixed) -> dict:
+    """One trial on CHAT_ROWS with assistant_only_loss, and the fixed training params `fixed`."""
+    config = tiny_config("chat.jsonl", n_trials=1)
+    config["tuning"]["fixed_training_params"].update(assistant_only_loss=True, **fixed)
+    return config
+
+
+@pytest.fixture(scope="module")
+def chat_workdir(tmp_path_factory):
+    """A workdir with chat rows that the two Snakemake tests share, in file order: the refused
+    configuration first (no study there yet), then the accepted one, which reuses the model and
+    data the refused run prepared (the preflight runs again). Each test also holds alone."""
+    workdir = tmp_path_factory.mktemp("chat")
+    (workdir / "chat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in CHAT_ROWS))
+    return workdir
+
+
 @pytest.mark.workflow
-def test_a_refused_configuration_stops_the_run_before_any_trial(tmp_path):
-    write_reverse_words(tmp_path / "data.jsonl")
-    config = tiny_config()
-    config["tuning"]["fixed_training_params"]["lr_scheduler_type"] = "cosine_with_min_lr"
-    write_config(tmp_path, config)
+def test_a_refused_configuration_stops_the_run_before_any_trial(chat_workdir):
+    tmp_path = chat_workdir
+    write_config(tmp_path, chat_config(lr_scheduler_type="cosine_with_min_lr"))
     result = run_snakemake(tmp_path, check=False)
     assert result.returncode != 0
     out = result.stdout + result.stderr
@@ -384,16 +404,12 @@ def test_a_refused_configuration_stops_the_run_before_any_trial(tmp_path):
 
 
 @pytest.mark.workflow
-def test_chat_rows_with_assistant_only_loss_train(tmp_path):
+def test_chat_rows_with_assistant_only_loss_train(chat_workdir):
     """huggingface/trl#4879: TRL refused the prepared rows as 'not conversational'; the loss is on
-    the assistant turns already (prepare_data), so the field asks for what is done and must train."""
-    rows = [{"messages": [{"role": "user", "content": f"Say {w}."}, {"role": "assistant", "content": w},
-                          {"role": "user", "content": "Again."}, {"role": "assistant", "content": w}]}
-            for w in ("alpha", "beta", "gamma", "delta", "omega") * 4]
-    (tmp_path / "chat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    config = tiny_config("chat.jsonl", n_trials=1)
-    config["tuning"]["fixed_training_params"]["assistant_only_loss"] = True
-    write_config(tmp_path, config)
+    the assistant turns already (prepare_data), so the field asks for what is done and must train.
+    (In the workdir the refused configuration left: the same rows, model and data.)"""
+    tmp_path = chat_workdir
+    write_config(tmp_path, chat_config())
     run_snakemake(tmp_path)
     output_dir = tmp_path / "tuning_output"
     [trial] = load_study(output_dir).trials
