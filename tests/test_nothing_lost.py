@@ -75,10 +75,22 @@ def test_a_torn_tail_is_said_once_per_process(tmp_path, capsys):
     assert capsys.readouterr().err.count("cut short") == 1
 
 
-@pytest.mark.workflow
-def test_a_run_after_a_torn_tell_restores_the_trial_and_grows(workdir):
+@pytest.fixture(scope="module")
+def finished_study(tmp_path_factory):
+    """The workdir of a finished 2-trial study of tiny_config (in tuning_output) that three tests take
+    further, one after the other (one study built instead of three): a torn tell repaired as the
+    study grows to 3 trials; the best model kept while it cannot be rebuilt, then its slot
+    retrained; the study moved, grown and copied. Each also holds on the 2-trial study alone."""
+    workdir = tmp_path_factory.mktemp("finished_study")
+    write_reverse_words(workdir / "data.jsonl")
     write_config(workdir, tiny_config(n_trials=2))
     run_snakemake(workdir)
+    return workdir
+
+
+@pytest.mark.workflow
+def test_a_run_after_a_torn_tell_restores_the_trial_and_grows(finished_study):
+    workdir = finished_study
     layout = StudyLayout(workdir / "tuning_output")
     whole = layout.journal.read_bytes()
     last = whole.rstrip(b"\n").rfind(b"\n") + 1
@@ -294,42 +306,12 @@ def test_snaketune_tune_refuses_a_foreign_folder_before_writing_into_it(workdir)
 # -- 5. one output_dir, one study: another study_name is refused with the other changed definitions,
 # test_failures.py::test_a_changed_definition_is_refused_and_a_grown_budget_runs_only_the_new_slot --
 
-# -- 6. a moved or copied study ----------------------------------------------------------------------
-
-@pytest.mark.workflow
-def test_a_moved_study_grows_and_a_copied_one_builds_its_best_model_from_its_own_trials(workdir):
-    write_config(workdir, tiny_config(n_trials=1, output_dir="study_a"))
-    run_snakemake(workdir)
-    shutil.move(workdir / "study_a", workdir / "study_b")
-    write_config(workdir, tiny_config(n_trials=2, output_dir="study_b"))
-    best_then = subprocess.run([sys.executable, "-m", "snaketune.cli", "best", "study_b"], cwd=workdir,
-                               capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO / "workflow")})
-    assert best_then.returncode == 0 and "study_a" not in best_then.stdout and "study_b" in best_then.stdout
-    run_snakemake(workdir)  # the new trial loads the model from study_b, not the gone study_a
-    layout_b = StudyLayout(workdir / "study_b")
-    assert [t.state for t in load_study(layout_b.output_dir).trials] == [TrialState.COMPLETE] * 2
-    assert not (workdir / "study_a").exists()
-
-    shutil.copytree(layout_b.output_dir, workdir / "study_c")
-    shutil.rmtree(workdir / "study_c" / "best_model")
-    (workdir / "study_c" / "best_trial.json").unlink()
-    shutil.rmtree(layout_b.output_dir)  # the original is gone: the copy must stand on its own
-    write_config(workdir, tiny_config(n_trials=2, output_dir="study_c"))
-    run_snakemake(workdir)
-    layout_c = StudyLayout(workdir / "study_c")
-    best = json.loads(layout_c.best_trial.read_text())
-    assert best["checkpoint"].startswith(str(layout_c.output_dir))
-    assert json.loads((layout_c.best_model / "snaketune_trial.json").read_text())["checkpoint"] == best["checkpoint"]
-    table = pd.read_csv(layout_c.results_csv)
-    assert all(str(d).startswith(str(layout_c.output_dir)) for d in table["trial_dir"])
-
-
 # -- 4. the best model survives a re-run that cannot rebuild it --------------------------------------
 
 @pytest.mark.workflow
-def test_a_rerun_keeps_the_best_model_until_it_has_a_new_one(workdir):
-    write_config(workdir, tiny_config(n_trials=2))
-    run_snakemake(workdir)
+def test_a_rerun_keeps_the_best_model_until_it_has_a_new_one(finished_study):
+    # The shared study, grown to 3 trials by the torn-tell test before it (2 trials alone).
+    workdir = finished_study
     layout = StudyLayout(workdir / "tuning_output")
     best = json.loads(layout.best_trial.read_text())
     weights = {p.name: p.read_bytes() for p in layout.best_model.iterdir()}
@@ -355,6 +337,39 @@ def test_a_rerun_keeps_the_best_model_until_it_has_a_new_one(workdir):
     if rebuilt["slot"] == best["slot"]:  # the slot's new attempt, not the superseded one
         assert rebuilt["number"] == attempts[1].number
     assert list(pd.read_csv(layout.results_csv)["number"]).count(attempts[0].number) == 0
+
+
+# -- 6. a moved or copied study ----------------------------------------------------------------------
+
+@pytest.mark.workflow
+def test_a_moved_study_grows_and_a_copied_one_builds_its_best_model_from_its_own_trials(finished_study):
+    # The shared study (study_a here), last of the three tests that take it further: it moves it.
+    workdir = finished_study
+    trials_a = load_study(workdir / "tuning_output").trials
+    assert {t.state for t in trials_a} == {TrialState.COMPLETE}
+    slots = len({t.user_attrs["slot"] for t in trials_a})
+    shutil.move(workdir / "tuning_output", workdir / "study_b")
+    write_config(workdir, tiny_config(n_trials=slots + 1, output_dir="study_b"))
+    best_then = subprocess.run([sys.executable, "-m", "snaketune.cli", "best", "study_b"], cwd=workdir,
+                               capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO / "workflow")})
+    assert best_then.returncode == 0 and "tuning_output" not in best_then.stdout and "study_b" in best_then.stdout
+    run_snakemake(workdir)  # the new trial loads the model from study_b, not the gone study_a
+    layout_b = StudyLayout(workdir / "study_b")
+    assert [t.state for t in load_study(layout_b.output_dir).trials] == [TrialState.COMPLETE] * (len(trials_a) + 1)
+    assert not (workdir / "tuning_output").exists()
+
+    shutil.copytree(layout_b.output_dir, workdir / "study_c")
+    shutil.rmtree(workdir / "study_c" / "best_model")
+    (workdir / "study_c" / "best_trial.json").unlink()
+    shutil.rmtree(layout_b.output_dir)  # the original is gone: the copy must stand on its own
+    write_config(workdir, tiny_config(n_trials=slots + 1, output_dir="study_c"))
+    run_snakemake(workdir)
+    layout_c = StudyLayout(workdir / "study_c")
+    best = json.loads(layout_c.best_trial.read_text())
+    assert best["checkpoint"].startswith(str(layout_c.output_dir))
+    assert json.loads((layout_c.best_model / "snaketune_trial.json").read_text())["checkpoint"] == best["checkpoint"]
+    table = pd.read_csv(layout_c.results_csv)
+    assert all(str(d).startswith(str(layout_c.output_dir)) for d in table["trial_dir"])
 
 
 # -- 7. summaries that tell the truth ------------------------------------------------------------
