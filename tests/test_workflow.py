@@ -103,7 +103,7 @@ def test_multi_objective_study_with_custom_metric(workdir):
         "    return {'lr_score': -metrics['eval_loss'], 'unused_extra': 1.0}\n"
     )
     config = tiny_config(
-        n_trials=4,
+        n_trials=2,  # (was 4: the assertions hold for any number of trials; a front of one or two)
         evaluation_metrics=["eval_loss", "lr_score"],
         evaluation_direction=["minimize", "maximize"],
         custom_eval_metrics=[
@@ -117,7 +117,7 @@ def test_multi_objective_study_with_custom_metric(workdir):
     out = workdir / "tuning_output"
 
     table = pd.read_csv(StudyLayout(out).results_csv)
-    assert len(table) == 4
+    assert len(table) == 2
     assert {"eval_loss", "lr_score", "answer_tokens", "unused_extra"} <= set(table.columns)
     assert (table["lr_score"] == -table["eval_loss"]).all()
     assert (table["answer_tokens"] > 0).all()
@@ -197,7 +197,7 @@ def test_a_failure_every_trial_would_meet_stops_after_two_trials_and_says_what_t
         "from pathlib import Path\n"
         "def accuracy(**kwargs):\n"
         "    return float(Path('answers.txt').read_text())\n")
-    config = tiny_config(n_trials=4, tuner_sampler="RandomSampler",
+    config = tiny_config(n_trials=3, tuner_sampler="RandomSampler",  # (was 4: one slot left unstarted is enough)
                          custom_eval_metrics=[{"name": "accuracy", "function": "task_metric.accuracy"}])
     write_config(workdir, config)
     profile = ("--workflow-profile", str(REPO / "workflow" / "profiles" / "default"))  # keep-going
@@ -208,13 +208,13 @@ def test_a_failure_every_trial_would_meet_stops_after_two_trials_and_says_what_t
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.FAIL]
     assert "failed with the same error for different parameters" in console
     assert "FileNotFoundError" in console and "answers.txt" in console
-    assert "Running again as it is would fail the same way (and 2 slot(s) were not started" in console
+    assert "Running again as it is would fail the same way (and 1 slot(s) were not started" in console
     assert "Run the same command again to re-run" not in console
     # Fixed: the same command runs the two failed trials with their parameters, and the rest.
     (workdir / "answers.txt").write_text("0.5")
     run_snakemake(workdir, *profile, "--cores", "1")
     study = load_study(workdir / "tuning_output")
-    assert sum(t.state == TrialState.COMPLETE for t in study.trials) == 4
+    assert sum(t.state == TrialState.COMPLETE for t in study.trials) == 3
 
 
 def test_dry_run_lists_exactly_n_trial_jobs(workdir):
