@@ -88,23 +88,6 @@ def test_every_sampler_runs_a_three_trial_study_on_the_journal(workdir, sampler)
 
 
 @pytest.mark.workflow
-def test_grid_covers_its_grid_exactly_once_in_a_real_run(workdir):
-    config = tiny_config(tuner_sampler="GridSampler")
-    del config["tuning"]["n_trials"]  # defaults to the grid's size
-    config["tuning"]["tunable_training_params"] = {
-        "learning_rate": {"type": "categorical", "choices": [1e-3, 1e-2]},
-        "warmup_steps": {"type": "int", "low": 0, "high": 1},
-    }
-    config["tuning"]["fixed_training_params"]["max_steps"] = 2
-    write_config(workdir, config)
-    run_snakemake(workdir)
-    trials = load_study(workdir / "tuning_output").trials
-    points = sorted((t.params["learning_rate"], t.params["warmup_steps"]) for t in trials)
-    assert points == [(1e-3, 0), (1e-3, 1), (1e-2, 0), (1e-2, 1)]
-    assert all(t.state == TrialState.COMPLETE for t in trials)
-
-
-@pytest.mark.workflow
 def test_pruned_trials_pause_and_a_later_slot_resumes_one_from_its_checkpoints_step(workdir):
     """Successive halving (η 2, asked every 2 of 8 steps) in trial jobs that share the journal:
     pruned trials keep their checkpoint, and a slot that starts when one of them is among the best
@@ -273,12 +256,18 @@ def test_a_budget_check_and_the_trial_it_starts_are_one_step_across_processes(wo
 
 
 @pytest.mark.workflow
-def test_skipped_slots_across_parallel_jobs_and_a_raised_budget_runs_only_them(workdir):
+def test_skipped_slots_across_parallel_jobs_and_a_raised_budget_runs_only_them_covering_a_grid_once(workdir):
     """tuning.budget over trial jobs side by side: 3-step trials and 6 steps, so the two trials that
     start together train whichever slots they are (each sees the other's committed steps), and the
     other slots finish SKIPPED. Raising the budget runs skipped slots (no trial that ran); the same
-    budget again runs nothing."""
-    config = tiny_config(n_trials=4, budget={"trained_steps": 6})
+    budget again runs nothing. The trials sample a 2 x 2 grid (GridSampler, n_trials its size): once
+    the budget pays for every slot, the real run has covered its grid exactly once."""
+    config = tiny_config(tuner_sampler="GridSampler", budget={"trained_steps": 6})
+    del config["tuning"]["n_trials"]  # defaults to the grid's size
+    config["tuning"]["tunable_training_params"] = {
+        "learning_rate": {"type": "categorical", "choices": [1e-3, 1e-2]},
+        "warmup_steps": {"type": "int", "low": 0, "high": 1},
+    }
     write_config(workdir, config)
     run_snakemake(workdir, "--resources", "gpu=2")
     out = workdir / "tuning_output"
@@ -300,6 +289,15 @@ def test_skipped_slots_across_parallel_jobs_and_a_raised_budget_runs_only_them(w
     assert list(pd.read_csv(StudyLayout(out).results_csv)["state"]).count("SKIPPED") == 1
     again = run_snakemake(workdir, "--resources", "gpu=2")
     assert "Nothing to be done" in again.stdout + again.stderr
+
+    # The grid (was test_grid_covers_its_grid_exactly_once_in_a_real_run): the last slot runs.
+    config["tuning"]["budget"] = {"trained_steps": 12}
+    write_config(workdir, config)
+    run_snakemake(workdir, "--resources", "gpu=2")
+    trials = load_study(out).trials
+    points = sorted((t.params["learning_rate"], t.params["warmup_steps"]) for t in trials)
+    assert points == [(1e-3, 0), (1e-3, 1), (1e-2, 0), (1e-2, 1)]
+    assert all(t.state == TrialState.COMPLETE for t in trials)
 
 
 def test_compute_budget_counts_each_attempt_of_a_resumed_slot_once(workdir):
