@@ -29,6 +29,7 @@ every writer takes its paths from here:
 from __future__ import annotations
 
 import json
+import os
 import math
 import re
 from dataclasses import dataclass
@@ -323,9 +324,10 @@ ROW_REPORTS_ATTR = "reported_rows"
 
 
 def write_text(path: str | Path, text: str) -> None:
-    """Write `text` atomically: a reader (or a crash) never sees half a file."""
+    """Write `text` atomically: a reader (or a crash) never sees half a file, and two processes
+    writing the same file at once each replace it whole (a temporary file of its own each)."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
     tmp.replace(path)
 

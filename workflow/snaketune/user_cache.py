@@ -15,6 +15,8 @@ import os
 from importlib import metadata
 from pathlib import Path
 
+from snaketune.layout import write_json
+
 
 def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "snaketune"
@@ -48,8 +50,6 @@ def write(name: str, value) -> None:
     path = cache_dir() / name
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        partial.write_text(json.dumps(value))
-        partial.replace(path)  # whole or absent: another process may read it meanwhile
+        write_json(path, value)  # whole or absent: another process may read it meanwhile
     except OSError:
         pass
