@@ -9,7 +9,8 @@ Arms, each a fresh study through the real Snakefile (`--cores 2`, the machine's 
   evaluation), the baseline of the ratio.
 Each job's wall time is Snakemake's `benchmark:` file of its rule. Goal (issue 32): the preflight
 at most 10% of one default trial, once per invocation (a re-run or a grown study does not pay it).
-Appends to bench/RESULTS.md.
+The user's cache is a fresh folder, so each preflight steps its configurations (a record accepted
+before would be read back in under a second: snaketune.preflight_cache). Appends to bench/RESULTS.md.
 
     python bench/preflight.py
 """
@@ -17,7 +18,9 @@ Appends to bench/RESULTS.md.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from common import REPO, append_results, job_wall_seconds, run_snakemake
@@ -60,6 +63,7 @@ def preflight_seconds(workdir: Path, config: dict) -> tuple[float, int]:
 
 
 def main() -> None:
+    os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="snaketune-bench-cache-")  # the jobs inherit it
     default_s, default_n = preflight_seconds(OUT / "default", default_config())
     six_s, six_n = preflight_seconds(OUT / "six", six_parameter_config())
     run_snakemake(OUT / "default", default_config(), "--until", "trial")

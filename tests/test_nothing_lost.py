@@ -449,3 +449,14 @@ def test_a_study_where_every_trial_diverged_keeps_its_table_and_says_what_to_cha
     assert "Run the same command again" not in message
     table = pd.read_csv(StudyLayout(workdir / "tuning_output").results_csv)
     assert len(table) == 2 and all(table["fail_reason"].str.startswith("diverged"))
+    # on_divergence: fail (the default): each trial is a result, told FAIL with its reason, in the
+    # journal, its metrics.json and the table (test_failures checks on_divergence: prune).
+    out = workdir / "tuning_output"
+    for trial in load_study(out).trials:
+        assert trial.state == TrialState.FAIL and trial.user_attrs["fail_reason"].startswith("diverged")
+        assert json.loads(StudyLayout(out).trial(trial.user_attrs["slot"]).metrics.read_text())["state"] == "FAIL"
+    assert set(table["state"]) == {"FAIL"}
+    # Re-running the same parameters would diverge again: unlike a failed trial, not re-run.
+    again = run_snakemake(workdir, check=False)
+    assert len(load_study(out).trials) == 2, again.stdout + again.stderr
+    assert "running again would change nothing" in again.stdout + again.stderr

@@ -415,3 +415,24 @@ def test_chat_rows_with_assistant_only_loss_train(chat_workdir):
     [trial] = load_study(output_dir).trials
     assert trial.state.name == "COMPLETE"
     assert json.loads((output_dir / "preflight.json").read_text())["notices"] == []
+
+
+@pytest.mark.workflow
+def test_a_new_study_of_accepted_configurations_reads_their_record_back(chat_workdir, tmp_path, monkeypatch):
+    """The preflight's accepted record is kept in the user's cache (snaketune.preflight_cache): a
+    second study of the same configurations on the same model and rows (another output_dir, its
+    model and data prepared again) writes it back without stepping, and says where it came from."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the runs inherit it
+    records = {}
+    for output_dir in ("first", "second"):
+        config = chat_config()
+        config["tuning"]["output_dir"] = output_dir
+        write_config(chat_workdir, config, f"{output_dir}.yaml")
+        run_snakemake(chat_workdir, "--until", "preflight", configfile=f"{output_dir}.yaml")
+        records[output_dir] = json.loads((chat_workdir / output_dir / "preflight.json").read_text())
+    first, second = records["first"], records["second"]
+    assert "accepted_before" not in first and list((tmp_path / "cache" / "snaketune" / "preflight").glob("*.json"))
+    assert second["accepted_before"]["output_dir"] == str(chat_workdir / "first")
+    assert second["configurations"] == first["configurations"] and second["notices"] == first["notices"]
+    log = (chat_workdir / "second" / "logs" / "preflight.log").read_text()
+    assert "were accepted before on the same model and rows" in log and "not stepped again" in log

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -90,6 +91,13 @@ def test_single_objective_study(single_objective_study):
 
     model = AutoModelForCausalLM.from_pretrained(StudyLayout(out).best_model)
     assert model.config.hidden_size == 32
+    # A full fine-tune's best model is the best trial's saved model and tokenizer, byte for byte,
+    # without what Trainer keeps only to resume (no optimizer state to ship).
+    best_model, checkpoint = StudyLayout(out).best_model, Path(best["checkpoint"])
+    assert (best_model / "model.safetensors").read_bytes() == (checkpoint / "model.safetensors").read_bytes()
+    assert (best_model / "tokenizer_config.json").exists()
+    assert not {"optimizer.pt", "scheduler.pt", "trainer_state.json", "training_args.bin"} & {
+        p.name for p in best_model.iterdir()}
 
 
 def test_multi_objective_study_with_custom_metric(workdir):

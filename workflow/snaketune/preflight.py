@@ -57,7 +57,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from snaketune import data as datasets_
-from snaketune import generation, scoring, strategy, train
+from snaketune import generation, preflight_cache, scoring, strategy, train, user_cache
 from snaketune import model as models
 from snaketune import space as search_space
 from snaketune.config import TuningConfig, TuningParams
@@ -306,12 +306,23 @@ def run(tune: TuningConfig, model_source: dict, data_dir: str | Path, record_pat
     `model_source` is the prepared model's source.json (model.read_source), `data_dir` the folder of
     prepare_data's summary. Raises PreflightError, naming each refused value by its YAML path, and
     writes nothing, when a configuration fails or a library warns that a value would do nothing.
+    A record the libraries accepted before for the same fingerprint, model and rows
+    (`preflight_cache`) is written again without stepping anything.
     """
+    started = time.time()
+    cache_entry = preflight_cache.entry(fingerprint(tune), model_source, data_dir)
+    if (before := preflight_cache.read(cache_entry)) is not None:
+        record = {**before, "seconds": round(time.time() - started, 2), "accepted_before": {
+            "output_dir": before.get("output_dir"), "seconds": before.get("seconds"), "cache": cache_entry}}
+        print(f"preflight: these {len(record['configurations'])} configurations were accepted before on the same "
+              f"model and rows (in {before.get('output_dir')}): not stepped again (the record is "
+              f"{user_cache.cache_dir() / cache_entry}; remove it to step them again)")
+        write_json(record_path, record)
+        return record
     import peft  # noqa: F401 (imported before gc.freeze: see there)
     import torch
     import trl  # noqa: F401
 
-    started = time.time()
     torch.set_num_threads(max(1, threads))
     # The libraries' objects imported so far live to the end: out of the garbage collector's sight,
     # the collection accelerate runs after every configuration's training takes a tenth of the time.
@@ -337,8 +348,8 @@ def run(tune: TuningConfig, model_source: dict, data_dir: str | Path, record_pat
               "seconds": round(time.time() - started, 2), "notices": notices, "ignored_warnings": ignored,
               "not_covered": "bf16/fp16/tf32 kernels, GPU attention kernels, QLoRA loading, torch.compile, "
                              "activation offloading, device placement, several GPUs, memory, lm-eval tasks, "
-                             "custom metrics"}
-
+                             "custom metrics", "output_dir": str(tune.tuning.output_dir)}
+    preflight_cache.write(cache_entry, record)
     write_json(record_path, record)
     return record
 

@@ -272,20 +272,18 @@ def save_best_model(model_cfg: ModelParams, model_source: dict, checkpoint: str 
             f"best trial {best['number']} has no checkpoint in {best['trial_dir']}, so the best model "
             f"cannot be built (the previous one, if any, is kept); remove {best['trial_dir']}/metrics.json "
             "and run again to re-train that trial with its parameters")
-    tokenizer = models.load_tokenizer(model_source, model_cfg)
+    staging = target.with_name(target.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
     if (Path(checkpoint) / "adapter_config.json").exists():
         from peft import PeftModel
 
         base = models.load_model(model_source, model_cfg)
-        model = PeftModel.from_pretrained(base, checkpoint).merge_and_unload()
+        PeftModel.from_pretrained(base, checkpoint).merge_and_unload().save_pretrained(staging)
+        models.load_tokenizer(model_source, model_cfg).save_pretrained(staging)
     else:
-        from transformers import AutoModelForCausalLM
-
-        model = AutoModelForCausalLM.from_pretrained(checkpoint)
-    staging = target.with_name(target.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
+        _copy_saved_model(Path(checkpoint), staging)
+        if not (staging / "tokenizer_config.json").exists():  # a checkpoint saved without its tokenizer
+            models.load_tokenizer(model_source, model_cfg).save_pretrained(staging)
     write_json(staging / "snaketune_trial.json", {
         "trial_number": best["number"], "checkpoint": checkpoint, "params": best["params"],
         "values": best["values"], "base_model": model_cfg.model_name,
@@ -296,3 +294,18 @@ def save_best_model(model_cfg: ModelParams, model_source: dict, checkpoint: str 
         target.rename(previous)
     staging.rename(target)
     shutil.rmtree(previous, ignore_errors=True)
+
+
+# What Trainer writes into a checkpoint only to resume training (transformers.trainer's
+# TRAINING_ARGS_NAME, TRAINER_STATE_NAME, OPTIMIZER_NAME(_BIN), SCHEDULER_NAME, SCALER_NAME, the
+# rng states, FSDP's sharded optimizer): named here because importing them would import torch.
+_RESUME_STATE = ("training_args.bin", "trainer_state.json", "optimizer.pt", "optimizer.bin", "scheduler.pt",
+                 "scaler.pt", "rng_state*.pth", "optimizer_*", "pytorch_model_fsdp_*", "global_step*")
+
+
+def _copy_saved_model(checkpoint: Path, staging: Path) -> None:
+    """A full fine-tune's checkpoint, less its resume state, into `staging`: Trainer already saved
+    the model (`save_pretrained`) and its tokenizer there, so copying them gives the same folder as
+    loading and saving again, without loading the model (no torch import, no RAM the size of the
+    model, the checkpoint's dtype kept)."""
+    shutil.copytree(checkpoint, staging, ignore=shutil.ignore_patterns(*_RESUME_STATE))
