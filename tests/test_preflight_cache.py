@@ -8,7 +8,6 @@ import json
 import shutil
 
 import pytest
-
 from snaketune import preflight_cache
 
 
