@@ -25,13 +25,15 @@ demo: setup
 	$(BIN)/snakemake --cores $(CORES) --workflow-profile workflow/profiles/default
 
 # One worker per core, a test module per worker at a time (its module-scoped studies are built
-# once). Most of a workflow test is single-threaded Python start-up, so two run well on 2 cores.
+# once), in the order tests/conftest.py gives (--no-loadscope-reorder: xdist would otherwise start
+# the modules with the most tests first). Most of a workflow test is single-threaded Python
+# start-up, so two run well on 2 cores.
 test: setup
-	$(BIN)/python -m pytest -q -n auto --dist loadscope --durations=30
+	$(BIN)/python -m pytest -q -n auto --dist loadscope --no-loadscope-reorder --durations=30
 
 # The unit layer: every test marked neither `workflow` nor `system` (pyproject.toml), minutes.
 check: setup
-	$(BIN)/python -m pytest -q -n auto --dist loadscope --durations=10 -m "not workflow and not system"
+	$(BIN)/python -m pytest -q -n auto --dist loadscope --no-loadscope-reorder --durations=10 -m "not workflow and not system"
 
 lint: setup
 	$(BIN)/snakemake --lint

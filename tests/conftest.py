@@ -60,15 +60,18 @@ def alpaca_jsonl(tmp_path) -> Path:
     return path
 
 
-# The modules whose tests run whole studies, longest first (by their time in a full run, 2 cores).
-# `make test` hands whole modules to its workers (pytest-xdist --dist loadscope) in collection
-# order, so a long module collected late would run alone at the end while the other worker idles;
-# longest first keeps both busy to the end. A module with workflow or system tests that is not
-# listed comes after these, before the unit modules. Within a module the order is kept
-# (test_readme runs the README in order).
-LONGEST_FIRST = ("test_slurm.py", "test_nothing_lost.py", "test_workflow.py", "test_search.py", "test_failures.py",
-                 "test_generation.py", "test_readme.py", "test_resume.py", "test_preflight.py", "test_interrupt.py",
-                 "test_gpu.py", "test_report.py", "test_wheel.py", "test_cli.py", "test_oumi_format.py")
+# The modules whose tests run whole studies, in the order `make test` starts them: those that
+# mostly wait first (test_slurm on SLURM's polling, test_interrupt on training to start and stop,
+# test_wheel on pip), so the other worker's CPU work fills their waits; then longest first (by
+# their time in a full run, 2 cores), so no long module runs alone at the end while the other
+# worker idles. `make test` hands whole modules to its workers (pytest-xdist --dist loadscope) in
+# this order: the Makefile passes --no-loadscope-reorder, since xdist >= 3.6 otherwise starts the
+# modules with the most tests first, which put test_slurm last (a 2-minute idle tail). A module
+# with workflow or system tests that is not listed comes after these, before the unit modules.
+# Within a module the order is kept (test_readme runs the README in order).
+LONGEST_FIRST = ("test_slurm.py", "test_interrupt.py", "test_wheel.py", "test_workflow.py", "test_generation.py",
+                 "test_failures.py", "test_nothing_lost.py", "test_readme.py", "test_preflight.py", "test_resume.py",
+                 "test_search.py", "test_gpu.py", "test_cli.py", "test_report.py", "test_oumi_format.py")
 LAYERS = frozenset({"workflow", "system"})
 
 

@@ -156,39 +156,48 @@ def once(*, trial_dir, metrics, **kwargs):
 
 
 @pytest.mark.workflow
-@pytest.mark.parametrize("length", [{"max_steps": 10}, {"num_train_epochs": 1.5}],
-                         ids=["max_steps", "epochs"])
-def test_a_trial_killed_after_its_final_checkpoint_is_evaluated_not_trained_further(workdir, length):
+def test_a_trial_killed_after_its_final_checkpoint_is_evaluated_not_trained_further(workdir):
     """Issue 33: a trial killed after saving its last step's checkpoint but before telling its
     result resumed and trained one step more than its rivals (transformers' Trainer, resumed at
     global_step == max_steps part-way through an epoch, runs that epoch's next batch before it
     checks max_steps). 32 rows in batches of 4 are 8 steps an epoch: 10 steps, and 1.5 epochs
-    (12 steps), both end part-way through one. The re-run evaluates the checkpoint as it is."""
+    (12 steps), both end part-way through one. The re-run evaluates the checkpoint as it is.
+    (Both lengths are the two slots of one study, the grid over max_steps 10 and -1 with
+    num_train_epochs 1.5; once a parametrized test of two studies.)"""
     (workdir / "killed_before_tell.py").write_text(KILLED_BEFORE_TELL)
-    config = tiny_config(n_trials=1, custom_eval_metrics=[{"name": "killed", "function": "killed_before_tell.once"}])
+    config = tiny_config(n_trials=2, tuner_sampler="GridSampler",
+                         custom_eval_metrics=[{"name": "killed", "function": "killed_before_tell.once"}])
+    config["tuning"]["tunable_training_params"] = {"max_steps": {"type": "categorical", "choices": [10, -1]}}
     fixed = config["tuning"]["fixed_training_params"]
     del fixed["max_steps"]
-    fixed.update(length)
+    fixed["num_train_epochs"] = 1.5
     write_config(workdir, config)
-    files = StudyLayout(workdir / "tuning_output").trial(0)
+    layout = StudyLayout(workdir / "tuning_output")
 
-    killed = run_snakemake(workdir, check=False)
+    killed = run_snakemake(workdir, "--keep-going", check=False)  # each slot killed once
     assert killed.returncode != 0
-    first_evaluation = json.loads((files.dir / "killed_before_tell.json").read_text())
-    final = Path(files.last_checkpoint())
-    last_step = json.loads((final / "trainer_state.json").read_text())["max_steps"]
-    assert final.name == f"checkpoint-{last_step}" and last_step == length.get("max_steps", 12)
+    first_evaluations = {slot: json.loads((layout.trial(slot).dir / "killed_before_tell.json").read_text())
+                         for slot in (0, 1)}
+    finals = {slot: Path(layout.trial(slot).last_checkpoint()) for slot in (0, 1)}
 
     run_snakemake(workdir)
-    first, retry = load_study(workdir / "tuning_output").trials
-    assert first.state == TrialState.FAIL and retry.state == TrialState.COMPLETE
-    assert retry.user_attrs["resumed_from"] == str(final)
-    assert [p.name for p in files.dir.glob("checkpoint-*")] == [final.name]  # no checkpoint past it
-    state = json.loads((final / "trainer_state.json").read_text())
-    assert state["global_step"] == state["max_steps"] == last_step
-    metrics = retry.user_attrs["metrics"]
-    assert metrics["trained_steps"] == 0
-    # The result is the evaluation of the checkpoint the killed attempt evaluated (the same weights).
-    assert retry.value == pytest.approx(first_evaluation["eval_loss"], rel=1e-5)
-    assert metrics["epoch"] == pytest.approx(first_evaluation["epoch"])
-    assert metrics["train_loss"] == pytest.approx(first_evaluation["train_loss"], rel=1e-5)
+    trials = load_study(workdir / "tuning_output").trials
+    lengths = []
+    for slot in (0, 1):
+        files, final, first_evaluation = layout.trial(slot), finals[slot], first_evaluations[slot]
+        first, retry = [t for t in trials if t.user_attrs["slot"] == slot]
+        last_step = 10 if first.params["max_steps"] == 10 else 12
+        lengths.append(last_step)
+        assert final.name == f"checkpoint-{last_step}"
+        assert first.state == TrialState.FAIL and retry.state == TrialState.COMPLETE
+        assert retry.params == first.params and retry.user_attrs["resumed_from"] == str(final)
+        assert [p.name for p in files.dir.glob("checkpoint-*")] == [final.name]  # no checkpoint past it
+        state = json.loads((final / "trainer_state.json").read_text())
+        assert state["global_step"] == state["max_steps"] == last_step
+        metrics = retry.user_attrs["metrics"]
+        assert metrics["trained_steps"] == 0
+        # The result is the evaluation of the checkpoint the killed attempt evaluated (the same weights).
+        assert retry.value == pytest.approx(first_evaluation["eval_loss"], rel=1e-5)
+        assert metrics["epoch"] == pytest.approx(first_evaluation["epoch"])
+        assert metrics["train_loss"] == pytest.approx(first_evaluation["train_loss"], rel=1e-5)
+    assert sorted(lengths) == [10, 12]  # max_steps 10, and 1.5 epochs
