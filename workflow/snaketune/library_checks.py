@@ -11,7 +11,6 @@ returns 'yaml.path: what is wrong' lines.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 import warnings
@@ -192,13 +191,12 @@ def argument_problems(tuning: TuningParams, max_length: int, fixed_paths: dict[t
     configuration again before any trial, so a stale entry can only delay an answer, never change it.
     Returns problems as 'yaml.path: what is wrong'."""
     found = user_cache.versions(ARGUMENT_JUDGES)
-    code = Path(__file__).parent
     question = {
         "training": tuning.training_args, "peft": tuning.lora_args, "use_peft": tuning.use_peft,
         "space": [p.as_dict() for p in tuning.space], "seed": tuning.seed,
         "report_every_steps": tuning.report_every_steps, "max_length": max_length,
         "fixed_paths": sorted([list(k), v] for k, v in fixed_paths.items()),
-        "code": [hashlib.sha256((code / name).read_bytes()).hexdigest() for name in _ARGUMENT_CODE],
+        "code": user_cache.code_digest(_ARGUMENT_CODE),
         "cuda": os.path.exists("/proc/driver/nvidia/version"), "cpus": os.cpu_count(),
     }
     entry = f"accepted-arguments/{found}-{user_cache.digest(question)}.json"

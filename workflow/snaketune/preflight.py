@@ -312,8 +312,9 @@ def run(tune: TuningConfig, model_source: dict, data_dir: str | Path, record_pat
     started = time.time()
     cache_entry = preflight_cache.entry(fingerprint(tune), model_source, data_dir)
     if (before := preflight_cache.read(cache_entry)) is not None:
-        record = {**before, "seconds": round(time.time() - started, 2), "accepted_before": {
-            "output_dir": before.get("output_dir"), "seconds": before.get("seconds"), "cache": cache_entry}}
+        accepted_before = {"output_dir": before.get("output_dir"), "seconds": before.get("seconds"), "cache": cache_entry}
+        record = {**before, "output_dir": str(tune.tuning.output_dir), "seconds": round(time.time() - started, 2),
+                  "accepted_before": accepted_before}
         print(f"preflight: these {len(record['configurations'])} configurations were accepted before on the same "
               f"model and rows (in {before.get('output_dir')}): not stepped again (the record is "
               f"{user_cache.cache_dir() / cache_entry}; remove it to step them again)")

@@ -41,8 +41,7 @@ def entry(fingerprint: str, model_source: dict, data_dir: str | Path) -> str | N
     data = Path(data_dir)
     # datasets' state.json holds a fingerprint of its own, new at every prepare: not the rows.
     _add_files(files, data, [p for p in data.rglob("*") if p.is_file() and p.name != "state.json"])
-    _add_files(files, Path(__file__).parent, list(Path(__file__).parent.glob("*.py")))
-    return f"preflight/{found}-{user_cache.digest([fingerprint, files.hexdigest()])}.json"
+    return f"preflight/{found}-{user_cache.digest([fingerprint, files.hexdigest(), user_cache.code_digest()])}.json"
 
 
 def _add_files(digest, root: Path, paths: list[Path]) -> None:

@@ -37,6 +37,18 @@ def digest(value) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
+def code_digest(modules: tuple[str, ...] | None = None) -> str:
+    """A hash of snaketune's own code that an answer was given by: the package's `modules` (file
+    names, e.g. "train.py"), or every module of it. In a source checkout an edit changes it where
+    the package's version stays the same."""
+    package = Path(__file__).parent
+    files = [package / name for name in modules] if modules else sorted(package.glob("*.py"))
+    code = hashlib.sha256()
+    for path in files:
+        code.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return code.hexdigest()
+
+
 def read(name: str):
     """The JSON value of entry `name`, or None when it is absent or unreadable."""
     try:
