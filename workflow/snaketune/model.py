@@ -197,15 +197,22 @@ def prepare_model(model_cfg: ModelParams, source_path: str | Path) -> dict:
     """Make the study's model loadable from disk and write `source_path` (rule prepare_model's
     output: {path, kind, tokenizer_path, ...}) last. A converted or random-init model is saved in
     the directory of `source_path`."""
-    import torch  # here, not at the top: the Snakefile imports this module to check the config
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     source_path = Path(source_path).resolve()
     out_dir = source_path.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     name = model_cfg.model_name
     trust = bool(model_cfg.trust_remote_code)
     tokenizer_name = model_cfg.tokenizer_name
+    if model_cfg.load_pretrained_weights and not model_cfg.gguf_file:
+        # Fail here, in one job, rather than in every trial: the config must be reachable now.
+        # Only the config is read (no torch, no model classes: 2 s of imports, not 5).
+        _from_local_or_hub(lambda _: read_model_config(model_cfg), name)
+        source = {"path": _absolute_if_local(name), "kind": "reference",
+                  "tokenizer_path": _absolute_if_local(tokenizer_name or name)}
+        return _write_source(source_path, source)
+
+    import torch  # here, not at the top: the Snakefile imports this module to check the config
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if model_cfg.gguf_file:
         gguf = resolve_gguf_file(model_cfg.gguf_file)
@@ -223,7 +230,7 @@ def prepare_model(model_cfg: ModelParams, source_path: str | Path) -> dict:
                                                    **hub_revision(model_cfg, tokenizer_name))
                      if tokenizer_name else AutoTokenizer.from_pretrained(gguf.parent, **gguf_kw))
         kind, extra = "gguf_converted", {"gguf_file": str(gguf)}
-    elif not model_cfg.load_pretrained_weights:
+    else:  # not load_pretrained_weights
         # The config a trial's from_pretrained would read, model_kwargs applied: the weights saved
         # here must fit what it builds.
         config = _from_local_or_hub(lambda _: read_model_config(model_cfg), name)
@@ -234,12 +241,6 @@ def prepare_model(model_cfg: ModelParams, source_path: str | Path) -> dict:
         tokenizer = _from_local_or_hub(AutoTokenizer.from_pretrained, tokenizer_name or name,
                                        trust_remote_code=trust, **hub_revision(model_cfg, tokenizer_name or name))
         kind, extra = "random_init", {"seed": seed}
-    else:
-        # Fail here, in one job, rather than in every trial: the config must be reachable now.
-        _from_local_or_hub(lambda _: read_model_config(model_cfg), name)
-        source = {"path": _absolute_if_local(name), "kind": "reference",
-                  "tokenizer_path": _absolute_if_local(tokenizer_name or name)}
-        return _write_source(source_path, source)
 
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)

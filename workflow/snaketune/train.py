@@ -44,9 +44,6 @@ def run_trial(tune: TuningConfig, slot: int, trial_dir: str | Path, model_source
     `before_training(params, resume_from)` is called once the parameters are known (data-parallel
     rank 0 sends them to the other ranks: snaketune.distributed).
     """
-    import torch
-
-    torch.set_num_threads(max(1, threads))
     trial_dir = Path(trial_dir)
     files = TrialFiles(trial_dir)
     files.logs.mkdir(parents=True, exist_ok=True)
@@ -68,6 +65,10 @@ def run_trial(tune: TuningConfig, slot: int, trial_dir: str | Path, model_source
         write_json(files.metrics, result)
         return result
 
+    # torch only now: a slot skipped, or a trial finished before, is decided in a second (no 2 s import).
+    import torch
+
+    torch.set_num_threads(max(1, threads))
     # Relative to output_dir: a moved or copied study still finds it (study.trial_dir).
     trial.set_user_attr("trial_dir", trial_dir.name)
     for key, value in (user_attrs or {}).items():
