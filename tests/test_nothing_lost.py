@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -20,9 +21,12 @@ from optuna.trial import TrialState
 from snaketune import locks
 from snaketune import storage
 from snaketune import study as studies
+from snaketune.cli import main
 from snaketune.layout import StudyLayout
-from workflow_helpers import (REPO, load_study, resolved_tuning, run_snakemake, tiny_config, write_config,
-                              write_reverse_words)
+from snaketune.locks import hold_study
+from snaketune.results import finish_best_model_swap
+from workflow_helpers import (REPO, load_study, resolved_tuning, run_cli, run_snakemake, tiny_config,
+                              write_config, write_reverse_words)
 
 
 @pytest.fixture
@@ -273,7 +277,30 @@ def test_system_folders_and_home_are_refused_as_output_dir(tmp_path, where):
     write_reverse_words(tmp_path / "data.jsonl")
     with pytest.raises(ConfigError) as refused:
         load_tune_config(tiny_config(output_dir=where), tmp_path)
-    assert [p for p in refused.value.problems if p.startswith("tuning.output_dir:")], refused.value.problems
+    (problem,) = [p for p in refused.value.problems if p.startswith("tuning.output_dir:")]
+    suggested = problem.rsplit("e.g. ", 1)[1]
+    assert StudyLayout(Path(suggested)).unusable_because() is None, problem  # a suggestion that is accepted
+
+
+def test_a_read_only_output_dir_is_refused_by_its_path_before_any_job(tmp_path):
+    from snaketune.config import ConfigError
+    from snaketune.validate import load_tune_config
+
+    mount = tmp_path / "read_only"
+    mount.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount)], capture_output=True, text=True)
+    if mounted.returncode != 0:  # a read-only file system needs root (CI is root)
+        if os.environ.get("CI"):
+            raise AssertionError(f"cannot mount a read-only tmpfs: {mounted.stderr}")
+        pytest.skip(f"cannot mount a read-only tmpfs here: {mounted.stderr.strip()}")
+    try:
+        write_reverse_words(tmp_path / "data.jsonl")
+        with pytest.raises(ConfigError) as refused:
+            load_tune_config(tiny_config(output_dir=str(mount / "study")), tmp_path)
+        assert (f"tuning.output_dir: {mount} cannot be written to (it is on a read-only file system); a study "
+                "writes its journal, trials and results there: choose a folder you can write to") in str(refused.value)
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
 
 
 def test_an_empty_folder_a_new_one_and_a_study_are_accepted(tmp_path):
@@ -338,6 +365,71 @@ def test_a_rerun_keeps_the_best_model_until_it_has_a_new_one(finished_study):
         assert rebuilt["number"] == attempts[1].number
     assert list(pd.read_csv(layout.results_csv)["number"]).count(attempts[0].number) == 0
 
+    # A kill between save_best_model's two renames: Snakemake put aggregate's old record back
+    # into a best_model/ of its own; the old model is in best_model.previous/, the new in .tmp/.
+    model = {p.name: p.read_bytes() for p in layout.best_model.iterdir()}
+    previous, staging = (layout.output_dir / "best_model.previous", layout.output_dir / "best_model.tmp")
+    layout.best_model.rename(previous)
+    shutil.copytree(previous, staging)
+    layout.best_model.mkdir()
+    shutil.copy(previous / "snaketune_trial.json", layout.best_model)
+    again = run_snakemake(workdir)
+    assert (f"snaketune: {layout.best_model} was being replaced when a run stopped (best_model.previous/ was "
+            "left beside it); put back the best model it held") in again.stderr
+    assert {p.name: p.read_bytes() for p in layout.best_model.iterdir()} == model
+    assert not previous.exists() and not staging.exists()
+
+
+def _saved_model(folder, trial: int):
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(bytes([trial]) * 8)
+    (folder / "snaketune_trial.json").write_text(json.dumps({"trial_number": trial}))
+
+
+@pytest.mark.parametrize("left", ["nothing", "the record Snakemake put back"])
+def test_a_swap_killed_between_its_renames_puts_the_old_best_model_back(tmp_path, capsys, left):
+    layout = StudyLayout(tmp_path)
+    _saved_model(tmp_path / "best_model.previous", 1)
+    _saved_model(tmp_path / "best_model.tmp", 2)
+    if left != "nothing":
+        layout.best_model.mkdir()
+        shutil.copy(tmp_path / "best_model.previous" / "snaketune_trial.json", layout.best_model)
+    (tmp_path / "best_trial.json").write_text(json.dumps({
+        "number": 1, "slot": 0, "values": {"eval_loss": 0.5}, "params": {"learning_rate": 0.01},
+        "best_model": str(layout.best_model)}))
+    assert main(["best", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert "put back the best model it held" in captured.err
+    assert f"best model: {layout.best_model}\n" in captured.out  # whole: no "(not written yet)"
+    assert json.loads(layout.best_model_record.read_text()) == {"trial_number": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best_model", "best_trial.json"]
+    assert finish_best_model_swap(layout) is None  # settled
+
+
+def test_a_first_best_model_killed_before_its_rename_is_moved_in_and_a_finished_swaps_leftover_removed(tmp_path):
+    layout = StudyLayout(tmp_path)
+    _saved_model(tmp_path / "best_model.tmp", 2)
+    assert finish_best_model_swap(layout).endswith("moved in the new best model it had written")
+    assert json.loads(layout.best_model_record.read_text()) == {"trial_number": 2}
+    _saved_model(tmp_path / "best_model.previous", 1)  # killed after the second rename
+    assert finish_best_model_swap(layout) is None
+    assert not (tmp_path / "best_model.previous").exists() and layout.best_model_record.exists()
+
+
+def test_a_swap_is_left_alone_while_a_run_holds_the_study(tmp_path, capsys):
+    layout = StudyLayout(tmp_path)
+    _saved_model(tmp_path / "best_model.previous", 1)
+    (tmp_path / "best_trial.json").write_text(json.dumps({
+        "number": 1, "values": {"eval_loss": 0.5}, "params": {}, "best_model": str(layout.best_model)}))
+    held = hold_study(layout)
+    try:
+        assert main(["best", str(tmp_path)]) == 0
+        assert capsys.readouterr().out.endswith("(not written yet)\n")
+        assert (tmp_path / "best_model.previous").is_dir() and not layout.best_model.exists()
+    finally:
+        os.close(held)
+
 
 # -- 6. a moved or copied study ----------------------------------------------------------------------
 
@@ -370,6 +462,56 @@ def test_a_moved_study_grows_and_a_copied_one_builds_its_best_model_from_its_own
     assert json.loads((layout_c.best_model / "snaketune_trial.json").read_text())["checkpoint"] == best["checkpoint"]
     table = pd.read_csv(layout_c.results_csv)
     assert all(str(d).startswith(str(layout_c.output_dir)) for d in table["trial_dir"])
+
+
+@pytest.mark.workflow
+def test_a_journal_deleted_emptied_or_swapped_is_refused_and_rebuilt_from_the_trial_folders(finished_study, tmp_path):
+    # The shared study, as the moved-and-copied test left it (study_c): every trial finished.
+    workdir = finished_study
+    layout = StudyLayout(workdir / "study_c")
+    slots = len(layout.find_trial_dirs())
+    before = {t.user_attrs["slot"]: (t.params, t.values, t.state, t.user_attrs["metrics"])
+              for t in studies.latest_attempts(load_study(layout.output_dir))}
+    table = layout.results_csv.read_bytes()
+    records = {p: p.read_bytes() for p in layout.output_dir.glob("trial_*/metrics.json")}
+    # Another study of the same name and config: its journal, from a run elsewhere.
+    other = resolved_tuning(tmp_path, output_dir=str(tmp_path / "other"))
+    studies.open_study(other)
+    swapped = other.layout.journal.read_bytes()
+
+    for damage in ("deleted", "emptied", "swapped"):
+        if damage == "deleted":
+            layout.journal.unlink()
+        else:
+            layout.journal.write_bytes(b"" if damage == "emptied" else swapped)
+        refused = run_snakemake(workdir, check=False)
+        said = {"deleted": f"{layout.journal} is missing", "emptied": f"{layout.journal} is empty",
+                "swapped": f"{layout.journal} is another study's journal (its study id is "}[damage]
+        assert refused.returncode != 0 and f"tuning.output_dir: {said}" in refused.stderr, damage
+        assert (f"but {layout.output_dir} holds {slots} finished trial(s) in their folders (trial_0, "
+                in refused.stderr), damage
+        assert (f"`snaketune recover {layout.output_dir}` rebuilds the journal from the trial folders"
+                in refused.stderr), damage
+        assert layout.results_csv.read_bytes() == table and all(p.read_bytes() == b for p, b in records.items())
+
+        recovered = run_cli(workdir, "recover", "study_c")
+        assert f"rebuilt the journal {layout.journal} from {slots} trial folder(s)" in recovered.stderr, damage
+        kept = sorted(layout.output_dir.glob("study.journal.replaced-*"))
+        assert [k.read_bytes() for k in kept] == ([swapped] if damage == "swapped" else []), damage
+        for k in kept:
+            k.rename(tmp_path / k.name)  # the next damage's recover keeps its own
+        after = {t.user_attrs["slot"]: (t.params, t.values, t.state, t.user_attrs["metrics"])
+                 for t in studies.latest_attempts(load_study(layout.output_dir))}
+        assert after == before, damage
+        again = run_snakemake(workdir)
+        assert "Nothing to be done" in again.stdout + again.stderr, damage
+
+    # Grown after the rebuild: only the new slot trains, and the table holds every trial.
+    write_config(workdir, tiny_config(n_trials=slots + 1, output_dir="study_c"))
+    run_snakemake(workdir)
+    grown = load_study(layout.output_dir).trials
+    assert sorted(t.user_attrs["slot"] for t in grown[:-1]) == sorted(before) and grown[-1].user_attrs["slot"] == slots
+    assert len(pd.read_csv(layout.results_csv)) == slots + 1
 
 
 # -- 7. summaries that tell the truth ------------------------------------------------------------

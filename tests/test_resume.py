@@ -28,9 +28,13 @@ def workdir(tmp_path):
 def test_killed_run_resumes_from_checkpoint_with_same_params(workdir):
     """After SIGKILL of the whole run, `snaketune tune` with the same arguments resumes: it releases
     the lock the dead run left (plain snakemake needs `--unlock`, then `--rerun-incomplete`, as the
-    README says: Snakemake's own behaviour, the same resume underneath)."""
+    README says: Snakemake's own behaviour, the same resume underneath). The kill is a node lost
+    mid-write: the newest checkpoint's weights are cut short behind its trainer_state.json, so the
+    retry sets that checkpoint aside, kept, says so, and resumes from the whole one before it."""
     config = tiny_config(n_trials=1)
-    config["tuning"]["fixed_training_params"].update(max_steps=30, save_steps=5)
+    # save_total_limit 3 keeps a whole checkpoint before the damaged one (snaketune's default, 1,
+    # keeps one: the retry would start at step 0, as tests/test_checkpoints.py shows)
+    config["tuning"]["fixed_training_params"].update(max_steps=40, save_steps=5, save_total_limit=3)
     write_config(workdir, config)
     out = workdir / "tuning_output"
     command = [sys.executable, "-m", "snaketune.cli", "tune", "-c", "tune.yaml", "--cores", "2"]
@@ -38,7 +42,8 @@ def test_killed_run_resumes_from_checkpoint_with_same_params(workdir):
     with open(workdir / "killed_run.log", "w") as log:
         run = subprocess.Popen(command, cwd=workdir, env=env, stdout=log, stderr=log, start_new_session=True)
     deadline = time.time() + 240
-    while not list(StudyLayout(out).trial(0).dir.glob("checkpoint-1[05]")) and time.time() < deadline:
+    while not any(int(c.name.split("-")[1]) >= 15 for c in StudyLayout(out).trial(0).dir.glob("checkpoint-*")) \
+            and time.time() < deadline:
         assert run.poll() is None, (workdir / "killed_run.log").read_text()
         time.sleep(0.5)
     time.sleep(1)
@@ -49,10 +54,23 @@ def test_killed_run_resumes_from_checkpoint_with_same_params(workdir):
     study = load_study(out)
     assert [t.state for t in study.trials] == [TrialState.RUNNING]
     killed = study.trials[0]
+    files = StudyLayout(out).trial(0)
+    newest = Path(files.last_checkpoint())  # checkpoint-15 or later: checkpoint-10 or later is whole
+    weights = newest / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:weights.stat().st_size // 3])
+    damaged = weights.read_bytes()
 
     assert list((workdir / ".snakemake" / "locks").glob("*.lock"))  # left by the killed run
     again = run_cli(workdir, *command[3:])  # the same command again
     assert "was killed; released the Snakemake lock it left" in again.stderr
+    aside = files.dir / f"damaged-{newest.name}"
+    assert (aside / "model.safetensors").read_bytes() == damaged  # kept as the kill left it
+    said = (f"trial_0/{newest.name} could not be resumed (its model.safetensors is cut short or damaged "
+            "(safetensors: Error while deserializing header: incomplete metadata, file not fully covered)); "
+            f"set aside as trial_0/{aside.name}")
+    assert said in again.stdout + again.stderr  # the end-of-run summary
+    assert (f"trial_0/{newest.name} cannot be resumed: its model.safetensors is cut short"
+            in files.log.read_text())
     assert not list((workdir / ".snakemake" / "locks").glob("*.lock"))
     study = load_study(out)
     first, retry = study.trials
@@ -61,15 +79,16 @@ def test_killed_run_resumes_from_checkpoint_with_same_params(workdir):
     assert retry.user_attrs["retry_of"] == first.number
     resumed = retry.user_attrs["resumed_from"]
     resumed_step = int(resumed.rsplit("-", 1)[1])
-    assert resumed_step >= 10
-    assert retry.user_attrs["metrics"]["trained_steps"] == 30 - resumed_step  # what tuning.budget counts
-    state = json.loads(next(StudyLayout(out).trial(0).dir.glob("checkpoint-30")).joinpath("trainer_state.json").read_text())
-    assert state["global_step"] == 30
+    assert resumed_step >= 10 and resumed_step == int(newest.name.rsplit("-", 1)[1]) - 5
+    assert [a["moved_to"] for a in retry.user_attrs["set_aside_checkpoints"]][-1] == f"trial_0/{aside.name}"
+    assert retry.user_attrs["metrics"]["trained_steps"] == 40 - resumed_step  # what tuning.budget counts
+    state = json.loads(next(StudyLayout(out).trial(0).dir.glob("checkpoint-40")).joinpath("trainer_state.json").read_text())
+    assert state["global_step"] == 40
     # Steps before the checkpoint were not trained again: the resumed run (every row logged after
     # the kill) starts right after the checkpoint. (The killed run may have logged past it or not.)
     curve = [json.loads(line) for line in StudyLayout(out).trial(0).loss_curve.read_text().splitlines()]
     resumed_steps = [entry["step"] for entry in curve if "loss" in entry and entry["time"] > killed_at]
-    assert resumed_steps == list(range(resumed_step + 1, 31))
+    assert resumed_steps == list(range(resumed_step + 1, 41))
 
 
 def kill_session(session: int) -> None:

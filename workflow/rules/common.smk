@@ -18,11 +18,12 @@ if (REPO_DIR / "workflow" / "snaketune").is_dir():
 from snakemake.exceptions import WorkflowError
 
 from snaketune.check import accepted_config, checked_already, notice_line
-from snaketune.config import ConfigError
+from snaketune.errors import SnaketuneError
 from snaketune.validate import load_yaml, read_default_tune_yaml
 from snaketune.layout import write_text
 from snaketune.progress import ConsoleProgress
-from snaketune.locks import StudyInUse, hold_study
+from snaketune.locks import StudyInUse, hold_study, holding_if_free
+from snaketune.results import finish_best_model_swap
 from snaketune.study import restore_told_trials
 
 
@@ -38,13 +39,22 @@ try:  # relative paths in a tune config resolve against the working directory
         for configfile in workflow.configfiles:
             load_yaml(configfile)
     TUNE = accepted_config(config, base_dir=os.getcwd(), validated=CHECKED)
-except ConfigError as error:
+except SnaketuneError as error:  # a bad config, or a study it cannot continue (a damaged journal)
     sys.exit(str(error))
 if not CHECKED:
     for notice in TUNE.notices:
         print(notice_line(notice), file=sys.stderr)
 
 TUNING = TUNE.tuning
+
+# A best-model swap a kill interrupted is settled before the DAG is built, so that what Snakemake
+# sees up to date (best_model/snaketune_trial.json) is a whole model again; not in a dry run, and
+# not while another run holds the study (it may be swapping now).
+if workflow.is_main_process and workflow.executor_plugin is not None and not workflow.dryrun:
+    with holding_if_free(TUNING.layout) as held:
+        settled = finish_best_model_swap(TUNING.layout) if held else None
+    if settled:
+        print(f"snaketune: {settled}", file=sys.stderr)
 
 # tuning.timeout_minutes counts from the start of this invocation; its jobs inherit the clock.
 if workflow.is_main_process:

@@ -26,8 +26,9 @@ CHECKED_ENV = "SNAKETUNE_CHECKED"
 def accepted_config(raw: dict, base_dir: str | Path | None = None, validated: bool = False) -> TuningConfig:
     """The resolved config of `raw` (a parsed tune.yaml), checked in full: every section
     (validate.load_tune_config; relative paths against `base_dir`, by default the working
-    directory), then, when `output_dir` already holds a study, that the config continues it (same
-    search space and objectives; study.definition_conflicts). Reads, never writes: a refused config
+    directory), then, when `output_dir` already holds a study, that its journal is its trial
+    folders' own (recovery.journal_problem) and that the config continues it (same search space
+    and objectives; study.definition_conflicts). Reads, never writes: a refused config
     leaves no trace in `output_dir`.
 
     `validated=True`: the config was accepted already (a job of the run, or a run `snaketune tune`
@@ -36,8 +37,12 @@ def accepted_config(raw: dict, base_dir: str | Path | None = None, validated: bo
     resolved = load_tune_config(raw, base_dir=base_dir, validated=validated)
     if validated:
         return resolved
-    from snaketune.study import definition_conflicts  # imports optuna; only once the sections pass
+    from snaketune.recovery import journal_problem  # imports optuna; only once the sections pass
+    from snaketune.study import definition_conflicts
 
+    lost = journal_problem(resolved.tuning.layout, resolved.tuning.study_name)
+    if lost:  # the journal is not this folder's trials' own: nothing else can be compared with it
+        raise ConfigError([f"tuning.output_dir: {lost}"])
     conflicts = definition_conflicts(resolved.tuning, resolved.definition)
     if conflicts:
         raise ConfigError(conflicts)

@@ -7,11 +7,12 @@
     snaketune best <output_dir>
     snaketune export <output_dir> [--format csv|json|yaml] [--as-config] [-o FILE]
     snaketune report <output_dir> [-o FILE]
+    snaketune recover <output_dir> [-c tune.yaml]
     snaketune path [snakefile|profiles|workflow]
 
 `tune` runs the `snakemake` command on the repository's Snakefile (and resumes a study whose last
-run was killed); `report` runs `snakemake --report` with the config the study ran with; everything
-else reads the study's journal and result files, so it works during a run as well as after it. `path` prints where the
+run was killed); `report` runs `snakemake --report` with the config the study ran with; `recover`
+makes a damaged journal readable again; everything else reads the study's journal and result files, so it works during a run as well as after it. `path` prints where the
 workflow files are, for running snakemake directly: `snakemake -s "$(snaketune path)" ...`.
 
 Over 500 lines because it is the whole command line: the parser and one short function per command
@@ -446,9 +447,18 @@ def best_records(output_dir: Path, study_name: str | None = None) -> dict:
 
 
 def cmd_best(args) -> int:
+    from snaketune.locks import holding_if_free
+    from snaketune.results import finish_best_model_swap, is_saved_model
     from snaketune.summary import fmt
 
     output_dir = Path(args.output_dir)
+    try:
+        with holding_if_free(StudyLayout(output_dir)) as held:  # not while a run may be swapping it in
+            settled = finish_best_model_swap(StudyLayout(output_dir)) if held else None
+    except OSError as error:  # a study on a read-only copy: read as it is
+        settled = f"a best-model swap a run left unfinished could not be settled here ({error})"
+    if settled:
+        print(f"snaketune: {settled}", file=sys.stderr)
     best = best_records(output_dir, args.study_name)
     records = best.get("trials", [best])
     if len(records) > 1 or "trials" in best:
@@ -461,7 +471,7 @@ def cmd_best(args) -> int:
             print(f"  checkpoint: {record['checkpoint']}")
     model = best.get("best_model")
     if model:
-        print(f"best model: {model}" + ("" if Path(model).exists() else " (not written yet)"))
+        print(f"best model: {model}" + ("" if is_saved_model(Path(model)) else " (not written yet)"))
     return 0
 
 
@@ -579,6 +589,41 @@ def cmd_report(args) -> int:
     return status
 
 
+def cmd_recover(args) -> int:
+    """Make the study's journal whole again, holding the study so that no run writes meanwhile:
+    lines that are not records moved aside (storage.move_aside_bad_records); then a journal that is
+    missing, empty or another study's rebuilt from the trial folders (recovery.rebuild_journal)."""
+    from snaketune.locks import hold_study
+    from snaketune.recovery import folder_trials, journal_problem, rebuild_journal
+    from snaketune.storage import move_aside_bad_records
+    from snaketune.study import identity
+
+    layout = StudyLayout(Path(args.output_dir))
+    known = identity(layout) or {}
+    if not layout.journal.exists() and not known and not folder_trials(layout):
+        raise CliError(f"no study in {layout.output_dir} (no {layout.journal.name}, {layout.identity.name} "
+                       "or trial folder with a trial's record)")
+    # The study's name and objectives: study.json's; for a study from before it was kept, the config it ran with.
+    tuning = ((find_tune_config(layout.output_dir, args.config) or {}).get("tuning") or {})
+    study_name = known.get("study_name") or tuning.get("study_name") or tuning.get("tuning_study_name") or "snaketune"
+    metrics = tuning.get("evaluation_metrics") or ["eval_loss"]
+    directions = tuning.get("evaluation_direction") or ["minimize"] * len(metrics)
+    held = hold_study(layout)
+    try:
+        done = [move_aside_bad_records(layout.journal)] if layout.journal.exists() else []
+        if journal_problem(layout, study_name):
+            done.append(rebuild_journal(layout, study_name, directions=directions, metric_names=metrics))
+    finally:
+        os.close(held)
+    done = [line for line in done if line]
+    for line in done:
+        print(f"snaketune: {line}", file=sys.stderr)
+    print(f"snaketune: the study in {layout.output_dir} reads whole again" if done
+          else f"snaketune: {layout.journal} reads whole and is its trial folders' own: nothing to recover",
+          file=sys.stderr)
+    return 0
+
+
 def cmd_path(args) -> int:
     print({"snakefile": SNAKEFILE, "profiles": PROFILES_DIR, "workflow": resources.workflow_root()}[args.what])
     return 0
@@ -642,6 +687,17 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("-o", "--output", help="the report's path (default: <output_dir>/report.html; "
                                               "a .zip path writes a zipped folder instead)")
     report.set_defaults(func=cmd_report)
+
+    recover = commands.add_parser(
+        "recover", help="make a damaged journal readable again",
+        description="Move each line of the study's journal that is not a record (and a last one cut short) to "
+                    "study.journal.torn beside it, kept, when no later record depends on it (refuse, changing "
+                    "nothing, when one does); then, if the journal is missing, empty or another study's, "
+                    "rebuild it from the trial folders, keeping the one found. Refused while a run holds the study.")
+    recover.add_argument("output_dir", help="the study's output directory (tuning.output_dir)")
+    recover.add_argument("-c", "--config", help="the tune.yaml, for a study from before study.json was kept "
+                                                "(default: the one `snaketune tune` kept in <output_dir>)")
+    recover.set_defaults(func=cmd_recover)
 
     path = commands.add_parser("path", help="where the workflow files are (for running snakemake directly)",
                                description='Print the Snakefile\'s path (snakemake -s "$(snaketune path)" '

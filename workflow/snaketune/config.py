@@ -75,6 +75,9 @@ class TuningParams(Record):
     resume_pruned: int | None
     enqueue_trials: list[dict[str, Any]]  # configurations evaluated first, {parameter name: value}
     timeout_minutes: float | None
+    # each evaluation after training (a custom metric, the generation metrics, lm-eval) past this
+    # fails its trial, naming it (metrics.evaluation_time_limit)
+    evaluation_timeout_minutes: float
     budget: Budget | None  # the compute the study may spend; None: no compute budget
     metrics: list[str]  # the objectives, in order
     directions: list[str]  # "minimize" or "maximize", one per objective

@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from snaketune import data, lm_harness, model, scoring
+from snaketune import data, lm_harness, metrics, model, scoring
 from snaketune.errors import describe_error
 from snaketune.layout import ROW_REPORTS_ATTR, TrialFiles, write_json
 from snaketune.model import position_limit
@@ -132,7 +132,8 @@ def evaluate_base_model(tune, model_source: dict, data_dir: str | Path, out_dir:
     files = TrialFiles(Path(out_dir))
     files.dir.mkdir(parents=True, exist_ok=True)
     try:
-        produced = _score_base_model(tune, model_source, data_dir, files)
+        with metrics.evaluation_time_limit(tune.tuning.evaluation_timeout_minutes, "the base model's evaluation"):
+            produced = _score_base_model(tune, model_source, data_dir, files)
     except Exception as error:  # noqa: BLE001 (a comparison only: it must not keep the study's results back)
         produced = {"error": describe_error(error)[:2000]}
         print(f"snaketune: the base model could not be scored: {produced['error']}", file=sys.stderr)

@@ -7,6 +7,8 @@ every writer takes its paths from here:
     <output_dir>/
       study.journal              the Optuna journal: the one record of every trial
       study.journal.torn         records a crash or a full disk cut short, moved out of the journal
+                                 (and lines that were not records: `snaketune recover`)
+      study.json                 the study's identity (id, name, objectives), also in the journal
       run.lock                   held by the run in progress (flock), naming it
       trials.lock                held (shared) by each running trial job
       claim.lock                 held while a trial job checks the budget and creates its trial
@@ -16,6 +18,7 @@ every writer takes its paths from here:
       data/summary.json          the tokenized data's row and token counts (rule prepare_data)
       data/tokenized/            the tokenized train and validation sets
       trial_<slot>/              one trial slot: params.json, checkpoint-*/, logs/, metrics.json
+                                 (its trial's whole journal record: a journal can be rebuilt from them)
       baseline/                  with a generation or lm-eval metric: the untrained model's metrics.json and
                                  logs/generations.jsonl, on the trials' rows (rule baseline)
       trials_results.csv         every trial (rule aggregate)
@@ -104,18 +107,33 @@ class TrialFiles:
         """The arguments handed to the data-parallel ranks (gpus_per_trial > 1)."""
         return self.logs / "launch.json"
 
+    def checkpoints(self) -> list[Path]:
+        """Every `checkpoint-<step>/` folder of the slot, whole or not, newest (highest step) first."""
+        if not self.dir.is_dir():
+            return []
+        found = [(int(m.group(1)), p) for p in self.dir.iterdir() if (m := _CHECKPOINT.match(p.name)) and p.is_dir()]
+        return [p for _, p in sorted(found, reverse=True)]
+
     def last_checkpoint(self) -> str | None:
-        """The newest complete `checkpoint-<step>/`, or None.
+        """The newest whole `checkpoint-<step>/` (`checkpoint_problem`), or None.
 
         Written by hand rather than with `transformers.trainer_utils.get_last_checkpoint`, which
-        returns a directory cut short by a kill: Trainer writes `trainer_state.json` last, so a
-        checkpoint without it is passed over. (It also keeps transformers out of `snaketune status`.)
+        returns a directory cut short by a kill, or one whose weights a lost node left cut short.
+        (It also keeps transformers out of `snaketune status`.)
         """
-        if not self.dir.is_dir():
-            return None
-        complete = [(int(m.group(1)), p) for p in self.dir.iterdir()
-                    if (m := _CHECKPOINT.match(p.name)) and is_complete_checkpoint(p)]
-        return str(max(complete)[1]) if complete else None
+        return next((str(p) for p in self.checkpoints() if is_complete_checkpoint(p)), None)
+
+    def set_aside(self, checkpoint: str | Path) -> Path:
+        """Move a checkpoint that cannot be resumed out of the way, kept: `damaged-checkpoint-<step>`
+        (a name neither Trainer's checkpoint rotation nor a resume matches; `-2`, ... if taken)."""
+        checkpoint = Path(checkpoint)
+        target = checkpoint.with_name(f"damaged-{checkpoint.name}")
+        n = 1
+        while target.exists():
+            n += 1
+            target = checkpoint.with_name(f"damaged-{checkpoint.name}-{n}")
+        checkpoint.rename(target)
+        return target
 
     def checkpoint(self, step: int) -> Path:
         """`checkpoint-<step>/`, whether or not it exists."""
@@ -126,9 +144,73 @@ class TrialFiles:
 TRAINER_STATE = "trainer_state.json"
 
 
+def checkpoint_problem(path: str | Path) -> str | None:
+    """What keeps a `checkpoint-<step>/` folder from being resumed, or None when it is whole: the
+    one rule for a whole checkpoint. Trainer writes trainer_state.json last, so a save a kill cut
+    short lacks it; a node lost mid-write can also leave a file cut short behind a trainer_state.json
+    that made it to disk. So each file a resume reads is opened as its library opens it, reading
+    only what shows it whole: a `.safetensors` file's header and its size (safetensors' own
+    `safe_open` refuses a file its header does not cover, as a resume would); a torch.save archive
+    (`.pt`, `.pth`, `.bin`: optimizer, scheduler, RNG state, training arguments) by its zip
+    directory, which is written at its end. Milliseconds, whatever the model's size."""
+    path = Path(path)
+    try:
+        json.loads((path / TRAINER_STATE).read_text())
+    except FileNotFoundError:
+        return f"it has no {TRAINER_STATE} (Trainer writes it last: the save did not finish)"
+    except (OSError, ValueError) as e:
+        return f"its {TRAINER_STATE} cannot be read ({_one_line(e)})"
+    for file in sorted(path.iterdir()):
+        if file.suffix == ".safetensors":
+            problem = _safetensors_problem(file)
+        elif file.suffix in (".pt", ".pth", ".bin"):
+            problem = _torch_archive_problem(file)
+        else:
+            continue
+        if problem:
+            return f"its {file.name} {problem}"
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+        except (OSError, ValueError, KeyError) as e:
+            return f"its {index.name} cannot be read ({_one_line(e)})"
+        missing = sorted(name for name in shards if not (path / name).is_file())
+        if missing:
+            return f"its weights shard(s) {', '.join(missing)} are missing"
+    return None
+
+
+def _safetensors_problem(file: Path) -> str | None:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(file), framework="numpy"):
+            return None
+    except (SafetensorError, OSError) as e:
+        return f"is cut short or damaged (safetensors: {_one_line(e)})"
+
+
+def _torch_archive_problem(file: Path) -> str | None:
+    import zipfile
+
+    with open(file, "rb") as f:
+        if f.read(2) != b"PK":  # not torch.save's zip format (a legacy pickle): nothing to read cheaply
+            return None
+    try:
+        zipfile.ZipFile(file).close()
+        return None
+    except (zipfile.BadZipFile, OSError) as e:
+        return f"is cut short or damaged (its zip directory: {_one_line(e)})"
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())[:300]
+
+
 def is_complete_checkpoint(path: str | Path) -> bool:
-    """Whether a `checkpoint-<step>/` folder was saved whole: Trainer writes trainer_state.json last."""
-    return (Path(path) / TRAINER_STATE).is_file()
+    """Whether a `checkpoint-<step>/` folder can be resumed whole (`checkpoint_problem` is None)."""
+    return checkpoint_problem(path) is None
 
 
 def read_trainer_state(checkpoint: str | Path) -> dict:
@@ -167,6 +249,16 @@ class StudyLayout:
     def claim_lock(self) -> Path:
         """Held by a trial job while it checks the budget and creates its trial (scheduler.claim_trial)."""
         return self.output_dir / "claim.lock"
+
+    @property
+    def identity(self) -> Path:
+        """study.json: which study this folder's trials belong to (study id, name, objectives), as
+        its journal also records; what tells a lost, emptied or swapped journal (snaketune.recovery)."""
+        return self.output_dir / "study.json"
+
+    def replaced_journal(self, stamp: str) -> Path:
+        """Where `snaketune recover` keeps a journal it replaced with one rebuilt from the trial folders."""
+        return self.output_dir / f"study.journal.replaced-{stamp}"
 
     @property
     def torn_records(self) -> Path:
@@ -275,17 +367,23 @@ class StudyLayout:
 
         A study writes, replaces and deletes files there (best_model/, trials_results.csv,
         trial_*/), so it must be a folder of the study's own: new, empty, or holding a study
-        (its journal, or the run lock a first run takes before anything else). A file system's
+        (its journal, its study.json, or the run lock a first run takes before anything else). A file system's
         root, a folder right under it (/tmp, /home, ...) and the home directory are never one.
         """
         path = self.output_dir.resolve()
-        home = Path.home().resolve()
-        if path.parent == path or path.parent == Path(path.anchor) or path == home or path in home.parents:
+        if _is_system_folder(path):
             return (f"{path} is a system folder or the home directory, never a study's own; name a "
-                    f"folder of its own, e.g. {path / 'tuning_output'}")
+                    f"folder of its own, e.g. {_own_folder_for(path)}")
         if path.exists() and not path.is_dir():
             return f"{path} is a file, not a folder"
-        if path.is_dir() and not self.journal.exists() and not self.run_lock.exists():
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        if not os.access(existing, os.W_OK | os.X_OK):
+            read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
+            return (f"{existing} cannot be written to ("
+                    + ("it is on a read-only file system" if read_only else "no write permission for this user")
+                    + "); a study writes its journal, trials and results there: choose a folder you can "
+                    "write to (`snaketune status`, `best` and `export` read a study where it is)")
+        if path.is_dir() and not any(p.exists() for p in (self.journal, self.run_lock, self.identity)):
             # Hidden files (.gitkeep, .DS_Store) and config files (a tune.yaml kept with its
             # results) are never written by a study: they may be there.
             entries = sorted(p.name for p in path.iterdir()
@@ -301,6 +399,23 @@ class StudyLayout:
         """The trial slot directories that exist, in slot order."""
         found = [p for p in self.output_dir.glob("trial_*") if p.name[len("trial_"):].isdigit()]
         return sorted(found, key=lambda p: int(p.name[len("trial_"):]))
+
+
+def _is_system_folder(path: Path) -> bool:
+    """A file system's root, a folder right under it (/tmp, /home, ...), the home directory or
+    one above it: never a study's own folder (StudyLayout.unusable_because)."""
+    home = Path.home().resolve()
+    return path.parent == path or path.parent == Path(path.anchor) or path == home or path in home.parents
+
+
+def _own_folder_for(path: Path) -> Path:
+    """A folder to suggest instead of the system folder `path` that is itself accepted: a
+    tuning_output/ under it, else under the working directory, else under the home directory."""
+    for base in (path, Path.cwd().resolve(), Path.home().resolve()):
+        candidate = base / "tuning_output"
+        if not _is_system_folder(candidate):
+            return candidate
+    return Path.home().resolve() / "snaketune" / "tuning_output"
 
 
 def trial_dir(trial, layout: StudyLayout | None = None) -> Path | None:

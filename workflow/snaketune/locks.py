@@ -216,6 +216,24 @@ def hold_study(layout: StudyLayout) -> int:
     return fd
 
 
+@contextlib.contextmanager
+def holding_if_free(layout: StudyLayout):
+    """Hold the study's run lock for the block if no run holds it: yields whether it is held (a
+    repair that must not race a live run's writes skips when it is not; see results.finish_best_model_swap)."""
+    if not layout.run_lock.exists():
+        yield True
+        return
+    fd = os.open(layout.run_lock, os.O_RDONLY)
+    try:
+        try:
+            held = _flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, layout.run_lock) or True
+        except BlockingIOError:
+            held = False
+        yield held
+    finally:
+        os.close(fd)  # the flock goes with it
+
+
 def hold_trial_share(layout: StudyLayout) -> int:
     """Hold the study's trials lock shared for the rest of this trial job (see `hold_study`);
     returns its descriptor, which must stay open."""

@@ -17,9 +17,12 @@ floats (each key becomes a metric):
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import math
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from snaketune.errors import SnaketuneError, closest
@@ -137,12 +140,44 @@ def import_function(dotted: str):
 # -- after training ---------------------------------------------------------------------------
 
 
-def compute_custom_metrics(custom: list[CustomMetric], **context) -> dict[str, float]:
+class EvaluationTimeout(SnaketuneError, TimeoutError):
+    """An evaluation after training ran past tuning.evaluation_timeout_minutes."""
+
+
+@contextlib.contextmanager
+def evaluation_time_limit(minutes: float | None, what: str):
+    """Raise EvaluationTimeout in this (the main) thread once the block has run `minutes`.
+
+    A SIGALRM timer, as pytest-timeout's signal method: Python code (a metric's loop, generation's
+    token loop, lm-eval) is stopped where it is; a single C call that never returns is not. The
+    trial fails with the message, is told FAIL, and the run goes on. None: no limit."""
+    if not minutes or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expired(signum, frame):
+        raise EvaluationTimeout(f"{what} ran past tuning.evaluation_timeout_minutes ({minutes:g} min) and "
+                                "was stopped; raise the limit if it needs longer, or make it faster")
+
+    before = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, minutes * 60)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, before)
+
+
+def compute_custom_metrics(custom: list[CustomMetric], timeout_minutes: float | None = None,
+                           **context) -> dict[str, float]:
+    """Each custom metric's value(s), in order ({name: float}); each call under
+    `evaluation_time_limit(timeout_minutes)`."""
     results = {}
     produced = context.pop("metrics", {})
     for entry in custom:
         fn = import_function(entry.function)
-        value = fn(**context, metrics={**produced, **results})
+        with evaluation_time_limit(timeout_minutes, f"custom metric {entry.name!r} ({entry.function})"):
+            value = fn(**context, metrics={**produced, **results})
         if isinstance(value, dict):
             results.update({str(k): _as_float(v, entry) for k, v in value.items()})
             if entry.name not in value and len(value) == 1:  # a one-key dict names its metric

@@ -292,8 +292,44 @@ def save_best_model(model_cfg: ModelParams, model_source: dict, checkpoint: str 
     shutil.rmtree(previous, ignore_errors=True)
     if target.exists():
         target.rename(previous)
-    staging.rename(target)
+    staging.rename(target)  # a kill before this leaves best_model.previous/: finish_best_model_swap
     shutil.rmtree(previous, ignore_errors=True)
+
+
+def is_saved_model(folder: Path) -> bool:
+    """Whether `folder` holds a whole best model (save_best_model's)."""
+    # save_pretrained writes config.json; save_best_model writes snaketune_trial.json after the model
+    return (folder / "config.json").is_file() and (folder / "snaketune_trial.json").is_file()
+
+
+def finish_best_model_swap(layout: StudyLayout) -> str | None:
+    """Settle a best-model swap (save_best_model) a kill interrupted; returns what was done, or None.
+
+    Killed between its two renames, `best_model/` is missing, or holds only the record file that
+    Snakemake put back from its backup of aggregate's outputs (which it restores, old, when the
+    job dies): the model is in `best_model.previous/` (the old one, which the restored
+    best_trial.json describes) and `best_model.tmp/` (the new one). The old one is put back, so
+    the best model, its record and the table agree again (the next aggregate builds the new one
+    again); with no old one, a whole new one is moved in. Leftovers of a finished swap are removed.
+    Call it holding the run lock (locks.holding_if_free): a live run's swap is not interrupted."""
+    target = layout.best_model
+    previous, staging = target.with_name(target.name + ".previous"), target.with_name(target.name + ".tmp")
+    if not previous.exists() and not staging.exists():
+        return None
+    if is_saved_model(target):
+        shutil.rmtree(previous, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
+        return None
+    chosen = previous if is_saved_model(previous) else staging if is_saved_model(staging) else None
+    if chosen is None:
+        return None
+    if target.exists():
+        shutil.rmtree(target)  # at most the record file Snakemake restored: a copy of chosen's or an older one
+    chosen.rename(target)
+    for leftover in (previous, staging):
+        shutil.rmtree(leftover, ignore_errors=True)
+    what = "put back the best model it held" if chosen == previous else "moved in the new best model it had written"
+    return (f"{target} was being replaced when a run stopped ({chosen.name}/ was left beside it); {what}")
 
 
 # What Trainer writes into a checkpoint only to resume training (transformers.trainer's

@@ -259,21 +259,15 @@ def spent_compute(study: optuna.Study, tuning: TuningParams, unit: str) -> float
 
 def paused_checkpoint(trial: FrozenTrial, layout: StudyLayout) -> str | None:
     """The checkpoint a pruned `trial` saved where it stopped (train.ReportAndPrune), relative to
-    the study's output_dir (a moved study still finds it), or None when it is gone."""
+    the study's output_dir (a moved study still finds it); if that one is gone or not whole
+    (layout.checkpoint_problem), the newest whole one it saved before; None when none is left."""
     folder = trial_dir(trial, layout)
     if folder is None or not trial.intermediate_values:
         return None
-    checkpoint = TrialFiles(folder).checkpoint(max(trial.intermediate_values))
-    return str(checkpoint.relative_to(layout.output_dir)) if is_complete_checkpoint(checkpoint) else None
-
-
-def resumed_checkpoint(trial, layout: StudyLayout) -> str | None:
-    """The paused checkpoint that `trial` (a trial or FrozenTrial) was created to resume, as a path,
-    if it was (`paused_checkpoint`) and the checkpoint is still there."""
-    relative = trial.user_attrs.get("paused_checkpoint")
-    if not relative or not is_complete_checkpoint(layout.output_dir / relative):
-        return None
-    return str(layout.output_dir / relative)
+    stopped = max(trial.intermediate_values)
+    checkpoint = next((c for c in TrialFiles(folder).checkpoints()
+                       if checkpoint_step(c) <= stopped and is_complete_checkpoint(c)), None)
+    return str(checkpoint.relative_to(layout.output_dir)) if checkpoint else None
 
 
 def study_state(study: optuna.Study, tuning: TuningParams, budget: bool = False) -> StudyState:

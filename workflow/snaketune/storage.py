@@ -29,8 +29,15 @@ from typing import Any
 import optuna
 from optuna.storages import BaseStorage, JournalStorage
 from optuna.storages.journal import BaseJournalBackend, JournalFileBackend, JournalFileOpenLock
+from optuna.storages.journal._storage import JournalStorageReplayResult
 
+from snaketune.errors import SnaketuneError
 from snaketune.layout import StudyLayout
+
+# The op_codes of the journal records that only a trial's own process writes: Optuna's
+# JournalOperation values, which are the journal file's format (one Optuna version reads the
+# journal of the one before).
+SET_TRIAL_PARAM, SET_TRIAL_INTERMEDIATE_VALUE = 5, 7
 
 # The lock is held only while one record is appended (milliseconds), so a lock file older than
 # this was left by a killed process and is broken, rather than waited on forever.
@@ -87,6 +94,12 @@ def open_storage(path: str | Path) -> JournalStorage:
     """Optuna's JournalStorage over the journal file at `path` (created empty if missing). Says on
     stderr, once per process, when the file ends in a record cut short."""
     _say_torn_tail(Path(path))
+    # Optuna reads the whole file at once anyway; a line that is not a record is refused here,
+    # named, before any reader acts on the records before it (and before an append after a bad
+    # last line, which Optuna alone lets through, makes the file unreadable).
+    bad = bad_records(Path(path)) if Path(path).exists() else []
+    if bad:
+        raise JournalDamaged(Path(path), bad)
     return JournalStorage(JournalFile(path))
 
 
@@ -107,7 +120,19 @@ class JournalFile(BaseJournalBackend):
         self._reader = JournalFileBackend(str(self.path), lock_obj=self.lock)  # creates the file
 
     def read_logs(self, log_number_from: int) -> Iterable[dict[str, Any]]:
-        return self._reader.read_logs(log_number_from)
+        # A line that is not a record stops Optuna's reader with a bare JSONDecodeError (or
+        # UnicodeDecodeError, or a KeyError in its replay): named here instead. open_storage finds
+        # one before the first read; this is for one written while the study is open.
+        try:
+            for log in self._reader.read_logs(log_number_from):
+                if not (isinstance(log, dict) and "op_code" in log):
+                    raise ValueError("not an Optuna journal operation")
+                yield log
+        except ValueError as error:
+            bad = bad_records(self.path)
+            if not bad:
+                raise
+            raise JournalDamaged(self.path, bad) from error
 
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
         self.lock.acquire()
@@ -120,6 +145,148 @@ class JournalFile(BaseJournalBackend):
                 os.fsync(f.fileno())
         finally:
             self.lock.release()
+
+
+class JournalDamaged(SnaketuneError, ValueError):
+    """The journal holds a line that is not a record, before its end (Optuna's reader stops there,
+    and the whole study is unreadable). `bad` is `bad_records`' list."""
+
+    def __init__(self, path: Path, bad: list[dict], refused: str | None = None):
+        self.path, self.bad = path, bad
+        first = bad[0]
+        more = f" (and {len(bad) - 1} more line(s) after it)" if len(bad) > 1 else ""
+        found = (f"{path}: line {first['line']} (byte offset {first['offset']}) is not a journal record "
+                 f"({first['reason']}){more}")
+        if refused:
+            message = (f"{found}, and cannot be moved aside: without it, {refused}, so it most likely held a "
+                       "record that later ones need. Nothing was changed; restore the journal from a backup, or "
+                       "rebuild it from the trial folders: move it away, then `snaketune recover` "
+                       f"{path.parent}.")
+        else:
+            message = (f"{found}, so Optuna cannot read the study past it; nothing was run or changed. "
+                       f"`snaketune recover {path.parent}` moves such lines to "
+                       f"{StudyLayout(path.parent).torn_records} (kept) when no record after them depends "
+                       "on them; else restore the journal from a backup.")
+        super().__init__(message)
+
+
+def move_aside_bad_records(path: Path) -> str | None:
+    """Make the journal readable again (call it holding the study's run lock: `snaketune recover`):
+    each line that is not a record (`bad_records`), and a last one cut short, is moved to the side
+    file `study.journal.torn` with its line, byte offset and text (kept: the journal as it was is
+    the two together), when no record after it depends on what it may have been. Returns what was
+    done, or None when the journal reads whole. Raises JournalDamaged, changing nothing, when a
+    later record refers to a study or trial that no record before it creates: the damaged line was
+    most likely that record, and dropping it would give later trials' records to the wrong trials."""
+    lock = JournalFileOpenLock(str(path), grace_period=LOCK_GRACE_SECONDS)
+    lock.acquire()
+    try:
+        torn = repair_torn_tail(path)
+        bad = bad_records(path)
+        if not bad:
+            return torn
+        numbers = {record["line"] for record in bad}
+        kept = [(n, line) for n, line in enumerate(_lines(path.read_bytes()), start=1) if n not in numbers]
+        orphan = _first_orphan(kept)
+        if orphan:
+            raise JournalDamaged(path, bad, refused=orphan)
+        side = StudyLayout(path.parent).torn_records
+        moved_at = datetime.datetime.now().isoformat(timespec="seconds")
+        with open(side, "a") as f:  # first kept, then cut: a crash in between loses nothing
+            for record in bad:
+                f.write(json.dumps({"moved_at": moved_at, "journal": path.name, **record}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        replacement = path.with_name(path.name + ".recovering")
+        with open(replacement, "wb") as f:
+            f.write(b"".join(line for _, line in kept))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(replacement, path)
+        lines = ", ".join(str(record["line"]) for record in bad)
+        return (f"moved {len(bad)} line(s) that were not journal records (line(s) {lines}) from {path} to "
+                f"{side}" + (f"; {torn}" if torn else ""))
+    finally:
+        lock.release()
+
+
+class _ReplayAsItsWriter(JournalStorageReplayResult):
+    """Optuna's own replay of a journal (its JournalStorageReplayResult, which JournalStorage
+    reads with), each record applied as if by the process that wrote it: what Optuna skips in
+    silence for another process's record (a trial or study that does not exist, a finished trial
+    updated) raises instead. Used only to judge a journal that lines were taken out of."""
+
+    writer = ""
+
+    @property
+    def worker_id(self) -> str:
+        return self.writer
+
+
+def _first_orphan(lines: list[tuple[int, bytes]]) -> str | None:
+    """The first record (of numbered journal lines) that the lines taken out of them may have
+    held up, as a phrase; None if there is none. The lines are replayed as Optuna replays them
+    (`_ReplayAsItsWriter`): a record that refers to a study or trial no record before it creates,
+    or updates one already finished, is refused. So is a parameter or intermediate value set on a
+    trial by a process other than the one that created it: only a trial's own process reports
+    those, so a trial that lost its creation record would pass its records to the next trial
+    created (Optuna numbers trials by creation) and show so."""
+    replay = _ReplayAsItsWriter("")
+    creator: dict[int, str] = {}
+    for number, line in lines:
+        record = json.loads(line)
+        replay.writer = str(record.get("worker_id", ""))
+        code, trial_id = record.get("op_code"), record.get("trial_id")
+        if code in (SET_TRIAL_PARAM, SET_TRIAL_INTERMEDIATE_VALUE) and creator.get(trial_id, replay.writer) != replay.writer:
+            return f"line {number} sets a value of trial id {trial_id}, which another process created"
+        before = len(replay._trials)  # the trial ids Optuna gave so far (one per trial created)
+        try:
+            replay.apply_logs([record])
+        except optuna.exceptions.DuplicatedStudyError:
+            pass  # create_study(load_if_exists=True) writes one each time it opens the study
+        except KeyError:
+            return f"line {number} refers to a trial or study that no record before it creates"
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return f"line {number} updates a trial that the records before it finish"
+        except Exception as error:  # noqa: BLE001 (whatever else Optuna's replay refuses)
+            return f"line {number} is refused by Optuna's replay without them ({type(error).__name__}: {error})"
+        if len(replay._trials) > before:
+            creator[before] = replay.writer
+    return None
+
+
+def bad_records(path: Path) -> list[dict]:
+    """Every line of the journal that is not a record ({line, offset, length, reason, text}), but a
+    last one cut short (a torn tail, `repair_torn_tail`'s). Each line of Optuna's journal file is
+    one JSON object."""
+    bad = []
+    offset = 0
+    with open(path, "rb") as f:
+        for number, line in enumerate(_lines(f.read()), start=1):
+            if line.endswith(b"\n"):
+                reason = _not_a_record(line)
+                if reason:
+                    bad.append({"line": number, "offset": offset, "length": len(line), "reason": reason,
+                                "text": line.decode("utf-8", "surrogateescape")})
+            offset += len(line)
+    return bad
+
+
+def _lines(data: bytes) -> list[bytes]:
+    """The journal's lines, each with its newline, split as Optuna's reader splits them: on b"\\n"
+    only (a b"\\r" inside a damaged line is not a line end). The last one may lack its newline."""
+    lines = data.split(b"\n")
+    return [line + b"\n" for line in lines[:-1]] + ([lines[-1]] if lines[-1] else [])
+
+
+def _not_a_record(line: bytes) -> str | None:
+    try:
+        record = json.loads(line)
+    except UnicodeDecodeError:
+        return "not UTF-8 text"
+    except ValueError as e:
+        return f"not JSON: {e}"
+    return None if isinstance(record, dict) and "op_code" in record else "JSON, but not an Optuna journal operation"
 
 
 def torn_tail(path: Path) -> tuple[int, bytes]:

@@ -10,10 +10,12 @@ snaketune.locks.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import re
 import time
+import uuid
 import warnings
 from pathlib import Path
 
@@ -24,7 +26,8 @@ from optuna.trial import FrozenTrial, TrialState
 from snaketune import strategy
 from snaketune.config import TuningParams
 from snaketune.errors import SnaketuneError
-from snaketune.layout import ROW_REPORTS_ATTR, StudyLayout
+from snaketune.layout import ROW_REPORTS_ATTR, StudyLayout, write_json
+from snaketune.locks import claiming
 from snaketune.storage import storage_of, study_storage
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -89,8 +92,9 @@ def open_study(tuning: TuningParams, slot: int = 0, storage: BaseStorage | None 
     )
     wanted = _as_stored(study_definition(tuning, definition))
     stored = study.user_attrs.get(DEFINITION_ATTR)
-    if stored is None or (stored != wanted and definition is not None
-                          and not any(is_finished(t) for t in study.get_trials(deepcopy=False))):
+    redefined = stored is None or (stored != wanted and definition is not None
+                                   and not any(is_finished(t) for t in study.get_trials(deepcopy=False)))
+    if redefined:
         study.set_user_attr(DEFINITION_ATTR, wanted)
     if STARTED_ATTR not in study.user_attrs:  # the clock of tuning.timeout_minutes
         study.set_user_attr(STARTED_ATTR, time.time())
@@ -100,7 +104,44 @@ def open_study(tuning: TuningParams, slot: int = 0, storage: BaseStorage | None 
         with warnings.catch_warnings():  # experimental since Optuna 3.2, unchanged since
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(list(tuning.metrics))
+    if redefined or study.user_attrs.get(STUDY_ID_ATTR) is None or identity(tuning.layout) is None:
+        with claiming(tuning.layout):  # jobs side by side give the study one id
+            record_identity(study, tuning.layout)
     return study
+
+
+# The study's id: a user attribute of the study in its journal, and study.json's `study_id`.
+STUDY_ID_ATTR = "snaketune_study_id"
+
+
+def identity(layout: StudyLayout) -> dict | None:
+    """study.json ({study_id, study_name, directions, metric_names, created_at}), or None."""
+    try:
+        return json.loads(layout.identity.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def record_identity(study: optuna.Study, layout: StudyLayout) -> str:
+    """Give `study` its id, once, and write study.json when it does not name it; returns the id.
+    Call it holding the study's claim lock (locks.claiming), so that jobs starting side by side
+    agree. A study from before ids were kept is given one here. (A journal without an id beside a
+    study.json is refused before any job: recovery.journal_problem.)"""
+    attrs = study.user_attrs
+    study_id = attrs.get(STUDY_ID_ATTR)
+    if study_id is None:
+        study_id = uuid.uuid4().hex
+        study.set_user_attr(STUDY_ID_ATTR, study_id)
+    known = identity(layout) or {}
+    if (known.get("study_id"), known.get("definition")) != (study_id, attrs.get(DEFINITION_ATTR)):
+        # the definition too, so that a journal rebuilt from the folders keeps what it is checked against
+        write_json(layout.identity, {
+            "study_id": study_id, "study_name": study.study_name,
+            "directions": [d.name.lower() for d in study.directions], "metric_names": study.metric_names,
+            "created_at": known.get("created_at") or datetime.datetime.now().isoformat(timespec="seconds"),
+            "definition": attrs.get(DEFINITION_ATTR)})
+    return study_id
+
 
 
 def load_study(output_dir: str | Path, study_name: str | None = None,

@@ -141,6 +141,10 @@ def summary_table(layout: StudyLayout, study_name: str, metrics: list[str],
         if trial.state == TrialState.FAIL and trial.user_attrs.get("fail_reason"):
             reason = " ".join(str(trial.user_attrs["fail_reason"]).split())[:200]
             lines.append(f"  trial {trial.number} ({trial_folder(trial, layout)}) {studies.outcome(trial)}: {reason}")
+    for trial in every:  # train.resume_point: checkpoints a resume passed over, kept aside
+        for aside in trial.user_attrs.get("set_aside_checkpoints", []):
+            lines.append(f"  trial {trial.number}: {aside['checkpoint']} could not be resumed ({aside['problem']}); "
+                         f"set aside as {aside['moved_to']}")
     lines.append("  (* best)" if len(metrics) == 1 else "  (* on the Pareto front)")
     heading = "best trial" if len(metrics) == 1 else f"Pareto front: {len(best)} trial(s)"
     if len(best) > 1:

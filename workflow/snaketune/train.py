@@ -18,14 +18,14 @@ import time
 from pathlib import Path
 
 from snaketune import data as datasets_
-from snaketune import generation, lm_harness, scheduler, scoring
+from snaketune import generation, lm_harness, recovery, scheduler, scoring
 from snaketune import metrics as custom_metrics
 from snaketune import model as models
 from snaketune import space as search_space
 from snaketune import study as studies
 from snaketune.config import TuningConfig, TuningParams
 from snaketune.errors import describe_error
-from snaketune.layout import TrialFiles, checkpoint_step, write_json
+from snaketune.layout import StudyLayout, TrialFiles, checkpoint_problem, checkpoint_step, write_json
 from snaketune.names import OUMI_TRAINING_DEFAULTS, PREPARED_DATA_FIELDS, oumi_value
 
 LOSS_CURVE_FIELDS = ("step", "epoch", "loss", "grad_norm", "learning_rate", "eval_loss")
@@ -78,17 +78,18 @@ def run_trial(tune: TuningConfig, slot: int, trial_dir: str | Path, model_source
     started = time.time()
     try:
         params = search_space.suggest(trial, tuning.space)
-        # Its own last checkpoint; else, for a paused trial this slot resumes, the paused one's.
-        resume_from = resumable_checkpoint(trial_dir, params) or scheduler.resumed_checkpoint(trial, tuning.layout)
+        resume_from = resume_point(trial, trial_dir, params, tuning.layout)
         if resume_from is None and trial.user_attrs.get("paused_checkpoint"):
-            # Deleted since the slot claimed it: the same parameters from step 0, counted whole.
+            # Deleted or damaged since the slot claimed it: the same parameters from step 0, counted whole.
             print(f"snaketune: trial {trial.number}: the checkpoint of paused trial "
-                  f"{trial.user_attrs['promoted_from']} ({trial.user_attrs['paused_checkpoint']}) is gone; "
-                  "training its parameters from step 0", file=sys.stderr)
+                  f"{trial.user_attrs['promoted_from']} ({trial.user_attrs['paused_checkpoint']}) is gone, "
+                  "and no whole one before it is left; training its parameters from step 0", file=sys.stderr)
             trial.set_user_attr("paused_checkpoint", None)
+        # With the distributions, enough to make this attempt's trial again should the journal be
+        # lost before it is told (recovery.folder_trials).
         write_json(files.params, {"trial_number": trial.number, "slot": slot,
-                                               "attempt": trial.user_attrs.get("attempt", 1),
-                                               "params": params})
+                                  "attempt": trial.user_attrs.get("attempt", 1), "params": params,
+                                  "distributions": recovery.parameter_record(trial)})
         if resume_from:
             trial.set_user_attr("resumed_from", resume_from)
         if before_training is not None:
@@ -124,13 +125,39 @@ def run_trial(tune: TuningConfig, slot: int, trial_dir: str | Path, model_source
     return result
 
 
-def resumable_checkpoint(trial_dir: Path, params: dict) -> str | None:
-    """The slot's last checkpoint, if an earlier attempt with these same parameters left one."""
+def resume_point(trial, trial_dir: Path, params: dict, layout: StudyLayout) -> str | None:
+    """The checkpoint this attempt of `trial` resumes from: the slot's newest whole one, if an
+    earlier attempt with these same parameters left one; else, for a paused trial the slot resumes
+    (`paused_checkpoint`), the newest whole one the paused trial saved up to where it stopped; else
+    None (step 0). Each newer checkpoint passed over because it cannot be resumed
+    (layout.checkpoint_problem) is set aside, kept (`TrialFiles.set_aside`), and said in the trial
+    log and in the trial's `set_aside_checkpoints` (the end-of-run summary lists them)."""
     files = TrialFiles(trial_dir)
-    checkpoint = files.last_checkpoint()
-    previous = files.params
-    if checkpoint and previous.exists() and json.loads(previous.read_text()).get("params") == params:
-        return checkpoint
+    if files.params.exists() and json.loads(files.params.read_text()).get("params") == params:
+        own = _newest_whole(trial, files.checkpoints(), layout)
+        if own:
+            return own
+    relative = trial.user_attrs.get("paused_checkpoint")
+    if not relative:
+        return None
+    paused = layout.output_dir / relative
+    before = [c for c in TrialFiles(paused.parent).checkpoints() if checkpoint_step(c) <= checkpoint_step(paused)]
+    return _newest_whole(trial, before, layout)
+
+
+def _newest_whole(trial, checkpoints: list[Path], layout: StudyLayout) -> str | None:
+    """The first whole checkpoint of `checkpoints` (newest first), setting aside each one before it."""
+    for checkpoint in checkpoints:
+        problem = checkpoint_problem(checkpoint)
+        if problem is None:
+            return str(checkpoint)
+        moved = TrialFiles(checkpoint.parent).set_aside(checkpoint)
+        where = lambda path: str(path.relative_to(layout.output_dir))  # noqa: E731
+        print(f"snaketune: trial {trial.number}: {where(checkpoint)} cannot be resumed: {problem}; "
+              f"set aside as {where(moved)} (kept: delete it once you no longer need it)", file=sys.stderr, flush=True)
+        trial.set_user_attr("set_aside_checkpoints", [*trial.user_attrs.get("set_aside_checkpoints", []),
+                                                      {"checkpoint": where(checkpoint), "moved_to": where(moved),
+                                                       "problem": problem}])
     return None
 
 
@@ -158,6 +185,7 @@ def trial_summary(frozen, metrics: list[str], trial_dir: Path) -> dict:
         "params": frozen.params,
         "trial_dir": str(trial_dir),
         "last_checkpoint": TrialFiles(trial_dir).last_checkpoint(),
+        "trial": recovery.trial_record(frozen),  # the trial's whole journal record (recovery)
     }
 
 
@@ -397,19 +425,24 @@ def train_and_evaluate(tune: TuningConfig, params: dict, trial_dir: Path, model_
         return produced, f"diverged: eval_loss is {produced['eval_loss']}"
     if tune.uses_generation and trainer.is_world_process_zero():  # data parallel: rank 0 answers
         objective = next(m for m in tuning.metrics if m in scoring.GENERATION_METRICS)
-        answered, pruned = generation.evaluate_generation(
-            trainer.model, tokenizer, prepared["validation"], tune.generation, seed=tuning.seed,
-            objective=objective, out_path=files.generations, trial=trial,
-            prune=tuning.pruner == "wilcoxon" and objective == tuning.metrics[0])
+        with custom_metrics.evaluation_time_limit(tuning.evaluation_timeout_minutes,
+                                                  f"the generation metrics ({objective}, ...)"):
+            answered, pruned = generation.evaluate_generation(
+                trainer.model, tokenizer, prepared["validation"], tune.generation, seed=tuning.seed,
+                objective=objective, out_path=files.generations, trial=trial,
+                prune=tuning.pruner == "wilcoxon" and objective == tuning.metrics[0])
         produced.update(answered)
         if pruned:
             return produced, pruned
     if tune.uses_lm_eval and trainer.is_world_process_zero():
-        produced.update(lm_harness.evaluate(trainer.model, tokenizer, tune.lm_eval, tuning.metrics, tuning.seed))
+        tasks = ", ".join(m for m in tuning.metrics if m.startswith(lm_harness.PREFIX))
+        with custom_metrics.evaluation_time_limit(tuning.evaluation_timeout_minutes, f"lm-eval ({tasks})"):
+            produced.update(lm_harness.evaluate(trainer.model, tokenizer, tune.lm_eval, tuning.metrics, tuning.seed))
     if tuning.custom_eval_metrics:
         trainer.model.eval()
         produced.update(custom_metrics.compute_custom_metrics(
-            tuning.custom_eval_metrics, model=trainer.model, tokenizer=tokenizer,
+            tuning.custom_eval_metrics, timeout_minutes=tuning.evaluation_timeout_minutes,
+            model=trainer.model, tokenizer=tokenizer,
             eval_dataset=prepared["validation"], trial_dir=trial_dir, metrics=produced))
     return produced, None
 

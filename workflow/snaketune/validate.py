@@ -285,6 +285,7 @@ def _resolve_tuning(cfg: dict, written: dict, base: Path, validated: bool, probl
         resume_pruned=settings.resume_pruned,
         enqueue_trials=enqueued,
         timeout_minutes=tuning["timeout_minutes"],
+        evaluation_timeout_minutes=tuning["evaluation_timeout_minutes"],
         budget=Budget(*next(iter(tuning["budget"].items()))) if tuning["budget"] else None,
         metrics=metric_names,
         directions=directions,
