@@ -170,7 +170,9 @@ def test_a_rebuilt_journal_keeps_every_trial_number_and_the_definition(ran, tmp_
     recovery.rebuild_journal(layout, "snaketune")
     rebuilt = studies.load_study(ran.output_dir)
     assert [t.number for t in rebuilt.trials] == list(range(5))
-    assert rebuilt.trials[0].user_attrs == {"lost": "an earlier attempt that no trial folder holds (snaketune recover)"}
+    assert rebuilt.trials[0].user_attrs == {"slot": 0, "attempt": 1,  # named by its retry (retry_of)
+                                            "lost": "an earlier attempt that no trial folder holds (snaketune recover)"}
+    assert [t.user_attrs["slot"] for t in studies.latest_attempts(rebuilt)] == [0, 1, 2, 3]
     assert rebuilt.trials[4].user_attrs["retry_of"] == 0 and rebuilt.trials[4].values == [0.5]
     assert [t.params for t in rebuilt.trials[1:4]] == [t.params for t in original.trials[1:4]]
     assert rebuilt.user_attrs[studies.DEFINITION_ATTR] == definition

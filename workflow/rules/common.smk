@@ -22,8 +22,8 @@ from snaketune.errors import SnaketuneError
 from snaketune.validate import load_yaml, read_default_tune_yaml
 from snaketune.layout import write_text
 from snaketune.progress import ConsoleProgress
-from snaketune.locks import StudyInUse, hold_study, holding_if_free
-from snaketune.results import finish_best_model_swap
+from snaketune.locks import StudyInUse, hold_study
+from snaketune.results import is_saved_model
 from snaketune.study import restore_told_trials
 
 
@@ -46,15 +46,6 @@ if not CHECKED:
         print(notice_line(notice), file=sys.stderr)
 
 TUNING = TUNE.tuning
-
-# A best-model swap a kill interrupted is settled before the DAG is built, so that what Snakemake
-# sees up to date (best_model/snaketune_trial.json) is a whole model again; not in a dry run, and
-# not while another run holds the study (it may be swapping now).
-if workflow.is_main_process and workflow.executor_plugin is not None and not workflow.dryrun:
-    with holding_if_free(TUNING.layout) as held:
-        settled = finish_best_model_swap(TUNING.layout) if held else None
-    if settled:
-        print(f"snaketune: {settled}", file=sys.stderr)
 
 # tuning.timeout_minutes counts from the start of this invocation; its jobs inherit the clock.
 if workflow.is_main_process:
@@ -169,6 +160,15 @@ def aggregate_outputs():
     else:
         outputs["best_model_record"] = update(str(LAYOUT.best_model_record))
     return outputs
+
+
+def best_model_state():
+    """Rule aggregate's `best_model` param: "whole", or "unsettled" where a kill between the two
+    renames of a best-model swap left best_model/ without its model (only the record Snakemake put
+    back). A changed param re-runs aggregate (a rerun trigger), which settles the swap first
+    (results.save_best_model). Read only: a dry run shows it too."""
+    whole = is_saved_model(LAYOUT.best_model) or not LAYOUT.best_model.with_name("best_model.previous").exists()
+    return "whole" if whole else "unsettled"
 
 
 def keep_run_config():

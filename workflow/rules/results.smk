@@ -8,6 +8,8 @@ rule aggregate:
         baseline=baseline_outputs(),
     output:
         **aggregate_outputs(),
+    params:
+        best_model=best_model_state(),
     log:
         str(LAYOUT.rule_log("aggregate")),
     threads: 1

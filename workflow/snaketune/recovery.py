@@ -28,8 +28,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from snaketune.layout import StudyLayout
 from snaketune.storage import open_storage, study_storage
-from snaketune.study import (DEFINITION_ATTR, STARTED_ATTR, STUDY_ID_ATTR, identity, load_study, record_identity,
-                             skip_slot)
+from snaketune.study import (DEFINITION_ATTR, LOST_ATTR, STARTED_ATTR, STUDY_ID_ATTR, identity, load_study,
+                             record_identity, skip_slot)
 
 def trial_record(trial: FrozenTrial) -> dict:
     """All a journal holds of `trial` that the study's readers, scheduler and pruner use, as JSON:
@@ -188,10 +188,13 @@ def rebuild_journal(layout: StudyLayout, study_name: str, directions: list[str] 
     starts = [r["datetime_start"] for _, r in folders if r["datetime_start"]]
     if starts:  # the clock of tuning.timeout_minutes
         study.set_user_attr(STARTED_ATTR, datetime.datetime.fromisoformat(min(starts)).timestamp())
+    # An earlier attempt a later one names (retry_of) keeps its slot and attempt.
+    earlier = {r["user_attrs"]["retry_of"]: {"slot": slot, "attempt": r["user_attrs"].get("attempt", 2) - 1}
+               for slot, r in folders if "retry_of" in r["user_attrs"]}
     for _, record in folders:
-        while len(study.get_trials(deepcopy=False)) < record["number"]:
+        while (number := len(study.get_trials(deepcopy=False))) < record["number"]:
             study.add_trial(optuna.trial.create_trial(state=TrialState.FAIL, user_attrs={
-                "lost": "an earlier attempt that no trial folder holds (snaketune recover)"}))
+                **earlier.get(number, {}), LOST_ATTR: "an earlier attempt that no trial folder holds (snaketune recover)"}))
         study.add_trial(trial_from_record(record))
     for folder in layout.find_trial_dirs():
         result = _read(layout.trial(int(folder.name[len("trial_"):])).metrics)

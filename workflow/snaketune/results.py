@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import optuna
@@ -272,6 +273,10 @@ def save_best_model(model_cfg: ModelParams, model_source: dict, checkpoint: str 
             f"best trial {best['number']} has no checkpoint in {best['trial_dir']}, so the best model "
             f"cannot be built (the previous one, if any, is kept); remove {best['trial_dir']}/metrics.json "
             "and run again to re-train that trial with its parameters")
+    # A swap a kill interrupted before is settled first (its old model put back), never deleted.
+    settled = finish_best_model_swap(StudyLayout(target.parent))
+    if settled:
+        print(f"snaketune: {settled}", file=sys.stderr)
     staging = target.with_name(target.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     if (Path(checkpoint) / "adapter_config.json").exists():
@@ -311,7 +316,8 @@ def finish_best_model_swap(layout: StudyLayout) -> str | None:
     best_trial.json describes) and `best_model.tmp/` (the new one). The old one is put back, so
     the best model, its record and the table agree again (the next aggregate builds the new one
     again); with no old one, a whole new one is moved in. Leftovers of a finished swap are removed.
-    Call it holding the run lock (locks.holding_if_free): a live run's swap is not interrupted."""
+    Call it holding the run lock (aggregate's run does; `snaketune best` through
+    locks.holding_if_free): a live run's swap is not interrupted."""
     target = layout.best_model
     previous, staging = target.with_name(target.name + ".previous"), target.with_name(target.name + ".tmp")
     if not previous.exists() and not staging.exists():

@@ -215,16 +215,22 @@ def objective_names(study: optuna.Study, configured: list[str] | str | None = No
 
 
 def latest_attempts(study: optuna.Study) -> list[FrozenTrial]:
-    """One trial per slot, its latest attempt; trials made outside a slot are kept as they are."""
+    """One trial per slot, its latest attempt; trials made outside a slot are kept as they are,
+    but for the placeholders of a rebuilt journal (LOST_ATTR: a number no trial folder held)."""
     by_slot, others = {}, []
     for trial in study.get_trials(deepcopy=False):
         slot = trial.user_attrs.get("slot")
         if slot is None:
-            others.append(trial)
+            if LOST_ATTR not in trial.user_attrs:
+                others.append(trial)
         elif slot not in by_slot or trial.number > by_slot[slot].number:
             by_slot[slot] = trial
     return sorted([*by_slot.values(), *others], key=lambda t: (t.user_attrs.get("slot", 1e9), t.number))
 
+
+# A trial of a journal rebuilt from the trial folders that stands for an attempt no folder held
+# (recovery.rebuild_journal): FAIL, with its slot when a later attempt names it (retry_of).
+LOST_ATTR = "lost"
 
 STARTED_ATTR = "snaketune_started_at"
 # The run's trial slots (n_trials as resolved: written, a budget's, the grid's or the default 10),
