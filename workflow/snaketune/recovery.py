@@ -81,7 +81,7 @@ def folder_trials(layout: StudyLayout) -> list[tuple[int, dict]]:
     for folder in layout.find_trial_dirs():
         slot = int(folder.name[len("trial_"):])
         files = layout.trial(slot)
-        record = _read(files.metrics).get("trial") or _unfinished_trial(_read(files.params), slot)
+        record = files.read_metrics().get("trial") or _unfinished_trial(_read(files.params), slot)
         if record:
             found.append((slot, record))
     return sorted(found, key=lambda pair: (pair[1]["number"], pair[0]))
@@ -197,7 +197,7 @@ def rebuild_journal(layout: StudyLayout, study_name: str, directions: list[str] 
                 **earlier.get(number, {}), LOST_ATTR: "an earlier attempt that no trial folder holds (snaketune recover)"}))
         study.add_trial(trial_from_record(record))
     for folder in layout.find_trial_dirs():
-        result = _read(layout.trial(int(folder.name[len("trial_"):])).metrics)
+        result = layout.trial(int(folder.name[len("trial_"):])).read_metrics()
         if result.get("state") == "SKIPPED":
             skip_slot(study, result["slot"], result.get("reason"))
     kept = None
