@@ -86,3 +86,35 @@ def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     slow = {item.path.name for item in items if any(m.name in LAYERS for m in item.iter_markers())}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank) + (item.path.name not in slow)))
+
+
+# A real PostgreSQL server (tests/postgres_server.py), one per test process, started on first use;
+# each test that asks for `postgres_url` gets a database of its own on it.
+@pytest.fixture(scope="session")
+def postgres_server():
+    import postgres_server as servers
+
+    reason = servers.missing_reason()
+    if reason:
+        if os.environ.get("CI"):  # CI installs and runs everything: a missing server is a failure there
+            pytest.fail(f"PostgreSQL is needed here: {reason}")
+        pytest.skip(reason)
+    server = servers.PostgresServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server, request) -> str:
+    """A new empty database's URL as a tune.yaml writes it (its password a ${VAR} of the environment)."""
+    import hashlib
+
+    return postgres_server.new_database("t_" + hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:20])
+
+
+@pytest.fixture(params=["journal", pytest.param("postgresql", marks=pytest.mark.system)])
+def storage(request):
+    """tuning.storage of a study a test runs on each storage: None (the file journal) or a new
+    PostgreSQL database's URL. The PostgreSQL run is a system test (it needs the server)."""
+    return None if request.param == "journal" else request.getfixturevalue("postgres_url")
+

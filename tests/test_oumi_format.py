@@ -208,7 +208,7 @@ def test_oumis_logging_fields_are_accepted_and_said_unused(workdir, key, value):
 
 
 @pytest.mark.parametrize("key,value,fragment", [
-    ("storage", "sqlite:///tune.db", "database storage is not supported"),
+    ("storage", "sqlite:///tune.db", "Optuna's FAQ advises against SQLite"),  # postgresql:// is taken: test_database.py
     ("trainer_type", "TRL_DPO", "is not supported; snaketune trains with TRL's SFTTrainer"),
 ])
 def test_oumi_tuning_fields_snaketune_cannot_honour_are_refused(workdir, key, value, fragment):

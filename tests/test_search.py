@@ -13,6 +13,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
+from postgres_server import assert_password_kept, assert_study_kept_in
 from workflow_helpers import REPO, load_study, manual_text, run_snakemake, tiny_config, write_config, write_reverse_words
 
 sys.path.insert(0, str(REPO / "workflow"))
@@ -88,7 +89,7 @@ def test_every_sampler_runs_a_three_trial_study_on_the_journal(workdir, sampler)
 
 
 @pytest.mark.workflow
-def test_pruned_trials_pause_and_a_later_slot_resumes_one_from_its_checkpoints_step(workdir):
+def test_pruned_trials_pause_and_a_later_slot_resumes_one_from_its_checkpoints_step(workdir, storage):
     """Successive halving (η 2, asked every 2 of 8 steps) in trial jobs that share the journal:
     pruned trials keep their checkpoint, and a slot that starts when one of them is among the best
     half at its step resumes it from that checkpoint (tuning.resume_pruned, on by default for
@@ -102,6 +103,7 @@ def test_pruned_trials_pause_and_a_later_slot_resumes_one_from_its_checkpoints_s
     # In start order: a fast learner, a slower one, two that barely move.
     config["tuning"]["enqueue_trials"] = [{"learning_rate": 1e-1}, {"learning_rate": 1e-2},
                                           {"learning_rate": 1e-5}, {"learning_rate": 1e-5}]
+    config["tuning"]["storage"] = storage  # on the journal (None), and on PostgreSQL
     write_config(workdir, config)
     run = run_snakemake(workdir, cores=1)  # pruned trials' jobs succeed
     assert "successive_halving pauses a pruned trial" in run.stderr
@@ -136,6 +138,12 @@ def test_pruned_trials_pause_and_a_later_slot_resumes_one_from_its_checkpoints_s
     assert table.set_index("number").loc[resumed.number, "promoted_from"] == slower.number
     assert "5 trial(s): " in run.stdout and "(1 resumed a paused trial from its checkpoint)" in run.stdout
     assert "PRUNED" in set(table["state"])
+    again = run_snakemake(workdir)
+    assert "Nothing to be done" in again.stdout + again.stderr  # pruned trials are not re-run
+    assert_study_kept_in(storage, out)
+    assert_password_kept(storage, workdir, run, again)
+    if storage:
+        return
     # The replay bench (bench/replay.py) makes the same prune decisions and the same promotion,
     # following this journal's operations; replayed without the pruner, it disagrees (the check bites).
     sys.path.insert(0, str(REPO / "bench"))
@@ -143,8 +151,6 @@ def test_pruned_trials_pause_and_a_later_slot_resumes_one_from_its_checkpoints_s
 
     assert replay.validate(out) == []
     assert replay.validate(out, {"pruner": "none", "pruner_kwargs": {}, "resume_pruned": False})
-    again = run_snakemake(workdir)
-    assert "Nothing to be done" in again.stdout + again.stderr  # pruned trials are not re-run
 
 
 def test_enqueued_trials_come_first_with_exact_values(workdir):
@@ -256,7 +262,7 @@ def test_a_budget_check_and_the_trial_it_starts_are_one_step_across_processes(wo
 
 
 @pytest.mark.workflow
-def test_skipped_slots_across_parallel_jobs_and_a_raised_budget_runs_only_them_covering_a_grid_once(workdir):
+def test_skipped_slots_across_parallel_jobs_and_a_raised_budget_runs_only_them_covering_a_grid_once(workdir, storage):
     """tuning.budget over trial jobs side by side: 3-step trials and 6 steps, so the two trials that
     start together train whichever slots they are (each sees the other's committed steps), and the
     other slots finish SKIPPED. Raising the budget runs skipped slots (no trial that ran); the same
@@ -268,8 +274,9 @@ def test_skipped_slots_across_parallel_jobs_and_a_raised_budget_runs_only_them_c
         "learning_rate": {"type": "categorical", "choices": [1e-3, 1e-2]},
         "warmup_steps": {"type": "int", "low": 0, "high": 1},
     }
+    config["tuning"]["storage"] = storage  # on the journal (None), and on PostgreSQL
     write_config(workdir, config)
-    run_snakemake(workdir, "--resources", "gpu=2")
+    first = run_snakemake(workdir, "--resources", "gpu=2")
     out = workdir / "tuning_output"
     study = load_study(out)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
@@ -293,11 +300,13 @@ def test_skipped_slots_across_parallel_jobs_and_a_raised_budget_runs_only_them_c
     # The grid (was test_grid_covers_its_grid_exactly_once_in_a_real_run): the last slot runs.
     config["tuning"]["budget"] = {"trained_steps": 12}
     write_config(workdir, config)
-    run_snakemake(workdir, "--resources", "gpu=2")
+    last = run_snakemake(workdir, "--resources", "gpu=2")
     trials = load_study(out).trials
     points = sorted((t.params["learning_rate"], t.params["warmup_steps"]) for t in trials)
     assert points == [(1e-3, 0), (1e-3, 1), (1e-2, 0), (1e-2, 1)]
     assert all(t.state == TrialState.COMPLETE for t in trials)
+    assert_study_kept_in(storage, out)
+    assert_password_kept(storage, workdir, first, again, last)
 
 
 def test_compute_budget_counts_each_attempt_of_a_resumed_slot_once(workdir):

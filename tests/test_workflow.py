@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from pathlib import Path
@@ -11,8 +12,9 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
+from postgres_server import assert_password_kept, assert_study_kept_in
 from snaketune.layout import StudyLayout, TrialFiles
-from workflow_helpers import REPO, load_study, run_snakemake, tiny_config, write_config, write_reverse_words
+from workflow_helpers import REPO, load_study, run_cli, run_snakemake, tiny_config, write_config, write_reverse_words
 
 pytestmark = pytest.mark.workflow
 
@@ -100,7 +102,7 @@ def test_single_objective_study(single_objective_study):
         p.name for p in best_model.iterdir()}
 
 
-def test_multi_objective_study_with_custom_metric(workdir):
+def test_multi_objective_study_with_custom_metric(workdir, storage):
     (workdir / "my_metrics.py").write_text(
         "def answer_tokens(*, model, tokenizer, eval_dataset, trial_dir, **kwargs):\n"
         "    assert (trial_dir / 'params.json').exists()\n"
@@ -119,10 +121,12 @@ def test_multi_objective_study_with_custom_metric(workdir):
             {"name": "lr_score", "function": "my_metrics.lr_score"},
         ],
         tuner_sampler="RandomSampler",
+        storage=storage,  # on the journal (None), and on PostgreSQL
     )
     write_config(workdir, config)
-    run_snakemake(workdir)
+    run = run_snakemake(workdir)
     out = workdir / "tuning_output"
+    assert_study_kept_in(storage, out)
 
     table = pd.read_csv(StudyLayout(out).results_csv)
     assert len(table) == 2
@@ -137,6 +141,14 @@ def test_multi_objective_study_with_custom_metric(workdir):
     assert not StudyLayout(out).best_trial.exists()
     metrics = json.loads(StudyLayout(out).trial(0).metrics.read_text())
     assert set(metrics["values"]) == {"eval_loss", "lr_score"}
+    # The readers find the study from its folder alone, wherever it is kept.
+    status = run_cli(workdir, "status", "tuning_output")
+    assert "2 trial(s)" in status.stdout and "eval_loss" in status.stdout, status.stdout
+    exported = run_cli(workdir, "export", "tuning_output")
+    assert sorted(pd.read_csv(io.StringIO(exported.stdout))["number"]) == sorted(table["number"])
+    best_cli = run_cli(workdir, "best", "tuning_output")
+    assert all(f"trial {n}" in best_cli.stdout for n in front["number"]), best_cli.stdout
+    assert_password_kept(storage, workdir, run, status, exported, best_cli)
 
 
 def test_lora_study_merges_best_model(workdir):
@@ -259,6 +271,16 @@ def test_yaml_the_schema_let_through_is_refused_by_a_dry_run(workdir, change, na
     result = run_snakemake(workdir, "--dry-run", check=False)
     assert result.returncode != 0 and named in result.stdout + result.stderr
     assert "Building DAG" not in result.stdout + result.stderr  # refused at parse time
+    assert not (workdir / "tuning_output").exists()
+
+
+def test_a_run_whose_jobs_share_no_file_system_is_refused_before_any_job(workdir):
+    """--shared-fs-usage none (what the Kubernetes and cloud executors imply): a trial's
+    checkpoints and the study's locks are files every job must see, so it is refused, not half run."""
+    write_config(workdir, tiny_config())
+    run = run_snakemake(workdir, "-n", "--shared-fs-usage", "none", check=False)
+    assert run.returncode != 0
+    assert "snaketune: --shared-fs-usage without input-output" in run.stderr and "docs/scale-out.md" in run.stderr
     assert not (workdir / "tuning_output").exists()
 
 

@@ -16,6 +16,7 @@ if (REPO_DIR / "workflow" / "snaketune").is_dir():
     sys.path.insert(0, str(REPO_DIR / "workflow"))
 
 from snakemake.exceptions import WorkflowError
+from snakemake.settings.types import SharedFSUsage
 
 from snaketune.check import accepted_config, checked_already, notice_line
 from snaketune.errors import SnaketuneError
@@ -24,6 +25,7 @@ from snaketune.layout import write_text
 from snaketune.progress import ConsoleProgress
 from snaketune.locks import StudyInUse, hold_study
 from snaketune.results import is_saved_model
+from snaketune.storage import record_storage
 from snaketune.study import restore_told_trials
 
 
@@ -46,6 +48,17 @@ if not CHECKED:
         print(notice_line(notice), file=sys.stderr)
 
 TUNING = TUNE.tuning
+
+# A trial job writes its folder (checkpoints, the pause checkpoint a later slot resumes) and takes
+# the study's locks in output_dir, files every job must share: a run whose jobs share no file
+# system (--shared-fs-usage without input-output: the Kubernetes and cloud executors) is refused
+# here rather than losing them (docs/scale-out.md).
+if workflow.is_main_process and SharedFSUsage.INPUT_OUTPUT not in workflow.storage_settings.shared_fs_usage:
+    sys.exit("snaketune: --shared-fs-usage without input-output (jobs that share no file system, as the "
+             "Kubernetes and cloud executors run them) is not supported: a trial's checkpoints and the study's "
+             "locks are files in tuning.output_dir that every trial job must see. Run on machines that share "
+             "tuning.output_dir (a SLURM cluster's shared file system), with the study in PostgreSQL "
+             "(tuning.storage) across machines: see docs/scale-out.md")
 
 # tuning.timeout_minutes counts from the start of this invocation; its jobs inherit the clock.
 if workflow.is_main_process:
@@ -201,6 +214,7 @@ onstart:
         RUN_LOCK["fd"] = hold_study(LAYOUT)
     except StudyInUse as error:
         sys.exit(str(error))
+    record_storage(LAYOUT, TUNING.storage, TUNING.study_name)  # readers given only the folder find a database study
     for line in restore_told_trials(TUNING):
         print(line)
     keep_run_config()

@@ -26,8 +26,9 @@ CHECKED_ENV = "SNAKETUNE_CHECKED"
 def accepted_config(raw: dict, base_dir: str | Path | None = None, validated: bool = False) -> TuningConfig:
     """The resolved config of `raw` (a parsed tune.yaml), checked in full: every section
     (validate.load_tune_config; relative paths against `base_dir`, by default the working
-    directory), then, when `output_dir` already holds a study, that its journal is its trial
-    folders' own (recovery.journal_problem) and that the config continues it (same search space
+    directory), then, when `output_dir` already holds a study, that it is kept where the config
+    says (storage.storage_conflict) and that its journal or database is its trial folders' own
+    (recovery.journal_problem, database_problem) and that the config continues it (same search space
     and objectives; study.definition_conflicts). Reads, never writes: a refused config
     leaves no trace in `output_dir`.
 
@@ -37,12 +38,21 @@ def accepted_config(raw: dict, base_dir: str | Path | None = None, validated: bo
     resolved = load_tune_config(raw, base_dir=base_dir, validated=validated)
     if validated:
         return resolved
-    from snaketune.recovery import journal_problem  # imports optuna; only once the sections pass
+    from snaketune.recovery import database_problem, journal_problem  # imports optuna; only once the sections pass
+    from snaketune.storage import storage_conflict
     from snaketune.study import definition_conflicts
 
-    lost = journal_problem(resolved.tuning.layout, resolved.tuning.study_name)
-    if lost:  # the journal is not this folder's trials' own: nothing else can be compared with it
-        raise ConfigError([f"tuning.output_dir: {lost}"])
+    tuning = resolved.tuning
+    elsewhere = storage_conflict(tuning.layout, tuning.storage)
+    if elsewhere:  # the study is kept in another storage than the config says
+        raise ConfigError([elsewhere])
+    if tuning.storage:
+        lost = database_problem(tuning.layout, tuning.study_name, tuning.storage)
+    else:
+        lost = journal_problem(tuning.layout, tuning.study_name)
+        lost = lost and f"tuning.output_dir: {lost}"
+    if lost:  # the storage's study is not this folder's trials' own: nothing else can be compared with it
+        raise ConfigError([lost])
     conflicts = definition_conflicts(resolved.tuning, resolved.definition)
     if conflicts:
         raise ConfigError(conflicts)

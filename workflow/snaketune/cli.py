@@ -391,10 +391,11 @@ def cmd_status(args) -> int:
     tuning = (config or {}).get("tuning") or {}
 
     def status_text() -> str:
-        if not layout.journal.exists() and (layout.merged_config.exists() or layout.run_lock.exists()):
-            # A run began it and no trial has asked the journal yet: say which step it is at.
+        started = layout.merged_config.exists() or layout.run_lock.exists()
+        study = load_study(output_dir, args.study_name, missing_ok=started)
+        if study is None:
+            # A run began it and no trial has asked the storage yet: say which step it is at.
             return preparing_status(layout, running=run_holder(layout) is not None or launch_alive(layout))
-        study = load_study(output_dir, args.study_name)
         # n_trials as written in a config given with -c, else the slots the last run created (or,
         # in a study from before they were recorded, as its kept config writes it).
         n_trials = ((tuning.get("n_trials") if args.config else None) or study.user_attrs.get(SLOTS_ATTR)
@@ -554,7 +555,9 @@ def cmd_report(args) -> int:
     """`snakemake --report` for the study in args.output_dir, with the config it ran with."""
     output_dir = Path(args.output_dir)
     layout = StudyLayout(output_dir)
-    if not layout.journal.exists():
+    from snaketune.storage import study_storage
+
+    if not study_storage(layout).exists():
         raise CliError(f"no study in {output_dir} (no {layout.journal.name}): run one first")
     config = find_tune_config(output_dir, args.config)
     if config is None:
@@ -599,6 +602,13 @@ def cmd_recover(args) -> int:
     from snaketune.study import identity
 
     layout = StudyLayout(Path(args.output_dir))
+    from snaketune.storage import study_storage
+
+    store = study_storage(layout)
+    if store.shared:  # its records are the database's, and its backups the server's
+        raise CliError(f"the study in {layout.output_dir} is kept in the database {store.where}: "
+                       "`snaketune recover` rebuilds a journal file only; restore the database from "
+                       "its backup (pg_dump/pg_restore), or start a new study with a new tuning.output_dir")
     known = identity(layout) or {}
     if not layout.journal.exists() and not known and not folder_trials(layout):
         raise CliError(f"no study in {layout.output_dir} (no {layout.journal.name}, {layout.identity.name} "

@@ -89,6 +89,9 @@ class TuningParams(Record):
     use_peft: bool  # LoRA on: fixed_training_params.use_peft, or LoRA parameters given (names._use_peft)
     gpu: DeviceSettings
     on_divergence: str  # "fail" or "prune"
+    # tuning.storage as written: a database URL whose password is a ${VAR} or comes from libpq's
+    # environment (database.storage_problems); None: the file journal in output_dir
+    storage: str | None
     # where each fixed argument was written: {(group, target field): YAML path}, group "training"
     # (training_args) or "peft" (lora_args); a library's complaint is reported under these
     argument_paths: dict[tuple[str, str], str]

@@ -9,6 +9,8 @@ every writer takes its paths from here:
       study.journal.torn         records a crash or a full disk cut short, moved out of the journal
                                  (and lines that were not records: `snaketune recover`)
       study.json                 the study's identity (id, name, objectives), also in the journal
+      storage.json               where the study is kept when not in study.journal (tuning.storage
+                                 as written: a database URL without its password)
       run.lock                   held by the run in progress (flock), naming it
       trials.lock                held (shared) by each running trial job
       claim.lock                 held while a trial job checks the budget and creates its trial
@@ -256,6 +258,12 @@ class StudyLayout:
         its journal also records; what tells a lost, emptied or swapped journal (snaketune.recovery)."""
         return self.output_dir / "study.json"
 
+    @property
+    def storage_record(self) -> Path:
+        """storage.json: where the study is kept when not in the journal here (tuning.storage as
+        written, and the study's name: storage.record_storage)."""
+        return self.output_dir / "storage.json"
+
     def replaced_journal(self, stamp: str) -> Path:
         """Where `snaketune recover` keeps a journal it replaced with one rebuilt from the trial folders."""
         return self.output_dir / f"study.journal.replaced-{stamp}"
@@ -383,7 +391,7 @@ class StudyLayout:
                     + ("it is on a read-only file system" if read_only else "no write permission for this user")
                     + "); a study writes its journal, trials and results there: choose a folder you can "
                     "write to (`snaketune status`, `best` and `export` read a study where it is)")
-        if path.is_dir() and not any(p.exists() for p in (self.journal, self.run_lock, self.identity)):
+        if path.is_dir() and not any(p.exists() for p in (self.journal, self.run_lock, self.identity, self.storage_record)):
             # Hidden files (.gitkeep, .DS_Store) and config files (a tune.yaml kept with its
             # results) are never written by a study: they may be there.
             entries = sorted(p.name for p in path.iterdir()

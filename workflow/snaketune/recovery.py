@@ -28,8 +28,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from snaketune.layout import StudyLayout
 from snaketune.storage import open_storage, study_storage
-from snaketune.study import (DEFINITION_ATTR, LOST_ATTR, STARTED_ATTR, STUDY_ID_ATTR, identity, load_study,
-                             record_identity, skip_slot)
+from snaketune.study import (DEFINITION_ATTR, LOST_ATTR, OUTPUT_DIR_ATTR, STARTED_ATTR, STUDY_ID_ATTR, identity,
+                             load_study, record_identity, skip_slot)
 
 def trial_record(trial: FrozenTrial) -> dict:
     """All a journal holds of `trial` that the study's readers, scheduler and pruner use, as JSON:
@@ -153,6 +153,36 @@ def journal_problem(layout: StudyLayout, study_name: str) -> str | None:
             f"{(known or {}).get('study_name', study_name)!r}: a run would start the study over here and "
             f"overwrite its results. `snaketune recover {layout.output_dir}` rebuilds the journal from the "
             "trial folders (keeping the journal found beside it); or set a new tuning.output_dir for a new study")
+
+
+def database_problem(layout: StudyLayout, study_name: str, url: str) -> str | None:
+    """Why the study `study_name` in the database of `url` (tuning.storage) is not the one whose
+    trials `layout` holds, or None ('yaml.path: ...'): it is missing there while the folders hold
+    finished trials (a dropped or other database), or it is another study's (another output_dir
+    gave it its id: a database holds many studies, one per name). Reads, never writes."""
+    known = identity(layout)
+    told = [slot for slot, record in folder_trials(layout) if record["state"] != "FAIL"]
+    study = load_study(layout.output_dir, study_name, missing_ok=True, url=url)
+    where = study_storage(layout, url).where
+    if study is None:
+        if not told:
+            return None
+        return (f"tuning.storage: {where} holds no study {study_name!r}, but {layout.output_dir} holds "
+                f"{len(told)} finished trial(s) of it in their folders: a run would start the study over there "
+                "and overwrite their results; point tuning.storage at the database that holds it (or restore "
+                "that database from its backup), or set a new tuning.output_dir for a new study")
+    their_id = study.user_attrs.get(STUDY_ID_ATTR)
+    theirs = study.user_attrs.get(OUTPUT_DIR_ATTR) or "another folder"
+    if their_id is not None and their_id != (known or {}).get("study_id"):
+        if known is None and not told:
+            return (f"tuning.study_name: {where} already holds a study named {study_name!r}, of another "
+                    f"output_dir ({theirs}); a database holds many studies, one per name: give this one "
+                    "its own tuning.study_name, or set tuning.output_dir to that study's folder to continue it")
+        return (f"tuning.output_dir: the study {study_name!r} in {where} is another study (id {their_id}, "
+                f"of {theirs}) than the one whose trials {layout.output_dir} holds (id "
+                f"{(known or {}).get('study_id')}): set the tuning.storage and tuning.study_name it ran "
+                "with, or a new tuning.output_dir")
+    return None
 
 
 def rebuild_journal(layout: StudyLayout, study_name: str, directions: list[str] | None = None,

@@ -111,7 +111,7 @@ def aggregate(tuning: TuningParams, model: ModelParams, model_source: dict, resu
     best trial's model, LoRA merged in, in that folder) or `pareto_front` (the Pareto-optimal rows of
     the table). Raises RuntimeError when no trial completed.
     """
-    study = studies.load_study(tuning.output_dir, tuning.study_name)
+    study = studies.load_study(tuning.output_dir, tuning.study_name, url=tuning.storage)
     metrics = tuning.metrics
     table = results_table(study, metrics, tuning.layout)
     write_csv(table, results_csv)
@@ -170,7 +170,7 @@ def _report_failure(tuning: TuningParams) -> None:
         if error:
             # Whole, however long: an error's end says what to do about it.
             print(f"snaketune: rule {rule} failed: {error} (log: {summary.shown(layout.rule_log(rule))})")
-    study = studies.load_study(layout.output_dir, tuning.study_name, missing_ok=True)
+    study = studies.load_study(layout.output_dir, tuning.study_name, missing_ok=True, url=tuning.storage)
     if study is None:
         return
     try:

@@ -44,7 +44,8 @@ from snaketune.layout import (
     trial_dir,
 )
 from snaketune.locks import claiming
-from snaketune.storage import storage_of
+from snaketune.database import fail_stale_trials
+from snaketune.storage import storage_of, trial_id_of
 from snaketune.study import RUN_STARTED_ENV, STARTED_ATTR, is_finished, skip_slot, skipped_slots
 
 FINISHED, NEW, RESUME, RETRY, SKIP = "finished", "new", "resume", "retry", "skip"
@@ -291,6 +292,9 @@ def claim_trial(study: optuna.Study, slot: int, tuning: TuningParams) -> tuple[o
     # A first attempt's budget check and the trial it lets start are one step (the claim lock), so
     # jobs starting side by side never both see the same compute left.
     with claiming(tuning.layout) if first else contextlib.nullcontext():
+        # A database storage's trials whose process stopped beating (a dead node) are failed first,
+        # so that they count as what they are (Optuna's own sweep; nothing where there are no heartbeats).
+        fail_stale_trials(study)
         decision = decide_slot(slot, study_state(study, tuning, budget=first), SlotSettings.of(tuning, slot))
         if decision.kind == SKIP:
             raise SlotSkipped(decision.reason)
@@ -314,10 +318,12 @@ def claim_trial(study: optuna.Study, slot: int, tuning: TuningParams) -> tuple[o
 def fail_interrupted(study: optuna.Study, trial: FrozenTrial) -> None:
     """Marks `trial` (RUNNING, its process gone) FAIL with fail_reason "interrupted"."""
     storage = storage_of(study)
-    trial_id = storage.get_trial_id_from_study_id_trial_number(
-        storage.get_study_id_from_name(study.study_name), trial.number)
-    storage.set_trial_user_attr(trial_id, "fail_reason", INTERRUPTED)
-    storage.set_trial_state_values(trial_id, TrialState.FAIL)
+    trial_id = trial_id_of(study, trial.number)
+    try:
+        storage.set_trial_user_attr(trial_id, "fail_reason", INTERRUPTED)
+        storage.set_trial_state_values(trial_id, TrialState.FAIL)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        pass  # failed meanwhile by another slot's start, its heartbeat silent (database.fail_stale_trials)
 
 
 def create_trial(study: optuna.Study, params: dict, space: list[search_space.Parameter],

@@ -1,13 +1,13 @@
 """Where a study's trials are kept: the storage seam, and the file journal behind it.
 
-`study_storage(layout)` is the one place that decides which storage a study uses. Today that is
-always the file journal `<output_dir>/study.journal` (Optuna's `JournalStorage` over
-`JournalFile`, this module's backend); every process of the study (trial jobs, readers, the CLI)
-opens it through here. A database (PostgreSQL through Optuna's `RDBStorage`, `tuning.storage`) is
-another `StudyStorage`: it says where the study is, whether anything was stored there yet, and
-opens an Optuna `BaseStorage`; `study_storage` is where it would be chosen. The study's run, trial
-and claim locks (snaketune.locks) are files in output_dir whatever the storage; where no file
-system is shared, a database storage would have to hold them itself (e.g. advisory locks).
+`study_storage(layout, url)` is the one place that decides which storage a study uses: the file
+journal `<output_dir>/study.journal` (Optuna's `JournalStorage` over `JournalFile`, this module's
+backend) by default, or the database of `tuning.storage` (snaketune.database: PostgreSQL through
+Optuna's `RDBStorage`). Every process of the study (trial jobs, readers, the CLI) opens it through
+here; a reader that has only the output_dir finds a database study by the record a run leaves there
+(`record_storage`: the URL as written, which holds no secret). The study's run, trial and claim
+locks (snaketune.locks) are files in output_dir whatever the storage (a file system shared by the
+nodes, as a SLURM cluster has).
 
 The journal backend implements Optuna's public `BaseJournalBackend` (`read_logs`, `append_logs`):
 reading is Optuna's own `JournalFileBackend`; appending is under Optuna's `JournalFileOpenLock`
@@ -31,8 +31,9 @@ from optuna.storages import BaseStorage, JournalStorage
 from optuna.storages.journal import BaseJournalBackend, JournalFileBackend, JournalFileOpenLock
 from optuna.storages.journal._storage import JournalStorageReplayResult
 
+from snaketune.database import DatabaseStorage, same_database
 from snaketune.errors import SnaketuneError
-from snaketune.layout import StudyLayout
+from snaketune.layout import StudyLayout, write_json
 
 # The op_codes of the journal records that only a trial's own process writes: Optuna's
 # JournalOperation values, which are the journal file's format (one Optuna version reads the
@@ -47,11 +48,15 @@ LOCK_GRACE_SECONDS = 10
 class StudyStorage(abc.ABC):
     """A place a study's trials are kept, as Optuna stores them.
 
-    One subclass per kind of storage: `JournalFileStorage` (the default); a database one implements
-    the same three members. `where` names it in messages (never with a password in it).
+    One subclass per kind of storage: `JournalFileStorage` (the default); the database one
+    (database.DatabaseStorage, registered below) has the same members. `where` names it in messages
+    (never with a password in it); `study_name` is the study of this output_dir where the storage
+    may hold others (`shared`), None where it holds only this one.
     """
 
     where: str
+    study_name: str | None = None
+    shared = False
 
     @abc.abstractmethod
     def exists(self) -> bool:
@@ -76,10 +81,53 @@ class JournalFileStorage(StudyStorage):
         return open_storage(self.path)
 
 
-def study_storage(layout: StudyLayout) -> StudyStorage:
-    """The storage of the study in `layout.output_dir`: the one place that decides it (the file
-    journal `layout.journal`; the seam where a database storage would be chosen)."""
+StudyStorage.register(DatabaseStorage)
+
+
+def study_storage(layout: StudyLayout, url: str | None = None) -> StudyStorage:
+    """The storage of the study in `layout.output_dir`: the database of `url` (tuning.storage as
+    written), else the one its last run recorded there (`record_storage`), else the file journal
+    `layout.journal`. The one place that decides it."""
+    record = recorded_storage(layout)
+    url = url or record.get("storage")
+    if url:
+        return DatabaseStorage(url, study_name=record.get("study_name") if record.get("storage") == url else None)
     return JournalFileStorage(layout.journal)
+
+
+def recorded_storage(layout: StudyLayout) -> dict:
+    """What `record_storage` wrote in output_dir ({storage, study_name}), or {} (a journal study)."""
+    try:
+        record = json.loads(layout.storage_record.read_text())
+        return record if isinstance(record, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def storage_conflict(layout: StudyLayout, url: str | None) -> str | None:
+    """Why the study in `layout` cannot be continued with tuning.storage `url` ('yaml.path: ...'),
+    or None: it is kept elsewhere (in its journal here, or in the database its last run recorded).
+    The URLs are compared without their passwords."""
+    recorded = recorded_storage(layout).get("storage")
+    if url and not recorded and layout.journal.exists() and layout.journal.stat().st_size > 0:
+        return (f"tuning.storage: the study in {layout.output_dir} is kept in its journal {layout.journal}, "
+                f"not in {DatabaseStorage(url).where}: remove tuning.storage to continue it, or set a new "
+                "tuning.output_dir for a study in the database")
+    if recorded and not same_database(recorded, url):
+        return (f"tuning.storage: the study in {layout.output_dir} is kept in {DatabaseStorage(recorded).where} "
+                f"(as its {layout.storage_record.name} says), not in "
+                f"{DatabaseStorage(url).where if url else 'a journal file'}: set tuning.storage to "
+                f"{recorded} to continue it, or set a new tuning.output_dir for a new study")
+    return None
+
+
+def record_storage(layout: StudyLayout, url: str | None, study_name: str) -> None:
+    """Say in output_dir where its study is kept when that is a database (`url`: tuning.storage as
+    written, holding no password), so that readers given only the folder (`snaketune status`,
+    `best`, `export`, `report`) find it. A journal study writes nothing."""
+    if url and recorded_storage(layout) != {"storage": url, "study_name": study_name}:
+        layout.output_dir.mkdir(parents=True, exist_ok=True)
+        write_json(layout.storage_record, {"storage": url, "study_name": study_name})
 
 
 def storage_of(study: optuna.Study) -> BaseStorage:
@@ -88,6 +136,12 @@ def storage_of(study: optuna.Study) -> BaseStorage:
     trial, telling a trial again). Optuna has no public accessor: this is the one place that reads
     Study's `_storage`."""
     return study._storage
+
+
+def trial_id_of(study: optuna.Study, number: int) -> int:
+    """The storage's id of trial `number` of `study` (what the storage calls take)."""
+    storage = storage_of(study)
+    return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name), number)
 
 
 def open_storage(path: str | Path) -> JournalStorage:

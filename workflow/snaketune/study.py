@@ -14,6 +14,7 @@ import datetime
 import json
 import os
 import re
+import socket
 import time
 import uuid
 import warnings
@@ -28,7 +29,7 @@ from snaketune.config import TuningParams
 from snaketune.errors import SnaketuneError
 from snaketune.layout import ROW_REPORTS_ATTR, StudyLayout, write_json
 from snaketune.locks import claiming
-from snaketune.storage import storage_of, study_storage
+from snaketune.storage import record_storage, storage_of, study_storage
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -81,7 +82,9 @@ def open_study(tuning: TuningParams, slot: int = 0, storage: BaseStorage | None 
     fixed after its first trials failed defines the study from then on; `definition_conflicts`
     has refused a change of space or objectives before any job)."""
     os.makedirs(tuning.output_dir, exist_ok=True)
-    storage = storage or study_storage(tuning.layout).open()
+    if storage is None:
+        record_storage(tuning.layout, tuning.storage, tuning.study_name)
+        storage = study_storage(tuning.layout, tuning.storage).open()
     study = optuna.create_study(
         storage=storage,
         study_name=tuning.study_name,
@@ -112,6 +115,7 @@ def open_study(tuning: TuningParams, slot: int = 0, storage: BaseStorage | None 
 
 # The study's id: a user attribute of the study in its journal, and study.json's `study_id`.
 STUDY_ID_ATTR = "snaketune_study_id"
+OUTPUT_DIR_ATTR = "snaketune_output_dir"  # host:path of the folder the study's id was given in
 
 
 def identity(layout: StudyLayout) -> dict | None:
@@ -132,6 +136,8 @@ def record_identity(study: optuna.Study, layout: StudyLayout) -> str:
     if study_id is None:
         study_id = uuid.uuid4().hex
         study.set_user_attr(STUDY_ID_ATTR, study_id)
+        # where its folders are: a database holds other output_dirs' studies too (recovery.journal_problem)
+        study.set_user_attr(OUTPUT_DIR_ATTR, f"{socket.gethostname()}:{layout.output_dir}")
     known = identity(layout) or {}
     if (known.get("study_id"), known.get("definition")) != (study_id, attrs.get(DEFINITION_ATTR)):
         # the definition too, so that a journal rebuilt from the folders keeps what it is checked against
@@ -145,20 +151,25 @@ def record_identity(study: optuna.Study, layout: StudyLayout) -> str:
 
 
 def load_study(output_dir: str | Path, study_name: str | None = None,
-               missing_ok: bool = False) -> optuna.Study | None:
-    """The study in `<output_dir>/study.journal`, to read (aggregate, report, status, best, export).
+               missing_ok: bool = False, url: str | None = None) -> optuna.Study | None:
+    """The study of `output_dir`, to read (aggregate, report, status, best, export): in its
+    `study.journal`, or in the database its run recorded there or `url` names (tuning.storage;
+    storage.study_storage decides).
 
-    `study_name` may be left out when the journal holds one study. Nothing is created: a missing
-    journal or study raises FileNotFoundError (or returns None with `missing_ok`); a journal with
-    several studies and no `study_name` raises AmbiguousStudy (a ValueError); a missing journal or
-    study raises StudyNotFound (a FileNotFoundError).
+    `study_name` may be left out when the journal holds one study, or the database's study was
+    recorded in output_dir. Nothing is created: a missing journal or study raises StudyNotFound (a
+    FileNotFoundError), or returns None with `missing_ok`; a journal with several studies and no
+    `study_name` raises AmbiguousStudy (a ValueError); an unreachable database raises
+    database.StorageUnreachable.
     """
-    store = study_storage(StudyLayout(output_dir))
+    store = study_storage(StudyLayout(output_dir), url)
     path = store.where
+    study_name = study_name or store.study_name
     if not store.exists():
         if missing_ok:
             return None
-        raise StudyNotFound(f"no journal at {path}: is {output_dir} a study's output directory?")
+        raise StudyNotFound(f"no journal at {path}: is {output_dir} a study's output directory?"
+                            if not store.shared else f"{path} holds no study yet")
     storage = store.open()
     names = optuna.get_all_study_names(storage)
     if study_name is None:
@@ -286,42 +297,45 @@ def definition_conflicts(tuning: TuningParams, definition: dict | None = None) -
 
     Read-only: a journal that does not exist yet is not created.
     """
-    store = study_storage(tuning.layout)
+    store = study_storage(tuning.layout, tuning.storage)
     path = store.where
     if not store.exists():
         return []
-    # One study per output_dir: its trial_<i>/ folders, table and best model are that study's.
+    # One study per output_dir: its trial_<i>/ folders, table and best model are that study's (a
+    # database holds other folders' studies too).
     names = optuna.get_all_study_names(store.open())
-    if names and tuning.study_name not in names:
+    if names and tuning.study_name not in names and not store.shared:
         return [f"tuning.study_name: {path} holds the study {names[0]!r}"
                 + (f" (and {', '.join(map(repr, names[1:]))})" if names[1:] else "")
                 + f", not {tuning.study_name!r}; an output_dir holds one study: set study_name back "
                 f"to {names[0]!r} to continue it, or give the new study a new tuning.output_dir"]
-    study = load_study(tuning.output_dir, tuning.study_name, missing_ok=True)
+    study = load_study(tuning.output_dir, tuning.study_name, missing_ok=True, url=tuning.storage)
     stored = None if study is None else study.user_attrs.get(DEFINITION_ATTR)
     if stored is None:
         return []
     wanted = _as_stored(study_definition(tuning, definition))
     if stored == wanted:
         return []
-    hint = (f"study {tuning.study_name!r} in {path} was run with other {{what}}; "
-            "to tune a new one, set a new tuning.output_dir (its trial files live there too; "
-            "the existing study is kept as it is)")
+    def hint(what: str) -> str:  # (not str.format: a database URL's ${VAR} has braces)
+        return (f"study {tuning.study_name!r} in {path} was run with other {what}; "
+                "to tune a new one, set a new tuning.output_dir (its trial files live there too; "
+                "the existing study is kept as it is)")
+
     problems = []
     if stored["space"] != wanted["space"]:
         changed = sorted(name for name in set(stored["space"]) | set(wanted["space"])
                          if stored["space"].get(name) != wanted["space"].get(name))
-        problems.append("tuning.tunable_*_params: " + hint.format(what=f"search space (changed: {', '.join(changed)})"))
+        problems.append("tuning.tunable_*_params: " + hint(f"search space (changed: {', '.join(changed)})"))
     if stored["metrics"] != wanted["metrics"] or stored["directions"] != wanted["directions"]:
-        problems.append("tuning.evaluation_metrics: " + hint.format(
-            what=f"objectives ({stored['metrics']} {stored['directions']})"))
+        problems.append("tuning.evaluation_metrics: " + hint(
+            f"objectives ({stored['metrics']} {stored['directions']})"))
     finished = any(is_finished(t) for t in study.get_trials(deepcopy=False))
     for part, (where, words) in DEFINITION_PARTS.items():
         if finished and part in stored and part in wanted and stored[part] != wanted[part]:
             old, new = stored[part], wanted[part]
             changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             if part not in ("training", "peft"):
-                problems.append(f"{where}: " + hint.format(what=f"{words} (changed: {', '.join(changed)})"))
+                problems.append(f"{where}: " + hint(f"{words} (changed: {', '.join(changed)})"))
                 continue
             # A fixed argument: named by the YAML path that set it, with the value the study ran with.
             group = "training" if part == "training" else "peft"
@@ -344,7 +358,7 @@ def restore_told_trials(tuning: TuningParams) -> list[str]:
     Call it holding the study's run lock (`hold_study`): then no trial of the study is running, and
     a RUNNING trial is one whose process is gone. Returns a line per trial restored.
     """
-    study = load_study(tuning.output_dir, tuning.study_name, missing_ok=True)
+    study = load_study(tuning.output_dir, tuning.study_name, missing_ok=True, url=tuning.storage)
     if study is None:
         return []
     storage, said = storage_of(study), []

@@ -24,9 +24,11 @@ from snaketune import model as models
 from snaketune import space as search_space
 from snaketune import study as studies
 from snaketune.config import TuningConfig, TuningParams
+from snaketune.database import beating
 from snaketune.errors import describe_error
 from snaketune.layout import StudyLayout, TrialFiles, checkpoint_problem, checkpoint_step, write_json
 from snaketune.names import OUMI_TRAINING_DEFAULTS, PREPARED_DATA_FIELDS, oumi_value
+from snaketune.storage import storage_of, trial_id_of
 
 LOSS_CURVE_FIELDS = ("step", "epoch", "loss", "grad_norm", "learning_rate", "eval_loss")
 
@@ -75,51 +77,54 @@ def run_trial(tune: TuningConfig, slot: int, trial_dir: str | Path, model_source
         trial.set_user_attr(key, value)
     # SIGTERM (Snakemake stopping, a scheduler's kill) becomes an exception so the trial is told FAIL.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    started = time.time()
-    try:
-        params = search_space.suggest(trial, tuning.space)
-        resume_from = resume_point(trial, trial_dir, params, tuning.layout)
-        if resume_from is None and trial.user_attrs.get("paused_checkpoint"):
-            # Deleted or damaged since the slot claimed it: the same parameters from step 0, counted whole.
-            print(f"snaketune: trial {trial.number}: the checkpoint of paused trial "
-                  f"{trial.user_attrs['promoted_from']} ({trial.user_attrs['paused_checkpoint']}) is gone, "
-                  "and no whole one before it is left; training its parameters from step 0", file=sys.stderr)
-            trial.set_user_attr("paused_checkpoint", None)
-        # With the distributions, enough to make this attempt's trial again should the journal be
-        # lost before it is told (recovery.folder_trials).
-        write_json(files.params, {"trial_number": trial.number, "slot": slot,
-                                  "attempt": trial.user_attrs.get("attempt", 1), "params": params,
-                                  "distributions": recovery.parameter_record(trial)})
-        if resume_from:
-            trial.set_user_attr("resumed_from", resume_from)
-        if before_training is not None:
-            before_training(params, resume_from)
-        produced, stopped = train_and_evaluate(tune, params, trial_dir, model_source, data_dir,
-                                               trial=trial, resume_from=resume_from)
-        values = None if stopped else custom_metrics.objective_values(produced, tuning.metrics)
-    except BaseException as e:
-        reason = "interrupted" if isinstance(e, (KeyboardInterrupt, SystemExit)) else describe_error(e, trial_dir)
+    # A database storage keeps the trial's heartbeat (database.beating): a trial whose process
+    # stops beating is failed by the next slot that starts (scheduler.claim_trial), not left RUNNING.
+    with beating(storage_of(study), trial_id_of(study, trial.number)):
+        started = time.time()
         try:
-            trial.set_user_attr("fail_reason", reason[:2000])
-            study.tell(trial, state=studies.TrialState.FAIL)
-        except Exception as journal_error:  # e.g. the journal's disk is the full one
-            print(f"snaketune: trial {trial.number} failed ({reason[:500]}), and the journal could not "
-                  f"record it ({describe_error(journal_error)}); it stays RUNNING there, and the next "
-                  "run re-runs it", file=sys.stderr)
-        raise
-    trial.set_user_attr("metrics", {k: v for k, v in produced.items() if _is_finite_number(v)})
-    missing = missing_metrics(produced, tuning.custom_eval_metrics)
-    if missing:  # the journal has no NaN: the metric is recorded as missing, with why
-        trial.set_user_attr("missing_metrics", missing)
-    trial.set_user_attr("wall_seconds", round(time.time() - started, 3))
-    if stopped:
-        # Pruned or diverged: a result, not a crash (the same parameters would stop the same way),
-        # so the job succeeds and the slot is not re-run.
-        trial.set_user_attr("fail_reason" if stopped.startswith("diverged") else "pruned_reason", stopped)
-        pruned = stopped.startswith("pruned") or tuning.on_divergence == "prune"
-        frozen = study.tell(trial, state=studies.TrialState.PRUNED if pruned else studies.TrialState.FAIL)
-    else:
-        frozen = study.tell(trial, values)
+            params = search_space.suggest(trial, tuning.space)
+            resume_from = resume_point(trial, trial_dir, params, tuning.layout)
+            if resume_from is None and trial.user_attrs.get("paused_checkpoint"):
+                # Deleted or damaged since the slot claimed it: the same parameters from step 0, counted whole.
+                print(f"snaketune: trial {trial.number}: the checkpoint of paused trial "
+                      f"{trial.user_attrs['promoted_from']} ({trial.user_attrs['paused_checkpoint']}) is gone, "
+                      "and no whole one before it is left; training its parameters from step 0", file=sys.stderr)
+                trial.set_user_attr("paused_checkpoint", None)
+            # With the distributions, enough to make this attempt's trial again should the journal be
+            # lost before it is told (recovery.folder_trials).
+            write_json(files.params, {"trial_number": trial.number, "slot": slot,
+                                      "attempt": trial.user_attrs.get("attempt", 1), "params": params,
+                                      "distributions": recovery.parameter_record(trial)})
+            if resume_from:
+                trial.set_user_attr("resumed_from", resume_from)
+            if before_training is not None:
+                before_training(params, resume_from)
+            produced, stopped = train_and_evaluate(tune, params, trial_dir, model_source, data_dir,
+                                                   trial=trial, resume_from=resume_from)
+            values = None if stopped else custom_metrics.objective_values(produced, tuning.metrics)
+        except BaseException as e:
+            reason = "interrupted" if isinstance(e, (KeyboardInterrupt, SystemExit)) else describe_error(e, trial_dir)
+            try:
+                trial.set_user_attr("fail_reason", reason[:2000])
+                study.tell(trial, state=studies.TrialState.FAIL)
+            except Exception as journal_error:  # e.g. the journal's disk is the full one
+                print(f"snaketune: trial {trial.number} failed ({reason[:500]}), and the journal could not "
+                      f"record it ({describe_error(journal_error)}); it stays RUNNING there, and the next "
+                      "run re-runs it", file=sys.stderr)
+            raise
+        trial.set_user_attr("metrics", {k: v for k, v in produced.items() if _is_finite_number(v)})
+        missing = missing_metrics(produced, tuning.custom_eval_metrics)
+        if missing:  # the journal has no NaN: the metric is recorded as missing, with why
+            trial.set_user_attr("missing_metrics", missing)
+        trial.set_user_attr("wall_seconds", round(time.time() - started, 3))
+        if stopped:
+            # Pruned or diverged: a result, not a crash (the same parameters would stop the same way),
+            # so the job succeeds and the slot is not re-run.
+            trial.set_user_attr("fail_reason" if stopped.startswith("diverged") else "pruned_reason", stopped)
+            pruned = stopped.startswith("pruned") or tuning.on_divergence == "prune"
+            frozen = study.tell(trial, state=studies.TrialState.PRUNED if pruned else studies.TrialState.FAIL)
+        else:
+            frozen = study.tell(trial, values)
     result = trial_summary(frozen, tuning.metrics, trial_dir)
     write_json(files.metrics, result)
     return result

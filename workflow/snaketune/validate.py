@@ -30,7 +30,7 @@ from pathlib import Path
 import yaml
 from jsonschema import Draft202012Validator, validators
 
-from snaketune import (data, data_check, generation, gpu, library_checks, lm_harness, metrics, model, names, preflight,
+from snaketune import (data, data_check, database, generation, gpu, library_checks, lm_harness, metrics, model, names, preflight,
                        resources, scoring, space, strategy)
 from snaketune.config import Budget, ConfigError, TuningConfig, TuningParams
 from snaketune.errors import closest
@@ -297,6 +297,7 @@ def _resolve_tuning(cfg: dict, written: dict, base: Path, validated: bool, probl
         use_peft=params.use_peft,
         gpu=devices,
         on_divergence=tuning["on_divergence"],
+        storage=tuning.get("storage") or None,
         argument_paths={**_argument_paths(tuning, params),
                         **{("training", target): f"model.{key}" for key, target in model.MOVED_MODEL_FIELDS.items()
                            if target in moved}},
@@ -361,8 +362,8 @@ def _oumi_metric_names(entries: list) -> tuple[list, list[str]]:
 
 def _oumi_tuning_fields(tuning: dict, problems: list[str], notices: list[str]) -> str:
     """Oumi's TuningParams fields snaketune has no field of its own for: `tuning_study_name` is
-    `study_name`, `trainer_type` must be TRL's SFT, `storage` must be the journal file, the rest
-    are accepted and said to be unused. Returns the study name; appends to `problems` and
+    `study_name`, `trainer_type` must be TRL's SFT, `storage` a database URL snaketune takes
+    (database.storage_problems), the rest are accepted and said to be unused. Returns the study name; appends to `problems` and
     `notices`."""
     study_name = tuning["study_name"]
     if tuning.get("tuning_study_name"):
@@ -375,9 +376,7 @@ def _oumi_tuning_fields(tuning: dict, problems: list[str], notices: list[str]) -
         problems.append(f"tuning.trainer_type: {trainer!r} is not supported; snaketune trains with TRL's "
                         "SFTTrainer (TRL_SFT)")
     if tuning.get("storage"):
-        problems.append(f"tuning.storage: {tuning['storage']!r}: the study's storage is the Optuna journal "
-                        "file <tuning.output_dir>/study.journal (file-locked, shared by every trial job); "
-                        "database storage is not supported: remove storage")
+        problems.extend(database.storage_problems(str(tuning["storage"])))
     for key, instead in OUMI_LOGGING_FIELDS.items():
         if key in tuning:
             notices.append(f"tuning.{key}: unused: {instead}")

@@ -1,0 +1,234 @@
+"""A study in a database (tuning.storage: postgresql://..., snaketune.database): which URLs are
+taken, credentials that never leave the environment, and the same study as on the journal (claims,
+heartbeats, conflicts) on a real PostgreSQL server (tests/postgres_server.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from postgres_server import PASSWORD_ENV
+from snaketune import database, scheduler
+from snaketune import space as search_space
+from snaketune.config import ConfigError
+from snaketune.database import DatabaseStorage, StorageUnreachable, beating, connect_url, same_database, storage_problems
+from snaketune.errors import SnaketuneError
+from snaketune.storage import storage_conflict, study_storage, trial_id_of
+from snaketune.study import load_study, open_study
+from snaketune.validate import load_tune_config
+from workflow_helpers import REPO, resolved_tuning, tiny_config, write_reverse_words
+
+SECRET = "hunter2-Sup3r"
+
+
+# ---------------------------------------------------------------------------------------------
+# Which URLs are taken (no server needed)
+
+
+@pytest.mark.parametrize("url, said", [
+    # A password as plain text, in each form a URL can carry one: refused, and never repeated.
+    (f"postgresql://tuner:{SECRET}@db.example.org:5432/studies", "holds a password as plain text"),
+    (f"postgresql+psycopg2://tuner:{SECRET}@db.example.org/studies", "holds a password as plain text"),
+    (f"postgresql://tuner:{SECRET}@/studies?host=/var/run/postgresql", "holds a password as plain text"),
+    # What Optuna would take, refused with the reason.
+    ("sqlite:///study.db", "Optuna's FAQ advises against SQLite"),
+    ("mysql://tuner@db/studies", "MySQL is not tested"),
+    ("redis://localhost:6379", "memory only"),
+    ("oracle://tuner@db/studies", "not a storage snaketune runs a study on"),
+    ("study.db", "is not a storage URL"),
+    ("postgresql://tuner:${SNAKETUNE_NOT_SET_ANYWHERE}@db/studies", "${SNAKETUNE_NOT_SET_ANYWHERE} is not set"),
+])
+def test_a_storage_url_snaketune_does_not_take_is_refused_by_its_path_without_echoing_a_password(tmp_path, url, said):
+    write_reverse_words(tmp_path / "data.jsonl")
+    with pytest.raises(ConfigError) as refused:
+        load_tune_config(tiny_config(storage=url), tmp_path)
+    problems = [p for p in refused.value.problems if p.startswith("tuning.storage: ")]
+    assert len(problems) == 1 and said in problems[0], refused.value.problems
+    assert SECRET not in str(refused.value)
+
+
+def test_a_password_from_the_environment_or_libpq_is_taken(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNER_DB_PASSWORD", SECRET)
+    for url in ("postgresql://tuner:${TUNER_DB_PASSWORD}@db.example.org:5432/studies",
+                "postgresql://tuner@db.example.org/studies",  # PGPASSWORD or ~/.pgpass
+                "postgresql:///studies?host=/var/run/postgresql"):  # a local socket, peer authentication
+        assert storage_problems(url) == [], url
+        write_reverse_words(tmp_path / "data.jsonl")
+        assert load_tune_config(tiny_config(storage=url), tmp_path).tuning.storage == url
+
+
+@pytest.mark.parametrize("password", [SECRET, "p@ss/w:rd", "br{ace}s%", "ümlaut pass"])
+def test_a_password_from_the_environment_reaches_sqlalchemy_whole(monkeypatch, password):
+    """Quoted into the URL as SQLAlchemy reads it, and its braces doubled for RDBStorage's format()."""
+    import sqlalchemy.engine
+
+    monkeypatch.setenv("TUNER_DB_PASSWORD", password)
+    url = connect_url("postgresql://tuner:${TUNER_DB_PASSWORD}@db.example.org:5432/studies")
+    parsed = sqlalchemy.engine.make_url(url.format(SCHEMA_VERSION=0))
+    assert (parsed.username, parsed.password, parsed.host, parsed.database) == (
+        "tuner", password, "db.example.org", "studies")
+    assert password not in DatabaseStorage("postgresql://tuner:${TUNER_DB_PASSWORD}@db.example.org/studies").where
+
+
+def test_the_readmes_storage_example_is_taken_with_its_variable_set(monkeypatch):
+    import yaml
+
+    from workflow_helpers import manual_text
+
+    block = manual_text().split("<!-- storage-example -->")[1].split("```yaml")[1].split("```")[0]
+    url = yaml.safe_load(block)["tuning"]["storage"]
+    assert database.variables(url) == ["SNAKETUNE_DB_PASSWORD"]
+    assert "is not set" in storage_problems(url)[0]
+    monkeypatch.setenv("SNAKETUNE_DB_PASSWORD", SECRET)
+    assert storage_problems(url) == []
+
+
+def test_two_urls_name_one_database_whatever_their_password_variable():
+    assert same_database("postgresql://u:${A}@h:5432/db", "postgresql://u:${B}@h:5432/db")
+    assert not same_database("postgresql://u@h:5432/db", "postgresql://u@h:5432/other")
+    assert not same_database("postgresql://u@h/db", None)
+
+
+# ---------------------------------------------------------------------------------------------
+# On a real server
+
+@pytest.mark.system
+def test_an_unreachable_server_or_a_wrong_password_is_said_with_the_url_as_written(postgres_server, monkeypatch):
+    down = f"postgresql://snaketune:${{{PASSWORD_ENV}}}@127.0.0.1:{postgres_server.port + 1}/none"
+    with pytest.raises(StorageUnreachable) as unreachable:
+        DatabaseStorage(down).open()
+    assert str(unreachable.value).startswith(f"tuning.storage: cannot open the study's database {down}: ")
+    assert "Connection refused" in str(unreachable.value)
+    url = postgres_server.new_database("wrong_password")
+    monkeypatch.setenv(PASSWORD_ENV, SECRET)
+    with pytest.raises(StorageUnreachable) as refused:
+        DatabaseStorage(url).open()
+    assert "password authentication failed" in str(refused.value) and SECRET not in str(refused.value)
+
+
+@pytest.mark.system
+def test_slots_claimed_by_processes_side_by_side_cover_a_grid_once(tmp_path, postgres_url):
+    """Four trial processes start at once on a new database (its tables created by one of them,
+    under the schema lock), each claims its slot: four distinct trials, the grid covered once."""
+    config = tiny_config(tuner_sampler="GridSampler", storage=postgres_url, n_trials=4,
+                         tunable_training_params={"learning_rate": {"type": "categorical", "choices": [1e-3, 1e-2]},
+                                                  "warmup_steps": {"type": "int", "low": 0, "high": 1}})
+    write_reverse_words(tmp_path / "data.jsonl")
+    (tmp_path / "tune.json").write_text(json.dumps(config))
+    claim = (
+        "import json, sys; sys.path.insert(0, sys.argv[3])\n"
+        "from snaketune.validate import load_tune_config\n"
+        "from snaketune.study import open_study\n"
+        "from snaketune.scheduler import claim_trial\n"
+        "from snaketune import space\n"
+        "tuning = load_tune_config(json.load(open('tune.json')), '.').tuning\n"
+        "slot = int(sys.argv[1]); study = open_study(tuning, slot)\n"
+        "trial, _ = claim_trial(study, slot, tuning)\n"
+        "space.suggest(trial, tuning.space); study.tell(trial, 1.0)\n")
+    processes = [subprocess.Popen([sys.executable, "-c", claim, str(slot), str(tmp_path), str(REPO / "workflow")],
+                                  cwd=tmp_path, stderr=subprocess.PIPE, text=True) for slot in range(4)]
+    for process in processes:
+        assert process.wait(timeout=120) == 0, process.stderr.read()
+    study = load_study(tmp_path / "tuning_output")
+    assert sorted(t.user_attrs["slot"] for t in study.trials) == [0, 1, 2, 3]
+    assert sorted((t.params["learning_rate"], t.params["warmup_steps"]) for t in study.trials) == [
+        (1e-3, 0), (1e-3, 1), (1e-2, 0), (1e-2, 1)]
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+
+
+@pytest.mark.system
+def test_a_trial_that_stops_beating_is_failed_and_its_slot_runs_again_with_its_parameters(tmp_path, postgres_url,
+                                                                                          monkeypatch):
+    """Optuna's heartbeat: a trial beats while it trains (database.beating); one whose process
+    died (a lost node) is failed by the next slot to start (scheduler.claim_trial's
+    fail_stale_trials), not left RUNNING, and its own slot's next attempt has its parameters."""
+    monkeypatch.setattr(database, "HEARTBEAT_SECONDS", 1)
+    monkeypatch.setattr(database, "GRACE_SECONDS", 2)
+    tuning = resolved_tuning(tmp_path, storage=postgres_url, n_trials=3)
+    study = open_study(tuning, 0)
+    beats, _ = scheduler.claim_trial(study, 0, tuning)
+    params = search_space.suggest(beats, tuning.space)
+    storage = study._storage
+    with beating(storage, trial_id_of(study, beats.number)):
+        dies, _ = scheduler.claim_trial(open_study(tuning, 1), 1, tuning)
+        search_space.suggest(dies, tuning.space)
+        with beating(storage, trial_id_of(study, dies.number)):
+            pass  # it beat once, then its node was lost
+        time.sleep(3.5)
+        scheduler.claim_trial(open_study(tuning, 2), 2, tuning)  # a slot starts: the silent trial is failed
+        states = {t.number: t.state for t in load_study(tuning.output_dir).trials}
+        assert states[beats.number] == TrialState.RUNNING  # it kept beating
+        assert states[dies.number] == TrialState.FAIL
+    study.tell(beats, 1.0)
+    retry, _ = scheduler.claim_trial(open_study(tuning, 1), 1, tuning)
+    frozen = load_study(tuning.output_dir).trials[retry.number]
+    assert frozen.params == load_study(tuning.output_dir).trials[dies.number].params
+    assert frozen.user_attrs["retry_of"] == dies.number and params
+
+
+@pytest.mark.system
+def test_a_study_kept_elsewhere_than_the_config_says_is_refused_before_any_job(tmp_path, postgres_url):
+    """A journal study given a storage, a database study whose storage was removed or changed, a
+    second folder naming another folder's study in the same database: each refused by its YAML path."""
+    from snaketune.check import accepted_config
+
+    write_reverse_words(tmp_path / "data.jsonl")
+    journal_study = resolved_tuning(tmp_path, output_dir="journal_study")
+    open_study(journal_study)
+    with pytest.raises(ConfigError, match=r"tuning.storage: the study in .*journal_study is kept in its journal"):
+        accepted_config(tiny_config(output_dir="journal_study", storage=postgres_url), tmp_path)
+
+    database_study = resolved_tuning(tmp_path, output_dir="database_study", storage=postgres_url)
+    open_study(database_study)
+    assert json.loads(database_study.layout.storage_record.read_text()) == {"storage": postgres_url,
+                                                                            "study_name": "snaketune"}
+    assert study_storage(database_study.layout).where == postgres_url  # what readers given the folder open
+    with pytest.raises(ConfigError, match=r"tuning.storage: the study in .*database_study is kept in postgresql://"):
+        accepted_config(tiny_config(output_dir="database_study"), tmp_path)
+    elsewhere = postgres_url.rsplit("/", 1)[0] + "/other"
+    assert storage_conflict(database_study.layout, elsewhere)
+    assert storage_conflict(database_study.layout, postgres_url) is None
+    accepted_config(tiny_config(output_dir="database_study", storage=postgres_url), tmp_path)  # continued
+    changed = tiny_config(output_dir="database_study", storage=postgres_url)
+    changed["tuning"]["tunable_training_params"]["learning_rate"]["high"] = 0.5
+    with pytest.raises(ConfigError, match=r"tuning.tunable_\*_params: study 'snaketune' in postgresql://snaketune:"
+                                          r"\$\{SNAKETUNE_TEST_DB_PASSWORD\}@.* was run with other search space"):
+        accepted_config(changed, tmp_path)  # the definition check, as on the journal
+
+    with pytest.raises(ConfigError, match=r"tuning.study_name: .* already holds a study named 'snaketune', of "
+                                          r"another output_dir \(.*database_study\)"):
+        accepted_config(tiny_config(output_dir="second_folder", storage=postgres_url), tmp_path)
+    accepted_config(tiny_config(output_dir="second_folder", storage=postgres_url, study_name="second"), tmp_path)
+
+
+@pytest.mark.system
+def test_a_database_that_lost_the_study_is_refused_while_its_folders_hold_trials(tmp_path, postgres_server):
+    from snaketune.check import accepted_config
+
+    url = postgres_server.new_database("lost_study")
+    write_reverse_words(tmp_path / "data.jsonl")
+    tuning = resolved_tuning(tmp_path, storage=url, n_trials=1)
+    study = open_study(tuning, 0)
+    trial, _ = scheduler.claim_trial(study, 0, tuning)
+    search_space.suggest(trial, tuning.space)
+    from snaketune.recovery import trial_record
+    from snaketune.layout import write_json
+
+    frozen = study.tell(trial, 1.0)
+    folder = tuning.layout.trial(0)
+    folder.dir.mkdir(parents=True, exist_ok=True)
+    write_json(folder.metrics, {"trial_number": frozen.number, "slot": 0, "state": "COMPLETE",
+                                "trial": trial_record(frozen)})
+    optuna.delete_study(study_name="snaketune", storage=DatabaseStorage(url).open())  # a restore from an old dump
+    with pytest.raises(ConfigError, match=r"tuning.storage: .* holds no study 'snaketune', but .* holds 1 finished"):
+        accepted_config(tiny_config(storage=url, n_trials=1), tmp_path)
+    assert os.environ[PASSWORD_ENV] not in json.dumps(json.loads(tuning.layout.storage_record.read_text()))
+    with pytest.raises(SnaketuneError):
+        load_study(tuning.output_dir)  # a reader says so too, rather than making a new study

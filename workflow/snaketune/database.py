@@ -1,0 +1,297 @@
+"""A study kept in a database server (`tuning.storage: postgresql://...`), through Optuna's RDBStorage.
+
+Optuna's docs advise a database beyond one machine: its file journal's locks "may not work
+correctly" across machines on NFS (tutorial 004_distributed, FAQ), and only RDBStorage has
+heartbeats, so a trial whose process stopped beating is failed (`fail_stale_trials`) and its slot
+re-run with its parameters. Which URLs are taken, and why the others are refused, is `SCHEMES` and
+`REFUSED`; docs/scale-out.md says the same to users.
+
+Credentials come from the environment only: `${VAR}` in the URL, expanded in the process that
+connects (`connect_url`), or libpq's own `PGPASSWORD`/`PGPASSFILE`/`~/.pgpass`. A password written
+into tune.yaml is refused (`storage_problems`): the config is copied into tune.merged.yaml, the
+SLURM job scripts and the trials' launch files. So the URL as written (`StudyStorage.where`) holds
+no secret and is what every message, file and log shows; the expanded one never leaves `open`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import re
+import threading
+
+import optuna
+from optuna.storages import BaseStorage, RDBStorage
+
+from snaketune.errors import SnaketuneError
+
+# The URL schemes taken (SQLAlchemy's names; the driver each needs, and the extra that installs it).
+SCHEMES = {"postgresql": "psycopg2", "postgresql+psycopg2": "psycopg2"}
+DRIVER_EXTRA = "snaketune[postgres]"
+
+# The schemes Optuna would take that a study here refuses, and why (docs/scale-out.md).
+REFUSED = {
+    "sqlite": ("Optuna's FAQ advises against SQLite for trials that run at once (its one file lock "
+               "serialises writers and times out), and on one machine the file journal is the better "
+               "store: leave tuning.storage out"),
+    "mysql": ("MySQL is not tested with snaketune (its tests run PostgreSQL servers); use a "
+              "postgresql:// URL"),
+    "redis": ("Optuna's journal on Redis keeps the study in a server whose default is memory only "
+              "(no AOF), so a restart loses every trial; use a postgresql:// URL, or leave "
+              "tuning.storage out for the file journal"),
+}
+
+# `${NAME}` in the URL: an environment variable, expanded where the study is opened.
+VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+# Optuna's heartbeat: a running trial records one every HEARTBEAT_SECONDS (`beating`); one silent
+# for GRACE_SECONDS is failed by the next `fail_stale_trials` (a slot that starts, or aggregate).
+# A trial's training steps hold the GIL for seconds at a time, so the grace is generous.
+HEARTBEAT_SECONDS = 30
+GRACE_SECONDS = 180
+
+
+class StorageUnreachable(SnaketuneError, ConnectionError):
+    """The database of tuning.storage refused the connection (down, wrong host, credentials)."""
+
+
+def scheme(url: str) -> str:
+    """The URL's scheme, lower case (`postgresql`, `postgresql+psycopg2`, `sqlite`, ...)."""
+    return url.split("://", 1)[0].lower() if "://" in url else ""
+
+
+def is_database_url(url: str | None) -> bool:
+    return bool(url) and "://" in url
+
+
+def variables(url: str) -> list[str]:
+    """The environment variables `url` names as `${NAME}`, in order."""
+    return VARIABLE.findall(url)
+
+
+def storage_problems(url: str, path: str = "tuning.storage") -> list[str]:
+    """What is wrong with `url` as a study's storage ('yaml.path: ...' lines; the URL shown is the
+    one written, which holds no secret once this passes). Reads the environment, connects nowhere."""
+    kind = scheme(url)
+    family = kind.split("+", 1)[0]
+    if not kind:
+        return [f"{path}: {url!r} is not a storage URL: write postgresql://user@host:5432/dbname "
+                "(a password as ${VAR}, or from PGPASSWORD or ~/.pgpass), or leave storage out for the "
+                "file journal in tuning.output_dir"]
+    if family in REFUSED:
+        return [f"{path}: {family}:// is not taken: {REFUSED[family]}"]
+    if kind not in SCHEMES:
+        return [f"{path}: {kind}:// is not a storage snaketune runs a study on: write postgresql://... "
+                "(Optuna's RDBStorage), or leave storage out for the file journal"]
+    problems = []
+    try:
+        parsed = _parse(url)
+    except Exception as error:  # noqa: BLE001 (SQLAlchemy's ArgumentError, or a bad port: ValueError)
+        return [f"{path}: {_shown(url)} is not a URL SQLAlchemy reads ({type(error).__name__}); write "
+                "postgresql://user@host:5432/dbname"]
+    if parsed.password is not None and not VARIABLE.fullmatch(parsed.password):
+        # Said without the URL: it holds the password.
+        problems.append(f"{path}: the URL holds a password as plain text; write it as ${{VAR}} (e.g. "
+                        "postgresql://user:${SNAKETUNE_DB_PASSWORD}@host/db) and export that variable, or "
+                        "leave it out and set PGPASSWORD or ~/.pgpass: tune.yaml is copied into the study's "
+                        "files, job scripts and logs, an environment variable is not")
+    missing = [name for name in variables(url) if name not in os.environ]
+    if missing:
+        problems.append(f"{path}: {', '.join('${' + n + '}' for n in missing)} "
+                        f"{'is' if len(missing) == 1 else 'are'} not set in this environment; export "
+                        f"{'it' if len(missing) == 1 else 'them'} before running (trial jobs take it from "
+                        "the environment they start in)")
+    driver = SCHEMES[kind]
+    if importlib.util.find_spec(driver) is None:
+        problems.append(f"{path}: {kind}:// needs the {driver} driver, which is not installed: "
+                        f"pip install '{DRIVER_EXTRA}'")
+    return problems
+
+
+def same_database(a: str | None, b: str | None) -> bool:
+    """Whether two URLs as written name the same database (their passwords aside)."""
+    if not a or not b:
+        return a == b
+    try:
+        first, second = _parse(a), _parse(b)
+    except Exception:  # noqa: BLE001
+        return a == b
+
+    def where(url):
+        return url.get_backend_name(), url.username, url.host, url.port, url.database, dict(url.query)
+
+    return where(first) == where(second)
+
+
+def _shown(url: str) -> str:
+    """`url` for a message: a password that is not a ${VAR} is never shown."""
+    try:
+        parsed = _parse(url)
+    except Exception:  # noqa: BLE001
+        return f"{scheme(url)}://..."
+    if parsed.password is not None and not VARIABLE.fullmatch(parsed.password):
+        return parsed.render_as_string(hide_password=True)
+    return url
+
+
+def _parse(url: str):
+    import sqlalchemy.engine
+
+    return sqlalchemy.engine.make_url(url)
+
+
+def connect_url(url: str) -> str:
+    """`url` with each `${VAR}` replaced by its value from the environment (quoted where the URL
+    needs it), as SQLAlchemy connects with it. Never shown: it may hold a password."""
+    parsed = _parse(url)
+
+    def expand(text):
+        return None if text is None else VARIABLE.sub(lambda m: os.environ[m.group(1)], text)
+
+    parsed = parsed.set(username=expand(parsed.username), password=expand(parsed.password),
+                        host=expand(parsed.host), database=expand(parsed.database),
+                        query={k: expand(v) if isinstance(v, str) else v for k, v in parsed.query.items()})
+    # RDBStorage formats the URL ({SCHEMA_VERSION}): a brace in a password must reach it doubled.
+    return parsed.render_as_string(hide_password=False).replace("{", "{{").replace("}", "}}")
+
+
+class DatabaseStorage:
+    """The study's storage in the database at `url` (the URL as written: it names the server and
+    holds `${VAR}`s, never a password). A database holds many studies, one per output_dir, each by
+    its study name (`study_name`, as recorded beside the study: storage.record_storage)."""
+
+    shared = True  # other studies than this output_dir's may live there
+
+    def __init__(self, url: str, study_name: str | None = None):
+        self.url = url
+        self.where = _shown(url)
+        self.study_name = study_name
+        self.heartbeat_seconds, self.grace_seconds = HEARTBEAT_SECONDS, GRACE_SECONDS
+
+    def exists(self) -> bool:
+        """Whether the database holds Optuna's tables with a study in them (nothing is created)."""
+        try:
+            return bool(optuna.get_all_study_names(self._rdb(create_tables=False)))
+        except _NoTables:
+            return False
+
+    def open(self) -> BaseStorage:
+        return self._rdb(create_tables=True)
+
+    def _rdb(self, create_tables: bool) -> RDBStorage:
+        """Optuna's RDBStorage on the database; its tables are created first where missing (one
+        process at a time: `SCHEMA_LOCK`), or _NoTables is raised (`create_tables=False`, readers)."""
+        import sqlalchemy
+        import sqlalchemy.exc
+
+        problems = storage_problems(self.url)
+        if problems:
+            raise StorageUnreachable("; ".join(problems))
+        url = connect_url(self.url)
+        # pool_pre_ping: a connection the server dropped (a restart, an idle timeout on a long
+        # trial) is replaced rather than failing the trial's next write.
+        arguments = dict(engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=self.heartbeat_seconds,
+                         grace_period=self.grace_seconds)
+        probe = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+        try:
+            with probe.connect() as connection, warnings_off():
+                if _schema_ready(connection):
+                    return RDBStorage(url, skip_table_creation=True, **arguments)
+                if not create_tables:
+                    raise _NoTables
+                # Two processes creating Optuna's tables at once collide in PostgreSQL's catalog
+                # (jobs starting side by side on a new database; a reader's RDBStorage also stamps
+                # alembic's table): one at a time, under a session advisory lock.
+                connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK})
+                try:
+                    return RDBStorage(url, **arguments)
+                finally:
+                    connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": SCHEMA_LOCK})
+        except sqlalchemy.exc.SQLAlchemyError as error:
+            raise StorageUnreachable(
+                f"tuning.storage: cannot open the study's database {self.where}: {_first_line(error, self.url)}; "
+                "is the server running and reachable from this machine, and are the credentials set "
+                "(the URL's ${VAR}s, PGPASSWORD or ~/.pgpass)?") from None
+        finally:
+            probe.dispose()
+
+
+# The key of the PostgreSQL advisory lock under which Optuna's tables are created ("snaketune" hashed
+# to 63 bits: any other user of advisory locks on the database picks other keys).
+SCHEMA_LOCK = 0x736E616B6574756E & (2**63 - 1)
+# What a database whose every Optuna table is there has (alembic's last: RDBStorage stamps it last).
+_TABLES = ("studies", "trials", "version_info", "alembic_version")
+
+
+class _NoTables(Exception):
+    """The database has no (or not all of) Optuna's tables yet."""
+
+
+def _schema_ready(connection) -> bool:
+    import sqlalchemy
+
+    inspector = sqlalchemy.inspect(connection)
+    return all(inspector.has_table(name) for name in _TABLES)
+
+
+def _first_line(error: Exception, url: str) -> str:
+    """The driver's own words for `error`, with any value of the URL's variables blanked out
+    (libpq does not echo a password, but a host or database name may come from one too)."""
+    text = str(getattr(error, "orig", None) or error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    for name in variables(url):
+        value = os.environ.get(name)
+        if value:
+            text = text.replace(value, "${" + name + "}")
+    return text
+
+
+@contextlib.contextmanager
+def warnings_off():
+    """Optuna marks its heartbeats experimental (since 2.9, unchanged): said once in the docs, not per job."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
+
+
+def fail_stale_trials(study: optuna.Study) -> None:
+    """Optuna's `fail_stale_trials`: a RUNNING trial whose last heartbeat is older than the grace
+    period is failed (its process died: a lost node). A trial that never beat (killed in the
+    moment between its claim and its first beat) stays RUNNING until its slot runs again, as on the
+    journal. Nothing where the storage keeps no heartbeats."""
+    with warnings_off():  # experimental since Optuna 2.9, unchanged since
+        optuna.storages.fail_stale_trials(study)
+
+
+@contextlib.contextmanager
+def beating(storage: BaseStorage, trial_id: int):
+    """Record the trial's heartbeat every interval while the block runs, where the storage keeps
+    heartbeats (RDBStorage with heartbeat_interval); else nothing. Written here because Optuna's
+    own heartbeat thread is private to `Study.optimize`, which a slot does not use; the beat itself
+    is the storage's public `record_heartbeat`."""
+    # RDBStorage, or the cache Optuna wraps it in (both have the heartbeat's public methods).
+    interval = storage.get_heartbeat_interval() if hasattr(storage, "record_heartbeat") else None
+    if not interval:
+        yield
+        return
+    stop = threading.Event()
+
+    def beat():
+        while True:
+            try:
+                storage.record_heartbeat(trial_id)
+            except Exception as error:  # noqa: BLE001 (a dropped connection: the next beat retries)
+                print(f"snaketune: could not record trial id {trial_id}'s heartbeat ({type(error).__name__}); "
+                      "retrying", flush=True)
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=beat, name="snaketune-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=interval)
