@@ -52,11 +52,15 @@ def _free_port() -> int:
 class PostgresServer:
     """One running server; `stop()` (also at exit) stops it and removes its folder."""
 
-    def __init__(self, max_connections: int = 300):
+    def __init__(self, max_connections: int = 300, host: str = "127.0.0.1", networks: tuple[str, ...] = ()):
+        """`host`: the address it listens on besides 127.0.0.1, and that its URLs name (a SLURM
+        node in a network namespace reaches this machine at its veth address: tests/slurm/);
+        `networks`: the client networks allowed besides this machine (CIDR), by password."""
         self.bin = bin_dir()
         self.root = Path(tempfile.mkdtemp(prefix="snaketune-pg-"))
         self.port = _free_port()
-        self.password = secrets.token_urlsafe(16)
+        # one password for every server of this process: the variable the URLs name is one
+        self.password = os.environ.get(PASSWORD_ENV) or secrets.token_urlsafe(16)
         os.environ[PASSWORD_ENV] = self.password
         socket_dir = self.root / "socket"
         socket_dir.mkdir()
@@ -72,8 +76,13 @@ class PostgresServer:
         self._run(str(self.bin / "initdb"), "-D", str(self.root / "data"), "-U", ROLE, "--pwfile", str(password_file),
                   "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8")
         password_file.unlink()
+        self.host = host
+        with open(self.root / "data" / "pg_hba.conf", "a") as hba:
+            for network in networks:
+                hba.write(f"host all all {network} scram-sha-256\n")
         # fsync off: a test server's data need not survive a power cut, and its commits are 10x faster.
-        options = (f"-p {self.port} -k {socket_dir} -c listen_addresses=127.0.0.1 -c fsync=off "
+        listen = ",".join(dict.fromkeys(["127.0.0.1", host]))
+        options = (f"-p {self.port} -k {socket_dir} -c listen_addresses={listen} -c fsync=off "
                    f"-c synchronous_commit=off -c max_connections={max_connections}")
         self._run(str(self.bin / "pg_ctl"), "-D", str(self.root / "data"), "-l", str(self.root / "server.log"),
                   "-o", options, "-w", "start")
@@ -84,7 +93,7 @@ class PostgresServer:
 
     def url(self, database: str) -> str:
         """The URL of `database` as a tune.yaml writes it: its password as ${SNAKETUNE_TEST_DB_PASSWORD}."""
-        return f"postgresql://{ROLE}:${{{PASSWORD_ENV}}}@127.0.0.1:{self.port}/{database}"
+        return f"postgresql://{ROLE}:${{{PASSWORD_ENV}}}@{self.host}:{self.port}/{database}"
 
     def new_database(self, name: str) -> str:
         """Create database `name` (empty) and return its URL (`url`)."""

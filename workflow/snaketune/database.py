@@ -163,11 +163,15 @@ class DatabaseStorage:
 
     shared = True  # other studies than this output_dir's may live there
 
-    def __init__(self, url: str, study_name: str | None = None):
+    def __init__(self, url: str, study_name: str | None = None, check_schema: bool = True):
         self.url = url
         self.where = _shown(url)
         self.study_name = study_name
         self.heartbeat_seconds, self.grace_seconds = HEARTBEAT_SECONDS, GRACE_SECONDS
+        # Optuna's check that its tables' schema is this version's (~50 ms: alembic reads its
+        # migration scripts); a trial job skips it, the run's config check having asked it.
+        self.check_schema = check_schema
+        self._opened: RDBStorage | None = None  # one engine per DatabaseStorage: exists() then open() share it
 
     def exists(self) -> bool:
         """Whether the database holds Optuna's tables with a study in them (nothing is created)."""
@@ -185,6 +189,8 @@ class DatabaseStorage:
         import sqlalchemy
         import sqlalchemy.exc
 
+        if self._opened is not None:
+            return self._opened
         problems = storage_problems(self.url)
         if problems:
             raise StorageUnreachable("; ".join(problems))
@@ -197,7 +203,9 @@ class DatabaseStorage:
         try:
             with probe.connect() as connection, warnings_off():
                 if _schema_ready(connection):
-                    return RDBStorage(url, skip_table_creation=True, **arguments)
+                    self._opened = RDBStorage(url, skip_table_creation=True,
+                                              skip_compatibility_check=not self.check_schema, **arguments)
+                    return self._opened
                 if not create_tables:
                     raise _NoTables
                 # Two processes creating Optuna's tables at once collide in PostgreSQL's catalog
@@ -205,9 +213,12 @@ class DatabaseStorage:
                 # alembic's table): one at a time, under a session advisory lock.
                 connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK})
                 try:
-                    return RDBStorage(url, **arguments)
+                    self._opened = RDBStorage(url, **arguments)
+                    return self._opened
                 finally:
                     connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": SCHEMA_LOCK})
+        except RuntimeError as error:  # Optuna's: the tables are another Optuna version's (its words say what to run)
+            raise StorageUnreachable(f"tuning.storage: {self.where}: {error}") from None
         except sqlalchemy.exc.SQLAlchemyError as error:
             raise StorageUnreachable(
                 f"tuning.storage: cannot open the study's database {self.where}: {_first_line(error, self.url)}; "

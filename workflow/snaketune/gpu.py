@@ -302,8 +302,8 @@ def lease_for_trial(settings: DeviceSettings, environ=None, holder: dict | None 
 
     `settings` are the resolved config's `tuning.gpu`. Sets `CUDA_VISIBLE_DEVICES` in `environ` (the
     process environment by default) before anything initialises CUDA. Returns (the lease or None,
-    the trial's device metadata: `devices`, `cuda_visible_devices`, `gpu_lease`, `slurm_job_id`,
-    `host`).
+    the trial's device metadata: `devices`, `cuda_visible_devices`, `gpu_lease`, `host`, and in a
+    SLURM job `slurm_job_id` and `slurm_node`).
     """
     environ = os.environ if environ is None else environ
     count, per_device = settings.gpus_per_trial, settings.trials_per_gpu
@@ -312,6 +312,8 @@ def lease_for_trial(settings: DeviceSettings, environ=None, holder: dict | None 
     directory = lease_dir(settings.lease_dir, environ)
     if slurm_job:
         record["slurm_job_id"] = slurm_job
+        if environ.get("SLURMD_NODENAME"):  # the node SLURM ran it on (its name in SLURM, not the hostname)
+            record["slurm_node"] = environ["SLURMD_NODENAME"]
         # The job's devices are those SLURM put in CUDA_VISIBLE_DEVICES: none if it set none
         # (tuning.gpu_devices and nvidia-smi describe the machine, not the allocation).
         devices = parse_visible_devices(environ.get("CUDA_VISIBLE_DEVICES")) or []

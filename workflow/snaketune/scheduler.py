@@ -288,13 +288,16 @@ def claim_trial(study: optuna.Study, slot: int, tuning: TuningParams) -> tuple[o
     """The trial this job runs for `slot`, as (trial, None); or (None, finished) if done already.
     Executes decide_slot's decision in the journal. Raises SlotSkipped when the study's time or
     compute budget is spent before the slot's first attempt."""
+    # A database storage's trials whose process stopped beating (a dead node) are failed first, so
+    # that they count as what they are (Optuna's own sweep; nothing where there are no heartbeats).
+    fail_stale_trials(study)
     first = not slot_attempts(study.get_trials(deepcopy=False), slot)
     # A first attempt's budget check and the trial it lets start are one step (the claim lock), so
-    # jobs starting side by side never both see the same compute left.
-    with claiming(tuning.layout) if first else contextlib.nullcontext():
-        # A database storage's trials whose process stopped beating (a dead node) are failed first,
-        # so that they count as what they are (Optuna's own sweep; nothing where there are no heartbeats).
-        fail_stale_trials(study)
+    # jobs starting side by side never both see the same compute left, nor resume the same paused
+    # trial. Nothing else a first attempt decides depends on the others (a new trial's number is
+    # the storage's to give), so without a budget or resume_pruned, slots claim side by side.
+    locked = first and (tuning.budget is not None or bool(tuning.resume_pruned))
+    with claiming(tuning.layout) if locked else contextlib.nullcontext():
         decision = decide_slot(slot, study_state(study, tuning, budget=first), SlotSettings.of(tuning, slot))
         if decision.kind == SKIP:
             raise SlotSkipped(decision.reason)

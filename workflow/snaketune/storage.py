@@ -84,14 +84,16 @@ class JournalFileStorage(StudyStorage):
 StudyStorage.register(DatabaseStorage)
 
 
-def study_storage(layout: StudyLayout, url: str | None = None) -> StudyStorage:
+def study_storage(layout: StudyLayout, url: str | None = None, check_schema: bool = True) -> StudyStorage:
     """The storage of the study in `layout.output_dir`: the database of `url` (tuning.storage as
     written), else the one its last run recorded there (`record_storage`), else the file journal
-    `layout.journal`. The one place that decides it."""
+    `layout.journal`. The one place that decides it. `check_schema=False`: a database's schema
+    version is not asked again (a trial job, whose run asked it: DatabaseStorage.check_schema)."""
     record = recorded_storage(layout)
     url = url or record.get("storage")
     if url:
-        return DatabaseStorage(url, study_name=record.get("study_name") if record.get("storage") == url else None)
+        return DatabaseStorage(url, study_name=record.get("study_name") if record.get("storage") == url else None,
+                               check_schema=check_schema)
     return JournalFileStorage(layout.journal)
 
 
@@ -405,6 +407,8 @@ def _say_torn_tail(path: Path) -> None:
     """Tell a reader, once per process, that the journal ends in a record cut short."""
     if path in _TORN_SAID or not path.exists():
         return
+    if path.with_name(path.name + ".lock").exists():
+        return  # a writer holds the journal's lock: its append is under way (many trials at once), not torn
     _, tail = torn_tail(path)
     if tail and not _whole_record(tail):
         _TORN_SAID.add(path)

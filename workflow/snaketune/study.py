@@ -84,7 +84,8 @@ def open_study(tuning: TuningParams, slot: int = 0, storage: BaseStorage | None 
     os.makedirs(tuning.output_dir, exist_ok=True)
     if storage is None:
         record_storage(tuning.layout, tuning.storage, tuning.study_name)
-        storage = study_storage(tuning.layout, tuning.storage).open()
+        # (the run's config check asked a database's schema version: check.accepted_config)
+        storage = study_storage(tuning.layout, tuning.storage, check_schema=False).open()
     study = optuna.create_study(
         storage=storage,
         study_name=tuning.study_name,
@@ -94,20 +95,21 @@ def open_study(tuning: TuningParams, slot: int = 0, storage: BaseStorage | None 
         load_if_exists=True,
     )
     wanted = _as_stored(study_definition(tuning, definition))
-    stored = study.user_attrs.get(DEFINITION_ATTR)
+    attrs = study.user_attrs  # read once: each read is a query on a database storage
+    stored = attrs.get(DEFINITION_ATTR)
     redefined = stored is None or (stored != wanted and definition is not None
                                    and not any(is_finished(t) for t in study.get_trials(deepcopy=False)))
     if redefined:
         study.set_user_attr(DEFINITION_ATTR, wanted)
-    if STARTED_ATTR not in study.user_attrs:  # the clock of tuning.timeout_minutes
+    if STARTED_ATTR not in attrs:  # the clock of tuning.timeout_minutes
         study.set_user_attr(STARTED_ATTR, time.time())
-    if study.user_attrs.get(SLOTS_ATTR) != tuning.n_trials:  # what the last run created
+    if attrs.get(SLOTS_ATTR) != tuning.n_trials:  # what the last run created
         study.set_user_attr(SLOTS_ATTR, tuning.n_trials)
     if study.metric_names is None:  # every reader (status, plots, dashboard) names objectives so
         with warnings.catch_warnings():  # experimental since Optuna 3.2, unchanged since
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(list(tuning.metrics))
-    if redefined or study.user_attrs.get(STUDY_ID_ATTR) is None or identity(tuning.layout) is None:
+    if redefined or attrs.get(STUDY_ID_ATTR) is None or identity(tuning.layout) is None:
         with claiming(tuning.layout):  # jobs side by side give the study one id
             record_identity(study, tuning.layout)
     return study
