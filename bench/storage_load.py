@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import REPO, append_results, machine
+from common import REPO, append_results
 
 sys.path.insert(0, str(REPO / "tests"))
 import postgres_server  # noqa: E402
