@@ -196,6 +196,9 @@ def test_a_study_kept_elsewhere_than_the_config_says_is_refused_before_any_job(t
     assert storage_conflict(database_study.layout, elsewhere)
     assert storage_conflict(database_study.layout, postgres_url) is None
     accepted_config(tiny_config(output_dir="database_study", storage=postgres_url), tmp_path)  # continued
+    with pytest.raises(ConfigError, match=r"tuning.study_name: the study in .*database_study is 'snaketune' in "
+                                          r"postgresql://.*, not 'renamed'; an output_dir holds one study"):
+        accepted_config(tiny_config(output_dir="database_study", storage=postgres_url, study_name="renamed"), tmp_path)
     changed = tiny_config(output_dir="database_study", storage=postgres_url)
     changed["tuning"]["tunable_training_params"]["learning_rate"]["high"] = 0.5
     with pytest.raises(ConfigError, match=r"tuning.tunable_\*_params: study 'snaketune' in postgresql://snaketune:"

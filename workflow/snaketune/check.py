@@ -43,7 +43,7 @@ def accepted_config(raw: dict, base_dir: str | Path | None = None, validated: bo
     from snaketune.study import definition_conflicts
 
     tuning = resolved.tuning
-    elsewhere = storage_conflict(tuning.layout, tuning.storage)
+    elsewhere = storage_conflict(tuning.layout, tuning.storage, tuning.study_name)
     if elsewhere:  # the study is kept in another storage than the config says
         raise ConfigError([elsewhere])
     if tuning.storage:

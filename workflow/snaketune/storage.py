@@ -106,11 +106,13 @@ def recorded_storage(layout: StudyLayout) -> dict:
         return {}
 
 
-def storage_conflict(layout: StudyLayout, url: str | None) -> str | None:
-    """Why the study in `layout` cannot be continued with tuning.storage `url` ('yaml.path: ...'),
-    or None: it is kept elsewhere (in its journal here, or in the database its last run recorded).
+def storage_conflict(layout: StudyLayout, url: str | None, study_name: str | None = None) -> str | None:
+    """Why the study in `layout` cannot be continued with tuning.storage `url` and tuning.study_name
+    `study_name` ('yaml.path: ...'), or None: it is kept elsewhere (in its journal here, or in the
+    database its last run recorded), or under another name there (an output_dir holds one study).
     The URLs are compared without their passwords."""
-    recorded = recorded_storage(layout).get("storage")
+    record = recorded_storage(layout)
+    recorded = record.get("storage")
     if url and not recorded and layout.journal.exists() and layout.journal.stat().st_size > 0:
         return (f"tuning.storage: the study in {layout.output_dir} is kept in its journal {layout.journal}, "
                 f"not in {DatabaseStorage(url).where}: remove tuning.storage to continue it, or set a new "
@@ -120,6 +122,11 @@ def storage_conflict(layout: StudyLayout, url: str | None) -> str | None:
                 f"(as its {layout.storage_record.name} says), not in "
                 f"{DatabaseStorage(url).where if url else 'a journal file'}: set tuning.storage to "
                 f"{recorded} to continue it, or set a new tuning.output_dir for a new study")
+    if recorded and study_name and record.get("study_name") not in (None, study_name):
+        return (f"tuning.study_name: the study in {layout.output_dir} is {record['study_name']!r} in "
+                f"{DatabaseStorage(recorded).where}, not {study_name!r}; an output_dir holds one study: set "
+                f"study_name back to {record['study_name']!r} to continue it, or give the new study a new "
+                "tuning.output_dir")
     return None
 
 
