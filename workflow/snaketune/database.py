@@ -61,10 +61,6 @@ def scheme(url: str) -> str:
     return url.split("://", 1)[0].lower() if "://" in url else ""
 
 
-def is_database_url(url: str | None) -> bool:
-    return bool(url) and "://" in url
-
-
 def variables(url: str) -> list[str]:
     """The environment variables `url` names as `${NAME}`, in order."""
     return VARIABLE.findall(url)
@@ -167,7 +163,6 @@ class DatabaseStorage:
         self.url = url
         self.where = _shown(url)
         self.study_name = study_name
-        self.heartbeat_seconds, self.grace_seconds = HEARTBEAT_SECONDS, GRACE_SECONDS
         # Optuna's check that its tables' schema is this version's (~50 ms: alembic reads its
         # migration scripts); a trial job skips it, the run's config check having asked it.
         self.check_schema = check_schema
@@ -197,8 +192,8 @@ class DatabaseStorage:
         url = connect_url(self.url)
         # pool_pre_ping: a connection the server dropped (a restart, an idle timeout on a long
         # trial) is replaced rather than failing the trial's next write.
-        arguments = dict(engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=self.heartbeat_seconds,
-                         grace_period=self.grace_seconds)
+        arguments = dict(engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=HEARTBEAT_SECONDS,
+                         grace_period=GRACE_SECONDS)
         probe = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
         try:
             with probe.connect() as connection, warnings_off():

@@ -186,7 +186,12 @@ def load_study(output_dir: str | Path, study_name: str | None = None,
             return None
         raise StudyNotFound(f"{path} holds no study named {study_name!r} "
                                 f"(it holds: {', '.join(names) or 'none'})")
-    # A reader's sampler is never asked for anything: a RandomSampler is the cheapest to build.
+    return _read(storage, study_name)
+
+
+def _read(storage: BaseStorage, study_name: str) -> optuna.Study:
+    """Study `study_name` of `storage`, to read: its sampler is never asked for anything, so a
+    RandomSampler, the cheapest to build."""
     return optuna.load_study(study_name=study_name, storage=storage, sampler=optuna.samplers.RandomSampler())
 
 
@@ -305,13 +310,14 @@ def definition_conflicts(tuning: TuningParams, definition: dict | None = None) -
         return []
     # One study per output_dir: its trial_<i>/ folders, table and best model are that study's (a
     # database holds other folders' studies too).
-    names = optuna.get_all_study_names(store.open())
+    storage = store.open()  # once: the study below is read from the same storage (one journal parse, one engine)
+    names = optuna.get_all_study_names(storage)
     if names and tuning.study_name not in names and not store.shared:
         return [f"tuning.study_name: {path} holds the study {names[0]!r}"
                 + (f" (and {', '.join(map(repr, names[1:]))})" if names[1:] else "")
                 + f", not {tuning.study_name!r}; an output_dir holds one study: set study_name back "
                 f"to {names[0]!r} to continue it, or give the new study a new tuning.output_dir"]
-    study = load_study(tuning.output_dir, tuning.study_name, missing_ok=True, url=tuning.storage)
+    study = _read(storage, tuning.study_name) if tuning.study_name in names else None
     stored = None if study is None else study.user_attrs.get(DEFINITION_ATTR)
     if stored is None:
         return []
