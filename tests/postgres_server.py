@@ -108,6 +108,24 @@ class PostgresServer:
         connection.close()
         return self.url(name)
 
+    def new_role(self, name: str, password: str, database: str) -> str:
+        """Create login role `name` with `password`, owning `database` (new_database's); returns
+        the database's URL as that role, its password named as ${SNAKETUNE_TEST_ROLE_PASSWORD}."""
+        import psycopg2
+        import psycopg2.sql
+
+        connection = psycopg2.connect(host="127.0.0.1", port=self.port, user=ROLE, password=self.password,
+                                      dbname="postgres")
+        connection.autocommit = True
+        with connection.cursor() as cursor:
+            role = psycopg2.sql.Identifier(name)
+            cursor.execute(psycopg2.sql.SQL("DROP ROLE IF EXISTS {}").format(role))
+            cursor.execute(psycopg2.sql.SQL("CREATE ROLE {} LOGIN PASSWORD %s").format(role), (password,))
+            cursor.execute(psycopg2.sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
+                psycopg2.sql.Identifier(database), role))
+        connection.close()
+        return f"postgresql://{name}:${{SNAKETUNE_TEST_ROLE_PASSWORD}}@{self.host}:{self.port}/{database}"
+
     def stop(self) -> None:
         if self.root.exists():
             subprocess.run([*self._as, str(self.bin / "pg_ctl"), "-D", str(self.root / "data"), "-m", "immediate",
@@ -158,9 +176,9 @@ def heartbeat_count(storage: str) -> int:
     trial_heartbeats table: one row per trial, updated at each beat)."""
     import sqlalchemy
 
-    from snaketune.database import connect_url
+    from snaketune.database import expanded_url
 
-    engine = sqlalchemy.create_engine(connect_url(storage).replace("{{", "{").replace("}}", "}"))
+    engine = sqlalchemy.create_engine(expanded_url(storage))
     try:
         with engine.connect() as connection:
             return connection.execute(sqlalchemy.text("SELECT count(*) FROM trial_heartbeats")).scalar()

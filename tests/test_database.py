@@ -235,3 +235,137 @@ def test_a_database_that_lost_the_study_is_refused_while_its_folders_hold_trials
     assert os.environ[PASSWORD_ENV] not in json.dumps(json.loads(tuning.layout.storage_record.read_text()))
     with pytest.raises(SnaketuneError):
         load_study(tuning.output_dir)  # a reader says so too, rather than making a new study
+
+
+# ---------------------------------------------------------------------------------------------
+# The study's locks in its database (snaketune.locks with database.AdvisoryLock): folders that
+# share no file (two machines' local disks) hold one study's run, trials and claim locks there.
+
+def test_a_studys_lock_keys_are_its_own_and_fit_postgresqls_oids():
+    keys = {(name, kind): database.advisory_key(name, kind) for name in ("snaketune", "second") for kind in database.LOCK_KINDS}
+    assert len(set(keys.values())) == len(keys)
+    assert all(0 <= part < 2**31 for key in keys.values() for part in key)
+    assert database.advisory_key("snaketune", "run") == keys[("snaketune", "run")]  # the same in every process
+
+
+LOCK_HOLDER = """\
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from pathlib import Path
+from snaketune import locks
+from snaketune.layout import StudyLayout
+what, folder, url = sys.argv[2], StudyLayout(sys.argv[3]), sys.argv[4]
+if what == "claiming":
+    with locks.claiming(folder, url, "shared"):
+        print("held", flush=True)
+        time.sleep(2)
+        Path(sys.argv[5]).write_text("releasing")
+else:
+    held = getattr(locks, what)(folder, url, "shared")
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def _lock_holder(what: str, folder, url: str, *more: str) -> subprocess.Popen:
+    """A process on 'another machine' (its own folder) holding lock `what` of study 'shared'."""
+    process = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(REPO / "workflow"), what, str(folder), url, *more],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "held", process.stderr.read()
+    return process
+
+
+def _eventually(check, seconds: float = 10.0):
+    """`check()`'s result once it is truthy (the server drops a dead session's locks when it sees its socket close)."""
+    deadline = time.monotonic() + seconds
+    while not (result := check()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return result
+
+
+@pytest.mark.system
+def test_a_database_studys_run_lock_holds_across_folders_that_share_no_file_and_dies_with_its_holder(tmp_path, postgres_url):
+    from snaketune import locks
+    from snaketune.layout import StudyLayout
+    from snaketune.storage import record_storage
+
+    here, there = StudyLayout(tmp_path / "here"), StudyLayout(tmp_path / "there")
+    holder = _lock_holder("hold_study", there.output_dir, postgres_url)
+    try:
+        with pytest.raises(locks.StudyInUse, match=rf"being run by another invocation \(snaketune run: pid {holder.pid} on "):
+            locks.hold_study(here, postgres_url, "shared")
+        record_storage(here, postgres_url, "shared")  # a reader given only the folder finds it by storage.json
+        assert f"pid {holder.pid}" in locks.run_holder(here)
+        other = locks.hold_study(here, postgres_url, "another_study")  # another study of the database is free
+        other.release()
+        with locks.holding_if_free(here) as held:
+            assert not held  # a repair (snaketune best) leaves a running study alone
+    finally:
+        holder.kill()  # SIGKILL: no clean-up runs; the server drops the session's locks with its socket
+        holder.wait()
+    assert _eventually(lambda: locks.run_holder(here) is None)
+    held = locks.hold_study(here, postgres_url, "shared")
+    try:
+        assert f"pid {os.getpid()}" in locks.run_holder(there, postgres_url, "shared")
+        assert json.loads(here.run_lock.read_text())["pid"] == os.getpid()  # the holder named where the folder is shared
+    finally:
+        held.release()
+    assert locks.run_holder(here) is None
+
+
+@pytest.mark.system
+def test_a_database_studys_trial_jobs_and_claims_are_seen_from_every_folder(tmp_path, postgres_url):
+    from snaketune import locks
+    from snaketune.layout import StudyLayout
+
+    here, there = StudyLayout(tmp_path / "here"), StudyLayout(tmp_path / "there")
+    trial_job = _lock_holder("hold_trial_share", there.output_dir, postgres_url)
+    try:
+        assert locks.trial_jobs_alive(here, postgres_url, "shared")
+        with pytest.raises(locks.StudyInUse, match="trial jobs of an earlier run of the study"):
+            locks.hold_study(here, postgres_url, "shared")
+        with pytest.raises(locks.StudyInUse, match="trial jobs of an earlier run"):
+            locks.release_stale_snakemake_locks(here, postgres_url, "shared")  # `snaketune tune` releases nothing
+    finally:
+        trial_job.kill()
+        trial_job.wait()
+    assert _eventually(lambda: not locks.trial_jobs_alive(here, postgres_url, "shared"))
+    locks.hold_study(here, postgres_url, "shared").release()
+
+    flag = tmp_path / "released"
+    claimer = _lock_holder("claiming", there.output_dir, postgres_url, str(flag))
+    with locks.claiming(here, postgres_url, "shared"):
+        assert flag.exists()  # waited for the other folder's claim to end
+    assert claimer.wait(timeout=30) == 0
+
+
+@pytest.mark.system
+def test_a_lock_session_asks_the_server_to_notice_a_lost_machine_within_minutes(postgres_url):
+    import sqlalchemy
+
+    lock = database.AdvisoryLock(postgres_url, "shared", "run", purpose="snaketune test")
+    assert lock.try_hold()
+    try:
+        shown = {name: lock._connection.execute(sqlalchemy.text(f"SHOW {name}")).scalar()
+                 for name in ("tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_keepalives_count", "application_name")}
+    finally:
+        lock.release()
+    assert shown == {"tcp_keepalives_idle": "60", "tcp_keepalives_interval": "10", "tcp_keepalives_count": "6",
+                     "application_name": "snaketune test"}
+
+
+@pytest.mark.system
+def test_a_password_with_braces_and_percent_signs_opens_the_study_and_its_locks(tmp_path, postgres_server, monkeypatch):
+    """The schema probe, Optuna's RDBStorage (which `format`s its URL) and the lock sessions all
+    reach a real server with the password as set (expanded_url quotes it; connect_url, Optuna's,
+    also doubles the braces a database name may hold)."""
+    from snaketune import locks
+    from snaketune.layout import StudyLayout
+
+    password = "br{ace}s%20{{x}}"
+    monkeypatch.setenv("SNAKETUNE_TEST_ROLE_PASSWORD", password)
+    postgres_server.new_database("braced")
+    url = postgres_server.new_role("braced_role", password, "braced")
+    storage = DatabaseStorage(url).open()
+    assert optuna.create_study(storage=storage, study_name="braced").study_name == "braced"
+    locks.hold_study(StudyLayout(tmp_path / "out"), url, "braced").release()

@@ -276,7 +276,8 @@ def test_yaml_the_schema_let_through_is_refused_by_a_dry_run(workdir, change, na
 
 def test_a_run_whose_jobs_share_no_file_system_is_refused_before_any_job(workdir):
     """--shared-fs-usage none (what the Kubernetes and cloud executors imply): a trial's
-    checkpoints and the study's locks are files every job must see, so it is refused, not half run."""
+    checkpoints and the paused checkpoint a later slot resumes are files other jobs must see, so it is
+    refused, not half run."""
     write_config(workdir, tiny_config())
     run = run_snakemake(workdir, "-n", "--shared-fs-usage", "none", check=False)
     assert run.returncode != 0

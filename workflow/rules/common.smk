@@ -49,14 +49,15 @@ if not CHECKED:
 
 TUNING = TUNE.tuning
 
-# A trial job writes its folder (checkpoints, the pause checkpoint a later slot resumes) and takes
-# the study's locks in output_dir, files every job must share: a run whose jobs share no file
+# A trial job writes its folder (checkpoints, the pause checkpoint a later slot resumes) in
+# output_dir, files other jobs read that are no declared output; so a run whose jobs share no file
 # system (--shared-fs-usage without input-output: the Kubernetes and cloud executors) is refused
-# here rather than losing them (docs/scale-out.md).
+# here rather than losing them (docs/scale-out.md). A database study's locks are in its database.
 if workflow.is_main_process and SharedFSUsage.INPUT_OUTPUT not in workflow.storage_settings.shared_fs_usage:
     sys.exit("snaketune: --shared-fs-usage without input-output (jobs that share no file system, as the "
-             "Kubernetes and cloud executors run them) is not supported: a trial's checkpoints and the study's "
-             "locks are files in tuning.output_dir that every trial job must see. Run on machines that share "
+             "Kubernetes and cloud executors run them) is not supported yet: a trial's checkpoints, and the "
+             "paused checkpoint a later slot resumes, are files in tuning.output_dir that other trial jobs "
+             "must see (and a journal study is a file there too). Run on machines that share "
              "tuning.output_dir (a SLURM cluster's shared file system), with the study in PostgreSQL "
              "(tuning.storage) across machines: see docs/scale-out.md")
 
@@ -211,7 +212,7 @@ PROGRESS = {}
 
 onstart:
     try:
-        RUN_LOCK["fd"] = hold_study(LAYOUT)
+        RUN_LOCK["fd"] = hold_study(LAYOUT, TUNING.storage, TUNING.study_name)
     except StudyInUse as error:
         sys.exit(str(error))
     record_storage(LAYOUT, TUNING.storage, TUNING.study_name)  # readers given only the folder find a database study

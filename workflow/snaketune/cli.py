@@ -182,7 +182,8 @@ def cmd_tune(args) -> int:
         from snaketune.locks import (StudyInUse, hold_launch, in_use_message, launch_alive,
                                      release_stale_snakemake_locks, run_holder)
 
-        holder = run_holder(layout)  # its jobs read tune.merged.yaml: never overwrite it under them
+        study = (resolved.tuning.storage, resolved.tuning.study_name)  # where its locks are (a database's, or files)
+        holder = run_holder(layout, *study)  # its jobs read tune.merged.yaml: never overwrite it under them
         if holder:
             raise CliError(in_use_message(layout, holder))
         if launch_alive(layout):  # one starting: Snakemake has not taken the run lock yet
@@ -191,7 +192,7 @@ def cmd_tune(args) -> int:
         # A run killed outright (SIGKILL, a power cut, the OOM killer) left Snakemake's lock, which
         # plain snakemake clears only with --unlock: nothing of the study runs, so release it here.
         try:
-            released = release_stale_snakemake_locks(layout)
+            released = release_stale_snakemake_locks(layout, *study)
         except StudyInUse as error:
             raise CliError(str(error)) from None
         if released:

@@ -138,6 +138,13 @@ def _parse(url: str):
 
 
 def connect_url(url: str) -> str:
+    """`expanded_url(url)` as Optuna's RDBStorage takes it: it `format`s the URL
+    ({SCHEMA_VERSION}), so a brace must reach it doubled (SQLAlchemy quotes one in a password, but
+    not in a database name). Never shown."""
+    return expanded_url(url).replace("{", "{{").replace("}", "}}")
+
+
+def expanded_url(url: str) -> str:
     """`url` with each `${VAR}` replaced by its value from the environment (quoted where the URL
     needs it), as SQLAlchemy connects with it. Never shown: it may hold a password."""
     parsed = _parse(url)
@@ -148,8 +155,7 @@ def connect_url(url: str) -> str:
     parsed = parsed.set(username=expand(parsed.username), password=expand(parsed.password),
                         host=expand(parsed.host), database=expand(parsed.database),
                         query={k: expand(v) if isinstance(v, str) else v for k, v in parsed.query.items()})
-    # RDBStorage formats the URL ({SCHEMA_VERSION}): a brace in a password must reach it doubled.
-    return parsed.render_as_string(hide_password=False).replace("{", "{{").replace("}", "}}")
+    return parsed.render_as_string(hide_password=False)
 
 
 class DatabaseStorage:
@@ -194,7 +200,7 @@ class DatabaseStorage:
         # trial) is replaced rather than failing the trial's next write.
         arguments = dict(engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=HEARTBEAT_SECONDS,
                          grace_period=GRACE_SECONDS)
-        probe = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+        probe = sqlalchemy.create_engine(expanded_url(self.url), poolclass=sqlalchemy.pool.NullPool)
         try:
             with probe.connect() as connection, warnings_off():
                 if _schema_ready(connection):
@@ -250,6 +256,105 @@ def _first_line(error: Exception, url: str) -> str:
         if value:
             text = text.replace(value, "${" + name + "}")
     return text
+
+
+# A study's locks in its database (snaketune.locks takes them there for a database study): the
+# jobs of such a study may share no file system, or one whose locks cannot be trusted across
+# machines (NFS, Lustre without flock), but they all reach the database. PostgreSQL's session-level
+# advisory locks are dropped with their session, as a kernel drops an flock with its process, so a
+# killed holder never blocks the next run. Keys are PostgreSQL's two-int4 form: the study name
+# hashed to 31 bits, and the lock's kind in a range of snaketune's own ("SNT" and the kind).
+LOCK_KINDS = {"run": 1, "trials": 2, "claim": 3}
+_LOCK_SPACE = 0x534E5400
+# What the server is told on a lock's session: TCP keepalives (user settings) so that a holder
+# whose machine was lost (no FIN ever reaches the server) is dropped, and its locks with it, within
+# about 2 minutes rather than the operating system's default 2 hours; ignored on a Unix socket.
+_LOCK_SESSION_OPTIONS = "-c tcp_keepalives_idle=60 -c tcp_keepalives_interval=10 -c tcp_keepalives_count=6"
+
+
+def advisory_key(study_name: str, kind: str) -> tuple[int, int]:
+    """The two-int4 key of study `study_name`'s lock `kind` (a LOCK_KINDS name), both in
+    0..2**31-1 (as pg_locks shows them: oids are unsigned)."""
+    import hashlib
+
+    digest = hashlib.blake2b(study_name.encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big") & 0x7FFFFFFF, _LOCK_SPACE + LOCK_KINDS[kind]
+
+
+class AdvisoryLock:
+    """Lock `kind` of study `study_name`, as a PostgreSQL advisory lock on the database of `url`
+    (tuning.storage as written), held by a session of its own from `try_hold`/`hold` to `release`
+    (or this process's end). `holders` reads who holds it, taking nothing.
+
+    Raises StorageUnreachable (with the URL as written) where the database cannot be reached."""
+
+    def __init__(self, url: str, study_name: str, kind: str, purpose: str = "snaketune"):
+        self.url, self.kind, self.purpose = url, kind, purpose
+        self.key = advisory_key(study_name, kind)
+        self._connection = None
+
+    def _connect(self):
+        import sqlalchemy
+        import sqlalchemy.exc
+
+        engine = sqlalchemy.create_engine(
+            expanded_url(self.url), poolclass=sqlalchemy.pool.NullPool,
+            # application_name: pg_stat_activity (and `holders`) names who holds a lock; 63 bytes at most.
+            connect_args={"application_name": self.purpose.encode()[:63].decode(errors="ignore"),
+                          "options": _LOCK_SESSION_OPTIONS})
+        try:
+            return engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        except sqlalchemy.exc.SQLAlchemyError as error:
+            raise StorageUnreachable(
+                f"tuning.storage: cannot reach the study's database {_shown(self.url)} for its {self.kind} lock: "
+                f"{_first_line(error, self.url)}") from None
+
+    def _call(self, connection, function: str):
+        import sqlalchemy
+
+        return connection.execute(sqlalchemy.text(f"SELECT {function}(:a, :b)"),
+                                  {"a": self.key[0], "b": self.key[1]}).scalar()
+
+    def try_hold(self, shared: bool = False) -> bool:
+        """Take the lock if it is free now (shared: beside other shared holders); whether taken."""
+        connection = self._connect()
+        if self._call(connection, "pg_try_advisory_lock_shared" if shared else "pg_try_advisory_lock"):
+            self._connection = connection
+            return True
+        connection.close()
+        return False
+
+    def hold(self, shared: bool = False) -> AdvisoryLock:
+        """Take the lock, waiting while another session holds it; returns self."""
+        connection = self._connect()
+        self._call(connection, "pg_advisory_lock_shared" if shared else "pg_advisory_lock")
+        self._connection = connection
+        return self
+
+    def release(self) -> None:
+        """Drop the lock (its session ends)."""
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    def holders(self, exclusive: bool | None = None) -> list[str]:
+        """The sessions that hold the lock now (exclusive: only those holding it exclusively; False:
+        shared; None: either), each as its holder's application_name and when its session began.
+        Takes nothing."""
+        import sqlalchemy
+
+        mode = {True: "AND l.mode = 'ExclusiveLock'", False: "AND l.mode = 'ShareLock'", None: ""}[exclusive]
+        connection = self._connect()
+        try:
+            rows = connection.execute(sqlalchemy.text(
+                "SELECT a.application_name, a.backend_start FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 "
+                "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+                f"AND l.classid = CAST(:a AS oid) AND l.objid = CAST(:b AS oid) {mode}"),
+                {"a": self.key[0], "b": self.key[1]}).all()
+        finally:
+            connection.close()
+        return [f"{name or 'a session'}, since {start:%Y-%m-%d %H:%M:%S}" for name, start in rows]
 
 
 @contextlib.contextmanager

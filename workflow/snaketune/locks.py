@@ -1,4 +1,6 @@
-"""The study's locks, files in its output_dir beside the journal (StudyLayout names them).
+"""The study's locks: files in its output_dir beside the journal (StudyLayout names them), or, for
+a study in a database (tuning.storage), advisory locks in that database (database.AdvisoryLock),
+which every job of such a study reaches whether or not its machines share a file system.
 
 - the run lock (`hold_study`): one run of a study at a time, whatever directory it runs from; its
   file names the holder (`run_holder`, `last_run`) and the Snakemake lock files that run made;
@@ -9,8 +11,11 @@
   lock.
 
 Each is an `flock`, which the kernel drops when its holder dies (even by SIGKILL), so a dead run
-never blocks the next one. A file system without flock runs unguarded, said once. The journal's own
-append lock is the storage's (snaketune.storage).
+never blocks the next one; a database's session lock is dropped with its session the same way. A
+file system without flock runs unguarded, said once. The journal's own append lock is the
+storage's (snaketune.storage). Every function takes the study's folder, and tuning.storage and
+study_name where the caller has them; without them a database study is found by the storage.json
+its run wrote (storage.recorded_storage).
 """
 
 from __future__ import annotations
@@ -25,8 +30,10 @@ import socket
 import sys
 from pathlib import Path
 
+from snaketune.database import AdvisoryLock
 from snaketune.errors import SnaketuneError
 from snaketune.layout import StudyLayout
+from snaketune.storage import recorded_storage
 
 
 class StudyInUse(SnaketuneError, RuntimeError):
@@ -56,9 +63,27 @@ def _flock(fd: int, operation: int, path: Path) -> bool:
 _NO_FLOCK_SAID: set[Path] = set()
 
 
-def run_holder(layout: StudyLayout) -> str | None:
+def _in_database(layout: StudyLayout, url: str | None = None, study_name: str | None = None) -> tuple[str, str] | None:
+    """(tuning.storage, study_name) where the study's locks are in its database, else None (files)."""
+    record = recorded_storage(layout)
+    url = url or record.get("storage")
+    if not url:
+        return None
+    return url, study_name or record.get("study_name") or "snaketune"
+
+
+def _purpose(what: str) -> str:
+    """A lock session's application_name: what holds it, as `run_holder` and pg_stat_activity show."""
+    return f"snaketune {what}: pid {os.getpid()} on {socket.gethostname()}"
+
+
+def run_holder(layout: StudyLayout, url: str | None = None, study_name: str | None = None) -> str | None:
     """Who holds the study's run lock now ('pid N on host, started T in /dir: command'), or None
     when no run does. Takes nothing (`snaketune tune` asks before it writes into the folder)."""
+    database = _in_database(layout, url, study_name)
+    if database:
+        holders = AdvisoryLock(*database, "run").holders(exclusive=True)
+        return _database_holder_text(layout, holders[0]) if holders else None
     return _holder_text(layout) if _lock_is_free(layout.run_lock, fcntl.LOCK_SH) is False else None
 
 
@@ -91,9 +116,12 @@ def _lock_is_free(path: Path, operation: int) -> bool | None:
         os.close(fd)
 
 
-def trial_jobs_alive(layout: StudyLayout) -> bool | None:
+def trial_jobs_alive(layout: StudyLayout, url: str | None = None, study_name: str | None = None) -> bool | None:
     """Whether trial jobs of the study still run (each holds its trials lock shared); None where
     the file system has no flock."""
+    database = _in_database(layout, url, study_name)
+    if database:
+        return bool(AdvisoryLock(*database, "trials").holders())
     free = _lock_is_free(layout.trials_lock, fcntl.LOCK_EX)
     return None if free is None else not free
 
@@ -125,7 +153,8 @@ def last_run(layout: StudyLayout) -> dict:
         return {}
 
 
-def release_stale_snakemake_locks(layout: StudyLayout) -> list[Path]:
+def release_stale_snakemake_locks(layout: StudyLayout, url: str | None = None,
+                                  study_name: str | None = None) -> list[Path]:
     """Remove the Snakemake lock files a killed run of this study left behind; returns them.
 
     Snakemake locks a run's files in `<its working directory>/.snakemake/locks/` and refuses the
@@ -137,8 +166,9 @@ def release_stale_snakemake_locks(layout: StudyLayout) -> list[Path]:
     Raises StudyInUse when trial jobs of a killed run still run; a file system without flock
     releases nothing (nothing can tell a dead run from a live one there).
     """
-    run_free = _lock_is_free(layout.run_lock, fcntl.LOCK_EX)
-    trials = trial_jobs_alive(layout)
+    database = _in_database(layout, url, study_name)
+    run_free = (not AdvisoryLock(*database, "run").holders()) if database else _lock_is_free(layout.run_lock, fcntl.LOCK_EX)
+    trials = trial_jobs_alive(layout, url, study_name)
     if run_free is None or trials is None or not run_free:
         return []
     if trials:
@@ -171,13 +201,23 @@ def _holder_text(layout: StudyLayout) -> str:
         return "a run that has not said who it is yet"
 
 
+def _database_holder_text(layout: StudyLayout, session: str) -> str:
+    """The holder of a database study's run lock: its record in the run lock file where that is the
+    holder's (the machines share the folder), else what its database session says ('snaketune run:
+    pid N on host, since T')."""
+    record = last_run(layout)
+    if record and session.startswith(f"snaketune run: pid {record.get('pid')} on {record.get('host')},"):
+        return _holder_text(layout)
+    return session
+
+
 def in_use_message(layout: StudyLayout, holder: str) -> str:
     return (f"tuning.output_dir: the study in {layout.output_dir} is being run by another invocation "
             f"({holder}); wait for it to finish, or stop it, then run again. Two runs of one study "
             "would claim each other's trials.")
 
 
-def hold_study(layout: StudyLayout) -> int:
+def hold_study(layout: StudyLayout, url: str | None = None, study_name: str | None = None) -> int | AdvisoryLock:
     """Take the study's run lock for the rest of this process (Snakemake's main process, from
     `onstart`, so dry runs, --lint and --report take nothing); returns the lock's descriptor,
     which must stay open.
@@ -188,9 +228,13 @@ def hold_study(layout: StudyLayout) -> int:
     can outlive it (a killed main process leaves them running, on SLURM as elsewhere), and each
     holds the trials lock shared (`hold_trial_share`): while one does, the study stays taken. The
     run lock's file also names its holder, and marks the folder as a study's
-    (StudyLayout.unusable_because). Raises StudyInUse, naming what holds the study.
+    (StudyLayout.unusable_because). Raises StudyInUse, naming what holds the study. For a study in
+    a database both locks are its advisory locks, and the AdvisoryLock held is returned.
     """
     layout.output_dir.mkdir(parents=True, exist_ok=True)
+    database = _in_database(layout, url, study_name)
+    if database:
+        return _hold_study_in_database(layout, *database)
     fd = os.open(layout.run_lock, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         _flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, layout.run_lock)
@@ -205,21 +249,53 @@ def hold_study(layout: StudyLayout) -> int:
         raise StudyInUse(LEFTOVER_TRIAL_JOBS.format(output_dir=layout.output_dir)) from None
     finally:
         os.close(trials)  # only a probe: no trial job of this run has started yet
-    # Snakemake has locked this run's files in its working directory by now (onstart comes after):
-    # they are recorded, so that `snaketune tune` can release them, and only them, after a kill.
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, _holder_record(layout), 0)
+    return fd
+
+
+def _holder_record(layout: StudyLayout) -> bytes:
+    """What the run lock file says of its holder. Snakemake has locked this run's files in its
+    working directory by now (onstart comes after): they are recorded, so that `snaketune tune`
+    can release them, and only them, after a kill."""
     holder = {"pid": os.getpid(), "host": socket.gethostname(), "cwd": os.getcwd(),
               "command": " ".join(sys.argv),
               "started_at": datetime.datetime.now().isoformat(timespec="seconds"),
               "snakemake_locks": _snakemake_lock_files(layout, Path.cwd())}
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
-    return fd
+    return (json.dumps(holder) + "\n").encode()
+
+
+def _hold_study_in_database(layout: StudyLayout, url: str, study_name: str) -> AdvisoryLock:
+    """hold_study for a study in a database: its run lock and trials lock there. The run lock file
+    is still written (it names the holder for `status` on a machine that shares the folder, and
+    marks the folder as a study's), but not locked: the database's lock is the one every job sees."""
+    run = AdvisoryLock(url, study_name, "run", purpose=_purpose("run"))
+    if not run.try_hold():
+        holders = run.holders(exclusive=True)
+        raise StudyInUse(in_use_message(layout, _database_holder_text(layout, holders[0]) if holders
+                                        else "a run that has just ended"))
+    trials = AdvisoryLock(url, study_name, "trials")
+    if not trials.try_hold():
+        run.release()
+        raise StudyInUse(LEFTOVER_TRIAL_JOBS.format(output_dir=layout.output_dir))
+    trials.release()  # only a probe: no trial job of this run has started yet
+    layout.run_lock.write_bytes(_holder_record(layout))
+    return run
 
 
 @contextlib.contextmanager
 def holding_if_free(layout: StudyLayout):
     """Hold the study's run lock for the block if no run holds it: yields whether it is held (a
     repair that must not race a live run's writes skips when it is not; see results.finish_best_model_swap)."""
+    database = _in_database(layout)
+    if database:
+        run = AdvisoryLock(*database, "run", purpose=_purpose("repair"))
+        held = run.try_hold()
+        try:
+            yield held
+        finally:
+            run.release()
+        return
     if not layout.run_lock.exists():
         yield True
         return
@@ -234,18 +310,29 @@ def holding_if_free(layout: StudyLayout):
         os.close(fd)  # the flock goes with it
 
 
-def hold_trial_share(layout: StudyLayout) -> int:
+def hold_trial_share(layout: StudyLayout, url: str | None = None, study_name: str | None = None) -> int | AdvisoryLock:
     """Hold the study's trials lock shared for the rest of this trial job (see `hold_study`);
-    returns its descriptor, which must stay open."""
+    returns its descriptor (or, for a database study, its AdvisoryLock), which must stay open."""
+    database = _in_database(layout, url, study_name)
+    if database:
+        return AdvisoryLock(*database, "trials", purpose=_purpose("trial job")).hold(shared=True)
     fd = os.open(layout.trials_lock, os.O_RDWR | os.O_CREAT, 0o644)
     _flock(fd, fcntl.LOCK_SH, layout.trials_lock)
     return fd
 
 
 @contextlib.contextmanager
-def claiming(layout: StudyLayout):
+def claiming(layout: StudyLayout, url: str | None = None, study_name: str | None = None):
     """Holds the study's claim lock: a budget check and the trial it lets start are one step, so
     jobs starting side by side never both see the same compute left (an overspent budget)."""
+    database = _in_database(layout, url, study_name)
+    if database:
+        claim = AdvisoryLock(*database, "claim", purpose=_purpose("claim")).hold()
+        try:
+            yield
+        finally:
+            claim.release()
+        return
     fd = os.open(layout.claim_lock, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         _flock(fd, fcntl.LOCK_EX, layout.claim_lock)

@@ -297,7 +297,7 @@ def claim_trial(study: optuna.Study, slot: int, tuning: TuningParams) -> tuple[o
     # trial. Nothing else a first attempt decides depends on the others (a new trial's number is
     # the storage's to give), so without a budget or resume_pruned, slots claim side by side.
     locked = first and (tuning.budget is not None or bool(tuning.resume_pruned))
-    with claiming(tuning.layout) if locked else contextlib.nullcontext():
+    with claiming(tuning.layout, tuning.storage, tuning.study_name) if locked else contextlib.nullcontext():
         decision = decide_slot(slot, study_state(study, tuning, budget=first), SlotSettings.of(tuning, slot))
         if decision.kind == SKIP:
             raise SlotSkipped(decision.reason)

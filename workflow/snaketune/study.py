@@ -110,7 +110,7 @@ def open_study(tuning: TuningParams, slot: int = 0, storage: BaseStorage | None 
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(list(tuning.metrics))
     if redefined or attrs.get(STUDY_ID_ATTR) is None or identity(tuning.layout) is None:
-        with claiming(tuning.layout):  # jobs side by side give the study one id
+        with claiming(tuning.layout, tuning.storage, tuning.study_name):  # jobs side by side give the study one id
             record_identity(study, tuning.layout)
     return study
 
