@@ -332,11 +332,73 @@ def test_a_database_studys_trial_jobs_and_claims_are_seen_from_every_folder(tmp_
     assert _eventually(lambda: not locks.trial_jobs_alive(here, postgres_url, "shared"))
     locks.hold_study(here, postgres_url, "shared").release()
 
+    _database_setting(postgres_url, "lock_timeout", "200ms")  # as a managed server may set: not for the lock's wait
+    _database_setting(postgres_url, "statement_timeout", "200ms")
     flag = tmp_path / "released"
     claimer = _lock_holder("claiming", there.output_dir, postgres_url, str(flag))
     with locks.claiming(here, postgres_url, "shared"):
-        assert flag.exists()  # waited for the other folder's claim to end
+        assert flag.exists()  # waited for the other folder's claim to end (2 s)
     assert claimer.wait(timeout=30) == 0
+
+
+def _database_setting(url: str, name: str, value: str) -> None:
+    """ALTER DATABASE ... SET: what every new session of the test's database starts with."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(database.expanded_url(url), isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        dbname = connection.execute(sqlalchemy.text("SELECT current_database()")).scalar()
+        connection.execute(sqlalchemy.text(f'ALTER DATABASE "{dbname}" SET {name} = \'{value}\''))
+    engine.dispose()
+
+
+@pytest.mark.system
+def test_a_lock_whose_session_the_server_ended_is_taken_again(postgres_url, monkeypatch, capfd):
+    import sqlalchemy
+
+    monkeypatch.setattr(database, "LOCK_CHECK_SECONDS", 0.2)
+    lock = database.AdvisoryLock(postgres_url, "shared", "run", purpose="snaketune ended")
+    assert lock.try_hold()
+    lock.keep()
+    engine = sqlalchemy.create_engine(database.expanded_url(postgres_url), isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as connection:  # as a server restart or a DBA would
+            ended = connection.execute(sqlalchemy.text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'snaketune ended'")).all()
+        assert ended == [(True,)]
+        said = []
+
+        def retaken():
+            said.append(capfd.readouterr().err)
+            return "took the lock again" in "".join(said)
+
+        assert _eventually(retaken)
+        assert len(database.AdvisoryLock(postgres_url, "shared", "run").holders(exclusive=True)) == 1
+        assert not database.AdvisoryLock(postgres_url, "shared", "run").try_hold()  # still guarded
+    finally:
+        lock.release()
+        engine.dispose()
+    assert database.AdvisoryLock(postgres_url, "shared", "run").holders() == []
+
+
+@pytest.mark.system
+def test_snaketune_tune_of_a_new_database_study_is_refused_while_another_folder_runs_it(tmp_path, postgres_url):
+    """`snaketune tune` asks the database (not a file, and before the study's storage.json
+    exists) whether a run holds the study, and names it."""
+    write_reverse_words(tmp_path / "data.jsonl")
+    (tmp_path / "tune.yaml").write_text(json.dumps(tiny_config(storage=postgres_url, study_name="shared",
+                                                               output_dir="here")))
+    holder = _lock_holder("hold_study", tmp_path / "there", postgres_url)
+    try:
+        refused = subprocess.run([sys.executable, "-m", "snaketune.cli", "tune", "-c", "tune.yaml"], cwd=tmp_path,
+                                 capture_output=True, text=True, timeout=300,
+                                 env={**os.environ, "PYTHONPATH": str(REPO / "workflow")})
+    finally:
+        holder.kill()
+        holder.wait()
+    assert refused.returncode != 0
+    assert f"being run by another invocation (snaketune run: pid {holder.pid} on " in refused.stderr, refused.stderr
+    assert "Traceback" not in refused.stderr
 
 
 @pytest.mark.system
@@ -369,3 +431,22 @@ def test_a_password_with_braces_and_percent_signs_opens_the_study_and_its_locks(
     storage = DatabaseStorage(url).open()
     assert optuna.create_study(storage=storage, study_name="braced").study_name == "braced"
     locks.hold_study(StudyLayout(tmp_path / "out"), url, "braced").release()
+
+
+@pytest.mark.system
+def test_a_holder_of_another_role_is_said_without_what_the_server_hides(tmp_path, postgres_server, monkeypatch):
+    """Without pg_read_all_stats, pg_stat_activity hides another role's session details (NULL)."""
+    from snaketune import locks
+    from snaketune.layout import StudyLayout
+
+    monkeypatch.setenv("SNAKETUNE_TEST_ROLE_PASSWORD", "observer-pass")
+    as_owner = postgres_server.new_database("two_roles")
+    as_observer = postgres_server.new_role("observer", "observer-pass", "two_roles")
+    holder = _lock_holder("hold_study", tmp_path / "there", as_owner)
+    try:
+        with pytest.raises(locks.StudyInUse, match="being run by another invocation"):
+            locks.hold_study(StudyLayout(tmp_path / "here"), as_observer, "shared")
+        assert locks.run_holder(StudyLayout(tmp_path / "here"), as_observer, "shared")
+    finally:
+        holder.kill()
+        holder.wait()

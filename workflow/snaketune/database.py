@@ -19,6 +19,7 @@ import contextlib
 import importlib.util
 import os
 import re
+import sys
 import threading
 
 import optuna
@@ -266,10 +267,16 @@ def _first_line(error: Exception, url: str) -> str:
 # hashed to 31 bits, and the lock's kind in a range of snaketune's own ("SNT" and the kind).
 LOCK_KINDS = {"run": 1, "trials": 2, "claim": 3}
 _LOCK_SPACE = 0x534E5400
-# What the server is told on a lock's session: TCP keepalives (user settings) so that a holder
-# whose machine was lost (no FIN ever reaches the server) is dropped, and its locks with it, within
-# about 2 minutes rather than the operating system's default 2 hours; ignored on a Unix socket.
-_LOCK_SESSION_OPTIONS = "-c tcp_keepalives_idle=60 -c tcp_keepalives_interval=10 -c tcp_keepalives_count=6"
+# What the server is told on a lock's session (user settings, added to the URL's own `options`):
+# TCP keepalives, so that a holder whose machine was lost (no FIN ever reaches the server) is
+# dropped, and its locks with it, within about 2 minutes rather than the operating system's default
+# 2 hours (ignored on a Unix socket); and no lock or statement timeout a role or database may set
+# (managed servers do), which would cancel a wait for the claim lock.
+_LOCK_SESSION_OPTIONS = ("-c tcp_keepalives_idle=60 -c tcp_keepalives_interval=10 -c tcp_keepalives_count=6 "
+                         "-c lock_timeout=0 -c statement_timeout=0")
+# How often a held lock's session is checked (`AdvisoryLock.keep`): a session the server ended (a
+# restart, pg_terminate_backend, a network break) has taken its locks with it.
+LOCK_CHECK_SECONDS = 30
 
 
 def advisory_key(study_name: str, kind: str) -> tuple[int, int]:
@@ -292,22 +299,30 @@ class AdvisoryLock:
         self.url, self.kind, self.purpose = url, kind, purpose
         self.key = advisory_key(study_name, kind)
         self._connection = None
+        self._shared = False
+        self._keeper: threading.Event | None = None
 
     def _connect(self):
         import sqlalchemy
         import sqlalchemy.exc
 
+        url = _parse(expanded_url(self.url))
         engine = sqlalchemy.create_engine(
-            expanded_url(self.url), poolclass=sqlalchemy.pool.NullPool,
+            url, poolclass=sqlalchemy.pool.NullPool,
             # application_name: pg_stat_activity (and `holders`) names who holds a lock; 63 bytes at most.
             connect_args={"application_name": self.purpose.encode()[:63].decode(errors="ignore"),
-                          "options": _LOCK_SESSION_OPTIONS})
+                          "options": " ".join(filter(None, [url.query.get("options"), _LOCK_SESSION_OPTIONS]))})
         try:
-            return engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         except sqlalchemy.exc.SQLAlchemyError as error:
             raise StorageUnreachable(
                 f"tuning.storage: cannot reach the study's database {_shown(self.url)} for its {self.kind} lock: "
                 f"{_first_line(error, self.url)}") from None
+        try:  # PostgreSQL 14 and later end an idle session after idle_session_timeout, if a role sets one
+            connection.execute(sqlalchemy.text("SET idle_session_timeout = 0"))
+        except sqlalchemy.exc.SQLAlchemyError:
+            pass  # an older server: it has no such timeout
+        return connection
 
     def _call(self, connection, function: str):
         import sqlalchemy
@@ -318,8 +333,13 @@ class AdvisoryLock:
     def try_hold(self, shared: bool = False) -> bool:
         """Take the lock if it is free now (shared: beside other shared holders); whether taken."""
         connection = self._connect()
-        if self._call(connection, "pg_try_advisory_lock_shared" if shared else "pg_try_advisory_lock"):
-            self._connection = connection
+        try:
+            taken = self._call(connection, "pg_try_advisory_lock_shared" if shared else "pg_try_advisory_lock")
+        except Exception:
+            connection.close()
+            raise
+        if taken:
+            self._connection, self._shared = connection, shared
             return True
         connection.close()
         return False
@@ -327,14 +347,65 @@ class AdvisoryLock:
     def hold(self, shared: bool = False) -> AdvisoryLock:
         """Take the lock, waiting while another session holds it; returns self."""
         connection = self._connect()
-        self._call(connection, "pg_advisory_lock_shared" if shared else "pg_advisory_lock")
-        self._connection = connection
+        try:
+            self._call(connection, "pg_advisory_lock_shared" if shared else "pg_advisory_lock")
+        except Exception:
+            connection.close()
+            raise
+        self._connection, self._shared = connection, shared
         return self
+
+    def keep(self) -> AdvisoryLock:
+        """Check the held lock every LOCK_CHECK_SECONDS until `release`, in a thread: where the
+        server ended its session (a restart, pg_terminate_backend, a network break), the lock went
+        with it, so it is taken again on a new session, or, if another holder took it meanwhile,
+        that is said on stderr (the study is no longer guarded). For the locks held a whole run or
+        trial job; a claim is too short to need it. Returns self."""
+        stop = self._keeper = threading.Event()
+
+        def check():
+            while not stop.wait(LOCK_CHECK_SECONDS):
+                connection = self._connection
+                if connection is None or self._session_holds(connection):
+                    continue
+                with contextlib.suppress(Exception):
+                    connection.close()
+                try:
+                    again = self.try_hold(shared=self._shared)
+                except StorageUnreachable:
+                    again = False
+                if not again:
+                    self._connection = None
+                print(f"snaketune: the database session holding the study's {self.kind} lock was ended by the "
+                      "server; " + ("took the lock again" if again else
+                                    "it could not be taken again (another holder has it, or the server is "
+                                    "unreachable): this run no longer guards the study; stop it and run again"),
+                      file=sys.stderr, flush=True)
+                if not again:
+                    return
+
+        threading.Thread(target=check, name=f"snaketune-{self.kind}-lock", daemon=True).start()
+        return self
+
+    def _session_holds(self, connection) -> bool:
+        """Whether `connection`'s session is alive and still holds the lock."""
+        import sqlalchemy
+
+        try:
+            return bool(connection.execute(sqlalchemy.text(
+                "SELECT count(*) FROM pg_locks WHERE pid = pg_backend_pid() AND locktype = 'advisory' "
+                "AND granted AND objsubid = 2 AND classid = CAST(:a AS oid) AND objid = CAST(:b AS oid)"),
+                {"a": self.key[0], "b": self.key[1]}).scalar())
+        except Exception:  # noqa: BLE001 (the session is gone: the driver's error says how)
+            return False
 
     def release(self) -> None:
         """Drop the lock (its session ends)."""
+        if self._keeper is not None:
+            self._keeper.set()
         if self._connection is not None:
-            self._connection.close()
+            with contextlib.suppress(Exception):  # a session the server ended already
+                self._connection.close()
             self._connection = None
 
     def holders(self, exclusive: bool | None = None) -> list[str]:
@@ -354,7 +425,8 @@ class AdvisoryLock:
                 {"a": self.key[0], "b": self.key[1]}).all()
         finally:
             connection.close()
-        return [f"{name or 'a session'}, since {start:%Y-%m-%d %H:%M:%S}" for name, start in rows]
+        # Another role's session start is hidden without pg_read_all_stats (NULL).
+        return [f"{name or 'a session'}" + (f", since {start:%Y-%m-%d %H:%M:%S}" if start else "") for name, start in rows]
 
 
 @contextlib.contextmanager

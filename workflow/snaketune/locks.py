@@ -280,7 +280,7 @@ def _hold_study_in_database(layout: StudyLayout, url: str, study_name: str) -> A
         raise StudyInUse(LEFTOVER_TRIAL_JOBS.format(output_dir=layout.output_dir))
     trials.release()  # only a probe: no trial job of this run has started yet
     layout.run_lock.write_bytes(_holder_record(layout))
-    return run
+    return run.keep()
 
 
 @contextlib.contextmanager
@@ -315,7 +315,7 @@ def hold_trial_share(layout: StudyLayout, url: str | None = None, study_name: st
     returns its descriptor (or, for a database study, its AdvisoryLock), which must stay open."""
     database = _in_database(layout, url, study_name)
     if database:
-        return AdvisoryLock(*database, "trials", purpose=_purpose("trial job")).hold(shared=True)
+        return AdvisoryLock(*database, "trials", purpose=_purpose("trial job")).hold(shared=True).keep()
     fd = os.open(layout.trials_lock, os.O_RDWR | os.O_CREAT, 0o644)
     _flock(fd, fcntl.LOCK_SH, layout.trials_lock)
     return fd
