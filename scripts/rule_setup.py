@@ -1,5 +1,6 @@
 """Shared first lines of every rule script: find the package, send output to the rule's log,
-read the validated tune config, and lease the job's device(s)."""
+read the validated tune config (its output_dir where this job's files are), and lease the job's
+device(s)."""
 
 import contextlib
 import dataclasses
@@ -16,7 +17,12 @@ if (CHECKOUT_PACKAGE_PARENT / "snaketune").is_dir() and str(CHECKOUT_PACKAGE_PAR
 
 
 def start(snakemake):
-    """Send the rule's output to its log; returns the resolved config (`config.TuningConfig`)."""
+    """Send the rule's output to its log; returns the resolved config (`job_config`'s)."""
+    send_output_to_log(snakemake)
+    return job_config(snakemake)[0]
+
+
+def send_output_to_log(snakemake) -> None:
     if snakemake.log:
         Path(snakemake.log[0]).parent.mkdir(parents=True, exist_ok=True)
         log = open(snakemake.log[0], "a", buffering=1)
@@ -27,10 +33,23 @@ def start(snakemake):
     # shell(), which sets them (and GOTO/VECLIB/NUMEXPR) from the rule's `threads:`
     # (snakemake/shell.py, 9.27.1), so trials side by side do not oversubscribe the cores.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def job_config(snakemake):
+    """The resolved config (`config.TuningConfig`) as this job sees the study, and whether a
+    storage plugin moves the job's files: then tuning.output_dir is the local copy Snakemake gave
+    the job (layout.local_output_dir), where its inputs were retrieved and its outputs are stored
+    from, so every path the job derives from the layout is one Snakemake moves. Imports no torch."""
+    from snaketune.layout import local_output_dir
     from snaketune.validate import load_tune_config
 
     # Jobs run in the workflow's working directory, where relative config paths resolve.
-    return load_tune_config(snakemake.config, base_dir=os.getcwd(), validated=True)
+    tune = load_tune_config(snakemake.config, base_dir=os.getcwd(), validated=True)
+    job_paths = list(snakemake.output) or list(snakemake.log)
+    local = local_output_dir(tune.tuning.output_dir, job_paths[0]) if job_paths else Path(tune.tuning.output_dir)
+    if local == Path(tune.tuning.output_dir):
+        return tune, False
+    return dataclasses.replace(tune, tuning=dataclasses.replace(tune.tuning, output_dir=str(local))), True
 
 
 @contextlib.contextmanager

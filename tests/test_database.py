@@ -90,6 +90,24 @@ def test_the_readmes_storage_example_is_taken_with_its_variable_set(monkeypatch)
     assert storage_problems(url) == []
 
 
+@pytest.mark.parametrize("tuning, moved, shared, said", [
+    ({}, False, True, None),  # a shared file system (the default): anything goes
+    ({}, False, False, "snaketune: --shared-fs-usage without input-output needs a storage plugin"),
+    ({}, True, False, "tuning.storage: a run whose files a storage plugin moves"),
+    ({"storage": "postgresql://tuner@db.example.org/studies", "pruner": "successive_halving"}, True, False,
+     "tuning.resume_pruned: a paused trial is resumed by a later slot"),  # on by default for successive halving
+    ({"storage": "postgresql://tuner@db.example.org/studies", "pruner": "successive_halving", "resume_pruned": False},
+     True, False, None),
+    ({"storage": "postgresql://tuner@db.example.org/studies"}, True, True, None),  # a storage plugin on a shared file system
+])
+def test_what_a_storage_plugin_cannot_move_is_refused_by_its_path(tmp_path, tuning, moved, shared, said):
+    from snaketune.check import file_movement_problems
+
+    write_reverse_words(tmp_path / "data.jsonl")
+    problems = file_movement_problems(load_tune_config(tiny_config(**tuning), tmp_path), moved, shared)
+    assert problems == [] if said is None else (len(problems) == 1 and problems[0].startswith(said)), problems
+
+
 def test_two_urls_name_one_database_whatever_their_password_variable():
     assert same_database("postgresql://u:${A}@h:5432/db", "postgresql://u:${B}@h:5432/db")
     assert not same_database("postgresql://u@h:5432/db", "postgresql://u@h:5432/other")

@@ -33,6 +33,23 @@ def test_wildcard_paths_for_the_trial_rule():
     assert str(trial.log) == "out/trial_{i}/logs/trial.log"
 
 
+def test_a_jobs_copy_of_the_output_dir_is_found_from_its_own_paths(tmp_path):
+    """Where a storage plugin moves a job's files, Snakemake gives it a local copy of each path
+    under its prefix (.snakemake/storage/<provider>/<storage prefix>/<path>)."""
+    from snaketune.layout import local_output_dir
+
+    out = tmp_path / "study"
+    assert local_output_dir(out, out / "trial_0" / "metrics.json") == out
+    copy = tmp_path / "work" / ".snakemake" / "storage" / "fs" / "remote" / str(out).lstrip("/")
+    assert local_output_dir(out, copy / "trial_0") == copy
+    assert local_output_dir(out, copy) == copy
+    # a prefix that repeats the output_dir's own path: the copy is the last one
+    repeated = tmp_path / ".snakemake" / "storage" / "fs" / str(out).lstrip("/") / str(out).lstrip("/")
+    assert local_output_dir(out, repeated / "best_model") == repeated
+    with pytest.raises(ValueError, match="is not a path of the study"):
+        local_output_dir(out, tmp_path / "elsewhere" / "trial_0")
+
+
 def test_last_checkpoint_passes_over_one_cut_short(tmp_path):
     files = TrialFiles(tmp_path / "trial_0")
     assert files.last_checkpoint() is None  # no directory yet

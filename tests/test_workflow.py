@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import time
 from pathlib import Path
 
@@ -274,15 +275,77 @@ def test_yaml_the_schema_let_through_is_refused_by_a_dry_run(workdir, change, na
     assert not (workdir / "tuning_output").exists()
 
 
-def test_a_run_whose_jobs_share_no_file_system_is_refused_before_any_job(workdir):
-    """--shared-fs-usage none (what the Kubernetes and cloud executors imply): a trial's
-    checkpoints and the paused checkpoint a later slot resumes are files other jobs must see, so it is
-    refused, not half run."""
-    write_config(workdir, tiny_config())
-    run = run_snakemake(workdir, "-n", "--shared-fs-usage", "none", check=False)
-    assert run.returncode != 0
-    assert "snaketune: --shared-fs-usage without input-output" in run.stderr and "docs/scale-out.md" in run.stderr
-    assert not (workdir / "tuning_output").exists()
+STORAGE_PLUGIN = ("--shared-fs-usage", "none", "--default-storage-provider", "fs", "--default-storage-prefix")
+
+
+@pytest.mark.parametrize("config, options, said", [
+    # no storage plugin to move the files of jobs that share no file system
+    ({}, ("--shared-fs-usage", "none"), "snaketune: --shared-fs-usage without input-output needs a storage plugin"),
+    # the study as a journal file, which each job would write in its own copy
+    ({}, (*STORAGE_PLUGIN, "remote"), "tuning.storage: a run whose files a storage plugin moves"),
+])  # (pausing pruned trials, refused too, needs a database: tests/test_layout.py asks check.file_movement_problems)
+def test_a_run_its_jobs_files_cannot_reach_is_refused_before_any_job(workdir, config, options, said):
+    """What a storage plugin cannot move (docs/scale-out.md) is refused at parse time, by its path."""
+    write_config(workdir, tiny_config(**config))
+    run = run_snakemake(workdir, "-n", *options, check=False)
+    assert run.returncode != 0 and said in run.stderr, run.stderr
+    assert "docs/scale-out.md" in run.stderr
+    assert not (workdir / "tuning_output").exists() and not (workdir / "remote").exists()
+
+
+@pytest.mark.system
+def test_a_study_whose_jobs_share_no_file_gets_every_file_it_needs_through_the_storage_plugin(tmp_path, postgres_url):
+    """--shared-fs-usage none with Snakemake's fs storage plugin (what the Kubernetes and cloud
+    executors imply), the study in PostgreSQL. The run is split over working directories as over
+    machines' local disks: the first prepares the model and data (and runs the preflight), the
+    second the trials, the third aggregate and report, the fourth grows the study. A job there
+    finds nothing but what the storage plugin retrieved, so any file a rule does not declare (the
+    prepared model's weights, a trial's checkpoint, its learning curve) is missing; only the main
+    process's own files (its config, lock and storage record) stay in output_dir."""
+    import shutil
+
+    if shutil.which("rsync") is None:
+        if os.environ.get("CI"):
+            pytest.fail("rsync is needed here (Snakemake's fs storage plugin copies with it)")
+        pytest.skip("rsync is not installed (Snakemake's fs storage plugin copies with it)")
+    remote, study = tmp_path / "remote", tmp_path / "study"
+    config = tiny_config(storage=postgres_url, n_trials=2, output_dir=str(study))
+    storage_options = (*STORAGE_PLUGIN, str(remote))
+    runs = []
+
+    def on_machine(name: str, *until: str) -> str:
+        machine = tmp_path / name
+        machine.mkdir()
+        write_reverse_words(machine / "data.jsonl")  # the user's files, where the main process runs
+        write_config(machine, config)
+        # the last one as docs/scale-out.md tells users to, growing the study
+        runs.append(run_snakemake(machine, *until, *storage_options) if until else
+                    run_cli(machine, "tune", "-c", "tune.yaml", "tuning.n_trials=3", "--", *storage_options))
+        return runs[-1].stdout + runs[-1].stderr
+
+    prepared = on_machine("first", "--until", "preflight")
+    assert "localrule prepare_model" in prepared and "localrule prepare_data" in prepared  # beside the user's files
+    trained = on_machine("second", "--until", "trial")
+    assert "prepare_model" not in trained and "rule preflight" not in trained  # taken from the storage
+    assert trained.count("rule trial:") == 2
+    aggregated = on_machine("third", "--until", "report")
+    assert "rule trial:" not in aggregated and "rule aggregate:" in aggregated and "rule report:" in aggregated
+    stored = remote / str(study).lstrip("/")
+    assert list(pd.read_csv(stored / "trials_results.csv")["state"]) == ["COMPLETE", "COMPLETE"]
+    assert json.loads((stored / "best_model" / "snaketune_trial.json").read_text())["trial_number"] in (0, 1)
+    assert (stored / "best_model" / "model.safetensors").stat().st_size > 0
+    assert (stored / "report" / "learning_curves.png").exists()
+    for slot in (0, 1):
+        assert_trial_files(stored / f"trial_{slot}")
+    # The main process keeps its own files where it runs; every job's file is in the storage only.
+    assert sorted(p.name for p in study.iterdir()) == ["run.lock", "storage.json", "study.json", "tune.merged.yaml"]
+    assert f"were stored by the storage plugin under {remote}" in aggregated
+
+    grown = on_machine("fourth")
+    assert grown.count(" started in trial_") == 1 and "trial 2 started in trial_2/" in grown  # the new slot only
+    assert len(pd.read_csv(stored / "trials_results.csv")) == 3
+    assert sorted(t.state for t in load_study(study).trials) == [TrialState.COMPLETE] * 3
+    assert_password_kept(postgres_url, tmp_path, *runs)
 
 
 def test_snakemake_lint_is_clean(tmp_path):

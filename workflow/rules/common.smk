@@ -18,7 +18,7 @@ if (REPO_DIR / "workflow" / "snaketune").is_dir():
 from snakemake.exceptions import WorkflowError
 from snakemake.settings.types import SharedFSUsage
 
-from snaketune.check import accepted_config, checked_already, notice_line
+from snaketune.check import accepted_config, checked_already, file_movement_problems, notice_line
 from snaketune.errors import SnaketuneError
 from snaketune.validate import load_yaml, read_default_tune_yaml
 from snaketune.layout import write_text
@@ -26,7 +26,7 @@ from snaketune.progress import ConsoleProgress
 from snaketune.locks import StudyInUse, hold_study
 from snaketune.results import is_saved_model
 from snaketune.storage import record_storage
-from snaketune.study import restore_told_trials
+from snaketune.study import open_study, restore_told_trials
 
 
 # Snakemake deep-merges --configfile over a `configfile:` directive's dict, so a default tune
@@ -49,17 +49,17 @@ if not CHECKED:
 
 TUNING = TUNE.tuning
 
-# A trial job writes its folder (checkpoints, the pause checkpoint a later slot resumes) in
-# output_dir, files other jobs read that are no declared output; so a run whose jobs share no file
-# system (--shared-fs-usage without input-output: the Kubernetes and cloud executors) is refused
-# here rather than losing them (docs/scale-out.md). A database study's locks are in its database.
-if workflow.is_main_process and SharedFSUsage.INPUT_OUTPUT not in workflow.storage_settings.shared_fs_usage:
-    sys.exit("snaketune: --shared-fs-usage without input-output (jobs that share no file system, as the "
-             "Kubernetes and cloud executors run them) is not supported yet: a trial's checkpoints, and the "
-             "paused checkpoint a later slot resumes, are files in tuning.output_dir that other trial jobs "
-             "must see (and a journal study is a file there too). Run on machines that share "
-             "tuning.output_dir (a SLURM cluster's shared file system), with the study in PostgreSQL "
-             "(tuning.storage) across machines: see docs/scale-out.md")
+# How the jobs get their files. Where a storage plugin moves them (--default-storage-provider: the
+# Kubernetes and cloud executors, --shared-fs-usage none), each job sees only what its rule
+# declares, on a machine of its own: the rules below then declare whole folders (the prepared model
+# and data, each trial's folder, the best model) and the prepare rules run where the user's model
+# and data are (local rules); what cannot work so is refused here (check.file_movement_problems).
+SHARED_FS = SharedFSUsage.INPUT_OUTPUT in workflow.storage_settings.shared_fs_usage
+MOVED_BY_STORAGE = workflow.storage_settings.default_storage_provider is not None
+if workflow.is_main_process:
+    PROBLEMS = file_movement_problems(TUNE, MOVED_BY_STORAGE, SHARED_FS)
+    if PROBLEMS:
+        sys.exit("\n".join(PROBLEMS))
 
 # tuning.timeout_minutes counts from the start of this invocation; its jobs inherit the clock.
 if workflow.is_main_process:
@@ -123,6 +123,39 @@ def preflight_fingerprint(wildcards):
     return fingerprint(TUNE)
 
 
+def moved_folder(path: Path, declared: Path):
+    """A job's output `declared` (a file in `path`), or, where a storage plugin moves the files
+    (MOVED_BY_STORAGE), the whole folder `path`: then Snakemake moves every file in it."""
+    return directory(str(path)) if MOVED_BY_STORAGE else str(declared)
+
+
+def moved_input(path: Path, declared: Path) -> str:
+    """What a job takes of `moved_folder(path, declared)`: the folder, or the file."""
+    return str(path if MOVED_BY_STORAGE else declared)
+
+
+def model_output():
+    return moved_folder(LAYOUT.model_source.parent, LAYOUT.model_source)
+
+
+def model_input() -> str:
+    return moved_input(LAYOUT.model_source.parent, LAYOUT.model_source)
+
+
+def data_output():
+    return moved_folder(LAYOUT.data_summary.parent, LAYOUT.data_summary)
+
+
+def data_input() -> str:
+    return moved_input(LAYOUT.data_summary.parent, LAYOUT.data_summary)
+
+
+def trial_output():
+    """A trial's metrics.json, or its whole folder (its model and learning curve: what aggregate
+    and report read) where a storage plugin moves the files."""
+    return moved_folder(TRIAL.dir, TRIAL.metrics)
+
+
 def preflight_input():
     """The preflight's record, as trials and the baseline take it: ancient, so that a preflight
     run again (a changed fixed argument) re-runs no trial that ran; it still comes first."""
@@ -144,13 +177,21 @@ def budget_input(wildcards):
 
 
 def trial_metrics():
-    return [str(LAYOUT.trial(i).metrics) for i in range(N_TRIALS)]
+    """Every slot's metrics.json, or its folder (trial_output)."""
+    return [moved_input(LAYOUT.trial(i).dir, LAYOUT.trial(i).metrics) for i in range(N_TRIALS)]
+
+
+def trial_folders():
+    """Where a storage plugin moves the files, the trial folders the report's learning curves are
+    read from; else nothing (the report reads them where they are)."""
+    return [str(LAYOUT.trial(i).dir) for i in range(N_TRIALS)] if MOVED_BY_STORAGE else []
 
 
 def baseline_outputs():
-    """The base model's metrics (the baseline rule's output) when its answers are scored, that is
-    when a generation or an lm-eval metric is an objective."""
-    return [str(LAYOUT.baseline.metrics)] if TUNE.scores_answers else []
+    """The base model's metrics (the baseline rule's output, or its folder where a storage plugin
+    moves the files) when its answers are scored, that is when a generation or an lm-eval metric
+    is an objective."""
+    return [moved_input(LAYOUT.baseline.dir, LAYOUT.baseline.metrics)] if TUNE.scores_answers else []
 
 
 def results_outputs():
@@ -167,10 +208,16 @@ def aggregate_outputs():
     whole): results.save_best_model swaps it in once the new one is written. So a re-run never
     leaves the user without the best model they had.
     """
-    outputs = {"results_csv": update(str(LAYOUT.results_csv)),
-               "best_record": update(str(LAYOUT.best_record(N_OBJECTIVES)))}
+    # Where a storage plugin moves the files, Snakemake cannot back an `update` output up (it looks
+    # for the local copy a fresh job never has); the storage keeps the previous one until the
+    # new one is stored over it.
+    kept = update if not MOVED_BY_STORAGE else str
+    outputs = {"results_csv": kept(str(LAYOUT.results_csv)),
+               "best_record": kept(str(LAYOUT.best_record(N_OBJECTIVES)))}
     if N_OBJECTIVES > 1:
-        outputs["pareto_front"] = update(str(LAYOUT.pareto_front))
+        outputs["pareto_front"] = kept(str(LAYOUT.pareto_front))
+    elif MOVED_BY_STORAGE:  # the model itself must be declared to be moved; the storage keeps the last one
+        outputs["best_model"] = directory(str(LAYOUT.best_model))
     else:
         outputs["best_model_record"] = update(str(LAYOUT.best_model_record))
     return outputs
@@ -216,6 +263,10 @@ onstart:
     except StudyInUse as error:
         sys.exit(str(error))
     record_storage(LAYOUT, TUNING.storage, TUNING.study_name)  # readers given only the folder find a database study
+    if MOVED_BY_STORAGE:
+        # The study's definition hashes the user's data files, which only this machine is sure to
+        # see: recorded here, with the study's id for this folder, before any job (which leaves it).
+        open_study(TUNING, definition=TUNE.definition)
     for line in restore_told_trials(TUNING):
         print(line)
     keep_run_config()

@@ -5,8 +5,8 @@
 
 rule preflight:
     input:
-        model=str(LAYOUT.model_source),
-        data=str(LAYOUT.data_summary),
+        model=model_input(),
+        data=data_input(),
     output:
         str(LAYOUT.preflight_record),
     params:

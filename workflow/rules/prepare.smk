@@ -1,13 +1,16 @@
-# Work done once per study: the model as a directory on disk, the data tokenized.
+# Work done once per study: the model as a directory on disk, the data tokenized. Where a storage
+# plugin moves the files, they run here (local rules), where the user's model and data files are,
+# and their whole folders are what the other jobs receive.
 
 
 rule prepare_model:
     output:
-        str(LAYOUT.model_source),
+        model_output(),
     params:
         made_from=prepared_model_from,
     log:
         str(LAYOUT.rule_log("prepare_model")),
+    localrule: MOVED_BY_STORAGE
     threads: all_cores
     resources:
         gpu=0,
@@ -19,13 +22,14 @@ rule prepare_model:
 
 rule prepare_data:
     input:
-        model=str(LAYOUT.model_source),
+        model=model_input(),
     output:
-        str(LAYOUT.data_summary),
+        data_output(),
     params:
         made_from=prepared_data_from,
     log:
         str(LAYOUT.rule_log("prepare_data")),
+    localrule: MOVED_BY_STORAGE
     threads: all_cores
     resources:
         gpu=0,

@@ -9,6 +9,7 @@ rule report:
     input:
         results_csv=str(LAYOUT.results_csv),
         best_record=str(LAYOUT.best_record(N_OBJECTIVES)),
+        trials=trial_folders(),
     output:
         plots=[
             report(

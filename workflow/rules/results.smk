@@ -3,7 +3,7 @@
 
 rule aggregate:
     input:
-        model=str(LAYOUT.model_source),
+        model=model_input(),
         trials=trial_metrics(),
         baseline=baseline_outputs(),
     output:
@@ -25,7 +25,8 @@ onsuccess:
     from snaketune.summary import print_summary
 
     stop_progress()
-    print_summary(LAYOUT, TUNING.study_name, TUNING.metrics)
+    print_summary(LAYOUT, TUNING.study_name, TUNING.metrics, stored_in=MOVED_BY_STORAGE and
+                  f"{workflow.storage_settings.default_storage_prefix} ({workflow.storage_settings.default_storage_provider})")
 
 
 # A failed trial stops `aggregate` from running; the table is written from the journal anyway.

@@ -38,11 +38,11 @@ rule budget:
 # same way (snaketune.generation.evaluate_base_model), so the summary shows what tuning gained.
 rule baseline:
     input:
-        model=str(LAYOUT.model_source),
-        data=str(LAYOUT.data_summary),
+        model=model_input(),
+        data=data_input(),
         preflight=preflight_input(),
     output:
-        str(LAYOUT.baseline.metrics),
+        moved_folder(LAYOUT.baseline.dir, LAYOUT.baseline.metrics),
     log:
         str(LAYOUT.rule_log("baseline")),
     threads: trial_threads
@@ -56,12 +56,12 @@ rule baseline:
 
 rule trial:
     input:
-        model=str(LAYOUT.model_source),
-        data=str(LAYOUT.data_summary),
+        model=model_input(),
+        data=data_input(),
         preflight=preflight_input(),
         budget=budget_input,
     output:
-        str(TRIAL.metrics),
+        trial_output(),
     log:
         str(TRIAL.log),
     # The job's wall time, memory and CPU (bench/overhead.py compares it with training time).

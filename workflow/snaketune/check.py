@@ -59,6 +59,39 @@ def accepted_config(raw: dict, base_dir: str | Path | None = None, validated: bo
     return resolved
 
 
+def file_movement_problems(tune: TuningConfig, moved_by_storage: bool, shared_fs: bool) -> list[str]:
+    """Why a run of `tune` cannot run the way its jobs get their files ('yaml.path: ...' lines, or
+    'snaketune: ...' for a Snakemake option): `shared_fs`, whether the jobs share the working
+    directory's file system (--shared-fs-usage with input-output, the default); `moved_by_storage`,
+    whether a Snakemake storage plugin moves their files (--default-storage-provider).
+
+    Where a storage plugin moves the files, each job sees only the files its rule declares (the
+    prepared model and data, a trial's whole folder, the best model: common.smk declares them so),
+    on a machine of its own (the Kubernetes and cloud executors), so the study must be in a
+    database every job reaches, and a pruned trial cannot be paused for a later slot to resume (that
+    slot would need the paused trial's checkpoint, which no rule can declare before the pruner
+    decides)."""
+    tuning = tune.tuning
+    if not moved_by_storage:
+        if shared_fs:
+            return []
+        return ["snaketune: --shared-fs-usage without input-output needs a storage plugin to move each job's "
+                "files (jobs that share no file system see no file but those): add --default-storage-provider "
+                "(e.g. fs, s3) and --default-storage-prefix, with the study in PostgreSQL (tuning.storage); "
+                "see docs/scale-out.md"]
+    problems = []
+    if not tuning.storage:
+        problems.append("tuning.storage: a run whose files a storage plugin moves (--default-storage-provider) "
+                        "runs each job where it sees only its declared files, so the study cannot be a journal "
+                        "file in tuning.output_dir: set tuning.storage to a postgresql:// URL every job reaches "
+                        "(docs/scale-out.md)")
+    if tuning.resume_pruned:
+        problems.append("tuning.resume_pruned: a paused trial is resumed by a later slot from its checkpoint, "
+                        "which a run whose files a storage plugin moves (--default-storage-provider) cannot hand "
+                        "to that slot: set resume_pruned: false (pruned trials then stop for good)")
+    return problems
+
+
 def check_token(config_text: str, base_dir: str | Path) -> str:
     """The token (hex digest) of a config's exact text as read from a `--configfile` and the
     directory its relative paths resolve against: equal tokens, the same accepted config."""

@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import snaketune
@@ -61,6 +62,8 @@ def rank_main(spec_path: str) -> None:
 
     spec = json.loads(Path(spec_path).read_text())
     tune = load_tune_config(spec["config"], base_dir=spec["base_dir"], validated=True)
+    if spec.get("output_dir"):  # the job's own copy of the study's folder (rule_setup.job_config)
+        tune = replace(tune, tuning=replace(tune.tuning, output_dir=spec["output_dir"]))
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
@@ -85,7 +88,7 @@ def rank_main(spec_path: str) -> None:
                 train.run_trial(tune, slot=spec["slot"], trial_dir=spec["trial_dir"],
                                 model_source=spec["model_source"], data_dir=spec["data_dir"],
                                 threads=threads, user_attrs=spec["user_attrs"],
-                                before_training=send)
+                                defines_study=spec.get("defines_study", True), before_training=send)
             finally:
                 if not sent:  # finished earlier, or failed before training: the others stop too
                     dist.broadcast_object_list([None], src=0)

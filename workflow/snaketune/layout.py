@@ -409,6 +409,27 @@ class StudyLayout:
         return sorted(found, key=lambda p: int(p.name[len("trial_"):]))
 
 
+def local_output_dir(output_dir: str | Path, job_path: str | Path) -> Path:
+    """Where a job finds and writes the study's files: `output_dir` itself, or, where a Snakemake
+    storage plugin moves the job's files (--default-storage-provider: jobs that share no file
+    system), the local copy of it that Snakemake gives the job: its inputs retrieved there, its
+    outputs stored from there (`.snakemake/storage/<provider>/<prefix>/<output_dir>`).
+
+    `job_path` is one of the job's own output paths as Snakemake passes it (a file or folder under
+    output_dir, or its local copy). Snakemake maps every path of a rule the same way, so the part
+    of `job_path` before output_dir is the job's prefix. Raises ValueError for a path that is
+    neither under output_dir nor a copy of a path there."""
+    output_dir = Path(output_dir)
+    job = Path(os.path.abspath(job_path))
+    if job == output_dir or output_dir in job.parents:
+        return output_dir
+    tail = output_dir.parts[1:]  # without the root: a storage prefix holds the absolute path below it
+    for start in range(len(job.parts) - len(tail), 0, -1):
+        if job.parts[start:start + len(tail)] == tail:
+            return Path(*job.parts[:start + len(tail)])
+    raise ValueError(f"{job_path} is not a path of the study in {output_dir}, nor a copy of one")
+
+
 def _is_system_folder(path: Path) -> bool:
     """A file system's root, a folder right under it (/tmp, /home, ...), the home directory or
     one above it: never a study's own folder (StudyLayout.unusable_because)."""

@@ -443,17 +443,19 @@ def write_best_page(best: dict, path: Path, study_name: str) -> None:
 
 
 def write_report(output_dir: str | Path, study_name: str, metrics: list[str], results_csv: str | Path,
-                 best_record: str | Path, plots: list[str | Path], pages: dict[str, str | Path]) -> None:
+                 best_record: str | Path, plots: list[str | Path], pages: dict[str, str | Path],
+                 url: str | None = None) -> None:
     """Write every plot and page of the report: rule report's outputs.
 
     Reads the journal, `results_csv` (trials_results.csv) and `best_record` (best_trial.json or
-    best_trials.json) of study `study_name` in `output_dir`, whose objectives are `metrics`.
+    best_trials.json) of study `study_name` in `output_dir`, whose objectives are `metrics`; or the
+    study in the database of `url` (tuning.storage).
     `plots` are the paths of `plot_files(metrics)`, in its order; `pages` maps
     `interactive`, `trials` and `best` to the HTML pages' paths.
     """
     import pandas as pd
 
-    study = studies.load_study(output_dir, study_name)
+    study = studies.load_study(output_dir, study_name, url=url)
     layout = StudyLayout(output_dir)
     figures = []
     for entry, path in zip(plot_files(metrics), plots, strict=True):

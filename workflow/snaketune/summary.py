@@ -341,11 +341,17 @@ def ranked(study: optuna.Study, trials: list[FrozenTrial]) -> list[FrozenTrial]:
     return sorted(trials, key=key)
 
 
-def print_summary(layout: StudyLayout, study_name: str, metrics: list[str]) -> None:
+def print_summary(layout: StudyLayout, study_name: str, metrics: list[str], stored_in: str | None = None) -> None:
     """The closing lines of a run (Snakemake's onsuccess): the summary table, the best trial(s)
     and where the results and the report are. Prints nothing before rule aggregate has written
-    the best record."""
-    if layout.best_record(len(metrics)).exists():
+    the best record. `stored_in`: where a storage plugin stored the study's files (its
+    --default-storage-prefix), as they are not in `layout` then; the table is the database's."""
+    if stored_in:
+        print("\n" + summary_table(layout, study_name, metrics), flush=True)
+        print(f"snaketune: the jobs' files (trials_results.csv, best_trial(s).json, best_model/, report/, "
+              f"trial_*/) were stored by the storage plugin under {stored_in}, not in {shown(layout.output_dir)}",
+              flush=True)
+    elif layout.best_record(len(metrics)).exists():
         print("\n" + summary_table(layout, study_name, metrics), flush=True)
 
 

@@ -39,10 +39,14 @@ class NothingLeftToTrain(Exception):
 
 
 def run_trial(tune: TuningConfig, slot: int, trial_dir: str | Path, model_source: dict, data_dir: str | Path,
-              threads: int = 1, user_attrs: dict | None = None, before_training=None) -> dict:
+              threads: int = 1, user_attrs: dict | None = None, before_training=None,
+              defines_study: bool = True) -> dict:
     """Run slot `slot` of the study; returns what metrics.json holds.
 
     `user_attrs` are recorded on the trial (its devices and SLURM job: snaketune.gpu).
+    `defines_study=False`: the study's definition (`TuningConfig.definition`, which hashes the
+    local data files) is left as the run recorded it, for a job that may not see those files (its
+    files moved by a storage plugin).
     `before_training(params, resume_from)` is called once the parameters are known (data-parallel
     rank 0 sends them to the other ranks: snaketune.distributed).
     """
@@ -50,7 +54,7 @@ def run_trial(tune: TuningConfig, slot: int, trial_dir: str | Path, model_source
     files = TrialFiles(trial_dir)
     files.logs.mkdir(parents=True, exist_ok=True)
     tuning = tune.tuning
-    study = studies.open_study(tuning, slot, definition=tune.definition)
+    study = studies.open_study(tuning, slot, definition=tune.definition if defines_study else None)
     repeated = studies.repeated_failure(study, single_point=not tuning.space)
     if repeated:
         # No trial is asked for: nothing is told, and the slot runs once the cause is fixed.
