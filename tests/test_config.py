@@ -1072,3 +1072,52 @@ def test_a_key_given_twice_is_refused_naming_both_lines(tmp_path, case):
     with pytest.raises(ConfigError) as info:
         read_tune_yaml(path)
     assert info.value.problems == [f"{path}: key {fragment}; YAML would keep only the last: merge them into one"]
+
+
+@pytest.mark.parametrize("missing", ["data", "model", "gguf"])
+def test_a_job_takes_the_users_files_as_checked_where_it_cannot_see_them(tmp_path, missing):
+    """A job whose files a storage plugin moves runs on a machine without the user's data files or
+    local model (it reads the prepared ones): with the config validated by the run's main process,
+    a local path missing there is no problem; the main process itself still refuses it."""
+    from workflow_helpers import tiny_config, write_reverse_words
+
+    config = tiny_config()
+    if missing == "data":
+        config["data"]["train"]["datasets"][0]["dataset_name"] = "./gone/data.jsonl"
+    elif missing == "model":
+        config["model"]["model_name"] = "./gone/model"
+    else:
+        config["model"]["gguf_file"] = "./gone/model.Q8_0.gguf"
+    write_reverse_words(tmp_path / "data.jsonl")
+    with pytest.raises(ConfigError, match="gone"):
+        load_tune_config(config, tmp_path)
+    job = load_tune_config(config, tmp_path, validated=True)
+    if missing == "data":
+        assert job.data.train[0].dataset_name == str(tmp_path / "gone" / "data.jsonl") and job.data.train[0].local
+
+
+def test_a_local_models_folder_is_copied_into_the_study_where_jobs_cannot_see_it(tmp_path):
+    """prepare_model(copy_local=True): a pretrained model in a local folder is copied beside
+    source.json (a storage plugin then moves it to every job), and read from there."""
+    from snaketune.model import prepare_model, read_source
+    from workflow_helpers import tiny_config, write_reverse_words
+
+    import numpy
+    from safetensors.numpy import save_file
+
+    local = tmp_path / "my_model"  # a local pretrained model: the tiny Llama's files and a weights file
+    shutil.copytree(TINY_MODEL, local)
+    save_file({"weight": numpy.zeros(2, dtype=numpy.float32)}, str(local / "model.safetensors"))
+    config = tiny_config()
+    config["model"].update(model_name=str(local), load_pretrained_weights=True)
+    write_reverse_words(tmp_path / "data.jsonl")
+    model = load_tune_config(config, tmp_path).model
+    in_place = prepare_model(model, tmp_path / "in_place" / "source.json")
+    assert (in_place["kind"], in_place["path"]) == ("reference", str(local))
+    copied = prepare_model(model, tmp_path / "copied" / "source.json", copy_local=True)
+    assert copied["kind"] == "local_copy" and copied["copied_from"] == [str(local)]
+    assert sorted(p.name for p in (tmp_path / "copied").iterdir()) == sorted(
+        [p.name for p in local.iterdir()] + ["source.json"])
+    moved = tmp_path / "elsewhere"  # the folder as another machine has it
+    shutil.copytree(tmp_path / "copied", moved)
+    assert read_source(moved / "source.json")["path"] == str(moved.resolve())

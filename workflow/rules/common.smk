@@ -56,6 +56,9 @@ TUNING = TUNE.tuning
 # and data are (local rules); what cannot work so is refused here (check.file_movement_problems).
 SHARED_FS = SharedFSUsage.INPUT_OUTPUT in workflow.storage_settings.shared_fs_usage
 MOVED_BY_STORAGE = workflow.storage_settings.default_storage_provider is not None
+# Where the jobs' files are then, as the run's end says: the storage's prefix (and provider).
+STORED_IN = (f"{workflow.storage_settings.default_storage_prefix} ({workflow.storage_settings.default_storage_provider})"
+             if MOVED_BY_STORAGE else None)
 if workflow.is_main_process:
     PROBLEMS = file_movement_problems(TUNE, MOVED_BY_STORAGE, SHARED_FS)
     if PROBLEMS:
@@ -171,9 +174,20 @@ def budget_input(wildcards):
     """The budget record for slot i: plain for a slot that was skipped (a new budget re-runs it),
     ancient for every other (a new budget is no reason to re-run a trial that ran)."""
     path = str(LAYOUT.budget_record)
-    # Not run yet, or cut short ({}): it runs anyway.
-    skipped = LAYOUT.trial(wildcards.i).read_metrics().get("state") == "SKIPPED"
+    if MOVED_BY_STORAGE:  # the slots' metrics.json are in the storage, not here: the database says
+        skipped = int(wildcards.i) in skipped_in_study()
+    else:  # not run yet, or cut short ({}): it runs anyway
+        skipped = LAYOUT.trial(wildcards.i).read_metrics().get("state") == "SKIPPED"
     return path if skipped else ancient(path)
+
+
+@functools.cache
+def skipped_in_study() -> frozenset[int]:
+    """The slots the study recorded as skipped for lack of budget (study.skipped_slots), read once."""
+    from snaketune.study import load_study, skipped_slots
+
+    study = load_study(TUNING.output_dir, TUNING.study_name, missing_ok=True, url=TUNING.storage)
+    return frozenset(skipped_slots(study)) if study is not None else frozenset()
 
 
 def trial_metrics():
@@ -209,14 +223,14 @@ def aggregate_outputs():
     leaves the user without the best model they had.
     """
     # Where a storage plugin moves the files, Snakemake cannot back an `update` output up (it looks
-    # for the local copy a fresh job never has); the storage keeps the previous one until the
-    # new one is stored over it.
+    # for the local copy a fresh job never has), and removes the stored outputs before the job:
+    # should aggregate then fail, running again rebuilds them from the trial folders, which stay.
     kept = update if not MOVED_BY_STORAGE else str
     outputs = {"results_csv": kept(str(LAYOUT.results_csv)),
                "best_record": kept(str(LAYOUT.best_record(N_OBJECTIVES)))}
     if N_OBJECTIVES > 1:
         outputs["pareto_front"] = kept(str(LAYOUT.pareto_front))
-    elif MOVED_BY_STORAGE:  # the model itself must be declared to be moved; the storage keeps the last one
+    elif MOVED_BY_STORAGE:  # the model itself must be declared to be moved
         outputs["best_model"] = directory(str(LAYOUT.best_model))
     else:
         outputs["best_model_record"] = update(str(LAYOUT.best_model_record))

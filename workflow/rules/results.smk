@@ -25,8 +25,7 @@ onsuccess:
     from snaketune.summary import print_summary
 
     stop_progress()
-    print_summary(LAYOUT, TUNING.study_name, TUNING.metrics, stored_in=MOVED_BY_STORAGE and
-                  f"{workflow.storage_settings.default_storage_prefix} ({workflow.storage_settings.default_storage_provider})")
+    print_summary(LAYOUT, TUNING.study_name, TUNING.metrics, stored_in=STORED_IN)
 
 
 # A failed trial stops `aggregate` from running; the table is written from the journal anyway.
@@ -35,4 +34,4 @@ onerror:
 
     stop_progress()
     if "fd" in RUN_LOCK:  # only a run that held the study (not one refused at its start)
-        aggregate_after_failure(TUNING)
+        aggregate_after_failure(TUNING, stored_in=STORED_IN)

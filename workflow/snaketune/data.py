@@ -33,6 +33,7 @@ import re
 from pathlib import Path
 
 from snaketune.data_files import check_local_file, error_text, line_of_row, mixed_column, split_rows, where_in_file
+from snaketune.errors import MissingLocalPath
 from snaketune.layout import write_json
 from snaketune.records import Record, section
 from snaketune.row_formats import BadValue, DataError, detect_format, row_to_chat
@@ -198,7 +199,9 @@ def resolve_entries(entries: list[dict], path: str, base: Path) -> tuple[list[Da
             resolved.append(DatasetParams.from_fields({**entry, "dataset_name": str(local),
                                                        "local": True, "split": split}))
         elif looks_like_local_path(name):
-            problems.append(f"{here}.dataset_name: local dataset {local} does not exist")
+            problems.append(MissingLocalPath(f"{here}.dataset_name: local dataset {local} does not exist"))
+            resolved.append(DatasetParams.from_fields({**entry, "dataset_name": str(local),
+                                                       "local": True, "split": split}))
         else:
             resolved.append(DatasetParams.from_fields({**entry, "local": False, "split": split}))
     return resolved, problems

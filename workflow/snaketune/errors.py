@@ -31,6 +31,13 @@ class ProblemsError(SnaketuneError, ValueError):
         super().__init__(f"{self.heading.format(count=len(problems))}:\n{listing}")
 
 
+class MissingLocalPath(str):
+    """A problem (a 'yaml.path: ...' line) that a local file or folder the config names does not
+    exist here. A job of a run whose main process accepted the config takes it as said already: a
+    job whose files a storage plugin moves runs on a machine without the user's files, and reads
+    what was made of them (the prepared data and model) instead."""
+
+
 def closest_match(name: str, candidates, cutoff: float = 0.6) -> str | None:
     """The closest of `candidates` to `name` (difflib's ratio at least `cutoff`), or None."""
     match = difflib.get_close_matches(name, sorted(candidates), n=1, cutoff=cutoff)

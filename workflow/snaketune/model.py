@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 
 from snaketune.data import looks_like_local_path
+from snaketune.errors import MissingLocalPath
 from snaketune.layout import write_json
 from snaketune.records import Record, section
 
@@ -119,13 +120,13 @@ def resolve_section(cfg: dict, base: Path, written: dict, ask: bool) -> tuple[Mo
         if local.exists():
             model[key] = str(local)
         elif looks_like_local_path(name):
-            problems.append(f"model.{key}: local path {local} does not exist")
+            problems.append(MissingLocalPath(f"model.{key}: local path {local} does not exist"))
     if model.get("gguf_file"):
         local = (base / Path(model["gguf_file"]).expanduser()).resolve()
         try:
             model["gguf_file"] = str(resolve_gguf_file(local if local.exists() else model["gguf_file"]))
         except FileNotFoundError as e:
-            problems.append(f"model.gguf_file: {e}")
+            problems.append(MissingLocalPath(f"model.gguf_file: {e}"))
     if model.get("model_revision") and not any(
             name and not Path(name).exists() for name in
             (None if model.get("gguf_file") else model["model_name"], model.get("tokenizer_name"))):
@@ -193,10 +194,12 @@ def read_model_config(model: ModelParams, local_files_only: bool = False):
 # -- preparing and loading ------------------------------------------------------------------------
 
 
-def prepare_model(model_cfg: ModelParams, source_path: str | Path) -> dict:
+def prepare_model(model_cfg: ModelParams, source_path: str | Path, copy_local: bool = False) -> dict:
     """Make the study's model loadable from disk and write `source_path` (rule prepare_model's
     output: {path, kind, tokenizer_path, ...}) last. A converted or random-init model is saved in
-    the directory of `source_path`."""
+    the directory of `source_path`. `copy_local`: a pretrained model (and tokenizer) in a local
+    folder is copied there too, rather than loaded in place (jobs whose files a storage plugin
+    moves run where that folder is not; a hub id is still downloaded by each job)."""
     source_path = Path(source_path).resolve()
     out_dir = source_path.parent
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -207,6 +210,15 @@ def prepare_model(model_cfg: ModelParams, source_path: str | Path) -> dict:
         # Fail here, in one job, rather than in every trial: the config must be reachable now.
         # Only the config is read (no torch, no model classes: 2 s of imports, not 5).
         _from_local_or_hub(lambda _: read_model_config(model_cfg), name)
+        local = [Path(n) for n in dict.fromkeys([name, tokenizer_name or name]) if Path(n).is_dir()]
+        if copy_local and local:
+            import shutil
+
+            # The model's folder, then a separate tokenizer's over it: one folder, as a saved model is.
+            for folder in local:
+                shutil.copytree(folder, out_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns(source_path.name))
+            return _write_source(source_path, {"path": str(out_dir), "kind": "local_copy", "tokenizer_path": str(out_dir),
+                                               "copied_from": [str(f.resolve()) for f in local]})
         source = {"path": _absolute_if_local(name), "kind": "reference",
                   "tokenizer_path": _absolute_if_local(tokenizer_name or name)}
         return _write_source(source_path, source)
@@ -370,7 +382,7 @@ def _absolute_if_local(name: str) -> str:
 
 
 # The kinds of prepared model saved beside source.json (in the study), rather than used in place.
-SAVED_IN_STUDY = ("gguf_converted", "random_init")
+SAVED_IN_STUDY = ("gguf_converted", "random_init", "local_copy")
 
 
 def read_source(source_path: str | Path) -> dict:

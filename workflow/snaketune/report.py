@@ -418,9 +418,11 @@ def _examples_html(trial_dir: str | Path | None) -> str:
     return "".join(parts)
 
 
-def write_best_page(best: dict, path: Path, study_name: str) -> None:
+def write_best_page(best: dict, path: Path, study_name: str, layout: StudyLayout | None = None) -> None:
     """best_trial.json (or best_trials.json) as a readable page, with the best and worst answers of
-    each trial that generated some (`examples`)."""
+    each trial that generated some (`examples`), read from the trial's slot folder in `layout` (the
+    folder a record names is where aggregate ran: another machine's copy where a storage plugin
+    moves the files), else from the folder the record names."""
     records = best.get("trials", [best])
     sections = []
     for record in records:
@@ -434,9 +436,15 @@ def write_best_page(best: dict, path: Path, study_name: str) -> None:
         table = "".join(f"<tr><th class='text'>{html.escape(k)}</th><td class='text'>{_cell(v)}</td></tr>"
                         for k, v in rows if v is not None)
         sections.append(f"<section><h2>Trial {record['number']}</h2><table>{table}</table>"
-                        f"{_examples_html(record.get('trial_dir'))}</section>")
+                        f"{_examples_html(_folder(record, layout))}</section>")
     title = f"Study {study_name}: " + ("Pareto-optimal trials" if "trials" in best else "best trial")
     path.write_text(_page(title, "".join(sections)))
+
+
+def _folder(record: dict, layout: StudyLayout | None) -> str | Path | None:
+    if layout is not None and record.get("slot") is not None:
+        return layout.trial(record["slot"]).dir
+    return record.get("trial_dir")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -471,4 +479,4 @@ def write_report(output_dir: str | Path, study_name: str, metrics: list[str], re
     numbers = {r["number"] for r in best.get("trials", [best])}
     order = [trial.number for trial in ranked(study, studies.latest_attempts(study))]
     write_trials_page(pd.read_csv(results_csv), numbers, pages["trials"], study.study_name, order)
-    write_best_page(best, pages["best"], study.study_name)
+    write_best_page(best, pages["best"], study.study_name, StudyLayout(output_dir))

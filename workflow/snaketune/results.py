@@ -136,7 +136,7 @@ def aggregate(tuning: TuningParams, model: ModelParams, model_source: dict, resu
     write_json(best_record, best)
 
 
-def aggregate_after_failure(tuning: TuningParams) -> None:
+def aggregate_after_failure(tuning: TuningParams, stored_in: str | None = None) -> None:
     """What a run that ended in errors leaves (Snakemake's onerror): the table, and the truth.
 
     Snakemake never runs `aggregate` when one of its inputs (a failed trial) is missing. This
@@ -145,9 +145,12 @@ def aggregate_after_failure(tuning: TuningParams) -> None:
     Then it says what became of every trial (counted from the journal's states: a trial still
     RUNNING now was interrupted), why rule aggregate failed if it did, and whether running again
     helps. It never raises: it is the last word of a failed run (a full disk, a torn journal).
+    `stored_in`: where a storage plugin keeps the jobs' files (their logs, the table), which are
+    not in output_dir then: the trials are told from the database, and no table is written here
+    (a stale one would be read by `snaketune export` later).
     """
     try:
-        _report_failure(tuning)
+        _report_failure(tuning, stored_in)
     except Exception as error:  # noqa: BLE001 (the handler must not hide the run's own error)
         print(f"\nsnaketune: could not write the table of the failed run: {describe_error(error)}")
 
@@ -155,10 +158,10 @@ def aggregate_after_failure(tuning: TuningParams) -> None:
 ONCE_PER_STUDY_RULES = ("prepare_model", "prepare_data", "preflight", "baseline", "aggregate", "report")
 
 
-def _report_failure(tuning: TuningParams) -> None:
+def _report_failure(tuning: TuningParams, stored_in: str | None = None) -> None:
     layout = tuning.layout
     # Its record is written only when every configuration passed (the log keeps older runs' text).
-    refused = None if layout.preflight_record.exists() else _preflight_problems(layout.rule_log("preflight"))
+    refused = None if layout.preflight_record.exists() or stored_in else _preflight_problems(layout.rule_log("preflight"))
     if refused:  # no trial was created: nothing to tabulate, and running again as it is fails again
         print(f"\nsnaketune: {refused}\nFix these values in the config, then run the same command: the "
               "preflight runs again, then the trials.")
@@ -174,8 +177,11 @@ def _report_failure(tuning: TuningParams) -> None:
     if study is None:
         return
     try:
-        write_csv(results_table(study, tuning.metrics, layout), layout.results_csv)
-        where = f"the table so far is in {layout.results_csv}"
+        if stored_in:
+            where = f"the jobs' logs and files are in the storage under {stored_in}"
+        else:
+            write_csv(results_table(study, tuning.metrics, layout), layout.results_csv)
+            where = f"the table so far is in {layout.results_csv}"
     except OSError as error:  # the previous table, if any, is left whole (write_csv is atomic)
         where = f"the table could not be written: {describe_error(error)}"
     latest = studies.latest_attempts(study)

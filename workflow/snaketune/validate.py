@@ -33,7 +33,7 @@ from jsonschema import Draft202012Validator, validators
 from snaketune import (data, data_check, database, generation, gpu, library_checks, lm_harness, metrics, model, names, preflight,
                        resources, scoring, space, strategy)
 from snaketune.config import Budget, ConfigError, TuningConfig, TuningParams
-from snaketune.errors import closest
+from snaketune.errors import MissingLocalPath, closest
 from snaketune.gpu import DeviceSettings
 
 SCHEMA_PATH = resources.schema_path()
@@ -214,7 +214,8 @@ def _resolve(cfg: dict, written: dict, base: Path, validated: bool, problems: li
     sections = {}
     for name, owner in SECTIONS.items():  # lm-eval's task index takes seconds: not past a problem
         sections[name], found, said = owner.resolve_section(cfg, base, written, not validated and not problems)
-        problems.extend(found)
+        # A job reads what the run's main process (which checked these paths) made of the user's files.
+        problems.extend(p for p in found if not (validated and isinstance(p, MissingLocalPath)))
         notices.extend(said)
     if cfg.get("fsdp"):
         notices.append("fsdp: unused: oumi tune does not pass it to trials either; a trial on several "
