@@ -280,3 +280,20 @@ def test_a_failed_rule_is_named_with_its_error_and_log_at_the_end(tmp_path, monk
     out = capsys.readouterr().out
     assert "snaketune: rule prepare_data failed: ValueError: data.jsonl line 3: not JSON (log: " in out
     assert "prepare_model" not in out
+
+
+def test_a_failed_run_whose_files_a_storage_plugin_moves_says_where_they_are_and_writes_no_stale_table(
+        tmp_path, monkeypatch, capsys):
+    """Where a storage plugin moves the jobs' files (docs/scale-out.md), the trials are told from the
+    study, and no table is written into output_dir (`snaketune export` would read it later)."""
+    from snaketune.results import aggregate_after_failure
+    from workflow_helpers import make_journal_with_every_state
+
+    monkeypatch.chdir(tmp_path)
+    tuning = resolved_tuning(tmp_path)
+    make_journal_with_every_state(tuning.layout.output_dir)
+    aggregate_after_failure(tuning, stored_in="/mnt/bucket/studies (fs)")
+    out = capsys.readouterr().out
+    assert "the jobs' logs and files are in the storage under /mnt/bucket/studies (fs)" in out
+    assert "Best completed so far: trial_1" in out
+    assert not tuning.layout.results_csv.exists()
