@@ -578,7 +578,7 @@ def test_the_failure_handler_never_raises_and_keeps_the_previous_table(tmp_path,
     assert "No space left on device" in capsys.readouterr().out
     assert tuning.layout.results_csv.read_text() == "the previous table\n"
 
-    monkeypatch.setattr(results, "_report_failure", lambda tuning: 1 / 0)
+    monkeypatch.setattr(results, "_report_failure", lambda *arguments: 1 / 0)
     results.aggregate_after_failure(tuning)  # a bug in the handler is reported, not raised
     assert "ZeroDivisionError" in capsys.readouterr().out
 

@@ -200,8 +200,6 @@ def resolve_entries(entries: list[dict], path: str, base: Path) -> tuple[list[Da
                                                        "local": True, "split": split}))
         elif looks_like_local_path(name):
             problems.append(MissingLocalPath(f"{here}.dataset_name: local dataset {local} does not exist"))
-            resolved.append(DatasetParams.from_fields({**entry, "dataset_name": str(local),
-                                                       "local": True, "split": split}))
         else:
             resolved.append(DatasetParams.from_fields({**entry, "local": False, "split": split}))
     return resolved, problems
