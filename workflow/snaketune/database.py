@@ -277,6 +277,10 @@ _LOCK_SESSION_OPTIONS = ("-c tcp_keepalives_idle=60 -c tcp_keepalives_interval=1
 # How often a held lock's session is checked (`AdvisoryLock.keep`): a session the server ended (a
 # restart, pg_terminate_backend, a network break) has taken its locks with it.
 LOCK_CHECK_SECONDS = 30
+# pg_locks' row (as `l`) of a granted advisory lock of this database whose two-int4 key is :a, :b.
+_THIS_LOCK = ("l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 "
+              "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+              "AND l.classid = CAST(:a AS oid) AND l.objid = CAST(:b AS oid)")
 
 
 def advisory_key(study_name: str, kind: str) -> tuple[int, int]:
@@ -324,35 +328,35 @@ class AdvisoryLock:
             pass  # an older server: it has no such timeout
         return connection
 
-    def _call(self, connection, function: str):
+    def _query(self, connection, sql: str):
+        """`sql` on `connection`, its :a and :b the lock's key."""
         import sqlalchemy
 
-        return connection.execute(sqlalchemy.text(f"SELECT {function}(:a, :b)"),
-                                  {"a": self.key[0], "b": self.key[1]}).scalar()
+        return connection.execute(sqlalchemy.text(sql), {"a": self.key[0], "b": self.key[1]})
+
+    def _take(self, wait: bool, shared: bool) -> bool:
+        """pg_[try_]advisory_lock[_shared] on a new session, kept while the lock is held."""
+        function = "pg_" + ("" if wait else "try_") + "advisory_lock" + ("_shared" if shared else "")
+        connection = self._connect()
+        try:
+            # pg_advisory_lock returns once it holds the lock; pg_try_advisory_lock, whether it does
+            taken = self._query(connection, f"SELECT {function}(:a, :b)").scalar() or wait
+        except Exception:
+            connection.close()
+            raise
+        if not taken:
+            connection.close()
+            return False
+        self._connection, self._shared = connection, shared
+        return True
 
     def try_hold(self, shared: bool = False) -> bool:
         """Take the lock if it is free now (shared: beside other shared holders); whether taken."""
-        connection = self._connect()
-        try:
-            taken = self._call(connection, "pg_try_advisory_lock_shared" if shared else "pg_try_advisory_lock")
-        except Exception:
-            connection.close()
-            raise
-        if taken:
-            self._connection, self._shared = connection, shared
-            return True
-        connection.close()
-        return False
+        return self._take(wait=False, shared=shared)
 
     def hold(self, shared: bool = False) -> AdvisoryLock:
         """Take the lock, waiting while another session holds it; returns self."""
-        connection = self._connect()
-        try:
-            self._call(connection, "pg_advisory_lock_shared" if shared else "pg_advisory_lock")
-        except Exception:
-            connection.close()
-            raise
-        self._connection, self._shared = connection, shared
+        self._take(wait=True, shared=shared)
         return self
 
     def keep(self) -> AdvisoryLock:
@@ -389,13 +393,9 @@ class AdvisoryLock:
 
     def _session_holds(self, connection) -> bool:
         """Whether `connection`'s session is alive and still holds the lock."""
-        import sqlalchemy
-
         try:
-            return bool(connection.execute(sqlalchemy.text(
-                "SELECT count(*) FROM pg_locks WHERE pid = pg_backend_pid() AND locktype = 'advisory' "
-                "AND granted AND objsubid = 2 AND classid = CAST(:a AS oid) AND objid = CAST(:b AS oid)"),
-                {"a": self.key[0], "b": self.key[1]}).scalar())
+            return bool(self._query(connection, f"SELECT count(*) FROM pg_locks l WHERE {_THIS_LOCK} "
+                                                "AND l.pid = pg_backend_pid()").scalar())
         except Exception:  # noqa: BLE001 (the session is gone: the driver's error says how)
             return False
 
@@ -408,21 +408,14 @@ class AdvisoryLock:
                 self._connection.close()
             self._connection = None
 
-    def holders(self, exclusive: bool | None = None) -> list[str]:
-        """The sessions that hold the lock now (exclusive: only those holding it exclusively; False:
-        shared; None: either), each as its holder's application_name and when its session began.
-        Takes nothing."""
-        import sqlalchemy
-
-        mode = {True: "AND l.mode = 'ExclusiveLock'", False: "AND l.mode = 'ShareLock'", None: ""}[exclusive]
+    def holders(self, exclusive: bool = False) -> list[str]:
+        """The sessions that hold the lock now (exclusive: only those holding it exclusively), each
+        as its holder's application_name and when its session began. Takes nothing."""
+        mode = "AND l.mode = 'ExclusiveLock'" if exclusive else ""
         connection = self._connect()
         try:
-            rows = connection.execute(sqlalchemy.text(
-                "SELECT a.application_name, a.backend_start FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-                "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 "
-                "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
-                f"AND l.classid = CAST(:a AS oid) AND l.objid = CAST(:b AS oid) {mode}"),
-                {"a": self.key[0], "b": self.key[1]}).all()
+            rows = self._query(connection, "SELECT a.application_name, a.backend_start FROM pg_locks l "
+                                           f"JOIN pg_stat_activity a ON a.pid = l.pid WHERE {_THIS_LOCK} {mode}").all()
         finally:
             connection.close()
         # Another role's session start is hidden without pg_read_all_stats (NULL).

@@ -65,6 +65,8 @@ _NO_FLOCK_SAID: set[Path] = set()
 
 def _in_database(layout: StudyLayout, url: str | None = None, study_name: str | None = None) -> tuple[str, str] | None:
     """(tuning.storage, study_name) where the study's locks are in its database, else None (files)."""
+    if url and study_name:  # the caller's config says it: storage.json need not be read
+        return url, study_name
     record = recorded_storage(layout)
     url = url or record.get("storage")
     if not url:

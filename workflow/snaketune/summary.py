@@ -346,13 +346,12 @@ def print_summary(layout: StudyLayout, study_name: str, metrics: list[str], stor
     and where the results and the report are. Prints nothing before rule aggregate has written
     the best record. `stored_in`: where a storage plugin stored the study's files (its
     --default-storage-prefix), as they are not in `layout` then; the table is the database's."""
-    if stored_in:
+    if stored_in or layout.best_record(len(metrics)).exists():
         print("\n" + summary_table(layout, study_name, metrics), flush=True)
+    if stored_in:
         print(f"snaketune: the jobs' files (trials_results.csv, best_trial(s).json, best_model/, report/, "
               f"trial_*/) were stored by the storage plugin under {stored_in}, not in {shown(layout.output_dir)}",
               flush=True)
-    elif layout.best_record(len(metrics)).exists():
-        print("\n" + summary_table(layout, study_name, metrics), flush=True)
 
 
 # The once-per-study steps before the first trial, in order: (what marks one done, what it does).
