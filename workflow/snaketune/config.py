@@ -21,7 +21,7 @@ from snaketune.generation import GenerationParams
 from snaketune.gpu import DeviceSettings
 from snaketune.layout import StudyLayout
 from snaketune.lm_harness import LmEvalParams
-from snaketune.metrics import CustomMetric
+from snaketune.metrics import Constraint, CustomMetric
 from snaketune.model import ModelParams
 from snaketune.records import Record, section
 from snaketune.space import Parameter
@@ -82,6 +82,8 @@ class TuningParams(Record):
     metrics: list[str]  # the objectives, in order
     directions: list[str]  # "minimize" or "maximize", one per objective
     custom_eval_metrics: list[CustomMetric]
+    # limits a trial must keep to be feasible (Optuna's Trial.set_constraint; study.feasible)
+    constraints: list[Constraint]
     space: list[Parameter]  # parents before the parameters conditioned on them
     training_args: dict[str, Any]  # fixed SFTConfig arguments
     lora_args: dict[str, Any]  # fixed LoraConfig arguments

@@ -377,3 +377,18 @@ def scaled_gpu_limit(physical_gpus: int, trials_per_gpu: int) -> int:
     """Snakemake's `gpu` limit when k trials share a GPU: `--resources gpu=N` means N devices,
     and each trial declares `gpu = gpus_per_trial`, so the limit counts shares (N * k)."""
     return physical_gpus * trials_per_gpu
+
+
+def peak_memory_gib(device) -> float:
+    """This process's peak memory so far, in GiB (metrics.PEAK_MEMORY): on a CUDA `device` (a
+    torch.device: a trial's first), the most PyTorch has reserved there (torch.cuda's
+    max_memory_reserved, what an out-of-memory error counts against); on any other device, the
+    process's peak resident memory (getrusage's ru_maxrss: the interpreter and imports included)."""
+    if getattr(device, "type", None) == "cuda":
+        import torch
+
+        return round(torch.cuda.max_memory_reserved(device) / 2**30, 4)
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return round(peak / (2**30 if sys.platform == "darwin" else 2**20), 4)

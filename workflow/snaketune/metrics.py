@@ -37,9 +37,13 @@ DIRECTIONS = ("minimize", "maximize")
 EVALUATION_METRICS = tuple(f"eval_{name}" for name in (
     "loss", "mean_token_accuracy", "entropy", "num_tokens", "runtime", "samples_per_second",
     "steps_per_second"))
+# What snaketune measures of a trial itself: its peak memory in GiB (gpu.peak_memory_gib: on a GPU,
+# the memory PyTorch reserved on the trial's first device; on the CPU, the process's peak resident
+# memory, imports included), for tuning.constraints above all.
+PEAK_MEMORY = "peak_memory_gib"
 TRAINING_METRICS = ("train_loss", "train_runtime", "train_samples_per_second",
                     "train_steps_per_second", "total_flos", "epoch", "trained_steps",
-                    "trained_tokens")
+                    "trained_tokens", PEAK_MEMORY)
 
 
 class MissingObjectiveError(SnaketuneError, RuntimeError):
@@ -52,6 +56,77 @@ class CustomMetric(Record):
 
     name: str  # the metric's name, as evaluation_metrics names it
     function: str  # 'module.function', imported from the working directory or PYTHONPATH
+
+
+@section
+class Constraint(Record):
+    """One entry of `tuning.constraints`: a metric a trial produces must stay at or under `max`
+    and/or at or over `min` (None: no such bound), in the metric's own unit (train_runtime in
+    seconds, peak_memory_gib in GiB, ...). A trial outside a bound is infeasible: Optuna's samplers
+    that model constraints (TPE, GP, NSGA-II/III) steer away from it, and it is never the best."""
+
+    metric: str
+    max: float | None
+    min: float | None
+
+    def bounds(self) -> list[tuple[str, float, int]]:
+        """(the constraint's name in the study, its bound, the sign of a violation: +1 for max)."""
+        bounds = []
+        if self.max is not None:
+            bounds.append((f"{self.metric} <= {self.max:g}", self.max, 1))
+        if self.min is not None:
+            bounds.append((f"{self.metric} >= {self.min:g}", self.min, -1))
+        return bounds
+
+
+# A constraint's metric that a completed trial did not produce (a custom metric's NaN) counts as
+# this much over its bound: the trial cannot be shown to satisfy it.
+UNMEASURED_VIOLATION = 1.0
+
+
+def constraint_values(constraints: list[Constraint], measured: dict, completed: bool) -> dict[str, float]:
+    """{constraint name: value} as Optuna's Trial.set_constraint takes it (> 0: violated) for a
+    trial whose finite metrics are `measured`. A value is the excess over the bound relative to
+    the bound (0.2: 20% over), so that constraints in different units add up comparably where a
+    sampler sums them (NSGA-II's constrained domination, TPE's infeasible ranking); a bound of 0
+    takes the plain excess. A metric not measured counts UNMEASURED_VIOLATION for a `completed`
+    trial and is left out for a stopped one (pruned: not evaluated, not known to violate)."""
+    values = {}
+    for constraint in constraints:
+        value = measured.get(constraint.metric)
+        for name, bound, sign in constraint.bounds():
+            if value is None:
+                if completed:
+                    values[name] = UNMEASURED_VIOLATION
+                continue
+            excess = sign * (float(value) - bound)
+            values[name] = excess / abs(bound) if bound else excess
+    return values
+
+
+def resolve_constraints(entries: list, custom_names: list[str] | None) -> tuple[list[Constraint], list[str]]:
+    """`tuning.constraints` of a schema-filled config (metric, max, min; the schema checked the
+    shape): (entries, problems). Each metric must be one a trial produces (as resolve_objectives
+    checks objectives; `custom_names=None` skips that check), and a min must not exceed its max."""
+    known = (*EVALUATION_METRICS, *TRAINING_METRICS, *GENERATION_METRICS, *(custom_names or ()))
+    constraints, problems = [], []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not isinstance(entry.get("metric"), str):
+            continue  # the schema reports the shape
+        path = f"tuning.constraints[{i}]"
+        name = entry["metric"]
+        if custom_names is not None and name not in known and not name.startswith("lm_eval:"):
+            problems.append(f"{path}.metric: {name!r} is not a metric a trial produces{closest(name, known)} "
+                            f"(e.g. {PEAK_MEMORY} in GiB, train_runtime in seconds, eval_loss, or a custom "
+                            "metric of tuning.custom_eval_metrics)")
+        if entry.get("max") is not None and entry.get("min") is not None and entry["min"] > entry["max"]:
+            problems.append(f"{path}: min {entry['min']} is above max {entry['max']}: no trial could satisfy it")
+        constraints.append(Constraint.from_fields(entry))
+    names = [c.metric for c in constraints]
+    if len(set(names)) != len(names):
+        problems.append(f"tuning.constraints: names a metric twice ({names}); give one entry per metric, "
+                        "with its max and min")
+    return constraints, problems
 
 
 # -- parse-time checks ------------------------------------------------------------------------

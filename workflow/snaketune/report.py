@@ -331,7 +331,7 @@ def _page(title: str, body: str) -> str:
         "body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}"
         "table{border-collapse:collapse;font-size:13px}th,td{padding:4px 8px;border-bottom:1px solid #ddd;"
         "text-align:right;white-space:nowrap}th{background:#f3f3f3}td.text,th.text{text-align:left}"
-        "tr.best{background:#e8f5e9;font-weight:600}.why{color:#666;font-style:italic}"
+        "tr.best{background:#e8f5e9;font-weight:600}tr.infeasible{color:#999}.why{color:#666;font-style:italic}"
         "section{margin-bottom:2em}table.examples pre{white-space:pre-wrap;max-width:36em;margin:0}"
         "</style></head><body>"
         f"<h1>{html.escape(title)}</h1>{body}</body></html>"
@@ -372,11 +372,15 @@ def write_trials_page(table, best_numbers: set[int], path: Path, study_name: str
     head = "".join(f"<th class='{align[c]}'>{html.escape(c.removeprefix('params_'))}</th>" for c in columns)
     rows = []
     for record in table.to_dict("records"):
-        cls = " class='best'" if record.get("trial", record.get("number")) in best_numbers else ""
+        cls = (" class='best'" if record.get("trial", record.get("number")) in best_numbers
+               else " class='infeasible'" if record.get("feasible") is False else "")
         cells = "".join(f"<td class='{align[c]}'>{_cell(record[c])}</td>" for c in columns)
         rows.append(f"<tr{cls}>{cells}</tr>")
+    infeasible = int((table["feasible"] == False).sum()) if "feasible" in table.columns else 0  # noqa: E712 (a column)
     body = (f"<p>{len(table)} trial(s), best first; the best highlighted. A trial's number is Optuna's; "
-            "its folder, the trial slot that ran it. Parameters appear under their own names.</p>"
+            "its folder, the trial slot that ran it. Parameters appear under their own names."
+            + (f" {infeasible} trial(s) broke tuning.constraints (greyed: feasible False, and never the best)."
+               if infeasible else "") + "</p>"
             f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
     path.write_text(_page(f"Study {study_name}: trials", body))
 

@@ -58,6 +58,9 @@ def results_table(study: optuna.Study, metrics: list[str], layout: StudyLayout):
         row["slot"] = trial.user_attrs.get("slot")
         row["attempts"] = attempts.get(row["slot"], 1) if row["slot"] is not None else 1
         row["fail_reason"] = trial.user_attrs.get("fail_reason")
+        if trial.constraints:  # tuning.constraints: Optuna's record of them, as the samplers read it
+            row["feasible"] = studies.feasible(trial)
+            row["constraints_violated"] = "; ".join(studies.violated_constraints(trial)) or None
         if "promoted_from" in trial.user_attrs:  # tuning.resume_pruned: the paused trial it resumed
             row["promoted_from"] = trial.user_attrs["promoted_from"]
         folder = folder_of(trial, layout)
@@ -119,6 +122,11 @@ def aggregate(tuning: TuningParams, model: ModelParams, model_source: dict, resu
         counts = summary.outcome_line(studies.outcome_counts(studies.latest_attempts(study)))
         raise RuntimeError(f"no trial of study {tuning.study_name!r} completed ({counts}); see the "
                            f"fail_reason column of {results_csv}")
+    if not studies.best_trials(study):
+        raise RuntimeError(f"no completed trial of study {tuning.study_name!r} kept tuning.constraints "
+                           f"({', '.join(name for c in tuning.constraints for name, _, _ in c.bounds())}); see the "
+                           f"constraints_violated column of {results_csv}. Loosen the constraints or narrow the "
+                           "search space, and raise n_trials to run more trials")
     baseline = base_model_values(tuning.layout, metrics)
     if len(metrics) > 1:
         front = [trial_record(t, metrics, tuning.layout) for t in studies.best_trials(study)]

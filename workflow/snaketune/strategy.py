@@ -27,6 +27,9 @@ from snaketune.errors import closest
 
 SAMPLERS = ("TPESampler", "RandomSampler", "GPSampler", "CmaEsSampler", "NSGAIISampler",
             "NSGAIIISampler", "QMCSampler", "GridSampler", "BruteForceSampler")
+# The samplers that read a trial's constraints (Optuna 5's Trial.set_constraint) when they sample:
+# Optuna's own list, in its samplers' docs (constraints_func, which set_constraint replaces).
+CONSTRAINED_SAMPLERS = ("TPESampler", "GPSampler", "NSGAIISampler", "NSGAIIISampler")
 PRUNERS = {
     "none": None,
     "median": "MedianPruner",

@@ -24,7 +24,7 @@ import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from snaketune import strategy
+from snaketune import metrics, strategy
 from snaketune.config import TuningParams
 from snaketune.errors import SnaketuneError
 from snaketune.layout import ROW_REPORTS_ATTR, StudyLayout, write_json
@@ -196,20 +196,45 @@ def _read(storage: BaseStorage, study_name: str) -> optuna.Study:
 
 
 def best_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """The best trial (one objective) or the Pareto front (several); empty before one completes.
+    """The best trial (one objective) or the Pareto front (several), among the feasible completed
+    trials (tuning.constraints); empty before one completes, or when none is feasible.
 
     With one objective, among each slot's latest attempt rather than Optuna's `study.best_trial`:
     a completed trial whose checkpoint was deleted is trained again in its slot (scheduler.decide_slot), and
     the slot's folder then holds the new attempt's model. Several objectives: Optuna's front (such
     a slot is not trained again, no best model being built).
     """
-    if len(study.directions) > 1:
+    if len(study.directions) > 1:  # Optuna's front leaves infeasible trials out (Trial.constraints)
         return study.best_trials if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) else []
-    completed = [t for t in latest_attempts(study) if t.state == TrialState.COMPLETE]
+    completed = [t for t in latest_attempts(study) if t.state == TrialState.COMPLETE and feasible(t) is not False]
     if not completed:
         return []
     pick = max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min
     return [pick(completed, key=lambda t: t.value)]
+
+
+def record_constraints(trial: optuna.Trial, constraints: list[metrics.Constraint], measured: dict,
+                       completed: bool) -> None:
+    """Record on `trial`, before it is told, its value of each of tuning.constraints
+    (metrics.constraint_values over its finite metrics `measured`) with Optuna's
+    Trial.set_constraint: Optuna's samplers (strategy.CONSTRAINED_SAMPLERS) and its Pareto front
+    read them from there, and `feasible` does."""
+    for name, value in metrics.constraint_values(constraints, measured, completed).items():
+        trial.set_constraint(name, value)
+
+
+def feasible(trial: FrozenTrial) -> bool | None:
+    """Whether the trial kept every constraint recorded on it (record_constraints); None: none was
+    (a study without tuning.constraints, a failed trial)."""
+    if not trial.constraints:
+        return None
+    return all(value <= 0.0 for value in trial.constraints.values())
+
+
+def violated_constraints(trial: FrozenTrial) -> list[str]:
+    """The constraints the trial broke, by name ("peak_memory_gib <= 20"), with how far: "(+15%)"."""
+    return [f"{name} ({value:+.0%})" if not name.endswith(" 0") else f"{name} ({value:+.4g})"  # a bound 0: plain excess
+            for name, value in trial.constraints.items() if value > 0.0]
 
 
 def step_reports(trial: FrozenTrial) -> dict[int, float]:

@@ -133,7 +133,8 @@ def summary_table(layout: StudyLayout, study_name: str, metrics: list[str],
     for trial in ranked(study, latest):
         values = trial.values or [None] * len(metrics)
         mark = "*" if trial.number in best_numbers else ""
-        rows.append([f"{trial.number}{mark}", trial_folder(trial, layout), trial.state.name,
+        state = trial.state.name + (" (infeasible)" if studies.feasible(trial) is False else "")
+        rows.append([f"{trial.number}{mark}", trial_folder(trial, layout), state,
                      *(fmt(v) for v in values), *(fmt(trial.params.get(p)) for p in params),
                      fmt_seconds(_trial_seconds(trial))])
     lines.append(render_table(header, rows))
@@ -141,6 +142,9 @@ def summary_table(layout: StudyLayout, study_name: str, metrics: list[str],
         if trial.state == TrialState.FAIL and trial.user_attrs.get("fail_reason"):
             reason = " ".join(str(trial.user_attrs["fail_reason"]).split())[:200]
             lines.append(f"  trial {trial.number} ({trial_folder(trial, layout)}) {studies.outcome(trial)}: {reason}")
+        elif studies.feasible(trial) is False:
+            lines.append(f"  trial {trial.number} ({trial_folder(trial, layout)}) infeasible, never the best: "
+                         f"broke {', '.join(studies.violated_constraints(trial))}")
     for trial in every:  # train.resume_point: checkpoints a resume passed over, kept aside
         for aside in trial.user_attrs.get("set_aside_checkpoints", []):
             lines.append(f"  trial {trial.number}: {aside['checkpoint']} could not be resumed ({aside['problem']}); "
@@ -323,7 +327,8 @@ _STATE_ORDER = {TrialState.COMPLETE: 0, TrialState.RUNNING: 1, TrialState.PRUNED
 
 def ranked(study: optuna.Study, trials: list[FrozenTrial]) -> list[FrozenTrial]:
     """`trials` of `study`, best first: the best trial (or the Pareto front, as Optuna finds it),
-    then the other completed ones by their first objective in its direction, then running,
+    then the other completed ones by their first objective in its direction (infeasible ones,
+    tuning.constraints, after the feasible), then running,
     pruned (by the last value they reported) and failed ones; ties by trial number."""
     sign = -1.0 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1.0
     front = {t.number for t in best_trials(study)}
@@ -335,7 +340,7 @@ def ranked(study: optuna.Study, trials: list[FrozenTrial]) -> list[FrozenTrial]:
             # step, or, pruned while generating, its mean over the rows it answered.
             value = trial.values[0]
         finite = value is not None and math.isfinite(value)
-        return (_STATE_ORDER.get(trial.state, 4), trial.number not in front,
+        return (_STATE_ORDER.get(trial.state, 4), trial.number not in front, studies.feasible(trial) is False,
                 sign * value if finite else math.inf, trial.number)
 
     return sorted(trials, key=key)

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from snaketune import data as datasets_
-from snaketune import generation, lm_harness, recovery, scheduler, scoring
+from snaketune import generation, gpu, lm_harness, recovery, scheduler, scoring
 from snaketune import metrics as custom_metrics
 from snaketune import model as models
 from snaketune import space as search_space
@@ -126,8 +126,11 @@ def run_trial(tune: TuningConfig, slot: int, trial_dir: str | Path, model_source
             # so the job succeeds and the slot is not re-run.
             trial.set_user_attr("fail_reason" if stopped.startswith("diverged") else "pruned_reason", stopped)
             pruned = stopped.startswith("pruned") or tuning.on_divergence == "prune"
+            if pruned:  # Optuna's samplers read a pruned trial's constraints too
+                studies.record_constraints(trial, tuning.constraints, trial.user_attrs["metrics"], completed=False)
             frozen = study.tell(trial, state=studies.TrialState.PRUNED if pruned else studies.TrialState.FAIL)
         else:
+            studies.record_constraints(trial, tuning.constraints, trial.user_attrs["metrics"], completed=True)
             frozen = study.tell(trial, values)
     result = trial_summary(frozen, tuning.metrics, trial_dir)
     write_json(files.metrics, result)
@@ -423,15 +426,20 @@ def train_and_evaluate(tune: TuningConfig, params: dict, trial_dir: Path, model_
     steps = trainer.state.global_step - start
     trained = {**train_output_metrics, "trained_steps": steps,
                **({"trained_tokens": int(tokens[-1]) if steps else 0} if tokens else {})}
+
+    def measured(produced: dict, stopped: str | None) -> tuple[dict, str | None]:
+        """What it produced with its peak memory until now (tuning.constraints), and why it stopped."""
+        return {**produced, custom_metrics.PEAK_MEMORY: gpu.peak_memory_gib(trainer.args.device)}, stopped
+
     if divergence.reason or pruning.reason:
-        return trained, divergence.reason or pruning.reason
+        return measured(trained, divergence.reason or pruning.reason)
     if last_evaluation.step == trainer.state.global_step:
         final_evaluation = last_evaluation.metrics
     else:
         final_evaluation = trainer.evaluate()  # on_evaluate reports it too
     produced = {**trained, **final_evaluation}
     if not _is_finite_number(produced.get("eval_loss", 0.0)):
-        return produced, f"diverged: eval_loss is {produced['eval_loss']}"
+        return measured(produced, f"diverged: eval_loss is {produced['eval_loss']}")
     if tune.uses_generation and trainer.is_world_process_zero():  # data parallel: rank 0 answers
         objective = next(m for m in tuning.metrics if m in scoring.GENERATION_METRICS)
         with custom_metrics.evaluation_time_limit(tuning.evaluation_timeout_minutes,
@@ -442,7 +450,7 @@ def train_and_evaluate(tune: TuningConfig, params: dict, trial_dir: Path, model_
                 prune=tuning.pruner == "wilcoxon" and objective == tuning.metrics[0])
         produced.update(answered)
         if pruned:
-            return produced, pruned
+            return measured(produced, pruned)
     if tune.uses_lm_eval and trainer.is_world_process_zero():
         tasks = ", ".join(m for m in tuning.metrics if m.startswith(lm_harness.PREFIX))
         with custom_metrics.evaluation_time_limit(tuning.evaluation_timeout_minutes, f"lm-eval ({tasks})"):
@@ -453,7 +461,7 @@ def train_and_evaluate(tune: TuningConfig, params: dict, trial_dir: Path, model_
             tuning.custom_eval_metrics, timeout_minutes=tuning.evaluation_timeout_minutes,
             model=trainer.model, tokenizer=tokenizer,
             eval_dataset=prepared["validation"], trial_dir=trial_dir, metrics=produced))
-    return produced, None
+    return measured(produced, None)
 
 
 def logged_train_loss(log_history: list[dict]) -> float | None:

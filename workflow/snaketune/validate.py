@@ -259,6 +259,13 @@ def _resolve_tuning(cfg: dict, written: dict, base: Path, validated: bool, probl
     metric_names, directions, found = metrics.resolve_objectives(
         tuning["evaluation_metrics"], directions, custom_names=None if validated else [c.name for c in custom])
     problems.extend(found)
+    constraints, found = metrics.resolve_constraints(tuning["constraints"],
+                                                     None if validated else [c.name for c in custom])
+    problems.extend(found)
+    if constraints and isinstance(tuning["tuner_sampler"], str) and tuning["tuner_sampler"] not in strategy.CONSTRAINED_SAMPLERS:
+        notices.append(f"tuning.constraints: {tuning['tuner_sampler']} samples without them (TPESampler, GPSampler, "
+                       "NSGAIISampler and NSGAIIISampler steer away from infeasible trials); infeasible trials are "
+                       "still marked and never the best")
     search_space, found = space.resolve_conditions(params.space)
     problems.extend(found)
     settings, found, said = strategy.resolve_settings(tuning, search_space, metric_names, [c.name for c in custom])
@@ -291,6 +298,7 @@ def _resolve_tuning(cfg: dict, written: dict, base: Path, validated: bool, probl
         metrics=metric_names,
         directions=directions,
         custom_eval_metrics=custom,
+        constraints=constraints,
         space=search_space,
         training_args=training_args,
         lora_args=params.lora_args,
