@@ -27,6 +27,7 @@ from snaketune.locks import StudyInUse, hold_study
 from snaketune.results import is_saved_model
 from snaketune.storage import record_storage
 from snaketune.study import open_study, restore_told_trials
+from snaketune import warm_start
 
 
 # Snakemake deep-merges --configfile over a `configfile:` directive's dict, so a default tune
@@ -282,6 +283,9 @@ onstart:
         # see: recorded here, with the study's id for this folder, before any job (which leaves it).
         open_study(TUNING, definition=TUNE.definition)
     for line in restore_told_trials(TUNING):
+        print(line)
+    # An earlier study's trials as this one's history, before any job asks the sampler (once).
+    for line in warm_start.start(TUNE) if TUNING.warm_start else ():
         print(line)
     keep_run_config()
     # One line per trial start and end, and the running trials' table, on this console.

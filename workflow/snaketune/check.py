@@ -11,6 +11,7 @@ import the ML libraries, as its jobs already do.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import textwrap
@@ -29,7 +30,8 @@ def accepted_config(raw: dict, base_dir: str | Path | None = None, validated: bo
     directory), then, when `output_dir` already holds a study, that it is kept where the config
     says (storage.storage_conflict) and that its journal or database is its trial folders' own
     (recovery.journal_problem, database_problem) and that the config continues it (same search space
-    and objectives; study.definition_conflicts). Reads, never writes: a refused config
+    and objectives; study.definition_conflicts), and that a warm start's earlier study can be
+    read and fits (warm_start.check: its notices say what it adds). Reads, never writes: a refused config
     leaves no trace in `output_dir`.
 
     `validated=True`: the config was accepted already (a job of the run, or a run `snaketune tune`
@@ -56,6 +58,13 @@ def accepted_config(raw: dict, base_dir: str | Path | None = None, validated: bo
     conflicts = definition_conflicts(resolved.tuning, resolved.definition)
     if conflicts:
         raise ConfigError(conflicts)
+    if tuning.warm_start is not None:  # reads the earlier study, unless this one holds its history already
+        from snaketune import warm_start
+
+        problems, notices = warm_start.check(resolved)
+        if problems:
+            raise ConfigError(problems)
+        resolved = dataclasses.replace(resolved, notices=[*resolved.notices, *notices])
     return resolved
 
 

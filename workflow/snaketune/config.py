@@ -51,6 +51,26 @@ class Budget(Record):
 
 
 @section
+class WarmStart(Record):
+    """tuning.warm_start_from: the earlier study whose finished trials this one starts from
+    (snaketune.warm_start). Kept in the file journal of `output_dir` (absolute), or in the
+    database of `storage` (a postgresql:// URL, as tuning.storage takes it); `study_name` names
+    it (None: the one study of that output_dir). `enqueue_best`: how many of its best
+    configurations that fit this study's space run first (0: none)."""
+
+    output_dir: str | None
+    storage: str | None
+    study_name: str | None
+    enqueue_best: int
+
+    @property
+    def where(self) -> str:
+        """The earlier study as a person names it: its folder, or its name and database URL."""
+        return (f"study {self.study_name!r} in {self.storage}" if self.storage
+                else self.output_dir + (f" (study {self.study_name!r})" if self.study_name else ""))
+
+
+@section
 class TuningParams(Record):
     """The resolved `tuning:` section: the study, its search space and the trials' fixed arguments.
 
@@ -84,6 +104,7 @@ class TuningParams(Record):
     custom_eval_metrics: list[CustomMetric]
     # limits a trial must keep to be feasible (Optuna's Trial.set_constraint; study.feasible)
     constraints: list[Constraint]
+    warm_start: WarmStart | None  # the earlier study this one starts from (tuning.warm_start_from); None: cold
     space: list[Parameter]  # parents before the parameters conditioned on them
     training_args: dict[str, Any]  # fixed SFTConfig arguments
     lora_args: dict[str, Any]  # fixed LoraConfig arguments

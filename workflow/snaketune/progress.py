@@ -141,7 +141,7 @@ class ConsoleProgress:
         study = self._load()
         if study is None:
             return
-        for trial in study.get_trials(deepcopy=False):
+        for trial in studies.own_trials(study):
             if trial.state.is_finished():
                 self.started.add(trial.number)
                 self.ended.add(trial.number)
@@ -169,7 +169,7 @@ class ConsoleProgress:
         study = self._load()
         if study is None:
             return
-        for trial in study.get_trials(deepcopy=False):
+        for trial in studies.own_trials(study):
             if trial.number not in self.started and trial.state == TrialState.RUNNING and self._sampled(trial):
                 self.started.add(trial.number)
                 self.say(start_line(trial, self.layout))

@@ -68,7 +68,7 @@ def learning_curves(study: optuna.Study, layout: StudyLayout | None = None
     The objective's intermediate values when trials reported a curve of them (evaluations during
     training); otherwise, e.g. with one evaluation at the end, the training loss from the logs.
     """
-    trials = study.get_trials(deepcopy=False)
+    trials = studies.own_trials(study)
     if any(len(studies.step_reports(t)) > 1 for t in trials):
         return "objective (intermediate values)", {t.number: sorted(studies.step_reports(t).items())
                                                    for t in trials if studies.step_reports(t)}

@@ -33,7 +33,7 @@ def results_table(study: optuna.Study, metrics: list[str], layout: StudyLayout):
     import pandas as pd
 
     attempts = {}
-    for trial in study.get_trials(deepcopy=False):
+    for trial in studies.own_trials(study):
         slot = trial.user_attrs.get("slot")
         attempts[slot] = attempts.get(slot, 0) + 1
     rows = []
@@ -118,7 +118,7 @@ def aggregate(tuning: TuningParams, model: ModelParams, model_source: dict, resu
     metrics = tuning.metrics
     table = results_table(study, metrics, tuning.layout)
     write_csv(table, results_csv)
-    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+    if not any(t.state == TrialState.COMPLETE for t in studies.latest_attempts(study)):
         counts = summary.outcome_line(studies.outcome_counts(studies.latest_attempts(study)))
         raise RuntimeError(f"no trial of study {tuning.study_name!r} completed ({counts}); see the "
                            f"fail_reason column of {results_csv}")

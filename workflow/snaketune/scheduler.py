@@ -46,7 +46,8 @@ from snaketune.layout import (
 from snaketune.locks import claiming
 from snaketune.database import fail_stale_trials
 from snaketune.storage import storage_of, trial_id_of
-from snaketune.study import RUN_STARTED_ENV, STARTED_ATTR, is_finished, skip_slot, skipped_slots
+from snaketune.study import (RUN_STARTED_ENV, STARTED_ATTR, enqueued_configurations, is_finished, own_trials, skip_slot,
+                             skipped_slots)
 
 FINISHED, NEW, RESUME, RETRY, SKIP = "finished", "new", "resume", "retry", "skip"
 # Why a slot is tried again (SlotDecision.reason of a retry).
@@ -71,11 +72,12 @@ class SlotSettings:
     budget: Budget | None = None  # tuning.budget
 
     @classmethod
-    def of(cls, tuning: TuningParams, slot: int) -> SlotSettings:
+    def of(cls, tuning: TuningParams, slot: int, enqueue_trials: Sequence[dict] | None = None) -> SlotSettings:
+        """`enqueue_trials`: the study's (study.enqueued_configurations); None: tuning.enqueue_trials."""
         return cls(first_params=strategy.slot_params(tuning, slot), n_objectives=len(tuning.metrics),
                    direction=tuning.directions[0], resume_pruned=tuning.resume_pruned,
-                   enqueue_trials=tuning.enqueue_trials, timeout_minutes=tuning.timeout_minutes,
-                   budget=tuning.budget)
+                   enqueue_trials=tuning.enqueue_trials if enqueue_trials is None else enqueue_trials,
+                   timeout_minutes=tuning.timeout_minutes, budget=tuning.budget)
 
 
 @dataclass(frozen=True)
@@ -254,7 +256,7 @@ def spent_compute(study: optuna.Study, tuning: TuningParams, unit: str) -> float
         folder = trial_dir(trial, tuning.layout)
         return read_loss_curve(TrialFiles(folder).loss_curve) if folder is not None else []
 
-    return committed_compute(study.get_trials(deepcopy=False), unit, tuning.training_args.get("max_steps"),
+    return committed_compute(own_trials(study), unit, tuning.training_args.get("max_steps"),
                              max(1, tuning.gpu.gpus_per_trial), loss_curve)
 
 
@@ -279,7 +281,7 @@ def study_state(study: optuna.Study, tuning: TuningParams, budget: bool = False)
     started = float(os.environ.get(RUN_STARTED_ENV) or study.user_attrs.get(STARTED_ATTR, time.time()))
     spent = spent_compute(study, tuning, tuning.budget.unit) if budget and tuning.budget else 0.0
     layout = tuning.layout
-    return StudyState(study.get_trials(deepcopy=False), time.time(), started, spent,
+    return StudyState(own_trials(study), time.time(), started, spent,
                       has_checkpoint=lambda slot: layout.trial(slot).last_checkpoint() is not None,
                       paused_checkpoint=lambda trial: paused_checkpoint(trial, layout))
 
@@ -298,7 +300,8 @@ def claim_trial(study: optuna.Study, slot: int, tuning: TuningParams) -> tuple[o
     # the storage's to give), so without a budget or resume_pruned, slots claim side by side.
     locked = first and (tuning.budget is not None or bool(tuning.resume_pruned))
     with claiming(tuning.layout, tuning.storage, tuning.study_name) if locked else contextlib.nullcontext():
-        decision = decide_slot(slot, study_state(study, tuning, budget=first), SlotSettings.of(tuning, slot))
+        enqueue = enqueued_configurations(study, tuning)
+        decision = decide_slot(slot, study_state(study, tuning, budget=first), SlotSettings.of(tuning, slot, enqueue))
         if decision.kind == SKIP:
             raise SlotSkipped(decision.reason)
         if decision.kind == FINISHED:
@@ -312,7 +315,7 @@ def claim_trial(study: optuna.Study, slot: int, tuning: TuningParams) -> tuple[o
         skip_slot(study, slot, None)
     if decision.kind == NEW:  # its rank among first attempts is its place in the journal
         number = storage_of(study).get_trial_number_from_id(trial_id)
-        enqueued = enqueued_config(study.get_trials(deepcopy=False), number, tuning.enqueue_trials)
+        enqueued = enqueued_config(own_trials(study), number, enqueue)
         if enqueued is not None:
             set_params(study, trial_id, enqueued, tuning.space, {"enqueued": True})
     return optuna.Trial(study, trial_id), None

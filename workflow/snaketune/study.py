@@ -98,7 +98,7 @@ def open_study(tuning: TuningParams, slot: int = 0, storage: BaseStorage | None 
     attrs = study.user_attrs  # read once: each read is a query on a database storage
     stored = attrs.get(DEFINITION_ATTR)
     redefined = stored is None or (stored != wanted and definition is not None
-                                   and not any(is_finished(t) for t in study.get_trials(deepcopy=False)))
+                                   and not any(is_finished(t) for t in own_trials(study)))
     if redefined:
         study.set_user_attr(DEFINITION_ATTR, wanted)
     if STARTED_ATTR not in attrs:  # the clock of tuning.timeout_minutes
@@ -204,8 +204,14 @@ def best_trials(study: optuna.Study) -> list[FrozenTrial]:
     the slot's folder then holds the new attempt's model. Several objectives: Optuna's front (such
     a slot is not trained again, no best model being built).
     """
-    if len(study.directions) > 1:  # Optuna's front leaves infeasible trials out (Trial.constraints)
-        return study.best_trials if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) else []
+    if len(study.directions) > 1:
+        # Optuna's front (Study.best_trials' rule, infeasible trials left out where constraints
+        # were recorded) over this study's own trials: a warm start's history has no model here.
+        from optuna.study._multi_objective import _get_pareto_front_trials_by_trials  # no public form over a subset
+
+        own = own_trials(study)
+        constrained = any(t.constraints for t in own)
+        return _get_pareto_front_trials_by_trials(own, study.directions, consider_constraint=constrained)
     completed = [t for t in latest_attempts(study) if t.state == TrialState.COMPLETE and feasible(t) is not False]
     if not completed:
         return []
@@ -257,11 +263,42 @@ def objective_names(study: optuna.Study, configured: list[str] | str | None = No
     return ["value"] if len(study.directions) == 1 else [f"objective_{i}" for i in range(len(study.directions))]
 
 
+# A trial an earlier study ran, added to this one as history (tuning.warm_start_from:
+# snaketune.warm_start): {"study": where it was, "study_name", "trial": its number there}. Optuna's
+# sampler and pruner learn from it; every count, table, budget and decision of this study leaves it
+# out (own_trials, latest_attempts).
+WARM_START_ATTR = "warm_start"
+
+
+# Study attributes of a warm start: where its history came from, once all of it is in (set last,
+# so a run cut short adds what is missing next time), and the earlier study's best configurations
+# it runs first (tuning.warm_start_from's enqueue_best), in order.
+WARM_STARTED_ATTR = "snaketune_warm_started_from"
+WARM_START_ENQUEUED_ATTR = "snaketune_warm_start_enqueued"
+
+
+def enqueued_configurations(study: optuna.Study, tuning: TuningParams) -> list[dict]:
+    """The configurations the study's first trials take, in order: tuning.enqueue_trials, then a
+    warm start's best configurations (WARM_START_ENQUEUED_ATTR)."""
+    return [*tuning.enqueue_trials, *study.user_attrs.get(WARM_START_ENQUEUED_ATTR, [])]
+
+
+def is_history(trial: FrozenTrial) -> bool:
+    """Whether the trial is an earlier study's, added by a warm start (WARM_START_ATTR)."""
+    return WARM_START_ATTR in trial.user_attrs
+
+
+def own_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """The study's trials in number order, less the history a warm start added."""
+    return [t for t in study.get_trials(deepcopy=False) if not is_history(t)]
+
+
 def latest_attempts(study: optuna.Study) -> list[FrozenTrial]:
     """One trial per slot, its latest attempt; trials made outside a slot are kept as they are,
-    but for the placeholders of a rebuilt journal (LOST_ATTR: a number no trial folder held)."""
+    but for the placeholders of a rebuilt journal (LOST_ATTR: a number no trial folder held) and
+    a warm start's history (WARM_START_ATTR)."""
     by_slot, others = {}, []
-    for trial in study.get_trials(deepcopy=False):
+    for trial in own_trials(study):
         slot = trial.user_attrs.get("slot")
         if slot is None:
             if LOST_ATTR not in trial.user_attrs:
@@ -313,6 +350,14 @@ def _as_stored(definition: dict) -> dict:
     return json.loads(json.dumps(definition, default=str))  # the JSON types the journal gives back
 
 
+def changed_parts(stored: dict, tuning: TuningParams, definition: dict | None = None) -> list[str]:
+    """The words (DEFINITION_PARTS) of each part of a study's stored definition (DEFINITION_ATTR)
+    other than what `tuning` and `definition` define now: "model", "data", ..."""
+    wanted = _as_stored(study_definition(tuning, definition))
+    return [words for part, (_, words) in DEFINITION_PARTS.items()
+            if part in stored and part in wanted and stored[part] != wanted[part]]
+
+
 # The YAML path and the words for each part of a study's definition, in conflict messages.
 DEFINITION_PARTS = {"model": ("model", "model"), "data": ("data", "data"),
                     "training": ("tuning.fixed_training_params", "fixed training parameters"),
@@ -362,7 +407,7 @@ def definition_conflicts(tuning: TuningParams, definition: dict | None = None) -
     if stored["metrics"] != wanted["metrics"] or stored["directions"] != wanted["directions"]:
         problems.append("tuning.evaluation_metrics: " + hint(
             f"objectives ({stored['metrics']} {stored['directions']})"))
-    finished = any(is_finished(t) for t in study.get_trials(deepcopy=False))
+    finished = any(is_finished(t) for t in own_trials(study))
     for part, (where, words) in DEFINITION_PARTS.items():
         if finished and part in stored and part in wanted and stored[part] != wanted[part]:
             old, new = stored[part], wanted[part]

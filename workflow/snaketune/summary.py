@@ -107,7 +107,7 @@ def summary_table(layout: StudyLayout, study_name: str, metrics: list[str],
     if study is None:
         study = studies.load_study(layout.output_dir, study_name)
     metrics = list(metrics)
-    every = study.get_trials(deepcopy=False)
+    every = studies.own_trials(study)
     latest = latest_attempts(study)
     retried = len(every) - len(latest)
     resumed = sum(1 for t in latest if "promoted_from" in t.user_attrs)  # tuning.resume_pruned

@@ -32,7 +32,7 @@ from jsonschema import Draft202012Validator, validators
 
 from snaketune import (data, data_check, database, generation, gpu, library_checks, lm_harness, metrics, model, names, preflight,
                        resources, scoring, space, strategy)
-from snaketune.config import Budget, ConfigError, TuningConfig, TuningParams
+from snaketune.config import Budget, ConfigError, TuningConfig, TuningParams, WarmStart
 from snaketune.errors import MissingLocalPath, closest
 from snaketune.gpu import DeviceSettings
 
@@ -266,6 +266,8 @@ def _resolve_tuning(cfg: dict, written: dict, base: Path, validated: bool, probl
         notices.append(f"tuning.constraints: {tuning['tuner_sampler']} samples without them (TPESampler, GPSampler, "
                        "NSGAIISampler and NSGAIIISampler steer away from infeasible trials); infeasible trials are "
                        "still marked and never the best")
+    warm_start, found = _warm_start(tuning.get("warm_start_from"), base)
+    problems.extend(found)
     search_space, found = space.resolve_conditions(params.space)
     problems.extend(found)
     settings, found, said = strategy.resolve_settings(tuning, search_space, metric_names, [c.name for c in custom])
@@ -299,6 +301,7 @@ def _resolve_tuning(cfg: dict, written: dict, base: Path, validated: bool, probl
         directions=directions,
         custom_eval_metrics=custom,
         constraints=constraints,
+        warm_start=warm_start,
         space=search_space,
         training_args=training_args,
         lora_args=params.lora_args,
@@ -390,6 +393,31 @@ def _oumi_tuning_fields(tuning: dict, problems: list[str], notices: list[str]) -
         if key in tuning:
             notices.append(f"tuning.{key}: unused: {instead}")
     return study_name
+
+
+def _warm_start(given, base: Path) -> tuple[WarmStart | None, list[str]]:
+    """tuning.warm_start_from as the schema let it through (a folder, or a mapping): the earlier
+    study's place (a folder relative to `base`, or a database URL as tuning.storage takes it) and
+    (problems). Whether the study is there and fits is snaketune.warm_start's, once the whole
+    config resolved (check.accepted_config)."""
+    if not given:
+        return None, []
+    entry = {"output_dir": given} if isinstance(given, str) else dict(given) if isinstance(given, dict) else None
+    if entry is None:
+        return None, []  # the schema reports the shape
+    path = "tuning.warm_start_from"
+    if ("output_dir" in entry) == ("storage" in entry):
+        return None, [f"{path}: name the earlier study by its output_dir or by its storage (a postgresql:// URL "
+                      "with study_name), one of the two"]
+    problems = []
+    if entry.get("storage"):
+        problems += database.storage_problems(str(entry["storage"]), f"{path}.storage")
+        if not entry.get("study_name"):
+            problems.append(f"{path}.study_name: a database holds many studies: name the earlier one")
+    folder = entry.get("output_dir")
+    return WarmStart(output_dir=str((base / Path(folder).expanduser()).resolve()) if folder else None,
+                     storage=entry.get("storage"), study_name=entry.get("study_name"),
+                     enqueue_best=int(entry.get("enqueue_best") or 0)), problems
 
 
 def _answer_directions(tuning: dict, directions_given: bool) -> tuple[list[str], list[str]]:
