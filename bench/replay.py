@@ -61,6 +61,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from snaketune import space as search_space
 from snaketune import strategy
+from snaketune import study as studies
 from snaketune.config import TuningParams
 from snaketune.validate import load_tune_config, read_default_tune_yaml
 from snaketune.layout import StudyLayout
@@ -120,6 +121,10 @@ ARMS.update({
     "asha4_r20_pause": asha(20, 4, 4),
     "asha2_r30_pause": asha(30, 2, 2),
     "asha2_r15_pause": asha(15, 2, 2, every=5),
+    # The top-K baseline (bench/search_features.py topk) done asynchronously: one rung at step 10
+    # (first report) keeping the best 1/8 or 1/9 of the values there; every later report a rung too.
+    "asha8_r10_pause": asha(10, 8, 8),
+    "asha9_r10_pause": asha(10, 9, 9),
     "p75_w20_s3_pause": {"pruner": "percentile", "report_every_steps": 10, "resume_pruned": 4,
                          "pruner_kwargs": {"percentile": 75.0, "n_startup_trials": 3, "n_warmup_steps": 20}},
     # The same with Optuna's min_resource "auto" (1% of the first completed trial's steps: step 1),
@@ -321,6 +326,10 @@ class Table:
                 curve[step] = curve.get(step, 0.0) + weight * value
         return {"curve": curve, "final": final}
 
+    def seconds_per_step(self, params: dict) -> float:
+        """The training seconds per step measured for the grid point nearest to `params`."""
+        return float(self._row(self.snap(params))["step_seconds"])
+
     def complete(self, default_space: bool = True) -> bool:
         """Every point of the default study's space (the table's `default_space`), or of the whole
         grid, has its curve at every training seed."""
@@ -384,6 +393,7 @@ class StudyResult:
     best_after: list[tuple[float, float]] = field(default_factory=list)  # (compute spent, best so far)
     compute: float = 0.0
     best: float = math.inf
+    study: optuna.Study | None = None  # the replayed study (in memory)
 
     def best_within(self, compute: float) -> float:
         """The best value found by the time `compute` steps were spent."""
@@ -404,7 +414,8 @@ class StudyResult:
 
 
 def replay_study(tuning: TuningParams, table: Table, workers: int = 1,
-                 pruner: optuna.pruners.BasePruner | None = None, eval_cost: float = 0.0) -> StudyResult:
+                 pruner: optuna.pruners.BasePruner | None = None, eval_cost: float = 0.0,
+                 history: list[FrozenTrial] | None = None) -> StudyResult:
     """Runs one study against the table: tuning.n_trials slots at most, `workers` trials at a time,
     and while the compute committed is under tuning.budget's trained_steps (checked when a slot
     starts). Its pruner is the one tuning names (`strategy.make_pruner`) unless `pruner` is given.
@@ -420,6 +431,10 @@ def replay_study(tuning: TuningParams, table: Table, workers: int = 1,
     halving's promotions), and only then starts a new one. Unlike the workflow, where it runs in a
     slot of its own, a resumed trial does not count against tuning.n_trials here: the bench caps
     n_trials far above what tuning.budget lets start.
+
+    `history`: an earlier study's trials added first, as a warm start adds them
+    (snaketune.warm_start.history_from): the sampler and pruner see them, the result counts only
+    the study's own trials. The study itself is `result.study`.
     """
     if tuning.directions != ["minimize"]:
         raise ValueError("the replay minimizes one objective (the table's eval_loss)")
@@ -432,7 +447,8 @@ def replay_study(tuning: TuningParams, table: Table, workers: int = 1,
     missing = [s for s in report_steps if s not in table.steps]
     if missing:
         raise ValueError(f"report_every_steps={every}: the table has no values at steps {missing}")
-    result = StudyResult()
+    study.add_trials(history or [])
+    result = StudyResult(study=study)
     events: list[tuple[float, int, Run]] = []
     running: dict[int, Run] = {}
     paused: dict[int, Run] = {}  # by trial number
@@ -448,13 +464,17 @@ def replay_study(tuning: TuningParams, table: Table, workers: int = 1,
 
     def promotion() -> tuple[Run, FrozenTrial] | None:
         """The paused trial to resume now, if any: the workflow's rule (strategy.promotions)."""
-        due = strategy.promotions(study.get_trials(deepcopy=False), promote)
+        due = strategy.promotions(studies.own_trials(study), promote)
         return (paused[due[0].number], due[0]) if due else None
 
     def start(now: float) -> None:
         nonlocal next_slot
         committed = finished + sum(r.planned() for r in running.values())  # scheduler.committed_compute's rule
         if committed >= budget:
+            return
+        stop = tuning.stop_when_converged  # scheduler.decide_slot's rule
+        if stop and strategy.convergence(studies.own_trials(study), stop.patience, stop.min_improvement,
+                                         tuning.directions[0]):
             return
         due = promotion() if promote else None
         if due is not None:

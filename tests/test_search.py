@@ -799,3 +799,148 @@ def test_successive_halvings_first_rung_is_the_first_report_from_half_the_trial(
     # What the user writes wins.
     assert strategy.pruner_arguments("successive_halving", {"min_resource": 3, "reduction_factor": 4}, every,
                                      max_steps) == {"min_resource": 3, "reduction_factor": 4}
+
+
+# -- tuning.stop_when_converged ---------------------------------------------------------------------
+
+
+def completed_trials(values, learning_rates=None):
+    """Completed trials of `values`, in that order, each at its learning rate (default: far apart)."""
+    distribution = optuna.distributions.FloatDistribution(1e-5, 1e-1, log=True)
+    rates = learning_rates or [1e-5 * 1.9 ** i for i in range(len(values))]
+    study = optuna.create_study()
+    for value, rate in zip(values, rates):
+        study.add_trial(optuna.trial.create_trial(value=value, params={"learning_rate": rate},
+                                                  distributions={"learning_rate": distribution}))
+    return study.trials
+
+
+def test_a_study_converges_once_patience_trials_in_a_row_improve_by_no_more_than_the_threshold():
+    trials = completed_trials([0.50, 0.40, 0.399, 0.41, 0.45])
+    assert strategy.convergence(trials, patience=3, min_improvement=0.01) == (
+        "skipped: the study converged: none of the last 3 completed trials improved the best (0.399) by more "
+        "than 0.01 (tuning.stop_when_converged)")
+    assert strategy.convergence(trials, patience=4, min_improvement=0.01) is None
+    assert strategy.convergence(trials, patience=3, min_improvement=0.0005) is None  # 0.399 counts then
+    assert strategy.convergence(trials[:3], patience=3, min_improvement=0.01) is None  # not enough trials
+    assert strategy.convergence(completed_trials([0.5, 0.6, 0.7, 0.8]), 3, 0.01, "maximize") is None
+
+
+def test_the_noise_is_estimated_from_neighbouring_trials_and_without_neighbours_nothing_stops():
+    # Pairs at the same learning rate (repeats) and 2% of the log range apart differ by noise alone.
+    values = [0.30, 0.32, 0.50, 0.51, 0.40, 0.43, 0.35]
+    rates = [1e-3, 1e-3, 1e-4, 1.1e-4, 1e-2, 1e-2, 3e-5]
+    noise, pairs = strategy.objective_noise(completed_trials(values, rates))
+    assert pairs == 3 and noise == pytest.approx(0.02 / 2 ** 0.5)
+    assert strategy.objective_noise(completed_trials(values))[0] is None  # no neighbours: no estimate
+    assert strategy.convergence(completed_trials(values), patience=2, min_improvement=None) is None
+    said = strategy.convergence(completed_trials(values, rates), patience=2, min_improvement=None)
+    assert said.endswith("the objective's noise estimated from 3 pairs of neighbouring trials)")
+
+
+def test_an_infeasible_trial_is_never_an_improvement():
+    study = optuna.create_study()
+    distribution = optuna.distributions.FloatDistribution(0, 1)
+    for i, (value, over) in enumerate([(0.5, -1.0), (0.1, 0.3), (0.495, -1.0)]):
+        study.add_trial(optuna.trial.create_trial(value=value, params={"x": i / 10}, distributions={"x": distribution},
+                                                  system_attrs={"constraints:memory": over}))
+    assert strategy.convergence(study.trials, patience=2, min_improvement=0.01).startswith(
+        "skipped: the study converged: none of the last 2 completed trials improved the best (0.495)")
+
+
+def test_stop_when_converged_needs_one_objective(workdir):
+    config = tiny_config(stop_when_converged={"patience": 3}, evaluation_metrics=["eval_loss", "train_runtime"])
+    found = problems(workdir, config)
+    assert any(p.startswith("tuning.stop_when_converged: a study of several objectives") for p in found), found
+
+
+@pytest.mark.workflow
+def test_a_converged_study_skips_the_slots_left_and_says_why(workdir):
+    # No improvement can beat a threshold of 10: the study converges once 2 trials followed the first.
+    config = tiny_config(n_trials=4, stop_when_converged={"patience": 2, "min_improvement": 10})
+    write_config(workdir, config)
+    result = run_snakemake(workdir, "--cores", "1")
+    table = pd.read_csv(StudyLayout(workdir / "tuning_output").results_csv)
+    assert sorted(table["state"]) == ["COMPLETE"] * 3 + ["SKIPPED"]
+    reasons = set(table.loc[table["state"] == "SKIPPED", "fail_reason"])
+    assert len(reasons) == 1 and reasons.pop().startswith(
+        "skipped: the study converged: none of the last 2 completed trials improved the best")
+    assert "3 completed, 0 pruned, 0 failed, 1 skipped" in " ".join((result.stdout + result.stderr).split())
+
+
+# -- pruner: pareto (several objectives) -------------------------------------------------------------
+
+
+def vector_study(directions, completed, trial_vector, step="10"):
+    study = optuna.create_study(directions=directions)
+    for vector in completed:
+        study.add_trial(optuna.trial.create_trial(values=vector, user_attrs={strategy.INTERMEDIATE_VECTORS_ATTR: {step: vector}}))
+    trial = optuna.trial.create_trial(state=TrialState.RUNNING, user_attrs={strategy.INTERMEDIATE_VECTORS_ATTR: {step: trial_vector}})
+    return study, trial
+
+
+@pytest.mark.parametrize("directions, completed, mine, pruned", [
+    (["minimize", "minimize"], [[1, 1], [2, 2], [0.5, 3]], [3, 3], True),   # dominated by 2 of 3
+    (["minimize", "minimize"], [[1, 1], [2, 4], [0.5, 3]], [1.5, 2], False),  # by 1 of 3 only
+    (["minimize", "maximize"], [[1, 5], [2, 4], [3, 3]], [2.5, 3.5], True),  # a maximized accuracy
+    (["minimize", "maximize"], [[1, 5], [2, 4], [3, 3]], [0.5, 1.0], False),  # best loss: on the front
+    (["minimize", "minimize"], [[1, 1], [2, 2]], [3, 3], False),  # 2 completed: under n_startup_trials
+])
+def test_the_pareto_pruner_stops_a_trial_most_completed_trials_dominate_at_its_step(directions, completed, mine, pruned):
+    study, trial = vector_study(directions, completed, mine)
+    assert strategy.ParetoPruner().prune(study, trial) is pruned
+    assert strategy.ParetoPruner(n_warmup_steps=20).prune(study, trial) is False
+    assert strategy.ParetoPruner().prune(*vector_study(directions, completed, mine, step="20")[:1],
+                                         vector_study(directions, [], mine, step="30")[1]) is False  # no one at its step
+
+
+@pytest.mark.parametrize("change, named", [
+    ({"pruner": "median"}, "tuning.pruner: median judges one objective, and Optuna cannot prune a multi-objective study"),
+    ({"pruner": "pareto", "evaluation_metrics": ["eval_loss", "my_score"],
+      "custom_eval_metrics": [{"name": "my_score", "function": "json.dumps"}]},
+     "tuning.evaluation_metrics: pruner: pareto compares every objective at each evaluation during training, and "
+     "'my_score' is computed once, after training"),
+    ({"pruner": "pareto", "resume_pruned": True}, "tuning.resume_pruned: a paused trial is resumed by its rank"),
+    ({"pruner": "pareto", "pruner_kwargs": {"dominated_share": 2}}, "tuning.pruner_kwargs: ParetoPruner refused them"),
+])
+def test_a_multi_objective_pruner_that_could_not_judge_is_refused_by_its_path(workdir, change, named):
+    config = tiny_config(evaluation_metrics=["eval_loss", "train_runtime"], evaluation_direction=["minimize"],
+                         report_every_steps=1)
+    config["tuning"].update(change)
+    found = problems(workdir, config)
+    assert any(p.startswith(named) for p in found), found
+
+
+@pytest.mark.workflow
+def test_a_two_objective_study_is_pruned_by_pareto_dominance(workdir):
+    # eval_loss and the token accuracy, reported every 2 steps of 6: the learning rates too small to
+    # learn anything in 6 steps are dominated by the two completed trials at their step.
+    config = tiny_config(n_trials=5, evaluation_metrics=["eval_loss", "eval_mean_token_accuracy"],
+                         evaluation_direction=["minimize", "maximize"],
+                         pruner="pareto", report_every_steps=2, pruner_kwargs={"n_startup_trials": 2},
+                         enqueue_trials=[{"learning_rate": 0.05}, {"learning_rate": 0.03}, {"learning_rate": 1e-4},
+                                         {"learning_rate": 1.2e-4}, {"learning_rate": 1.1e-4}])
+    config["tuning"]["fixed_training_params"]["max_steps"] = 6
+    write_config(workdir, config)
+    run_snakemake(workdir, "--cores", "1")
+    study = load_study(workdir / "tuning_output")
+    pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
+    assert pruned, [(t.params, t.user_attrs.get(strategy.INTERMEDIATE_VECTORS_ATTR)) for t in study.trials]
+    for trial in study.trials:
+        vectors = trial.user_attrs[strategy.INTERMEDIATE_VECTORS_ATTR]
+        assert all(len(v) == 2 for v in vectors.values())
+        if trial.state == TrialState.PRUNED:
+            assert trial.user_attrs["pruned_reason"].endswith("(Pareto-dominated)") and max(map(int, vectors)) < 6
+    table = pd.read_csv(StudyLayout(workdir / "tuning_output").results_csv)
+    assert sorted(table["state"].unique()) == ["COMPLETE", "PRUNED"]
+    front = json.loads(StudyLayout(workdir / "tuning_output").best_record(2).read_text())["trials"]
+    assert {t["number"] for t in front} <= {t.number for t in study.trials if t.state == TrialState.COMPLETE}
+
+
+@pytest.mark.parametrize("marker", ["converged-example", "pareto-example"])
+def test_the_manuals_converged_and_pareto_examples_are_accepted(workdir, marker):
+    tuning = readme_example_tuning(marker, workdir)
+    if marker == "converged-example":
+        assert (tuning.stop_when_converged.patience, tuning.n_trials) == (12, 100)
+    else:
+        assert isinstance(strategy.make_pruner(tuning), strategy.ParetoPruner) and tuning.report_every_steps == 10

@@ -13,7 +13,7 @@ import yaml
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from workflow_helpers import manual_text, run_snakemake, tiny_config, write_config, write_reverse_words
+from workflow_helpers import REPO, manual_text, run_snakemake, tiny_config, write_config, write_reverse_words
 
 from snaketune import scheduler, strategy, study as studies, warm_start  # noqa: E402
 from snaketune.check import accepted_config  # noqa: E402
@@ -167,7 +167,7 @@ def test_a_warm_started_study_holds_the_earlier_trials_with_their_origin_and_run
     best_before = before.loc[before["params_learning_rate"] != 2e-4, ["number", "params_learning_rate", "eval_loss"]]
     best_before = best_before.sort_values("eval_loss").iloc[0]
 
-    cfg = tiny_config(n_trials=2, warm_start_from={"output_dir": "earlier", "enqueue_best": 1})
+    cfg = tiny_config(n_trials=1, warm_start_from={"output_dir": "earlier", "enqueue_best": 1})
     cfg["tuning"]["tunable_training_params"]["learning_rate"] = {"type": "loguniform", "low": 1e-3, "high": 0.2}
     write_config(workdir, cfg)
     result = run_snakemake(workdir, "--cores", "1")
@@ -183,7 +183,7 @@ def test_a_warm_started_study_holds_the_earlier_trials_with_their_origin_and_run
     assert {t.params["learning_rate"] for t in history} == {3e-3, 2e-2}
     # The study's own trials: its first ran the earlier best configuration, and only they are tabled.
     own = studies.own_trials(study)
-    assert len(own) == 2 and own[0].params["learning_rate"] == best_before["params_learning_rate"]
+    assert len(own) == 1 and own[0].params["learning_rate"] == best_before["params_learning_rate"]
     assert own[0].user_attrs.get("enqueued") is True
     table = pd.read_csv(layout.results_csv)
     assert sorted(table["number"]) == sorted(t.number for t in own)
@@ -199,3 +199,14 @@ def test_the_manuals_warm_start_example_is_valid(workdir):
     tune = accepted_config(cfg, workdir)
     assert tune.tuning.warm_start.enqueue_best == 2
     assert any(n.startswith("tuning.warm_start_from: 1 of 2 finished trials") for n in tune.notices)
+
+
+def test_the_readmes_search_further_example_is_accepted_after_the_quickstarts_study(workdir):
+    block = (REPO / "README.md").read_text().split("<!-- search-further-example -->")[1].split("```yaml")[1].split("```")[0]
+    earlier_study(workdir / "tuning_output", TRIALS[:3])
+    cfg = tiny_config()
+    cfg["tuning"].update(yaml.safe_load(block)["tuning"])
+    tune = accepted_config(cfg, workdir)
+    assert (tune.tuning.warm_start.output_dir, tune.tuning.stop_when_converged.patience) == (str(workdir / "tuning_output"), 12)
+    assert [c.metric for c in tune.tuning.constraints] == ["peak_memory_gib"]
+    assert any(n.startswith("tuning.warm_start_from: 2 of 3 finished trials") for n in tune.notices)

@@ -168,7 +168,10 @@ def preflight_input():
 
 def budget_settings() -> str:
     """What decides whether a slot starts or is skipped, as rule budget's params (JSON)."""
-    return json.dumps({"budget": TUNING.budget and TUNING.budget.as_dict(), "timeout_minutes": TUNING.timeout_minutes}, sort_keys=True)
+    settings = {"budget": TUNING.budget and TUNING.budget.as_dict(), "timeout_minutes": TUNING.timeout_minutes}
+    if TUNING.stop_when_converged:  # only when set: the record of a study without it stays as it was
+        settings["stop_when_converged"] = TUNING.stop_when_converged.as_dict()
+    return json.dumps(settings, sort_keys=True)
 
 
 def budget_input(wildcards):

@@ -51,6 +51,22 @@ class Budget(Record):
 
 
 @section
+class ConvergedStop(Record):
+    """tuning.stop_when_converged: once `patience` trials in a row have completed without improving
+    the best value by more than `min_improvement` (in the objective's unit; None: the objective's
+    noise, estimated from neighbouring trials: strategy.objective_noise), the slots not yet
+    started finish SKIPPED, as under a spent budget (strategy.convergence)."""
+
+    patience: int
+    min_improvement: float | None
+
+    def as_dict(self) -> dict:
+        """The YAML's form (min_improvement left out when estimated)."""
+        return {"patience": self.patience, **({"min_improvement": self.min_improvement}
+                                              if self.min_improvement is not None else {})}
+
+
+@section
 class WarmStart(Record):
     """tuning.warm_start_from: the earlier study whose finished trials this one starts from
     (snaketune.warm_start). Kept in the file journal of `output_dir` (absolute), or in the
@@ -99,6 +115,7 @@ class TuningParams(Record):
     # fails its trial, naming it (metrics.evaluation_time_limit)
     evaluation_timeout_minutes: float
     budget: Budget | None  # the compute the study may spend; None: no compute budget
+    stop_when_converged: ConvergedStop | None  # skip the slots left once the study converged; None: never
     metrics: list[str]  # the objectives, in order
     directions: list[str]  # "minimize" or "maximize", one per objective
     custom_eval_metrics: list[CustomMetric]

@@ -45,6 +45,11 @@ TRAINING_METRICS = ("train_loss", "train_runtime", "train_samples_per_second",
                     "train_steps_per_second", "total_flos", "epoch", "trained_steps",
                     "trained_tokens", PEAK_MEMORY)
 
+# What a trial has at every evaluation during training (train.ReportAndPrune): the evaluation's
+# metrics, and its training so far (seconds, steps, tokens, epochs, peak memory). The objectives
+# pruner: pareto can compare at each step; the others are computed once, after training.
+DURING_TRAINING = (*EVALUATION_METRICS, "train_runtime", "trained_steps", "trained_tokens", "epoch", PEAK_MEMORY)
+
 
 class MissingObjectiveError(SnaketuneError, RuntimeError):
     """Evaluation finished without a metric named in `tuning.evaluation_metrics`."""

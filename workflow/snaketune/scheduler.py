@@ -34,7 +34,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from snaketune import space as search_space
 from snaketune import strategy
-from snaketune.config import Budget, TuningParams
+from snaketune.config import Budget, ConvergedStop, TuningParams
 from snaketune.layout import (
     StudyLayout,
     TrialFiles,
@@ -70,6 +70,7 @@ class SlotSettings:
     enqueue_trials: Sequence[dict] = ()  # tuning.enqueue_trials, in the order they run
     timeout_minutes: float | None = None
     budget: Budget | None = None  # tuning.budget
+    stop_when_converged: ConvergedStop | None = None  # tuning.stop_when_converged
 
     @classmethod
     def of(cls, tuning: TuningParams, slot: int, enqueue_trials: Sequence[dict] | None = None) -> SlotSettings:
@@ -77,7 +78,8 @@ class SlotSettings:
         return cls(first_params=strategy.slot_params(tuning, slot), n_objectives=len(tuning.metrics),
                    direction=tuning.directions[0], resume_pruned=tuning.resume_pruned,
                    enqueue_trials=tuning.enqueue_trials if enqueue_trials is None else enqueue_trials,
-                   timeout_minutes=tuning.timeout_minutes, budget=tuning.budget)
+                   timeout_minutes=tuning.timeout_minutes, budget=tuning.budget,
+                   stop_when_converged=tuning.stop_when_converged)
 
 
 @dataclass(frozen=True)
@@ -148,6 +150,10 @@ def _first_attempt(slot: int, state: StudyState, settings: SlotSettings) -> Slot
         if state.spent >= amount:
             return SlotDecision(SKIP, reason=f"skipped: the study's compute budget ({unit}={amount:g}) was "
                                 f"spent ({state.spent:.4g}) before this slot started")
+    stop = settings.stop_when_converged
+    converged = stop and strategy.convergence(list(state.trials), stop.patience, stop.min_improvement, settings.direction)
+    if converged:
+        return SlotDecision(SKIP, reason=converged)
     attrs = {"slot": slot, "attempt": 1}
     paused, checkpoint = paused_trial_to_resume(state, settings)
     if paused is None:

@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import math
+import statistics
 import warnings
 from dataclasses import dataclass
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from snaketune import lm_harness, scoring
+from snaketune import lm_harness, metrics, scoring
 from snaketune.config import TuningParams
 from snaketune.errors import closest
 
@@ -38,6 +40,7 @@ PRUNERS = {
     "hyperband": "HyperbandPruner",
     "wilcoxon": "WilcoxonPruner",
     "threshold": "ThresholdPruner",
+    "pareto": "ParetoPruner",  # snaketune's (below): Optuna's pruners judge one objective
 }
 # Pruner arguments a user leaves out, measured on the demo task's learning curves (bench/replay.py,
 # bench/RESULTS.md): Optuna's PercentilePruner has no default percentile; 75 stops only trials in
@@ -51,6 +54,58 @@ PRUNERS = {
 # user leaves out of pruner_kwargs falls back on its own.
 PRUNER_DEFAULTS = {"percentile": {"percentile": 75.0, "n_startup_trials": 3},
                    "successive_halving": {"reduction_factor": 2}}
+
+# A trial's objectives at each evaluation during training, {str(step): [value per objective]}: what
+# ParetoPruner compares (Optuna keeps intermediate values for single-objective studies only).
+INTERMEDIATE_VECTORS_ATTR = "intermediate_vectors"
+
+
+class ParetoPruner(optuna.pruners.BasePruner):
+    """Prunes a trial of a study of several objectives whose objectives at its latest evaluation
+    are Pareto-dominated by those of at least `dominated_share` of the completed trials at the same
+    step (no worse in every objective, better in one), once `n_startup_trials` completed trials
+    reported that step, from step `n_warmup_steps` on. With one objective and a share of 0.5 it is
+    the median rule. The vectors are the trials' INTERMEDIATE_VECTORS_ATTR (train.ReportAndPrune).
+
+    Written here because Optuna's Trial.report and should_prune raise for multi-objective studies
+    (optuna#3450, open since 2022). Optuna could do it natively with intermediate values of one
+    value per objective (Trial.report(values, step)) and its pruners taking the study's directions:
+    this rule is then its median pruner with dominance for "worse than"."""
+
+    def __init__(self, dominated_share: float = 0.5, n_startup_trials: int = 3, n_warmup_steps: int = 0):
+        if not 0.0 < dominated_share <= 1.0:
+            raise ValueError(f"dominated_share must be in (0, 1], got {dominated_share}")
+        if n_startup_trials < 1 or n_warmup_steps < 0:
+            raise ValueError(f"n_startup_trials must be at least 1 and n_warmup_steps at least 0, got "
+                             f"{n_startup_trials} and {n_warmup_steps}")
+        self.dominated_share, self.n_startup_trials, self.n_warmup_steps = dominated_share, n_startup_trials, n_warmup_steps
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        vectors = trial.user_attrs.get(INTERMEDIATE_VECTORS_ATTR) or {}
+        if not vectors:
+            return False
+        step = max(vectors, key=int)
+        if int(step) < self.n_warmup_steps:
+            return False
+        others = [t.user_attrs[INTERMEDIATE_VECTORS_ATTR][step]
+                  for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                  if t.number != trial.number and step in (t.user_attrs.get(INTERMEDIATE_VECTORS_ATTR) or {})]
+        if len(others) < self.n_startup_trials:
+            return False
+        signs = [1.0 if d == optuna.study.StudyDirection.MINIMIZE else -1.0 for d in study.directions]
+        mine = [sign * v for sign, v in zip(signs, vectors[step])]
+        dominating = sum(_dominates([sign * v for sign, v in zip(signs, other)], mine) for other in others)
+        return dominating > 0 and dominating >= self.dominated_share * len(others)
+
+
+def _dominates(a: list[float], b: list[float]) -> bool:
+    """Whether `a` Pareto-dominates `b`, both minimised (Optuna's rule, whose function takes trials)."""
+    return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
+
+
+def pruner_class(name: str) -> type:
+    """The pruner class tuning.pruner `name` (not "none") stands for: Optuna's, or ParetoPruner."""
+    return ParetoPruner if name == "pareto" else getattr(optuna.pruners, PRUNERS[name])
 # Arguments snaketune sets itself (from tuning.seed and the search space).
 MANAGED_SAMPLER_ARGS = {"seed": "set tuning.seed", "search_space": "the grid comes from the tunable parameters"}
 
@@ -166,7 +221,7 @@ def judged_steps(pruner: str, pruner_kwargs: dict, report_every_steps: int | Non
     stops = list(range(report_every_steps, max_steps, report_every_steps))
     arguments = pruner_arguments(pruner, pruner_kwargs, report_every_steps, max_steps)
     warmup = arguments.get("n_warmup_steps", 0)
-    if pruner in ("median", "percentile", "threshold") and _is_int(warmup):
+    if pruner in ("median", "percentile", "threshold", "pareto") and _is_int(warmup):
         stops = [s for s in stops if s >= warmup]
     if pruner == "successive_halving":
         rung, eta = arguments.get("min_resource"), arguments["reduction_factor"]  # PRUNER_DEFAULTS has η
@@ -215,7 +270,7 @@ def reduction_factor(pruner: str, pruner_kwargs: dict, resume_pruned: bool | int
     if resume_pruned is False or pruner == "none":
         return None
     if resume_pruned is True:
-        cls = getattr(optuna.pruners, PRUNERS[pruner])
+        cls = pruner_class(pruner)
         default = inspect.signature(cls).parameters.get("reduction_factor")
         return int(pruner_arguments(pruner, pruner_kwargs).get("reduction_factor",
                                                                default.default if default else 4))
@@ -262,10 +317,9 @@ def promotions(trials: list[FrozenTrial], reduction_factor: int, direction: str 
 
 
 def make_pruner(tuning: TuningParams) -> optuna.pruners.BasePruner:
-    class_name = PRUNERS[tuning.pruner]
-    if class_name is None:
+    if PRUNERS[tuning.pruner] is None:
         return optuna.pruners.NopPruner()
-    return _construct(getattr(optuna.pruners, class_name),
+    return _construct(pruner_class(tuning.pruner),
                       pruner_arguments(tuning.pruner, tuning.pruner_kwargs, tuning.report_every_steps,
                                        tuning.training_args.get("max_steps")))
 
@@ -312,7 +366,7 @@ def check(name: str, kwargs: dict, pruner: str, pruner_kwargs: dict, space: list
             problems.append(f"tuning.sampler_kwargs: {name} refused them: {type(e).__name__}: {e}")
 
     if pruner != "none":
-        pruner_cls = getattr(optuna.pruners, PRUNERS[pruner])
+        pruner_cls = pruner_class(pruner)
         pruner_problems = _check_kwargs(pruner_cls, pruner_kwargs, "tuning.pruner_kwargs", {})
         if not pruner_problems:
             try:
@@ -321,9 +375,10 @@ def check(name: str, kwargs: dict, pruner: str, pruner_kwargs: dict, space: list
                 pruner_problems.append(f"tuning.pruner_kwargs: {pruner_cls.__name__} refused them: "
                                        f"{type(e).__name__}: {e}")
         problems += pruner_problems
-        if n_objectives > 1:
-            problems.append("tuning.pruner: Optuna cannot prune a multi-objective study; "
-                            "set pruner: none or keep one evaluation metric")
+        if n_objectives > 1 and pruner != "pareto":
+            problems.append(f"tuning.pruner: {pruner} judges one objective, and Optuna cannot prune a "
+                            "multi-objective study with it; use pruner: pareto (prunes a trial Pareto-dominated "
+                            "by most completed trials at the same step), or keep one evaluation metric")
     elif pruner_kwargs:
         problems.append("tuning.pruner_kwargs: given, but tuning.pruner is none")
     return problems
@@ -401,6 +456,14 @@ def _report_every_steps(tuning: dict, metric_names: list[str], custom_names: lis
         return every
     if tuning["pruner"] == "none" and not every:
         return every
+    if tuning["pruner"] == "pareto":
+        later = [name for name in metric_names if name not in metrics.DURING_TRAINING]
+        if later:
+            problems.append(f"tuning.evaluation_metrics: pruner: pareto compares every objective at each evaluation "
+                            f"during training, and {', '.join(map(repr, later))} is computed once, after training; "
+                            f"keep objectives the evaluation or the training gives at every report "
+                            f"({', '.join(metrics.DURING_TRAINING[:2])}, train_runtime, {metrics.PEAK_MEMORY}, ...)")
+        first = None  # every objective checked here
     kind = ("a custom metric" if first in set(custom_names)
             else "a generation metric" if first in scoring.GENERATION_METRICS
             else "an lm-eval metric" if first and lm_harness.is_lm_eval_metric(first) else None)
@@ -495,6 +558,9 @@ def _pause_settings(tuning: dict, problems: list[str], notices: list[str]) -> in
     elif pausing and tuning["pruner"] == "wilcoxon":
         problems.append("tuning.resume_pruned: the wilcoxon pruner stops a trial while it generates, after "
                         "its training is done: there is nothing to resume; remove resume_pruned")
+    elif pausing and tuning["pruner"] == "pareto":
+        problems.append("tuning.resume_pruned: a paused trial is resumed by its rank among one objective's values "
+                        "at its step, which a study of several objectives does not have; set resume_pruned: false")
     elif pausing and tuning["tuner_sampler"] == "GridSampler":
         problems.append("tuning.resume_pruned: GridSampler runs each grid point in a slot of its own, and "
                         "a resumed trial takes a slot: set resume_pruned: false, or use BruteForceSampler")
@@ -517,3 +583,92 @@ def _pause_settings(tuning: dict, problems: list[str], notices: list[str]) -> in
                        "give the study a budget and let n_trials be a cap (set resume_pruned: false to stop "
                        "pruned trials for good)")
     return eta or None
+
+
+# -- converged stop (tuning.stop_when_converged) ------------------------------------------------------
+
+# Two completed trials are neighbours when every parameter is within this share of its range (in
+# log space for a log range) and every choice is the same: near enough that the difference of
+# their values is mostly noise (the data order, the LoRA initialisation, the evaluation's rows).
+NEIGHBOUR_DISTANCE = 0.05
+MIN_NEIGHBOUR_PAIRS = 3  # fewer pairs: no estimate, and the study is not judged converged
+
+
+def _position(distribution, value) -> float | None:
+    """A value's place in its distribution's range, 0..1 (log ranges in log space); None for a choice."""
+    if isinstance(distribution, optuna.distributions.CategoricalDistribution):
+        return None
+    low, high = float(distribution.low), float(distribution.high)
+    if high <= low:
+        return 0.0
+    if distribution.log:
+        return (math.log(value) - math.log(low)) / (math.log(high) - math.log(low))
+    return (value - low) / (high - low)
+
+
+def _distance(a: FrozenTrial, b: FrozenTrial) -> float:
+    """The largest difference of two trials' parameters, each as a share of its range; inf when
+    they tuned other parameters or chose differently."""
+    if set(a.params) != set(b.params):
+        return math.inf
+    largest = 0.0
+    for name, value in a.params.items():
+        distribution = a.distributions[name]
+        here, there = _position(distribution, value), _position(distribution, b.params[name])
+        if here is None:
+            if value != b.params[name]:
+                return math.inf
+            continue
+        largest = max(largest, abs(here - there))
+    return largest
+
+
+def objective_noise(trials: list[FrozenTrial]) -> tuple[float | None, int]:
+    """(The objective's noise, the pairs it was estimated from): how much one configuration's value
+    varies from one training to the next, estimated from the completed `trials` (single
+    objective) that are neighbours (NEIGHBOUR_DISTANCE; a configuration repeated is one at distance
+    0): the median over those pairs of |difference| / sqrt(2) (the standard deviation of one value,
+    were both draws of the same). (None, pairs) with fewer than MIN_NEIGHBOUR_PAIRS pairs.
+
+    Written here because Optuna's Terminator, which estimates the noise from a GP's fit, is
+    deprecated for removal in Optuna 6 (optuna PR #6668) and has no replacement yet."""
+    completed = [t for t in trials if t.state == TrialState.COMPLETE and t.values]
+    differences = [abs(a.values[0] - b.values[0]) / math.sqrt(2)
+                   for a, b in itertools.combinations(completed, 2) if _distance(a, b) <= NEIGHBOUR_DISTANCE]
+    if len(differences) < MIN_NEIGHBOUR_PAIRS:
+        return None, len(differences)
+    return statistics.median(differences), len(differences)
+
+
+def convergence(trials: list[FrozenTrial], patience: int, min_improvement: float | None,
+                direction: str = "minimize") -> str | None:
+    """Why the study has converged (tuning.stop_when_converged), or None: the last `patience` of
+    its completed `trials` (in the order they completed) all failed to improve the best feasible
+    value by more than `min_improvement` (None: objective_noise of the trials). A trial that
+    broke tuning.constraints is never an improvement. Shared by scheduler.decide_slot and the
+    replay bench (bench/search_features.py)."""
+    completed = sorted((t for t in trials if t.state == TrialState.COMPLETE and t.values),
+                       key=lambda t: (t.datetime_complete is None, t.datetime_complete or 0, t.number))
+    if len(completed) <= patience:
+        return None
+    threshold, estimated = min_improvement, ""
+    if threshold is None:
+        threshold, pairs = objective_noise(completed)
+        if threshold is None:
+            return None
+        estimated = f", the objective's noise estimated from {pairs} pairs of neighbouring trials"
+    sign = -1.0 if direction == "maximize" else 1.0
+    best, since = None, 0
+    for trial in completed:
+        value = sign * trial.values[0]
+        feasible = all(v <= 0.0 for v in trial.constraints.values())
+        if feasible and (best is None or value < best - threshold):
+            best, since = value, 0
+        else:
+            since += 1
+            if feasible:
+                best = min(best, value)
+    if best is None or since < patience:
+        return None
+    return (f"skipped: the study converged: none of the last {since} completed trials improved the best "
+            f"({sign * best:.4g}) by more than {threshold:.3g} (tuning.stop_when_converged{estimated})")

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from snaketune import data as datasets_
-from snaketune import generation, gpu, lm_harness, recovery, scheduler, scoring
+from snaketune import generation, gpu, lm_harness, recovery, scheduler, scoring, strategy
 from snaketune import metrics as custom_metrics
 from snaketune import model as models
 from snaketune import space as search_space
@@ -356,18 +356,48 @@ def train_and_evaluate(tune: TuningConfig, params: dict, trial_dir: Path, model_
 
         def __init__(self):
             self.reported = set()
+            self.vectors = {}  # several objectives: {str(step): [value per objective]}
+            self.started = time.time()
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.started = time.time()
 
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            if trial is not None and len(tuning.metrics) > 1:
+                self.report_vector(args, state, control, metrics or {})
+                return
             objective = tuning.metrics[0]
             value = (metrics or {}).get(objective)
             # Optuna keeps intermediate values for single-objective studies only.
-            if trial is None or len(tuning.metrics) > 1 or not _is_finite_number(value):
+            if trial is None or not _is_finite_number(value):
                 return
             if state.global_step not in self.reported:
                 self.reported.add(state.global_step)
                 trial.report(float(value), state.global_step)
             if state.global_step < state.max_steps and trial.should_prune():
                 self.reason = f"pruned at step {state.global_step}: {objective}={value:.4g}"
+                control.should_training_stop = True
+                control.should_save = True
+
+        def report_vector(self, args, state, control, evaluated: dict) -> None:
+            """Several objectives: records them at this step (strategy.INTERMEDIATE_VECTORS_ATTR: the
+            evaluation's, and the training's so far) and asks pruner: pareto (strategy.ParetoPruner)."""
+            tokens = [e["num_tokens"] for e in state.log_history if "num_tokens" in e]
+            so_far = {"train_runtime": time.time() - self.started, "trained_steps": state.global_step - start_step,
+                      "epoch": state.epoch, "trained_tokens": tokens[-1] if tokens else None,
+                      custom_metrics.PEAK_MEMORY: gpu.peak_memory_gib(args.device)}
+            vector = [evaluated.get(name, so_far.get(name)) for name in tuning.metrics]
+            if not all(_is_finite_number(v) for v in vector) or state.global_step in self.reported:
+                return
+            self.reported.add(state.global_step)
+            self.vectors[str(state.global_step)] = [float(v) for v in vector]
+            trial.set_user_attr(strategy.INTERMEDIATE_VECTORS_ATTR, self.vectors)
+            if tuning.pruner != "pareto" or state.global_step >= state.max_steps:
+                return
+            frozen = storage_of(trial.study).get_trial(trial_id_of(trial.study, trial.number))
+            if strategy.make_pruner(tuning).prune(trial.study, frozen):
+                shown = ", ".join(f"{name}={v:.4g}" for name, v in zip(tuning.metrics, vector))
+                self.reason = f"pruned at step {state.global_step}: {shown} (Pareto-dominated)"
                 control.should_training_stop = True
                 control.should_save = True
 
@@ -403,6 +433,7 @@ def train_and_evaluate(tune: TuningConfig, params: dict, trial_dir: Path, model_
             if state.global_step == state.max_steps:
                 raise NothingLeftToTrain(state.global_step)
 
+    start_step = checkpoint_step(resume_from) if resume_from else 0
     divergence, pruning, last_evaluation = StopOnDivergence(), ReportAndPrune(), LastEvaluation()
     trainer, tokenizer = build_trainer(tune, params, trial_dir, model_source, prepared["train"],
                                        prepared["validation"],
@@ -422,8 +453,7 @@ def train_and_evaluate(tune: TuningConfig, params: dict, trial_dir: Path, model_
     # What this attempt spent, for tuning.budget: the steps since the checkpoint it resumed from
     # (earlier attempts counted theirs), and tokens (TRL counts them from 0 in each Trainer).
     tokens = [entry["num_tokens"] for entry in trainer.state.log_history if "num_tokens" in entry]
-    start = checkpoint_step(resume_from) if resume_from else 0
-    steps = trainer.state.global_step - start
+    steps = trainer.state.global_step - start_step
     trained = {**train_output_metrics, "trained_steps": steps,
                **({"trained_tokens": int(tokens[-1]) if steps else 0} if tokens else {})}
 

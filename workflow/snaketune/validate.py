@@ -32,7 +32,7 @@ from jsonschema import Draft202012Validator, validators
 
 from snaketune import (data, data_check, database, generation, gpu, library_checks, lm_harness, metrics, model, names, preflight,
                        resources, scoring, space, strategy)
-from snaketune.config import Budget, ConfigError, TuningConfig, TuningParams, WarmStart
+from snaketune.config import Budget, ConfigError, ConvergedStop, TuningConfig, TuningParams, WarmStart
 from snaketune.errors import MissingLocalPath, closest
 from snaketune.gpu import DeviceSettings
 
@@ -268,6 +268,9 @@ def _resolve_tuning(cfg: dict, written: dict, base: Path, validated: bool, probl
                        "still marked and never the best")
     warm_start, found = _warm_start(tuning.get("warm_start_from"), base)
     problems.extend(found)
+    if tuning["stop_when_converged"] and len(metric_names) > 1:
+        problems.append("tuning.stop_when_converged: a study of several objectives has no one best value to stop "
+                        "improving (its Pareto front grows); leave it out, or tune one objective")
     search_space, found = space.resolve_conditions(params.space)
     problems.extend(found)
     settings, found, said = strategy.resolve_settings(tuning, search_space, metric_names, [c.name for c in custom])
@@ -297,6 +300,7 @@ def _resolve_tuning(cfg: dict, written: dict, base: Path, validated: bool, probl
         timeout_minutes=tuning["timeout_minutes"],
         evaluation_timeout_minutes=tuning["evaluation_timeout_minutes"],
         budget=Budget(*next(iter(tuning["budget"].items()))) if tuning["budget"] else None,
+        stop_when_converged=ConvergedStop.from_fields(tuning["stop_when_converged"]) if tuning["stop_when_converged"] else None,
         metrics=metric_names,
         directions=directions,
         custom_eval_metrics=custom,

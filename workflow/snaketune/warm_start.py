@@ -94,16 +94,8 @@ def read_history(tune: TuningConfig) -> tuple[History, list[str]]:
         return History(), [f"{path}: {source.where} optimised {names} ({', '.join(directions)}), this study "
                            f"{list(tuning.metrics)} ({', '.join(tuning.directions)}): their values do not compare. "
                            "Warm-start from a study with the same evaluation_metrics and evaluation_direction"]
-    distributions = search_space.distributions(tuning.space)
     finished = [t for t in studies.latest_attempts(earlier) if t.state in studies.FINISHED]
-    added, left_out = [], {}
-    for trial in finished:
-        values, why = fit(trial.params, tuning.space)
-        if why:
-            kind = why.split(":", 1)[0] if why.startswith("outside") else why
-            left_out.setdefault(kind, []).append(trial.number)
-            continue
-        added.append(_as_history(trial, values, distributions, tuning, source.where, earlier.study_name))
+    added, left_out = history_from(finished, tuning, source.where, earlier.study_name)
     notices = [f"{path}: {len(added)} of {len(finished)} finished trials of {source.where} are this study's history"
                + (f"; left out: {'; '.join(f'{len(numbers)} {kind} (trials {_numbers(numbers)})' for kind, numbers in left_out.items())}"
                   if left_out else "")]
@@ -120,6 +112,23 @@ def read_history(tune: TuningConfig) -> tuple[History, list[str]]:
         notices.append(f"{path}.enqueue_best: {len(enqueued)} of {source.enqueue_best} configurations: the earlier "
                        "study has no more completed feasible trials that fit this space")
     return History(added, enqueued, notices), problems
+
+
+def history_from(finished: list[FrozenTrial], tuning: TuningParams, where: str, study_name: str
+                 ) -> tuple[list[FrozenTrial], dict[str, list[int]]]:
+    """The earlier study's `finished` trials that fit `tuning.space`, as this study's history
+    (`_as_history`), and {why: [earlier trial numbers]} of those left out. Pure: the replay bench
+    warm-starts its studies with it too."""
+    distributions = search_space.distributions(tuning.space)
+    added, left_out = [], {}
+    for trial in finished:
+        values, why = fit(trial.params, tuning.space)
+        if why:
+            kind = why.split(":", 1)[0] if why.startswith("outside") else why
+            left_out.setdefault(kind, []).append(trial.number)
+            continue
+        added.append(_as_history(trial, values, distributions, tuning, where, study_name))
+    return added, left_out
 
 
 def best_configurations(history: list[FrozenTrial], tuning: TuningParams, k: int) -> list[dict]:
