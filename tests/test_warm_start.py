@@ -210,3 +210,21 @@ def test_the_readmes_search_further_example_is_accepted_after_the_quickstarts_st
     assert (tune.tuning.warm_start.output_dir, tune.tuning.stop_when_converged.patience) == (str(workdir / "tuning_output"), 12)
     assert [c.metric for c in tune.tuning.constraints] == ["peak_memory_gib"]
     assert any(n.startswith("tuning.warm_start_from: 2 of 3 finished trials") for n in tune.notices)
+
+
+def test_a_study_with_trials_of_its_own_goes_on_when_its_history_record_and_the_earlier_study_are_gone(workdir):
+    # A journal rebuilt from the trial folders keeps the trials, not the study's record of its
+    # warm start; with the earlier folder deleted too, the run goes on, said in a notice.
+    cfg = config()
+    cfg["tuning"]["warm_start_from"] = "gone"
+    with pytest.raises(ConfigError, match="cannot read the earlier study"):
+        accepted_config(cfg, workdir)  # a new study: refused, nothing to go on with
+    tuning = load_tune_config(cfg, workdir, validated=True)
+    study = studies.open_study(tuning.tuning, definition=tuning.definition)
+    study.add_trial(optuna.trial.create_trial(value=0.3, params={"learning_rate": 1e-3}, distributions={"learning_rate": LR_WIDE},
+                                              user_attrs={"slot": 0, "attempt": 1}))
+    tune = accepted_config(cfg, workdir)
+    notice, = [n for n in tune.notices if n.startswith("tuning.warm_start_from")]
+    assert notice.endswith("the study, which has trials of its own, goes on without that history")
+    assert warm_start.start(tune)[0].startswith("snaketune: warm start: tuning.warm_start_from: cannot read")
+    assert warm_start.start(tune) == []

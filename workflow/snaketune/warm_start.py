@@ -53,6 +53,7 @@ class History:
     trials: list[FrozenTrial] = field(default_factory=list)
     enqueued: list[dict] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
+    unreadable: bool = False  # the earlier study could not be read (missing, unreachable)
 
 
 def fit(params: dict, space: list[search_space.Parameter]) -> tuple[dict | None, str | None]:
@@ -87,7 +88,7 @@ def read_history(tune: TuningConfig) -> tuple[History, list[str]]:
     try:
         earlier = studies.load_study(source.output_dir or tuning.output_dir, source.study_name, url=source.storage)
     except Exception as error:  # noqa: BLE001 (missing, ambiguous, unreachable: each says what it is)
-        return History(), [f"{path}: cannot read the earlier study: {describe_error(error)}"]
+        return History(unreadable=True), [f"{path}: cannot read the earlier study: {describe_error(error)}"]
     names = studies.objective_names(earlier)
     directions = [d.name.lower() for d in earlier.directions]
     if (names, directions) != (list(tuning.metrics), list(tuning.directions)):
@@ -167,35 +168,48 @@ def _numbers(numbers: list[int], shown: int = 8) -> str:
     return ", ".join(map(str, numbers[:shown])) + (f", ... ({len(numbers)})" if len(numbers) > shown else "")
 
 
-def pending(tune: TuningConfig) -> bool:
-    """Whether the run will add a warm start's history: one is configured, and the study (if it
-    exists) has not recorded one yet. Read-only."""
+def _pending(tune: TuningConfig) -> tuple[bool, bool]:
+    """(whether the run adds a warm start's history: one is configured and the study, if it exists,
+    has not recorded one; whether the study has trials of its own already). Read-only."""
     tuning = tune.tuning
     if tuning.warm_start is None:
-        return False
+        return False, False
     study = studies.load_study(tuning.output_dir, tuning.study_name, missing_ok=True, url=tuning.storage)
-    return study is None or studies.WARM_STARTED_ATTR not in study.user_attrs
+    if study is None:
+        return True, False
+    return studies.WARM_STARTED_ATTR not in study.user_attrs, bool(studies.own_trials(study))
+
+
+def _settled(tune: TuningConfig) -> tuple[History, list[str], list[str]]:
+    """(the history to add, problems, notices): read_history's, except that a study with trials of
+    its own goes on without its history when the earlier study cannot be read any more (its
+    record was lost with a rebuilt journal, and the earlier folder is gone): a notice then."""
+    pending, started = _pending(tune)
+    if not pending:
+        return History(), [], []
+    history, problems = read_history(tune)
+    if problems and started and history.unreadable:
+        return History(), [], [f"{problems[0]}; the study, which has trials of its own, goes on without that history"]
+    return history, problems, history.notices
 
 
 def check(tune: TuningConfig) -> tuple[list[str], list[str]]:
     """(problems, notices) of tuning.warm_start_from, before a run (check.accepted_config): what
     the history will be, or why it cannot be. Nothing when the study holds its history already."""
-    if not pending(tune):
-        return [], []
-    history, problems = read_history(tune)
-    return problems, history.notices
+    _, problems, notices = _settled(tune)
+    return problems, notices
 
 
 def start(tune: TuningConfig) -> list[str]:
     """Add the warm start's history to the study, once (the run's main process, before any job:
     Snakemake's onstart, holding the run lock); returns the lines to print. Creates the study if
     it is new (as its first trial would, with its definition)."""
-    if not pending(tune):
-        return []
-    tuning = tune.tuning
-    history, problems = read_history(tune)
+    history, problems, notices = _settled(tune)
     if problems:  # checked at parse time; the earlier study changed or went since
         raise RuntimeError("; ".join(problems))
+    if not history.trials and not notices:
+        return []
+    tuning = tune.tuning
     study = studies.open_study(tuning, definition=tune.definition)
     with claiming(tuning.layout, tuning.storage, tuning.study_name):
         present = {t.user_attrs[studies.WARM_START_ATTR]["trial"] for t in study.get_trials(deepcopy=False)
@@ -206,4 +220,4 @@ def start(tune: TuningConfig) -> list[str]:
             study.set_user_attr(studies.WARM_START_ENQUEUED_ATTR, history.enqueued)
         study.set_user_attr(studies.WARM_STARTED_ATTR, {"from": tuning.warm_start.where, "trials": len(history.trials),
                                                         "at": time.time()})
-    return [f"snaketune: warm start: {line}" for line in history.notices]
+    return [f"snaketune: warm start: {line}" for line in notices]
