@@ -228,3 +228,20 @@ def test_a_study_with_trials_of_its_own_goes_on_when_its_history_record_and_the_
     assert notice.endswith("the study, which has trials of its own, goes on without that history")
     assert warm_start.start(tune)[0].startswith("snaketune: warm start: tuning.warm_start_from: cannot read")
     assert warm_start.start(tune) == []
+
+
+@pytest.mark.system
+def test_a_warm_start_from_a_study_in_postgresql(workdir, postgres_url):
+    earlier = load_tune_config(tiny_config(storage=postgres_url, output_dir="earlier", study_name="v1"), workdir)
+    study = studies.open_study(earlier.tuning, definition=earlier.definition)
+    for state, value, params, distributions, measured in TRIALS[:3]:
+        study.add_trial(optuna.trial.create_trial(state=state, value=value, params=params, distributions=distributions,
+                                                  user_attrs={"slot": len(study.trials), "metrics": measured}))
+    cfg = config()
+    cfg["tuning"]["warm_start_from"] = {"storage": postgres_url, "study_name": "v1"}
+    tune = accepted_config(cfg, workdir)  # this study in its journal; the earlier one in the database
+    assert any(n.startswith(f"tuning.warm_start_from: 2 of 3 finished trials of study 'v1' in {postgres_url}")
+               for n in tune.notices), tune.notices
+    warm_start.start(tune)
+    history = studies.load_study(workdir / "tuning_output").trials
+    assert [t.user_attrs[studies.WARM_START_ATTR]["study_name"] for t in history] == ["v1", "v1"]
