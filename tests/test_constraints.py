@@ -45,15 +45,20 @@ def test_a_value_is_the_excess_over_its_bound_relative_to_the_bound():
     accuracy = metrics.Constraint(metric="eval_mean_token_accuracy", max=None, min=0.5)
     both = metrics.Constraint(metric="train_runtime", max=60.0, min=0.0)
     values = metrics.constraint_values([memory, accuracy, both], {
-        "peak_memory_gib": 23.0, "eval_mean_token_accuracy": 0.6, "train_runtime": 30.0}, completed=True)
+        "peak_memory_gib": 23.0, "eval_mean_token_accuracy": 0.6, "train_runtime": 30.0})
     assert values == pytest.approx({"peak_memory_gib <= 20": 0.15, "eval_mean_token_accuracy >= 0.5": -0.2,
                                     "train_runtime <= 60": -0.5, "train_runtime >= 0": -30.0})
 
 
 def test_a_metric_not_measured_breaks_a_completed_trials_constraint_and_leaves_a_stopped_ones_unknown():
     memory = metrics.Constraint(metric="my_metric", max=1.0, min=None)
-    assert metrics.constraint_values([memory], {}, completed=True) == {"my_metric <= 1": metrics.UNMEASURED_VIOLATION}
-    assert metrics.constraint_values([memory], {}, completed=False) == {}
+    assert metrics.constraint_values([memory], {}) == {"my_metric <= 1": metrics.UNMEASURED_VIOLATION}
+    assert metrics.constraint_values([memory], {}, unmeasured=0.0) == {"my_metric <= 1": 0.0}  # every constraint, always
+    study = optuna.create_study()
+    trial = study.ask()
+    studies.record_constraints(trial, [memory], {}, completed=True)
+    study.tell(trial, 0.1)
+    assert studies.violated_constraints(study.trials[0]) == ["my_metric <= 1 (not measured)"]
 
 
 # -- parse-time checks ------------------------------------------------------------------------
@@ -68,6 +73,10 @@ def test_a_metric_not_measured_breaks_a_completed_trials_constraint_and_leaves_a
     ([{"metric": "train_runtime", "max": 60}, {"metric": "train_runtime", "min": 1}],
      "tuning.constraints: names a metric twice"),
     ([{"metric": "train_runtime", "max": "1h"}], "tuning.constraints[0].max: '1h' is not of type 'number'"),
+    ([{"metric": "exact_match", "min": 0.5}], "tuning.constraints[0].metric: 'exact_match' is computed only when it "
+                                             "is an objective"),
+    ([{"metric": "lm_eval:hellaswag/acc", "min": 0.3}], "tuning.constraints[0].metric: 'lm_eval:hellaswag/acc' is "
+                                                        "computed only when it is an objective"),
 ])
 def test_a_constraint_no_trial_could_be_judged_by_is_refused_by_its_path(workdir, constraints, named):
     found = problems(workdir, constraints)
@@ -90,7 +99,8 @@ def test_a_custom_metric_may_be_constrained_and_a_sampler_that_ignores_constrain
 def told(study, value, constraint: float | None, slot: int, values=None):
     trial = study.ask()
     trial.set_user_attr("slot", slot)
-    if constraint is not None:
+    if constraint is not None:  # as record_constraints records it: 20 GiB (1 + constraint) measured
+        trial.set_user_attr("metrics", {"peak_memory_gib": 20 * (1 + constraint)})
         trial.set_constraint("peak_memory_gib <= 20", constraint)
     study.tell(trial, values or value)
     return trial.number
@@ -102,7 +112,6 @@ def test_an_infeasible_trial_is_never_the_best_however_good_its_value():
     feasible = told(study, 0.3, -0.1, slot=1)
     told(study, 0.5, -0.2, slot=2)
     assert [t.number for t in studies.best_trials(study)] == [feasible]
-    assert optuna.create_study().best_trials == []
     none_feasible = optuna.create_study()
     told(none_feasible, 0.1, 0.5, slot=0)
     assert studies.best_trials(none_feasible) == []
@@ -127,6 +136,21 @@ def test_the_table_and_the_summary_mark_an_infeasible_trial(tmp_path):
     rows = [line.split() for line in text.splitlines() if line.strip().startswith(("0", "1*"))]
     assert rows[0][:2] == ["1*", "trial_1/"] and rows[1][2:4] == ["COMPLETE", "(infeasible)"], text
     assert "trial 0 (trial_0/) infeasible, never the best: broke peak_memory_gib <= 20 (+50%)" in text
+
+
+@pytest.mark.parametrize("change", [[{"metric": "peak_memory_gib", "max": 20}], [{"metric": "peak_memory_gib", "max": 24}], []])
+def test_constraints_changed_after_trials_finished_are_refused(workdir, change):
+    from snaketune.check import accepted_config
+
+    tune = load_tune_config(tiny_config(constraints=[{"metric": "peak_memory_gib", "max": 16}]), workdir)
+    study = studies.open_study(tune.tuning, definition=tune.definition)
+    trial = study.ask()
+    studies.record_constraints(trial, tune.tuning.constraints, {"peak_memory_gib": 3.0}, completed=True)
+    study.tell(trial, 0.5)
+    accepted_config(tiny_config(constraints=[{"metric": "peak_memory_gib", "max": 16}]), workdir)  # unchanged: accepted
+    with pytest.raises(ConfigError, match=r"tuning.constraints: study 'snaketune' in .* judged its trials by other "
+                                          r"constraints \(peak_memory_gib <= 16\)"):
+        accepted_config(tiny_config(constraints=change), workdir)
 
 
 # -- a study ------------------------------------------------------------------------------------

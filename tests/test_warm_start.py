@@ -81,8 +81,11 @@ def test_the_history_is_the_trials_that_fit_under_the_new_distributions_with_why
     assert [t.user_attrs[studies.WARM_START_ATTR]["trial"] for t in history.trials] == [0, 1, 3]
     assert [t.state for t in history.trials] == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.PRUNED]
     # This study's constraints, judged on what the earlier trials recorded: trial 1 trained 50 s of at most 10.
-    assert [studies.feasible(t) for t in history.trials] == [True, False, None]
-    notice, = [n for n in tune.notices if n.startswith("tuning.warm_start_from:")]
+    # The pruned one recorded no train_runtime: not known to break it (said in a notice).
+    assert [studies.feasible(t) for t in history.trials] == [True, False, True]
+    assert any(n.endswith("1 of the added trials did not record train_runtime (trials 3): not known to break "
+                          "tuning.constraints, they count as feasible") for n in tune.notices), tune.notices
+    notice = next(n for n in tune.notices if n.startswith("tuning.warm_start_from: 3 of 5"))
     assert notice == (f"tuning.warm_start_from: 3 of 5 finished trials of {workdir / 'earlier'} are this study's history; "
                       "left out: 1 outside the new space (trials 2); 1 tunes lora_r, which this study does not (or not "
                       "there) (trials 4)")
@@ -225,23 +228,54 @@ def test_a_study_with_trials_of_its_own_goes_on_when_its_history_record_and_the_
                                               user_attrs={"slot": 0, "attempt": 1}))
     tune = accepted_config(cfg, workdir)
     notice, = [n for n in tune.notices if n.startswith("tuning.warm_start_from")]
-    assert notice.endswith("the study, which has trials of its own, goes on without that history")
+    assert notice.endswith("the study, which has trials of its own, goes on without that history for now")
     assert warm_start.start(tune)[0].startswith("snaketune: warm start: tuning.warm_start_from: cannot read")
-    assert warm_start.start(tune) == []
+    assert studies.WARM_STARTED_ATTR not in studies.load_study(workdir / "tuning_output").user_attrs  # not recorded
+    # Once the earlier study can be read again, its history is added (and enqueue_best is refused:
+    # the study's first trials are taken).
+    earlier_study(workdir / "gone", TRIALS)
+    assert warm_start.start(accepted_config(cfg, workdir))[0].startswith("snaketune: warm start: tuning.warm_start_from: 3 of 5")
+    assert len([t for t in studies.load_study(workdir / "tuning_output").trials if studies.is_history(t)]) == 3
 
 
-@pytest.mark.system
-def test_a_warm_start_from_a_study_in_postgresql(workdir, postgres_url):
-    earlier = load_tune_config(tiny_config(storage=postgres_url, output_dir="earlier", study_name="v1"), workdir)
-    study = studies.open_study(earlier.tuning, definition=earlier.definition)
-    for state, value, params, distributions, measured in TRIALS[:3]:
-        study.add_trial(optuna.trial.create_trial(state=state, value=value, params=params, distributions=distributions,
-                                                  user_attrs={"slot": len(study.trials), "metrics": measured}))
+def test_enqueue_best_is_refused_once_the_study_has_trials_of_its_own(workdir):
+    earlier_study(workdir / "earlier", TRIALS)
+    cfg = config(n_trials=3)
+    cfg["tuning"]["warm_start_from"] = {"output_dir": "earlier", "enqueue_best": 1}
+    tune = load_tune_config(cfg, workdir, validated=True)
+    study = studies.open_study(tune.tuning, definition=tune.definition)
+    study.add_trial(optuna.trial.create_trial(value=0.3, params={"learning_rate": 1e-3},
+                                              distributions={"learning_rate": FloatDistribution(1e-4, 0.2, log=True)},
+                                              user_attrs={"slot": 0, "attempt": 1}))
+    with pytest.raises(ConfigError, match="tuning.warm_start_from.enqueue_best: the study has trials of its own"):
+        accepted_config(cfg, workdir)
+
+
+def test_a_study_warm_started_once_says_that_another_warm_start_from_has_no_effect(workdir):
+    earlier_study(workdir / "earlier", TRIALS)
+    earlier_study(workdir / "other", TRIALS[:1])
+    warm_start.start(accepted_config(config(), workdir))
     cfg = config()
-    cfg["tuning"]["warm_start_from"] = {"storage": postgres_url, "study_name": "v1"}
-    tune = accepted_config(cfg, workdir)  # this study in its journal; the earlier one in the database
-    assert any(n.startswith(f"tuning.warm_start_from: 2 of 3 finished trials of study 'v1' in {postgres_url}")
-               for n in tune.notices), tune.notices
-    warm_start.start(tune)
-    history = studies.load_study(workdir / "tuning_output").trials
-    assert [t.user_attrs[studies.WARM_START_ATTR]["study_name"] for t in history] == ["v1", "v1"]
+    cfg["tuning"]["warm_start_from"] = "other"
+    tune = accepted_config(cfg, workdir)
+    assert [n for n in tune.notices if n.startswith("tuning.warm_start_from")] == [
+        f"tuning.warm_start_from: the study holds the history of {workdir / 'earlier'} already, added once; "
+        f"{workdir / 'other'} is not added (tune a new output_dir to start from it)"]
+    assert warm_start.start(tune)[0].startswith("snaketune: warm start: tuning.warm_start_from: the study holds")
+    assert len(studies.load_study(workdir / "tuning_output").trials) == 3
+
+
+def test_enqueue_best_of_a_two_objective_study_takes_the_pareto_front_first(workdir):
+    space = {"learning_rate": LR_WIDE}
+    earlier_study(workdir / "earlier", [
+        (TrialState.COMPLETE, [0.20, 0.50], {"learning_rate": 1e-3}, space, {}),  # dominated by the next
+        (TrialState.COMPLETE, [0.25, 0.90], {"learning_rate": 2e-3}, space, {}),
+        (TrialState.COMPLETE, [0.10, 0.60], {"learning_rate": 3e-3}, space, {}),
+        (TrialState.COMPLETE, [0.30, 0.95], {"learning_rate": 4e-3}, space, {}),
+    ], directions=("minimize", "maximize"), metrics=("eval_loss", "eval_mean_token_accuracy"))
+    cfg = config(n_trials=3, evaluation_metrics=["eval_loss", "eval_mean_token_accuracy"],
+                 evaluation_direction=["minimize", "maximize"])
+    cfg["tuning"]["warm_start_from"] = {"output_dir": "earlier", "enqueue_best": 3}
+    history, _ = warm_start.read_history(accepted_config(cfg, workdir))
+    # the front (3e-3, 2e-3, 4e-3 by loss) before the dominated 1e-3
+    assert history.enqueued == [{"learning_rate": 3e-3}, {"learning_rate": 2e-3}, {"learning_rate": 4e-3}]

@@ -74,6 +74,10 @@ class Constraint(Record):
     max: float | None
     min: float | None
 
+    def as_dict(self) -> dict:
+        """The YAML's form: metric, and max and/or min."""
+        return {"metric": self.metric, **{k: v for k, v in (("max", self.max), ("min", self.min)) if v is not None}}
+
     def bounds(self) -> list[tuple[str, float, int]]:
         """(the constraint's name in the study, its bound, the sign of a violation: +1 for max)."""
         bounds = []
@@ -89,30 +93,35 @@ class Constraint(Record):
 UNMEASURED_VIOLATION = 1.0
 
 
-def constraint_values(constraints: list[Constraint], measured: dict, completed: bool) -> dict[str, float]:
+def constraint_values(constraints: list[Constraint], measured: dict, unmeasured: float = UNMEASURED_VIOLATION
+                      ) -> dict[str, float]:
     """{constraint name: value} as Optuna's Trial.set_constraint takes it (> 0: violated) for a
-    trial whose finite metrics are `measured`. A value is the excess over the bound relative to
+    trial whose finite metrics are `measured`: every constraint, always (GPSampler refuses trials
+    judged by different numbers of constraints). A value is the excess over the bound relative to
     the bound (0.2: 20% over), so that constraints in different units add up comparably where a
     sampler sums them (NSGA-II's constrained domination, TPE's infeasible ranking); a bound of 0
-    takes the plain excess. A metric not measured counts UNMEASURED_VIOLATION for a `completed`
-    trial and is left out for a stopped one (pruned: not evaluated, not known to violate)."""
+    takes the plain excess. A metric not measured takes `unmeasured`: UNMEASURED_VIOLATION for a
+    completed trial, 0.0 (not known to violate) for a pruned one, not evaluated, or an earlier
+    study's trial that did not record the metric."""
     values = {}
     for constraint in constraints:
         value = measured.get(constraint.metric)
         for name, bound, sign in constraint.bounds():
             if value is None:
-                if completed:
-                    values[name] = UNMEASURED_VIOLATION
+                values[name] = unmeasured
                 continue
             excess = sign * (float(value) - bound)
             values[name] = excess / abs(bound) if bound else excess
     return values
 
 
-def resolve_constraints(entries: list, custom_names: list[str] | None) -> tuple[list[Constraint], list[str]]:
+def resolve_constraints(entries: list, custom_names: list[str] | None, objectives: list[str] = ()
+                        ) -> tuple[list[Constraint], list[str]]:
     """`tuning.constraints` of a schema-filled config (metric, max, min; the schema checked the
     shape): (entries, problems). Each metric must be one a trial produces (as resolve_objectives
-    checks objectives; `custom_names=None` skips that check), and a min must not exceed its max."""
+    checks objectives; `custom_names=None` skips that check): an answer score or an lm-eval metric
+    only when it is one of the `objectives` (trials compute those only then). A min must not exceed
+    its max."""
     known = (*EVALUATION_METRICS, *TRAINING_METRICS, *GENERATION_METRICS, *(custom_names or ()))
     constraints, problems = [], []
     for i, entry in enumerate(entries):
@@ -124,6 +133,10 @@ def resolve_constraints(entries: list, custom_names: list[str] | None) -> tuple[
             problems.append(f"{path}.metric: {name!r} is not a metric a trial produces{closest(name, known)} "
                             f"(e.g. {PEAK_MEMORY} in GiB, train_runtime in seconds, eval_loss, or a custom "
                             "metric of tuning.custom_eval_metrics)")
+        elif (name in GENERATION_METRICS or name.startswith("lm_eval:")) and name not in objectives:
+            problems.append(f"{path}.metric: {name!r} is computed only when it is an objective (trials answer the "
+                            "validation prompts for it); add it to tuning.evaluation_metrics, or constrain a metric "
+                            "every trial produces")
         if entry.get("max") is not None and entry.get("min") is not None and entry["min"] > entry["max"]:
             problems.append(f"{path}: min {entry['min']} is above max {entry['max']}: no trial could satisfy it")
         constraints.append(Constraint.from_fields(entry))

@@ -64,8 +64,8 @@ class ParetoPruner(optuna.pruners.BasePruner):
     """Prunes a trial of a study of several objectives whose objectives at its latest evaluation
     are Pareto-dominated by those of at least `dominated_share` of the completed trials at the same
     step (no worse in every objective, better in one), once `n_startup_trials` completed trials
-    reported that step, from step `n_warmup_steps` on. With one objective and a share of 0.5 it is
-    the median rule. The vectors are the trials' INTERMEDIATE_VECTORS_ATTR (train.ReportAndPrune).
+    reported that step, from step `n_warmup_steps` on. The vectors are the trials'
+    INTERMEDIATE_VECTORS_ATTR (train.ReportAndPrune writes them in a study of several objectives).
 
     Written here because Optuna's Trial.report and should_prune raise for multi-objective studies
     (optuna#3450, open since 2022). Optuna could do it natively with intermediate values of one
@@ -375,6 +375,9 @@ def check(name: str, kwargs: dict, pruner: str, pruner_kwargs: dict, space: list
                 pruner_problems.append(f"tuning.pruner_kwargs: {pruner_cls.__name__} refused them: "
                                        f"{type(e).__name__}: {e}")
         problems += pruner_problems
+        if n_objectives == 1 and pruner == "pareto":
+            problems.append("tuning.pruner: pareto compares the objectives of a study of several; with one objective "
+                            "use median or percentile (pareto with dominated_share 0.5 is the median rule)")
         if n_objectives > 1 and pruner != "pareto":
             problems.append(f"tuning.pruner: {pruner} judges one objective, and Optuna cannot prune a "
                             "multi-objective study with it; use pruner: pareto (prunes a trial Pareto-dominated "

@@ -225,7 +225,7 @@ def record_constraints(trial: optuna.Trial, constraints: list[metrics.Constraint
     (metrics.constraint_values over its finite metrics `measured`) with Optuna's
     Trial.set_constraint: Optuna's samplers (strategy.CONSTRAINED_SAMPLERS) and its Pareto front
     read them from there, and `feasible` does."""
-    for name, value in metrics.constraint_values(constraints, measured, completed).items():
+    for name, value in metrics.constraint_values(constraints, measured, metrics.UNMEASURED_VIOLATION if completed else 0.0).items():
         trial.set_constraint(name, value)
 
 
@@ -238,9 +238,16 @@ def feasible(trial: FrozenTrial) -> bool | None:
 
 
 def violated_constraints(trial: FrozenTrial) -> list[str]:
-    """The constraints the trial broke, by name ("peak_memory_gib <= 20"), with how far: "(+15%)"."""
-    return [f"{name} ({value:+.0%})" if not name.endswith(" 0") else f"{name} ({value:+.4g})"  # a bound 0: plain excess
-            for name, value in trial.constraints.items() if value > 0.0]
+    """The constraints the trial broke, by name ("peak_memory_gib <= 20"), with how far: "(+15%)",
+    or "(not measured)" where the trial has no value of the metric (metrics.UNMEASURED_VIOLATION)."""
+    measured = trial.user_attrs.get("metrics", {})
+
+    def how_far(name: str, value: float) -> str:
+        if name.split(" ", 1)[0] not in measured:
+            return "not measured"
+        return f"{value:+.4g}" if name.endswith(" 0") else f"{value:+.0%}"  # a bound 0: the plain excess
+
+    return [f"{name} ({how_far(name, value)})" for name, value in trial.constraints.items() if value > 0.0]
 
 
 def step_reports(trial: FrozenTrial) -> dict[int, float]:
@@ -340,10 +347,14 @@ DEFINITION_ATTR = "snaketune_definition"
 
 def study_definition(tuning: TuningParams, definition: dict | None = None) -> dict:
     """What a study's trials share, so that their results compare: the search space and the
-    objectives, and (`definition`, from `TuningConfig.definition`) the model, the data, the fixed
+    objectives, the constraints their feasibility is judged by (tuning.constraints, when any: each
+    trial records its values as it is told, and Optuna's samplers need every trial judged by the
+    same ones), and (`definition`, from `TuningConfig.definition`) the model, the data, the fixed
     training and PEFT arguments. Stored in the journal by the first trial."""
     space = {p.name: {k: v for k, v in p.as_dict().items() if k != "name"} for p in tuning.space}
-    return {"space": space, "metrics": tuning.metrics, "directions": tuning.directions, **(definition or {})}
+    constraints = {"constraints": [c.as_dict() for c in tuning.constraints]} if tuning.constraints else {}
+    return {"space": space, "metrics": tuning.metrics, "directions": tuning.directions, **constraints,
+            **(definition or {})}
 
 
 def _as_stored(definition: dict) -> dict:
@@ -408,6 +419,15 @@ def definition_conflicts(tuning: TuningParams, definition: dict | None = None) -
         problems.append("tuning.evaluation_metrics: " + hint(
             f"objectives ({stored['metrics']} {stored['directions']})"))
     finished = any(is_finished(t) for t in own_trials(study))
+    if finished and stored.get("constraints", []) != wanted.get("constraints", []):
+        ran = ", ".join(f"{c['metric']} {'<= ' + format(c['max'], 'g') if c.get('max') is not None else ''}"
+                        f"{' and ' if c.get('max') is not None and c.get('min') is not None else ''}"
+                        f"{'>= ' + format(c['min'], 'g') if c.get('min') is not None else ''}"
+                        for c in stored.get("constraints", [])) or "none"
+        problems.append(f"tuning.constraints: study {tuning.study_name!r} in {path} judged its trials by other "
+                        f"constraints ({ran}), recorded on each finished trial; set them back to continue it, or "
+                        "set a new tuning.output_dir (warm_start_from the old one carries its trials over, judged "
+                        "by the new constraints)")
     for part, (where, words) in DEFINITION_PARTS.items():
         if finished and part in stored and part in wanted and stored[part] != wanted[part]:
             old, new = stored[part], wanted[part]

@@ -260,7 +260,7 @@ def _resolve_tuning(cfg: dict, written: dict, base: Path, validated: bool, probl
         tuning["evaluation_metrics"], directions, custom_names=None if validated else [c.name for c in custom])
     problems.extend(found)
     constraints, found = metrics.resolve_constraints(tuning["constraints"],
-                                                     None if validated else [c.name for c in custom])
+                                                     None if validated else [c.name for c in custom], metric_names)
     problems.extend(found)
     if constraints and isinstance(tuning["tuner_sampler"], str) and tuning["tuner_sampler"] not in strategy.CONSTRAINED_SAMPLERS:
         notices.append(f"tuning.constraints: {tuning['tuner_sampler']} samples without them (TPESampler, GPSampler, "

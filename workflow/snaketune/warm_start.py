@@ -3,7 +3,9 @@
 A study starts cold: its sampler knows nothing until its own first trials finish. With
 `warm_start_from`, the run adds the earlier study's completed and pruned trials to the new study
 before any trial job starts (Optuna's `Study.add_trials`), so TPE, GP and the others sample from
-the first slot on as if those trials had run here; its pruners compare with their curves too.
+the first slot on as if those trials had run here. The median, percentile and pareto pruners compare
+with their curves too; successive halving and hyperband start their rungs afresh (a rung record is
+the earlier study's pruner's, not carried over).
 
 - **The space may have changed.** A trial is added when its parameters are a point of the new
   space: each value inside the new range or choices (a range that grew keeps it), every parameter
@@ -16,10 +18,12 @@ the first slot on as if those trials had run here; its pruners compare with thei
 - **It is history, not this study's trials.** Each added trial carries `study.WARM_START_ATTR`
   (where it came from, its number there): the CSV, the summary, the best trial, the budget and
   every slot decision leave it out (`study.own_trials`); constraints (tuning.constraints) are
-  judged again on its recorded metrics.
+  judged again on its recorded metrics (a metric it did not record: not known to violate, said).
 - **Once.** The study records where its history came from (`study.WARM_STARTED_ATTR`) once all
-  of it is in: later runs never read the earlier study again (it may be gone). A run cut short
-  while adding adds what is missing, each earlier trial once.
+  of it is in: later runs never read the earlier study again (it may be gone), and a later
+  warm_start_from naming another study is said to have no effect. A run cut short while adding
+  adds what is missing, each earlier trial once; an earlier study that cannot be read is never
+  recorded as added.
 - `enqueue_best: k` also runs the earlier study's k best fitting configurations first, through
   the same queue as tuning.enqueue_trials (`study.WARM_START_ENQUEUED_ATTR`).
 
@@ -36,7 +40,7 @@ from dataclasses import dataclass, field
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from snaketune import metrics
+from snaketune import metrics, strategy
 from snaketune import space as search_space
 from snaketune import study as studies
 from snaketune.config import TuningConfig, TuningParams
@@ -100,6 +104,13 @@ def read_history(tune: TuningConfig) -> tuple[History, list[str]]:
     notices = [f"{path}: {len(added)} of {len(finished)} finished trials of {source.where} are this study's history"
                + (f"; left out: {'; '.join(f'{len(numbers)} {kind} (trials {_numbers(numbers)})' for kind, numbers in left_out.items())}"
                   if left_out else "")]
+    for constraint in tuning.constraints:
+        unmeasured = [t.user_attrs[studies.WARM_START_ATTR]["trial"] for t in added
+                      if constraint.metric not in t.user_attrs.get("metrics", {})]
+        if unmeasured:
+            notices.append(f"{path}: {len(unmeasured)} of the added trials did not record {constraint.metric} "
+                           f"(trials {_numbers(unmeasured)}): not known to break tuning.constraints, they count as "
+                           "feasible")
     changed = studies.changed_parts(earlier.user_attrs.get(studies.DEFINITION_ATTR) or {}, tuning, tune.definition)
     if changed:
         notices.append(f"{path}: {source.where} ran with other {', '.join(changed)}: its trials steer the sampler "
@@ -144,8 +155,8 @@ def best_configurations(history: list[FrozenTrial], tuning: TuningParams, k: int
         from optuna.study._multi_objective import _get_pareto_front_trials_by_trials  # no public form over a list
 
         directions = [optuna.study.StudyDirection[d.upper()] for d in tuning.directions]
-        front = {t.number for t in _get_pareto_front_trials_by_trials(completed, directions)}
-    ranked = sorted(completed, key=lambda t: (t.number not in front, signs[0] * t.values[0]))
+        front = {id(t) for t in _get_pareto_front_trials_by_trials(completed, directions)}  # not yet numbered
+    ranked = sorted(completed, key=lambda t: (id(t) not in front, signs[0] * t.values[0]))
     return [dict(t.params) for t in ranked[:k]]
 
 
@@ -154,13 +165,15 @@ def _as_history(trial: FrozenTrial, values: dict, distributions: dict, tuning: T
     """An earlier trial as a trial of this study: its values, curve and metrics, under this
     study's distributions, with its constraints judged by this study's (tuning.constraints)."""
     measured = trial.user_attrs.get("metrics", {})
-    constraints = metrics.constraint_values(tuning.constraints, measured, completed=trial.state == TrialState.COMPLETE)
+    constraints = metrics.constraint_values(tuning.constraints, measured, unmeasured=0.0)
     origin = {"study": where, "study_name": study_name, "trial": trial.number}
+    vectors = trial.user_attrs.get(strategy.INTERMEDIATE_VECTORS_ATTR)  # pruner: pareto's curves
     return optuna.trial.create_trial(
         state=trial.state, values=trial.values, params=values,
         distributions={name: distributions[name] for name in values},
         intermediate_values=dict(trial.intermediate_values),
-        user_attrs={studies.WARM_START_ATTR: origin, "metrics": measured},
+        user_attrs={studies.WARM_START_ATTR: origin, "metrics": measured,
+                    **({strategy.INTERMEDIATE_VECTORS_ATTR: vectors} if vectors else {})},
         system_attrs={f"constraints:{name}": value for name, value in constraints.items()})
 
 
@@ -168,28 +181,44 @@ def _numbers(numbers: list[int], shown: int = 8) -> str:
     return ", ".join(map(str, numbers[:shown])) + (f", ... ({len(numbers)})" if len(numbers) > shown else "")
 
 
-def _pending(tune: TuningConfig) -> tuple[bool, bool]:
+def _pending(tune: TuningConfig) -> tuple[bool, bool, dict | None]:
     """(whether the run adds a warm start's history: one is configured and the study, if it exists,
-    has not recorded one; whether the study has trials of its own already). Read-only."""
+    has not recorded one; whether the study has trials of its own already; its record of the
+    history it holds, WARM_STARTED_ATTR, or None). Read-only."""
     tuning = tune.tuning
     if tuning.warm_start is None:
-        return False, False
+        return False, False, None
     study = studies.load_study(tuning.output_dir, tuning.study_name, missing_ok=True, url=tuning.storage)
     if study is None:
-        return True, False
-    return studies.WARM_STARTED_ATTR not in study.user_attrs, bool(studies.own_trials(study))
+        return True, False, None
+    record = study.user_attrs.get(studies.WARM_STARTED_ATTR)
+    return record is None, bool(studies.own_trials(study)), record
 
 
-def _settled(tune: TuningConfig) -> tuple[History, list[str], list[str]]:
-    """(the history to add, problems, notices): read_history's, except that a study with trials of
-    its own goes on without its history when the earlier study cannot be read any more (its
-    record was lost with a rebuilt journal, and the earlier folder is gone): a notice then."""
-    pending, started = _pending(tune)
+def _settled(tune: TuningConfig) -> tuple[History | None, list[str], list[str]]:
+    """(the history to add, None when nothing is to be added now; problems; notices):
+    read_history's, except that
+    - a study holding the history of another earlier study than warm_start_from names now keeps it
+      (a notice: a study's history is added once);
+    - a study with trials of its own goes on without its history when the earlier study cannot be
+      read (a notice; nothing is recorded, so a later run adds it once it can be read), and refuses
+      enqueue_best, whose configurations were meant to run first."""
+    pending, started, record = _pending(tune)
+    source = tune.tuning.warm_start
     if not pending:
-        return History(), [], []
+        if record is not None and source is not None and record.get("from") != source.where:
+            return None, [], [f"tuning.warm_start_from: the study holds the history of {record.get('from')} "
+                              f"already, added once; {source.where} is not added (tune a new output_dir "
+                              "to start from it)"]
+        return None, [], []
     history, problems = read_history(tune)
     if problems and started and history.unreadable:
-        return History(), [], [f"{problems[0]}; the study, which has trials of its own, goes on without that history"]
+        return None, [], [f"{problems[0]}; the study, which has trials of its own, goes on without that history "
+                          "for now"]
+    if started and source.enqueue_best:
+        problems.append("tuning.warm_start_from.enqueue_best: the study has trials of its own already, so the "
+                        "earlier study's best configurations can no longer run first; remove enqueue_best (its "
+                        "history is still added)")
     return history, problems, history.notices
 
 
@@ -207,8 +236,8 @@ def start(tune: TuningConfig) -> list[str]:
     history, problems, notices = _settled(tune)
     if problems:  # checked at parse time; the earlier study changed or went since
         raise RuntimeError("; ".join(problems))
-    if not history.trials and not notices:
-        return []
+    if history is None:  # nothing to add now (added before, or unreadable for now): nothing recorded
+        return [f"snaketune: warm start: {line}" for line in notices]
     tuning = tune.tuning
     study = studies.open_study(tuning, definition=tune.definition)
     with claiming(tuning.layout, tuning.storage, tuning.study_name):
