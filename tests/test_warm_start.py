@@ -279,3 +279,10 @@ def test_enqueue_best_of_a_two_objective_study_takes_the_pareto_front_first(work
     history, _ = warm_start.read_history(accepted_config(cfg, workdir))
     # the front (3e-3, 2e-3, 4e-3 by loss) before the dominated 1e-3
     assert history.enqueued == [{"learning_rate": 3e-3}, {"learning_rate": 2e-3}, {"learning_rate": 4e-3}]
+
+
+def test_a_warm_start_from_the_study_itself_is_refused(workdir):
+    cfg = config()
+    cfg["tuning"]["warm_start_from"] = "tuning_output"
+    with pytest.raises(ConfigError, match="tuning.warm_start_from: names this study itself"):
+        load_tune_config(cfg, workdir)

@@ -268,6 +268,12 @@ def _resolve_tuning(cfg: dict, written: dict, base: Path, validated: bool, probl
                        "still marked and never the best")
     warm_start, found = _warm_start(tuning.get("warm_start_from"), base)
     problems.extend(found)
+    output_dir = str((base / Path(tuning["output_dir"]).expanduser()).resolve())
+    if warm_start and ((warm_start.output_dir == output_dir and not tuning.get("storage"))
+                       or (warm_start.storage and warm_start.storage == tuning.get("storage")
+                           and warm_start.study_name == study_name)):
+        problems.append("tuning.warm_start_from: names this study itself; name an earlier study (another "
+                        "output_dir, or another study_name in the database)")
     if tuning["stop_when_converged"] and len(metric_names) > 1:
         problems.append("tuning.stop_when_converged: a study of several objectives has no one best value to stop "
                         "improving (its Pareto front grows); leave it out, or tune one objective")
