@@ -63,6 +63,18 @@ def tuning_for(seed: int, n_trials: int, low: float = 1e-5, high: float = 1e-2, 
 TABLES = [TABLE, TABLE.with_name("learning_curves_smollm2_seeds.json")]
 
 
+def interval(values: list[float], form: str = "+.4f") -> str:
+    """'mean [95% CI]' of `values` (replay.mean_ci), each number in `form`."""
+    mean, low, high = mean_ci(values)
+    return f"{mean:{form}} [{low:{form}}, {high:{form}}]"
+
+
+def shares(diffs: list[float], eps: float = 0.0) -> str:
+    """'better / worse': the shares of paired differences above `eps` and below -`eps`."""
+    n = len(diffs)
+    return f"{sum(d > eps for d in diffs) / n:.0%} / {sum(d < -eps for d in diffs) / n:.0%}"
+
+
 def table_for(i: int) -> Table:
     table = Table(TABLES)
     return table.for_training_seed(table.training_seeds[i % len(table.training_seeds)])
@@ -106,16 +118,12 @@ def warm_lines(rows: list[dict]) -> list[str]:
     for name in WARM_SPACES:
         cells = [r[name] for r in rows]
         diff = [c["cold"] - c["warm"] for c in cells]
-        mean, low, high = mean_ci(diff)
         overall = [c["cold_full"] - min(c["warm"], c["earlier"]) for c in cells]
-        o_mean, o_low, o_high = mean_ci(overall)
         added = statistics.fmean(c["added"] for c in cells)
         left = statistics.fmean(c["left_out"] for c in cells)
         reach = statistics.median(c["trials_to_cold_best"] for c in cells)
-        lines.append(f"| {name} | {added:.1f} ({left:.1f}) | {mean:+.4f} [{low:+.4f}, {high:+.4f}] | "
-                     f"{sum(d > 0 for d in diff) / len(diff):.0%} / {sum(d < 0 for d in diff) / len(diff):.0%} | "
-                     f"{reach:g} | "
-                     f"{o_mean:+.4f} [{o_low:+.4f}, {o_high:+.4f}] |")
+        lines.append(f"| {name} | {added:.1f} ({left:.1f}) | {interval(diff)} | {shares(diff)} | {reach:g} | "
+                     f"{interval(overall)} |")
     return lines
 
 
@@ -166,12 +174,10 @@ def topk_seed(job: tuple) -> dict:
 
 
 def topk_lines(rows: list[dict]) -> list[str]:
-    n = len(rows)
     compute = statistics.fmean(r["shipped_compute"] / r["base_compute"] for r in rows)
-    s_mean, s_low, s_high = mean_ci([r["base"] - r["shipped"] for r in rows])
+    shipped = interval([r["base"] - r["shipped"] for r in rows])
     lines = [f"The shipped default (`pruner: successive_halving` alone) spent {compute:.2f} of the unpruned "
-             f"study's compute on average; its best against the unpruned study's: {s_mean:+.4f} "
-             f"[{s_low:+.4f}, {s_high:+.4f}] (unpruned − shipped). Each top-K arm gets the shipped default's "
+             f"study's compute on average; its best against the unpruned study's: {shipped} (unpruned − shipped). Each top-K arm gets the shipped default's "
              "compute of the same seed.", "",
              "| top-K arm (first rung, K) | configurations tried | best, shipped − top-K: mean [95% CI] | "
              "top-K better / worse | best, unpruned − top-K |",
@@ -179,12 +185,9 @@ def topk_lines(rows: list[dict]) -> list[str]:
     for rung, k in TOPK:
         name = f"r{rung}_k{k}"
         diffs = [r["shipped"] - r[name]["best"] for r in rows]
-        mean, low, high = mean_ci(diffs)
-        b_mean, b_low, b_high = mean_ci([r["base"] - r[name]["best"] for r in rows])
         tried = statistics.fmean(r[name]["tried"] for r in rows)
-        lines.append(f"| rung {rung}, K {k} | {tried:.1f} | {mean:+.4f} [{low:+.4f}, {high:+.4f}] | "
-                     f"{sum(d > 0 for d in diffs) / n:.0%} / {sum(d < 0 for d in diffs) / n:.0%} | "
-                     f"{b_mean:+.4f} [{b_low:+.4f}, {b_high:+.4f}] |")
+        lines.append(f"| rung {rung}, K {k} | {tried:.1f} | {interval(diffs)} | {shares(diffs)} | "
+                     f"{interval([r['base'] - r[name]['best'] for r in rows])} |")
     return lines
 
 
@@ -227,17 +230,13 @@ def converged_lines(rows: list[dict]) -> list[str]:
     for name in CONVERGED:
         saved = [1 - r[name]["compute"] / r["base_compute"] for r in rows]
         lost = [r[name]["best"] - r["base"] for r in rows]
-        s_mean, s_low, s_high = mean_ci(saved)
-        l_mean, l_low, l_high = mean_ci(lost)
         trials = statistics.fmean(r[name]["trials"] for r in rows)
         thresholds = [r[name]["threshold"] if r[name]["threshold"] is not None else math.nan for r in rows]
         # The same compute on average, spent as a fixed number of trials in every study.
         fixed = [r["base_after"][max(1, round(trials)) - 1] - r["base"] for r in rows]
-        f_mean, f_low, f_high = mean_ci(fixed)
-        lines.append(f"| {name} | {sum(x > 0 for x in saved) / n:.0%} | {s_mean:.1%} [{s_low:.1%}, {s_high:.1%}] | "
-                     f"{l_mean:+.4f} [{l_low:+.4f}, {l_high:+.4f}] | {sum(x > 0.001 for x in lost) / n:.0%} | "
-                     f"{trials:.1f} | {f_mean:+.4f} [{f_low:+.4f}, {f_high:+.4f}] | {statistics.median(thresholds):.2g} "
-                     f"({sum(t == 0 for t in thresholds) / n:.0%}) |")
+        lines.append(f"| {name} | {sum(x > 0 for x in saved) / n:.0%} | {interval(saved, '.1%')} | {interval(lost)} | "
+                     f"{sum(x > 0.001 for x in lost) / n:.0%} | {trials:.1f} | {interval(fixed)} | "
+                     f"{statistics.median(thresholds):.2g} ({sum(t == 0 for t in thresholds) / n:.0%}) |")
     return lines
 
 
@@ -334,9 +333,8 @@ def multi_lines(rows: list[dict]) -> list[str]:
              "|---|---|---|---|---|---|"]
     for name in PARETO:
         diffs = [r[name]["volume"] - r["none"] for r in rows]
-        mean, low, high = mean_ci(diffs)
-        lines.append(f"| {name} | {mean:+.5f} [{low:+.5f}, {high:+.5f}] | {sum(d > 1e-12 for d in diffs) / n:.0%} / "
-                     f"{sum(d < -1e-12 for d in diffs) / n:.0%} | {statistics.fmean(r[name]['trials'] for r in rows):.1f} | "
+        lines.append(f"| {name} | {interval(diffs, '+.5f')} | {shares(diffs, 1e-12)} | "
+                     f"{statistics.fmean(r[name]['trials'] for r in rows):.1f} | "
                      f"{statistics.fmean(r[name]['pruned'] for r in rows):.1f} | "
                      f"{sum(r[name]['stopped_front'] for r in rows) / n:.0%} |")
     return lines
