@@ -205,18 +205,21 @@ def best_trials(study: optuna.Study) -> list[FrozenTrial]:
     a slot is not trained again, no best model being built).
     """
     if len(study.directions) > 1:
-        # Optuna's front (Study.best_trials' rule, infeasible trials left out where constraints
-        # were recorded) over this study's own trials: a warm start's history has no model here.
-        from optuna.study._multi_objective import _get_pareto_front_trials_by_trials  # no public form over a subset
-
-        own = own_trials(study)
-        constrained = any(t.constraints for t in own)
-        return _get_pareto_front_trials_by_trials(own, study.directions, consider_constraint=constrained)
+        # over this study's own trials: a warm start's history has no model here
+        return pareto_front(own_trials(study), study.directions)
     completed = [t for t in latest_attempts(study) if t.state == TrialState.COMPLETE and feasible(t) is not False]
     if not completed:
         return []
     pick = max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min
     return [pick(completed, key=lambda t: t.value)]
+
+
+def pareto_front(trials: list[FrozenTrial], directions: list) -> list[FrozenTrial]:
+    """The Pareto-optimal completed ones of `trials` (Optuna's front, Study.best_trials' rule:
+    infeasible trials left out where constraints were recorded); `directions` are StudyDirections."""
+    from optuna.study._multi_objective import _get_pareto_front_trials_by_trials  # no public form over a subset
+
+    return _get_pareto_front_trials_by_trials(trials, directions, consider_constraint=any(t.constraints for t in trials))
 
 
 def record_constraints(trial: optuna.Trial, constraints: list[metrics.Constraint], measured: dict,
@@ -286,7 +289,10 @@ WARM_START_ENQUEUED_ATTR = "snaketune_warm_start_enqueued"
 
 def enqueued_configurations(study: optuna.Study, tuning: TuningParams) -> list[dict]:
     """The configurations the study's first trials take, in order: tuning.enqueue_trials, then a
-    warm start's best configurations (WARM_START_ENQUEUED_ATTR)."""
+    warm start's best configurations (WARM_START_ENQUEUED_ATTR; read only where a warm start is
+    configured: a study attribute read is a query per claim on a database)."""
+    if tuning.warm_start is None or not tuning.warm_start.enqueue_best:
+        return list(tuning.enqueue_trials)
     return [*tuning.enqueue_trials, *study.user_attrs.get(WARM_START_ENQUEUED_ATTR, [])]
 
 
@@ -420,10 +426,8 @@ def definition_conflicts(tuning: TuningParams, definition: dict | None = None) -
             f"objectives ({stored['metrics']} {stored['directions']})"))
     finished = any(is_finished(t) for t in own_trials(study))
     if finished and stored.get("constraints", []) != wanted.get("constraints", []):
-        ran = ", ".join(f"{c['metric']} {'<= ' + format(c['max'], 'g') if c.get('max') is not None else ''}"
-                        f"{' and ' if c.get('max') is not None and c.get('min') is not None else ''}"
-                        f"{'>= ' + format(c['min'], 'g') if c.get('min') is not None else ''}"
-                        for c in stored.get("constraints", [])) or "none"
+        ran = ", ".join(name for c in stored.get("constraints", [])
+                        for name, _, _ in metrics.Constraint.from_fields(c).bounds()) or "none"
         problems.append(f"tuning.constraints: study {tuning.study_name!r} in {path} judged its trials by other "
                         f"constraints ({ran}), recorded on each finished trial; set them back to continue it, or "
                         "set a new tuning.output_dir (warm_start_from the old one carries its trials over, judged "

@@ -357,6 +357,7 @@ def train_and_evaluate(tune: TuningConfig, params: dict, trial_dir: Path, model_
         def __init__(self):
             self.reported = set()
             self.vectors = {}  # several objectives: {str(step): [value per objective]}
+            self.pareto = None  # pruner: pareto's (pruner, trial id), made at its first report
             self.started = time.time()
 
         def on_train_begin(self, args, state, control, **kwargs):
@@ -394,8 +395,10 @@ def train_and_evaluate(tune: TuningConfig, params: dict, trial_dir: Path, model_
             trial.set_user_attr(strategy.INTERMEDIATE_VECTORS_ATTR, self.vectors)
             if tuning.pruner != "pareto" or state.global_step >= state.max_steps:
                 return
-            frozen = storage_of(trial.study).get_trial(trial_id_of(trial.study, trial.number))
-            if strategy.make_pruner(tuning).prune(trial.study, frozen):
+            if self.pareto is None:  # once per trial: the pruner, and the trial's id in the storage
+                self.pareto = (strategy.make_pruner(tuning), trial_id_of(trial.study, trial.number))
+            pruner, trial_id = self.pareto
+            if pruner.prune(trial.study, storage_of(trial.study).get_trial(trial_id)):
                 shown = ", ".join(f"{name}={v:.4g}" for name, v in zip(tuning.metrics, vector))
                 self.reason = f"pruned at step {state.global_step}: {shown} (Pareto-dominated)"
                 control.should_training_stop = True

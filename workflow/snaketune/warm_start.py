@@ -152,10 +152,8 @@ def best_configurations(history: list[FrozenTrial], tuning: TuningParams, k: int
     signs = [1.0 if d == "minimize" else -1.0 for d in tuning.directions]
     front = set()
     if len(signs) > 1:
-        from optuna.study._multi_objective import _get_pareto_front_trials_by_trials  # no public form over a list
-
         directions = [optuna.study.StudyDirection[d.upper()] for d in tuning.directions]
-        front = {id(t) for t in _get_pareto_front_trials_by_trials(completed, directions)}  # not yet numbered
+        front = {id(t) for t in studies.pareto_front(completed, directions)}  # not yet numbered: by identity
     ranked = sorted(completed, key=lambda t: (id(t) not in front, signs[0] * t.values[0]))
     return [dict(t.params) for t in ranked[:k]]
 
